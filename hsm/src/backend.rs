@@ -1,0 +1,3 @@
+//! Signer backends, side by side.
+
+pub mod memory;

@@ -1,0 +1,64 @@
+//! `hsm`: the CA's key boundary.
+//!
+//! One trait, [`Signer`], and backends side by side under [`backend`]: everything above this
+//! crate signs through `&dyn Signer` and never sees a private key. Backends:
+//!
+//! - [`backend::memory::SoftwareSm2Key`]: an SM2 key in process memory, zeroized on drop — for
+//!   tests and, later, file-based station/admin identities.
+//! - PKCS#11 (`cryptoki`) with vendor profiles — the CA's keys; arrives with the PKCS#11 issue.
+
+use pki::SignerId;
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+
+pub mod backend;
+
+/// A signature as DER `SEQUENCE { r INTEGER, s INTEGER }`, the encoding X.509 carries in its BIT STRING.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature(Vec<u8>);
+
+impl Signature {
+    /// Wraps DER bytes (not checked here; `pki` verifies every signature it assembles).
+    pub fn from_der(der: Vec<u8>) -> Self {
+        Self(der)
+    }
+
+    /// The DER bytes.
+    pub fn as_der(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    /// The key material does not decode or is not an SM2 key.
+    #[error("bad key: {0}")]
+    BadKey(String),
+    /// The signing operation failed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+    /// The operating system's random number generator failed.
+    #[error("random number generator: {0}")]
+    Random(String),
+    /// The HSM cannot be reached or refuses service after retries.
+    #[error("HSM unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Something that signs with a private key it never reveals.
+///
+/// Synchronous on purpose: an HSM call is a blocking FFI call; async callers use
+/// `spawn_blocking`. Implementations are `Send + Sync` so one signer serves many requests.
+pub trait Signer: Send + Sync {
+    /// The signature algorithm, as written in certificates (`SM2-with-SM3`, no parameters).
+    fn algorithm(&self) -> AlgorithmIdentifierOwned;
+
+    /// The public key that verifies this signer's signatures.
+    fn public_key(&self) -> SubjectPublicKeyInfoOwned;
+
+    /// The SM2 signer ID hashed into Z.
+    fn signer_id(&self) -> &SignerId;
+
+    /// Signs `tbs` (SM3 of Z‖tbs inside) and returns the DER signature.
+    fn sign(&self, tbs: &[u8]) -> Result<Signature, HsmError>;
+}

@@ -1,0 +1,241 @@
+//! Algorithm identifiers and SM2 signature verification.
+//!
+//! Everything this CA signs or accepts is SM2-with-SM3 (REQUIREMENTS C5) over keys on the SM2
+//! curve, with the signer ID of GM/T 0009 unless a profile names another one.
+
+use const_oid::ObjectIdentifier;
+use der::{Encode, asn1::ObjectIdentifier as Oid};
+use sm2::dsa::{Signature as Sm2Signature, VerifyingKey};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+
+/// `SM2-with-SM3` signature algorithm, GM/T 0006: 1.2.156.10197.1.501.
+pub const SM2_WITH_SM3: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.156.10197.1.501");
+/// The SM2 elliptic curve, GM/T 0006: 1.2.156.10197.1.301.
+pub const SM2_CURVE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.156.10197.1.301");
+/// `id-ecPublicKey`, RFC 5480: 1.2.840.10045.2.1.
+pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+
+/// The signer ID (GM/T 0009 "distinguishing identifier") that goes into Z when none is configured.
+pub const DEFAULT_SIGNER_ID: &str = "1234567812345678";
+
+/// The `AlgorithmIdentifier` written in every certificate, CSR and CRL we sign: SM2-with-SM3 with
+/// the parameters absent, as GM/T 0015 and OpenSSL both write it.
+pub fn sm2_with_sm3() -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid: SM2_WITH_SM3,
+        parameters: None,
+    }
+}
+
+/// The signer ID hashed into Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ G ‖ P) for SM2 signatures.
+///
+/// Non-empty and at most 8191 bytes (ENTL is the ID's length in bits, in 16 bits).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SignerId(String);
+
+impl SignerId {
+    /// Checks and wraps a signer ID.
+    pub fn new(id: impl Into<String>) -> Result<Self, SignatureError> {
+        let id = id.into();
+        if id.is_empty() || id.len() > 8191 {
+            return Err(SignatureError::BadSignerId { len: id.len() });
+        }
+        Ok(Self(id))
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for SignerId {
+    fn default() -> Self {
+        Self(DEFAULT_SIGNER_ID.to_owned())
+    }
+}
+
+impl std::fmt::Display for SignerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a public key or a signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The SubjectPublicKeyInfo is not `id-ecPublicKey`.
+    #[error("public key algorithm {found} is not id-ecPublicKey")]
+    NotEcKey {
+        /// The algorithm OID that was found.
+        found: ObjectIdentifier,
+    },
+    /// The key is an EC key on another curve (or has no named curve).
+    #[error("public key is not on the SM2 curve (curve parameter {found})")]
+    NotSm2Curve {
+        /// The curve parameter as found, or "absent".
+        found: String,
+    },
+    /// The encoded point is the point at infinity.
+    #[error("public key is the point at infinity")]
+    PointAtInfinity,
+    /// The encoded point does not decode to a point on the SM2 curve.
+    #[error("public key is not a point on the SM2 curve")]
+    PointNotOnCurve,
+    /// The signature algorithm is not SM2-with-SM3 (or carries parameters).
+    #[error("signature algorithm {found} is not SM2-with-SM3 (1.2.156.10197.1.501, no parameters)")]
+    NotSm2WithSm3 {
+        /// The algorithm OID that was found.
+        found: ObjectIdentifier,
+    },
+    /// The signature value is not a DER `SEQUENCE { r, s }` with r, s in [1, n-1].
+    #[error("signature value is not a DER SEQUENCE {{ r, s }} of two scalars")]
+    MalformedSignature,
+    /// The signature does not verify with the expected signer ID, but does with OpenSSL's empty default.
+    #[error(
+        "signature was made with an empty SM2 signer ID, expected \"{expected}\" \
+         (with OpenSSL 3, sign with -sigopt distid:{expected})"
+    )]
+    EmptySignerId {
+        /// The signer ID we verify with.
+        expected: String,
+    },
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    Invalid,
+    /// The signer ID is empty or too long.
+    #[error("signer ID must be 1 to 8191 bytes, got {len}")]
+    BadSignerId {
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// A public key on the SM2 curve, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sm2PublicKey(sm2::PublicKey);
+
+impl Sm2PublicKey {
+    /// Decodes and checks a SubjectPublicKeyInfo: `id-ecPublicKey`, named curve SM2, a finite point on it.
+    pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, SignatureError> {
+        if spki.algorithm.oid != EC_PUBLIC_KEY {
+            return Err(SignatureError::NotEcKey {
+                found: spki.algorithm.oid,
+            });
+        }
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<Oid>().ok());
+        match curve {
+            Some(oid) if oid == SM2_CURVE => {}
+            Some(oid) => {
+                return Err(SignatureError::NotSm2Curve {
+                    found: oid.to_string(),
+                });
+            }
+            None => {
+                return Err(SignatureError::NotSm2Curve {
+                    found: "absent".into(),
+                });
+            }
+        }
+        let point = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or(SignatureError::PointNotOnCurve)?;
+        Self::from_sec1(point)
+    }
+
+    /// Decodes a SEC1 point (`04‖X‖Y` or compressed).
+    pub fn from_sec1(point: &[u8]) -> Result<Self, SignatureError> {
+        if point == [0u8] {
+            return Err(SignatureError::PointAtInfinity);
+        }
+        sm2::PublicKey::from_sec1_bytes(point)
+            .map(Self)
+            .map_err(|_| SignatureError::PointNotOnCurve)
+    }
+
+    /// The uncompressed SEC1 encoding `04‖X‖Y` (65 bytes).
+    pub fn to_sec1_uncompressed(&self) -> Vec<u8> {
+        use sm2::elliptic_curve::sec1::ToSec1Point;
+        self.0.to_sec1_point(false).as_bytes().to_vec()
+    }
+
+    /// The SubjectPublicKeyInfo for this key: `id-ecPublicKey`, named curve SM2, uncompressed point.
+    pub fn to_spki(&self) -> SubjectPublicKeyInfoOwned {
+        SubjectPublicKeyInfoOwned {
+            algorithm: AlgorithmIdentifierOwned {
+                oid: EC_PUBLIC_KEY,
+                parameters: Some(der::Any::from(SM2_CURVE)),
+            },
+            subject_public_key: der::asn1::BitString::from_bytes(&self.to_sec1_uncompressed())
+                .unwrap_or_else(|_| unreachable!("a 65-byte BIT STRING always encodes")),
+        }
+    }
+
+    /// The inner `sm2` crate key.
+    pub fn as_sm2(&self) -> &sm2::PublicKey {
+        &self.0
+    }
+
+    /// Verifies a DER `SEQUENCE{r,s}` SM2-with-SM3 signature over `msg` with `signer_id`.
+    ///
+    /// When it fails, it tries OpenSSL 3's empty default ID so that the error can say so: that is
+    /// the most common interop mistake.
+    pub fn verify(
+        &self,
+        signer_id: &SignerId,
+        msg: &[u8],
+        sig_der: &[u8],
+    ) -> Result<(), SignatureError> {
+        use sm2::dsa::signature::Verifier;
+        let sig =
+            Sm2Signature::from_der(sig_der).map_err(|_| SignatureError::MalformedSignature)?;
+        // DER is canonical: a signature with extra bytes or a non-minimal encoding is not DER.
+        if sig.to_der().as_bytes() != sig_der {
+            return Err(SignatureError::MalformedSignature);
+        }
+        let vk =
+            VerifyingKey::new(signer_id.as_str(), self.0).map_err(|_| SignatureError::Invalid)?;
+        if vk.verify(msg, &sig).is_ok() {
+            return Ok(());
+        }
+        let empty = VerifyingKey::new("", self.0).map_err(|_| SignatureError::Invalid)?;
+        if empty.verify(msg, &sig).is_ok() {
+            return Err(SignatureError::EmptySignerId {
+                expected: signer_id.to_string(),
+            });
+        }
+        Err(SignatureError::Invalid)
+    }
+}
+
+/// Checks that an AlgorithmIdentifier is SM2-with-SM3 with absent parameters.
+pub fn check_sm2_with_sm3(alg: &AlgorithmIdentifierOwned) -> Result<(), SignatureError> {
+    if alg.oid != SM2_WITH_SM3 || alg.parameters.is_some() {
+        return Err(SignatureError::NotSm2WithSm3 { found: alg.oid });
+    }
+    Ok(())
+}
+
+/// SM3 of the DER SubjectPublicKeyInfo: the registry's key for "has this key been seen before".
+pub fn spki_fingerprint(spki: &SubjectPublicKeyInfoOwned) -> [u8; 32] {
+    use sm3::Digest;
+    let der = spki.to_der().unwrap_or_default();
+    sm3::Sm3::digest(der).into()
+}
+
+/// The key identifier we write in SKI/AKI: the leftmost 160 bits of SM3 over the
+/// subjectPublicKey bits (RFC 7093 §2 method with SM3 in place of SHA-256, so that only
+/// national algorithms appear anywhere, REQUIREMENTS C5).
+pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> [u8; 20] {
+    use sm3::Digest;
+    let bits = spki.subject_public_key.raw_bytes();
+    let digest = sm3::Sm3::digest(bits);
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&digest[..20]);
+    id
+}
