@@ -83,14 +83,14 @@ impl CertSerial {
     }
 
     /// As the x509-cert type.
-    pub fn to_x509(&self) -> der::Result<SerialNumber> {
+    pub fn to_x509<P: x509_cert::certificate::Profile>(&self) -> der::Result<SerialNumber<P>> {
         // SerialNumber::new takes the unsigned magnitude.
         let magnitude = if self.0.len() > 1 && self.0[0] == 0 {
             &self.0[1..]
         } else {
             &self.0[..]
         };
-        SerialNumber::new(magnitude)
+        SerialNumber::<P>::new(magnitude)
     }
 }
 
@@ -200,15 +200,17 @@ pub struct TbsRequest<'a> {
     pub now: SystemTime,
 }
 
-/// `TBSCertificate` as we write it: always v3, no unique identifiers.
+/// `TBSCertificate` as we write it: always v3, no unique identifiers. Fields use the lenient
+/// [`Raw`] profile so that what is encoded is exactly what the linter sees (the strict profile
+/// silently re-encodes times on output).
 #[derive(Sequence)]
 pub(crate) struct TbsWriter {
     #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]
     pub(crate) version: Version,
-    pub(crate) serial_number: SerialNumber,
+    pub(crate) serial_number: SerialNumber<Raw>,
     pub(crate) signature: AlgorithmIdentifierOwned,
     pub(crate) issuer: Name,
-    pub(crate) validity: Validity,
+    pub(crate) validity: Validity<Raw>,
     pub(crate) subject: Name,
     pub(crate) subject_public_key_info: SubjectPublicKeyInfoOwned,
     #[asn1(context_specific = "3", tag_mode = "EXPLICIT")]

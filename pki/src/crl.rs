@@ -156,7 +156,7 @@ pub fn build_crl_tbs(issuer: &IssuerInfo, req: &CrlRequest<'_>) -> Result<Linted
         });
     }
     let mut seen = BTreeSet::new();
-    let mut revoked = Vec::with_capacity(req.entries.len());
+    let mut revoked: Vec<RevokedCert> = Vec::with_capacity(req.entries.len());
     for entry in req.entries {
         if !seen.insert(&entry.serial) {
             return Err(CrlError::DuplicateSerial(entry.serial.to_hex()));

@@ -401,3 +401,324 @@ fn time_kind(t: &Time) -> &'static str {
         Time::GeneralTime(_) => "GeneralizedTime",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use der::asn1::{BitString, OctetString};
+    use x509_cert::ext::Extension;
+    use x509_cert::ext::pkix::KeyUsage;
+    use x509_cert::name::Name;
+    use x509_cert::serial_number::SerialNumber;
+    use x509_cert::time::Validity;
+
+    use super::*;
+    use crate::alg::Sm2PublicKey;
+    use crate::cert::{CertSerial, IssuerInfo, TbsRequest, TbsWriter, build_tbs};
+    use crate::name::SubjectVars;
+    use crate::policy::PolicySet;
+
+    const NOW: u64 = 1_795_000_000; // 2026-11-18
+
+    fn key(seed: u8) -> Sm2PublicKey {
+        let sk = sm2::SecretKey::from_slice(&[seed; 32]).expect("scalar");
+        Sm2PublicKey::from_sec1(
+            &sm2::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&sk.public_key(), false)
+                .to_bytes(),
+        )
+        .expect("point")
+    }
+
+    fn issuer() -> IssuerInfo {
+        let policy = PolicySet::embedded_default().expect("policy");
+        IssuerInfo {
+            name: policy
+                .profile("issuing-ca")
+                .expect("p")
+                .subject
+                .render(&SubjectVars {
+                    name: Some("CA".into()),
+                    ..Default::default()
+                })
+                .expect("name"),
+            key: key(2),
+            key_id: crate::alg::key_identifier(&key(2).to_spki()).to_vec(),
+            not_before: UNIX_EPOCH + Duration::from_secs(NOW - 86_400),
+            not_after: UNIX_EPOCH + Duration::from_secs(NOW + 10 * 365 * 86_400),
+            path_len: Some(0),
+            signer_id: Default::default(),
+        }
+    }
+
+    /// A good terminal TBS, decoded into the writer so a test can break one thing.
+    fn good(profile: &str) -> TbsWriter {
+        let policy = PolicySet::embedded_default().expect("policy");
+        let vars = SubjectVars {
+            serial: Some("HSTM01261100000K".into()),
+            class: Some("II".into()),
+            manufacturer: Some("HSTM".into()),
+            model: Some("01".into()),
+            name: Some("x".into()),
+        };
+        let req = TbsRequest {
+            profile: policy.profile(profile).expect("profile"),
+            vars: &vars,
+            subject_key: &key(1),
+            serial: CertSerial::from_random([7; 16]),
+            now: UNIX_EPOCH + Duration::from_secs(NOW),
+        };
+        let linted = build_tbs(&req, Some(&issuer())).expect("good TBS lints clean");
+        TbsWriter::from_der(linted.to_be_signed()).expect("decodes")
+    }
+
+    fn lint(w: &TbsWriter) -> Result<(), LintError> {
+        let der = w.to_der().expect("encode");
+        let raw = TbsCertificateInner::<Raw>::from_der(&der).expect("raw decode");
+        lint_tbs(&raw, Some(&issuer()))
+    }
+
+    fn assert_rule(w: &TbsWriter, rule: LintRule) {
+        match lint(w) {
+            Ok(()) => panic!("{} not detected", rule.id()),
+            Err(e) => assert!(e.has(rule), "{} not among {e}", rule.id()),
+        }
+    }
+
+    fn set_ext(
+        w: &mut TbsWriter,
+        oid: const_oid::ObjectIdentifier,
+        f: impl FnOnce(&mut Extension),
+    ) {
+        f(w.extensions
+            .iter_mut()
+            .find(|e| e.extn_id == oid)
+            .expect("extension present"));
+    }
+
+    fn remove_ext(w: &mut TbsWriter, oid: const_oid::ObjectIdentifier) {
+        w.extensions.retain(|e| e.extn_id != oid);
+    }
+
+    fn der_of<T: der::Encode>(v: &T) -> OctetString {
+        OctetString::new(v.to_der().expect("der")).expect("os")
+    }
+
+    fn time(secs: u64) -> Time {
+        crate::time::to_x509(UNIX_EPOCH + Duration::from_secs(secs)).expect("time")
+    }
+
+    #[test]
+    fn good_tbs_is_clean() {
+        lint(&good("terminal")).expect("clean");
+    }
+
+    #[test]
+    fn serial_rules() {
+        let mut w = good("terminal");
+        w.serial_number = SerialNumber::from_der(&[0x02, 0x01, 0x00]).expect("zero");
+        assert_rule(&w, LintRule::SerialNotPositive);
+        w.serial_number = SerialNumber::from_der(&[0x02, 0x01, 0x80]).expect("negative");
+        assert_rule(&w, LintRule::SerialNotPositive);
+        let mut long = vec![0x02, 21, 0x01];
+        long.extend([0x55; 20]);
+        w.serial_number = SerialNumber::from_der(&long).expect("21 octets");
+        assert_rule(&w, LintRule::SerialTooLong);
+    }
+
+    #[test]
+    fn time_rules() {
+        let mut w = good("terminal");
+        let dt = w.validity.not_before.to_date_time();
+        w.validity.not_before = Time::GeneralTime(der::asn1::GeneralizedTime::from_date_time(dt));
+        assert_rule(&w, LintRule::TimeEncoding);
+
+        let mut w = good("terminal");
+        w.validity = Validity::new(w.validity.not_after, w.validity.not_before);
+        assert_rule(&w, LintRule::ValidityInverted);
+
+        let mut w = good("terminal");
+        w.validity.not_after = time(NOW + 11 * 365 * 86_400);
+        assert_rule(&w, LintRule::ValidityOutsideIssuer);
+
+        // 2050 and later must be GeneralizedTime.
+        let mut w = good("terminal");
+        let t2051 = UNIX_EPOCH + Duration::from_secs(2_556_144_000);
+        let dt = der::DateTime::from_system_time(t2051).expect("dt");
+        w.validity.not_after = Time::UtcTime(
+            der::asn1::UtcTime::from_unix_duration(Duration::from_secs(1_900_000_000))
+                .expect("utc"),
+        );
+        lint(&w)
+            .err()
+            .map(|e| assert!(!e.has(LintRule::TimeEncoding), "{e}"));
+        w.validity.not_after = Time::GeneralTime(der::asn1::GeneralizedTime::from_date_time(dt));
+        let e = lint(&w).expect_err("outside issuer anyway");
+        assert!(!e.has(LintRule::TimeEncoding), "{e}");
+    }
+
+    #[test]
+    fn name_and_algorithm_rules() {
+        let mut w = good("terminal");
+        w.subject = Name::default();
+        assert_rule(&w, LintRule::SubjectEmpty);
+
+        let mut w = good("terminal");
+        w.issuer = w.subject.clone();
+        assert_rule(&w, LintRule::IssuerNameMismatch);
+
+        let mut w = good("terminal");
+        w.signature.oid = const_oid::db::rfc5912::ECDSA_WITH_SHA_256;
+        assert_rule(&w, LintRule::SignatureAlgorithm);
+
+        let mut w = good("terminal");
+        w.signature.parameters = Some(der::Any::null());
+        assert_rule(&w, LintRule::SignatureAlgorithm);
+
+        let mut w = good("terminal");
+        w.subject_public_key_info.algorithm.parameters =
+            Some(der::Any::from(const_oid::db::rfc5912::SECP_256_R_1));
+        assert_rule(&w, LintRule::SubjectKey);
+
+        let mut w = good("terminal");
+        let mut point = w
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
+        point[64] ^= 1;
+        w.subject_public_key_info.subject_public_key = BitString::from_bytes(&point).expect("bits");
+        assert_rule(&w, LintRule::SubjectKey);
+
+        let mut w = good("terminal");
+        w.version = x509_cert::certificate::Version::V2;
+        assert_rule(&w, LintRule::VersionNotV3);
+    }
+
+    #[test]
+    fn extension_rules() {
+        use const_oid::db::rfc5280::*;
+        let mut w = good("terminal");
+        let dup = w.extensions[0].clone();
+        w.extensions.push(dup);
+        assert_rule(&w, LintRule::DuplicateExtension);
+
+        let mut w = good("terminal");
+        set_ext(&mut w, ID_CE_CERTIFICATE_POLICIES, |e| e.critical = true);
+        assert_rule(&w, LintRule::UnknownCriticalExtension);
+
+        let mut w = good("terminal");
+        remove_ext(&mut w, ID_CE_SUBJECT_KEY_IDENTIFIER);
+        assert_rule(&w, LintRule::SkiMissing);
+
+        let mut w = good("terminal");
+        set_ext(&mut w, ID_CE_SUBJECT_KEY_IDENTIFIER, |e| {
+            e.extn_value = OctetString::new(vec![4, 2, 1, 2]).expect("os")
+        });
+        assert_rule(&w, LintRule::SkiMismatch);
+
+        let mut w = good("terminal");
+        set_ext(&mut w, ID_CE_SUBJECT_KEY_IDENTIFIER, |e| {
+            e.extn_value = OctetString::new(vec![0xff]).expect("os")
+        });
+        assert_rule(&w, LintRule::ExtensionMalformed);
+
+        let mut w = good("terminal");
+        remove_ext(&mut w, ID_CE_AUTHORITY_KEY_IDENTIFIER);
+        assert_rule(&w, LintRule::AkiMissing);
+
+        let mut w = good("terminal");
+        set_ext(&mut w, ID_CE_AUTHORITY_KEY_IDENTIFIER, |e| {
+            e.extn_value = OctetString::new(vec![0x30, 3, 0x80, 1, 9]).expect("os")
+        });
+        assert_rule(&w, LintRule::AkiMismatch);
+
+        let mut w = good("terminal");
+        remove_ext(&mut w, ID_CE_KEY_USAGE);
+        assert_rule(&w, LintRule::KeyUsageMissing);
+
+        let mut w = good("terminal");
+        set_ext(&mut w, ID_CE_KEY_USAGE, |e| e.critical = false);
+        assert_rule(&w, LintRule::KeyUsageNotCritical);
+    }
+
+    #[test]
+    fn ca_consistency_rules() {
+        use const_oid::db::rfc5280::*;
+
+        // keyCertSign on a non-CA.
+        let mut w = good("terminal");
+        let ku = KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyCertSign);
+        set_ext(&mut w, ID_CE_KEY_USAGE, |e| e.extn_value = der_of(&ku));
+        assert_rule(&w, LintRule::KeyUsageInconsistentWithCa);
+
+        // keyCertSign with no basicConstraints at all.
+        remove_ext(&mut w, ID_CE_BASIC_CONSTRAINTS);
+        assert_rule(&w, LintRule::BasicConstraintsMissing);
+
+        // pathLen on an end entity.
+        let mut w = good("terminal");
+        let bc = BasicConstraints {
+            ca: false,
+            path_len_constraint: Some(0),
+        };
+        set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| {
+            e.extn_value = der_of(&bc)
+        });
+        assert_rule(&w, LintRule::PathLenWithoutCa);
+
+        // A CA whose basicConstraints is not critical, under an issuer with pathLen 0.
+        let mut w = good("terminal");
+        let bc = BasicConstraints {
+            ca: true,
+            path_len_constraint: None,
+        };
+        let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
+        set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| {
+            e.extn_value = der_of(&bc);
+            e.critical = false;
+        });
+        set_ext(&mut w, ID_CE_KEY_USAGE, |e| e.extn_value = der_of(&ku));
+        let err = lint(&w).expect_err("bad CA");
+        assert!(err.has(LintRule::BasicConstraintsNotCritical), "{err}");
+        assert!(err.has(LintRule::PathLenExceeded), "{err}");
+        // Every finding is reported, with its stable id in the message.
+        assert!(err.to_string().contains("[path-len-exceeded]"), "{err}");
+    }
+
+    #[test]
+    fn unique_identifiers_are_refused() {
+        // Append subjectUniqueID [2] before extensions by hand-editing the DER.
+        let w = good("terminal");
+        let der = w.to_der().expect("der");
+        let raw = TbsCertificateInner::<Raw>::from_der(&der).expect("raw");
+        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+            let n = content.len();
+            let mut v = vec![tag];
+            match n {
+                0..=127 => v.push(n as u8),
+                128..=255 => v.extend([0x81, n as u8]),
+                _ => v.extend([0x82, (n >> 8) as u8, n as u8]),
+            }
+            v.extend(content);
+            v
+        }
+        let mut body = tlv(0xa0, &raw.version().to_der().expect("version"));
+        for part in [
+            raw.serial_number().to_der(),
+            raw.signature().to_der(),
+            raw.issuer().to_der(),
+            raw.validity().to_der(),
+            raw.subject().to_der(),
+            raw.subject_public_key_info().to_der(),
+        ] {
+            body.extend(part.expect("part"));
+        }
+        body.extend(tlv(0x82, &[0x00, 0xaa]));
+        body.extend(tlv(0xa3, &w.extensions.to_der().expect("exts")));
+        let tbs = tlv(0x30, &body);
+        let raw = TbsCertificateInner::<Raw>::from_der(&tbs).expect("with unique id");
+        let err = lint_tbs(&raw, Some(&issuer())).expect_err("unique id");
+        assert!(err.has(LintRule::UniqueIdentifiers), "{err}");
+    }
+}

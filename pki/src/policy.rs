@@ -666,3 +666,261 @@ fn parse_charset(spec: &str) -> Result<Vec<char>, String> {
     set.dedup();
     Ok(set)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HIERARCHY: &str = include_str!("../../policies/hierarchy.toml");
+    const PROFILES: &str = include_str!("../../policies/profiles.toml");
+    const RULES: &str = include_str!("../../policies/serial-rules.toml");
+
+    fn load(h: &str, p: &str, r: &str) -> Result<PolicySet, PolicyError> {
+        PolicySet::load(
+            Source {
+                name: "hierarchy.toml",
+                text: h,
+            },
+            Source {
+                name: "profiles.toml",
+                text: p,
+            },
+            Source {
+                name: "serial-rules.toml",
+                text: r,
+            },
+        )
+    }
+
+    /// Replaces `from` (which must occur) and returns the 1-based line it was on.
+    fn edit(text: &str, from: &str, to: &str) -> (String, usize) {
+        let at = text
+            .find(from)
+            .unwrap_or_else(|| panic!("{from:?} not in policy"));
+        (
+            text.replacen(from, to, 1),
+            text[..at].matches('\n').count() + 1,
+        )
+    }
+
+    fn profile_err(from: &str, to: &str) -> (PolicyError, usize) {
+        let (p, line) = edit(PROFILES, from, to);
+        (load(HIERARCHY, &p, RULES).expect_err("must fail"), line)
+    }
+
+    #[test]
+    fn shipped_policy_loads() {
+        let set = load(HIERARCHY, PROFILES, RULES).expect("loads");
+        for name in REQUIRED_PROFILES {
+            assert!(set.profile(name).is_some(), "{name}");
+        }
+        let terminal = set.profile("terminal").expect("terminal");
+        assert!(!terminal.is_ca());
+        assert_eq!(terminal.signer_id.as_str(), crate::DEFAULT_SIGNER_ID);
+        assert_eq!(set.profile("root-ca").and_then(|p| p.ca), Some(Some(1)));
+        assert_eq!(set.serial_rule().len(), 16);
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        let cases = [
+            (
+                "key_usage = [\"digitalSignature\"]\nextended_key_usage = [\"clientAuth\"]",
+                "key_usage = [\"digitalSignatur\"]\nextended_key_usage = [\"clientAuth\"]",
+                "unknown key usage",
+            ),
+            (
+                "extended_key_usage = [\"clientAuth\"]",
+                "extended_key_usage = [\"clientAuthh\"]",
+                "unknown extended key usage",
+            ),
+            (
+                "policies = [\"1.3.6.1.5.5.7.13.2\"]",
+                "policies = [\"1.3.x\"]",
+                "not a dotted OID",
+            ),
+            (
+                "ocsp = [\"http://127.0.0.1:7080/ocsp\"]",
+                "ocsp = [\"ftp://x\"]",
+                "not an http(s) URL",
+            ),
+            (
+                "validity_days = 1825",
+                "validity_days = 0",
+                "validity_days must be at least 1",
+            ),
+            (
+                "[\"OU\", \"Terminal Class {class}\"]",
+                "[\"XX\", \"Terminal Class {class}\"]",
+                "unknown subject attribute",
+            ),
+            (
+                "Terminal Class {class}",
+                "Terminal Class {klass}",
+                "unknown placeholder",
+            ),
+            (
+                "[[\"C\", \"CN\"], [\"O\", \"{manufacturer}\"]",
+                "[[\"C\", \"China\"], [\"O\", \"{manufacturer}\"]",
+                "two-letter country",
+            ),
+            (
+                "key_usage = [\"keyCertSign\", \"cRLSign\"]",
+                "key_usage = [\"cRLSign\"]",
+                "a CA profile needs keyCertSign",
+            ),
+            (
+                "validity_days = 1825",
+                "validity_days = 1825\npath_len = 2",
+                "path_len is only allowed",
+            ),
+            (
+                "validity_days = 1825",
+                "validity_days = 1825\nsignre_id = \"x\"",
+                "unknown field",
+            ),
+            (
+                "validity_days = 1825",
+                "validity_days = \"long\"",
+                "invalid type",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let (err, line) = profile_err(from, to);
+            assert!(err.message.contains(want), "{to:?}: got {err}");
+            assert_eq!(err.file, "profiles.toml");
+            // The error is on the edited line or, for a multi-line edit, the one after.
+            assert!(
+                err.line == line || err.line == line + 1,
+                "{to:?}: error at line {}, edit at line {line}: {err}",
+                err.line
+            );
+            assert!(
+                err.column > 1 || err.message.contains("unknown field"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn toml_syntax_error_has_line() {
+        let (p, line) = edit(PROFILES, "validity_days = 1825", "validity_days = = 1825");
+        let err = load(HIERARCHY, &p, RULES).expect_err("syntax");
+        assert_eq!(err.line, line, "{err}");
+    }
+
+    #[test]
+    fn missing_profile_is_refused() {
+        let p = PROFILES.replace("[profile.auditor]", "[profile.auditors]");
+        let err = load(HIERARCHY, &p, RULES).expect_err("missing");
+        assert!(
+            err.message.contains("profile `auditor` is missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hierarchy_is_cross_checked() {
+        let cases = [
+            (
+                "profile = \"issuing-ca\"",
+                "profile = \"issuing\"",
+                "no profile named",
+            ),
+            (
+                "profile = \"issuing-ca\"",
+                "profile = \"terminal\"",
+                "not a CA profile",
+            ),
+            (
+                "key_label = \"hsca-issuing-ca-1\"",
+                "key_label = \"hsca-root-ca\"",
+                "own key_label",
+            ),
+            (
+                "name = \"HSCA SM2 Root CA\"",
+                "name = \" \"",
+                "name must not be empty",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let (h, line) = edit(HIERARCHY, from, to);
+            let err = load(&h, PROFILES, RULES).expect_err("must fail");
+            assert!(
+                err.message.contains(want) && err.line == line,
+                "{to:?}: {err} (want line {line})"
+            );
+        }
+        let (p, _) = edit(PROFILES, "path_len = 0", "path_len = 1");
+        let err = load(HIERARCHY, &p, RULES).expect_err("path_len");
+        assert!(err.message.contains("below the root"), "{err}");
+    }
+
+    #[test]
+    fn serial_rules_are_checked() {
+        let cases = [
+            (
+                "check = \"iso7064-mod37-36\"",
+                "check = \"luhn\"",
+                "unknown check algorithm",
+            ),
+            (
+                "manufacturer_field = \"manufacturer\"",
+                "manufacturer_field = \"maker\"",
+                "no field named",
+            ),
+            (
+                "charset = \"0-9A-Z\" },\n    { name = \"model\"",
+                "charset = \"0-9a-z\" },\n    { name = \"model\"",
+                "outside the check algorithm's alphabet",
+            ),
+            (
+                "charset = \"0-9\" }",
+                "charset = \"9-0\" }",
+                "range 9-0 is empty",
+            ),
+            (
+                "format = \"YYMM\"",
+                "format = \"YYYYMM\"",
+                "unknown field format",
+            ),
+            (
+                "len = 4, format = \"YYMM\"",
+                "len = 6, format = \"YYMM\"",
+                "4 characters",
+            ),
+            ("len = 5, charset", "len = 0, charset", "at least 1"),
+            (
+                "default = \"hsts-example\"",
+                "default = \"nope\"",
+                "no rule named",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let (r, line) = edit(RULES, from, to);
+            let err = load(HIERARCHY, PROFILES, &r).expect_err("must fail");
+            assert!(err.message.contains(want), "{to:?}: {err}");
+            assert_eq!(err.line, line, "{to:?}: {err}");
+        }
+        let r = RULES.replace(
+            "    { name = \"check\", len = 1, format = \"check\" },\n",
+            "",
+        );
+        assert!(
+            load(HIERARCHY, PROFILES, &r)
+                .expect_err("no check")
+                .message
+                .contains("needs a last field")
+        );
+        let r = RULES.replace(
+            "{ name = \"model\", len = 2, charset = \"0-9\" },",
+            "{ name = \"model\", len = 2, charset = \"0-9\", format = \"YYMM\" },",
+        );
+        assert!(
+            load(HIERARCHY, PROFILES, &r)
+                .expect_err("both")
+                .message
+                .contains("exactly one of")
+        );
+    }
+}

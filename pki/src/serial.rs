@@ -294,3 +294,119 @@ impl fmt::Display for TerminalClass {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown terminal class {0:?} (expected I, II or III)")]
 pub struct UnknownClass(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySet;
+
+    fn rule() -> SerialRule {
+        PolicySet::embedded_default()
+            .expect("policy")
+            .serial_rule()
+            .clone()
+    }
+
+    const VALID: [&str; 3] = ["HSTM01261100000K", "HSTM01261100001I", "A1B2032512ZZ9Q0G"];
+
+    #[test]
+    fn issue_vectors_are_valid() {
+        let rule = rule();
+        for v in VALID {
+            let s = rule.parse(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(s.as_str(), v);
+        }
+        let s = rule.parse("A1B2032512ZZ9Q0G").expect("valid");
+        assert_eq!(s.manufacturer(), "A1B2");
+        assert_eq!(s.field("model"), Some("03"));
+        assert_eq!(s.field("production"), Some("2512"));
+        assert_eq!(s.field("sequence"), Some("ZZ9Q0"));
+    }
+
+    #[test]
+    fn check_character_computed_independently_of_parse() {
+        // MOD 37,36 over the first 15 characters gives the 16th.
+        for v in VALID {
+            let (data, check) = v.split_at(15);
+            assert_eq!(
+                CheckAlgorithm::Iso7064Mod37_36
+                    .compute(data)
+                    .map(String::from),
+                Some(check.to_owned())
+            );
+        }
+        // ISO 7064 MOD 11,10 published example: 0794 → check 5.
+        assert_eq!(CheckAlgorithm::Iso7064Mod11_10.compute("0794"), Some('5'));
+    }
+
+    #[test]
+    fn every_single_character_change_is_rejected() {
+        let rule = rule();
+        let alphabet = CheckAlgorithm::Iso7064Mod37_36.alphabet();
+        let mut tried = 0;
+        for v in VALID {
+            let chars: Vec<char> = v.chars().collect();
+            for pos in 0..chars.len() {
+                for &c in alphabet.iter().filter(|c| **c != chars[pos]) {
+                    let mut changed = chars.clone();
+                    changed[pos] = c;
+                    let s: String = changed.into_iter().collect();
+                    assert!(
+                        rule.parse(&s).is_err(),
+                        "{s} (changed from {v} at {pos}) was accepted"
+                    );
+                    tried += 1;
+                }
+            }
+        }
+        assert_eq!(tried, 3 * 16 * 35);
+    }
+
+    #[test]
+    fn rejections_name_what_is_wrong() {
+        let rule = rule();
+        assert_eq!(
+            rule.parse("HSTM0126110000K"),
+            Err(SerialError::WrongLength {
+                expected: 16,
+                found: 15
+            })
+        );
+        assert!(matches!(
+            rule.parse("HSTMA1261100000K"),
+            Err(SerialError::BadCharacter {
+                position: 5,
+                ch: 'A',
+                ..
+            })
+        ));
+        assert!(matches!(
+            rule.parse("hstm01261100000K"),
+            Err(SerialError::BadCharacter { position: 1, .. })
+        ));
+        assert!(matches!(
+            rule.parse("HSTM01261300000K"),
+            Err(SerialError::BadYearMonth { .. })
+        ));
+        assert!(matches!(
+            rule.parse("HSTM01260000000K"),
+            Err(SerialError::BadYearMonth { .. })
+        ));
+        assert_eq!(
+            rule.parse("HSTM01261100000J"),
+            Err(SerialError::CheckCharacterMismatch {
+                expected: 'K',
+                found: 'J'
+            })
+        );
+        assert!(rule.parse("").is_err());
+        assert!(rule.parse("HSTM01261100000Ｋ").is_err());
+    }
+
+    #[test]
+    fn classes_parse() {
+        assert_eq!("II".parse::<TerminalClass>(), Ok(TerminalClass::II));
+        assert_eq!("3".parse::<TerminalClass>(), Ok(TerminalClass::III));
+        assert!("IV".parse::<TerminalClass>().is_err());
+    }
+}
