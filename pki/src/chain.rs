@@ -212,18 +212,18 @@ fn check_ca(cert: &Certificate, cas_below: usize) -> Result<(), ChainErrorKind> 
     let Some(bc) = bc.filter(|bc| bc.ca) else {
         return Err(ChainErrorKind::NotCa);
     };
-    if let Some(limit) = bc.path_len_constraint {
-        if cas_below > usize::from(limit) {
-            return Err(ChainErrorKind::PathLenExceeded { limit });
-        }
+    if let Some(limit) = bc.path_len_constraint
+        && cas_below > usize::from(limit)
+    {
+        return Err(ChainErrorKind::PathLenExceeded { limit });
     }
     let ku = tbs
         .get_extension::<KeyUsage>()
         .map_err(|e| ChainErrorKind::Malformed(format!("keyUsage: {e}")))?;
-    if let Some((_, ku)) = ku {
-        if !ku.0.contains(KeyUsages::KeyCertSign) {
-            return Err(ChainErrorKind::NoKeyCertSign);
-        }
+    if let Some((_, ku)) = ku
+        && !ku.0.contains(KeyUsages::KeyCertSign)
+    {
+        return Err(ChainErrorKind::NoKeyCertSign);
     }
     Ok(())
 }

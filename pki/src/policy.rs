@@ -140,8 +140,8 @@ pub struct PolicySet {
     pub profiles: BTreeMap<String, CertProfile>,
     /// Serial-number rules by name.
     pub serial_rules: BTreeMap<String, SerialRule>,
-    /// Name of the rule terminals are checked against.
-    pub default_serial_rule: String,
+    /// The rule terminals are checked against (`default` in `serial-rules.toml`).
+    pub terminal_serial_rule: SerialRule,
 }
 
 impl PolicySet {
@@ -153,12 +153,12 @@ impl PolicySet {
     ) -> Result<Self, PolicyError> {
         let profile_map = load_profiles(&profiles)?;
         let hierarchy = load_hierarchy(&hierarchy, &profile_map)?;
-        let (serial_rules, default_serial_rule) = load_serial_rules(&serial_rules)?;
+        let (serial_rules, terminal_serial_rule) = load_serial_rules(&serial_rules)?;
         Ok(Self {
             hierarchy,
             profiles: profile_map,
             serial_rules,
-            default_serial_rule,
+            terminal_serial_rule,
         })
     }
 
@@ -187,8 +187,7 @@ impl PolicySet {
 
     /// The rule terminals are checked against.
     pub fn serial_rule(&self) -> &SerialRule {
-        // `load` guarantees the default names a loaded rule.
-        &self.serial_rules[&self.default_serial_rule]
+        &self.terminal_serial_rule
     }
 }
 
@@ -480,14 +479,14 @@ fn load_hierarchy(
             "the issuing CA needs its own key_label",
         ));
     }
-    if let (Some(Some(root_len)), Some(issuing_len)) = (root_profile.ca, issuing_profile.ca) {
-        if issuing_len.is_none_or(|l| l >= root_len) {
-            return Err(PolicyError::spanned(
-                src,
-                &file.issuing.profile,
-                format!("issuing CA path_len must be below the root's ({root_len})"),
-            ));
-        }
+    if let (Some(Some(root_len)), Some(issuing_len)) = (root_profile.ca, issuing_profile.ca)
+        && issuing_len.is_none_or(|l| l >= root_len)
+    {
+        return Err(PolicyError::spanned(
+            src,
+            &file.issuing.profile,
+            format!("issuing CA path_len must be below the root's ({root_len})"),
+        ));
     }
     Ok(Hierarchy { root, issuing })
 }
@@ -522,7 +521,7 @@ struct RawField {
 
 fn load_serial_rules(
     src: &Source<'_>,
-) -> Result<(BTreeMap<String, SerialRule>, String), PolicyError> {
+) -> Result<(BTreeMap<String, SerialRule>, SerialRule), PolicyError> {
     let file: SerialRulesFile = parse_toml(src)?;
     let mut rules = BTreeMap::new();
     for (name, raw) in &file.rule {
@@ -631,14 +630,14 @@ fn load_serial_rules(
             },
         );
     }
-    if !rules.contains_key(file.default.get_ref()) {
-        return Err(PolicyError::spanned(
+    let default = rules.get(file.default.get_ref()).cloned().ok_or_else(|| {
+        PolicyError::spanned(
             src,
             &file.default,
             format!("no rule named `{}`", file.default.get_ref()),
-        ));
-    }
-    Ok((rules, file.default.into_inner()))
+        )
+    })?;
+    Ok((rules, default))
 }
 
 /// Parses `0-9A-Z`-style character sets: single characters and inclusive ranges.

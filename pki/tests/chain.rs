@@ -1,0 +1,399 @@
+//! Chain validation to a pinned root: the good path and every rejection.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use hsm::backend::memory::SoftwareSm2Key;
+use pki::cert::{IssuerInfo, TbsRequest, build_tbs};
+use pki::{CertSerial, ChainErrorKind as K, IssueError, SignerId, validate_chain};
+use support::{Ca, issue, make_issuing, make_root, policy, sign, terminal_vars, vars_name};
+
+struct World {
+    policy: pki::PolicySet,
+    root: Ca,
+    issuing: Ca,
+    leaf: pki::Certificate,
+    now: SystemTime,
+}
+
+fn world() -> World {
+    let policy = policy();
+    let now = SystemTime::now();
+    let root = make_root(&policy, now);
+    let issuing = make_issuing(&policy, &root, now);
+    let leaf = issue(
+        &policy,
+        "terminal",
+        &terminal_vars("HSTM01261100000K", "II"),
+        support::key().sm2_public_key(),
+        &issuing,
+        now,
+    );
+    World {
+        policy,
+        root,
+        issuing,
+        leaf,
+        now,
+    }
+}
+
+fn kind(r: Result<Vec<&pki::Certificate>, pki::ChainError>) -> (usize, K) {
+    let e = r.expect_err("must not validate");
+    (e.depth, e.kind)
+}
+
+#[test]
+fn good_chain_validates_in_any_order() {
+    let w = world();
+    let id = SignerId::default();
+    let path = validate_chain(
+        &w.leaf,
+        std::slice::from_ref(&w.issuing.cert),
+        &w.root.cert,
+        w.now,
+        &id,
+    )
+    .expect("valid");
+    assert_eq!(path.len(), 3);
+    let noise = [w.leaf.clone(), w.issuing.cert.clone()];
+    validate_chain(&w.leaf, &noise, &w.root.cert, w.now, &id)
+        .expect("extra certificates are ignored");
+    validate_chain(&w.root.cert, &[], &w.root.cert, w.now, &id).expect("the root itself");
+}
+
+#[test]
+fn tampered_certificate_fails_its_signature() {
+    let w = world();
+    let mut der = der::Encode::to_der(&w.leaf).expect("der");
+    let at = der
+        .windows(16)
+        .position(|x| x == b"HSTM01261100000K")
+        .expect("serial in subject");
+    der[at + 15] = b'J';
+    let tampered: pki::Certificate = der::Decode::from_der(&der).expect("still parses");
+    let (depth, k) = kind(validate_chain(
+        &tampered,
+        std::slice::from_ref(&w.issuing.cert),
+        &w.root.cert,
+        w.now,
+        &SignerId::default(),
+    ));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::Signature(_)), "{k:?}");
+}
+
+#[test]
+fn wrong_signer_id_fails() {
+    let w = world();
+    let other = SignerId::new("ALICE123@YAHOO.COM").expect("id");
+    let (_, k) = kind(validate_chain(
+        &w.leaf,
+        std::slice::from_ref(&w.issuing.cert),
+        &w.root.cert,
+        w.now,
+        &other,
+    ));
+    assert!(matches!(k, K::Signature(_)), "{k:?}");
+}
+
+#[test]
+fn chain_to_another_root_is_refused() {
+    let w = world();
+    let other_root = make_root(&w.policy, w.now);
+    let other_issuing = make_issuing(&w.policy, &other_root, w.now);
+    let id = SignerId::default();
+    // Same names, other keys: the names chain but the signatures do not.
+    let (depth, k) = kind(validate_chain(
+        &w.leaf,
+        std::slice::from_ref(&other_issuing.cert),
+        &other_root.cert,
+        w.now,
+        &id,
+    ));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::Signature(_)), "{k:?}");
+    // Missing intermediate.
+    let (depth, k) = kind(validate_chain(&w.leaf, &[], &w.root.cert, w.now, &id));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::IssuerNotFound { .. }), "{k:?}");
+}
+
+#[test]
+fn validity_is_checked_at_the_given_time() {
+    let w = world();
+    let id = SignerId::default();
+    let inter = std::slice::from_ref(&w.issuing.cert);
+    let (depth, k) = kind(validate_chain(
+        &w.leaf,
+        inter,
+        &w.root.cert,
+        w.now + Duration::from_secs(6 * 365 * 86_400),
+        &id,
+    ));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::Expired(_)), "{k:?}");
+    let (depth, k) = kind(validate_chain(
+        &w.leaf,
+        inter,
+        &w.root.cert,
+        w.now - Duration::from_secs(86_400),
+        &id,
+    ));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::NotYetValid(_)), "{k:?}");
+    let (depth, k) = kind(validate_chain(
+        &w.root.cert,
+        &[],
+        &w.root.cert,
+        w.now + Duration::from_secs(21 * 365 * 86_400),
+        &id,
+    ));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::Expired(_)), "{k:?}");
+}
+
+#[test]
+fn end_entity_cannot_act_as_a_ca() {
+    let w = world();
+    let term_key = support::key();
+    let terminal = issue(
+        &w.policy,
+        "terminal",
+        &terminal_vars("HSTM01261100001I", "I"),
+        term_key.sm2_public_key(),
+        &w.issuing,
+        w.now,
+    );
+    // Our own builder refuses to use it as an issuer…
+    let refused = IssuerInfo::from_certificate(&terminal, SignerId::default());
+    assert!(
+        matches!(refused, Err(IssueError::BadIssuer(_))),
+        "{refused:?}"
+    );
+    // …so forge the issuer data by hand and check the validator catches it.
+    let tbs = terminal.tbs_certificate();
+    let forged = IssuerInfo {
+        name: tbs.subject().clone(),
+        key: term_key.sm2_public_key().clone(),
+        key_id: pki::alg::key_identifier(tbs.subject_public_key_info()).to_vec(),
+        not_before: w.now - Duration::from_secs(600),
+        not_after: w.now + Duration::from_secs(86_400),
+        path_len: None,
+        signer_id: SignerId::default(),
+    };
+    let profile = w.policy.profile("terminal").expect("profile");
+    let vars = terminal_vars("A1B2032512ZZ9Q0G", "I");
+    let below_key = support::key();
+    let req = TbsRequest {
+        profile,
+        vars: &vars,
+        subject_key: below_key.sm2_public_key(),
+        serial: CertSerial::from_random([3; 16]),
+        now: w.now,
+    };
+    let below = sign(build_tbs(&req, Some(&forged)).expect("tbs"), &term_key);
+    let inter = [terminal, w.issuing.cert.clone()];
+    let (depth, k) = kind(validate_chain(
+        &below,
+        &inter,
+        &w.root.cert,
+        w.now,
+        &SignerId::default(),
+    ));
+    assert_eq!((depth, k), (1, K::NotCa));
+}
+
+#[test]
+fn path_length_is_enforced() {
+    let w = world();
+    // The issuing CA has pathLen 0. Forge a sub-CA under it by hiding that from our own linter.
+    let mut lax = w.issuing.info.clone();
+    lax.path_len = None;
+    let sub_key = support::key();
+    let profile = w.policy.profile("issuing-ca").expect("profile");
+    let vars = vars_name("Rogue Sub CA");
+    let req = TbsRequest {
+        profile,
+        vars: &vars,
+        subject_key: sub_key.sm2_public_key(),
+        serial: CertSerial::from_random([5; 16]),
+        now: w.now,
+    };
+    // With the real issuer data, the linter refuses to make it at all.
+    let linted = build_tbs(&req, Some(&w.issuing.info));
+    assert!(
+        matches!(&linted, Err(IssueError::Lint(e)) if e.has(pki::LintRule::PathLenExceeded)),
+        "{linted:?}"
+    );
+    let sub_cert = sign(build_tbs(&req, Some(&lax)).expect("tbs"), &w.issuing.key);
+    let sub = Ca {
+        info: IssuerInfo::from_certificate(&sub_cert, SignerId::default()).expect("sub"),
+        cert: sub_cert,
+        key: sub_key,
+    };
+    let leaf = issue(
+        &w.policy,
+        "terminal",
+        &terminal_vars("HSTM01261100000K", "II"),
+        support::key().sm2_public_key(),
+        &sub,
+        w.now,
+    );
+    let inter = [sub.cert.clone(), w.issuing.cert.clone()];
+    let (depth, k) = kind(validate_chain(
+        &leaf,
+        &inter,
+        &w.root.cert,
+        w.now,
+        &SignerId::default(),
+    ));
+    assert_eq!((depth, k), (2, K::PathLenExceeded { limit: 0 }));
+}
+
+#[test]
+fn pinned_root_must_be_self_signed() {
+    let w = world();
+    let (depth, k) = kind(validate_chain(
+        &w.leaf,
+        &[],
+        &w.issuing.cert,
+        w.now,
+        &SignerId::default(),
+    ));
+    assert_eq!((depth, k), (1, K::RootNotSelfSigned));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl binary (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A root made by OpenSSL with extra extensions, and a leaf we issue under it.
+fn openssl_root(extra: &[&str]) -> (pki::Certificate, pki::Certificate, SystemTime) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    openssl(d, &["genpkey", "-algorithm", "SM2", "-out", "k.pem"]);
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "k.pem",
+        "-sm3",
+        "-sigopt",
+        "distid:1234567812345678",
+        "-subj",
+        "/CN=OpenSSL Root",
+        "-days",
+        "30",
+    ];
+    args.extend(extra.iter().flat_map(|e| ["-addext", e]));
+    args.extend(["-out", "root.pem"]);
+    openssl(d, &args);
+    let root =
+        pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join("root.pem")).expect("root"))
+            .expect("parse");
+    let key = SoftwareSm2Key::from_pkcs8_pem(
+        &std::fs::read_to_string(d.join("k.pem")).expect("key"),
+        SignerId::default(),
+    )
+    .expect("key");
+    let info = IssuerInfo::from_certificate(&root, SignerId::default()).expect("issuer");
+    let now = SystemTime::now();
+    let ca = Ca {
+        cert: root.clone(),
+        key,
+        info,
+    };
+    let leaf = issue(
+        &policy(),
+        "terminal",
+        &terminal_vars("HSTM01261100000K", "II"),
+        support::key().sm2_public_key(),
+        &ca,
+        now,
+    );
+    (root, leaf, now)
+}
+
+#[test]
+fn chain_made_by_openssl_validates() {
+    let (root, leaf, now) = openssl_root(&[
+        "basicConstraints=critical,CA:TRUE",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    validate_chain(&leaf, &[], &root, now, &SignerId::default()).expect("OpenSSL root + our leaf");
+}
+
+#[test]
+fn ca_without_key_cert_sign_is_refused() {
+    let (root, leaf, now) = openssl_root(&[
+        "basicConstraints=critical,CA:TRUE",
+        "keyUsage=critical,digitalSignature",
+    ]);
+    let (depth, k) = kind(validate_chain(&leaf, &[], &root, now, &SignerId::default()));
+    assert_eq!((depth, k), (1, K::NoKeyCertSign));
+}
+
+#[test]
+fn unknown_critical_extension_is_refused() {
+    let (root, leaf, now) = openssl_root(&[
+        "basicConstraints=critical,CA:TRUE",
+        "keyUsage=critical,keyCertSign",
+        "1.3.6.1.4.1.99999.1=critical,ASN1:NULL",
+    ]);
+    let (depth, k) = kind(validate_chain(&leaf, &[], &root, now, &SignerId::default()));
+    assert_eq!(
+        (depth, k),
+        (1, K::UnknownCriticalExtension("1.3.6.1.4.1.99999.1".into()))
+    );
+}
+
+#[test]
+fn issuing_requires_a_valid_issuer() {
+    let w = world();
+    let profile = w.policy.profile("terminal").expect("p");
+    let vars = terminal_vars("HSTM01261100000K", "II");
+    let key = support::key();
+    let late = w.now + Duration::from_secs(11 * 365 * 86_400);
+    let req = TbsRequest {
+        profile,
+        vars: &vars,
+        subject_key: key.sm2_public_key(),
+        serial: CertSerial::from_random([9; 16]),
+        now: late,
+    };
+    assert!(matches!(
+        build_tbs(&req, Some(&w.issuing.info)),
+        Err(IssueError::IssuerNotValid)
+    ));
+    // Validity is clipped to the issuer's: a leaf never outlives its CA.
+    let near_end = w.now + Duration::from_secs(3649 * 86_400);
+    let req = TbsRequest {
+        now: near_end,
+        ..req
+    };
+    let tbs = build_tbs(&req, Some(&w.issuing.info)).expect("tbs");
+    assert_eq!(
+        tbs.tbs().validity().not_after,
+        w.issuing.cert.tbs_certificate().validity().not_after
+    );
+    // A signature by the wrong key is not assembled into a certificate.
+    let wrong = hsm::Signer::sign(&key, tbs.to_be_signed()).expect("sign");
+    assert!(matches!(
+        tbs.assemble(wrong.as_der()),
+        Err(IssueError::BadSignature(_))
+    ));
+}

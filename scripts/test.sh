@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need (when missing) and runs every check: format, lints, all tests.
+# This is the README's test command and the only thing .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "==> installing: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+echo "==> openssl: $(openssl version)"
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --all-targets --locked
+# Doc tests are not part of --all-targets.
+cargo test --workspace --doc --locked
+
+echo "==> README command 1: the pki example, checked by stock openssl"
+demo=$(mktemp -d)
+trap 'rm -rf "$demo"' EXIT
+cargo run -q --locked -p pki --example issue-demo -- "$demo"
+openssl verify -vfyopt distid:1234567812345678 -CAfile "$demo/root.pem" "$demo/issuing.pem"
+openssl verify -vfyopt distid:1234567812345678 -partial_chain -CAfile "$demo/issuing.pem" "$demo/terminal.pem"
+echo "all checks passed"
