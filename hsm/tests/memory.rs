@@ -35,14 +35,8 @@ fn pkcs8_round_trip_and_bad_keys() {
     let pem = key.to_pkcs8_pem().expect("pem");
     let back = SoftwareSm2Key::from_pkcs8_pem(&pem, SignerId::default()).expect("parse");
     assert_eq!(back.public_key(), key.public_key());
-    assert!(
-        SoftwareSm2Key::from_scalar_bytes(&[0; 32], SignerId::default()).is_err(),
-        "zero scalar"
-    );
-    assert!(
-        SoftwareSm2Key::from_scalar_bytes(&[0xff; 32], SignerId::default()).is_err(),
-        "scalar ≥ n"
-    );
+    assert!(SoftwareSm2Key::from_scalar_bytes(&[0; 32], SignerId::default()).is_err(), "zero scalar");
+    assert!(SoftwareSm2Key::from_scalar_bytes(&[0xff; 32], SignerId::default()).is_err(), "scalar ≥ n");
     assert!(
         SoftwareSm2Key::from_pkcs8_pem(
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
@@ -52,8 +46,5 @@ fn pkcs8_round_trip_and_bad_keys() {
     );
     // Debug never shows the private key.
     let shown = format!("{key:?}");
-    assert!(
-        !shown.contains(pem.lines().nth(1).unwrap_or("x")),
-        "{shown}"
-    );
+    assert!(!shown.contains(pem.lines().nth(1).unwrap_or("x")), "{shown}");
 }

@@ -17,69 +17,30 @@ fn benches(c: &mut Criterion) {
     let root = support::make_root(&policy, now);
     let issuing = support::make_issuing(&policy, &root, now);
     let term_key = support::key();
-    let csr = support::csr(
-        &term_key,
-        "CN=HSTM01261100000K,serialNumber=HSTM01261100000K",
-    );
+    let csr = support::csr(&term_key, "CN=HSTM01261100000K,serialNumber=HSTM01261100000K");
     let id = SignerId::default();
 
     let mut g = c.benchmark_group("pki");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("csr_verify", |b| {
-        b.iter(|| verify_csr(black_box(&csr), &id).expect("valid"))
-    });
+    g.bench_function("csr_verify", |b| b.iter(|| verify_csr(black_box(&csr), &id).expect("valid")));
 
     let profile = policy.profile("terminal").expect("profile");
     let vars = support::terminal_vars("HSTM01261100000K", "II");
-    g.bench_function("tbs_build_and_lint", |b| {
-        b.iter(|| {
-            let req = TbsRequest {
-                profile,
-                vars: &vars,
-                subject_key: term_key.sm2_public_key(),
-                serial: CertSerial::from_random([7; 16]),
-                now,
-            };
-            build_tbs(black_box(&req), Some(&issuing.info)).expect("tbs")
-        })
-    });
-    let req = TbsRequest {
-        profile,
-        vars: &vars,
-        subject_key: term_key.sm2_public_key(),
-        serial: CertSerial::from_random([7; 16]),
-        now,
+    let tbs_for = |key: &pki::Sm2PublicKey| {
+        let req = TbsRequest { profile, vars: &vars, subject_key: key, serial: CertSerial::from_random([7; 16]), now };
+        build_tbs(&req, Some(&issuing.info)).expect("tbs")
     };
-    let tbs = build_tbs(&req, Some(&issuing.info)).expect("tbs");
-    g.bench_function("sm2_sign_tbs", |b| {
-        b.iter(|| {
-            issuing
-                .key
-                .sign(black_box(tbs.to_be_signed()))
-                .expect("sign")
-        })
-    });
+    g.bench_function("tbs_build_and_lint", |b| b.iter(|| tbs_for(black_box(term_key.sm2_public_key()))));
+    let tbs = tbs_for(term_key.sm2_public_key());
+    g.bench_function("sm2_sign_tbs", |b| b.iter(|| issuing.key.sign(black_box(tbs.to_be_signed())).expect("sign")));
     let sig = issuing.key.sign(tbs.to_be_signed()).expect("sign");
     g.bench_function("sm2_verify_tbs", |b| {
-        b.iter(|| {
-            issuing
-                .info
-                .key
-                .verify(&id, black_box(tbs.to_be_signed()), sig.as_der())
-                .expect("verify")
-        })
+        b.iter(|| issuing.info.key.verify(&id, black_box(tbs.to_be_signed()), sig.as_der()).expect("verify"))
     });
     g.bench_function("issue_certificate_total", |b| {
         b.iter(|| {
             let csr = verify_csr(black_box(&csr), &id).expect("csr");
-            let req = TbsRequest {
-                profile,
-                vars: &vars,
-                subject_key: csr.public_key(),
-                serial: CertSerial::from_random([7; 16]),
-                now,
-            };
-            let tbs = build_tbs(&req, Some(&issuing.info)).expect("tbs");
+            let tbs = tbs_for(csr.public_key());
             let sig = issuing.key.sign(tbs.to_be_signed()).expect("sign");
             tbs.assemble(sig.as_der()).expect("cert")
         })

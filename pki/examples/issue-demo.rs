@@ -43,29 +43,13 @@ fn main() -> Result<()> {
     let terminal_key = support::key();
     let csr = support::csr(&terminal_key, &format!("CN={serial},serialNumber={serial}"));
     write("terminal.key.pem", &terminal_key.to_pkcs8_pem()?)?;
-    write(
-        "terminal.csr.pem",
-        &der_to_pem("CERTIFICATE REQUEST", &csr)?,
-    )?;
+    write("terminal.csr.pem", &der_to_pem("CERTIFICATE REQUEST", &csr)?)?;
 
     let verified = verify_csr(&csr, &pki::SignerId::default())?;
     verified.check_terminal_subject(&serial)?;
     let vars = support::terminal_vars(serial.as_str(), TerminalClass::II.as_str());
-    let cert = support::issue(
-        &policy,
-        "terminal",
-        &vars,
-        verified.public_key(),
-        &issuing,
-        now,
-    );
-    validate_chain(
-        &cert,
-        std::slice::from_ref(&issuing.cert),
-        &root.cert,
-        now,
-        &pki::SignerId::default(),
-    )?;
+    let cert = support::issue(&policy, "terminal", &vars, verified.public_key(), &issuing, now);
+    validate_chain(&cert, std::slice::from_ref(&issuing.cert), &root.cert, now, &pki::SignerId::default())?;
     write("terminal.pem", &certificate_to_pem(&cert)?)?;
 
     // A second terminal, revoked for key compromise.
@@ -78,10 +62,8 @@ fn main() -> Result<()> {
         now,
     );
     let entries = [RevokedEntry {
-        serial: pki::CertSerial::from_der_content(
-            &der::Encode::to_der(other.tbs_certificate().serial_number())?[2..],
-        )
-        .context("serial")?,
+        serial: pki::CertSerial::from_der_content(&der::Encode::to_der(other.tbs_certificate().serial_number())?[2..])
+            .context("serial")?,
         revoked_at: now,
         reason: Some(CrlReason::KeyCompromise),
         invalidity_date: Some(now - Duration::from_secs(3600)),

@@ -21,10 +21,7 @@ pub const DEFAULT_SIGNER_ID: &str = "1234567812345678";
 /// The `AlgorithmIdentifier` written in every certificate, CSR and CRL we sign: SM2-with-SM3 with
 /// the parameters absent, as GM/T 0015 and OpenSSL both write it.
 pub fn sm2_with_sm3() -> AlgorithmIdentifierOwned {
-    AlgorithmIdentifierOwned {
-        oid: SM2_WITH_SM3,
-        parameters: None,
-    }
+    AlgorithmIdentifierOwned { oid: SM2_WITH_SM3, parameters: None }
 }
 
 /// The signer ID hashed into Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ G ‖ P) for SM2 signatures.
@@ -119,32 +116,19 @@ impl Sm2PublicKey {
     /// Decodes and checks a SubjectPublicKeyInfo: `id-ecPublicKey`, named curve SM2, a finite point on it.
     pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, SignatureError> {
         if spki.algorithm.oid != EC_PUBLIC_KEY {
-            return Err(SignatureError::NotEcKey {
-                found: spki.algorithm.oid,
-            });
+            return Err(SignatureError::NotEcKey { found: spki.algorithm.oid });
         }
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as::<Oid>().ok());
+        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<Oid>().ok());
         match curve {
             Some(oid) if oid == SM2_CURVE => {}
             Some(oid) => {
-                return Err(SignatureError::NotSm2Curve {
-                    found: oid.to_string(),
-                });
+                return Err(SignatureError::NotSm2Curve { found: oid.to_string() });
             }
             None => {
-                return Err(SignatureError::NotSm2Curve {
-                    found: "absent".into(),
-                });
+                return Err(SignatureError::NotSm2Curve { found: "absent".into() });
             }
         }
-        let point = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or(SignatureError::PointNotOnCurve)?;
+        let point = spki.subject_public_key.as_bytes().ok_or(SignatureError::PointNotOnCurve)?;
         Self::from_sec1(point)
     }
 
@@ -153,9 +137,7 @@ impl Sm2PublicKey {
         if point == [0u8] {
             return Err(SignatureError::PointAtInfinity);
         }
-        sm2::PublicKey::from_sec1_bytes(point)
-            .map(Self)
-            .map_err(|_| SignatureError::PointNotOnCurve)
+        sm2::PublicKey::from_sec1_bytes(point).map(Self).map_err(|_| SignatureError::PointNotOnCurve)
     }
 
     /// The uncompressed SEC1 encoding `04‖X‖Y` (65 bytes).
@@ -167,10 +149,7 @@ impl Sm2PublicKey {
     /// The SubjectPublicKeyInfo for this key: `id-ecPublicKey`, named curve SM2, uncompressed point.
     pub fn to_spki(&self) -> SubjectPublicKeyInfoOwned {
         SubjectPublicKeyInfoOwned {
-            algorithm: AlgorithmIdentifierOwned {
-                oid: EC_PUBLIC_KEY,
-                parameters: Some(der::Any::from(SM2_CURVE)),
-            },
+            algorithm: AlgorithmIdentifierOwned { oid: EC_PUBLIC_KEY, parameters: Some(der::Any::from(SM2_CURVE)) },
             subject_public_key: der::asn1::BitString::from_bytes(&self.to_sec1_uncompressed())
                 .unwrap_or_else(|_| unreachable!("a 65-byte BIT STRING always encodes")),
         }
@@ -185,29 +164,20 @@ impl Sm2PublicKey {
     ///
     /// When it fails, it tries OpenSSL 3's empty default ID so that the error can say so: that is
     /// the most common interop mistake.
-    pub fn verify(
-        &self,
-        signer_id: &SignerId,
-        msg: &[u8],
-        sig_der: &[u8],
-    ) -> Result<(), SignatureError> {
+    pub fn verify(&self, signer_id: &SignerId, msg: &[u8], sig_der: &[u8]) -> Result<(), SignatureError> {
         use sm2::dsa::signature::Verifier;
-        let sig =
-            Sm2Signature::from_der(sig_der).map_err(|_| SignatureError::MalformedSignature)?;
+        let sig = Sm2Signature::from_der(sig_der).map_err(|_| SignatureError::MalformedSignature)?;
         // DER is canonical: a signature with extra bytes or a non-minimal encoding is not DER.
         if sig.to_der().as_bytes() != sig_der {
             return Err(SignatureError::MalformedSignature);
         }
-        let vk =
-            VerifyingKey::new(signer_id.as_str(), self.0).map_err(|_| SignatureError::Invalid)?;
+        let vk = VerifyingKey::new(signer_id.as_str(), self.0).map_err(|_| SignatureError::Invalid)?;
         if vk.verify(msg, &sig).is_ok() {
             return Ok(());
         }
         let empty = VerifyingKey::new("", self.0).map_err(|_| SignatureError::Invalid)?;
         if empty.verify(msg, &sig).is_ok() {
-            return Err(SignatureError::EmptySignerId {
-                expected: signer_id.to_string(),
-            });
+            return Err(SignatureError::EmptySignerId { expected: signer_id.to_string() });
         }
         Err(SignatureError::Invalid)
     }

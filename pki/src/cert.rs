@@ -14,9 +14,8 @@ use x509_cert::certificate::{Certificate, Raw, TbsCertificate, TbsCertificateInn
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
-    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
-    CertificatePolicies, CrlDistributionPoints, ExtendedKeyUsage, SubjectKeyIdentifier,
-    certpolicy::PolicyInformation,
+    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies,
+    CrlDistributionPoints, ExtendedKeyUsage, SubjectKeyIdentifier, certpolicy::PolicyInformation,
 };
 use x509_cert::ext::{Extension, Extensions};
 use x509_cert::name::Name;
@@ -85,11 +84,7 @@ impl CertSerial {
     /// As the x509-cert type.
     pub fn to_x509<P: x509_cert::certificate::Profile>(&self) -> der::Result<SerialNumber<P>> {
         // SerialNumber::new takes the unsigned magnitude.
-        let magnitude = if self.0.len() > 1 && self.0[0] == 0 {
-            &self.0[1..]
-        } else {
-            &self.0[..]
-        };
+        let magnitude = if self.0.len() > 1 && self.0[0] == 0 { &self.0[1..] } else { &self.0[..] };
         SerialNumber::<P>::new(magnitude)
     }
 }
@@ -160,14 +155,9 @@ impl IssuerInfo {
         let tbs = cert.tbs_certificate();
         let spki = tbs.subject_public_key_info().clone();
         let key = Sm2PublicKey::from_spki(&spki)?;
-        let bc = tbs
-            .get_extension::<BasicConstraints>()
-            .map_err(enc)?
-            .map(|(_, bc)| bc);
+        let bc = tbs.get_extension::<BasicConstraints>().map_err(enc)?.map(|(_, bc)| bc);
         let Some(bc) = bc.filter(|bc| bc.ca) else {
-            return Err(IssueError::BadIssuer(
-                "it is not a CA certificate (basicConstraints cA is not true)".into(),
-            ));
+            return Err(IssueError::BadIssuer("it is not a CA certificate (basicConstraints cA is not true)".into()));
         };
         let key_id = match tbs.get_extension::<SubjectKeyIdentifier>().map_err(enc)? {
             Some((_, ski)) => ski.0.as_bytes().to_vec(),
@@ -245,9 +235,7 @@ impl LintedTbs {
     /// Wraps a DER SM2 signature into the certificate, after checking it verifies with the issuer key
     /// (a faulty or wrongly-configured HSM must not produce a certificate).
     pub fn assemble(self, signature_der: &[u8]) -> Result<Certificate, IssueError> {
-        self.issuer_key
-            .verify(&self.signer_id, &self.der, signature_der)
-            .map_err(IssueError::BadSignature)?;
+        self.issuer_key.verify(&self.signer_id, &self.der, signature_der).map_err(IssueError::BadSignature)?;
         let der = signed_der(&self.der, signature_der)?;
         Certificate::from_der(&der).map_err(enc)
     }
@@ -270,10 +258,7 @@ pub(crate) fn signed_der(tbs_der: &[u8], signature_der: &[u8]) -> Result<Vec<u8>
 }
 
 /// Builds and lints a TBS certificate. `issuer: None` makes a self-signed certificate.
-pub fn build_tbs(
-    req: &TbsRequest<'_>,
-    issuer: Option<&IssuerInfo>,
-) -> Result<LintedTbs, IssueError> {
+pub fn build_tbs(req: &TbsRequest<'_>, issuer: Option<&IssuerInfo>) -> Result<LintedTbs, IssueError> {
     let profile = req.profile;
     let subject = profile.subject.render(req.vars)?;
     let spki = req.subject_key.to_spki();
@@ -291,18 +276,8 @@ pub fn build_tbs(
     }
 
     let (issuer_name, aki, issuer_key, signer_id) = match issuer {
-        Some(i) => (
-            i.name.clone(),
-            i.key_id.clone(),
-            i.key.clone(),
-            i.signer_id.clone(),
-        ),
-        None => (
-            subject.clone(),
-            ski.clone(),
-            req.subject_key.clone(),
-            profile.signer_id.clone(),
-        ),
+        Some(i) => (i.name.clone(), i.key_id.clone(), i.key.clone(), i.signer_id.clone()),
+        None => (subject.clone(), ski.clone(), req.subject_key.clone(), profile.signer_id.clone()),
     };
 
     let writer = TbsWriter {
@@ -319,18 +294,10 @@ pub fn build_tbs(
     let raw = TbsCertificateInner::<Raw>::from_der(&der).map_err(enc)?;
     lint_tbs(&raw, issuer)?;
     let tbs = TbsCertificate::from_der(&der).map_err(enc)?;
-    Ok(LintedTbs {
-        tbs,
-        der,
-        issuer_key,
-        signer_id,
-    })
+    Ok(LintedTbs { tbs, der, issuer_key, signer_id })
 }
 
-pub(crate) fn ext<T: Encode + AssociatedOid>(
-    value: &T,
-    critical: bool,
-) -> Result<Extension, IssueError> {
+pub(crate) fn ext<T: Encode + AssociatedOid>(value: &T, critical: bool) -> Result<Extension, IssueError> {
     ext_with_oid(T::OID, value, critical)
 }
 
@@ -341,48 +308,26 @@ pub(crate) fn ext_with_oid<T: Encode>(
     value: &T,
     critical: bool,
 ) -> Result<Extension, IssueError> {
-    Ok(Extension {
-        extn_id: oid,
-        critical,
-        extn_value: OctetString::new(value.to_der().map_err(enc)?).map_err(enc)?,
-    })
+    Ok(Extension { extn_id: oid, critical, extn_value: OctetString::new(value.to_der().map_err(enc)?).map_err(enc)? })
 }
 
 pub(crate) fn uri(url: &str) -> Result<GeneralName, IssueError> {
-    Ok(GeneralName::UniformResourceIdentifier(
-        Ia5String::new(url).map_err(enc)?,
-    ))
+    Ok(GeneralName::UniformResourceIdentifier(Ia5String::new(url).map_err(enc)?))
 }
 
 /// The extensions a profile calls for, in a fixed order (so the TBS is stable byte for byte).
-fn profile_extensions(
-    profile: &CertProfile,
-    ski: &[u8],
-    aki: &[u8],
-) -> Result<Extensions, IssueError> {
+fn profile_extensions(profile: &CertProfile, ski: &[u8], aki: &[u8]) -> Result<Extensions, IssueError> {
     let mut exts = Vec::with_capacity(8);
     let bc = match profile.ca {
-        Some(path_len) => BasicConstraints {
-            ca: true,
-            path_len_constraint: path_len,
-        },
-        None => BasicConstraints {
-            ca: false,
-            path_len_constraint: None,
-        },
+        Some(path_len) => BasicConstraints { ca: true, path_len_constraint: path_len },
+        None => BasicConstraints { ca: false, path_len_constraint: None },
     };
     exts.push(ext(&bc, true)?);
     exts.push(ext(&profile.key_usage, true)?);
     if !profile.extended_key_usage.is_empty() {
-        exts.push(ext(
-            &ExtendedKeyUsage(profile.extended_key_usage.clone()),
-            false,
-        )?);
+        exts.push(ext(&ExtendedKeyUsage(profile.extended_key_usage.clone()), false)?);
     }
-    exts.push(ext(
-        &SubjectKeyIdentifier(OctetString::new(ski).map_err(enc)?),
-        false,
-    )?);
+    exts.push(ext(&SubjectKeyIdentifier(OctetString::new(ski).map_err(enc)?), false)?);
     let aki = AuthorityKeyIdentifier {
         key_identifier: Some(OctetString::new(aki).map_err(enc)?),
         authority_cert_issuer: None,
@@ -393,10 +338,7 @@ fn profile_extensions(
         let policies = profile
             .policies
             .iter()
-            .map(|oid| PolicyInformation {
-                policy_identifier: *oid,
-                policy_qualifiers: None,
-            })
+            .map(|oid| PolicyInformation { policy_identifier: *oid, policy_qualifiers: None })
             .collect();
         exts.push(ext(&CertificatePolicies(policies), false)?);
     }
@@ -416,16 +358,10 @@ fn profile_extensions(
     }
     let mut access = Vec::new();
     for u in &profile.ocsp_urls {
-        access.push(AccessDescription {
-            access_method: ID_AD_OCSP,
-            access_location: uri(u)?,
-        });
+        access.push(AccessDescription { access_method: ID_AD_OCSP, access_location: uri(u)? });
     }
     for u in &profile.ca_issuers_urls {
-        access.push(AccessDescription {
-            access_method: ID_AD_CA_ISSUERS,
-            access_location: uri(u)?,
-        });
+        access.push(AccessDescription { access_method: ID_AD_CA_ISSUERS, access_location: uri(u)? });
     }
     if !access.is_empty() {
         exts.push(ext(&AuthorityInfoAccessSyntax(access), false)?);

@@ -107,13 +107,7 @@ pub fn validate_chain<'a>(
                 .iter()
                 .find(|c| c.tbs_certificate().subject() == issuer_name && !path.contains(c))
                 .ok_or_else(|| {
-                    err(
-                        depth,
-                        current,
-                        ChainErrorKind::IssuerNotFound {
-                            issuer: issuer_name.to_string(),
-                        },
-                    )
+                    err(depth, current, ChainErrorKind::IssuerNotFound { issuer: issuer_name.to_string() })
                 })?
         };
         path.push(next);
@@ -127,9 +121,7 @@ pub fn validate_chain<'a>(
         let issuer = path.get(depth + 1).copied().unwrap_or(root);
         check_one(cert, issuer, depth, at, signer_id).map_err(|kind| {
             let kind = match kind {
-                ChainErrorKind::Signature(_) if depth == root_depth => {
-                    ChainErrorKind::RootNotSelfSigned
-                }
+                ChainErrorKind::Signature(_) if depth == root_depth => ChainErrorKind::RootNotSelfSigned,
                 other => other,
             };
             err(depth, cert, kind)
@@ -144,11 +136,7 @@ pub fn validate_chain<'a>(
 }
 
 fn err(depth: usize, cert: &Certificate, kind: ChainErrorKind) -> ChainError {
-    ChainError {
-        depth,
-        subject: cert.tbs_certificate().subject().to_string(),
-        kind,
-    }
+    ChainError { depth, subject: cert.tbs_certificate().subject().to_string(), kind }
 }
 
 fn check_one(
@@ -159,26 +147,15 @@ fn check_one(
     signer_id: &SignerId,
 ) -> Result<(), ChainErrorKind> {
     let tbs = cert.tbs_certificate();
-    check_sm2_with_sm3(cert.signature_algorithm())
-        .map_err(|e| ChainErrorKind::Algorithm(e.to_string()))?;
+    check_sm2_with_sm3(cert.signature_algorithm()).map_err(|e| ChainErrorKind::Algorithm(e.to_string()))?;
     if cert.signature_algorithm() != tbs.signature() {
-        return Err(ChainErrorKind::Algorithm(
-            "outer signatureAlgorithm differs from the TBS signature field".into(),
-        ));
+        return Err(ChainErrorKind::Algorithm("outer signatureAlgorithm differs from the TBS signature field".into()));
     }
     let key = Sm2PublicKey::from_spki(issuer.tbs_certificate().subject_public_key_info())
         .map_err(ChainErrorKind::IssuerKey)?;
-    let tbs_der = tbs
-        .to_der()
-        .map_err(|e| ChainErrorKind::Malformed(e.to_string()))?;
-    let sig = cert
-        .signature()
-        .as_bytes()
-        .ok_or(ChainErrorKind::Signature(
-            SignatureError::MalformedSignature,
-        ))?;
-    key.verify(signer_id, &tbs_der, sig)
-        .map_err(ChainErrorKind::Signature)?;
+    let tbs_der = tbs.to_der().map_err(|e| ChainErrorKind::Malformed(e.to_string()))?;
+    let sig = cert.signature().as_bytes().ok_or(ChainErrorKind::Signature(SignatureError::MalformedSignature))?;
+    key.verify(signer_id, &tbs_der, sig).map_err(ChainErrorKind::Signature)?;
 
     let validity = tbs.validity();
     if at < from_x509(&validity.not_before) {
@@ -187,16 +164,11 @@ fn check_one(
     if at > from_x509(&validity.not_after) {
         return Err(ChainErrorKind::Expired(validity.not_after.to_string()));
     }
-    const UNDERSTOOD: [const_oid::ObjectIdentifier; 3] = [
-        oids::ID_CE_BASIC_CONSTRAINTS,
-        oids::ID_CE_KEY_USAGE,
-        oids::ID_CE_EXT_KEY_USAGE,
-    ];
+    const UNDERSTOOD: [const_oid::ObjectIdentifier; 3] =
+        [oids::ID_CE_BASIC_CONSTRAINTS, oids::ID_CE_KEY_USAGE, oids::ID_CE_EXT_KEY_USAGE];
     for e in tbs.extensions().into_iter().flatten() {
         if e.critical && !UNDERSTOOD.contains(&e.extn_id) {
-            return Err(ChainErrorKind::UnknownCriticalExtension(
-                e.extn_id.to_string(),
-            ));
+            return Err(ChainErrorKind::UnknownCriticalExtension(e.extn_id.to_string()));
         }
     }
     Ok(())
@@ -217,9 +189,7 @@ fn check_ca(cert: &Certificate, cas_below: usize) -> Result<(), ChainErrorKind> 
     {
         return Err(ChainErrorKind::PathLenExceeded { limit });
     }
-    let ku = tbs
-        .get_extension::<KeyUsage>()
-        .map_err(|e| ChainErrorKind::Malformed(format!("keyUsage: {e}")))?;
+    let ku = tbs.get_extension::<KeyUsage>().map_err(|e| ChainErrorKind::Malformed(format!("keyUsage: {e}")))?;
     if let Some((_, ku)) = ku
         && !ku.0.contains(KeyUsages::KeyCertSign)
     {

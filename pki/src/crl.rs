@@ -119,9 +119,7 @@ impl LintedCrl {
 
     /// Wraps a DER SM2 signature into the CRL after checking it verifies.
     pub fn assemble(self, signature_der: &[u8]) -> Result<CertificateList, CrlError> {
-        self.issuer_key
-            .verify(&self.signer_id, &self.der, signature_der)
-            .map_err(CrlError::BadSignature)?;
+        self.issuer_key.verify(&self.signer_id, &self.der, signature_der).map_err(CrlError::BadSignature)?;
         let der = signed_der(&self.der, signature_der)?;
         CertificateList::from_der(&der).map_err(|e| CrlError::Encoding(e.to_string()))
     }
@@ -150,10 +148,7 @@ pub fn build_crl_tbs(issuer: &IssuerInfo, req: &CrlRequest<'_>) -> Result<Linted
         return Err(CrlError::NextUpdateNotAfterThisUpdate);
     }
     if let Some(base) = req.delta_base.filter(|b| *b >= req.number) {
-        return Err(CrlError::DeltaBaseNotBelow {
-            base,
-            number: req.number,
-        });
+        return Err(CrlError::DeltaBaseNotBelow { base, number: req.number });
     }
     let mut seen = BTreeSet::new();
     let mut revoked: Vec<RevokedCert> = Vec::with_capacity(req.entries.len());
@@ -186,16 +181,10 @@ pub fn build_crl_tbs(issuer: &IssuerInfo, req: &CrlRequest<'_>) -> Result<Linted
             },
             false,
         )?,
-        ext(
-            &CrlNumber(der::asn1::Uint::new(&req.number.to_be_bytes()).map_err(enc)?),
-            false,
-        )?,
+        ext(&CrlNumber(der::asn1::Uint::new(&req.number.to_be_bytes()).map_err(enc)?), false)?,
     ];
     if let Some(base) = req.delta_base {
-        crl_exts.push(ext(
-            &BaseCrlNumber(der::asn1::Uint::new(&base.to_be_bytes()).map_err(enc)?),
-            true,
-        )?);
+        crl_exts.push(ext(&BaseCrlNumber(der::asn1::Uint::new(&base.to_be_bytes()).map_err(enc)?), true)?);
     }
     if let Some(url) = req.distribution_point {
         let idp = IssuingDistributionPoint {
@@ -219,11 +208,7 @@ pub fn build_crl_tbs(issuer: &IssuerInfo, req: &CrlRequest<'_>) -> Result<Linted
         crl_extensions: Some(crl_exts),
     };
     let der = tbs.to_der().map_err(enc)?;
-    Ok(LintedCrl {
-        der,
-        issuer_key: issuer.key.clone(),
-        signer_id: issuer.signer_id.clone(),
-    })
+    Ok(LintedCrl { der, issuer_key: issuer.key.clone(), signer_id: issuer.signer_id.clone() })
 }
 
 /// What a verified CRL says.
@@ -239,13 +224,10 @@ pub struct VerifiedCrl {
 
 /// Parses a DER CRL and verifies it was signed by `issuer`.
 pub fn verify_crl(der_bytes: &[u8], issuer: &IssuerInfo) -> Result<VerifiedCrl, CrlError> {
-    let crl =
-        CertificateList::from_der(der_bytes).map_err(|e| CrlError::Malformed(e.to_string()))?;
+    let crl = CertificateList::from_der(der_bytes).map_err(|e| CrlError::Malformed(e.to_string()))?;
     check_sm2_with_sm3(&crl.signature_algorithm).map_err(CrlError::BadSignature)?;
     if crl.signature_algorithm != crl.tbs_cert_list.signature {
-        return Err(CrlError::Malformed(
-            "outer and inner signature algorithms differ".into(),
-        ));
+        return Err(CrlError::Malformed("outer and inner signature algorithms differ".into()));
     }
     if crl.tbs_cert_list.issuer != issuer.name {
         return Err(CrlError::WrongIssuer {
@@ -253,26 +235,12 @@ pub fn verify_crl(der_bytes: &[u8], issuer: &IssuerInfo) -> Result<VerifiedCrl, 
             expected: issuer.name.to_string(),
         });
     }
-    let tbs = crl
-        .tbs_cert_list
-        .to_der()
-        .map_err(|e| CrlError::Malformed(e.to_string()))?;
-    let sig = crl
-        .signature
-        .as_bytes()
-        .ok_or(CrlError::BadSignature(SignatureError::MalformedSignature))?;
-    issuer
-        .key
-        .verify(&issuer.signer_id, &tbs, sig)
-        .map_err(CrlError::BadSignature)?;
+    let tbs = crl.tbs_cert_list.to_der().map_err(|e| CrlError::Malformed(e.to_string()))?;
+    let sig = crl.signature.as_bytes().ok_or(CrlError::BadSignature(SignatureError::MalformedSignature))?;
+    issuer.key.verify(&issuer.signer_id, &tbs, sig).map_err(CrlError::BadSignature)?;
 
     let ext_u64 = |oid: ObjectIdentifier| -> Option<u64> {
-        let e = crl
-            .tbs_cert_list
-            .crl_extensions
-            .as_ref()?
-            .iter()
-            .find(|e| e.extn_id == oid)?;
+        let e = crl.tbs_cert_list.crl_extensions.as_ref()?.iter().find(|e| e.extn_id == oid)?;
         let n = der::asn1::Uint::from_der(e.extn_value.as_bytes()).ok()?;
         let bytes = n.as_bytes();
         (bytes.len() <= 8).then(|| bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
@@ -292,10 +260,7 @@ pub fn verify_crl(der_bytes: &[u8], issuer: &IssuerInfo) -> Result<VerifiedCrl, 
         .flatten()
         .filter_map(|rc| {
             let content = rc.serial_number.to_der().ok()?;
-            Some((
-                CertSerial::from_der_content(content.get(2..)?)?,
-                reason_of(rc),
-            ))
+            Some((CertSerial::from_der_content(content.get(2..)?)?, reason_of(rc)))
         })
         .collect();
     Ok(VerifiedCrl {

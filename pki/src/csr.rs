@@ -86,18 +86,11 @@ impl VerifiedCsr {
     pub fn check_terminal_subject(&self, serial: &TerminalSerial) -> Result<(), CsrError> {
         let cn = attribute_values(self.subject(), rfc4519::CN);
         let serial_number = attribute_values(self.subject(), rfc4519::SERIAL_NUMBER);
-        let all_match = cn
-            .iter()
-            .chain(&serial_number)
-            .all(|v| v == serial.as_str());
+        let all_match = cn.iter().chain(&serial_number).all(|v| v == serial.as_str());
         if all_match && !(cn.is_empty() && serial_number.is_empty()) {
             return Ok(());
         }
-        Err(CsrError::SubjectMismatch {
-            expected: serial.to_string(),
-            cn,
-            serial_number,
-        })
+        Err(CsrError::SubjectMismatch { expected: serial.to_string(), cn, serial_number })
     }
 }
 
@@ -109,14 +102,11 @@ pub fn csr_der(input: &[u8]) -> Result<Vec<u8>, CsrError> {
     if input.first() == Some(&0x30) {
         return Ok(input.to_vec());
     }
-    let text = std::str::from_utf8(input)
-        .map_err(|_| CsrError::Malformed("neither DER nor PEM".into()))?;
-    let (label, der) = der::pem::decode_vec(text.trim().as_bytes())
-        .map_err(|e| CsrError::Malformed(format!("PEM: {e}")))?;
+    let text = std::str::from_utf8(input).map_err(|_| CsrError::Malformed("neither DER nor PEM".into()))?;
+    let (label, der) =
+        der::pem::decode_vec(text.trim().as_bytes()).map_err(|e| CsrError::Malformed(format!("PEM: {e}")))?;
     if label != "CERTIFICATE REQUEST" && label != "NEW CERTIFICATE REQUEST" {
-        return Err(CsrError::Malformed(format!(
-            "PEM label is {label:?}, expected \"CERTIFICATE REQUEST\""
-        )));
+        return Err(CsrError::Malformed(format!("PEM label is {label:?}, expected \"CERTIFICATE REQUEST\"")));
     }
     Ok(der)
 }
@@ -124,36 +114,24 @@ pub fn csr_der(input: &[u8]) -> Result<Vec<u8>, CsrError> {
 /// Parses a DER CSR and verifies its key and self-signature with `signer_id`.
 pub fn verify_csr(der_bytes: &[u8], signer_id: &SignerId) -> Result<VerifiedCsr, CsrError> {
     if der_bytes.len() > MAX_CSR_BYTES {
-        return Err(CsrError::TooLarge {
-            len: der_bytes.len(),
-        });
+        return Err(CsrError::TooLarge { len: der_bytes.len() });
     }
     let mut reader = SliceReader::new(der_bytes).map_err(|e| CsrError::Malformed(e.to_string()))?;
-    let outer: AnyRef<'_> = reader
-        .decode()
-        .map_err(|e: der::Error| CsrError::Malformed(e.to_string()))?;
+    let outer: AnyRef<'_> = reader.decode().map_err(|e: der::Error| CsrError::Malformed(e.to_string()))?;
     let trailing = reader.remaining_len().try_into().unwrap_or(usize::MAX);
     if trailing != 0 {
         return Err(CsrError::TrailingBytes(trailing));
     }
-    let request = CertReq::from_der(&der_bytes[..der_bytes.len() - trailing])
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let request =
+        CertReq::from_der(&der_bytes[..der_bytes.len() - trailing]).map_err(|e| CsrError::Malformed(e.to_string()))?;
     // The signed bytes are the first element of the outer SEQUENCE exactly as received.
-    let mut inner =
-        SliceReader::new(outer.value()).map_err(|e| CsrError::Malformed(e.to_string()))?;
-    let info: AnyRef<'_> = inner
-        .decode()
-        .map_err(|e: der::Error| CsrError::Malformed(e.to_string()))?;
-    let info_der = info
-        .to_der()
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let mut inner = SliceReader::new(outer.value()).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let info: AnyRef<'_> = inner.decode().map_err(|e: der::Error| CsrError::Malformed(e.to_string()))?;
+    let info_der = info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))?;
 
     check_sm2_with_sm3(&request.algorithm).map_err(CsrError::WrongAlgorithm)?;
     let key = Sm2PublicKey::from_spki(&request.info.public_key).map_err(CsrError::BadKey)?;
-    let sig = request
-        .signature
-        .as_bytes()
-        .ok_or(CsrError::BadSignature(SignatureError::MalformedSignature))?;
+    let sig = request.signature.as_bytes().ok_or(CsrError::BadSignature(SignatureError::MalformedSignature))?;
     match key.verify(signer_id, &info_der, sig) {
         Ok(()) => Ok(VerifiedCsr { request, key }),
         Err(e @ SignatureError::EmptySignerId { .. }) => Err(CsrError::WrongSignerId(e)),
@@ -163,28 +141,19 @@ pub fn verify_csr(der_bytes: &[u8], signer_id: &SignerId) -> Result<VerifiedCsr,
 
 /// The DER `CertificationRequestInfo` for `subject` and `key`, to be signed by the key's owner
 /// (a terminal's secure element, or a principal's key on its own machine).
-pub fn build_csr_info(
-    subject: &x509_cert::name::Name,
-    key: &Sm2PublicKey,
-) -> Result<Vec<u8>, CsrError> {
+pub fn build_csr_info(subject: &x509_cert::name::Name, key: &Sm2PublicKey) -> Result<Vec<u8>, CsrError> {
     let info = x509_cert::request::CertReqInfo {
         version: x509_cert::request::Version::V1,
         subject: subject.clone(),
         public_key: key.to_spki(),
         attributes: Default::default(),
     };
-    info.to_der()
-        .map_err(|e| CsrError::Malformed(e.to_string()))
+    info.to_der().map_err(|e| CsrError::Malformed(e.to_string()))
 }
 
 /// Wraps a signature over `info_der` into a CSR and checks it verifies under `signer_id`.
-pub fn assemble_csr(
-    info_der: &[u8],
-    signature_der: &[u8],
-    signer_id: &SignerId,
-) -> Result<Vec<u8>, CsrError> {
-    let der = crate::cert::signed_der(info_der, signature_der)
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+pub fn assemble_csr(info_der: &[u8], signature_der: &[u8], signer_id: &SignerId) -> Result<Vec<u8>, CsrError> {
+    let der = crate::cert::signed_der(info_der, signature_der).map_err(|e| CsrError::Malformed(e.to_string()))?;
     verify_csr(&der, signer_id)?;
     Ok(der)
 }

@@ -10,9 +10,7 @@ use const_oid::AssociatedOid;
 use const_oid::db::rfc5280 as oids;
 use der::{Decode, Encode};
 use x509_cert::certificate::{Raw, TbsCertificateInner, Version};
-use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
-};
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier};
 use x509_cert::time::Time;
 
 use crate::alg::{Sm2PublicKey, check_sm2_with_sm3, key_identifier};
@@ -141,22 +139,15 @@ impl fmt::Display for LintError {
 }
 
 /// Extensions whose critical flag we honour; any other critical extension is refused.
-const KNOWN_CRITICAL: [const_oid::ObjectIdentifier; 2] =
-    [oids::ID_CE_BASIC_CONSTRAINTS, oids::ID_CE_KEY_USAGE];
+const KNOWN_CRITICAL: [const_oid::ObjectIdentifier; 2] = [oids::ID_CE_BASIC_CONSTRAINTS, oids::ID_CE_KEY_USAGE];
 
 /// Lints a TBS certificate; `issuer: None` means self-signed.
-pub fn lint_tbs(
-    tbs: &TbsCertificateInner<Raw>,
-    issuer: Option<&IssuerInfo>,
-) -> Result<(), LintError> {
+pub fn lint_tbs(tbs: &TbsCertificateInner<Raw>, issuer: Option<&IssuerInfo>) -> Result<(), LintError> {
     let mut out = Vec::new();
     let mut fail = |rule, detail: String| out.push(Finding { rule, detail });
 
     if tbs.version() != Version::V3 {
-        fail(
-            LintRule::VersionNotV3,
-            format!("version is {:?}", tbs.version()),
-        );
+        fail(LintRule::VersionNotV3, format!("version is {:?}", tbs.version()));
     }
 
     // Serial: look at the INTEGER's content octets as encoded.
@@ -164,78 +155,42 @@ pub fn lint_tbs(
         Ok(der) => {
             let content = &der[2.min(der.len())..];
             if content.first().is_none_or(|b| b & 0x80 != 0) || content.iter().all(|b| *b == 0) {
-                fail(
-                    LintRule::SerialNotPositive,
-                    format!("serial is {}", hex::encode_upper(content)),
-                );
+                fail(LintRule::SerialNotPositive, format!("serial is {}", hex::encode_upper(content)));
             }
             if content.len() > 20 {
-                fail(
-                    LintRule::SerialTooLong,
-                    format!("serial has {} octets", content.len()),
-                );
+                fail(LintRule::SerialTooLong, format!("serial has {} octets", content.len()));
             }
         }
-        Err(e) => fail(
-            LintRule::SerialNotPositive,
-            format!("serial does not encode: {e}"),
-        ),
+        Err(e) => fail(LintRule::SerialNotPositive, format!("serial does not encode: {e}")),
     }
 
     let validity = tbs.validity();
-    for (which, t) in [
-        ("notBefore", &validity.not_before),
-        ("notAfter", &validity.not_after),
-    ] {
+    for (which, t) in [("notBefore", &validity.not_before), ("notAfter", &validity.not_after)] {
         let year = t.to_date_time().year();
-        let ok = matches!(
-            (t, year < 2050),
-            (Time::UtcTime(_), true) | (Time::GeneralTime(_), false)
-        );
+        let ok = matches!((t, year < 2050), (Time::UtcTime(_), true) | (Time::GeneralTime(_), false));
         if !ok {
-            fail(
-                LintRule::TimeEncoding,
-                format!("{which} in {year} is encoded as {}", time_kind(t)),
-            );
+            fail(LintRule::TimeEncoding, format!("{which} in {year} is encoded as {}", time_kind(t)));
         }
     }
-    let (nb, na) = (
-        from_x509(&validity.not_before),
-        from_x509(&validity.not_after),
-    );
+    let (nb, na) = (from_x509(&validity.not_before), from_x509(&validity.not_after));
     if na <= nb {
         fail(
             LintRule::ValidityInverted,
-            format!(
-                "notAfter {} is not after notBefore {}",
-                validity.not_after, validity.not_before
-            ),
+            format!("notAfter {} is not after notBefore {}", validity.not_after, validity.not_before),
         );
     }
     if let Some(i) = issuer {
-        if nb < crate::time::whole_seconds(i.not_before)
-            || na > crate::time::whole_seconds(i.not_after)
-        {
-            fail(
-                LintRule::ValidityOutsideIssuer,
-                "validity is not inside the issuer's".into(),
-            );
+        if nb < crate::time::whole_seconds(i.not_before) || na > crate::time::whole_seconds(i.not_after) {
+            fail(LintRule::ValidityOutsideIssuer, "validity is not inside the issuer's".into());
         }
         if tbs.issuer() != &i.name {
             fail(
                 LintRule::IssuerNameMismatch,
-                format!(
-                    "issuer is {}, issuer certificate's subject is {}",
-                    tbs.issuer(),
-                    i.name
-                ),
+                format!("issuer is {}, issuer certificate's subject is {}", tbs.issuer(), i.name),
             );
         }
     } else if tbs.issuer() != tbs.subject() {
-        fail(
-            LintRule::IssuerNameMismatch,
-            "self-signed certificate whose issuer is not its subject".into(),
-        );
+        fail(LintRule::IssuerNameMismatch, "self-signed certificate whose issuer is not its subject".into());
     }
     if tbs.subject().is_empty() {
         fail(LintRule::SubjectEmpty, "subject is empty".into());
@@ -248,33 +203,20 @@ pub fn lint_tbs(
         fail(LintRule::SubjectKey, e.to_string());
     }
     if tbs.issuer_unique_id().is_some() || tbs.subject_unique_id().is_some() {
-        fail(
-            LintRule::UniqueIdentifiers,
-            "unique identifiers present".into(),
-        );
+        fail(LintRule::UniqueIdentifiers, "unique identifiers present".into());
     }
 
     let exts = tbs.extensions().map(|e| e.as_slice()).unwrap_or_default();
     let mut seen = BTreeSet::new();
     for e in exts {
         if !seen.insert(e.extn_id) {
-            fail(
-                LintRule::DuplicateExtension,
-                format!("extension {} appears more than once", e.extn_id),
-            );
+            fail(LintRule::DuplicateExtension, format!("extension {} appears more than once", e.extn_id));
         }
         if e.critical && !KNOWN_CRITICAL.contains(&e.extn_id) {
-            fail(
-                LintRule::UnknownCriticalExtension,
-                format!("extension {} is critical", e.extn_id),
-            );
+            fail(LintRule::UnknownCriticalExtension, format!("extension {} is critical", e.extn_id));
         }
     }
-    let find = |oid| {
-        exts.iter()
-            .find(|e| e.extn_id == oid)
-            .map(|e| (e.critical, e.extn_value.as_bytes()))
-    };
+    let find = |oid| exts.iter().find(|e| e.extn_id == oid).map(|e| (e.critical, e.extn_value.as_bytes()));
 
     let self_key_id = key_identifier(tbs.subject_public_key_info());
     match find(SubjectKeyIdentifier::OID) {
@@ -283,38 +225,21 @@ pub fn lint_tbs(
             Ok(ski) if ski.0.as_bytes() == self_key_id => {}
             Ok(ski) => fail(
                 LintRule::SkiMismatch,
-                format!(
-                    "SKI {} is not {}",
-                    hex::encode(ski.0.as_bytes()),
-                    hex::encode(self_key_id)
-                ),
+                format!("SKI {} is not {}", hex::encode(ski.0.as_bytes()), hex::encode(self_key_id)),
             ),
-            Err(e) => fail(
-                LintRule::ExtensionMalformed,
-                format!("subjectKeyIdentifier: {e}"),
-            ),
+            Err(e) => fail(LintRule::ExtensionMalformed, format!("subjectKeyIdentifier: {e}")),
         },
     }
     let expected_aki = issuer.map_or(self_key_id.to_vec(), |i| i.key_id.clone());
     match find(AuthorityKeyIdentifier::OID) {
         None => fail(LintRule::AkiMissing, "no authorityKeyIdentifier".into()),
         Some((_, v)) => match AuthorityKeyIdentifier::from_der(v) {
-            Ok(aki)
-                if aki
-                    .key_identifier
-                    .as_ref()
-                    .is_some_and(|k| k.as_bytes() == expected_aki) => {}
+            Ok(aki) if aki.key_identifier.as_ref().is_some_and(|k| k.as_bytes() == expected_aki) => {}
             Ok(_) => fail(
                 LintRule::AkiMismatch,
-                format!(
-                    "AKI keyIdentifier is not the issuer's {}",
-                    hex::encode(&expected_aki)
-                ),
+                format!("AKI keyIdentifier is not the issuer's {}", hex::encode(&expected_aki)),
             ),
-            Err(e) => fail(
-                LintRule::ExtensionMalformed,
-                format!("authorityKeyIdentifier: {e}"),
-            ),
+            Err(e) => fail(LintRule::ExtensionMalformed, format!("authorityKeyIdentifier: {e}")),
         },
     }
     let ku = match find(KeyUsage::OID) {
@@ -324,64 +249,37 @@ pub fn lint_tbs(
         }
         Some((critical, v)) => {
             if !critical {
-                fail(
-                    LintRule::KeyUsageNotCritical,
-                    "keyUsage is not critical".into(),
-                );
+                fail(LintRule::KeyUsageNotCritical, "keyUsage is not critical".into());
             }
-            KeyUsage::from_der(v)
-                .map_err(|e| fail(LintRule::ExtensionMalformed, format!("keyUsage: {e}")))
-                .ok()
+            KeyUsage::from_der(v).map_err(|e| fail(LintRule::ExtensionMalformed, format!("keyUsage: {e}"))).ok()
         }
     };
     let bc = match find(BasicConstraints::OID) {
         None => None,
         Some((critical, v)) => {
             let bc = BasicConstraints::from_der(v)
-                .map_err(|e| {
-                    fail(
-                        LintRule::ExtensionMalformed,
-                        format!("basicConstraints: {e}"),
-                    )
-                })
+                .map_err(|e| fail(LintRule::ExtensionMalformed, format!("basicConstraints: {e}")))
                 .ok();
             if bc.as_ref().is_some_and(|b| b.ca) && !critical {
-                fail(
-                    LintRule::BasicConstraintsNotCritical,
-                    "basicConstraints of a CA is not critical".into(),
-                );
+                fail(LintRule::BasicConstraintsNotCritical, "basicConstraints of a CA is not critical".into());
             }
             bc
         }
     };
     let is_ca = bc.as_ref().is_some_and(|b| b.ca);
-    let cert_sign = ku
-        .as_ref()
-        .is_some_and(|k| k.0.contains(KeyUsages::KeyCertSign));
+    let cert_sign = ku.as_ref().is_some_and(|k| k.0.contains(KeyUsages::KeyCertSign));
     if cert_sign && bc.is_none() {
-        fail(
-            LintRule::BasicConstraintsMissing,
-            "keyCertSign without basicConstraints".into(),
-        );
+        fail(LintRule::BasicConstraintsMissing, "keyCertSign without basicConstraints".into());
     } else if cert_sign != is_ca {
-        fail(
-            LintRule::KeyUsageInconsistentWithCa,
-            format!("cA is {is_ca} but keyCertSign is {cert_sign}"),
-        );
+        fail(LintRule::KeyUsageInconsistentWithCa, format!("cA is {is_ca} but keyCertSign is {cert_sign}"));
     }
     if !is_ca && bc.as_ref().is_some_and(|b| b.path_len_constraint.is_some()) {
-        fail(
-            LintRule::PathLenWithoutCa,
-            "pathLenConstraint on a non-CA certificate".into(),
-        );
+        fail(LintRule::PathLenWithoutCa, "pathLenConstraint on a non-CA certificate".into());
     }
     if is_ca && let Some(limit) = issuer.and_then(|i| i.path_len) {
         let own = bc.as_ref().and_then(|b| b.path_len_constraint);
         if limit == 0 || own.is_none_or(|own| own >= limit) {
-            fail(
-                LintRule::PathLenExceeded,
-                format!("issuer allows {limit} more CA certificates below it"),
-            );
+            fail(LintRule::PathLenExceeded, format!("issuer allows {limit} more CA certificates below it"));
         }
     }
 
@@ -422,8 +320,7 @@ mod tests {
     fn key(seed: u8) -> Sm2PublicKey {
         let sk = sm2::SecretKey::from_slice(&[seed; 32]).expect("scalar");
         Sm2PublicKey::from_sec1(
-            &sm2::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&sk.public_key(), false)
-                .to_bytes(),
+            &sm2::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&sk.public_key(), false).to_bytes(),
         )
         .expect("point")
     }
@@ -435,10 +332,7 @@ mod tests {
                 .profile("issuing-ca")
                 .expect("p")
                 .subject
-                .render(&SubjectVars {
-                    name: Some("CA".into()),
-                    ..Default::default()
-                })
+                .render(&SubjectVars { name: Some("CA".into()), ..Default::default() })
                 .expect("name"),
             key: key(2),
             key_id: crate::alg::key_identifier(&key(2).to_spki()).to_vec(),
@@ -483,15 +377,8 @@ mod tests {
         }
     }
 
-    fn set_ext(
-        w: &mut TbsWriter,
-        oid: const_oid::ObjectIdentifier,
-        f: impl FnOnce(&mut Extension),
-    ) {
-        f(w.extensions
-            .iter_mut()
-            .find(|e| e.extn_id == oid)
-            .expect("extension present"));
+    fn set_ext(w: &mut TbsWriter, oid: const_oid::ObjectIdentifier, f: impl FnOnce(&mut Extension)) {
+        f(w.extensions.iter_mut().find(|e| e.extn_id == oid).expect("extension present"));
     }
 
     fn remove_ext(w: &mut TbsWriter, oid: const_oid::ObjectIdentifier) {
@@ -543,10 +430,8 @@ mod tests {
         let mut w = good("terminal");
         let t2051 = UNIX_EPOCH + Duration::from_secs(2_556_144_000);
         let dt = der::DateTime::from_system_time(t2051).expect("dt");
-        w.validity.not_after = Time::UtcTime(
-            der::asn1::UtcTime::from_unix_duration(Duration::from_secs(1_900_000_000))
-                .expect("utc"),
-        );
+        w.validity.not_after =
+            Time::UtcTime(der::asn1::UtcTime::from_unix_duration(Duration::from_secs(1_900_000_000)).expect("utc"));
         if let Err(e) = lint(&w) {
             assert!(!e.has(LintRule::TimeEncoding), "{e}");
         }
@@ -574,16 +459,11 @@ mod tests {
         assert_rule(&w, LintRule::SignatureAlgorithm);
 
         let mut w = good("terminal");
-        w.subject_public_key_info.algorithm.parameters =
-            Some(der::Any::from(const_oid::db::rfc5912::SECP_256_R_1));
+        w.subject_public_key_info.algorithm.parameters = Some(der::Any::from(const_oid::db::rfc5912::SECP_256_R_1));
         assert_rule(&w, LintRule::SubjectKey);
 
         let mut w = good("terminal");
-        let mut point = w
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes()
-            .to_vec();
+        let mut point = w.subject_public_key_info.subject_public_key.raw_bytes().to_vec();
         point[64] ^= 1;
         w.subject_public_key_info.subject_public_key = BitString::from_bytes(&point).expect("bits");
         assert_rule(&w, LintRule::SubjectKey);
@@ -616,9 +496,7 @@ mod tests {
         assert_rule(&w, LintRule::SkiMismatch);
 
         let mut w = good("terminal");
-        set_ext(&mut w, ID_CE_SUBJECT_KEY_IDENTIFIER, |e| {
-            e.extn_value = OctetString::new(vec![0xff]).expect("os")
-        });
+        set_ext(&mut w, ID_CE_SUBJECT_KEY_IDENTIFIER, |e| e.extn_value = OctetString::new(vec![0xff]).expect("os"));
         assert_rule(&w, LintRule::ExtensionMalformed);
 
         let mut w = good("terminal");
@@ -656,21 +534,13 @@ mod tests {
 
         // pathLen on an end entity.
         let mut w = good("terminal");
-        let bc = BasicConstraints {
-            ca: false,
-            path_len_constraint: Some(0),
-        };
-        set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| {
-            e.extn_value = der_of(&bc)
-        });
+        let bc = BasicConstraints { ca: false, path_len_constraint: Some(0) };
+        set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| e.extn_value = der_of(&bc));
         assert_rule(&w, LintRule::PathLenWithoutCa);
 
         // A CA whose basicConstraints is not critical, under an issuer with pathLen 0.
         let mut w = good("terminal");
-        let bc = BasicConstraints {
-            ca: true,
-            path_len_constraint: None,
-        };
+        let bc = BasicConstraints { ca: true, path_len_constraint: None };
         let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
         set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| {
             e.extn_value = der_of(&bc);

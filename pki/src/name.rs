@@ -127,15 +127,10 @@ impl SubjectTemplate {
     pub fn check_value(attr: SubjectAttr, value: &str) -> Result<(), String> {
         let mut rest = value;
         while let Some(open) = rest.find('{') {
-            let close = rest[open..]
-                .find('}')
-                .ok_or("unclosed `{` in subject value")?;
+            let close = rest[open..].find('}').ok_or("unclosed `{` in subject value")?;
             let key = &rest[open + 1..open + close];
             if !PLACEHOLDERS.contains(&key) {
-                return Err(format!(
-                    "unknown placeholder `{{{key}}}` (known: {})",
-                    PLACEHOLDERS.join(", ")
-                ));
+                return Err(format!("unknown placeholder `{{{key}}}` (known: {})", PLACEHOLDERS.join(", ")));
             }
             rest = &rest[open + close + 1..];
         }
@@ -172,10 +167,7 @@ fn substitute(template: &str, vars: &SubjectVars) -> Result<String, NameError> {
         out.push_str(&rest[..open]);
         let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
         let key = &rest[open + 1..close];
-        out.push_str(
-            vars.get(key)
-                .ok_or_else(|| NameError::MissingVar(key.to_owned()))?,
-        );
+        out.push_str(vars.get(key).ok_or_else(|| NameError::MissingVar(key.to_owned()))?);
         rest = rest.get(close + 1..).unwrap_or("");
     }
     out.push_str(rest);
@@ -183,11 +175,7 @@ fn substitute(template: &str, vars: &SubjectVars) -> Result<String, NameError> {
 }
 
 fn single_rdn(attr: SubjectAttr, value: &str) -> Result<RelativeDistinguishedName, NameError> {
-    let bad = |why| NameError::BadValue {
-        attr,
-        value: value.to_owned(),
-        why,
-    };
+    let bad = |why| NameError::BadValue { attr, value: value.to_owned(), why };
     // X.520 upper bounds: 64 characters for most attributes (ub-common-name etc.).
     if value.is_empty() || value.chars().count() > 64 {
         return Err(bad("must be 1 to 64 characters"));
@@ -199,20 +187,14 @@ fn single_rdn(attr: SubjectAttr, value: &str) -> Result<RelativeDistinguishedNam
         let s = Utf8StringRef::new(value).map_err(|_| bad("not UTF-8"))?;
         Any::encode_from(&s).map_err(|_| bad("does not encode"))?
     };
-    let atv = AttributeTypeAndValue {
-        oid: attr.oid(),
-        value: any,
-    };
+    let atv = AttributeTypeAndValue { oid: attr.oid(), value: any };
     let set = SetOfVec::try_from(vec![atv]).map_err(|_| bad("does not encode"))?;
     RelativeDistinguishedName::try_from(set.into_vec()).map_err(|_| bad("does not encode"))
 }
 
 /// The text of every attribute of type `oid` in `name`, in order (any directory string type).
 pub fn attribute_values(name: &Name, oid: ObjectIdentifier) -> Vec<String> {
-    name.iter()
-        .filter(|atv| atv.oid == oid)
-        .filter_map(|atv| any_string(&atv.value))
-        .collect()
+    name.iter().filter(|atv| atv.oid == oid).filter_map(|atv| any_string(&atv.value)).collect()
 }
 
 fn any_string(value: &Any) -> Option<String> {

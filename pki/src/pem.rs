@@ -11,8 +11,7 @@ pub struct PemError(pub String);
 
 /// A certificate as PEM.
 pub fn certificate_to_pem(cert: &Certificate) -> Result<String, PemError> {
-    cert.to_pem(LineEnding::LF)
-        .map_err(|e| PemError(e.to_string()))
+    cert.to_pem(LineEnding::LF).map_err(|e| PemError(e.to_string()))
 }
 
 /// A certificate from PEM.
@@ -27,8 +26,7 @@ pub fn certificates_from_pem(pem: &str) -> Result<Vec<Certificate>, PemError> {
 
 /// A CRL as PEM (`X509 CRL`).
 pub fn crl_to_pem(crl: &CertificateList) -> Result<String, PemError> {
-    crl.to_pem(LineEnding::LF)
-        .map_err(|e| PemError(e.to_string()))
+    crl.to_pem(LineEnding::LF).map_err(|e| PemError(e.to_string()))
 }
 
 /// DER bytes as a PEM block with `label`.

@@ -44,12 +44,7 @@ impl PolicyError {
         let before = &src.text[..offset.min(src.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Self {
-            file: src.name.to_owned(),
-            line,
-            column,
-            message: message.into(),
-        }
+        Self { file: src.name.to_owned(), line, column, message: message.into() }
     }
 
     fn spanned<T>(src: &Source<'_>, v: &Spanned<T>, message: impl Into<String>) -> Self {
@@ -65,15 +60,8 @@ fn parse_toml<T: for<'de> Deserialize<'de>>(src: &Source<'_>) -> Result<T, Polic
 }
 
 /// The profile names every policy must define.
-pub const REQUIRED_PROFILES: [&str; 7] = [
-    "terminal",
-    "station",
-    "operator",
-    "admin",
-    "auditor",
-    "issuing-ca",
-    "root-ca",
-];
+pub const REQUIRED_PROFILES: [&str; 7] =
+    ["terminal", "station", "operator", "admin", "auditor", "issuing-ca", "root-ca"];
 
 /// A certificate profile: everything about a certificate that is decided by policy, not by the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,37 +134,19 @@ pub struct PolicySet {
 
 impl PolicySet {
     /// Loads and cross-checks the three policy files.
-    pub fn load(
-        hierarchy: Source<'_>,
-        profiles: Source<'_>,
-        serial_rules: Source<'_>,
-    ) -> Result<Self, PolicyError> {
+    pub fn load(hierarchy: Source<'_>, profiles: Source<'_>, serial_rules: Source<'_>) -> Result<Self, PolicyError> {
         let profile_map = load_profiles(&profiles)?;
         let hierarchy = load_hierarchy(&hierarchy, &profile_map)?;
         let (serial_rules, terminal_serial_rule) = load_serial_rules(&serial_rules)?;
-        Ok(Self {
-            hierarchy,
-            profiles: profile_map,
-            serial_rules,
-            terminal_serial_rule,
-        })
+        Ok(Self { hierarchy, profiles: profile_map, serial_rules, terminal_serial_rule })
     }
 
     /// The shipped `policies/` files, compiled in.
     pub fn embedded_default() -> Result<Self, PolicyError> {
         Self::load(
-            Source {
-                name: "policies/hierarchy.toml",
-                text: include_str!("../../policies/hierarchy.toml"),
-            },
-            Source {
-                name: "policies/profiles.toml",
-                text: include_str!("../../policies/profiles.toml"),
-            },
-            Source {
-                name: "policies/serial-rules.toml",
-                text: include_str!("../../policies/serial-rules.toml"),
-            },
+            Source { name: "policies/hierarchy.toml", text: include_str!("../../policies/hierarchy.toml") },
+            Source { name: "policies/profiles.toml", text: include_str!("../../policies/profiles.toml") },
+            Source { name: "policies/serial-rules.toml", text: include_str!("../../policies/serial-rules.toml") },
         )
     }
 
@@ -229,11 +199,7 @@ fn load_profiles(src: &Source<'_>) -> Result<BTreeMap<String, CertProfile>, Poli
     let file: ProfilesFile = parse_toml(src)?;
     for required in REQUIRED_PROFILES {
         if !file.profile.contains_key(required) {
-            return Err(PolicyError::at(
-                src,
-                0,
-                format!("profile `{required}` is missing"),
-            ));
+            return Err(PolicyError::at(src, 0, format!("profile `{required}` is missing")));
         }
     }
     let mut out = BTreeMap::new();
@@ -244,101 +210,61 @@ fn load_profiles(src: &Source<'_>) -> Result<BTreeMap<String, CertProfile>, Poli
     Ok(out)
 }
 
-fn load_profile(
-    src: &Source<'_>,
-    name: &str,
-    spanned: &Spanned<RawProfile>,
-) -> Result<CertProfile, PolicyError> {
+fn load_profile(src: &Source<'_>, name: &str, spanned: &Spanned<RawProfile>) -> Result<CertProfile, PolicyError> {
     let raw = spanned.get_ref();
     let is_ca = raw.ca.as_ref().is_some_and(|c| *c.get_ref());
     if let (false, Some(pl)) = (is_ca, &raw.path_len) {
-        return Err(PolicyError::spanned(
-            src,
-            pl,
-            "path_len is only allowed with ca = true",
-        ));
+        return Err(PolicyError::spanned(src, pl, "path_len is only allowed with ca = true"));
     }
 
     let mut attrs = Vec::new();
     for (attr, value) in raw.subject.get_ref() {
         let kind = SubjectAttr::from_name(attr.get_ref()).ok_or_else(|| {
-            PolicyError::spanned(
-                src,
-                attr,
-                format!("unknown subject attribute `{}`", attr.get_ref()),
-            )
+            PolicyError::spanned(src, attr, format!("unknown subject attribute `{}`", attr.get_ref()))
         })?;
-        SubjectTemplate::check_value(kind, value.get_ref())
-            .map_err(|m| PolicyError::spanned(src, value, m))?;
+        SubjectTemplate::check_value(kind, value.get_ref()).map_err(|m| PolicyError::spanned(src, value, m))?;
         attrs.push((kind, value.get_ref().clone()));
     }
     if attrs.is_empty() {
-        return Err(PolicyError::spanned(
-            src,
-            &raw.subject,
-            "subject must not be empty",
-        ));
+        return Err(PolicyError::spanned(src, &raw.subject, "subject must not be empty"));
     }
 
     if *raw.validity_days.get_ref() == 0 {
-        return Err(PolicyError::spanned(
-            src,
-            &raw.validity_days,
-            "validity_days must be at least 1",
-        ));
+        return Err(PolicyError::spanned(src, &raw.validity_days, "validity_days must be at least 1"));
     }
 
     let mut bits = flagset::FlagSet::<KeyUsages>::default();
     for ku in raw.key_usage.get_ref() {
-        let bit = key_usage_bit(ku.get_ref()).ok_or_else(|| {
-            PolicyError::spanned(src, ku, format!("unknown key usage `{}`", ku.get_ref()))
-        })?;
+        let bit = key_usage_bit(ku.get_ref())
+            .ok_or_else(|| PolicyError::spanned(src, ku, format!("unknown key usage `{}`", ku.get_ref())))?;
         bits |= bit;
     }
     if bits.is_empty() {
-        return Err(PolicyError::spanned(
-            src,
-            &raw.key_usage,
-            "key_usage must not be empty",
-        ));
+        return Err(PolicyError::spanned(src, &raw.key_usage, "key_usage must not be empty"));
     }
     let signs_certs = bits.contains(KeyUsages::KeyCertSign);
     if is_ca != signs_certs {
-        let msg = if is_ca {
-            "a CA profile needs keyCertSign"
-        } else {
-            "keyCertSign needs ca = true"
-        };
+        let msg = if is_ca { "a CA profile needs keyCertSign" } else { "keyCertSign needs ca = true" };
         return Err(PolicyError::spanned(src, &raw.key_usage, msg));
     }
     if !is_ca && bits.contains(KeyUsages::CRLSign) {
-        return Err(PolicyError::spanned(
-            src,
-            &raw.key_usage,
-            "cRLSign needs ca = true",
-        ));
+        return Err(PolicyError::spanned(src, &raw.key_usage, "cRLSign needs ca = true"));
     }
 
     let extended_key_usage = raw
         .extended_key_usage
         .iter()
         .map(|e| {
-            eku_oid(e.get_ref()).ok_or_else(|| {
-                PolicyError::spanned(
-                    src,
-                    e,
-                    format!("unknown extended key usage `{}`", e.get_ref()),
-                )
-            })
+            eku_oid(e.get_ref())
+                .ok_or_else(|| PolicyError::spanned(src, e, format!("unknown extended key usage `{}`", e.get_ref())))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let policies = raw
         .policies
         .iter()
         .map(|p| {
-            ObjectIdentifier::new(p.get_ref()).map_err(|_| {
-                PolicyError::spanned(src, p, format!("`{}` is not a dotted OID", p.get_ref()))
-            })
+            ObjectIdentifier::new(p.get_ref())
+                .map_err(|_| PolicyError::spanned(src, p, format!("`{}` is not a dotted OID", p.get_ref())))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let urls = |list: &[Spanned<String>]| {
@@ -351,26 +277,17 @@ fn load_profile(
                 if ok {
                     Ok(s.clone())
                 } else {
-                    Err(PolicyError::spanned(
-                        src,
-                        u,
-                        format!("`{s}` is not an http(s) URL"),
-                    ))
+                    Err(PolicyError::spanned(src, u, format!("`{s}` is not an http(s) URL")))
                 }
             })
             .collect::<Result<Vec<_>, _>>()
     };
     let signer_id = match &raw.signer_id {
         None => SignerId::default(),
-        Some(id) => SignerId::new(id.get_ref().clone())
-            .map_err(|e| PolicyError::spanned(src, id, e.to_string()))?,
+        Some(id) => SignerId::new(id.get_ref().clone()).map_err(|e| PolicyError::spanned(src, id, e.to_string()))?,
     };
     if name.is_empty() {
-        return Err(PolicyError::spanned(
-            src,
-            spanned,
-            "profile name must not be empty",
-        ));
+        return Err(PolicyError::spanned(src, spanned, "profile name must not be empty"));
     }
     Ok(CertProfile {
         name: name.to_owned(),
@@ -410,9 +327,7 @@ fn eku_oid(name: &str) -> Option<ObjectIdentifier> {
         "emailProtection" => r::ID_KP_EMAIL_PROTECTION,
         "timeStamping" => r::ID_KP_TIME_STAMPING,
         "OCSPSigning" => r::ID_KP_OCSP_SIGNING,
-        dotted if dotted.starts_with(|c: char| c.is_ascii_digit()) => {
-            ObjectIdentifier::new(dotted).ok()?
-        }
+        dotted if dotted.starts_with(|c: char| c.is_ascii_digit()) => ObjectIdentifier::new(dotted).ok()?,
         _ => return None,
     })
 }
@@ -434,18 +349,11 @@ struct RawCa {
     key_label: Spanned<String>,
 }
 
-fn load_hierarchy(
-    src: &Source<'_>,
-    profiles: &BTreeMap<String, CertProfile>,
-) -> Result<Hierarchy, PolicyError> {
+fn load_hierarchy(src: &Source<'_>, profiles: &BTreeMap<String, CertProfile>) -> Result<Hierarchy, PolicyError> {
     let file: HierarchyFile = parse_toml(src)?;
     let ca = |raw: &RawCa| -> Result<(CaSpec, &CertProfile), PolicyError> {
         let profile = profiles.get(raw.profile.get_ref()).ok_or_else(|| {
-            PolicyError::spanned(
-                src,
-                &raw.profile,
-                format!("no profile named `{}`", raw.profile.get_ref()),
-            )
+            PolicyError::spanned(src, &raw.profile, format!("no profile named `{}`", raw.profile.get_ref()))
         })?;
         if !profile.is_ca() {
             return Err(PolicyError::spanned(
@@ -456,11 +364,7 @@ fn load_hierarchy(
         }
         for (field, value) in [(&raw.name, "name"), (&raw.key_label, "key_label")] {
             if field.get_ref().trim().is_empty() {
-                return Err(PolicyError::spanned(
-                    src,
-                    field,
-                    format!("{value} must not be empty"),
-                ));
+                return Err(PolicyError::spanned(src, field, format!("{value} must not be empty")));
             }
         }
         let spec = CaSpec {
@@ -473,11 +377,7 @@ fn load_hierarchy(
     let (root, root_profile) = ca(&file.root)?;
     let (issuing, issuing_profile) = ca(&file.issuing)?;
     if root.key_label == issuing.key_label {
-        return Err(PolicyError::spanned(
-            src,
-            &file.issuing.key_label,
-            "the issuing CA needs its own key_label",
-        ));
+        return Err(PolicyError::spanned(src, &file.issuing.key_label, "the issuing CA needs its own key_label"));
     }
     if let (Some(Some(root_len)), Some(issuing_len)) = (root_profile.ca, issuing_profile.ca)
         && issuing_len.is_none_or(|l| l >= root_len)
@@ -519,9 +419,7 @@ struct RawField {
     format: Option<Spanned<String>>,
 }
 
-fn load_serial_rules(
-    src: &Source<'_>,
-) -> Result<(BTreeMap<String, SerialRule>, SerialRule), PolicyError> {
+fn load_serial_rules(src: &Source<'_>) -> Result<(BTreeMap<String, SerialRule>, SerialRule), PolicyError> {
     let file: SerialRulesFile = parse_toml(src)?;
     let mut rules = BTreeMap::new();
     for (name, raw) in &file.rule {
@@ -532,9 +430,7 @@ fn load_serial_rules(
                 return Err(PolicyError::spanned(
                     src,
                     &raw.check,
-                    format!(
-                        "unknown check algorithm `{other}` (iso7064-mod37-36 or iso7064-mod11-10)"
-                    ),
+                    format!("unknown check algorithm `{other}` (iso7064-mod37-36 or iso7064-mod11-10)"),
                 ));
             }
         };
@@ -543,16 +439,11 @@ fn load_serial_rules(
         for (i, f) in raw.fields.get_ref().iter().enumerate() {
             let rf = f.get_ref();
             if *rf.len.get_ref() == 0 {
-                return Err(PolicyError::spanned(
-                    src,
-                    &rf.len,
-                    "field length must be at least 1",
-                ));
+                return Err(PolicyError::spanned(src, &rf.len, "field length must be at least 1"));
             }
             let format = match (&rf.charset, &rf.format) {
                 (Some(cs), None) => {
-                    let set = parse_charset(cs.get_ref())
-                        .map_err(|m| PolicyError::spanned(src, cs, m))?;
+                    let set = parse_charset(cs.get_ref()).map_err(|m| PolicyError::spanned(src, cs, m))?;
                     if let Some(c) = set.iter().find(|c| !alphabet.contains(c)) {
                         return Err(PolicyError::spanned(
                             src,
@@ -565,15 +456,9 @@ fn load_serial_rules(
                 (None, Some(fmt)) => match fmt.get_ref().as_str() {
                     "YYMM" if *rf.len.get_ref() == 4 => FieldFormat::YearMonth,
                     "YYMM" => {
-                        return Err(PolicyError::spanned(
-                            src,
-                            &rf.len,
-                            "a YYMM field has 4 characters",
-                        ));
+                        return Err(PolicyError::spanned(src, &rf.len, "a YYMM field has 4 characters"));
                     }
-                    "check" if *rf.len.get_ref() == 1 && i + 1 == raw.fields.get_ref().len() => {
-                        FieldFormat::Check
-                    }
+                    "check" if *rf.len.get_ref() == 1 && i + 1 == raw.fields.get_ref().len() => FieldFormat::Check,
                     "check" => {
                         return Err(PolicyError::spanned(
                             src,
@@ -590,30 +475,15 @@ fn load_serial_rules(
                     }
                 },
                 _ => {
-                    return Err(PolicyError::spanned(
-                        src,
-                        f,
-                        "a field needs exactly one of `charset` or `format`",
-                    ));
+                    return Err(PolicyError::spanned(src, f, "a field needs exactly one of `charset` or `format`"));
                 }
             };
-            fields.push(SerialField {
-                name: rf.name.clone(),
-                len: *rf.len.get_ref(),
-                format,
-            });
+            fields.push(SerialField { name: rf.name.clone(), len: *rf.len.get_ref(), format });
         }
         if !fields.iter().any(|f| f.format == FieldFormat::Check) {
-            return Err(PolicyError::spanned(
-                src,
-                &raw.fields,
-                "the rule needs a last field with format = \"check\"",
-            ));
+            return Err(PolicyError::spanned(src, &raw.fields, "the rule needs a last field with format = \"check\""));
         }
-        if !fields
-            .iter()
-            .any(|f| &f.name == raw.manufacturer_field.get_ref())
-        {
+        if !fields.iter().any(|f| &f.name == raw.manufacturer_field.get_ref()) {
             return Err(PolicyError::spanned(
                 src,
                 &raw.manufacturer_field,
@@ -631,11 +501,7 @@ fn load_serial_rules(
         );
     }
     let default = rules.get(file.default.get_ref()).cloned().ok_or_else(|| {
-        PolicyError::spanned(
-            src,
-            &file.default,
-            format!("no rule named `{}`", file.default.get_ref()),
-        )
+        PolicyError::spanned(src, &file.default, format!("no rule named `{}`", file.default.get_ref()))
     })?;
     Ok((rules, default))
 }
@@ -676,30 +542,16 @@ mod tests {
 
     fn load(h: &str, p: &str, r: &str) -> Result<PolicySet, PolicyError> {
         PolicySet::load(
-            Source {
-                name: "hierarchy.toml",
-                text: h,
-            },
-            Source {
-                name: "profiles.toml",
-                text: p,
-            },
-            Source {
-                name: "serial-rules.toml",
-                text: r,
-            },
+            Source { name: "hierarchy.toml", text: h },
+            Source { name: "profiles.toml", text: p },
+            Source { name: "serial-rules.toml", text: r },
         )
     }
 
     /// Replaces `from` (which must occur) and returns the 1-based line it was on.
     fn edit(text: &str, from: &str, to: &str) -> (String, usize) {
-        let at = text
-            .find(from)
-            .unwrap_or_else(|| panic!("{from:?} not in policy"));
-        (
-            text.replacen(from, to, 1),
-            text[..at].matches('\n').count() + 1,
-        )
+        let at = text.find(from).unwrap_or_else(|| panic!("{from:?} not in policy"));
+        (text.replacen(from, to, 1), text[..at].matches('\n').count() + 1)
     }
 
     fn profile_err(from: &str, to: &str) -> (PolicyError, usize) {
@@ -733,31 +585,15 @@ mod tests {
                 "extended_key_usage = [\"clientAuthh\"]",
                 "unknown extended key usage",
             ),
-            (
-                "policies = [\"1.3.6.1.5.5.7.13.2\"]",
-                "policies = [\"1.3.x\"]",
-                "not a dotted OID",
-            ),
-            (
-                "ocsp = [\"http://127.0.0.1:7080/ocsp\"]",
-                "ocsp = [\"ftp://x\"]",
-                "not an http(s) URL",
-            ),
-            (
-                "validity_days = 1825",
-                "validity_days = 0",
-                "validity_days must be at least 1",
-            ),
+            ("policies = [\"1.3.6.1.5.5.7.13.2\"]", "policies = [\"1.3.x\"]", "not a dotted OID"),
+            ("ocsp = [\"http://127.0.0.1:7080/ocsp\"]", "ocsp = [\"ftp://x\"]", "not an http(s) URL"),
+            ("validity_days = 1825", "validity_days = 0", "validity_days must be at least 1"),
             (
                 "[\"OU\", \"Terminal Class {class}\"]",
                 "[\"XX\", \"Terminal Class {class}\"]",
                 "unknown subject attribute",
             ),
-            (
-                "Terminal Class {class}",
-                "Terminal Class {klass}",
-                "unknown placeholder",
-            ),
+            ("Terminal Class {class}", "Terminal Class {klass}", "unknown placeholder"),
             (
                 "[[\"C\", \"CN\"], [\"O\", \"{manufacturer}\"]",
                 "[[\"C\", \"China\"], [\"O\", \"{manufacturer}\"]",
@@ -768,21 +604,9 @@ mod tests {
                 "key_usage = [\"cRLSign\"]",
                 "a CA profile needs keyCertSign",
             ),
-            (
-                "validity_days = 1825",
-                "validity_days = 1825\npath_len = 2",
-                "path_len is only allowed",
-            ),
-            (
-                "validity_days = 1825",
-                "validity_days = 1825\nsignre_id = \"x\"",
-                "unknown field",
-            ),
-            (
-                "validity_days = 1825",
-                "validity_days = \"long\"",
-                "invalid type",
-            ),
+            ("validity_days = 1825", "validity_days = 1825\npath_len = 2", "path_len is only allowed"),
+            ("validity_days = 1825", "validity_days = 1825\nsignre_id = \"x\"", "unknown field"),
+            ("validity_days = 1825", "validity_days = \"long\"", "invalid type"),
         ];
         for (from, to, want) in cases {
             let (err, line) = profile_err(from, to);
@@ -794,10 +618,7 @@ mod tests {
                 "{to:?}: error at line {}, edit at line {line}: {err}",
                 err.line
             );
-            assert!(
-                err.column > 1 || err.message.contains("unknown field"),
-                "{err}"
-            );
+            assert!(err.column > 1 || err.message.contains("unknown field"), "{err}");
         }
     }
 
@@ -812,43 +633,21 @@ mod tests {
     fn missing_profile_is_refused() {
         let p = PROFILES.replace("[profile.auditor]", "[profile.auditors]");
         let err = load(HIERARCHY, &p, RULES).expect_err("missing");
-        assert!(
-            err.message.contains("profile `auditor` is missing"),
-            "{err}"
-        );
+        assert!(err.message.contains("profile `auditor` is missing"), "{err}");
     }
 
     #[test]
     fn hierarchy_is_cross_checked() {
         let cases = [
-            (
-                "profile = \"issuing-ca\"",
-                "profile = \"issuing\"",
-                "no profile named",
-            ),
-            (
-                "profile = \"issuing-ca\"",
-                "profile = \"terminal\"",
-                "not a CA profile",
-            ),
-            (
-                "key_label = \"hsca-issuing-ca-1\"",
-                "key_label = \"hsca-root-ca\"",
-                "own key_label",
-            ),
-            (
-                "name = \"HSCA SM2 Root CA\"",
-                "name = \" \"",
-                "name must not be empty",
-            ),
+            ("profile = \"issuing-ca\"", "profile = \"issuing\"", "no profile named"),
+            ("profile = \"issuing-ca\"", "profile = \"terminal\"", "not a CA profile"),
+            ("key_label = \"hsca-issuing-ca-1\"", "key_label = \"hsca-root-ca\"", "own key_label"),
+            ("name = \"HSCA SM2 Root CA\"", "name = \" \"", "name must not be empty"),
         ];
         for (from, to, want) in cases {
             let (h, line) = edit(HIERARCHY, from, to);
             let err = load(&h, PROFILES, RULES).expect_err("must fail");
-            assert!(
-                err.message.contains(want) && err.line == line,
-                "{to:?}: {err} (want line {line})"
-            );
+            assert!(err.message.contains(want) && err.line == line, "{to:?}: {err} (want line {line})");
         }
         let (p, _) = edit(PROFILES, "path_len = 0", "path_len = 1");
         let err = load(HIERARCHY, &p, RULES).expect_err("path_len");
@@ -858,42 +657,18 @@ mod tests {
     #[test]
     fn serial_rules_are_checked() {
         let cases = [
-            (
-                "check = \"iso7064-mod37-36\"",
-                "check = \"luhn\"",
-                "unknown check algorithm",
-            ),
-            (
-                "manufacturer_field = \"manufacturer\"",
-                "manufacturer_field = \"maker\"",
-                "no field named",
-            ),
+            ("check = \"iso7064-mod37-36\"", "check = \"luhn\"", "unknown check algorithm"),
+            ("manufacturer_field = \"manufacturer\"", "manufacturer_field = \"maker\"", "no field named"),
             (
                 "charset = \"0-9A-Z\" },\n    { name = \"model\"",
                 "charset = \"0-9a-z\" },\n    { name = \"model\"",
                 "outside the check algorithm's alphabet",
             ),
-            (
-                "charset = \"0-9\" }",
-                "charset = \"9-0\" }",
-                "range 9-0 is empty",
-            ),
-            (
-                "format = \"YYMM\"",
-                "format = \"YYYYMM\"",
-                "unknown field format",
-            ),
-            (
-                "len = 4, format = \"YYMM\"",
-                "len = 6, format = \"YYMM\"",
-                "4 characters",
-            ),
+            ("charset = \"0-9\" }", "charset = \"9-0\" }", "range 9-0 is empty"),
+            ("format = \"YYMM\"", "format = \"YYYYMM\"", "unknown field format"),
+            ("len = 4, format = \"YYMM\"", "len = 6, format = \"YYMM\"", "4 characters"),
             ("len = 5, charset", "len = 0, charset", "at least 1"),
-            (
-                "default = \"hsts-example\"",
-                "default = \"nope\"",
-                "no rule named",
-            ),
+            ("default = \"hsts-example\"", "default = \"nope\"", "no rule named"),
         ];
         for (from, to, want) in cases {
             let (r, line) = edit(RULES, from, to);
@@ -901,25 +676,12 @@ mod tests {
             assert!(err.message.contains(want), "{to:?}: {err}");
             assert_eq!(err.line, line, "{to:?}: {err}");
         }
-        let r = RULES.replace(
-            "    { name = \"check\", len = 1, format = \"check\" },\n",
-            "",
-        );
-        assert!(
-            load(HIERARCHY, PROFILES, &r)
-                .expect_err("no check")
-                .message
-                .contains("needs a last field")
-        );
+        let r = RULES.replace("    { name = \"check\", len = 1, format = \"check\" },\n", "");
+        assert!(load(HIERARCHY, PROFILES, &r).expect_err("no check").message.contains("needs a last field"));
         let r = RULES.replace(
             "{ name = \"model\", len = 2, charset = \"0-9\" },",
             "{ name = \"model\", len = 2, charset = \"0-9\", format = \"YYMM\" },",
         );
-        assert!(
-            load(HIERARCHY, PROFILES, &r)
-                .expect_err("both")
-                .message
-                .contains("exactly one of")
-        );
+        assert!(load(HIERARCHY, PROFILES, &r).expect_err("both").message.contains("exactly one of"));
     }
 }

@@ -48,10 +48,7 @@ impl CheckAlgorithm {
 
     /// The characters the algorithm works over, in value order.
     pub fn alphabet(self) -> Vec<char> {
-        (0..self.modulus())
-            .filter_map(|v| char::from_digit(v, 36))
-            .map(|c| c.to_ascii_uppercase())
-            .collect()
+        (0..self.modulus()).filter_map(|v| char::from_digit(v, 36)).map(|c| c.to_ascii_uppercase()).collect()
     }
 
     /// The check character for `data`, or `None` if a character is outside the alphabet.
@@ -138,10 +135,7 @@ impl SerialRule {
     pub fn parse(&self, text: &str) -> Result<TerminalSerial, SerialError> {
         let chars: Vec<char> = text.chars().collect();
         if chars.len() != self.len() {
-            return Err(SerialError::WrongLength {
-                expected: self.len(),
-                found: chars.len(),
-            });
+            return Err(SerialError::WrongLength { expected: self.len(), found: chars.len() });
         }
         let mut at = 0;
         let mut spans = Vec::with_capacity(self.fields.len());
@@ -149,36 +143,20 @@ impl SerialRule {
             let value: String = chars[at..at + field.len].iter().collect();
             match &field.format {
                 FieldFormat::Charset(set) => {
-                    if let Some((i, &ch)) = chars[at..at + field.len]
-                        .iter()
-                        .enumerate()
-                        .find(|(_, c)| !set.contains(c))
+                    if let Some((i, &ch)) = chars[at..at + field.len].iter().enumerate().find(|(_, c)| !set.contains(c))
                     {
-                        return Err(SerialError::BadCharacter {
-                            position: at + i + 1,
-                            ch,
-                            field: field.name.clone(),
-                        });
+                        return Err(SerialError::BadCharacter { position: at + i + 1, ch, field: field.name.clone() });
                     }
                 }
                 FieldFormat::YearMonth => {
-                    if let Some((i, &ch)) = chars[at..at + field.len]
-                        .iter()
-                        .enumerate()
-                        .find(|(_, c)| !c.is_ascii_digit())
+                    if let Some((i, &ch)) =
+                        chars[at..at + field.len].iter().enumerate().find(|(_, c)| !c.is_ascii_digit())
                     {
-                        return Err(SerialError::BadCharacter {
-                            position: at + i + 1,
-                            ch,
-                            field: field.name.clone(),
-                        });
+                        return Err(SerialError::BadCharacter { position: at + i + 1, ch, field: field.name.clone() });
                     }
                     let month: u32 = value[2..].parse().unwrap_or(0);
                     if !(1..=12).contains(&month) {
-                        return Err(SerialError::BadYearMonth {
-                            field: field.name.clone(),
-                            value,
-                        });
+                        return Err(SerialError::BadYearMonth { field: field.name.clone(), value });
                     }
                 }
                 FieldFormat::Check => {
@@ -203,11 +181,7 @@ impl SerialRule {
             spans.push((field.name.clone(), value));
             at += field.len;
         }
-        Ok(TerminalSerial {
-            text: text.to_owned(),
-            fields: spans,
-            manufacturer_field: self.manufacturer_field.clone(),
-        })
+        Ok(TerminalSerial { text: text.to_owned(), fields: spans, manufacturer_field: self.manufacturer_field.clone() })
     }
 }
 
@@ -227,10 +201,7 @@ impl TerminalSerial {
 
     /// The value of a named field.
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// The manufacturer code.
@@ -301,10 +272,7 @@ mod tests {
     use crate::policy::PolicySet;
 
     fn rule() -> SerialRule {
-        PolicySet::embedded_default()
-            .expect("policy")
-            .serial_rule()
-            .clone()
+        PolicySet::embedded_default().expect("policy").serial_rule().clone()
     }
 
     const VALID: [&str; 3] = ["HSTM01261100000K", "HSTM01261100001I", "A1B2032512ZZ9Q0G"];
@@ -328,12 +296,7 @@ mod tests {
         // MOD 37,36 over the first 15 characters gives the 16th.
         for v in VALID {
             let (data, check) = v.split_at(15);
-            assert_eq!(
-                CheckAlgorithm::Iso7064Mod37_36
-                    .compute(data)
-                    .map(String::from),
-                Some(check.to_owned())
-            );
+            assert_eq!(CheckAlgorithm::Iso7064Mod37_36.compute(data).map(String::from), Some(check.to_owned()));
         }
         // ISO 7064 MOD 11,10 published example: 0794 → check 5.
         assert_eq!(CheckAlgorithm::Iso7064Mod11_10.compute("0794"), Some('5'));
@@ -351,10 +314,7 @@ mod tests {
                     let mut changed = chars.clone();
                     changed[pos] = c;
                     let s: String = changed.into_iter().collect();
-                    assert!(
-                        rule.parse(&s).is_err(),
-                        "{s} (changed from {v} at {pos}) was accepted"
-                    );
+                    assert!(rule.parse(&s).is_err(), "{s} (changed from {v} at {pos}) was accepted");
                     tried += 1;
                 }
             }
@@ -365,39 +325,14 @@ mod tests {
     #[test]
     fn rejections_name_what_is_wrong() {
         let rule = rule();
-        assert_eq!(
-            rule.parse("HSTM0126110000K"),
-            Err(SerialError::WrongLength {
-                expected: 16,
-                found: 15
-            })
-        );
-        assert!(matches!(
-            rule.parse("HSTMA1261100000K"),
-            Err(SerialError::BadCharacter {
-                position: 5,
-                ch: 'A',
-                ..
-            })
-        ));
-        assert!(matches!(
-            rule.parse("hstm01261100000K"),
-            Err(SerialError::BadCharacter { position: 1, .. })
-        ));
-        assert!(matches!(
-            rule.parse("HSTM01261300000K"),
-            Err(SerialError::BadYearMonth { .. })
-        ));
-        assert!(matches!(
-            rule.parse("HSTM01260000000K"),
-            Err(SerialError::BadYearMonth { .. })
-        ));
+        assert_eq!(rule.parse("HSTM0126110000K"), Err(SerialError::WrongLength { expected: 16, found: 15 }));
+        assert!(matches!(rule.parse("HSTMA1261100000K"), Err(SerialError::BadCharacter { position: 5, ch: 'A', .. })));
+        assert!(matches!(rule.parse("hstm01261100000K"), Err(SerialError::BadCharacter { position: 1, .. })));
+        assert!(matches!(rule.parse("HSTM01261300000K"), Err(SerialError::BadYearMonth { .. })));
+        assert!(matches!(rule.parse("HSTM01260000000K"), Err(SerialError::BadYearMonth { .. })));
         assert_eq!(
             rule.parse("HSTM01261100000J"),
-            Err(SerialError::CheckCharacterMismatch {
-                expected: 'K',
-                found: 'J'
-            })
+            Err(SerialError::CheckCharacterMismatch { expected: 'K', found: 'J' })
         );
         assert!(rule.parse("").is_err());
         assert!(rule.parse("HSTM01261100000Ｋ").is_err());

@@ -19,8 +19,7 @@ pub fn whole_seconds(t: SystemTime) -> SystemTime {
 /// UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5).
 pub fn to_x509(t: SystemTime) -> Result<Time, TimeError> {
     let since = t.duration_since(UNIX_EPOCH).map_err(|_| TimeError(t))?;
-    let dt = DateTime::from_unix_duration(Duration::from_secs(since.as_secs()))
-        .map_err(|_| TimeError(t))?;
+    let dt = DateTime::from_unix_duration(Duration::from_secs(since.as_secs())).map_err(|_| TimeError(t))?;
     Ok(Time::from(dt))
 }
 

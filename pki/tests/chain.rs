@@ -32,13 +32,7 @@ fn world() -> World {
         &issuing,
         now,
     );
-    World {
-        policy,
-        root,
-        issuing,
-        leaf,
-        now,
-    }
+    World { policy, root, issuing, leaf, now }
 }
 
 fn kind(r: Result<Vec<&pki::Certificate>, pki::ChainError>) -> (usize, K) {
@@ -50,18 +44,10 @@ fn kind(r: Result<Vec<&pki::Certificate>, pki::ChainError>) -> (usize, K) {
 fn good_chain_validates_in_any_order() {
     let w = world();
     let id = SignerId::default();
-    let path = validate_chain(
-        &w.leaf,
-        std::slice::from_ref(&w.issuing.cert),
-        &w.root.cert,
-        w.now,
-        &id,
-    )
-    .expect("valid");
+    let path = validate_chain(&w.leaf, std::slice::from_ref(&w.issuing.cert), &w.root.cert, w.now, &id).expect("valid");
     assert_eq!(path.len(), 3);
     let noise = [w.leaf.clone(), w.issuing.cert.clone()];
-    validate_chain(&w.leaf, &noise, &w.root.cert, w.now, &id)
-        .expect("extra certificates are ignored");
+    validate_chain(&w.leaf, &noise, &w.root.cert, w.now, &id).expect("extra certificates are ignored");
     validate_chain(&w.root.cert, &[], &w.root.cert, w.now, &id).expect("the root itself");
 }
 
@@ -69,10 +55,7 @@ fn good_chain_validates_in_any_order() {
 fn tampered_certificate_fails_its_signature() {
     let w = world();
     let mut der = der::Encode::to_der(&w.leaf).expect("der");
-    let at = der
-        .windows(16)
-        .position(|x| x == b"HSTM01261100000K")
-        .expect("serial in subject");
+    let at = der.windows(16).position(|x| x == b"HSTM01261100000K").expect("serial in subject");
     der[at + 15] = b'J';
     let tampered: pki::Certificate = der::Decode::from_der(&der).expect("still parses");
     let (depth, k) = kind(validate_chain(
@@ -90,13 +73,7 @@ fn tampered_certificate_fails_its_signature() {
 fn wrong_signer_id_fails() {
     let w = world();
     let other = SignerId::new("ALICE123@YAHOO.COM").expect("id");
-    let (_, k) = kind(validate_chain(
-        &w.leaf,
-        std::slice::from_ref(&w.issuing.cert),
-        &w.root.cert,
-        w.now,
-        &other,
-    ));
+    let (_, k) = kind(validate_chain(&w.leaf, std::slice::from_ref(&w.issuing.cert), &w.root.cert, w.now, &other));
     assert!(matches!(k, K::Signature(_)), "{k:?}");
 }
 
@@ -107,13 +84,8 @@ fn chain_to_another_root_is_refused() {
     let other_issuing = make_issuing(&w.policy, &other_root, w.now);
     let id = SignerId::default();
     // Same names, other keys: the names chain but the signatures do not.
-    let (depth, k) = kind(validate_chain(
-        &w.leaf,
-        std::slice::from_ref(&other_issuing.cert),
-        &other_root.cert,
-        w.now,
-        &id,
-    ));
+    let (depth, k) =
+        kind(validate_chain(&w.leaf, std::slice::from_ref(&other_issuing.cert), &other_root.cert, w.now, &id));
     assert_eq!(depth, 0);
     assert!(matches!(k, K::Signature(_)), "{k:?}");
     // Missing intermediate.
@@ -127,31 +99,15 @@ fn validity_is_checked_at_the_given_time() {
     let w = world();
     let id = SignerId::default();
     let inter = std::slice::from_ref(&w.issuing.cert);
-    let (depth, k) = kind(validate_chain(
-        &w.leaf,
-        inter,
-        &w.root.cert,
-        w.now + Duration::from_secs(6 * 365 * 86_400),
-        &id,
-    ));
+    let (depth, k) =
+        kind(validate_chain(&w.leaf, inter, &w.root.cert, w.now + Duration::from_secs(6 * 365 * 86_400), &id));
     assert_eq!(depth, 0);
     assert!(matches!(k, K::Expired(_)), "{k:?}");
-    let (depth, k) = kind(validate_chain(
-        &w.leaf,
-        inter,
-        &w.root.cert,
-        w.now - Duration::from_secs(86_400),
-        &id,
-    ));
+    let (depth, k) = kind(validate_chain(&w.leaf, inter, &w.root.cert, w.now - Duration::from_secs(86_400), &id));
     assert_eq!(depth, 0);
     assert!(matches!(k, K::NotYetValid(_)), "{k:?}");
-    let (depth, k) = kind(validate_chain(
-        &w.root.cert,
-        &[],
-        &w.root.cert,
-        w.now + Duration::from_secs(21 * 365 * 86_400),
-        &id,
-    ));
+    let (depth, k) =
+        kind(validate_chain(&w.root.cert, &[], &w.root.cert, w.now + Duration::from_secs(21 * 365 * 86_400), &id));
     assert_eq!(depth, 0);
     assert!(matches!(k, K::Expired(_)), "{k:?}");
 }
@@ -170,10 +126,7 @@ fn end_entity_cannot_act_as_a_ca() {
     );
     // Our own builder refuses to use it as an issuer…
     let refused = IssuerInfo::from_certificate(&terminal, SignerId::default());
-    assert!(
-        matches!(refused, Err(IssueError::BadIssuer(_))),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(IssueError::BadIssuer(_))), "{refused:?}");
     // …so forge the issuer data by hand and check the validator catches it.
     let tbs = terminal.tbs_certificate();
     let forged = IssuerInfo {
@@ -197,13 +150,7 @@ fn end_entity_cannot_act_as_a_ca() {
     };
     let below = sign(build_tbs(&req, Some(&forged)).expect("tbs"), &term_key);
     let inter = [terminal, w.issuing.cert.clone()];
-    let (depth, k) = kind(validate_chain(
-        &below,
-        &inter,
-        &w.root.cert,
-        w.now,
-        &SignerId::default(),
-    ));
+    let (depth, k) = kind(validate_chain(&below, &inter, &w.root.cert, w.now, &SignerId::default()));
     assert_eq!((depth, k), (1, K::NotCa));
 }
 
@@ -225,10 +172,7 @@ fn path_length_is_enforced() {
     };
     // With the real issuer data, the linter refuses to make it at all.
     let linted = build_tbs(&req, Some(&w.issuing.info));
-    assert!(
-        matches!(&linted, Err(IssueError::Lint(e)) if e.has(pki::LintRule::PathLenExceeded)),
-        "{linted:?}"
-    );
+    assert!(matches!(&linted, Err(IssueError::Lint(e)) if e.has(pki::LintRule::PathLenExceeded)), "{linted:?}");
     let sub_cert = sign(build_tbs(&req, Some(&lax)).expect("tbs"), &w.issuing.key);
     let sub = Ca {
         info: IssuerInfo::from_certificate(&sub_cert, SignerId::default()).expect("sub"),
@@ -244,26 +188,14 @@ fn path_length_is_enforced() {
         w.now,
     );
     let inter = [sub.cert.clone(), w.issuing.cert.clone()];
-    let (depth, k) = kind(validate_chain(
-        &leaf,
-        &inter,
-        &w.root.cert,
-        w.now,
-        &SignerId::default(),
-    ));
+    let (depth, k) = kind(validate_chain(&leaf, &inter, &w.root.cert, w.now, &SignerId::default()));
     assert_eq!((depth, k), (2, K::PathLenExceeded { limit: 0 }));
 }
 
 #[test]
 fn pinned_root_must_be_self_signed() {
     let w = world();
-    let (depth, k) = kind(validate_chain(
-        &w.leaf,
-        &[],
-        &w.issuing.cert,
-        w.now,
-        &SignerId::default(),
-    ));
+    let (depth, k) = kind(validate_chain(&w.leaf, &[], &w.issuing.cert, w.now, &SignerId::default()));
     assert_eq!((depth, k), (1, K::RootNotSelfSigned));
 }
 
@@ -273,11 +205,7 @@ fn openssl(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("openssl binary (scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A root made by OpenSSL with extra extensions, and a leaf we issue under it.
@@ -303,20 +231,13 @@ fn openssl_root(extra: &[&str]) -> (pki::Certificate, pki::Certificate, SystemTi
     args.extend(["-out", "root.pem"]);
     openssl(d, &args);
     let root =
-        pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join("root.pem")).expect("root"))
-            .expect("parse");
-    let key = SoftwareSm2Key::from_pkcs8_pem(
-        &std::fs::read_to_string(d.join("k.pem")).expect("key"),
-        SignerId::default(),
-    )
-    .expect("key");
+        pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join("root.pem")).expect("root")).expect("parse");
+    let key =
+        SoftwareSm2Key::from_pkcs8_pem(&std::fs::read_to_string(d.join("k.pem")).expect("key"), SignerId::default())
+            .expect("key");
     let info = IssuerInfo::from_certificate(&root, SignerId::default()).expect("issuer");
     let now = SystemTime::now();
-    let ca = Ca {
-        cert: root.clone(),
-        key,
-        info,
-    };
+    let ca = Ca { cert: root.clone(), key, info };
     let leaf = issue(
         &policy(),
         "terminal",
@@ -330,19 +251,14 @@ fn openssl_root(extra: &[&str]) -> (pki::Certificate, pki::Certificate, SystemTi
 
 #[test]
 fn chain_made_by_openssl_validates() {
-    let (root, leaf, now) = openssl_root(&[
-        "basicConstraints=critical,CA:TRUE",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
+    let (root, leaf, now) =
+        openssl_root(&["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"]);
     validate_chain(&leaf, &[], &root, now, &SignerId::default()).expect("OpenSSL root + our leaf");
 }
 
 #[test]
 fn ca_without_key_cert_sign_is_refused() {
-    let (root, leaf, now) = openssl_root(&[
-        "basicConstraints=critical,CA:TRUE",
-        "keyUsage=critical,digitalSignature",
-    ]);
+    let (root, leaf, now) = openssl_root(&["basicConstraints=critical,CA:TRUE", "keyUsage=critical,digitalSignature"]);
     let (depth, k) = kind(validate_chain(&leaf, &[], &root, now, &SignerId::default()));
     assert_eq!((depth, k), (1, K::NoKeyCertSign));
 }
@@ -355,10 +271,7 @@ fn unknown_critical_extension_is_refused() {
         "1.3.6.1.4.1.99999.1=critical,ASN1:NULL",
     ]);
     let (depth, k) = kind(validate_chain(&leaf, &[], &root, now, &SignerId::default()));
-    assert_eq!(
-        (depth, k),
-        (1, K::UnknownCriticalExtension("1.3.6.1.4.1.99999.1".into()))
-    );
+    assert_eq!((depth, k), (1, K::UnknownCriticalExtension("1.3.6.1.4.1.99999.1".into())));
 }
 
 #[test]
@@ -375,25 +288,89 @@ fn issuing_requires_a_valid_issuer() {
         serial: CertSerial::from_random([9; 16]),
         now: late,
     };
-    assert!(matches!(
-        build_tbs(&req, Some(&w.issuing.info)),
-        Err(IssueError::IssuerNotValid)
-    ));
+    assert!(matches!(build_tbs(&req, Some(&w.issuing.info)), Err(IssueError::IssuerNotValid)));
     // Validity is clipped to the issuer's: a leaf never outlives its CA.
     let near_end = w.now + Duration::from_secs(3649 * 86_400);
-    let req = TbsRequest {
-        now: near_end,
-        ..req
-    };
+    let req = TbsRequest { now: near_end, ..req };
     let tbs = build_tbs(&req, Some(&w.issuing.info)).expect("tbs");
-    assert_eq!(
-        tbs.tbs().validity().not_after,
-        w.issuing.cert.tbs_certificate().validity().not_after
-    );
+    assert_eq!(tbs.tbs().validity().not_after, w.issuing.cert.tbs_certificate().validity().not_after);
     // A signature by the wrong key is not assembled into a certificate.
     let wrong = hsm::Signer::sign(&key, tbs.to_be_signed()).expect("sign");
-    assert!(matches!(
-        tbs.assemble(wrong.as_der()),
-        Err(IssueError::BadSignature(_))
-    ));
+    assert!(matches!(tbs.assemble(wrong.as_der()), Err(IssueError::BadSignature(_))));
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in a certificate's DER.
+fn patch(cert: &pki::Certificate, from: &[u8], to: &[u8]) -> pki::Certificate {
+    let mut der = der::Encode::to_der(cert).expect("der");
+    let mut hits = 0;
+    for i in 0..=der.len() - from.len() {
+        if der[i..i + from.len()] == *from {
+            der[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+    }
+    assert!(hits > 0, "pattern not found");
+    der::Decode::from_der(&der).expect("still parses")
+}
+
+const SM2_WITH_SM3_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x83, 0x75];
+const ECDSA_SHA256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+const SM2_CURVE_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
+const P256_CURVE_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+#[test]
+fn non_sm2_signature_algorithm_is_refused() {
+    let w = world();
+    let ecdsa = patch(&w.leaf, &SM2_WITH_SM3_OID, &ECDSA_SHA256_OID);
+    let (depth, k) =
+        kind(validate_chain(&ecdsa, std::slice::from_ref(&w.issuing.cert), &w.root.cert, w.now, &SignerId::default()));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::Algorithm(_)), "{k:?}");
+}
+
+#[test]
+fn non_sm2_issuer_key_is_refused() {
+    let w = world();
+    let p256_issuing = patch(&w.issuing.cert, &SM2_CURVE_OID, &P256_CURVE_OID);
+    let (depth, k) = kind(validate_chain(&w.leaf, &[p256_issuing], &w.root.cert, w.now, &SignerId::default()));
+    assert_eq!(depth, 0);
+    assert!(matches!(k, K::IssuerKey(_)), "{k:?}");
+}
+
+#[test]
+fn overlong_chain_is_refused() {
+    let w = world();
+    let mut cas = vec![];
+    let mut parent_info = w.issuing.info.clone();
+    let mut parent_key = w.issuing.key;
+    let profile = w.policy.profile("issuing-ca").expect("profile");
+    for i in 0..pki::chain::MAX_CHAIN_LEN {
+        parent_info.path_len = None; // hide the constraint from our own linter
+        let key = support::key();
+        let vars = vars_name(&format!("Sub CA {i}"));
+        let req = TbsRequest {
+            profile,
+            vars: &vars,
+            subject_key: key.sm2_public_key(),
+            serial: CertSerial::from_random([i as u8 + 1; 16]),
+            now: w.now,
+        };
+        let cert = sign(build_tbs(&req, Some(&parent_info)).expect("tbs"), &parent_key);
+        parent_info = IssuerInfo::from_certificate(&cert, SignerId::default()).expect("info");
+        parent_key = key;
+        cas.push(cert);
+    }
+    let leaf = cas.pop().expect("last");
+    cas.push(w.issuing.cert.clone());
+    let (_, k) = kind(validate_chain(&leaf, &cas, &w.root.cert, w.now, &SignerId::default()));
+    assert_eq!(k, K::TooLong);
+}
+
+#[test]
+fn malformed_ca_extension_is_refused() {
+    // An OpenSSL root whose keyUsage is not a BIT STRING, and a leaf signed by it.
+    let (root, leaf, now) = openssl_root(&["basicConstraints=critical,CA:TRUE", "2.5.29.15=critical,DER:0500"]);
+    let (depth, k) = kind(validate_chain(&leaf, &[], &root, now, &SignerId::default()));
+    assert_eq!(depth, 1);
+    assert!(matches!(k, K::Malformed(_)), "{k:?}");
 }

@@ -9,10 +9,7 @@ use pki::{CsrError as E, PolicySet, SignerId, csr_der, verify_csr};
 
 fn check(bytes: &[u8]) -> Result<(), E> {
     let policy = PolicySet::embedded_default().expect("policy");
-    let serial = policy
-        .serial_rule()
-        .parse("HSTM01261100000K")
-        .expect("serial");
+    let serial = policy.serial_rule().parse("HSTM01261100000K").expect("serial");
     let der = csr_der(bytes)?;
     verify_csr(&der, &SignerId::default())?.check_terminal_subject(&serial)
 }
@@ -32,16 +29,14 @@ fn expected(name: &str) -> Option<Expectation> {
         "ecdsa_sha256_algorithm.der.csr" | "sm2_algorithm_with_null_params.der.csr" => {
             |r| matches!(r, Err(E::WrongAlgorithm(S::NotSm2WithSm3 { .. })))
         }
-        "empty_signer_id.der.csr" => {
-            |r| matches!(r, Err(E::WrongSignerId(S::EmptySignerId { .. })))
-        }
+        "empty_signer_id.der.csr" => |r| matches!(r, Err(E::WrongSignerId(S::EmptySignerId { .. }))),
         "other_signer_id.der.csr" | "tampered_signature.der.csr" | "tampered_subject.der.csr" => {
             |r| matches!(r, Err(E::BadSignature(S::Invalid)))
         }
         "raw_rs_signature.der.csr" => |r| matches!(r, Err(E::BadSignature(S::MalformedSignature))),
-        "other_terminal_serial.der.csr"
-        | "mixed_serials.der.csr"
-        | "no_serial_in_subject.der.csr" => |r| matches!(r, Err(E::SubjectMismatch { .. })),
+        "other_terminal_serial.der.csr" | "mixed_serials.der.csr" | "no_serial_in_subject.der.csr" => {
+            |r| matches!(r, Err(E::SubjectMismatch { .. }))
+        }
         _ => return None,
     })
 }
@@ -52,13 +47,8 @@ fn every_corpus_file_meets_its_expectation() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("testdata/csr") {
         let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("name")
-            .to_owned();
-        let want =
-            expected(&name).unwrap_or_else(|| panic!("{name} has no expectation in this test"));
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+        let want = expected(&name).unwrap_or_else(|| panic!("{name} has no expectation in this test"));
         let got = check(&std::fs::read(&path).expect("read"));
         assert!(want(&got), "{name}: got {got:?}");
         seen += 1;
@@ -69,13 +59,9 @@ fn every_corpus_file_meets_its_expectation() {
 #[test]
 fn empty_signer_id_error_tells_the_operator_what_to_do() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/csr");
-    let err = check(&std::fs::read(dir.join("empty_signer_id.der.csr")).expect("read"))
-        .expect_err("refused");
+    let err = check(&std::fs::read(dir.join("empty_signer_id.der.csr")).expect("read")).expect_err("refused");
     let msg = err.to_string();
-    assert!(
-        msg.contains("empty SM2 signer ID") && msg.contains("-sigopt distid:1234567812345678"),
-        "{msg}"
-    );
+    assert!(msg.contains("empty SM2 signer ID") && msg.contains("-sigopt distid:1234567812345678"), "{msg}");
 }
 
 #[test]

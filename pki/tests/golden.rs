@@ -13,21 +13,14 @@ use pki::{CertSerial, SignerId};
 use support::{policy, sign, terminal_vars, vars_name};
 
 fn check(name: &str, bytes: &[u8]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name);
     if std::env::var_os("PKI_BLESS_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
         std::fs::write(&path, bytes).expect("bless");
     }
-    let want = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (bless with PKI_BLESS_GOLDEN=1)", path.display()));
-    assert!(
-        want == bytes,
-        "{name} changed:\n want {}\n got  {}",
-        hex::encode(&want),
-        hex::encode(bytes)
-    );
+    let want =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (bless with PKI_BLESS_GOLDEN=1)", path.display()));
+    assert!(want == bytes, "{name} changed:\n want {}\n got  {}", hex::encode(&want), hex::encode(bytes));
 }
 
 #[test]
@@ -77,19 +70,9 @@ fn tbs_bytes_are_stable() {
     check("terminal.tbs.der", terminal_tbs.to_be_signed());
     // Building twice gives the same bytes; a different time does not.
     assert_eq!(
-        build_tbs(&terminal_req, Some(&issuing_info))
-            .expect("again")
-            .to_be_signed(),
+        build_tbs(&terminal_req, Some(&issuing_info)).expect("again").to_be_signed(),
         terminal_tbs.to_be_signed()
     );
-    let later = TbsRequest {
-        now: now + Duration::from_secs(1),
-        ..terminal_req
-    };
-    assert_ne!(
-        build_tbs(&later, Some(&issuing_info))
-            .expect("later")
-            .to_be_signed(),
-        terminal_tbs.to_be_signed()
-    );
+    let later = TbsRequest { now: now + Duration::from_secs(1), ..terminal_req };
+    assert_ne!(build_tbs(&later, Some(&issuing_info)).expect("later").to_be_signed(), terminal_tbs.to_be_signed());
 }

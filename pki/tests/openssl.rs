@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use pki::crl::{CrlReason, CrlRequest, RevokedEntry, build_crl_tbs};
+use pki::crl::{CrlReason, CrlRequest, RevokedEntry};
 use pki::pem::{certificate_to_pem, crl_to_pem, der_to_pem};
 use pki::{CertSerial, CsrError, SignerId, TerminalClass, csr_der, verify_csr};
 use support::{issue, make_issuing, make_root, policy, terminal_vars};
@@ -21,12 +21,13 @@ fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
         .current_dir(dir)
         .output()
         .expect("the openssl binary is needed (scripts/test.sh installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// `openssl verify -partial_chain` of one link, with the standard SM2 signer ID.
+fn verify_link(dir: &Path, ca: &str, cert: &str) -> (bool, String) {
+    openssl(dir, &["verify", "-vfyopt", DISTID, "-partial_chain", "-CAfile", ca, cert])
 }
 
 fn serial_of(cert: &pki::Certificate) -> CertSerial {
@@ -43,67 +44,22 @@ fn openssl_verifies_each_link_and_parses_every_field() {
     let root = make_root(&policy, now);
     let issuing = make_issuing(&policy, &root, now);
     let term_key = support::key();
-    let cert = issue(
-        &policy,
-        "terminal",
-        &terminal_vars("HSTM01261100000K", "III"),
-        term_key.sm2_public_key(),
-        &issuing,
-        now,
-    );
-    for (name, c) in [
-        ("root.pem", &root.cert),
-        ("issuing.pem", &issuing.cert),
-        ("terminal.pem", &cert),
-    ] {
+    let cert =
+        issue(&policy, "terminal", &terminal_vars("HSTM01261100000K", "III"), term_key.sm2_public_key(), &issuing, now);
+    for (name, c) in [("root.pem", &root.cert), ("issuing.pem", &issuing.cert), ("terminal.pem", &cert)] {
         std::fs::write(d.join(name), certificate_to_pem(c).expect("pem")).expect("write");
     }
 
-    let (ok, out) = openssl(
-        d,
-        &[
-            "verify",
-            "-vfyopt",
-            DISTID,
-            "-CAfile",
-            "root.pem",
-            "issuing.pem",
-        ],
-    );
+    let (ok, out) = openssl(d, &["verify", "-vfyopt", DISTID, "-CAfile", "root.pem", "issuing.pem"]);
     assert!(ok && out.contains("issuing.pem: OK"), "{out}");
-    let (ok, out) = openssl(
-        d,
-        &[
-            "verify",
-            "-vfyopt",
-            DISTID,
-            "-partial_chain",
-            "-CAfile",
-            "issuing.pem",
-            "terminal.pem",
-        ],
-    );
+    let (ok, out) = verify_link(d, "issuing.pem", "terminal.pem");
     assert!(ok && out.contains("terminal.pem: OK"), "{out}");
     // (`-check_ss_sig` on the root fails in OpenSSL 3.0 even for its own chains: the root's
     // self-signature is checked by our validator, tests/chain.rs.)
 
     // Negative control: the link does not verify against a CA that did not sign it.
-    let (ok, out) = openssl(
-        d,
-        &[
-            "verify",
-            "-vfyopt",
-            DISTID,
-            "-partial_chain",
-            "-CAfile",
-            "root.pem",
-            "terminal.pem",
-        ],
-    );
-    assert!(
-        !ok,
-        "terminal must not verify against the root directly: {out}"
-    );
+    let (ok, out) = verify_link(d, "root.pem", "terminal.pem");
+    assert!(!ok, "terminal must not verify against the root directly: {out}");
 
     let (ok, text) = openssl(d, &["x509", "-in", "terminal.pem", "-noout", "-text"]);
     assert!(ok, "{text}");
@@ -126,10 +82,7 @@ fn openssl_verifies_each_link_and_parses_every_field() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     let (_, text) = openssl(d, &["x509", "-in", "issuing.pem", "-noout", "-text"]);
-    assert!(
-        text.contains("CA:TRUE, pathlen:0") && text.contains("Certificate Sign, CRL Sign"),
-        "{text}"
-    );
+    assert!(text.contains("CA:TRUE, pathlen:0") && text.contains("Certificate Sign, CRL Sign"), "{text}");
     let (_, text) = openssl(d, &["x509", "-in", "root.pem", "-noout", "-text"]);
     assert!(text.contains("CA:TRUE, pathlen:1"), "{text}");
 
@@ -146,39 +99,21 @@ fn openssl_accepts_our_csr_and_we_accept_openssls() {
     let d = dir.path();
     let key = support::key();
     let ours = support::csr(&key, "CN=HSTM01261100000K,serialNumber=HSTM01261100000K");
-    std::fs::write(
-        d.join("ours.csr"),
-        der_to_pem("CERTIFICATE REQUEST", &ours).expect("pem"),
-    )
-    .expect("write");
-    let (ok, out) = openssl(
-        d,
-        &[
-            "req", "-in", "ours.csr", "-verify", "-vfyopt", DISTID, "-noout",
-        ],
-    );
+    std::fs::write(d.join("ours.csr"), der_to_pem("CERTIFICATE REQUEST", &ours).expect("pem")).expect("write");
+    let (ok, out) = openssl(d, &["req", "-in", "ours.csr", "-verify", "-vfyopt", DISTID, "-noout"]);
     assert!(ok && out.contains("verify OK"), "{out}");
 
     let (ok, out) = openssl(d, &["genpkey", "-algorithm", "SM2", "-out", "k.pem"]);
     assert!(ok, "{out}");
     let subj = "/CN=HSTM01261100000K/serialNumber=HSTM01261100000K";
-    let (ok, out) = openssl(
-        d,
-        &[
-            "req", "-new", "-key", "k.pem", "-sm3", "-sigopt", DISTID, "-subj", subj, "-out",
-            "good.csr",
-        ],
-    );
+    let (ok, out) =
+        openssl(d, &["req", "-new", "-key", "k.pem", "-sm3", "-sigopt", DISTID, "-subj", subj, "-out", "good.csr"]);
     assert!(ok, "{out}");
     let pem = std::fs::read(d.join("good.csr")).expect("read");
     let csr = verify_csr(&csr_der(&pem).expect("pem"), &SignerId::default())
         .expect("OpenSSL CSR with the standard ID is accepted");
-    let serial = policy()
-        .serial_rule()
-        .parse("HSTM01261100000K")
-        .expect("serial");
-    csr.check_terminal_subject(&serial)
-        .expect("subject names the serial");
+    let serial = policy().serial_rule().parse("HSTM01261100000K").expect("serial");
+    csr.check_terminal_subject(&serial).expect("subject names the serial");
     // Our key reader gets the same key OpenSSL wrote.
     let k = hsm::backend::memory::SoftwareSm2Key::from_pkcs8_pem(
         &std::fs::read_to_string(d.join("k.pem")).expect("k"),
@@ -188,24 +123,10 @@ fn openssl_accepts_our_csr_and_we_accept_openssls() {
     assert_eq!(k.sm2_public_key(), csr.public_key());
 
     // Without -sigopt, OpenSSL 3 signs with an empty ID: refused, and the message says so.
-    let (ok, out) = openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "k.pem",
-            "-sm3",
-            "-subj",
-            subj,
-            "-out",
-            "empty-id.csr",
-        ],
-    );
+    let (ok, out) = openssl(d, &["req", "-new", "-key", "k.pem", "-sm3", "-subj", subj, "-out", "empty-id.csr"]);
     assert!(ok, "{out}");
     let pem = std::fs::read(d.join("empty-id.csr")).expect("read");
-    let err = verify_csr(&csr_der(&pem).expect("pem"), &SignerId::default())
-        .expect_err("empty ID refused");
+    let err = verify_csr(&csr_der(&pem).expect("pem"), &SignerId::default()).expect_err("empty ID refused");
     assert!(matches!(err, CsrError::WrongSignerId(_)), "{err:?}");
     assert!(err.to_string().contains("empty SM2 signer ID"), "{err}");
 }
@@ -253,11 +174,7 @@ fn openssl_parses_full_and_delta_crls() {
         delta_base: None,
         distribution_point: Some("http://127.0.0.1:7080/crl/issuing.crl"),
     };
-    let sign = |req: &CrlRequest| {
-        let tbs = build_crl_tbs(&issuing.info, req).expect("tbs");
-        let sig = hsm::Signer::sign(&issuing.key, tbs.to_be_signed()).expect("sign");
-        tbs.assemble(sig.as_der()).expect("assemble")
-    };
+    let sign = |req: &CrlRequest| support::sign_crl(&issuing, req);
     std::fs::write(d.join("full.crl"), crl_to_pem(&sign(&full)).expect("pem")).expect("write");
     let delta_entries = vec![RevokedEntry {
         serial: serial_of(&certs[2]),
@@ -294,12 +211,6 @@ fn openssl_parses_full_and_delta_crls() {
     assert!(!text.contains(&serial_of(&certs[2]).to_hex()), "{text}");
     let (ok, text) = openssl(d, &["crl", "-in", "delta.crl", "-noout", "-text"]);
     assert!(ok, "{text}");
-    assert!(
-        text.contains("X509v3 Delta CRL Indicator: critical\n                41"),
-        "{text}"
-    );
-    assert!(
-        text.contains("Cessation Of Operation") && text.contains(&serial_of(&certs[2]).to_hex()),
-        "{text}"
-    );
+    assert!(text.contains("X509v3 Delta CRL Indicator: critical\n                41"), "{text}");
+    assert!(text.contains("Cessation Of Operation") && text.contains(&serial_of(&certs[2]).to_hex()), "{text}");
 }

@@ -31,41 +31,31 @@ impl SoftwareSm2Key {
 
     /// A key from its 32-byte big-endian private scalar (for deterministic tests).
     pub fn from_scalar_bytes(bytes: &[u8; 32], signer_id: SignerId) -> Result<Self, HsmError> {
-        let secret = sm2::SecretKey::from_slice(bytes)
-            .map_err(|_| HsmError::BadKey("scalar is zero or not below n".into()))?;
+        let secret =
+            sm2::SecretKey::from_slice(bytes).map_err(|_| HsmError::BadKey("scalar is zero or not below n".into()))?;
         Self::from_secret(&secret, signer_id)
     }
 
     /// A key from an unencrypted PKCS#8 PEM document (`openssl genpkey -algorithm SM2` writes these).
     pub fn from_pkcs8_pem(pem: &str, signer_id: SignerId) -> Result<Self, HsmError> {
-        let secret =
-            sm2::SecretKey::from_pkcs8_pem(pem).map_err(|e| HsmError::BadKey(e.to_string()))?;
+        let secret = sm2::SecretKey::from_pkcs8_pem(pem).map_err(|e| HsmError::BadKey(e.to_string()))?;
         Self::from_secret(&secret, signer_id)
     }
 
     fn from_secret(secret: &sm2::SecretKey, signer_id: SignerId) -> Result<Self, HsmError> {
-        let key = SigningKey::new(signer_id.as_str(), secret)
-            .map_err(|e| HsmError::BadKey(e.to_string()))?;
+        let key = SigningKey::new(signer_id.as_str(), secret).map_err(|e| HsmError::BadKey(e.to_string()))?;
         let public = Sm2PublicKey::from_sec1(&key.verifying_key().to_sec1_bytes())
             .map_err(|e| HsmError::BadKey(e.to_string()))?;
-        Ok(Self {
-            key: ManuallyDrop::new(key),
-            public,
-            signer_id,
-        })
+        Ok(Self { key: ManuallyDrop::new(key), public, signer_id })
     }
 
     /// The private key as unencrypted PKCS#8 PEM, zeroized when dropped. Only for tests and
     /// examples: identities on disk are passphrase-protected.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, HsmError> {
         let bytes = Zeroizing::new(self.key.to_bytes());
-        let secret =
-            sm2::SecretKey::from_slice(&bytes[..]).map_err(|e| HsmError::BadKey(e.to_string()))?;
-        let doc = secret
-            .to_pkcs8_der()
-            .map_err(|e| HsmError::BadKey(e.to_string()))?;
-        doc.to_pem("PRIVATE KEY", LineEnding::LF)
-            .map_err(|e| HsmError::BadKey(e.to_string()))
+        let secret = sm2::SecretKey::from_slice(&bytes[..]).map_err(|e| HsmError::BadKey(e.to_string()))?;
+        let doc = secret.to_pkcs8_der().map_err(|e| HsmError::BadKey(e.to_string()))?;
+        doc.to_pem("PRIVATE KEY", LineEnding::LF).map_err(|e| HsmError::BadKey(e.to_string()))
     }
 
     /// The checked public key.
@@ -107,10 +97,8 @@ impl Signer for SoftwareSm2Key {
     fn sign(&self, tbs: &[u8]) -> Result<Signature, HsmError> {
         use sm2::dsa::signature::RandomizedSigner;
         // Hedged: RFC 6979 nonce mixed with fresh randomness.
-        let sig: sm2::dsa::Signature = self
-            .key
-            .try_sign_with_rng(&mut getrandom::SysRng, tbs)
-            .map_err(|e| HsmError::Signing(e.to_string()))?;
+        let sig: sm2::dsa::Signature =
+            self.key.try_sign_with_rng(&mut getrandom::SysRng, tbs).map_err(|e| HsmError::Signing(e.to_string()))?;
         Ok(Signature::from_der(sig.to_der().to_vec()))
     }
 }

@@ -31,10 +31,7 @@ pub fn sign(tbs: LintedTbs, signer: &dyn Signer) -> Certificate {
 }
 
 pub fn vars_name(name: &str) -> SubjectVars {
-    SubjectVars {
-        name: Some(name.into()),
-        ..Default::default()
-    }
+    SubjectVars { name: Some(name.into()), ..Default::default() }
 }
 
 pub fn terminal_vars(serial: &str, class: &str) -> SubjectVars {
@@ -59,8 +56,7 @@ pub fn make_root(policy: &PolicySet, now: SystemTime) -> Ca {
         now,
     };
     let cert = sign(build_tbs(&req, None).expect("root tbs"), &key);
-    let info =
-        IssuerInfo::from_certificate(&cert, profile.signer_id.clone()).expect("root as issuer");
+    let info = IssuerInfo::from_certificate(&cert, profile.signer_id.clone()).expect("root as issuer");
     Ca { cert, key, info }
 }
 
@@ -75,12 +71,8 @@ pub fn make_issuing(policy: &PolicySet, root: &Ca, now: SystemTime) -> Ca {
         serial: CertSerial::generate().expect("rng"),
         now,
     };
-    let cert = sign(
-        build_tbs(&req, Some(&root.info)).expect("issuing tbs"),
-        &root.key,
-    );
-    let info =
-        IssuerInfo::from_certificate(&cert, profile.signer_id.clone()).expect("issuing as issuer");
+    let cert = sign(build_tbs(&req, Some(&root.info)).expect("issuing tbs"), &root.key);
+    let info = IssuerInfo::from_certificate(&cert, profile.signer_id.clone()).expect("issuing as issuer");
     Ca { cert, key, info }
 }
 
@@ -93,17 +85,15 @@ pub fn issue(
     now: SystemTime,
 ) -> Certificate {
     let profile = policy.profile(profile).expect("profile");
-    let req = TbsRequest {
-        profile,
-        vars,
-        subject_key,
-        serial: CertSerial::generate().expect("rng"),
-        now,
-    };
-    sign(
-        build_tbs(&req, Some(&issuer.info)).expect("tbs"),
-        &issuer.key,
-    )
+    let req = TbsRequest { profile, vars, subject_key, serial: CertSerial::generate().expect("rng"), now };
+    sign(build_tbs(&req, Some(&issuer.info)).expect("tbs"), &issuer.key)
+}
+
+/// Builds, signs and assembles a CRL from `ca`.
+pub fn sign_crl(ca: &Ca, req: &pki::CrlRequest<'_>) -> pki::CertificateList {
+    let tbs = pki::build_crl_tbs(&ca.info, req).expect("crl tbs");
+    let sig = ca.key.sign(tbs.to_be_signed()).expect("sign crl");
+    tbs.assemble(sig.as_der()).expect("crl")
 }
 
 /// A CSR signed by `key` for `subject` (e.g. "CN=…,serialNumber=…").
