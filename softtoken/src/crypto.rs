@@ -1,0 +1,243 @@
+//! The cryptography behind the mechanisms, and the sealing of the token store.
+
+use std::mem::ManuallyDrop;
+
+use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, block_padding::NoPadding};
+use ecb::cipher::KeyInit;
+use hmac::{Hmac, Mac};
+use sm2::dsa::SigningKey;
+use sm2::dsa::signature::hazmat::{PrehashVerifier, RandomizedPrehashSigner};
+use sm3::{Digest, Sm3};
+use sm4::Sm4;
+use zeroize::Zeroizing;
+
+/// A crypto failure, mapped to a `CKR_` code by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CryptoError {
+    /// Key bytes are not a valid key.
+    BadKey,
+    /// Input length not allowed by the mechanism.
+    BadLength,
+    /// Signature or MAC does not verify, or ciphertext does not decrypt.
+    Invalid,
+    /// The random number generator failed.
+    Random,
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::fill(buf).map_err(|_| CryptoError::Random)
+}
+
+/// An SM2 private key in memory, wiped when dropped.
+pub struct Sm2Secret {
+    // sm2's SigningKey does not zeroize itself and hides its scalar: Drop wipes it in place.
+    key: ManuallyDrop<SigningKey>,
+    public: sm2::PublicKey,
+}
+
+impl Drop for Sm2Secret {
+    fn drop(&mut self) {
+        // SAFETY: `key` is never used or dropped again; wiping it only leaks the signer-ID string.
+        unsafe { zeroize::zeroize_flat_type(&mut *self.key as *mut SigningKey) }
+    }
+}
+
+impl Sm2Secret {
+    /// From a 32-byte big-endian scalar.
+    pub fn from_scalar(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let key = SigningKey::from_slice("", bytes).map_err(|_| CryptoError::BadKey)?;
+        let public = sm2::PublicKey::from(key.verifying_key().clone());
+        Ok(Self { key: ManuallyDrop::new(key), public })
+    }
+
+    /// A fresh key; returns it with its scalar (for storage) and uncompressed public point.
+    pub fn generate() -> Result<(Self, Zeroizing<Vec<u8>>), CryptoError> {
+        loop {
+            let mut scalar = Zeroizing::new(vec![0u8; 32]);
+            random(&mut scalar)?;
+            if let Ok(secret) = Self::from_scalar(&scalar) {
+                return Ok((secret, scalar));
+            }
+        }
+    }
+
+    /// The uncompressed public point `04 ‖ X ‖ Y`.
+    pub fn public_point(&self) -> Vec<u8> {
+        public_point(&self.public)
+    }
+
+    /// Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA) for this key.
+    pub fn z(&self, id: &[u8]) -> Result<[u8; 32], CryptoError> {
+        z_value(id, &self.public_point())
+    }
+
+    /// Signs a 32-byte e = SM3(Z ‖ M); returns r ‖ s.
+    pub fn sign_digest(&self, e: &[u8]) -> Result<[u8; 64], CryptoError> {
+        if e.len() != 32 {
+            return Err(CryptoError::BadLength);
+        }
+        let sig: sm2::dsa::Signature =
+            self.key.sign_prehash_with_rng(&mut getrandom::SysRng, e).map_err(|_| CryptoError::Random)?;
+        Ok(sig.to_bytes().into())
+    }
+
+    /// Decrypts C1 ‖ C3 ‖ C2.
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let scalar = Zeroizing::new(self.key.to_bytes());
+        let dk = sm2::pke::DecryptingKey::from_slice(&scalar[..]).map_err(|_| CryptoError::BadKey)?;
+        dk.decrypt(ciphertext).map_err(|_| CryptoError::Invalid)
+    }
+}
+
+/// `04 ‖ X ‖ Y`.
+pub fn public_point(pk: &sm2::PublicKey) -> Vec<u8> {
+    use sm2::elliptic_curve::sec1::ToSec1Point;
+    pk.to_sec1_point(false).as_bytes().to_vec()
+}
+
+/// The SM2 curve parameters a, b, xG, yG (GM/T 0003.5), for Z.
+const CURVE: [&str; 4] = [
+    "FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC",
+    "28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93",
+    "32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7",
+    "BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0",
+];
+
+/// Z for signer `id` and public point `04 ‖ X ‖ Y`.
+pub fn z_value(id: &[u8], point: &[u8]) -> Result<[u8; 32], CryptoError> {
+    let entl = u16::try_from(id.len() * 8).map_err(|_| CryptoError::BadLength)?;
+    if point.len() != 65 || point[0] != 4 {
+        return Err(CryptoError::BadKey);
+    }
+    let mut h = Sm3::new();
+    h.update(entl.to_be_bytes());
+    h.update(id);
+    for c in CURVE {
+        h.update(hex::decode(c).map_err(|_| CryptoError::BadKey)?);
+    }
+    h.update(&point[1..]);
+    Ok(h.finalize().into())
+}
+
+/// Verifies r ‖ s over a 32-byte digest with an uncompressed public point.
+pub fn sm2_verify_digest(point: &[u8], e: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
+    if sig.len() != 64 {
+        return Err(CryptoError::BadLength);
+    }
+    if e.len() != 32 {
+        return Err(CryptoError::BadLength);
+    }
+    let vk = sm2::dsa::VerifyingKey::from_sec1_bytes("", point).map_err(|_| CryptoError::BadKey)?;
+    let sig = sm2::dsa::Signature::from_slice(sig).map_err(|_| CryptoError::Invalid)?;
+    vk.verify_prehash(e, &sig).map_err(|_| CryptoError::Invalid)
+}
+
+/// SM2 encryption to an uncompressed public point; C1 ‖ C3 ‖ C2.
+pub fn sm2_encrypt(point: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let ek = sm2::pke::EncryptingKey::from_sec1_bytes(point).map_err(|_| CryptoError::BadKey)?;
+    ek.encrypt(&mut getrandom::SysRng, msg).map_err(|_| CryptoError::Invalid)
+}
+
+/// SM4-ECB or -CBC without padding.
+pub fn sm4(key: &[u8], iv: Option<&[u8]>, data: &[u8], encrypt: bool) -> Result<Vec<u8>, CryptoError> {
+    if !data.len().is_multiple_of(16) {
+        return Err(CryptoError::BadLength);
+    }
+    let mut buf = data.to_vec();
+    match iv {
+        None => {
+            let c = ecb::Decryptor::<Sm4>::new_from_slice(key).map_err(|_| CryptoError::BadKey)?;
+            if encrypt {
+                let e = ecb::Encryptor::<Sm4>::new_from_slice(key).map_err(|_| CryptoError::BadKey)?;
+                e.encrypt_padded::<NoPadding>(&mut buf, data.len()).map_err(|_| CryptoError::BadLength)?;
+            } else {
+                c.decrypt_padded::<NoPadding>(&mut buf).map_err(|_| CryptoError::BadLength)?;
+            }
+        }
+        Some(iv) => {
+            if encrypt {
+                let e = cbc::Encryptor::<Sm4>::new_from_slices(key, iv).map_err(|_| CryptoError::BadKey)?;
+                e.encrypt_padded::<NoPadding>(&mut buf, data.len()).map_err(|_| CryptoError::BadLength)?;
+            } else {
+                let d = cbc::Decryptor::<Sm4>::new_from_slices(key, iv).map_err(|_| CryptoError::BadKey)?;
+                d.decrypt_padded::<NoPadding>(&mut buf).map_err(|_| CryptoError::BadLength)?;
+            }
+        }
+    }
+    Ok(buf)
+}
+
+/// SM4 CBC-MAC (zero IV, data zero-padded to whole blocks), first 8 bytes.
+pub fn sm4_mac(key: &[u8], data: &[u8]) -> Result<[u8; 8], CryptoError> {
+    let mut padded = data.to_vec();
+    padded.resize(data.len().div_ceil(16).max(1) * 16, 0);
+    let out = sm4(key, Some(&[0u8; 16]), &padded, true)?;
+    let mut mac = [0u8; 8];
+    mac.copy_from_slice(&out[out.len() - 16..out.len() - 8]);
+    Ok(mac)
+}
+
+type HmacSm3 = Hmac<Sm3>;
+
+/// PBKDF2-HMAC-SM3: the key that unwraps the token's master key, from a PIN.
+pub fn pin_key(pin: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    pbkdf2::pbkdf2::<HmacSm3>(pin, salt, iterations, &mut out[..]).unwrap_or(());
+    out
+}
+
+fn subkey(key: &[u8], label: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut mac = <HmacSm3 as hmac::KeyInit>::new_from_slice(key).unwrap_or_else(|_| HmacSm3::new(&Default::default()));
+    mac.update(label);
+    Zeroizing::new(mac.finalize().into_bytes().to_vec())
+}
+
+/// Encrypt-then-MAC with national algorithms only: SM4-CBC (PKCS#7) + HMAC-SM3 over IV ‖ C.
+/// Output: IV (16) ‖ C ‖ tag (32).
+pub fn seal(key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let enc = subkey(key, b"softtoken seal enc");
+    let mac_key = subkey(key, b"softtoken seal mac");
+    let mut iv = [0u8; 16];
+    random(&mut iv)?;
+    let pad = 16 - plaintext.len() % 16;
+    let mut padded = Zeroizing::new(plaintext.to_vec());
+    padded.resize(plaintext.len() + pad, pad as u8);
+    let ct = sm4(&enc[..16], Some(&iv), &padded, true)?;
+    let mut out = iv.to_vec();
+    out.extend_from_slice(&ct);
+    let mut mac = <HmacSm3 as hmac::KeyInit>::new_from_slice(&mac_key).map_err(|_| CryptoError::BadKey)?;
+    mac.update(&out);
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    Ok(out)
+}
+
+/// Checks the tag (in constant time) and decrypts what [`seal`] made.
+pub fn open(key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if sealed.len() < 16 + 16 + 32 {
+        return Err(CryptoError::Invalid);
+    }
+    let enc = subkey(key, b"softtoken seal enc");
+    let mac_key = subkey(key, b"softtoken seal mac");
+    let (body, tag) = sealed.split_at(sealed.len() - 32);
+    let mut mac = <HmacSm3 as hmac::KeyInit>::new_from_slice(&mac_key).map_err(|_| CryptoError::BadKey)?;
+    mac.update(body);
+    mac.verify_slice(tag).map_err(|_| CryptoError::Invalid)?;
+    let (iv, ct) = body.split_at(16);
+    let mut pt = Zeroizing::new(sm4(&enc[..16], Some(iv), ct, false)?);
+    let pad = usize::from(*pt.last().ok_or(CryptoError::Invalid)?);
+    if pad == 0 || pad > 16 || pad > pt.len() {
+        return Err(CryptoError::Invalid);
+    }
+    let keep = pt.len() - pad;
+    pt.truncate(keep);
+    Ok(pt)
+}
+
+/// SM3 of `data`.
+pub fn sm3(data: &[u8]) -> [u8; 32] {
+    Sm3::digest(data).into()
+}
+
+/// A streaming SM3.
+pub type Sm3Hasher = Sm3;
