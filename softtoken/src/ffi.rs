@@ -867,7 +867,7 @@ pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut u8, _len
 // ---- what the token does not do ---------------------------------------------------------------
 
 macro_rules! unsupported {
-    ($($name:ident($($arg:ty),*)),* $(,)?) => {$(
+    ($($name:ident($($arg:ty),* $(,)?)),* $(,)?) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($(_: $arg),*) -> CK_RV {
             run(|| {

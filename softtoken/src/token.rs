@@ -138,7 +138,8 @@ fn ec_point_raw(v: &[u8]) -> Option<Vec<u8>> {
 
 const ULONG_ATTRS: [CK_ATTRIBUTE_TYPE; 6] =
     [CKA_CLASS, CKA_KEY_TYPE, CKA_CERTIFICATE_TYPE, CKA_VALUE_LEN, CKA_MODULUS_BITS, CKA_KEY_GEN_MECHANISM];
-const BOOL_ATTRS: [CK_ATTRIBUTE_TYPE; 17] = [
+const BOOL_ATTRS: [CK_ATTRIBUTE_TYPE; 18] = [
+    CKA_ALWAYS_AUTHENTICATE,
     CKA_TOKEN,
     CKA_PRIVATE,
     CKA_MODIFIABLE,
@@ -544,6 +545,7 @@ impl Token {
                 vec![
                     (CKA_SENSITIVE, bbool(true)),
                     (CKA_EXTRACTABLE, bbool(false)),
+                    (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
                     (CKA_LOCAL, bbool(false)),
                     (CKA_ALWAYS_SENSITIVE, bbool(false)),
                     (CKA_NEVER_EXTRACTABLE, bbool(false)),
@@ -681,6 +683,9 @@ impl Token {
         pub_defaults.extend([(CKA_PRIVATE, bbool(false)), (CKA_VERIFY, bbool(true)), (CKA_ENCRYPT, bbool(true))]);
         let mut pub_obj = build(pub_defaults, public);
         pub_obj.attrs.insert(CKA_CLASS, ulong(CKO_PUBLIC_KEY));
+        // The vendor mechanism decides the curve: pkcs11-tool reaches it only with
+        // `--key-type EC:<some curve>` and then sends that curve's parameters.
+        pub_obj.attrs.insert(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec());
         pub_obj.attrs.insert(CKA_EC_POINT, ec_point_der(&point));
 
         let mut priv_defaults = common(CKO_PRIVATE_KEY);
@@ -690,10 +695,12 @@ impl Token {
             (CKA_EXTRACTABLE, bbool(false)),
             (CKA_SIGN, bbool(true)),
             (CKA_DECRYPT, bbool(true)),
+            (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
         ]);
         let mut priv_obj = build(priv_defaults, private);
         priv_obj.attrs.insert(CKA_CLASS, ulong(CKO_PRIVATE_KEY));
         priv_obj.attrs.insert(CKA_VALUE, scalar.to_vec());
+        priv_obj.attrs.insert(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec());
         priv_obj.attrs.insert(CKA_EC_POINT, ec_point_der(&point));
         let sensitive = priv_obj.get_bool(CKA_SENSITIVE, true);
         let extractable = priv_obj.get_bool(CKA_EXTRACTABLE, false);
@@ -789,6 +796,15 @@ impl Token {
         if (sm2 && !obj.is_sm2()) || (!sm2 && !obj.is_sm4()) {
             return Err(CKR_KEY_TYPE_INCONSISTENT);
         }
+        // Private-key operations need the private key, public-key operations the public one.
+        let wanted = match usage {
+            CKA_SIGN | CKA_DECRYPT if sm2 => CKO_PRIVATE_KEY,
+            CKA_VERIFY | CKA_ENCRYPT if sm2 => CKO_PUBLIC_KEY,
+            _ => CKO_SECRET_KEY,
+        };
+        if obj.class() != Some(wanted) {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
         if !obj.get_bool(usage, false) {
             return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
         }
@@ -819,11 +835,6 @@ impl Token {
         let op = match mech {
             Mech::Sm2Raw | Mech::Sm2Sm3 | Mech::Sm4Mac => {
                 let key = self.key_for(h, mech, o, usage)?;
-                match (&key, verify) {
-                    (KeyRef::Public(_), false) => return Err(CKR_KEY_TYPE_INCONSISTENT),
-                    (KeyRef::Private(_), true) => return Err(CKR_KEY_TYPE_INCONSISTENT),
-                    _ => {}
-                }
                 match mech {
                     Mech::Sm2Raw if param.is_empty() => SignOp::Sm2Raw { key, buf: Vec::new() },
                     Mech::Sm2Sm3 => {
@@ -876,10 +887,6 @@ impl Token {
             _ => return Err(CKR_MECHANISM_INVALID),
         };
         let key = self.key_for(h, mech, o, usage)?;
-        match (&key, encrypt) {
-            (KeyRef::Private(_), true) | (KeyRef::Public(_), false) => return Err(CKR_KEY_TYPE_INCONSISTENT),
-            _ => {}
-        }
         let state = self.session(h)?;
         let mut s = state.lock().map_err(|_| CKR_GENERAL_ERROR)?;
         let slot = if encrypt { &mut s.encrypt } else { &mut s.decrypt };
@@ -972,6 +979,7 @@ impl Token {
                     (CKA_EC_POINT, ec_point_der(&secret.public_point())),
                     (CKA_SIGN, bbool(true)),
                     (CKA_DECRYPT, bbool(true)),
+                    (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
                 ]);
             }
             _ => return Err(CKR_TEMPLATE_INCONSISTENT),
