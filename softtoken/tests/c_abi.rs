@@ -1,0 +1,188 @@
+//! The raw C ABI with bad arguments: null pointers, short buffers, invalid handles, calls out of
+//! order. Every one must get the right `CKR_` code and none may crash the process.
+
+mod common;
+
+use std::ptr::null_mut;
+
+use cryptoki_sys::*;
+
+struct Raw {
+    _lib: libloading::Library,
+    f: &'static CK_FUNCTION_LIST,
+}
+
+fn load() -> Raw {
+    // SAFETY: loading our own module; its initialisers have no side effects.
+    let lib = unsafe { libloading::Library::new(common::lib_path()) }.expect("dlopen");
+    let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { lib.get(b"C_GetFunctionList") }.expect("C_GetFunctionList exported");
+    assert_eq!(unsafe { get(null_mut()) }, CKR_ARGUMENTS_BAD);
+    let mut list: *mut CK_FUNCTION_LIST = null_mut();
+    assert_eq!(unsafe { get(&mut list) }, CKR_OK);
+    // SAFETY: the module's function list is a static that lives as long as the library.
+    let f = unsafe { &*list };
+    Raw { _lib: lib, f }
+}
+
+macro_rules! call {
+    ($raw:expr, $name:ident($($arg:expr),*)) => {
+        unsafe { ($raw.f.$name.expect(stringify!($name)))($($arg),*) }
+    };
+}
+
+#[test]
+fn bad_arguments_get_the_right_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = common::Module::open(&dir.path().join("t"), 5);
+    m.init();
+    let raw = load();
+
+    // Already initialised by the cryptoki handle above; the module state is per process.
+    assert_eq!(call!(raw, C_Initialize(null_mut())), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+    let mut reserved = 1u8;
+    assert_eq!(call!(raw, C_Finalize(&mut reserved as *mut u8 as CK_VOID_PTR)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_GetInfo(null_mut())), CKR_ARGUMENTS_BAD);
+
+    // Slots: two-call convention.
+    assert_eq!(call!(raw, C_GetSlotList(0, null_mut(), null_mut())), CKR_ARGUMENTS_BAD);
+    let mut n: CK_ULONG = 0;
+    assert_eq!(call!(raw, C_GetSlotList(0, null_mut(), &mut n)), CKR_OK);
+    assert_eq!(n, 1);
+    let mut slots = [99 as CK_SLOT_ID; 1];
+    n = 0;
+    assert_eq!(call!(raw, C_GetSlotList(0, slots.as_mut_ptr(), &mut n)), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(n, 1);
+    assert_eq!(call!(raw, C_GetSlotList(0, slots.as_mut_ptr(), &mut n)), CKR_OK);
+    assert_eq!(slots[0], 0);
+    let mut info: CK_SLOT_INFO = unsafe { std::mem::zeroed() };
+    assert_eq!(call!(raw, C_GetSlotInfo(7, &mut info)), CKR_SLOT_ID_INVALID);
+    let mut mechs = [0 as CK_MECHANISM_TYPE; 2];
+    n = 2;
+    assert_eq!(call!(raw, C_GetMechanismList(0, mechs.as_mut_ptr(), &mut n)), CKR_BUFFER_TOO_SMALL);
+    assert!(n > 2);
+    let mut mi: CK_MECHANISM_INFO = unsafe { std::mem::zeroed() };
+    assert_eq!(call!(raw, C_GetMechanismInfo(0, CKM_RSA_PKCS, &mut mi)), CKR_MECHANISM_INVALID);
+
+    // Sessions.
+    assert_eq!(call!(raw, C_OpenSession(0, CKF_SERIAL_SESSION, null_mut(), None, null_mut())), CKR_ARGUMENTS_BAD);
+    let mut h: CK_SESSION_HANDLE = 0;
+    assert_eq!(
+        call!(raw, C_OpenSession(0, CKF_RW_SESSION, null_mut(), None, &mut h)),
+        CKR_SESSION_PARALLEL_NOT_SUPPORTED
+    );
+    assert_eq!(call!(raw, C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, null_mut(), None, &mut h)), CKR_OK);
+    assert_eq!(call!(raw, C_CloseSession(h + 1000)), CKR_SESSION_HANDLE_INVALID);
+    assert_eq!(call!(raw, C_Login(h, CKU_USER, null_mut(), 8)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_Login(h, 42, b"x".as_ptr() as *mut u8, 1)), CKR_USER_TYPE_INVALID);
+    let pin = common::USER_PIN.as_bytes();
+    assert_eq!(call!(raw, C_Login(h, CKU_USER, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG)), CKR_OK);
+
+    // Key generation with bad pointers, then a good key.
+    let mut mech = CK_MECHANISM {
+        mechanism: softtoken::mechanism::CKM_SM2_KEY_PAIR_GEN,
+        pParameter: null_mut(),
+        ulParameterLen: 0,
+    };
+    let (mut hpub, mut hpriv) = (0, 0);
+    assert_eq!(
+        call!(raw, C_GenerateKeyPair(h, &mut mech, null_mut(), 3, null_mut(), 0, &mut hpub, &mut hpriv)),
+        CKR_ARGUMENTS_BAD
+    );
+    assert_eq!(
+        call!(raw, C_GenerateKeyPair(h, &mut mech, null_mut(), 0, null_mut(), 0, null_mut(), &mut hpriv)),
+        CKR_ARGUMENTS_BAD
+    );
+    let mut bad_bool = [CK_ATTRIBUTE { type_: CKA_TOKEN, pValue: [1u8, 1].as_ptr() as *mut _, ulValueLen: 2 }];
+    assert_eq!(
+        call!(raw, C_GenerateKeyPair(h, &mut mech, bad_bool.as_mut_ptr(), 1, null_mut(), 0, &mut hpub, &mut hpriv)),
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
+    assert_eq!(
+        call!(raw, C_GenerateKeyPair(h, &mut mech, null_mut(), 0, null_mut(), 0, &mut hpub, &mut hpriv)),
+        CKR_OK
+    );
+    assert_eq!(call!(raw, C_SignInit(h, null_mut(), hpriv)), CKR_ARGUMENTS_BAD);
+    let mut sign =
+        CK_MECHANISM { mechanism: softtoken::mechanism::CKM_SM2_SM3, pParameter: null_mut(), ulParameterLen: 0 };
+    assert_eq!(call!(raw, C_SignInit(h, &mut sign, 0xdead)), CKR_KEY_HANDLE_INVALID);
+    let mut sig = [0u8; 64];
+    let mut sig_len: CK_ULONG = 64;
+    assert_eq!(
+        call!(raw, C_Sign(h, b"m".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    assert_eq!(call!(raw, C_SignInit(h, &mut sign, hpriv)), CKR_OK);
+    assert_eq!(call!(raw, C_SignInit(h, &mut sign, hpriv)), CKR_OPERATION_ACTIVE);
+    // Length query, then a short buffer: both keep the operation alive.
+    sig_len = 0;
+    assert_eq!(call!(raw, C_Sign(h, b"m".as_ptr() as *mut u8, 1, null_mut(), &mut sig_len)), CKR_OK);
+    assert_eq!(sig_len, 64);
+    sig_len = 10;
+    assert_eq!(
+        call!(raw, C_Sign(h, b"m".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), &mut sig_len)),
+        CKR_BUFFER_TOO_SMALL
+    );
+    assert_eq!(sig_len, 64);
+    assert_eq!(call!(raw, C_Sign(h, b"m".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), null_mut())), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_Sign(h, null_mut(), 5, sig.as_mut_ptr(), &mut sig_len)), CKR_ARGUMENTS_BAD);
+    sig_len = 64;
+    assert_eq!(call!(raw, C_Sign(h, b"m".as_ptr() as *mut u8, 1, sig.as_mut_ptr(), &mut sig_len)), CKR_OK);
+    assert_eq!(sig_len, 64);
+
+    // Attributes: sensitive, unknown, short buffer, size query.
+    let mut value = [0u8; 2];
+    let mut label = [0u8; 1];
+    let mut attrs = [
+        CK_ATTRIBUTE { type_: CKA_VALUE, pValue: null_mut(), ulValueLen: 0 },
+        CK_ATTRIBUTE { type_: CKA_EC_POINT, pValue: value.as_mut_ptr() as *mut _, ulValueLen: 2 },
+        CK_ATTRIBUTE { type_: 0x7fff_0001, pValue: label.as_mut_ptr() as *mut _, ulValueLen: 1 },
+        CK_ATTRIBUTE { type_: CKA_EC_PARAMS, pValue: null_mut(), ulValueLen: 0 },
+    ];
+    assert_eq!(call!(raw, C_GetAttributeValue(h, hpriv, attrs.as_mut_ptr(), 4)), CKR_ATTRIBUTE_SENSITIVE);
+    assert_eq!(attrs[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_eq!(attrs[1].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_eq!(attrs[2].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    assert_eq!(attrs[3].ulValueLen, 10);
+    let mut one = [CK_ATTRIBUTE { type_: CKA_EC_POINT, pValue: value.as_mut_ptr() as *mut _, ulValueLen: 2 }];
+    assert_eq!(call!(raw, C_GetAttributeValue(h, hpub, one.as_mut_ptr(), 1)), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(call!(raw, C_GetAttributeValue(h, hpub, null_mut(), 1)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_GetAttributeValue(h, 0xbeef, one.as_mut_ptr(), 1)), CKR_OBJECT_HANDLE_INVALID);
+    assert_eq!(call!(raw, C_DestroyObject(h, 0xbeef)), CKR_OBJECT_HANDLE_INVALID);
+
+    // Find, digest, random.
+    let mut found = [0 as CK_OBJECT_HANDLE; 4];
+    let mut count: CK_ULONG = 0;
+    assert_eq!(call!(raw, C_FindObjects(h, found.as_mut_ptr(), 4, &mut count)), CKR_OPERATION_NOT_INITIALIZED);
+    assert_eq!(call!(raw, C_FindObjectsInit(h, null_mut(), 0)), CKR_OK);
+    assert_eq!(call!(raw, C_FindObjectsInit(h, null_mut(), 0)), CKR_OPERATION_ACTIVE);
+    assert_eq!(call!(raw, C_FindObjects(h, null_mut(), 4, &mut count)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_FindObjects(h, found.as_mut_ptr(), 4, &mut count)), CKR_OK);
+    assert!(count >= 2);
+    assert_eq!(call!(raw, C_FindObjectsFinal(h)), CKR_OK);
+    assert_eq!(call!(raw, C_FindObjectsFinal(h)), CKR_OPERATION_NOT_INITIALIZED);
+    let mut digest =
+        CK_MECHANISM { mechanism: softtoken::mechanism::CKM_SM3, pParameter: null_mut(), ulParameterLen: 0 };
+    assert_eq!(call!(raw, C_DigestInit(h, &mut digest)), CKR_OK);
+    let mut out = [0u8; 31];
+    let mut out_len: CK_ULONG = 31;
+    assert_eq!(call!(raw, C_DigestFinal(h, out.as_mut_ptr(), &mut out_len)), CKR_BUFFER_TOO_SMALL);
+    assert_eq!(out_len, 32);
+    assert_eq!(call!(raw, C_GenerateRandom(h, null_mut(), 16)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_SeedRandom(h, null_mut(), 0)), CKR_RANDOM_SEED_NOT_SUPPORTED);
+
+    // What the token does not do says so.
+    assert_eq!(call!(raw, C_DigestKey(h, hpriv)), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(call!(raw, C_DeriveKey(h, &mut mech, hpriv, null_mut(), 0, null_mut())), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(call!(raw, C_CancelFunction(h)), CKR_FUNCTION_NOT_PARALLEL);
+
+    assert_eq!(call!(raw, C_CloseSession(h)), CKR_OK);
+    drop(m);
+    // After finalisation every call says so.
+    assert_eq!(call!(raw, C_GetSlotList(0, null_mut(), &mut n)), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(
+        call!(raw, C_OpenSession(0, CKF_SERIAL_SESSION, null_mut(), None, &mut h)),
+        CKR_CRYPTOKI_NOT_INITIALIZED
+    );
+    assert_eq!(call!(raw, C_Finalize(null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
+}
