@@ -1,3 +1,4 @@
 //! Signer backends, side by side.
 
 pub mod memory;
+pub mod pkcs11;

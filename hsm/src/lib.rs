@@ -5,7 +5,8 @@
 //!
 //! - [`backend::memory::SoftwareSm2Key`]: an SM2 key in process memory, zeroized on drop — for
 //!   tests and, later, file-based station/admin identities.
-//! - PKCS#11 (`cryptoki`) with vendor profiles — the CA's keys; arrives with the PKCS#11 issue.
+//! - [`backend::pkcs11::Pkcs11Signer`]: a key inside a PKCS#11 HSM (the CA's keys), driven through
+//!   `cryptoki` with vendor profiles, a session pool and bounded retries.
 
 use pki::SignerId;
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
@@ -43,6 +44,24 @@ pub enum HsmError {
     /// The HSM cannot be reached or refuses service after retries.
     #[error("HSM unavailable: {0}")]
     Unavailable(String),
+    /// The PIN was refused (wrong, locked or expired): retrying will not help.
+    #[error("HSM login refused: {0}")]
+    Login(String),
+    /// No key matches the selector.
+    #[error("key not found: {0}")]
+    KeyNotFound(String),
+    /// A key with this label already exists.
+    #[error("a key labelled {0:?} already exists")]
+    KeyExists(String),
+    /// A configuration or vendor profile is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The module refused an operation for a reason retrying will not change.
+    #[error("PKCS#11: {0}")]
+    Pkcs11(String),
+    /// The self-test signature did not verify.
+    #[error("self-test failed: {0}")]
+    SelfTest(String),
 }
 
 /// Something that signs with a private key it never reveals.

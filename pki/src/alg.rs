@@ -209,3 +209,68 @@ pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> [u8; 20] {
     id.copy_from_slice(&digest[..20]);
     id
 }
+
+/// The SM2 curve parameters a, b, xG, yG (GM/T 0003.5), as they enter Z.
+const CURVE_FOR_Z: [[u8; 32]; 4] = [
+    hex32("FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC"),
+    hex32("28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93"),
+    hex32("32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7"),
+    hex32("BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0"),
+];
+
+const fn hex32(s: &str) -> [u8; 32] {
+    let b = s.as_bytes();
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = (nibble(b[2 * i]) << 4) | nibble(b[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+const fn nibble(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA) for `signer_id` and an uncompressed point
+/// `04 ‖ X ‖ Y`: what an HSM's "raw" SM2 mechanism needs hashed in front of the message.
+pub fn sm2_z(signer_id: &[u8], point: &[u8]) -> Result<[u8; 32], SignatureError> {
+    use sm3::Digest;
+    let entl = u16::try_from(signer_id.len() * 8).map_err(|_| SignatureError::BadSignerId { len: signer_id.len() })?;
+    if point.len() != 65 || point[0] != 4 {
+        return Err(SignatureError::PointNotOnCurve);
+    }
+    let mut h = sm3::Sm3::new();
+    h.update(entl.to_be_bytes());
+    h.update(signer_id);
+    for c in &CURVE_FOR_Z {
+        h.update(c);
+    }
+    h.update(&point[1..]);
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn z_matches_the_sm2_crate() {
+        use sm2::dsa::signature::Verifier;
+        use sm2::dsa::signature::hazmat::PrehashSigner;
+        use sm3::Digest;
+        let sk = sm2::dsa::SigningKey::from_slice("ALICE123@YAHOO.COM", &[9u8; 32]).expect("key");
+        let point = Sm2PublicKey(sm2::PublicKey::from(sk.verifying_key().clone())).to_sec1_uncompressed();
+        let z = sm2_z(b"ALICE123@YAHOO.COM", &point).expect("z");
+        let e = sm3::Sm3::digest([&z[..], b"message"].concat());
+        let sig: sm2::dsa::Signature = sk.sign_prehash(&e).expect("sign");
+        sk.verifying_key().verify(b"message", &sig).expect("a signature over SM3(Z||M) verifies as SM2-with-SM3");
+        assert!(sm2_z(&[0u8; 8192], &point).is_err());
+        assert!(sm2_z(b"id", &point[1..]).is_err());
+    }
+}

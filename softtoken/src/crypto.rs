@@ -96,28 +96,9 @@ pub fn public_point(pk: &sm2::PublicKey) -> Vec<u8> {
     pk.to_sec1_point(false).as_bytes().to_vec()
 }
 
-/// The SM2 curve parameters a, b, xG, yG (GM/T 0003.5), for Z.
-const CURVE: [&str; 4] = [
-    "FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC",
-    "28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93",
-    "32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7",
-    "BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0",
-];
-
-/// Z for signer `id` and public point `04 ‖ X ‖ Y`.
+/// Z for signer `id` and public point `04 ‖ X ‖ Y` (see `pki::alg::sm2_z`).
 pub fn z_value(id: &[u8], point: &[u8]) -> Result<[u8; 32], CryptoError> {
-    let entl = u16::try_from(id.len() * 8).map_err(|_| CryptoError::BadLength)?;
-    if point.len() != 65 || point[0] != 4 {
-        return Err(CryptoError::BadKey);
-    }
-    let mut h = Sm3::new();
-    h.update(entl.to_be_bytes());
-    h.update(id);
-    for c in CURVE {
-        h.update(hex::decode(c).map_err(|_| CryptoError::BadKey)?);
-    }
-    h.update(&point[1..]);
-    Ok(h.finalize().into())
+    pki::alg::sm2_z(id, point).map_err(|_| CryptoError::BadLength)
 }
 
 /// Verifies r ‖ s over a 32-byte digest with an uncompressed public point.
