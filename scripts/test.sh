@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 if [ ${#need[@]} -gt 0 ]; then
     echo "==> installing: ${need[*]}"
     SUDO=""
@@ -14,7 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
-echo "==> openssl: $(openssl version)"
+echo "==> openssl: $(openssl version); $(pkcs11-tool --help 2>&1 | head -1 || true)"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"

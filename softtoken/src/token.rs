@@ -677,6 +677,9 @@ impl Token {
                 (CKA_LOCAL, bbool(true)),
                 (CKA_KEY_GEN_MECHANISM, ulong(mech)),
                 (CKA_MODIFIABLE, bbool(true)),
+                (CKA_WRAP, bbool(false)),
+                (CKA_UNWRAP, bbool(false)),
+                (CKA_DERIVE, bbool(false)),
             ]
         };
         let mut pub_defaults = common(CKO_PUBLIC_KEY);

@@ -423,6 +423,13 @@ fn p256_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned, HsmError> {
     der::Decode::from_der(der.as_bytes()).map_err(|e: der::Error| HsmError::BadKey(e.to_string()))
 }
 
+/// How one SM2 signature is made: the mechanism, its signer-ID parameter, and what is signed.
+struct SignPlan {
+    mechanism: MechanismType,
+    id_param: Option<[u8; 16]>,
+    data: Vec<u8>,
+}
+
 /// Signs with a private key that stays in the HSM.
 pub struct Pkcs11Signer<'a> {
     hsm: &'a Pkcs11Hsm,
@@ -458,8 +465,8 @@ impl Pkcs11Signer<'_> {
         ok.map_err(HsmError::SelfTest)
     }
 
-    /// (mechanism, data to sign) for `tbs` under the profile.
-    fn plan(&self, tbs: &[u8]) -> Result<(MechanismType, Option<[u8; 16]>, Vec<u8>), HsmError> {
+    /// Which mechanism, parameter and input sign `tbs` under the profile.
+    fn plan(&self, tbs: &[u8]) -> Result<SignPlan, HsmError> {
         let p = &self.hsm.profile;
         let vendor =
             |code| MechanismType::new_vendor_defined(code).map_err(|e: CkError| HsmError::Config(e.to_string()));
@@ -470,12 +477,14 @@ impl Pkcs11Signer<'_> {
             _ => None,
         };
         match with_sm3_param {
-            Some(param) => Ok((vendor(p.mechanism_sign_sm3)?, param, tbs.to_vec())),
+            Some(param) => {
+                Ok(SignPlan { mechanism: vendor(p.mechanism_sign_sm3)?, id_param: param, data: tbs.to_vec() })
+            }
             None => {
                 use sm3::Digest;
                 let z = pki::alg::sm2_z(id, &self.point).map_err(|e| HsmError::BadKey(e.to_string()))?;
                 let e = sm3::Sm3::new().chain_update(z).chain_update(tbs).finalize();
-                Ok((vendor(p.mechanism_sign_raw)?, None, e.to_vec()))
+                Ok(SignPlan { mechanism: vendor(p.mechanism_sign_raw)?, id_param: None, data: e.to_vec() })
             }
         }
     }
@@ -507,7 +516,7 @@ impl Signer for Pkcs11Signer<'_> {
     fn sign(&self, tbs: &[u8]) -> Result<Signature, HsmError> {
         let raw = match self.algorithm {
             KeyAlgorithm::Sm2 => {
-                let (mech, param, data) = self.plan(tbs)?;
+                let SignPlan { mechanism: mech, id_param: param, data } = self.plan(tbs)?;
                 self.sign_with(
                     || match &param {
                         Some(id) => Mechanism::VendorDefined(VendorDefinedMechanism::new(mech, Some(id))),

@@ -69,7 +69,7 @@ impl VendorProfile {
             ("mechanism_sign_sm3", p.mechanism_sign_sm3),
             ("mechanism_sign_raw", p.mechanism_sign_raw),
         ] {
-            if code < 0x8000_0000 || code > 0xFFFF_FFFF {
+            if !(0x8000_0000..=0xFFFF_FFFF).contains(&code) {
                 return Err(HsmError::Config(format!(
                     "vendor profile {}: {what} {code:#x} is not a vendor-defined code",
                     p.name
