@@ -16,7 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
-echo "==> openssl: $(openssl version); $(pkcs11-tool --help 2>&1 | head -1 || true)"
+echo "==> openssl: $(openssl version); opensc: $(dpkg-query -W -f='${Version}' opensc 2>/dev/null || echo present)"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"

@@ -16,12 +16,7 @@ use pki::SignerId;
 use zeroize::Zeroizing;
 
 fn softtoken_lib() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let deps = exe.parent().expect("deps");
-    [deps.join("libsofttoken.so"), deps.join("../libsofttoken.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .expect("libsofttoken.so is built with the workspace")
+    softtoken::library_path().expect("libsofttoken.so is built with the workspace")
 }
 
 /// Signs `iters` times spread over `threads` threads; returns the wall time.

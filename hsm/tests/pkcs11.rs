@@ -20,12 +20,7 @@ const PIN: &str = "user-pin-1234";
 static TURN: Mutex<()> = Mutex::new(());
 
 fn softtoken_lib() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let deps = exe.parent().expect("deps");
-    [deps.join("libsofttoken.so"), deps.join("../libsofttoken.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .expect("libsofttoken.so is built with the workspace")
+    softtoken::library_path().expect("libsofttoken.so is built with the workspace")
 }
 
 /// A fresh softtoken token in `dir`, initialised with SO and user PINs. Holds the module turn.

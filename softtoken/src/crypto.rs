@@ -162,23 +162,27 @@ pub fn sm4_mac(key: &[u8], data: &[u8]) -> Result<[u8; 8], CryptoError> {
 type HmacSm3 = Hmac<Sm3>;
 
 /// PBKDF2-HMAC-SM3: the key that unwraps the token's master key, from a PIN.
-pub fn pin_key(pin: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<[u8; 32]> {
+pub fn pin_key(pin: &[u8], salt: &[u8], iterations: u32) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
     let mut out = Zeroizing::new([0u8; 32]);
-    pbkdf2::pbkdf2::<HmacSm3>(pin, salt, iterations, &mut out[..]).unwrap_or(());
-    out
+    pbkdf2::pbkdf2::<HmacSm3>(pin, salt, iterations, &mut out[..]).map_err(|_| CryptoError::BadLength)?;
+    Ok(out)
 }
 
-fn subkey(key: &[u8], label: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut mac = <HmacSm3 as hmac::KeyInit>::new_from_slice(key).unwrap_or_else(|_| HmacSm3::new(&Default::default()));
+fn mac_with(key: &[u8]) -> Result<HmacSm3, CryptoError> {
+    <HmacSm3 as hmac::KeyInit>::new_from_slice(key).map_err(|_| CryptoError::BadKey)
+}
+
+fn subkey(key: &[u8], label: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let mut mac = mac_with(key)?;
     mac.update(label);
-    Zeroizing::new(mac.finalize().into_bytes().to_vec())
+    Ok(Zeroizing::new(mac.finalize().into_bytes().to_vec()))
 }
 
 /// Encrypt-then-MAC with national algorithms only: SM4-CBC (PKCS#7) + HMAC-SM3 over IV ‖ C.
 /// Output: IV (16) ‖ C ‖ tag (32).
 pub fn seal(key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let enc = subkey(key, b"softtoken seal enc");
-    let mac_key = subkey(key, b"softtoken seal mac");
+    let enc = subkey(key, b"softtoken seal enc")?;
+    let mac_key = subkey(key, b"softtoken seal mac")?;
     let mut iv = [0u8; 16];
     random(&mut iv)?;
     let pad = 16 - plaintext.len() % 16;
@@ -187,7 +191,7 @@ pub fn seal(key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let ct = sm4(&enc[..16], Some(&iv), &padded, true)?;
     let mut out = iv.to_vec();
     out.extend_from_slice(&ct);
-    let mut mac = <HmacSm3 as hmac::KeyInit>::new_from_slice(&mac_key).map_err(|_| CryptoError::BadKey)?;
+    let mut mac = mac_with(&mac_key)?;
     mac.update(&out);
     out.extend_from_slice(&mac.finalize().into_bytes());
     Ok(out)
@@ -198,10 +202,10 @@ pub fn open(key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError
     if sealed.len() < 16 + 16 + 32 {
         return Err(CryptoError::Invalid);
     }
-    let enc = subkey(key, b"softtoken seal enc");
-    let mac_key = subkey(key, b"softtoken seal mac");
+    let enc = subkey(key, b"softtoken seal enc")?;
+    let mac_key = subkey(key, b"softtoken seal mac")?;
     let (body, tag) = sealed.split_at(sealed.len() - 32);
-    let mut mac = <HmacSm3 as hmac::KeyInit>::new_from_slice(&mac_key).map_err(|_| CryptoError::BadKey)?;
+    let mut mac = mac_with(&mac_key)?;
     mac.update(body);
     mac.verify_slice(tag).map_err(|_| CryptoError::Invalid)?;
     let (iv, ct) = body.split_at(16);

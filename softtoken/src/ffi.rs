@@ -12,7 +12,7 @@ use cryptoki_sys::*;
 
 use crate::config::Config;
 use crate::mechanism::Mech;
-use crate::token::{R, SLOT_ID, Template, Token};
+use crate::token::{R, SLOT_ID, Template, Token, pad};
 
 static STATE: Mutex<Option<Token>> = Mutex::new(None);
 
@@ -148,14 +148,6 @@ pub unsafe extern "C" fn C_Finalize(reserved: CK_VOID_PTR) -> CK_RV {
         let mut guard = state()?;
         guard.take().map(|_| ()).ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
     })
-}
-
-fn pad<const N: usize>(s: &str) -> [u8; N] {
-    let mut out = [b' '; N];
-    for (o, b) in out.iter_mut().zip(s.bytes()) {
-        *o = b;
-    }
-    out
 }
 
 #[unsafe(no_mangle)]

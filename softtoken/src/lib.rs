@@ -14,3 +14,23 @@ pub mod mechanism;
 pub mod object;
 pub mod store;
 pub mod token;
+
+/// Where `libsofttoken.so` is: `$SOFTTOKEN_LIB` if set, else next to the running executable
+/// (`target/<profile>/` and its `deps/`, which is where cargo puts it for binaries, tests and
+/// benchmarks), else the system library directories.
+pub fn library_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("SOFTTOKEN_LIB") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("libsofttoken.so"),
+        dir.join("deps/libsofttoken.so"),
+        dir.join("../libsofttoken.so"),
+        "/usr/local/lib/libsofttoken.so".into(),
+        "/usr/lib/libsofttoken.so".into(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}

@@ -129,7 +129,7 @@ fn set_owner_only(_: &File) -> std::io::Result<()> {
 pub fn pin_record(pin: &[u8], master: &[u8], iterations: u32) -> Result<PinRecord, CryptoError> {
     let mut salt = [0u8; 16];
     crypto::random(&mut salt)?;
-    let kek = crypto::pin_key(pin, &salt, iterations);
+    let kek = crypto::pin_key(pin, &salt, iterations)?;
     Ok(PinRecord {
         salt: hex::encode(salt),
         iterations,
@@ -142,7 +142,7 @@ pub fn pin_record(pin: &[u8], master: &[u8], iterations: u32) -> Result<PinRecor
 pub fn unseal_master(record: &PinRecord, pin: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let salt = hex::decode(&record.salt).map_err(|_| CryptoError::Invalid)?;
     let sealed = hex::decode(&record.sealed_master).map_err(|_| CryptoError::Invalid)?;
-    let kek = crypto::pin_key(pin, &salt, record.iterations);
+    let kek = crypto::pin_key(pin, &salt, record.iterations)?;
     crypto::open(&kek[..], &sealed)
 }
 

@@ -108,7 +108,8 @@ pub struct Token {
     key_cache: HashMap<CK_OBJECT_HANDLE, Arc<Sm2Secret>>,
 }
 
-fn pad<const N: usize>(s: &str) -> [u8; N] {
+/// Blank-padded fixed-width text, as PKCS#11 info structures want it.
+pub(crate) fn pad<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [b' '; N];
     for (o, b) in out.iter_mut().zip(s.bytes()) {
         *o = b;

@@ -18,15 +18,10 @@ pub const USER_PIN: &str = "user-pin-1234";
 
 static TURN: Mutex<()> = Mutex::new(());
 
-/// The `libsofttoken.so` cargo built with this test: `target/<profile>/deps/` (the copy in
+/// The `libsofttoken.so` cargo built with this test (in `target/<profile>/deps/`: the copy in
 /// `target/<profile>/` is refreshed only by `cargo build`, so it can be stale during `cargo test`).
 pub fn lib_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let deps = exe.parent().expect("deps dir");
-    [deps.join("libsofttoken.so"), deps.join("../libsofttoken.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("libsofttoken.so not found next to {}", exe.display()))
+    softtoken::library_path().expect("libsofttoken.so next to the test binary")
 }
 
 /// An initialised module for one token directory; finalised on drop.
