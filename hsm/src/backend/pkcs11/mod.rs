@@ -246,67 +246,50 @@ impl Pkcs11Hsm {
 
     /// Generates an SM2 key pair inside the token: token object, sensitive, never extractable.
     pub fn generate_sm2_key(&self, label: &str) -> Result<KeyInfo, HsmError> {
-        let selector = KeySelector::Label(label.into());
-        if self.with_session(|s| Self::find_one(s, ObjectClass::PRIVATE_KEY, &selector))?.is_some() {
-            return Err(HsmError::KeyExists(label.into()));
-        }
         let kt = KeyType::new_vendor_defined(self.profile.key_type_sm2).map_err(|e| HsmError::Config(e.to_string()))?;
         let mech = MechanismType::new_vendor_defined(self.profile.mechanism_keygen)
             .map_err(|e| HsmError::Config(e.to_string()))?;
-        let mut id = vec![0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| HsmError::Random(e.to_string()))?;
-        self.with_session(|s| {
-            s.generate_key_pair(
-                &Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(mech, None)),
-                &[
-                    Attribute::Token(true),
-                    Attribute::Private(false),
-                    Attribute::KeyType(kt),
-                    Attribute::Verify(true),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Id(id.clone()),
-                ],
-                &[
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::KeyType(kt),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Sign(true),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Id(id.clone()),
-                ],
-            )
-        })?;
-        Ok(KeyInfo { label: label.into(), id, algorithm: KeyAlgorithm::Sm2, sensitive: true, extractable: false })
+        let mechanism = Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(mech, None));
+        self.generate_pair(
+            label,
+            &mechanism,
+            vec![Attribute::KeyType(kt)],
+            vec![Attribute::KeyType(kt)],
+            KeyAlgorithm::Sm2,
+        )
     }
 
     /// Generates an ECDSA P-256 key pair with the standard `CKM_EC_KEY_PAIR_GEN` (any module).
     pub fn generate_p256_key(&self, label: &str) -> Result<KeyInfo, HsmError> {
+        let params = vec![Attribute::EcParams(P256_PARAMS.to_vec())];
+        self.generate_pair(label, &Mechanism::EccKeyPairGen, params, vec![], KeyAlgorithm::EcdsaP256)
+    }
+
+    /// A token key pair under a fresh random `CKA_ID`: the private half sensitive and never extractable.
+    fn generate_pair(
+        &self,
+        label: &str,
+        mechanism: &Mechanism<'_>,
+        mut public: Vec<Attribute>,
+        mut private: Vec<Attribute>,
+        algorithm: KeyAlgorithm,
+    ) -> Result<KeyInfo, HsmError> {
+        let selector = KeySelector::Label(label.into());
+        if self.with_session(|s| Self::find_one(s, ObjectClass::PRIVATE_KEY, &selector))?.is_some() {
+            return Err(HsmError::KeyExists(label.into()));
+        }
         let mut id = vec![0u8; 16];
         getrandom::fill(&mut id).map_err(|e| HsmError::Random(e.to_string()))?;
-        self.with_session(|s| {
-            s.generate_key_pair(
-                &Mechanism::EccKeyPairGen,
-                &[
-                    Attribute::Token(true),
-                    Attribute::EcParams(P256_PARAMS.to_vec()),
-                    Attribute::Verify(true),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Id(id.clone()),
-                ],
-                &[
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Sign(true),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Id(id.clone()),
-                ],
-            )
-        })?;
-        Ok(KeyInfo { label: label.into(), id, algorithm: KeyAlgorithm::EcdsaP256, sensitive: true, extractable: false })
+        let named = [Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec()), Attribute::Id(id.clone())];
+        public.extend(named.iter().cloned().chain([Attribute::Private(false), Attribute::Verify(true)]));
+        private.extend(named.into_iter().chain([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+        ]));
+        self.with_session(|s| s.generate_key_pair(mechanism, &public, &private))?;
+        Ok(KeyInfo { label: label.into(), id, algorithm, sensitive: true, extractable: false })
     }
 
     fn algorithm_of(&self, kt: Option<KeyType>, params: Option<&[u8]>) -> KeyAlgorithm {
