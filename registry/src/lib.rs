@@ -1,4 +1,702 @@
-//! `registry`: the CA's durable state — terminals, certificates, public keys, principals,
-//! activations, revocations and the SM3-chained audit log — in an embedded redb database.
+//! `registry`: the CA's durable state in an embedded redb database.
 //!
-//! Not built yet: this crate is a placeholder until the CA-server issue lands.
+//! Every state change is one write transaction that writes the record, its indexes and an audit
+//! entry together, and returns only after the commit is durable (redb fsyncs on commit). The
+//! invariants that must never break — one active certificate per terminal, unique certificate
+//! serials, a public key never reused by another terminal, one result per request id — are
+//! checked inside that transaction, so two racing requests cannot both pass. Policy (may this
+//! caller issue for this serial?) is decided elsewhere; this crate only stores.
+
+pub mod audit;
+pub mod records;
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+
+pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+pub use records::*;
+
+const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+const CERT_DER: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_der");
+const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
+const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
+const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Why a registry operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The database failed (I/O, corruption, full disk).
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A stored record does not parse.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The terminal is already registered.
+    #[error("terminal {0} is already registered")]
+    TerminalExists(String),
+    /// No such terminal.
+    #[error("terminal {0} is not registered")]
+    TerminalNotFound(String),
+    /// The terminal has an active certificate and this is not an explicit re-issue.
+    #[error("terminal {terminal} already has active certificate {cert}")]
+    AlreadyHasActiveCertificate {
+        /// Terminal serial.
+        terminal: String,
+        /// Its active certificate.
+        cert: String,
+    },
+    /// The public key was already certified for another terminal (clone defence).
+    #[error("public key is already in use by terminal {terminal}")]
+    PublicKeyInUse {
+        /// The terminal that has it.
+        terminal: String,
+    },
+    /// A certificate with this serial exists.
+    #[error("certificate serial {0} already exists")]
+    CertSerialExists(String),
+    /// The request id was used before for a different request.
+    #[error("request id {0} was already used for a different request")]
+    RequestIdReused(String),
+    /// No such certificate.
+    #[error("certificate {0} not found")]
+    CertNotFound(String),
+    /// Already revoked.
+    #[error("certificate {0} is already revoked")]
+    AlreadyRevoked(String),
+    /// The terminal is not in a state that allows this.
+    #[error("terminal {terminal} is {state}; {action} needs it {wanted}")]
+    WrongState {
+        /// Terminal serial.
+        terminal: String,
+        /// Its state.
+        state: &'static str,
+        /// What was attempted.
+        action: &'static str,
+        /// States that allow it.
+        wanted: &'static str,
+    },
+    /// The principal exists.
+    #[error("principal {0} already exists")]
+    PrincipalExists(String),
+    /// No such principal.
+    #[error("principal {0} not found")]
+    PrincipalNotFound(String),
+    /// The nonce was seen within its window.
+    #[error("nonce replayed")]
+    NonceReplayed,
+    /// The audit chain is broken.
+    #[error(transparent)]
+    Audit(#[from] ChainBreak),
+    /// A backup or restore target exists already.
+    #[error("{0} exists; refusing to overwrite")]
+    TargetExists(String),
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for RegistryError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    std::io::Error
+);
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| RegistryError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| RegistryError::Corrupt(e.to_string()))
+}
+
+/// A certificate issued to a terminal, to be recorded.
+#[derive(Clone, Debug)]
+pub struct TerminalIssue {
+    /// Client-chosen id: a retry with the same id and content gets the same certificate.
+    pub request_id: String,
+    /// Hex SM3 of the request's content, to refuse a reused id with other content.
+    pub request_hash: String,
+    /// The terminal as the request describes it (registered on the fly if allowed).
+    pub terminal: TerminalRecord,
+    /// Whether an unregistered terminal may be registered by this issue (a policy switch).
+    pub register_if_missing: bool,
+    /// An explicit re-issue: the active certificate is revoked as `superseded`.
+    pub reissue: bool,
+    /// The new certificate's record.
+    pub cert: CertRecord,
+    /// Its DER.
+    pub der: Vec<u8>,
+}
+
+/// What recording an issue did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// Recorded; `superseded` names the certificate it replaced.
+    Issued {
+        /// Replaced certificate, if a re-issue.
+        superseded: Option<String>,
+    },
+    /// The request id was seen before with the same content: this is the certificate it got.
+    Replayed {
+        /// The stored record.
+        cert: Box<CertRecord>,
+        /// Its DER.
+        der: Vec<u8>,
+    },
+}
+
+/// Filters for [`Registry::list_terminals`].
+#[derive(Clone, Debug, Default)]
+pub struct TerminalFilter {
+    /// Only this state.
+    pub state: Option<TerminalState>,
+    /// Only this class.
+    pub class: Option<String>,
+    /// Only this manufacturer.
+    pub manufacturer: Option<String>,
+    /// Only this lot.
+    pub lot: Option<String>,
+}
+
+impl TerminalFilter {
+    fn admits(&self, t: &TerminalRecord) -> bool {
+        self.state.is_none_or(|s| s == t.state)
+            && self.class.as_ref().is_none_or(|c| *c == t.class)
+            && self.manufacturer.as_ref().is_none_or(|m| *m == t.manufacturer)
+            && self.lot.as_ref().is_none_or(|l| t.lot.as_ref() == Some(l))
+    }
+}
+
+/// The registry.
+pub struct Registry {
+    db: Database,
+}
+
+impl Registry {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(TERMINALS)?;
+            txn.open_table(CERTS)?;
+            txn.open_table(CERT_DER)?;
+            txn.open_table(PUBKEYS)?;
+            txn.open_table(REQUESTS)?;
+            txn.open_table(PRINCIPALS)?;
+            txn.open_table(ACTIVATIONS)?;
+            txn.open_table(NONCES)?;
+            txn.open_table(AUDIT)?;
+        }
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Runs `f` in one write transaction, appends `event` to the audit log in it, commits durably.
+    fn write<T>(&self, event: &AuditEvent, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_write()?;
+        let out = f(&txn)?;
+        append_audit(&txn, event)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Records an event alone (a refusal, a read that must be logged).
+    pub fn audit(&self, event: &AuditEvent) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let seq = append_audit(&txn, event)?;
+        txn.commit()?;
+        Ok(seq)
+    }
+
+    // ---- terminals --------------------------------------------------------------------------
+
+    /// Registers a terminal.
+    pub fn register_terminal(&self, t: &TerminalRecord, event: &AuditEvent) -> Result<()> {
+        self.write(event, |txn| {
+            let mut terminals = txn.open_table(TERMINALS)?;
+            if terminals.get(t.serial.as_str())?.is_some() {
+                return Err(RegistryError::TerminalExists(t.serial.clone()));
+            }
+            terminals.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// A terminal by serial.
+    pub fn terminal(&self, serial: &str) -> Result<Option<TerminalRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TERMINALS)?;
+        table.get(serial)?.map(|v| from_json(v.value())).transpose()
+    }
+
+    /// Terminals matching `filter`, in serial order, after `after`, at most `limit`; with the
+    /// token for the next page.
+    pub fn list_terminals(
+        &self,
+        filter: &TerminalFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<TerminalRecord>, Option<String>)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TERMINALS)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            None => table.range::<&str>(..)?,
+        };
+        for item in range {
+            let (_, v) = item?;
+            let t: TerminalRecord = from_json(v.value())?;
+            if filter.admits(&t) {
+                if out.len() == limit {
+                    let next = out.last().map(|l: &TerminalRecord| l.serial.clone());
+                    return Ok((out, next));
+                }
+                out.push(t);
+            }
+        }
+        Ok((out, None))
+    }
+
+    // ---- certificates -----------------------------------------------------------------------
+
+    /// Records a terminal certificate, enforcing the invariants inside the transaction.
+    pub fn record_terminal_issue(&self, issue: &TerminalIssue, event: &AuditEvent) -> Result<IssueOutcome> {
+        // A replay is answered without writing anything (not even an audit entry of its own:
+        // the caller logs the replay).
+        if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
+            return Ok(replayed);
+        }
+        self.write(event, |txn| {
+            let mut requests = txn.open_table(REQUESTS)?;
+            let mut certs = txn.open_table(CERTS)?;
+            let mut ders = txn.open_table(CERT_DER)?;
+            let mut terminals = txn.open_table(TERMINALS)?;
+            let mut pubkeys = txn.open_table(PUBKEYS)?;
+            if requests.get(issue.request_id.as_str())?.is_some() {
+                // Raced with the same id since the check above.
+                return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
+            }
+            let serial = issue.cert.serial.as_str();
+            if certs.get(serial)?.is_some() {
+                return Err(RegistryError::CertSerialExists(serial.into()));
+            }
+            let existing: Option<TerminalRecord> =
+                terminals.get(issue.terminal.serial.as_str())?.map(|v| from_json(v.value())).transpose()?;
+            let mut terminal = match existing {
+                Some(t) => t,
+                None if issue.register_if_missing => issue.terminal.clone(),
+                None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
+            };
+            if let Some(owner) = pubkeys.get(issue.cert.key_fingerprint.as_str())?
+                && owner.value() != terminal.serial
+            {
+                return Err(RegistryError::PublicKeyInUse { terminal: owner.value().to_owned() });
+            }
+            if terminal.state == TerminalState::Revoked && !issue.reissue {
+                return Err(RegistryError::WrongState {
+                    terminal: terminal.serial.clone(),
+                    state: terminal.state.as_str(),
+                    action: "issuing without an explicit re-issue",
+                    wanted: "registered",
+                });
+            }
+            let mut superseded = None;
+            if let Some(old) = terminal.active_cert.clone() {
+                if !issue.reissue {
+                    return Err(RegistryError::AlreadyHasActiveCertificate {
+                        terminal: terminal.serial.clone(),
+                        cert: old,
+                    });
+                }
+                let mut rec: CertRecord = certs
+                    .get(old.as_str())?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?
+                    .ok_or_else(|| RegistryError::CertNotFound(old.clone()))?;
+                rec.status = CertStatus::Revoked {
+                    at_ms: issue.cert.issued_ms,
+                    reason: RevocationReason::Superseded,
+                    invalidity_ms: None,
+                };
+                certs.insert(old.as_str(), to_json(&rec)?.as_slice())?;
+                superseded = Some(old);
+            }
+            terminal.state = TerminalState::Issued;
+            terminal.active_cert = Some(serial.to_owned());
+            terminal.updated_ms = issue.cert.issued_ms;
+            certs.insert(serial, to_json(&issue.cert)?.as_slice())?;
+            ders.insert(serial, issue.der.as_slice())?;
+            pubkeys.insert(issue.cert.key_fingerprint.as_str(), terminal.serial.as_str())?;
+            terminals.insert(terminal.serial.as_str(), to_json(&terminal)?.as_slice())?;
+            let result = RequestResult {
+                kind: "terminal_issue".into(),
+                cert_serial: serial.into(),
+                request_hash: issue.request_hash.clone(),
+            };
+            requests.insert(issue.request_id.as_str(), to_json(&result)?.as_slice())?;
+            Ok(IssueOutcome::Issued { superseded })
+        })
+    }
+
+    fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
+        let txn = self.db.begin_read()?;
+        let requests = txn.open_table(REQUESTS)?;
+        let Some(v) = requests.get(request_id)? else { return Ok(None) };
+        let result: RequestResult = from_json(v.value())?;
+        if result.request_hash != request_hash {
+            return Err(RegistryError::RequestIdReused(request_id.into()));
+        }
+        let (cert, der) = self
+            .certificate(&result.cert_serial)?
+            .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
+        Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
+    }
+
+    /// A certificate record and its DER.
+    pub fn certificate(&self, serial: &str) -> Result<Option<(CertRecord, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let certs = txn.open_table(CERTS)?;
+        let ders = txn.open_table(CERT_DER)?;
+        let Some(rec) = certs.get(serial)? else { return Ok(None) };
+        let der = ders
+            .get(serial)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| RegistryError::Corrupt(format!("no DER for {serial}")))?;
+        Ok(Some((from_json(rec.value())?, der)))
+    }
+
+    /// Every certificate record (for CRLs and status), in serial order.
+    pub fn certificates(&self) -> Result<Vec<CertRecord>> {
+        let txn = self.db.begin_read()?;
+        let certs = txn.open_table(CERTS)?;
+        certs.iter()?.map(|item| from_json(item?.1.value())).collect()
+    }
+
+    /// Records the station's confirmation that `cert` is in terminal `serial`.
+    pub fn confirm_provisioning(
+        &self,
+        serial: &str,
+        cert: &str,
+        provisioning: &Provisioning,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        self.write(event, |txn| {
+            let mut terminals = txn.open_table(TERMINALS)?;
+            let mut certs = txn.open_table(CERTS)?;
+            let mut t: TerminalRecord = terminals
+                .get(serial)?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::TerminalNotFound(serial.into()))?;
+            if t.active_cert.as_deref() != Some(cert) {
+                return Err(RegistryError::WrongState {
+                    terminal: serial.into(),
+                    state: t.state.as_str(),
+                    action: "confirming a certificate that is not its active one",
+                    wanted: "issued with that certificate",
+                });
+            }
+            let mut rec: CertRecord = certs
+                .get(cert)?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::CertNotFound(cert.into()))?;
+            rec.provisioning = Some(provisioning.clone());
+            if t.state == TerminalState::Issued {
+                t.state = TerminalState::Provisioned;
+            }
+            t.updated_ms = provisioning.at_ms;
+            certs.insert(cert, to_json(&rec)?.as_slice())?;
+            terminals.insert(serial, to_json(&t)?.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Records an activation; the terminal must be provisioned (or already active).
+    pub fn activate(&self, a: &ActivationRecord, event: &AuditEvent) -> Result<u64> {
+        self.write(event, |txn| {
+            let mut terminals = txn.open_table(TERMINALS)?;
+            let mut activations = txn.open_table(ACTIVATIONS)?;
+            let mut t: TerminalRecord = terminals
+                .get(a.terminal.as_str())?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::TerminalNotFound(a.terminal.clone()))?;
+            if !matches!(t.state, TerminalState::Provisioned | TerminalState::Active) {
+                return Err(RegistryError::WrongState {
+                    terminal: a.terminal.clone(),
+                    state: t.state.as_str(),
+                    action: "activation",
+                    wanted: "provisioned or active",
+                });
+            }
+            let n = activations.range((a.terminal.as_str(), 0)..=(a.terminal.as_str(), u64::MAX))?.count() as u64 + 1;
+            activations.insert((a.terminal.as_str(), n), to_json(a)?.as_slice())?;
+            t.state = TerminalState::Active;
+            t.updated_ms = a.at_ms;
+            terminals.insert(a.terminal.as_str(), to_json(&t)?.as_slice())?;
+            Ok(n)
+        })
+    }
+
+    /// A terminal's activations, oldest first.
+    pub fn activations(&self, serial: &str) -> Result<Vec<ActivationRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACTIVATIONS)?;
+        table.range((serial, 0)..=(serial, u64::MAX))?.map(|item| from_json(item?.1.value())).collect()
+    }
+
+    /// Revokes a certificate; a terminal whose active certificate it was becomes `revoked`.
+    pub fn revoke(
+        &self,
+        serial: &str,
+        reason: RevocationReason,
+        at_ms: u64,
+        invalidity_ms: Option<u64>,
+        event: &AuditEvent,
+    ) -> Result<CertRecord> {
+        self.write(event, |txn| {
+            let mut certs = txn.open_table(CERTS)?;
+            let mut terminals = txn.open_table(TERMINALS)?;
+            let mut rec: CertRecord = certs
+                .get(serial)?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::CertNotFound(serial.into()))?;
+            if rec.status != CertStatus::Good {
+                return Err(RegistryError::AlreadyRevoked(serial.into()));
+            }
+            rec.status = CertStatus::Revoked { at_ms, reason, invalidity_ms };
+            certs.insert(serial, to_json(&rec)?.as_slice())?;
+            if let CertSubject::Terminal { serial: ts } = &rec.subject {
+                let t: Option<TerminalRecord> =
+                    terminals.get(ts.as_str())?.map(|v| from_json(v.value())).transpose()?;
+                if let Some(mut t) = t.filter(|t| t.active_cert.as_deref() == Some(serial)) {
+                    t.active_cert = None;
+                    t.state = TerminalState::Revoked;
+                    t.updated_ms = at_ms;
+                    terminals.insert(ts.as_str(), to_json(&t)?.as_slice())?;
+                }
+            }
+            Ok(rec)
+        })
+    }
+
+    // ---- principals -------------------------------------------------------------------------
+
+    /// Adds a principal with its identity certificate.
+    pub fn add_principal(&self, p: &PrincipalRecord, cert: &CertRecord, der: &[u8], event: &AuditEvent) -> Result<()> {
+        self.write(event, |txn| {
+            let mut principals = txn.open_table(PRINCIPALS)?;
+            let mut certs = txn.open_table(CERTS)?;
+            let mut ders = txn.open_table(CERT_DER)?;
+            if principals.get(p.name.as_str())?.is_some() {
+                return Err(RegistryError::PrincipalExists(p.name.clone()));
+            }
+            if certs.get(cert.serial.as_str())?.is_some() {
+                return Err(RegistryError::CertSerialExists(cert.serial.clone()));
+            }
+            principals.insert(p.name.as_str(), to_json(p)?.as_slice())?;
+            certs.insert(cert.serial.as_str(), to_json(cert)?.as_slice())?;
+            ders.insert(cert.serial.as_str(), der)?;
+            Ok(())
+        })
+    }
+
+    /// A principal by name.
+    pub fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PRINCIPALS)?;
+        table.get(name)?.map(|v| from_json(v.value())).transpose()
+    }
+
+    /// Enables or disables a principal.
+    pub fn set_principal_enabled(&self, name: &str, enabled: bool, event: &AuditEvent) -> Result<()> {
+        self.write(event, |txn| {
+            let mut principals = txn.open_table(PRINCIPALS)?;
+            let mut p: PrincipalRecord = principals
+                .get(name)?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::PrincipalNotFound(name.into()))?;
+            p.enabled = enabled;
+            principals.insert(name, to_json(&p)?.as_slice())?;
+            Ok(())
+        })
+    }
+
+    // ---- nonces -----------------------------------------------------------------------------
+
+    /// Remembers `nonce` until `expires_ms`; refuses one seen and not yet expired. Expired
+    /// nonces are pruned in the same transaction.
+    pub fn use_nonce(&self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut nonces = txn.open_table(NONCES)?;
+            if nonces.get(nonce)?.is_some_and(|v| v.value() > now_ms) {
+                return Err(RegistryError::NonceReplayed);
+            }
+            nonces.retain(|_, exp| exp > now_ms)?;
+            nonces.insert(nonce, expires_ms)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    // ---- audit ------------------------------------------------------------------------------
+
+    /// The last `n` audit entries, oldest first.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut out: Vec<AuditEntry> =
+            table.iter()?.rev().take(n).map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Walks the whole audit chain: keys without gaps, each `prev` equal to the previous hash,
+    /// each hash equal to its content's.
+    pub fn verify_audit_chain(&self) -> Result<ChainSummary> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut prev = audit::GENESIS.to_owned();
+        let mut expected = 1u64;
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let key = k.value();
+            let entry: AuditEntry = serde_json::from_slice(v.value())
+                .map_err(|e| ChainBreak::Unreadable { seq: key, why: e.to_string() })?;
+            if key != expected || entry.seq != expected {
+                return Err(ChainBreak::Gap { key, expected, found: entry.seq }.into());
+            }
+            if entry.prev != prev {
+                return Err(ChainBreak::BrokenLink { seq: entry.seq }.into());
+            }
+            if audit::entry_hash(entry.seq, &entry.event, &entry.prev) != entry.hash {
+                return Err(ChainBreak::Edited { seq: entry.seq }.into());
+            }
+            prev = entry.hash;
+            expected += 1;
+        }
+        Ok(ChainSummary { entries: expected - 1, head: prev })
+    }
+
+    // ---- backup -----------------------------------------------------------------------------
+
+    /// Writes a consistent copy (one read snapshot) of every table to a new database at `out`,
+    /// while the registry keeps serving.
+    pub fn backup(&self, out: &Path) -> Result<()> {
+        if out.exists() {
+            return Err(RegistryError::TargetExists(out.display().to_string()));
+        }
+        let snapshot = self.db.begin_read()?;
+        let copy = Database::create(out)?;
+        let txn = copy.begin_write()?;
+        copy_table(&snapshot, &txn, TERMINALS)?;
+        copy_table(&snapshot, &txn, CERTS)?;
+        copy_table(&snapshot, &txn, CERT_DER)?;
+        copy_table(&snapshot, &txn, PUBKEYS)?;
+        copy_table(&snapshot, &txn, REQUESTS)?;
+        copy_table(&snapshot, &txn, PRINCIPALS)?;
+        copy_table(&snapshot, &txn, ACTIVATIONS)?;
+        copy_table(&snapshot, &txn, NONCES)?;
+        copy_table(&snapshot, &txn, AUDIT)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Restores a backup to `target` (which must not exist) after verifying its audit chain.
+    pub fn restore(backup: &Path, target: &Path) -> Result<ChainSummary> {
+        if target.exists() {
+            return Err(RegistryError::TargetExists(target.display().to_string()));
+        }
+        let summary = Registry::open(backup)?.verify_audit_chain()?;
+        let tmp = target.with_extension("restoring");
+        std::fs::copy(backup, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, target)?;
+        Ok(summary)
+    }
+
+    /// Number of audit entries.
+    pub fn audit_len(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(AUDIT)?.len()?)
+    }
+
+    /// Test hook: overwrite the stored bytes of audit entry `seq` (or delete it with `None`), to
+    /// prove [`Registry::verify_audit_chain`] notices.
+    #[cfg(feature = "test-hooks")]
+    pub fn tamper_audit(&self, seq: u64, bytes: Option<Vec<u8>>) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            match bytes {
+                Some(b) => {
+                    table.insert(seq, b.as_slice())?;
+                }
+                None => {
+                    table.remove(seq)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Test hook: the stored bytes of audit entry `seq`.
+    #[cfg(feature = "test-hooks")]
+    pub fn raw_audit(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(AUDIT)?.get(seq)?.map(|v| v.value().to_vec()))
+    }
+}
+
+fn append_audit(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
+    let mut table = txn.open_table(AUDIT)?;
+    let (seq, prev) = match table.last()? {
+        Some((k, v)) => {
+            let last: AuditEntry = from_json(v.value())?;
+            (k.value() + 1, last.hash)
+        }
+        None => (1, audit::GENESIS.to_owned()),
+    };
+    let hash = audit::entry_hash(seq, event, &prev);
+    let entry = AuditEntry { seq, event: event.clone(), prev, hash };
+    table.insert(seq, to_json(&entry)?.as_slice())?;
+    Ok(seq)
+}
+
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<()> {
+    let src = from.open_table(def)?;
+    let mut dst = to.open_table(def)?;
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! What the registry stores. Serial numbers are text as callers validated them (`pki` checks
+//! terminal serials against the policy rule; certificate serials are upper-case hex).
+
+use serde::{Deserialize, Serialize};
+
+/// Where a terminal is in its life cycle (DESIGN §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalState {
+    /// Known to the lab, no certificate yet.
+    Registered,
+    /// A certificate was issued; the device has not confirmed the write.
+    Issued,
+    /// The station confirmed the certificate is in the secure element.
+    Provisioned,
+    /// An operator activated it in the field.
+    Active,
+    /// Its certificate was revoked and no new one issued.
+    Revoked,
+}
+
+impl TerminalState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Issued => "issued",
+            Self::Provisioned => "provisioned",
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// A terminal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    /// Healthcare-security serial number.
+    pub serial: String,
+    /// Class I, II or III.
+    pub class: String,
+    /// Manufacturer code.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Production lot, if registered.
+    pub lot: Option<String>,
+    /// Life-cycle state.
+    pub state: TerminalState,
+    /// Hex serial of the active certificate.
+    pub active_cert: Option<String>,
+    /// Unix milliseconds of the last change.
+    pub updated_ms: u64,
+}
+
+/// Why a certificate was revoked (RFC 5280 reason codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevocationReason {
+    /// unspecified (0)
+    Unspecified,
+    /// keyCompromise (1)
+    KeyCompromise,
+    /// cACompromise (2)
+    CaCompromise,
+    /// affiliationChanged (3)
+    AffiliationChanged,
+    /// superseded (4)
+    Superseded,
+    /// cessationOfOperation (5)
+    CessationOfOperation,
+    /// certificateHold (6)
+    CertificateHold,
+    /// privilegeWithdrawn (9)
+    PrivilegeWithdrawn,
+}
+
+/// A certificate's revocation status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CertStatus {
+    /// Not revoked.
+    Good,
+    /// Revoked.
+    Revoked {
+        /// Unix milliseconds.
+        at_ms: u64,
+        /// Reason.
+        reason: RevocationReason,
+        /// Unix milliseconds of suspected compromise.
+        invalidity_ms: Option<u64>,
+    },
+}
+
+/// Whose certificate it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CertSubject {
+    /// A terminal, by serial.
+    Terminal {
+        /// Terminal serial.
+        serial: String,
+    },
+    /// A principal (station, operator, admin, auditor), by name.
+    Principal {
+        /// Principal name.
+        name: String,
+    },
+}
+
+/// A certificate and what we know about it. The DER is stored beside the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Upper-case hex serial.
+    pub serial: String,
+    /// Whose it is.
+    pub subject: CertSubject,
+    /// Profile it was issued under.
+    pub profile: String,
+    /// Hex SM3 of the SubjectPublicKeyInfo.
+    pub key_fingerprint: String,
+    /// Unix milliseconds.
+    pub issued_ms: u64,
+    /// Unix milliseconds of notAfter.
+    pub not_after_ms: u64,
+    /// The request that made it.
+    pub request_id: String,
+    /// Revocation status.
+    pub status: CertStatus,
+    /// Station, duration and firmware recorded when the device confirmed the write.
+    pub provisioning: Option<Provisioning>,
+}
+
+/// The station's confirmation that a certificate is in the device (DESIGN §4 "confirm").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provisioning {
+    /// Station principal.
+    pub station: String,
+    /// Milliseconds the write took.
+    pub duration_ms: u64,
+    /// Device firmware version.
+    pub firmware: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// A principal: a person or station that calls the CA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalRecord {
+    /// Unique name.
+    pub name: String,
+    /// Role (station, operator, admin, auditor).
+    pub role: String,
+    /// Hex serial of its identity certificate.
+    pub cert_serial: String,
+    /// Manufacturer codes a station may issue for.
+    pub manufacturers: Vec<String>,
+    /// Disabled principals are refused.
+    pub enabled: bool,
+}
+
+/// An activation (HSTS 7.4.5/7.4.6): who, where, when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationRecord {
+    /// Terminal serial.
+    pub terminal: String,
+    /// Operator principal.
+    pub operator: String,
+    /// Institution where it was installed.
+    pub institution: String,
+    /// Latitude, degrees.
+    pub latitude: f64,
+    /// Longitude, degrees.
+    pub longitude: f64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// The stored result of a request, so a retry gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestResult {
+    /// What kind of request.
+    pub kind: String,
+    /// Hex serial of the certificate it produced.
+    pub cert_serial: String,
+    /// SM3 of the request's canonical content: a reused id with other content is refused.
+    pub request_hash: String,
+}

@@ -1,0 +1,343 @@
+//! The registry's invariants, enforced inside transactions, and its audit chain.
+
+use std::sync::Arc;
+
+use registry::*;
+
+fn ev(action: &str, target: &str) -> AuditEvent {
+    AuditEvent {
+        time_ms: 1,
+        actor: "station-1".into(),
+        action: action.into(),
+        target: target.into(),
+        outcome: "ok".into(),
+        detail: String::new(),
+    }
+}
+
+fn terminal(serial: &str) -> TerminalRecord {
+    TerminalRecord {
+        serial: serial.into(),
+        class: "II".into(),
+        manufacturer: serial[..4].into(),
+        model: "01".into(),
+        lot: Some("L1".into()),
+        state: TerminalState::Registered,
+        active_cert: None,
+        updated_ms: 0,
+    }
+}
+
+fn issue(req: &str, serial: &str, cert: &str, key: &str) -> TerminalIssue {
+    TerminalIssue {
+        request_id: req.into(),
+        request_hash: format!("hash-of-{req}-{serial}-{key}"),
+        terminal: terminal(serial),
+        register_if_missing: true,
+        reissue: false,
+        cert: CertRecord {
+            serial: cert.into(),
+            subject: CertSubject::Terminal { serial: serial.into() },
+            profile: "terminal".into(),
+            key_fingerprint: key.into(),
+            issued_ms: 1000,
+            not_after_ms: 2000,
+            request_id: req.into(),
+            status: CertStatus::Good,
+            provisioning: None,
+        },
+        der: format!("DER of {cert}").into_bytes(),
+    }
+}
+
+fn open() -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = Registry::open(&dir.path().join("registry.redb")).expect("open");
+    (dir, reg)
+}
+
+#[test]
+fn one_active_certificate_per_terminal_and_idempotent_retries() {
+    let (_d, reg) = open();
+    let first = issue("r1", "HSTM01261100000K", "AA01", "k1");
+    assert_eq!(
+        reg.record_terminal_issue(&first, &ev("issue", "HSTM01261100000K")).expect("issue"),
+        IssueOutcome::Issued { superseded: None }
+    );
+    let t = reg.terminal("HSTM01261100000K").expect("get").expect("registered on the fly");
+    assert_eq!((t.state, t.active_cert.as_deref()), (TerminalState::Issued, Some("AA01")));
+
+    // Same request id, same content: the same certificate, nothing new written.
+    let before = reg.audit_len().expect("len");
+    match reg.record_terminal_issue(&first, &ev("issue", "x")).expect("replay") {
+        IssueOutcome::Replayed { cert, der } => {
+            assert_eq!((cert.serial.as_str(), der), ("AA01", b"DER of AA01".to_vec()))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reg.audit_len().expect("len"), before);
+    // Same id, other content.
+    let mut other = issue("r1", "HSTM01261100000K", "AA09", "k9");
+    other.request_hash = "different".into();
+    assert_eq!(reg.record_terminal_issue(&other, &ev("issue", "x")), Err(RegistryError::RequestIdReused("r1".into())));
+    // A second certificate for the same terminal.
+    let second = issue("r2", "HSTM01261100000K", "AA02", "k2");
+    assert_eq!(
+        reg.record_terminal_issue(&second, &ev("issue", "x")),
+        Err(RegistryError::AlreadyHasActiveCertificate { terminal: "HSTM01261100000K".into(), cert: "AA01".into() })
+    );
+    // The same key for another terminal (a clone).
+    assert_eq!(
+        reg.record_terminal_issue(&issue("r3", "HSTM01261100001I", "AA03", "k1"), &ev("issue", "x")),
+        Err(RegistryError::PublicKeyInUse { terminal: "HSTM01261100000K".into() })
+    );
+    assert_eq!(reg.terminal("HSTM01261100001I").expect("get"), None, "a refused issue registers nothing");
+    // A serial that exists.
+    assert_eq!(
+        reg.record_terminal_issue(&issue("r4", "HSTM01261100001I", "AA01", "k4"), &ev("issue", "x")),
+        Err(RegistryError::CertSerialExists("AA01".into()))
+    );
+    // Unregistered terminal when the policy requires registration.
+    let mut strict = issue("r5", "A1B2032512ZZ9Q0G", "AA05", "k5");
+    strict.register_if_missing = false;
+    assert_eq!(
+        reg.record_terminal_issue(&strict, &ev("issue", "x")),
+        Err(RegistryError::TerminalNotFound("A1B2032512ZZ9Q0G".into()))
+    );
+
+    // An explicit re-issue supersedes the old certificate.
+    let mut again = issue("r6", "HSTM01261100000K", "AA06", "k6");
+    again.reissue = true;
+    assert_eq!(
+        reg.record_terminal_issue(&again, &ev("reissue", "x")).expect("reissue"),
+        IssueOutcome::Issued { superseded: Some("AA01".into()) }
+    );
+    let (old, _) = reg.certificate("AA01").expect("get").expect("kept");
+    assert!(matches!(old.status, CertStatus::Revoked { reason: RevocationReason::Superseded, .. }));
+    assert_eq!(reg.terminal("HSTM01261100000K").expect("t").expect("t").active_cert.as_deref(), Some("AA06"));
+}
+
+#[test]
+fn life_cycle_confirm_activate_revoke() {
+    let (_d, reg) = open();
+    let serial = "HSTM01261100000K";
+    reg.register_terminal(&terminal(serial), &ev("register", serial)).expect("register");
+    assert_eq!(
+        reg.register_terminal(&terminal(serial), &ev("register", serial)),
+        Err(RegistryError::TerminalExists(serial.into()))
+    );
+    let mut i = issue("r1", serial, "BB01", "k1");
+    i.register_if_missing = false;
+    reg.record_terminal_issue(&i, &ev("issue", serial)).expect("issue");
+    let activation = ActivationRecord {
+        terminal: serial.into(),
+        operator: "op".into(),
+        institution: "Hospital 1".into(),
+        latitude: 31.2,
+        longitude: 121.5,
+        at_ms: 5,
+    };
+    assert!(
+        matches!(reg.activate(&activation, &ev("activate", serial)), Err(RegistryError::WrongState { .. })),
+        "not provisioned yet"
+    );
+    let prov = Provisioning { station: "station-1".into(), duration_ms: 2500, firmware: "1.2.3".into(), at_ms: 4 };
+    assert!(matches!(
+        reg.confirm_provisioning(serial, "FFFF", &prov, &ev("confirm", serial)),
+        Err(RegistryError::WrongState { .. })
+    ));
+    reg.confirm_provisioning(serial, "BB01", &prov, &ev("confirm", serial)).expect("confirm");
+    assert_eq!(reg.terminal(serial).expect("t").expect("t").state, TerminalState::Provisioned);
+    assert_eq!(reg.certificate("BB01").expect("c").expect("c").0.provisioning, Some(prov));
+    assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("activate"), 1);
+    assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("again"), 2);
+    assert_eq!(reg.activations(serial).expect("list").len(), 2);
+    assert_eq!(reg.terminal(serial).expect("t").expect("t").state, TerminalState::Active);
+
+    let rec = reg.revoke("BB01", RevocationReason::KeyCompromise, 9, Some(8), &ev("revoke", "BB01")).expect("revoke");
+    assert_eq!(
+        rec.status,
+        CertStatus::Revoked { at_ms: 9, reason: RevocationReason::KeyCompromise, invalidity_ms: Some(8) }
+    );
+    assert_eq!(
+        reg.revoke("BB01", RevocationReason::KeyCompromise, 9, None, &ev("revoke", "BB01")),
+        Err(RegistryError::AlreadyRevoked("BB01".into()))
+    );
+    assert_eq!(
+        reg.revoke("NOPE", RevocationReason::Unspecified, 9, None, &ev("revoke", "NOPE")),
+        Err(RegistryError::CertNotFound("NOPE".into()))
+    );
+    let t = reg.terminal(serial).expect("t").expect("t");
+    assert_eq!((t.state, t.active_cert), (TerminalState::Revoked, None));
+    // A revoked terminal gets a new certificate only through an explicit re-issue.
+    assert!(matches!(
+        reg.record_terminal_issue(&issue("r2", serial, "BB02", "k2"), &ev("issue", serial)),
+        Err(RegistryError::WrongState { .. })
+    ));
+    let mut re = issue("r3", serial, "BB03", "k3");
+    re.reissue = true;
+    assert_eq!(
+        reg.record_terminal_issue(&re, &ev("reissue", serial)).expect("re-enrol"),
+        IssueOutcome::Issued { superseded: None }
+    );
+}
+
+#[test]
+fn racing_issues_for_one_terminal_leave_exactly_one_certificate() {
+    let (_d, reg) = open();
+    let reg = Arc::new(reg);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let reg = reg.clone();
+                s.spawn(move || {
+                    reg.record_terminal_issue(
+                        &issue(&format!("r{i}"), "HSTM01261100000K", &format!("CC{i:02}"), &format!("k{i}")),
+                        &ev("issue", "t"),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(RegistryError::AlreadyHasActiveCertificate { .. })))
+    );
+    // 32 threads for 32 terminals: all recorded.
+    std::thread::scope(|s| {
+        for i in 0..32 {
+            let reg = reg.clone();
+            s.spawn(move || {
+                let serial = format!("T{i:015}");
+                reg.record_terminal_issue(
+                    &issue(&format!("q{i}"), &serial, &format!("DD{i:02}"), &format!("key{i}")),
+                    &ev("issue", &serial),
+                )
+                .expect("distinct terminals");
+            });
+        }
+    });
+    assert_eq!(reg.certificates().expect("all").len(), 33);
+    assert_eq!(reg.verify_audit_chain().expect("chain").entries, 33);
+}
+
+#[test]
+fn audit_chain_detects_edits_removals_and_reordering() {
+    let (_d, reg) = open();
+    for i in 0..5 {
+        reg.audit(&ev("auth_refused", &format!("p{i}"))).expect("audit");
+    }
+    let ok = reg.verify_audit_chain().expect("intact");
+    assert_eq!(ok.entries, 5);
+    assert_eq!(reg.audit_tail(2).expect("tail").iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+
+    // Edit one byte of entry 3's content.
+    let orig3 = reg.raw_audit(3).expect("raw").expect("present");
+    let edited = String::from_utf8(orig3.clone()).expect("json").replace("\"p2\"", "\"p9\"").into_bytes();
+    reg.tamper_audit(3, Some(edited)).expect("tamper");
+    assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::Edited { seq: 3 })));
+    reg.tamper_audit(3, Some(orig3.clone())).expect("restore");
+    reg.verify_audit_chain().expect("intact again");
+
+    // Swap entries 2 and 3 (keys and seqs rewritten to look contiguous).
+    let orig2 = reg.raw_audit(2).expect("raw").expect("present");
+    let swap = |from: &[u8], seq: u64| {
+        let mut e: AuditEntry = serde_json::from_slice(from).expect("entry");
+        e.seq = seq;
+        serde_json::to_vec(&e).expect("json")
+    };
+    reg.tamper_audit(2, Some(swap(&orig3, 2))).expect("t");
+    reg.tamper_audit(3, Some(swap(&orig2, 3))).expect("t");
+    assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::BrokenLink { seq: 2 })));
+    reg.tamper_audit(2, Some(orig2)).expect("t");
+    reg.tamper_audit(3, Some(orig3)).expect("t");
+
+    // Remove entry 4.
+    reg.tamper_audit(4, None).expect("remove");
+    assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::Gap { key: 5, expected: 4, found: 5 })));
+}
+
+#[test]
+fn nonces_are_single_use_within_their_window() {
+    let (_d, reg) = open();
+    reg.use_nonce(b"n1", 1000, 2000).expect("first");
+    assert_eq!(reg.use_nonce(b"n1", 1500, 2500), Err(RegistryError::NonceReplayed));
+    reg.use_nonce(b"n1", 2001, 3000).expect("expired nonce may come back");
+}
+
+#[test]
+fn paging_and_filters() {
+    let (_d, reg) = open();
+    for i in 0..7 {
+        let mut t = terminal(&format!("HSTM{i:012}"));
+        if i % 2 == 0 {
+            t.lot = Some("L2".into());
+        }
+        reg.register_terminal(&t, &ev("register", &t.serial)).expect("register");
+    }
+    let f = TerminalFilter::default();
+    let (page1, next) = reg.list_terminals(&f, None, 3).expect("p1");
+    assert_eq!(page1.len(), 3);
+    let (page2, next2) = reg.list_terminals(&f, next.as_deref(), 3).expect("p2");
+    let (page3, next3) = reg.list_terminals(&f, next2.as_deref(), 3).expect("p3");
+    assert_eq!((page2.len(), page3.len(), next3), (3, 1, None));
+    assert!(page1[2].serial < page2[0].serial);
+    let lot2 = TerminalFilter { lot: Some("L2".into()), ..Default::default() };
+    assert_eq!(reg.list_terminals(&lot2, None, 100).expect("lot").0.len(), 4);
+    let issued = TerminalFilter { state: Some(TerminalState::Issued), ..Default::default() };
+    assert!(reg.list_terminals(&issued, None, 100).expect("none").0.is_empty());
+}
+
+#[test]
+fn state_survives_reopen_and_backup_restores_under_load() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("r.redb");
+    {
+        let reg = Registry::open(&path).expect("open");
+        reg.record_terminal_issue(&issue("r1", "HSTM01261100000K", "EE01", "k1"), &ev("issue", "t")).expect("issue");
+        let p = PrincipalRecord {
+            name: "station-1".into(),
+            role: "station".into(),
+            cert_serial: "EE02".into(),
+            manufacturers: vec!["HSTM".into()],
+            enabled: true,
+        };
+        let mut c = issue("r2", "HSTM00000000000X", "EE02", "k2").cert;
+        c.subject = CertSubject::Principal { name: "station-1".into() };
+        reg.add_principal(&p, &c, b"der", &ev("principal_add", "station-1")).expect("principal");
+        assert_eq!(
+            reg.add_principal(&p, &c, b"der", &ev("principal_add", "station-1")),
+            Err(RegistryError::PrincipalExists("station-1".into()))
+        );
+        reg.set_principal_enabled("station-1", false, &ev("principal_disable", "station-1")).expect("disable");
+    }
+    let reg = Arc::new(Registry::open(&path).expect("reopen"));
+    assert!(!reg.principal("station-1").expect("p").expect("p").enabled);
+    assert_eq!(reg.certificate("EE01").expect("c").expect("c").1, b"DER of EE01");
+
+    // Back up while another thread keeps writing.
+    let backup = dir.path().join("backup.redb");
+    std::thread::scope(|s| {
+        let writer = reg.clone();
+        s.spawn(move || {
+            for i in 0..50 {
+                writer.audit(&ev("heartbeat", &format!("{i}"))).expect("write");
+            }
+        });
+        reg.backup(&backup).expect("backup");
+    });
+    assert!(matches!(reg.backup(&backup), Err(RegistryError::TargetExists(_))));
+    let restored_path = dir.path().join("restored.redb");
+    let summary = Registry::restore(&backup, &restored_path).expect("restore");
+    // The snapshot has the 3 entries written before it and whichever heartbeats preceded it.
+    let live = reg.verify_audit_chain().expect("live chain");
+    assert!(summary.entries >= 3 && summary.entries <= live.entries, "{summary:?} vs {live:?}");
+    let restored = Registry::open(&restored_path).expect("open restored");
+    assert_eq!(restored.verify_audit_chain().expect("chain"), summary);
+    assert_eq!(restored.certificate("EE01").expect("c").expect("c").0.serial, "EE01");
+    assert!(matches!(Registry::restore(&backup, &restored_path), Err(RegistryError::TargetExists(_))));
+}
