@@ -1,0 +1,15 @@
+// Pure-Rust codegen: protox parses the .proto files, so no system `protoc` is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/hsca/v1/errors.proto",
+        "proto/hsca/v1/ca.proto",
+        "proto/hsca/v1/registry.proto",
+        "proto/hsca/v1/admin.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
