@@ -19,7 +19,7 @@ pub fn status(code: tonic::Code, reason: v1::Reason, message: impl Into<String>)
 /// The stable reason inside a status made by [`status`], if any.
 pub fn reason(status: &tonic::Status) -> Option<v1::Reason> {
     let detail = v1::ErrorDetail::decode(status.details()).ok()?;
-    v1::Reason::try_from(detail.reason).ok()
+    v1::Reason::try_from(detail.reason).ok().filter(|r| *r != v1::Reason::Unspecified)
 }
 
 #[cfg(test)]
