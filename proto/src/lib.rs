@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("hsca.v1");
 }
 
+pub mod signing;
+
 use prost::Message;
 
 /// Builds a gRPC status carrying an [`v1::ErrorDetail`] with a stable reason.
