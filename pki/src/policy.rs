@@ -40,19 +40,23 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
-    fn at(src: &Source<'_>, offset: usize, message: impl Into<String>) -> Self {
+    /// An error at byte `offset` of `src`.
+    pub fn at(src: &Source<'_>, offset: usize, message: impl Into<String>) -> Self {
         let before = &src.text[..offset.min(src.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         Self { file: src.name.to_owned(), line, column, message: message.into() }
     }
 
-    fn spanned<T>(src: &Source<'_>, v: &Spanned<T>, message: impl Into<String>) -> Self {
+    /// An error at the place of a spanned value.
+    pub fn spanned<T>(src: &Source<'_>, v: &Spanned<T>, message: impl Into<String>) -> Self {
         Self::at(src, v.span().start, message)
     }
 }
 
-fn parse_toml<T: for<'de> Deserialize<'de>>(src: &Source<'_>) -> Result<T, PolicyError> {
+/// Parses a policy file, with syntax errors placed on their line; other policy files (the CA
+/// server's roles) use it too.
+pub fn parse_toml<T: for<'de> Deserialize<'de>>(src: &Source<'_>) -> Result<T, PolicyError> {
     toml::from_str(src.text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         PolicyError::at(src, offset, e.message().trim_end().to_owned())

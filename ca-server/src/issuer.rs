@@ -1,0 +1,52 @@
+//! The issuer: builds a TBS from a profile, lints it, signs it through the HSM, nothing else.
+
+use std::time::SystemTime;
+
+use pki::cert::{IssuerInfo, TbsRequest, build_tbs};
+use pki::{CertProfile, CertSerial, Certificate, IssueError, Sm2PublicKey, SubjectVars};
+
+/// Why a certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    /// Building or linting failed, or the signature did not verify: nothing was issued.
+    #[error(transparent)]
+    Build(#[from] IssueError),
+    /// The HSM failed.
+    #[error(transparent)]
+    Hsm(#[from] hsm::HsmError),
+    /// No randomness for the serial.
+    #[error("random serial: {0}")]
+    Random(String),
+}
+
+/// Signs certificates with the issuing CA's key.
+pub struct Issuer<'a> {
+    signer: &'a dyn hsm::Signer,
+    info: IssuerInfo,
+}
+
+impl<'a> Issuer<'a> {
+    /// An issuer for the CA described by `info`, whose key `signer` holds.
+    pub fn new(signer: &'a dyn hsm::Signer, info: IssuerInfo) -> Self {
+        Self { signer, info }
+    }
+
+    /// What this CA contributes to certificates.
+    pub fn info(&self) -> &IssuerInfo {
+        &self.info
+    }
+
+    /// Issues a certificate for `key` under `profile`.
+    pub fn issue(
+        &self,
+        profile: &CertProfile,
+        vars: &SubjectVars,
+        key: &Sm2PublicKey,
+        now: SystemTime,
+    ) -> Result<Certificate, IssuerError> {
+        let serial = CertSerial::generate().map_err(|e| IssuerError::Random(e.to_string()))?;
+        let tbs = build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(&self.info))?;
+        let signature = self.signer.sign(tbs.to_be_signed())?;
+        Ok(tbs.assemble(signature.as_der())?)
+    }
+}

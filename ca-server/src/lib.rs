@@ -1,0 +1,11 @@
+//! `ca-server`: the gRPC certificate authority.
+//!
+//! Boulder's split, as modules: [`auth`] authenticates and authorises every signed request,
+//! [`ra`] makes every policy decision about a request, [`issuer`] builds, lints and signs through
+//! the HSM and nothing else, and the `registry` crate stores. The gRPC handlers (next) only
+//! decode, call these, and encode.
+
+pub mod auth;
+pub mod issuer;
+pub mod ra;
+pub mod roles;

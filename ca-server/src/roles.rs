@@ -1,0 +1,138 @@
+//! `policies/roles.toml`: which role may call which method, and the authentication limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use pki::policy::{PolicyError, Source, parse_toml};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The roles a principal can have.
+pub const ROLES: [&str; 4] = ["station", "operator", "admin", "auditor"];
+
+/// Loaded roles policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roles {
+    methods: BTreeMap<String, BTreeSet<String>>,
+    /// Allowed difference between a request's time and ours.
+    pub clock_skew: Duration,
+    /// Authentication failures per principal or address per minute before refusing.
+    pub failures_per_minute: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoles {
+    methods: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    clock_skew_seconds: Spanned<u64>,
+    failures_per_minute: Spanned<u32>,
+}
+
+impl Roles {
+    /// Loads and checks the roles file.
+    pub fn load(src: Source<'_>) -> Result<Self, PolicyError> {
+        let raw: RawRoles = parse_toml(&src)?;
+        let mut methods = BTreeMap::new();
+        for (method, roles) in raw.methods {
+            if !method.starts_with("/hsca.v1.") || method.matches('/').count() != 2 {
+                return Err(PolicyError::spanned(
+                    &src,
+                    &roles,
+                    format!("`{method}` is not a /hsca.v1.Service/Method path"),
+                ));
+            }
+            let mut set = BTreeSet::new();
+            for r in roles.get_ref() {
+                if !ROLES.contains(&r.get_ref().as_str()) {
+                    return Err(PolicyError::spanned(
+                        &src,
+                        r,
+                        format!("unknown role `{}` (known: {})", r.get_ref(), ROLES.join(", ")),
+                    ));
+                }
+                set.insert(r.get_ref().clone());
+            }
+            methods.insert(method, set);
+        }
+        let skew = *raw.limits.clock_skew_seconds.get_ref();
+        if !(1..=3600).contains(&skew) {
+            return Err(PolicyError::spanned(
+                &src,
+                &raw.limits.clock_skew_seconds,
+                "clock_skew_seconds must be 1 to 3600",
+            ));
+        }
+        if *raw.limits.failures_per_minute.get_ref() == 0 {
+            return Err(PolicyError::spanned(
+                &src,
+                &raw.limits.failures_per_minute,
+                "failures_per_minute must be at least 1",
+            ));
+        }
+        Ok(Self {
+            methods,
+            clock_skew: Duration::from_secs(skew),
+            failures_per_minute: *raw.limits.failures_per_minute.get_ref(),
+        })
+    }
+
+    /// The shipped `policies/roles.toml`.
+    pub fn embedded_default() -> Result<Self, PolicyError> {
+        Self::load(Source { name: "policies/roles.toml", text: include_str!("../../policies/roles.toml") })
+    }
+
+    /// Whether `role` may call `method`.
+    pub fn allows(&self, role: &str, method: &str) -> bool {
+        self.methods.get(method).is_some_and(|r| r.contains(role))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../policies/roles.toml");
+
+    fn load(text: &str) -> Result<Roles, PolicyError> {
+        Roles::load(Source { name: "roles.toml", text })
+    }
+
+    #[test]
+    fn shipped_roles_separate_duties() {
+        let r = Roles::embedded_default().expect("loads");
+        assert!(r.allows("station", "/hsca.v1.CertificateAuthority/IssueTerminalCertificate"));
+        assert!(!r.allows("station", "/hsca.v1.Admin/RevokeCertificate"), "a station cannot revoke");
+        assert!(
+            !r.allows("auditor", "/hsca.v1.CertificateAuthority/IssueTerminalCertificate"),
+            "an auditor cannot issue"
+        );
+        assert!(r.allows("admin", "/hsca.v1.Admin/RevokeCertificate"));
+        assert!(!r.allows("admin", "/hsca.v1.Admin/Unlisted"), "unlisted methods are refused");
+        assert_eq!(r.clock_skew, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        let at = |from: &str, to: &str| {
+            let line = SHIPPED[..SHIPPED.find(from).expect("present")].matches('\n').count() + 1;
+            (load(&SHIPPED.replacen(from, to, 1)).expect_err("refused"), line)
+        };
+        let (e, line) = at(
+            "[\"operator\"]\n\"/hsca.v1.Registry/ListActivations\"",
+            "[\"operater\"]\n\"/hsca.v1.Registry/ListActivations\"",
+        );
+        assert!(e.message.contains("unknown role `operater`") && e.line == line, "{e}");
+        let (e, line) = at("\"/hsca.v1.Admin/ListAudit\"", "\"ListAudit\"");
+        assert!(e.message.contains("not a /hsca.v1.Service/Method path") && e.line == line, "{e}");
+        let (e, line) = at("clock_skew_seconds = 300", "clock_skew_seconds = 0");
+        assert!(e.message.contains("1 to 3600") && e.line == line, "{e}");
+        let (e, _) = at("failures_per_minute = 10", "failures_per_minute = 10\nretries = 3");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+}

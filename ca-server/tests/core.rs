@@ -1,0 +1,315 @@
+//! The CA server's decision core: request authentication (every refusal), the registration
+//! authority (against pki's CSR corpus) and the issuer.
+
+use std::time::{Duration, SystemTime};
+
+use ca_server::auth::{AuthFailure, FailureLimiter, Gate, NonceCache, Trust};
+use ca_server::issuer::Issuer;
+use ca_server::ra::{Refusal, TerminalRequest, decide_terminal};
+use ca_server::roles::Roles;
+use hsm::backend::memory::SoftwareSm2Key;
+use pki::cert::{IssuerInfo, TbsRequest, build_tbs};
+use pki::{CertSerial, Certificate, PolicySet, SignerId, SubjectVars};
+use proto::signing::{HeaderError, sign};
+use proto::v1::Reason;
+use registry::{AuditEvent, CertRecord, CertStatus, CertSubject, PrincipalRecord, Registry, RevocationReason};
+
+const ISSUE: &str = "/hsca.v1.CertificateAuthority/IssueTerminalCertificate";
+const REVOKE: &str = "/hsca.v1.Admin/RevokeCertificate";
+
+struct World {
+    policy: PolicySet,
+    root: Certificate,
+    issuing_key: SoftwareSm2Key,
+    issuing: Certificate,
+    reg: Registry,
+    roles: Roles,
+    _dir: tempfile::TempDir,
+}
+
+fn ev(action: &str) -> AuditEvent {
+    AuditEvent {
+        time_ms: 0,
+        actor: "test".into(),
+        action: action.into(),
+        target: String::new(),
+        outcome: "ok".into(),
+        detail: String::new(),
+    }
+}
+
+fn self_signed(policy: &PolicySet, key: &SoftwareSm2Key) -> Certificate {
+    let vars = SubjectVars { name: Some("Test Root".into()), ..Default::default() };
+    let req = TbsRequest {
+        profile: policy.profile("root-ca").expect("p"),
+        vars: &vars,
+        subject_key: key.sm2_public_key(),
+        serial: CertSerial::generate().expect("rng"),
+        now: SystemTime::now(),
+    };
+    let tbs = build_tbs(&req, None).expect("tbs");
+    let sig = hsm::Signer::sign(key, tbs.to_be_signed()).expect("sign");
+    tbs.assemble(sig.as_der()).expect("root")
+}
+
+fn world() -> World {
+    let policy = PolicySet::embedded_default().expect("policy");
+    let root_key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let root = self_signed(&policy, &root_key);
+    let root_info = IssuerInfo::from_certificate(&root, SignerId::default()).expect("info");
+    let issuing_key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let vars = SubjectVars { name: Some("Test Issuing".into()), ..Default::default() };
+    let issuing = Issuer::new(&root_key, root_info)
+        .issue(policy.profile("issuing-ca").expect("p"), &vars, issuing_key.sm2_public_key(), SystemTime::now())
+        .expect("issuing");
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = Registry::open(&dir.path().join("r.redb")).expect("registry");
+    World { policy, root, issuing_key, issuing, reg, roles: Roles::embedded_default().expect("roles"), _dir: dir }
+}
+
+impl World {
+    fn issuer(&self) -> Issuer<'_> {
+        Issuer::new(&self.issuing_key, IssuerInfo::from_certificate(&self.issuing, SignerId::default()).expect("info"))
+    }
+
+    /// A principal with its key and certificate, recorded in the registry.
+    fn principal(&self, name: &str, role: &str) -> (SoftwareSm2Key, Vec<u8>, String) {
+        let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+        let vars = SubjectVars { name: Some(name.into()), ..Default::default() };
+        let cert = self
+            .issuer()
+            .issue(self.policy.profile(role).expect("profile"), &vars, key.sm2_public_key(), SystemTime::now())
+            .expect("cert");
+        let der = der::Encode::to_der(&cert).expect("der");
+        let serial =
+            CertSerial::from_der_content(&der::Encode::to_der(cert.tbs_certificate().serial_number()).expect("s")[2..])
+                .expect("serial")
+                .to_hex();
+        let p = PrincipalRecord {
+            name: name.into(),
+            role: role.into(),
+            cert_serial: serial.clone(),
+            manufacturers: vec!["HSTM".into()],
+            enabled: true,
+        };
+        let rec = CertRecord {
+            serial: serial.clone(),
+            subject: CertSubject::Principal { name: name.into() },
+            profile: role.into(),
+            key_fingerprint: hex::encode(pki::alg::spki_fingerprint(&key.sm2_public_key().to_spki())),
+            issued_ms: 0,
+            not_after_ms: 0,
+            request_id: format!("add-{name}"),
+            status: CertStatus::Good,
+            provisioning: None,
+        };
+        self.reg.add_principal(&p, &rec, &der, &ev("principal_add")).expect("add");
+        (key, der, serial)
+    }
+}
+
+struct Env {
+    trust: Trust,
+    nonces: NonceCache,
+    limiter: FailureLimiter,
+}
+
+fn env(w: &World) -> Env {
+    Env {
+        trust: Trust { issuing: w.issuing.clone(), root: w.root.clone(), signer_id: SignerId::default() },
+        nonces: NonceCache::default(),
+        limiter: FailureLimiter::default(),
+    }
+}
+
+fn gate<'a>(w: &'a World, e: &'a Env) -> Gate<'a, Registry> {
+    Gate { trust: &e.trust, directory: &w.reg, roles: &w.roles, nonces: &e.nonces, limiter: &e.limiter }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_millis() as u64
+}
+
+fn reason(r: Result<ca_server::auth::Caller, AuthFailure>) -> Reason {
+    r.expect_err("refused").status().1
+}
+
+#[test]
+fn a_correctly_signed_request_passes_and_every_defect_is_refused() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let (key, cert, serial) = w.principal("station-1", "station");
+    let now = SystemTime::now();
+    let body = b"request bytes";
+    let h = sign(&key, &cert, ISSUE, body, ms(now)).expect("sign");
+    let caller = g.authenticate(Ok(h.clone()), ISSUE, body, "10.0.0.1", now).expect("authenticated");
+    assert_eq!(
+        (caller.name.as_str(), caller.role.as_str(), caller.cert_serial.as_str()),
+        ("station-1", "station", serial.as_str())
+    );
+
+    // Replay of the very same request.
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, body, "10.0.0.1", now)), Reason::ReplayedNonce);
+    // Body changed after signing, or signed for another method.
+    let h = sign(&key, &cert, ISSUE, body, ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"other bytes", "10.0.0.1", now)), Reason::BadSignature);
+    let h = sign(&key, &cert, "/hsca.v1.Registry/GetTerminal", body, ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, body, "10.0.0.1", now)), Reason::BadSignature);
+    // Stale and future times.
+    for skew in [Duration::from_secs(301), Duration::from_secs(3600)] {
+        let h = sign(&key, &cert, ISSUE, body, ms(now - skew)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, body, "10.0.0.2", now)), Reason::StaleTimestamp);
+        let h = sign(&key, &cert, ISSUE, body, ms(now + skew)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, body, "10.0.0.2", now)), Reason::StaleTimestamp);
+    }
+    // Missing metadata.
+    assert_eq!(
+        reason(g.authenticate(Err(HeaderError::Missing("x-hsca-signature")), ISSUE, body, "10.0.0.3", now)),
+        Reason::MissingSignature
+    );
+    // Wrong role: a station cannot revoke.
+    let h = sign(&key, &cert, REVOKE, body, ms(now)).expect("sign");
+    let err = g.authenticate(Ok(h), REVOKE, body, "10.0.0.3", now).expect_err("forbidden");
+    assert_eq!(err.status(), (tonic::Code::PermissionDenied, Reason::RoleForbidden));
+}
+
+#[test]
+fn an_auditor_cannot_issue_and_an_admin_can_revoke() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let now = SystemTime::now();
+    let (akey, acert, _) = w.principal("auditor-1", "auditor");
+    let h = sign(&akey, &acert, ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "p", now)), Reason::RoleForbidden);
+    let (dkey, dcert, _) = w.principal("admin-1", "admin");
+    let h = sign(&dkey, &dcert, REVOKE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h), REVOKE, b"b", "p", now).expect("admin may revoke");
+}
+
+#[test]
+fn caller_certificates_must_be_ours_current_unrevoked_and_enabled() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let now = SystemTime::now();
+    let (key, cert, serial) = w.principal("station-1", "station");
+
+    // Expired: the station profile lasts 365 days.
+    let later = now + Duration::from_secs(400 * 86_400);
+    let h = sign(&key, &cert, ISSUE, b"b", ms(later)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "p1", later)), Reason::CallerCertInvalid);
+    // From another CA with the same names.
+    let other = world();
+    let (okey, ocert, _) = other.principal("station-1", "station");
+    let h = sign(&okey, &ocert, ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "p1", now)), Reason::CallerCertInvalid);
+    // Not a certificate at all.
+    let h = sign(&key, b"garbage", ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "p1", now)), Reason::CallerCertInvalid);
+    // Disabled principal.
+    w.reg.set_principal_enabled("station-1", false, &ev("disable")).expect("disable");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "p2", now)), Reason::CallerDisabled);
+    w.reg.set_principal_enabled("station-1", true, &ev("enable")).expect("enable");
+    // Revoked certificate.
+    w.reg.revoke(&serial, RevocationReason::KeyCompromise, 1, None, &ev("revoke")).expect("revoke");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "p3", now)), Reason::CallerRevoked);
+}
+
+#[test]
+fn repeated_failures_are_rate_limited() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let now = SystemTime::now();
+    let (key, cert, _) = w.principal("station-1", "station");
+    for _ in 0..w.roles.failures_per_minute {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"tampered", "203.0.113.7", now)), Reason::BadSignature);
+    }
+    // Now even a good request from that address, or from that principal elsewhere, is refused…
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now)), Reason::RateLimited);
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "198.51.100.1", now)), Reason::RateLimited);
+    // …until the minute has passed.
+    let later = now + Duration::from_secs(61);
+    let h = sign(&key, &cert, ISSUE, b"b", ms(later)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", later).expect("allowed again");
+}
+
+fn req<'a>(serial: &'a str, class: &'a str, csr: &'a [u8]) -> TerminalRequest<'a> {
+    TerminalRequest { serial, class, csr }
+}
+
+fn corpus(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../pki/testdata/csr/{name}", env!("CARGO_MANIFEST_DIR"))).expect("pki CSR corpus")
+}
+
+#[test]
+fn the_ra_decides_with_stable_reasons() {
+    let w = world();
+    let hstm = vec!["HSTM".to_string()];
+    let ok = corpus("ok_terminal.der.csr");
+    let approved =
+        decide_terminal(&w.policy, "station-1", &hstm, &req("HSTM01261100000K", "II", &ok)).expect("approved");
+    assert_eq!((approved.serial.as_str(), approved.class), ("HSTM01261100000K", pki::TerminalClass::II));
+
+    let refused = |r: Result<_, Refusal>| r.expect_err("refused").status().1;
+    assert_eq!(refused(decide_terminal(&w.policy, "s", &hstm, &req("HSTM0126110000K", "II", &ok))), Reason::BadSerial);
+    assert_eq!(
+        refused(decide_terminal(&w.policy, "s", &hstm, &req("HSTM01261100000J", "II", &ok))),
+        Reason::BadCheckCharacter
+    );
+    assert_eq!(
+        refused(decide_terminal(&w.policy, "s", &hstm, &req("HSTM01261100000K", "IV", &ok))),
+        Reason::UnknownClass
+    );
+    let other_maker = vec!["A1B2".to_string()];
+    assert_eq!(
+        refused(decide_terminal(&w.policy, "s", &other_maker, &req("HSTM01261100000K", "II", &ok))),
+        Reason::ManufacturerNotAllowed
+    );
+    for (file, want) in [
+        ("empty_signer_id.der.csr", Reason::CsrWrongSignerId),
+        ("other_terminal_serial.der.csr", Reason::CsrSubjectMismatch),
+        ("tampered_signature.der.csr", Reason::BadCsr),
+        ("off_curve_key.der.csr", Reason::BadCsr),
+        ("trailing_bytes.der.csr", Reason::BadCsr),
+        ("too_large.der.csr", Reason::BadCsr),
+    ] {
+        let csr = corpus(file);
+        assert_eq!(
+            refused(decide_terminal(&w.policy, "s", &hstm, &req("HSTM01261100000K", "II", &csr))),
+            want,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn the_issuer_signs_only_linted_certificates_that_chain() {
+    let w = world();
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let vars = SubjectVars {
+        serial: Some("HSTM01261100000K".into()),
+        class: Some("II".into()),
+        manufacturer: Some("HSTM".into()),
+        model: Some("01".into()),
+        name: None,
+    };
+    let now = SystemTime::now();
+    let cert =
+        w.issuer().issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now).expect("issued");
+    pki::validate_chain(&cert, std::slice::from_ref(&w.issuing), &w.root, now, &SignerId::default()).expect("chains");
+    // A signer holding the wrong key produces nothing.
+    let wrong = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let bad = Issuer::new(&wrong, IssuerInfo::from_certificate(&w.issuing, SignerId::default()).expect("info"));
+    assert!(matches!(
+        bad.issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now),
+        Err(ca_server::issuer::IssuerError::Build(pki::IssueError::BadSignature(_)))
+    ));
+}
