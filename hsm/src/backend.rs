@@ -1,4 +1,5 @@
 //! Signer backends, side by side.
 
+pub mod file;
 pub mod memory;
 pub mod pkcs11;

@@ -2,7 +2,8 @@
 
 use std::mem::ManuallyDrop;
 
-use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, block_padding::NoPadding};
+use cbc::cipher::block_padding::{NoPadding, Pkcs7};
+use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use ecb::cipher::KeyInit;
 use hmac::{Hmac, Mac};
 use sm2::dsa::SigningKey;
@@ -185,10 +186,9 @@ pub fn seal(key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let mac_key = subkey(key, b"softtoken seal mac")?;
     let mut iv = [0u8; 16];
     random(&mut iv)?;
-    let pad = 16 - plaintext.len() % 16;
-    let mut padded = Zeroizing::new(plaintext.to_vec());
-    padded.resize(plaintext.len() + pad, pad as u8);
-    let ct = sm4(&enc[..16], Some(&iv), &padded, true)?;
+    let ct = cbc::Encryptor::<Sm4>::new_from_slices(&enc[..16], &iv)
+        .map_err(|_| CryptoError::BadKey)?
+        .encrypt_padded_vec::<Pkcs7>(plaintext);
     let mut out = iv.to_vec();
     out.extend_from_slice(&ct);
     let mut mac = mac_with(&mac_key)?;
@@ -209,14 +209,11 @@ pub fn open(key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError
     mac.update(body);
     mac.verify_slice(tag).map_err(|_| CryptoError::Invalid)?;
     let (iv, ct) = body.split_at(16);
-    let mut pt = Zeroizing::new(sm4(&enc[..16], Some(iv), ct, false)?);
-    let pad = usize::from(*pt.last().ok_or(CryptoError::Invalid)?);
-    if pad == 0 || pad > 16 || pad > pt.len() {
-        return Err(CryptoError::Invalid);
-    }
-    let keep = pt.len() - pad;
-    pt.truncate(keep);
-    Ok(pt)
+    let pt = cbc::Decryptor::<Sm4>::new_from_slices(&enc[..16], iv)
+        .map_err(|_| CryptoError::BadKey)?
+        .decrypt_padded_vec::<Pkcs7>(ct)
+        .map_err(|_| CryptoError::Invalid)?;
+    Ok(Zeroizing::new(pt))
 }
 
 /// SM3 of `data`.

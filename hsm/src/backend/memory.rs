@@ -42,6 +42,17 @@ impl SoftwareSm2Key {
         Self::from_secret(&secret, signer_id)
     }
 
+    /// A key from the `sm2` crate's secret key.
+    pub fn from_secret_key(secret: &sm2::SecretKey, signer_id: SignerId) -> Result<Self, HsmError> {
+        Self::from_secret(secret, signer_id)
+    }
+
+    /// The `sm2` crate's secret key (zeroized on drop).
+    pub(crate) fn secret_key(&self) -> Result<sm2::SecretKey, HsmError> {
+        let bytes = Zeroizing::new(self.key.to_bytes());
+        sm2::SecretKey::from_slice(&bytes[..]).map_err(|e| HsmError::BadKey(e.to_string()))
+    }
+
     fn from_secret(secret: &sm2::SecretKey, signer_id: SignerId) -> Result<Self, HsmError> {
         let key = SigningKey::new(signer_id.as_str(), secret).map_err(|e| HsmError::BadKey(e.to_string()))?;
         let public = Sm2PublicKey::from_sec1(&key.verifying_key().to_sec1_bytes())
@@ -52,8 +63,7 @@ impl SoftwareSm2Key {
     /// The private key as unencrypted PKCS#8 PEM, zeroized when dropped. Only for tests and
     /// examples: identities on disk are passphrase-protected.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, HsmError> {
-        let bytes = Zeroizing::new(self.key.to_bytes());
-        let secret = sm2::SecretKey::from_slice(&bytes[..]).map_err(|e| HsmError::BadKey(e.to_string()))?;
+        let secret = self.secret_key()?;
         let doc = secret.to_pkcs8_der().map_err(|e| HsmError::BadKey(e.to_string()))?;
         doc.to_pem("PRIVATE KEY", LineEnding::LF).map_err(|e| HsmError::BadKey(e.to_string()))
     }
