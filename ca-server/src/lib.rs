@@ -6,6 +6,11 @@
 //! decode, call these, and encode.
 
 pub mod auth;
+pub mod config;
+pub mod http;
+pub mod init;
 pub mod issuer;
 pub mod ra;
 pub mod roles;
+pub mod serve;
+pub mod service;

@@ -1,6 +1,78 @@
-//! `ca-server`: placeholder until issue #4 lands; see this crate's README for what it will hold.
+//! `ca-server`: the gRPC certificate authority for healthcare-security service terminals.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("ca-server: not built yet (issue #4); see ca-server/README.md");
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ca-server",
+    version,
+    about = "The SM2 certificate authority for healthcare-security service terminals"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new CA in DIR on the embedded default (softtoken HSM, redb registry): token and
+    /// PINs, root and issuing keys in the token, certificates, TLS, the first admin identity,
+    /// DIR/ca-server.toml and DIR/cactl.toml.
+    Init {
+        /// The directory to create the CA in.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A file holding the HSM user PIN to use (default: generate one into DIR/secrets/).
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
+        /// gRPC listen address to configure.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        grpc: String,
+        /// HTTP listen address to configure.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        http: String,
+    },
+    /// Serve gRPC over TLS and HTTP (health, readiness, metrics) until SIGTERM.
+    Serve {
+        /// The configuration file written by `init`.
+        #[arg(long, env = "HSCA_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if cli.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cli.command {
+        Command::Init { data_dir, pin_file, grpc, http } => {
+            let report = ca_server::init::init(
+                &data_dir,
+                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http) },
+            )?;
+            println!("created a new CA in {}", data_dir.display());
+            println!("  root certificate:     {}", report.root.display());
+            println!("  issuing certificate:  {}", report.issuing.display());
+            println!("  admin identity:       {}", report.admin_identity.display());
+            println!("  server configuration: {}", report.config.display());
+            println!("  cactl configuration:  {}", report.cactl.display());
+            println!("next: ca-server serve --config {}", report.config.display());
+            Ok(())
+        }
+        Command::Serve { config } => {
+            // Load (HSM, registry, policy) before the runtime: a bad configuration fails at once.
+            let (cfg, ca) = ca_server::serve::load(&config)?;
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(ca_server::serve::serve(cfg, ca))
+        }
+    }
 }

@@ -7,6 +7,9 @@ use pki::policy::{PolicyError, Source, parse_toml};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The shipped `policies/roles.toml`.
+pub const SHIPPED: &str = include_str!("../../policies/roles.toml");
+
 /// The roles a principal can have.
 pub const ROLES: [&str; 4] = ["station", "operator", "admin", "auditor"];
 
@@ -84,7 +87,7 @@ impl Roles {
 
     /// The shipped `policies/roles.toml`.
     pub fn embedded_default() -> Result<Self, PolicyError> {
-        Self::load(Source { name: "policies/roles.toml", text: include_str!("../../policies/roles.toml") })
+        Self::load(Source { name: "policies/roles.toml", text: SHIPPED })
     }
 
     /// Whether `role` may call `method`.

@@ -63,6 +63,13 @@ pub fn parse_toml<T: for<'de> Deserialize<'de>>(src: &Source<'_>) -> Result<T, P
     })
 }
 
+/// The shipped policy files (file name, text): hierarchy, profiles, serial rules.
+pub const EMBEDDED: [(&str, &str); 3] = [
+    ("policies/hierarchy.toml", include_str!("../../policies/hierarchy.toml")),
+    ("policies/profiles.toml", include_str!("../../policies/profiles.toml")),
+    ("policies/serial-rules.toml", include_str!("../../policies/serial-rules.toml")),
+];
+
 /// The profile names every policy must define.
 pub const REQUIRED_PROFILES: [&str; 7] =
     ["terminal", "station", "operator", "admin", "auditor", "issuing-ca", "root-ca"];
@@ -147,10 +154,17 @@ impl PolicySet {
 
     /// The shipped `policies/` files, compiled in.
     pub fn embedded_default() -> Result<Self, PolicyError> {
+        let [h, p, r] = EMBEDDED;
+        Self::load(Source { name: h.0, text: h.1 }, Source { name: p.0, text: p.1 }, Source { name: r.0, text: r.1 })
+    }
+
+    /// Loads `hierarchy.toml`, `profiles.toml` and `serial-rules.toml` as read from a directory
+    /// (the caller reads the files; `names` are for error messages).
+    pub fn load_texts(names: [&str; 3], texts: [&str; 3]) -> Result<Self, PolicyError> {
         Self::load(
-            Source { name: "policies/hierarchy.toml", text: include_str!("../../policies/hierarchy.toml") },
-            Source { name: "policies/profiles.toml", text: include_str!("../../policies/profiles.toml") },
-            Source { name: "policies/serial-rules.toml", text: include_str!("../../policies/serial-rules.toml") },
+            Source { name: names[0], text: texts[0] },
+            Source { name: names[1], text: texts[1] },
+            Source { name: names[2], text: texts[2] },
         )
     }
 

@@ -357,7 +357,9 @@ impl Registry {
         })
     }
 
-    fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
+    /// The stored outcome of `request_id`, if it was answered before (`RequestIdReused` if
+    /// it was answered for different content).
+    pub fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
         let txn = self.db.begin_read()?;
         let requests = txn.open_table(REQUESTS)?;
         let Some(v) = requests.get(request_id)? else { return Ok(None) };

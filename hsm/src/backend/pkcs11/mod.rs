@@ -399,6 +399,23 @@ impl Pkcs11Hsm {
     }
 }
 
+/// Initialises the first slot's token of `module` with `label`, an SO PIN and a user PIN
+/// (`ca-server init` on the embedded softtoken; a vendor HSM is initialised with its own tools).
+pub fn init_token(module: &std::path::Path, label: &str, so_pin: &str, user_pin: &str) -> Result<(), HsmError> {
+    let ctx = Pkcs11::new(module).map_err(|e| HsmError::Unavailable(format!("loading {}: {e}", module.display())))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(HsmError::Unavailable(format!("C_Initialize: {e}"))),
+    }
+    let slot = *ctx.get_all_slots().map_err(ck)?.first().ok_or_else(|| HsmError::Unavailable("no slot".into()))?;
+    ctx.init_token(slot, &AuthPin::new(so_pin.into()), label).map_err(ck)?;
+    let s = ctx.open_rw_session(slot).map_err(ck)?;
+    s.login(UserType::So, Some(&AuthPin::new(so_pin.into()))).map_err(ck)?;
+    s.init_pin(&AuthPin::new(user_pin.into())).map_err(ck)?;
+    s.logout().map_err(ck)?;
+    Ok(())
+}
+
 fn p256_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned, HsmError> {
     use p256::pkcs8::EncodePublicKey;
     let pk = p256::PublicKey::from_sec1_bytes(point).map_err(|e| HsmError::BadKey(e.to_string()))?;

@@ -1,0 +1,118 @@
+//! `ca-server.toml`: where everything is. Relative paths are relative to the file's directory.
+//! A vendor HSM is a change of `[hsm]` (module, token, PIN source, profile, environment) only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening addresses.
+    pub server: ServerSection,
+    /// The gRPC endpoint's TLS certificate (ECDSA P-256).
+    pub tls: TlsSection,
+    /// The HSM holding the CA keys.
+    pub hsm: HsmSection,
+    /// The registry database.
+    pub registry: RegistrySection,
+    /// Policy files.
+    pub policy: PolicySection,
+    /// The CA certificates.
+    pub ca: CaSection,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// gRPC over TLS, default 127.0.0.1:7443.
+    pub grpc: String,
+    /// HTTP for health, readiness and metrics (later CRL/OCSP), default 127.0.0.1:7080.
+    pub http: String,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Server certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// Server private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The CA of the server certificate, for clients (PEM).
+    pub ca: PathBuf,
+}
+
+/// `[hsm]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmSection {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// Token label.
+    pub token_label: String,
+    /// A 0600 file holding the user PIN (else `HSCA_HSM_PIN`).
+    pub pin_file: Option<PathBuf>,
+    /// `softtoken`, `xipki`, or the path of a vendor profile TOML.
+    pub profile: String,
+    /// Environment the module reads (e.g. `SOFTTOKEN_CONF`), set before it is loaded; values
+    /// that look like relative paths are resolved against the config directory.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `[registry]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The redb file.
+    pub path: PathBuf,
+}
+
+/// `[policy]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Directory with `hierarchy.toml`, `profiles.toml`, `serial-rules.toml`, `roles.toml`.
+    pub directory: PathBuf,
+    /// Whether a terminal must be registered before a station may issue for it.
+    pub require_registration: bool,
+}
+
+/// `[ca]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// Root certificate (PEM).
+    pub root: PathBuf,
+    /// Issuing CA certificate (PEM).
+    pub issuing: PathBuf,
+}
+
+/// A loaded configuration and the directory its paths start from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// Content.
+    pub config: Config,
+    /// Base directory.
+    pub base: PathBuf,
+}
+
+impl Loaded {
+    /// Reads `path`.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Ok(Self { config, base })
+    }
+
+    /// A path from the file, resolved.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_owned() } else { self.base.join(p) }
+    }
+}

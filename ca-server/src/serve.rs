@@ -1,0 +1,169 @@
+//! `ca-server serve --config FILE`: gRPC over TLS plus HTTP, until SIGTERM or Ctrl-C; in-flight
+//! requests finish before the process exits.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use hsm::backend::pkcs11::{KeySelector, Pkcs11Config, Pkcs11Hsm, VendorProfile};
+use pki::cert::IssuerInfo;
+use pki::policy::Source;
+use proto::v1;
+use registry::Registry;
+use zeroize::Zeroizing;
+
+use crate::auth::{FailureLimiter, NonceCache, Trust};
+use crate::config::Loaded;
+use crate::roles::Roles;
+use crate::service::{Ca, Services};
+
+/// Environment variable that may hold the HSM PIN when no `pin_file` is configured.
+pub const PIN_ENV: &str = "HSCA_HSM_PIN";
+
+fn read_policy(cfg: &Loaded) -> Result<(pki::PolicySet, Roles)> {
+    let dir = cfg.path(&cfg.config.policy.directory);
+    let names = ["hierarchy.toml", "profiles.toml", "serial-rules.toml", "roles.toml"];
+    let paths: Vec<_> = names.iter().map(|n| dir.join(n)).collect();
+    let texts = paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let policy = pki::PolicySet::load_texts([&shown[0], &shown[1], &shown[2]], [&texts[0], &texts[1], &texts[2]])?;
+    let roles = Roles::load(Source { name: &shown[3], text: &texts[3] })?;
+    Ok((policy, roles))
+}
+
+fn certificate(path: &Path) -> Result<pki::Certificate> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(pki::pem::certificate_from_pem(&pem)?)
+}
+
+/// Loads everything the service needs; fails fast, before listening, on any problem.
+pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
+    let cfg = Loaded::read(config_path)?;
+    let c = &cfg.config;
+    for (k, v) in &c.hsm.env {
+        let value = if v.ends_with(".toml") || v.contains('/') {
+            cfg.path(Path::new(v)).display().to_string()
+        } else {
+            v.clone()
+        };
+        // SAFETY: set before the runtime starts and before the module is loaded.
+        unsafe { std::env::set_var(k, value) };
+    }
+    let pin = match &c.hsm.pin_file {
+        Some(f) => Zeroizing::new(
+            std::fs::read_to_string(cfg.path(f))
+                .with_context(|| format!("reading the HSM PIN file {}", cfg.path(f).display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => Zeroizing::new(std::env::var(PIN_ENV).with_context(|| format!("no [hsm] pin_file and no {PIN_ENV}"))?),
+    };
+    let profile = match c.hsm.profile.as_str() {
+        "softtoken" => VendorProfile::softtoken(),
+        "xipki" => VendorProfile::xipki(),
+        path => VendorProfile::from_toml(
+            &std::fs::read_to_string(cfg.path(Path::new(path)))
+                .with_context(|| format!("reading vendor profile {path}"))?,
+        )?,
+    };
+    let (policy, roles) = read_policy(&cfg)?;
+    let root = certificate(&cfg.path(&c.ca.root))?;
+    let issuing = certificate(&cfg.path(&c.ca.issuing))?;
+    let issuing_profile = policy.profile(&policy.hierarchy.issuing.profile).context("issuing profile")?;
+    let issuer_info = IssuerInfo::from_certificate(&issuing, issuing_profile.signer_id.clone())?;
+    pki::validate_chain(&issuing, &[], &root, std::time::SystemTime::now(), &issuing_profile.signer_id)
+        .context("issuing CA certificate does not validate to the root")?;
+
+    let hsm = Pkcs11Hsm::open(Pkcs11Config {
+        module: cfg.path(&c.hsm.module),
+        token_label: Some(c.hsm.token_label.clone()),
+        pin,
+        profile,
+    })?;
+    // The HSM lives as long as the process; signers borrow it.
+    let hsm: &'static Pkcs11Hsm = Box::leak(Box::new(hsm));
+    let signer =
+        hsm.signer(KeySelector::Label(policy.hierarchy.issuing.key_label.clone()), issuing_profile.signer_id.clone())?;
+    signer.self_test()?;
+    if hsm::Signer::public_key(&signer) != *issuing.tbs_certificate().subject_public_key_info() {
+        bail!(
+            "the HSM key {} is not the key of {}",
+            policy.hierarchy.issuing.key_label,
+            cfg.path(&c.ca.issuing).display()
+        );
+    }
+    let registry = Registry::open(&cfg.path(&c.registry.path))?;
+    let trust = Trust { issuing, root, signer_id: issuing_profile.signer_id.clone() };
+    let ca = Ca {
+        require_registration: c.policy.require_registration,
+        policy,
+        roles,
+        registry,
+        signer: Box::new(signer),
+        issuer_info,
+        trust,
+        nonces: NonceCache::default(),
+        limiter: FailureLimiter::default(),
+        metrics: Default::default(),
+    };
+    Ok((cfg, Arc::new(ca)))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Serves until a shutdown signal.
+pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
+    let c = &cfg.config;
+    let cert = std::fs::read(cfg.path(&c.tls.certificate)).context("reading TLS certificate")?;
+    let key = Zeroizing::new(std::fs::read(cfg.path(&c.tls.key)).context("reading TLS key")?);
+    let tls =
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key.as_slice()));
+    let grpc_addr = c.server.grpc.parse().with_context(|| format!("server.grpc {:?}", c.server.grpc))?;
+    let http_addr: std::net::SocketAddr =
+        c.server.http.parse().with_context(|| format!("server.http {:?}", c.server.http))?;
+    let services = Services(ca.clone());
+    let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding {http_addr}"))?;
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = tokio::spawn({
+        let mut rx = stop_rx.clone();
+        async move {
+            axum::serve(http, crate::http::router(ca))
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        }
+    });
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(v1::certificate_authority_server::CertificateAuthorityServer::new(services.clone()))
+        .add_service(v1::registry_server::RegistryServer::new(services.clone()))
+        .add_service(v1::admin_server::AdminServer::new(services))
+        .serve_with_shutdown(grpc_addr, shutdown_signal());
+    let result = grpc.await;
+    let _ = stop_tx.send(true);
+    http_task.await??;
+    result?;
+    Ok(())
+}
