@@ -1,6 +1,654 @@
-//! `cactl`: placeholder until issue #4 lands; see this crate's README for what it will hold.
+//! `cactl`: the CA's admin CLI. Every call is a signed gRPC request made with the identity named
+//! by `--identity FILE`, or by `--config FILE` (`identity = "…"`), or by `CACTL_CONFIG`.
+//!
+//! Exit codes: 0 success; 1 the CA refused (the stable reason is printed); 2 usage or local
+//! input error; 3 the CA could not be reached.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("cactl: not built yet (issue #4); see cli/README.md");
-    std::process::ExitCode::from(2)
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use proto::client::{Client, request_id};
+use proto::identity::{Identity, IdentityFile, write_private};
+use proto::v1;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "cactl", version, about = "Administer the healthcare-security terminal CA")]
+struct Cli {
+    /// cactl configuration (`identity = "path"`); default from CACTL_CONFIG.
+    #[arg(long, global = true, env = "CACTL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Identity file to call the CA with (overrides --config).
+    #[arg(long, global = true)]
+    identity: Option<PathBuf>,
+    /// Server URL, overriding the identity's.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Principals: stations, operators, admins, auditors.
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// The terminal registry.
+    #[command(subcommand)]
+    Terminal(TerminalCmd),
+    /// Issue a terminal certificate from a CSR by hand (for the lab).
+    Issue {
+        /// The terminal's CSR (PEM or DER), signed with SM2 ID 1234567812345678.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Terminal serial.
+        #[arg(long)]
+        serial: String,
+        /// Terminal class: I, II or III.
+        #[arg(long)]
+        class: String,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Explicitly replace the terminal's active certificate (audited; the old one is revoked as superseded).
+        #[arg(long)]
+        reissue: bool,
+        /// Request id, to retry safely (default: fresh).
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Revoke a terminal's active certificate or a certificate by serial.
+    Revoke {
+        /// Terminal serial.
+        #[arg(long, conflicts_with = "cert_serial", required_unless_present = "cert_serial")]
+        terminal: Option<String>,
+        /// Certificate serial (hex).
+        #[arg(long)]
+        cert_serial: Option<String>,
+        /// RFC 5280 reason.
+        #[arg(long, value_enum)]
+        reason: Reason,
+    },
+    /// A certificate's status.
+    Status {
+        /// The certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrincipalCmd {
+    /// Make a key here, send only a CSR, and write a new identity directory.
+    Add {
+        /// Role.
+        #[arg(long, value_parser = ["station", "operator", "admin", "auditor"])]
+        role: String,
+        /// Unique name.
+        #[arg(long)]
+        name: String,
+        /// Directory for the new identity (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Stations: manufacturer codes it may issue for.
+        #[arg(long, value_delimiter = ',')]
+        manufacturers: Vec<String>,
+    },
+    /// Disable a principal at once.
+    Disable {
+        /// Name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TerminalCmd {
+    /// Register a terminal.
+    Register {
+        /// Serial.
+        #[arg(long)]
+        serial: String,
+        /// Class: I, II or III.
+        #[arg(long)]
+        class: String,
+        /// Model (default: from the serial).
+        #[arg(long, default_value = "")]
+        model: String,
+        /// Production lot.
+        #[arg(long, default_value = "")]
+        lot: String,
+    },
+    /// Show one terminal.
+    Show {
+        /// Serial.
+        #[arg(long)]
+        serial: String,
+    },
+    /// List terminals.
+    List {
+        /// Only this state.
+        #[arg(long, value_enum)]
+        state: Option<State>,
+        /// Only this manufacturer.
+        #[arg(long)]
+        manufacturer: Option<String>,
+        /// Only this lot.
+        #[arg(long)]
+        lot: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+    },
+    /// Record an activation (HSTS 7.4.5/7.4.6).
+    Activate {
+        /// Serial.
+        #[arg(long)]
+        serial: String,
+        /// Institution.
+        #[arg(long)]
+        institution: String,
+        /// LAT,LON in degrees.
+        #[arg(long, allow_hyphen_values = true)]
+        location: String,
+    },
+    /// A terminal's activation log.
+    Activations {
+        /// Serial.
+        #[arg(long)]
+        serial: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the whole audit chain.
+    Verify,
+    /// The last entries.
+    Tail {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        last: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Reason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    CertificateHold,
+    PrivilegeWithdrawn,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum State {
+    Registered,
+    Issued,
+    Provisioned,
+    Active,
+    Revoked,
+}
+
+#[derive(serde::Deserialize)]
+struct CactlConfig {
+    identity: PathBuf,
+}
+
+fn identity_path(cli: &Cli) -> Result<PathBuf> {
+    if let Some(i) = &cli.identity {
+        return Ok(i.clone());
+    }
+    let Some(cfg) = &cli.config else { bail!("name an identity: --identity FILE, --config FILE or CACTL_CONFIG") };
+    let text = std::fs::read_to_string(cfg).with_context(|| format!("reading {}", cfg.display()))?;
+    let c: CactlConfig = toml::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
+    Ok(if c.identity.is_absolute() { c.identity } else { cfg.parent().unwrap_or(Path::new(".")).join(c.identity) })
+}
+
+fn prompt_passphrase() -> Option<String> {
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    eprint!("key passphrase: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).ok()?;
+    Some(line.trim_end().to_owned())
+}
+
+async fn connect(cli: &Cli) -> Result<(Identity, Client)> {
+    let identity = Identity::load(&identity_path(cli)?)?;
+    let pass = identity.passphrase(prompt_passphrase)?;
+    let signer = identity.signer(&pass)?;
+    let client = Client::connect(&identity, cli.server.as_deref(), Box::new(signer)).await?;
+    Ok((identity, client))
+}
+
+fn class_code(c: &str) -> Result<i32> {
+    Ok(match c {
+        "I" | "1" => v1::TerminalClass::ClassI as i32,
+        "II" | "2" => v1::TerminalClass::ClassIi as i32,
+        "III" | "3" => v1::TerminalClass::ClassIii as i32,
+        _ => bail!("class must be I, II or III"),
+    })
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", human());
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct TerminalRow {
+    serial: String,
+    class: String,
+    manufacturer: String,
+    model: String,
+    lot: String,
+    state: String,
+    active_certificate: String,
+}
+
+fn row(t: &v1::Terminal) -> TerminalRow {
+    TerminalRow {
+        serial: t.serial.clone(),
+        class: match v1::TerminalClass::try_from(t.class) {
+            Ok(v1::TerminalClass::ClassI) => "I",
+            Ok(v1::TerminalClass::ClassIi) => "II",
+            Ok(v1::TerminalClass::ClassIii) => "III",
+            _ => "?",
+        }
+        .into(),
+        manufacturer: t.manufacturer.clone(),
+        model: t.model.clone(),
+        lot: t.lot.clone(),
+        state: v1::TerminalState::try_from(t.state).map_or("?".into(), |s| s.as_str_name().to_lowercase()),
+        active_certificate: t.active_certificate_serial.clone(),
+    }
+}
+
+fn table(rows: &[TerminalRow]) -> String {
+    let mut out = format!(
+        "{:<18} {:<5} {:<6} {:<6} {:<10} {:<12} {}",
+        "SERIAL", "CLASS", "MAKER", "MODEL", "LOT", "STATE", "CERTIFICATE"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "\n{:<18} {:<5} {:<6} {:<6} {:<10} {:<12} {}",
+            r.serial, r.class, r.manufacturer, r.model, r.lot, r.state, r.active_certificate
+        ));
+    }
+    out
+}
+
+fn pem(label: &str, der: &[u8]) -> Result<String> {
+    Ok(pki::pem::der_to_pem(label, der)?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    use v1::admin_client::AdminClient;
+    use v1::certificate_authority_client::CertificateAuthorityClient;
+    use v1::registry_client::RegistryClient;
+    match &cli.command {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "cactl", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Principal(PrincipalCmd::Add { role, name, out, manufacturers }) => {
+            if out.exists() {
+                bail!("{} exists; choose a new directory", out.display());
+            }
+            let (identity, client) = connect(&cli).await?;
+            // The key is made here and never leaves this machine: only a CSR is sent.
+            let key = hsm::backend::memory::SoftwareSm2Key::generate(Default::default())?;
+            let subject: pki::Name = format!("CN={name}").parse().map_err(|e| anyhow::anyhow!("name: {e}"))?;
+            let info = pki::csr::build_csr_info(&subject, key.sm2_public_key())?;
+            let sig = hsm::Signer::sign(&key, &info)?;
+            let csr = pki::csr::assemble_csr(&info, sig.as_der(), &Default::default())?;
+            let msg = v1::IssuePrincipalRequest {
+                request_id: request_id(),
+                name: name.clone(),
+                role: role.clone(),
+                csr_der: csr,
+                manufacturers: manufacturers.clone(),
+            };
+            let resp = AdminClient::new(client.channel.clone())
+                .issue_principal(client.signed("/hsca.v1.Admin/IssuePrincipal", msg)?)
+                .await?
+                .into_inner();
+            std::fs::create_dir_all(out)?;
+            let passphrase = match std::env::var(proto::identity::PASSPHRASE_ENV) {
+                Ok(p) => zeroize::Zeroizing::new(p),
+                Err(_) => {
+                    let mut b = [0u8; 18];
+                    getrandom_fill(&mut b)?;
+                    zeroize::Zeroizing::new(hex::encode(b))
+                }
+            };
+            write_private(&out.join("passphrase"), passphrase.as_bytes())?;
+            let key_pem =
+                hsm::backend::file::encrypt(&key, passphrase.as_bytes(), hsm::backend::file::DEFAULT_ITERATIONS)?;
+            write_private(&out.join(format!("{name}.key")), key_pem.as_bytes())?;
+            std::fs::write(out.join(format!("{name}.pem")), pem("CERTIFICATE", &resp.certificate_der)?)?;
+            std::fs::write(out.join("tls-ca.pem"), identity.read_named(&identity.file.tls_ca)?)?;
+            std::fs::write(out.join("root.pem"), identity.read_named(&identity.file.pki_root)?)?;
+            let file = IdentityFile {
+                name: name.clone(),
+                role: role.clone(),
+                server: cli.server.clone().unwrap_or_else(|| identity.file.server.clone()),
+                tls_ca: "tls-ca.pem".into(),
+                pki_root: "root.pem".into(),
+                certificate: format!("{name}.pem").into(),
+                key: format!("{name}.key").into(),
+                passphrase_file: Some("passphrase".into()),
+            };
+            std::fs::write(out.join("identity.toml"), toml::to_string(&file)?)?;
+            #[derive(Serialize)]
+            struct Added<'a> {
+                name: &'a str,
+                role: &'a str,
+                certificate_serial: &'a str,
+                identity: String,
+            }
+            let added = Added {
+                name,
+                role,
+                certificate_serial: &resp.certificate_serial,
+                identity: out.join("identity.toml").display().to_string(),
+            };
+            print(cli.json, &added, || {
+                format!("added {role} {name}: certificate {}\nidentity: {}", resp.certificate_serial, added.identity)
+            })
+        }
+        Cmd::Principal(PrincipalCmd::Disable { name }) => {
+            let (_, client) = connect(&cli).await?;
+            let msg = v1::DisablePrincipalRequest { request_id: request_id(), name: name.clone() };
+            AdminClient::new(client.channel.clone())
+                .disable_principal(client.signed("/hsca.v1.Admin/DisablePrincipal", msg)?)
+                .await?;
+            print(cli.json, &serde_json::json!({ "disabled": name }), || format!("disabled {name}"))
+        }
+        Cmd::Terminal(t) => {
+            let (_, client) = connect(&cli).await?;
+            let mut reg = RegistryClient::new(client.channel.clone());
+            match t {
+                TerminalCmd::Register { serial, class, model, lot } => {
+                    let msg = v1::RegisterTerminalRequest {
+                        request_id: request_id(),
+                        serial: serial.clone(),
+                        class: class_code(class)?,
+                        model: model.clone(),
+                        lot: lot.clone(),
+                    };
+                    let t = reg
+                        .register_terminal(client.signed("/hsca.v1.Registry/RegisterTerminal", msg)?)
+                        .await?
+                        .into_inner();
+                    let r = row(&t);
+                    print(cli.json, &r, || table(std::slice::from_ref(&r)))
+                }
+                TerminalCmd::Show { serial } => {
+                    let msg = v1::GetTerminalRequest { request_id: request_id(), serial: serial.clone() };
+                    let t = reg.get_terminal(client.signed("/hsca.v1.Registry/GetTerminal", msg)?).await?.into_inner();
+                    let r = row(&t);
+                    print(cli.json, &r, || table(std::slice::from_ref(&r)))
+                }
+                TerminalCmd::List { state, manufacturer, lot, page_size } => {
+                    let state = state.map_or(0, |s| {
+                        (match s {
+                            State::Registered => v1::TerminalState::Registered,
+                            State::Issued => v1::TerminalState::Issued,
+                            State::Provisioned => v1::TerminalState::Provisioned,
+                            State::Active => v1::TerminalState::Active,
+                            State::Revoked => v1::TerminalState::Revoked,
+                        }) as i32
+                    });
+                    let mut rows = Vec::new();
+                    let mut token = String::new();
+                    loop {
+                        let msg = v1::ListTerminalsRequest {
+                            request_id: request_id(),
+                            page_size: *page_size,
+                            page_token: token.clone(),
+                            state,
+                            class: 0,
+                            manufacturer: manufacturer.clone().unwrap_or_default(),
+                            lot: lot.clone().unwrap_or_default(),
+                        };
+                        let page = reg
+                            .list_terminals(client.signed("/hsca.v1.Registry/ListTerminals", msg)?)
+                            .await?
+                            .into_inner();
+                        rows.extend(page.terminals.iter().map(row));
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
+                    print(cli.json, &rows, || table(&rows))
+                }
+                TerminalCmd::Activate { serial, institution, location } => {
+                    let (lat, lon) = location.split_once(',').context("--location is LAT,LON")?;
+                    let msg = v1::ActivateTerminalRequest {
+                        request_id: request_id(),
+                        serial: serial.clone(),
+                        institution: institution.clone(),
+                        latitude: lat.trim().parse().context("latitude")?,
+                        longitude: lon.trim().parse().context("longitude")?,
+                    };
+                    let a = reg
+                        .activate_terminal(client.signed("/hsca.v1.Registry/ActivateTerminal", msg)?)
+                        .await?
+                        .into_inner();
+                    print(
+                        cli.json,
+                        &serde_json::json!({"terminal": a.terminal_serial, "operator": a.operator, "institution": a.institution, "at_ms": a.at_ms}),
+                        || format!("activated {} at {} by {}", a.terminal_serial, a.institution, a.operator),
+                    )
+                }
+                TerminalCmd::Activations { serial } => {
+                    let msg = v1::ListActivationsRequest { request_id: request_id(), serial: serial.clone() };
+                    let list = reg
+                        .list_activations(client.signed("/hsca.v1.Registry/ListActivations", msg)?)
+                        .await?
+                        .into_inner()
+                        .activations;
+                    let rows: Vec<_> = list
+                        .iter()
+                        .map(|a| serde_json::json!({"operator": a.operator, "institution": a.institution, "latitude": a.latitude, "longitude": a.longitude, "at_ms": a.at_ms}))
+                        .collect();
+                    print(cli.json, &rows, || {
+                        list.iter()
+                            .map(|a| {
+                                format!(
+                                    "{}  {}  {} ({}, {})",
+                                    a.at_ms, a.operator, a.institution, a.latitude, a.longitude
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+            }
+        }
+        Cmd::Issue { csr, serial, class, out, reissue, request_id: rid } => {
+            let csr_bytes = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
+            let (_, client) = connect(&cli).await?;
+            let msg = v1::IssueTerminalCertificateRequest {
+                request_id: rid.clone().unwrap_or_else(request_id),
+                terminal_serial: serial.clone(),
+                class: class_code(class)?,
+                model: String::new(),
+                csr_der: csr_bytes,
+                reissue: *reissue,
+                lot: String::new(),
+            };
+            let resp = CertificateAuthorityClient::new(client.channel.clone())
+                .issue_terminal_certificate(
+                    client.signed("/hsca.v1.CertificateAuthority/IssueTerminalCertificate", msg)?,
+                )
+                .await?
+                .into_inner();
+            std::fs::write(out, pem("CERTIFICATE", &resp.certificate_der)?)?;
+            print(
+                cli.json,
+                &serde_json::json!({"certificate_serial": resp.certificate_serial, "replayed": resp.replayed, "superseded": resp.superseded_serial, "out": out}),
+                || {
+                    format!(
+                        "issued {} for {serial} → {}{}",
+                        resp.certificate_serial,
+                        out.display(),
+                        if resp.replayed { " (same request answered before)" } else { "" }
+                    )
+                },
+            )
+        }
+        Cmd::Revoke { terminal, cert_serial, reason } => {
+            let (_, client) = connect(&cli).await?;
+            let code = (match reason {
+                Reason::Unspecified => v1::RevocationReason::Unspecified,
+                Reason::KeyCompromise => v1::RevocationReason::KeyCompromise,
+                Reason::CaCompromise => v1::RevocationReason::CaCompromise,
+                Reason::AffiliationChanged => v1::RevocationReason::AffiliationChanged,
+                Reason::Superseded => v1::RevocationReason::Superseded,
+                Reason::CessationOfOperation => v1::RevocationReason::CessationOfOperation,
+                Reason::CertificateHold => v1::RevocationReason::CertificateHold,
+                Reason::PrivilegeWithdrawn => v1::RevocationReason::PrivilegeWithdrawn,
+            }) as i32;
+            let msg = v1::RevokeCertificateRequest {
+                request_id: request_id(),
+                certificate_serial: cert_serial.clone().unwrap_or_default(),
+                terminal_serial: terminal.clone().unwrap_or_default(),
+                reason: code,
+                invalidity_ms: 0,
+            };
+            let s = AdminClient::new(client.channel.clone())
+                .revoke_certificate(client.signed("/hsca.v1.Admin/RevokeCertificate", msg)?)
+                .await?
+                .into_inner();
+            print(cli.json, &serde_json::json!({"revoked_at_ms": s.revoked_at_ms}), || {
+                format!("revoked at {} ms", s.revoked_at_ms)
+            })
+        }
+        Cmd::Status { cert } => {
+            let text = std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let c = pki::pem::certificate_from_pem(&text)?;
+            let der = der::Encode::to_der(c.tbs_certificate().serial_number())?;
+            let serial =
+                pki::CertSerial::from_der_content(der.get(2..).unwrap_or_default()).context("serial")?.to_hex();
+            let (_, client) = connect(&cli).await?;
+            let msg = v1::GetCertificateStatusRequest { request_id: request_id(), certificate_serial: serial.clone() };
+            let s = CertificateAuthorityClient::new(client.channel.clone())
+                .get_certificate_status(client.signed("/hsca.v1.CertificateAuthority/GetCertificateStatus", msg)?)
+                .await?
+                .into_inner();
+            let state =
+                v1::certificate_status::State::try_from(s.state).map_or("?".into(), |s| s.as_str_name().to_lowercase());
+            print(
+                cli.json,
+                &serde_json::json!({"serial": serial, "state": state, "revoked_at_ms": s.revoked_at_ms}),
+                || format!("{serial}: {state}"),
+            )
+        }
+        Cmd::Audit(a) => {
+            let (_, client) = connect(&cli).await?;
+            let (last, verify) = match a {
+                AuditCmd::Verify => (1, true),
+                AuditCmd::Tail { last } => (*last, false),
+            };
+            let msg = v1::ListAuditRequest { request_id: request_id(), last, verify };
+            let resp = AdminClient::new(client.channel.clone())
+                .list_audit(client.signed("/hsca.v1.Admin/ListAudit", msg)?)
+                .await?
+                .into_inner();
+            if verify {
+                print(
+                    cli.json,
+                    &serde_json::json!({"verified": resp.chain_verified, "entries": resp.chain_length, "error": resp.chain_error}),
+                    || {
+                        if resp.chain_verified {
+                            format!("audit chain verified: {} entries", resp.chain_length)
+                        } else {
+                            format!("AUDIT CHAIN BROKEN: {}", resp.chain_error)
+                        }
+                    },
+                )?;
+                if !resp.chain_verified {
+                    bail!("audit chain broken: {}", resp.chain_error);
+                }
+                Ok(())
+            } else {
+                let rows: Vec<_> = resp
+                    .entries
+                    .iter()
+                    .map(|e| serde_json::json!({"seq": e.seq, "time_ms": e.time_ms, "actor": e.actor, "action": e.action, "target": e.target, "outcome": e.outcome, "detail": e.detail}))
+                    .collect();
+                print(cli.json, &rows, || {
+                    resp.entries
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{:>6} {} {:<14} {:<18} {:<20} {} {}",
+                                e.seq, e.time_ms, e.actor, e.action, e.target, e.outcome, e.detail
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+            }
+        }
+    }
+}
+
+fn getrandom_fill(b: &mut [u8]) -> Result<()> {
+    getrandom::fill(b).map_err(|e| anyhow::anyhow!("random: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cactl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(s) = e.downcast_ref::<tonic::Status>() {
+                let reason = proto::reason(s).map_or("UNSPECIFIED", |r| r.as_str_name());
+                eprintln!("cactl: refused: {reason}: {}", s.message());
+                return ExitCode::from(1);
+            }
+            if e.downcast_ref::<proto::client::ClientError>()
+                .is_some_and(|c| matches!(c, proto::client::ClientError::Connect { .. }))
+            {
+                eprintln!("cactl: {e:#}");
+                return ExitCode::from(3);
+            }
+            eprintln!("cactl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("hsca.v1");
 }
 
+pub mod client;
 pub mod identity;
 pub mod signing;
 
