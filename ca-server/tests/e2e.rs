@@ -1,0 +1,443 @@
+//! End to end: the real `ca-server` binary (`init`, `serve`), spoken to over gRPC/TLS with signed
+//! requests, as a station, an admin and an auditor would; OpenSSL checks what comes out.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use hsm::backend::memory::SoftwareSm2Key;
+use pki::SignerId;
+use proto::client::{Client, request_id};
+use proto::identity::{Identity, IdentityFile};
+use proto::v1::{self, Reason};
+use tonic::Code;
+
+const EXE: &str = env!("CARGO_BIN_EXE_ca-server");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, http: u16) -> Self {
+        let child = Command::new(EXE)
+            .args(["serve", "--config"])
+            .arg(dir.join("ca-server.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ca-server serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(Instant::now() < deadline, "ca-server did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, dir: dir.to_owned() }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+fn init(dir: &Path) -> (u16, u16) {
+    let (grpc, http) = (free_port(), free_port());
+    let out = Command::new(EXE)
+        .args(["init", "--data-dir"])
+        .arg(dir)
+        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
+        .output()
+        .expect("ca-server init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (grpc, http)
+}
+
+async fn admin(dir: &Path) -> Client {
+    let id = Identity::load(&dir.join("identities/admin/identity.toml")).expect("admin identity");
+    let pass = id.passphrase(|| None).expect("passphrase file");
+    Client::connect(&id, None, Box::new(id.signer(&pass).expect("key"))).await.expect("connect")
+}
+
+/// Adds a principal through the Admin service and returns a client acting as it.
+async fn principal(dir: &Path, admin: &Client, name: &str, role: &str, makers: &[&str]) -> (Client, String) {
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let subject: pki::Name = format!("CN={name}").parse().expect("name");
+    let info = pki::csr::build_csr_info(&subject, key.sm2_public_key()).expect("info");
+    let sig = hsm::Signer::sign(&key, &info).expect("sign");
+    let csr = pki::csr::assemble_csr(&info, sig.as_der(), &SignerId::default()).expect("csr");
+    let msg = v1::IssuePrincipalRequest {
+        request_id: request_id(),
+        name: name.into(),
+        role: role.into(),
+        csr_der: csr,
+        manufacturers: makers.iter().map(|s| s.to_string()).collect(),
+    };
+    let resp = v1::admin_client::AdminClient::new(admin.channel.clone())
+        .issue_principal(admin.signed("/hsca.v1.Admin/IssuePrincipal", msg).expect("sign"))
+        .await
+        .expect("issue principal")
+        .into_inner();
+    let pdir = dir.join(format!("principal-{name}"));
+    std::fs::create_dir_all(&pdir).expect("mkdir");
+    std::fs::write(pdir.join("cert.pem"), pki::pem::der_to_pem("CERTIFICATE", &resp.certificate_der).expect("pem"))
+        .expect("w");
+    let admin_dir = dir.join("identities/admin");
+    let file = IdentityFile {
+        name: name.into(),
+        role: role.into(),
+        server: Identity::load(&admin_dir.join("identity.toml")).expect("id").file.server,
+        tls_ca: admin_dir.join("tls-ca.pem"),
+        pki_root: admin_dir.join("root.pem"),
+        certificate: pdir.join("cert.pem"),
+        key: pdir.join("unused.key"),
+        passphrase_file: None,
+    };
+    let id = Identity { file, base: pdir.clone() };
+    (Client::connect(&id, None, Box::new(key)).await.expect("connect"), resp.certificate_serial)
+}
+
+fn serial(n: u32) -> String {
+    let body = format!("HSTM012611{n:05}");
+    let check = pki::serial::CheckAlgorithm::Iso7064Mod37_36.compute(&body).expect("check");
+    format!("{body}{check}")
+}
+
+fn csr_for(key: &SoftwareSm2Key, serial: &str) -> Vec<u8> {
+    let subject: pki::Name = format!("CN={serial},serialNumber={serial}").parse().expect("name");
+    let info = pki::csr::build_csr_info(&subject, key.sm2_public_key()).expect("info");
+    let sig = hsm::Signer::sign(key, &info).expect("sign");
+    pki::csr::assemble_csr(&info, sig.as_der(), &SignerId::default()).expect("csr")
+}
+
+fn issue_req(serial: &str, class: v1::TerminalClass, csr: Vec<u8>) -> v1::IssueTerminalCertificateRequest {
+    v1::IssueTerminalCertificateRequest {
+        request_id: request_id(),
+        terminal_serial: serial.into(),
+        class: class as i32,
+        model: String::new(),
+        csr_der: csr,
+        reissue: false,
+        lot: "L1".into(),
+    }
+}
+
+async fn issue(
+    c: &Client,
+    req: v1::IssueTerminalCertificateRequest,
+) -> Result<v1::IssueTerminalCertificateResponse, tonic::Status> {
+    let signed = c.signed("/hsca.v1.CertificateAuthority/IssueTerminalCertificate", req).expect("sign");
+    v1::certificate_authority_client::CertificateAuthorityClient::new(c.channel.clone())
+        .issue_terminal_certificate(signed)
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, Reason) {
+    let s = r.expect_err("must be refused");
+    (s.code(), proto::reason(&s).unwrap_or(Reason::Unspecified))
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out =
+        Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (scripts/test.sh installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ca_end_to_end() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_, http) = init(&dir);
+    let server = Server::start(&dir, http);
+    assert!(http_get(http, "/healthz").contains("200 OK"));
+    assert!(http_get(http, "/readyz").contains("ready"));
+
+    let admin = admin(&dir).await;
+    let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
+
+    // An OpenSSL-made CSR: the certificate passes openssl verify and our full-chain validator.
+    let d = tmp.path();
+    openssl(d, &["genpkey", "-algorithm", "SM2", "-out", "t.key"]);
+    let s0 = serial(0);
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "t.key",
+            "-sm3",
+            "-sigopt",
+            "distid:1234567812345678",
+            "-subj",
+            &format!("/CN={s0}/serialNumber={s0}"),
+            "-outform",
+            "DER",
+            "-out",
+            "t.csr",
+        ],
+    );
+    let csr = std::fs::read(d.join("t.csr")).expect("csr");
+    let first = issue_req(&s0, v1::TerminalClass::ClassIi, csr.clone());
+    let resp = issue(&station, first.clone()).await.expect("issued");
+    std::fs::write(d.join("t.pem"), pki::pem::der_to_pem("CERTIFICATE", &resp.certificate_der).expect("pem"))
+        .expect("w");
+    let out = openssl(
+        d,
+        &[
+            "verify",
+            "-vfyopt",
+            "distid:1234567812345678",
+            "-partial_chain",
+            "-CAfile",
+            dir.join("certs/issuing.pem").to_str().expect("p"),
+            "t.pem",
+        ],
+    );
+    assert!(out.contains("t.pem: OK"), "{out}");
+    let cert: pki::Certificate = der::Decode::from_der(&resp.certificate_der).expect("der");
+    let chain: Vec<pki::Certificate> =
+        resp.chain_der.iter().map(|c| der::Decode::from_der(c).expect("chain")).collect();
+    pki::validate_chain(&cert, &chain[..1], &chain[1], SystemTime::now(), &SignerId::default())
+        .expect("full chain validates");
+
+    // Idempotency and the one-certificate rule.
+    let again = issue(&station, first.clone()).await.expect("retry");
+    assert!(again.replayed && again.certificate_der == resp.certificate_der, "same request id, same certificate");
+    assert_eq!(
+        refused(issue(&station, issue_req(&s0, v1::TerminalClass::ClassIi, csr.clone())).await),
+        (Code::FailedPrecondition, Reason::AlreadyHasActiveCertificate)
+    );
+    let s1 = serial(1);
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "t.key",
+            "-sm3",
+            "-sigopt",
+            "distid:1234567812345678",
+            "-subj",
+            &format!("/CN={s1}/serialNumber={s1}"),
+            "-outform",
+            "DER",
+            "-out",
+            "t1.csr",
+        ],
+    );
+    let same_key = std::fs::read(d.join("t1.csr")).expect("csr");
+    assert_eq!(
+        refused(issue(&station, issue_req(&s1, v1::TerminalClass::ClassIi, same_key)).await),
+        (Code::FailedPrecondition, Reason::PublicKeyInUse)
+    );
+
+    // Bad requests, each with its reason.
+    let k = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let s2 = serial(2);
+    let bad_check = format!("{}{}", &s2[..15], if s2.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        refused(issue(&station, issue_req("HSTM0126", v1::TerminalClass::ClassI, csr_for(&k, &s2))).await).1,
+        Reason::BadSerial
+    );
+    assert_eq!(
+        refused(issue(&station, issue_req(&bad_check, v1::TerminalClass::ClassI, csr_for(&k, &bad_check))).await).1,
+        Reason::BadCheckCharacter
+    );
+    assert_eq!(
+        refused(issue(&station, issue_req(&s2, v1::TerminalClass::Unspecified, csr_for(&k, &s2))).await).1,
+        Reason::UnknownClass
+    );
+    assert_eq!(
+        refused(issue(&station, issue_req(&s2, v1::TerminalClass::ClassI, b"not a csr".to_vec())).await).1,
+        Reason::BadCsr
+    );
+    assert_eq!(
+        refused(issue(&station, issue_req(&s2, v1::TerminalClass::ClassI, csr_for(&k, &s1))).await).1,
+        Reason::CsrSubjectMismatch
+    );
+
+    // Roles: a station cannot revoke, an auditor cannot issue.
+    let revoke = v1::RevokeCertificateRequest {
+        request_id: request_id(),
+        certificate_serial: resp.certificate_serial.clone(),
+        terminal_serial: String::new(),
+        reason: 1,
+        invalidity_ms: 0,
+    };
+    let r = v1::admin_client::AdminClient::new(station.channel.clone())
+        .revoke_certificate(station.signed("/hsca.v1.Admin/RevokeCertificate", revoke.clone()).expect("s"))
+        .await;
+    assert_eq!(refused(r), (Code::PermissionDenied, Reason::RoleForbidden));
+    let (auditor, _) = principal(&dir, &admin, "auditor-1", "auditor", &[]).await;
+    assert_eq!(
+        refused(issue(&auditor, issue_req(&s2, v1::TerminalClass::ClassI, csr_for(&k, &s2))).await),
+        (Code::PermissionDenied, Reason::RoleForbidden)
+    );
+
+    // Request authentication: replayed, tampered, stale.
+    let mut ca = v1::certificate_authority_client::CertificateAuthorityClient::new(station.channel.clone());
+    let chain_req = v1::GetCaChainRequest { request_id: request_id() };
+    let signed = station.signed("/hsca.v1.CertificateAuthority/GetCaChain", chain_req.clone()).expect("s");
+    let md = signed.metadata().clone();
+    ca.get_ca_chain(signed).await.expect("first use");
+    let mut replay = tonic::Request::new(chain_req.clone());
+    *replay.metadata_mut() = md.clone();
+    assert_eq!(refused(ca.get_ca_chain(replay).await).1, Reason::ReplayedNonce);
+    let mut tampered = tonic::Request::new(v1::GetCaChainRequest { request_id: "other".into() });
+    *tampered.metadata_mut() = md;
+    tampered.metadata_mut().insert(proto::signing::NONCE, "0123456789abcdef0123456789abcdef".parse().expect("ascii"));
+    assert_eq!(refused(ca.get_ca_chain(tampered).await).1, Reason::BadSignature);
+    let mut stale = station.signed("/hsca.v1.CertificateAuthority/GetCaChain", chain_req.clone()).expect("s");
+    let old =
+        (SystemTime::now() - Duration::from_secs(600)).duration_since(SystemTime::UNIX_EPOCH).expect("t").as_millis();
+    stale.metadata_mut().insert(proto::signing::TIME, old.to_string().parse().expect("ascii"));
+    assert_eq!(refused(ca.get_ca_chain(stale).await).1, Reason::StaleTimestamp);
+    assert_eq!(
+        refused(ca.get_ca_chain(tonic::Request::new(chain_req.clone())).await),
+        (Code::Unauthenticated, Reason::MissingSignature)
+    );
+
+    // A revoked caller certificate is refused.
+    let (station2, station2_cert) = principal(&dir, &admin, "station-2", "station", &["HSTM"]).await;
+    let rv = v1::RevokeCertificateRequest {
+        request_id: request_id(),
+        certificate_serial: station2_cert,
+        terminal_serial: String::new(),
+        reason: 1,
+        invalidity_ms: 0,
+    };
+    v1::admin_client::AdminClient::new(admin.channel.clone())
+        .revoke_certificate(admin.signed("/hsca.v1.Admin/RevokeCertificate", rv).expect("s"))
+        .await
+        .expect("admin revokes");
+    assert_eq!(
+        refused(issue(&station2, issue_req(&s2, v1::TerminalClass::ClassI, csr_for(&k, &s2))).await).1,
+        Reason::CallerRevoked
+    );
+
+    // 32 concurrent issues for distinct terminals: no error, no duplicate serial.
+    let mut tasks = Vec::new();
+    for n in 100..132u32 {
+        let c = principal(&dir, &admin, &format!("bulk-{n}"), "station", &["HSTM"]).await.0;
+        tasks.push(tokio::spawn(async move {
+            let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+            let s = serial(n);
+            issue(&c, issue_req(&s, v1::TerminalClass::ClassIii, csr_for(&key, &s)))
+                .await
+                .expect("concurrent issue")
+                .certificate_serial
+        }));
+    }
+    let mut serials = Vec::new();
+    for t in tasks {
+        serials.push(t.await.expect("task"));
+    }
+    let unique: std::collections::BTreeSet<_> = serials.iter().collect();
+    assert_eq!(unique.len(), 32);
+
+    // Every refusal above was audited, and the chain verifies.
+    let audit = v1::admin_client::AdminClient::new(admin.channel.clone())
+        .list_audit(
+            admin
+                .signed(
+                    "/hsca.v1.Admin/ListAudit",
+                    v1::ListAuditRequest { request_id: request_id(), last: 500, verify: true },
+                )
+                .expect("s"),
+        )
+        .await
+        .expect("audit")
+        .into_inner();
+    assert!(audit.chain_verified, "{}", audit.chain_error);
+    for reason in [
+        "ALREADY_HAS_ACTIVE_CERTIFICATE",
+        "PUBLIC_KEY_IN_USE",
+        "BAD_SERIAL",
+        "BAD_CHECK_CHARACTER",
+        "UNKNOWN_CLASS",
+        "BAD_CSR",
+        "CSR_SUBJECT_MISMATCH",
+        "ROLE_FORBIDDEN",
+        "REPLAYED_NONCE",
+        "BAD_SIGNATURE",
+        "STALE_TIMESTAMP",
+        "MISSING_SIGNATURE",
+        "CALLER_REVOKED",
+    ] {
+        assert!(audit.entries.iter().any(|e| e.outcome == reason), "no audit entry with outcome {reason}");
+    }
+    drop((admin, station, station2, auditor));
+
+    // SIGKILL, restart: every returned certificate is there; then tamper with the audit table.
+    server.kill();
+    let server = Server::start(&dir, http);
+    let admin = self::admin(&dir).await;
+    let mut ca = v1::certificate_authority_client::CertificateAuthorityClient::new(admin.channel.clone());
+    for s in serials.iter().chain([&resp.certificate_serial]) {
+        let req = v1::GetCertificateRequest { request_id: request_id(), certificate_serial: s.clone() };
+        ca.get_certificate(admin.signed("/hsca.v1.CertificateAuthority/GetCertificate", req).expect("s"))
+            .await
+            .expect("durable after SIGKILL");
+    }
+    let dir_path = server.dir.clone();
+    drop(admin);
+    server.kill();
+    let reg = registry::Registry::open(&dir_path.join("registry.redb")).expect("open");
+    reg.verify_audit_chain().expect("intact");
+    let raw = reg.raw_audit(3).expect("raw").expect("entry 3");
+    let mut edited = raw.clone();
+    let at = edited.iter().position(|b| *b == b'o').expect("a byte to change");
+    edited[at] = b'0';
+    reg.tamper_audit(3, Some(edited)).expect("tamper");
+    assert!(reg.verify_audit_chain().is_err(), "an edited audit byte is detected");
+    drop(reg);
+    let server = Server::start(&dir_path, http);
+    let admin = self::admin(&dir_path).await;
+    let audit = v1::admin_client::AdminClient::new(admin.channel.clone())
+        .list_audit(
+            admin
+                .signed(
+                    "/hsca.v1.Admin/ListAudit",
+                    v1::ListAuditRequest { request_id: request_id(), last: 1, verify: true },
+                )
+                .expect("s"),
+        )
+        .await
+        .expect("audit")
+        .into_inner();
+    assert!(!audit.chain_verified && audit.chain_error.contains("entry 3"), "{audit:?}");
+    drop(admin);
+
+    // SIGTERM: a graceful exit.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
