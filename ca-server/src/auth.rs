@@ -11,6 +11,7 @@ use pki::{Certificate, SignerId, Sm2PublicKey, validate_chain};
 use proto::signing::{HeaderError, SignedHeaders, canonical};
 use proto::v1::Reason;
 use registry::{CertStatus, CertSubject, PrincipalRecord, Registry};
+use sm3::Digest;
 
 use crate::roles::Roles;
 
@@ -155,6 +156,29 @@ impl FailureLimiter {
     }
 }
 
+/// Caller certificates whose chain was validated, by SM3 of their DER, with their `notAfter`:
+/// two SM2 verifications saved per request. Revocation and principal state are still checked
+/// on every request.
+#[derive(Default)]
+pub struct ValidatedCerts {
+    seen: Mutex<HashMap<[u8; 32], SystemTime>>,
+}
+
+impl ValidatedCerts {
+    fn valid(&self, key: &[u8; 32], now: SystemTime) -> bool {
+        self.seen.lock().ok().and_then(|m| m.get(key).copied()).is_some_and(|not_after| now <= not_after)
+    }
+
+    fn remember(&self, key: [u8; 32], not_after: SystemTime) {
+        if let Ok(mut m) = self.seen.lock() {
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(key, not_after);
+        }
+    }
+}
+
 /// What the server trusts: its issuing CA and root, and the SM2 signer ID of its principals.
 pub struct Trust {
     /// The issuing CA certificate.
@@ -177,6 +201,8 @@ pub struct Gate<'a, D: Directory> {
     pub nonces: &'a NonceCache,
     /// Failure counts.
     pub limiter: &'a FailureLimiter,
+    /// Chains already validated.
+    pub validated: &'a ValidatedCerts,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -222,8 +248,18 @@ impl<D: Directory> Gate<'_, D> {
         let h = headers?;
         let cert = Certificate::from_der(&h.cert_der)
             .map_err(|e| AuthFailure::CertInvalid(format!("not a certificate: {e}")))?;
-        validate_chain(&cert, std::slice::from_ref(&self.trust.issuing), &self.trust.root, now, &self.trust.signer_id)
+        let fingerprint: [u8; 32] = sm3::Sm3::digest(&h.cert_der).into();
+        if !self.validated.valid(&fingerprint, now) {
+            validate_chain(
+                &cert,
+                std::slice::from_ref(&self.trust.issuing),
+                &self.trust.root,
+                now,
+                &self.trust.signer_id,
+            )
             .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
+            self.validated.remember(fingerprint, pki::time::from_x509(&cert.tbs_certificate().validity().not_after));
+        }
         if cert.tbs_certificate().issuer() != self.trust.issuing.tbs_certificate().subject() {
             return Err(AuthFailure::CertInvalid("not issued by our issuing CA".into()));
         }

@@ -6,6 +6,7 @@
 //! decode, call these, and encode.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod init;

@@ -38,6 +38,28 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7080")]
         http: String,
     },
+    /// Measure: the crypto limit in this process (through the configured HSM), then certificates
+    /// per second end to end against the running server, as the station IDENTITY.
+    Bench {
+        /// The server's configuration file.
+        #[arg(long, env = "HSCA_CONFIG")]
+        config: PathBuf,
+        /// A station identity bound to --manufacturer.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Manufacturer code the station may issue for.
+        #[arg(long, default_value = "HSTM")]
+        manufacturer: String,
+        /// Concurrent gRPC connections.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Threads for the crypto limit (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Serve gRPC over TLS and HTTP (health, readiness, metrics) until SIGTERM.
     Serve {
         /// The configuration file written by `init`.
@@ -67,6 +89,16 @@ fn main() -> Result<()> {
             println!("  server configuration: {}", report.config.display());
             println!("  cactl configuration:  {}", report.cactl.display());
             println!("next: ca-server serve --config {}", report.config.display());
+            Ok(())
+        }
+        Command::Bench { config, identity, manufacturer, concurrency, count, threads } => {
+            let (_, ca) = ca_server::serve::load_signing(&config)?;
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let limit = ca_server::bench::crypto_limit(&ca, threads, count)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let e2e =
+                rt.block_on(ca_server::bench::end_to_end(&identity, &ca.policy, &manufacturer, concurrency, count))?;
+            ca_server::bench::print(&[limit, e2e]);
             Ok(())
         }
         Command::Serve { config } => {

@@ -39,8 +39,22 @@ fn certificate(path: &Path) -> Result<pki::Certificate> {
     Ok(pki::pem::certificate_from_pem(&pem)?)
 }
 
-/// Loads everything the service needs; fails fast, before listening, on any problem.
-pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
+/// What signing needs: policy, roles, the trust anchors and the issuing key in the HSM.
+pub struct Signing {
+    /// Certificate policy.
+    pub policy: pki::PolicySet,
+    /// Roles policy.
+    pub roles: Roles,
+    /// The issuing CA's key.
+    pub signer: Box<dyn hsm::Signer>,
+    /// The issuing CA as an issuer.
+    pub issuer_info: IssuerInfo,
+    /// Root and issuing certificates.
+    pub trust: Trust,
+}
+
+/// Loads the configuration, policy, certificates and HSM key (not the registry).
+pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
     let cfg = Loaded::read(config_path)?;
     let c = &cfg.config;
     for (k, v) in &c.hsm.env {
@@ -95,18 +109,25 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
             cfg.path(&c.ca.issuing).display()
         );
     }
-    let registry = Registry::open(&cfg.path(&c.registry.path))?;
     let trust = Trust { issuing, root, signer_id: issuing_profile.signer_id.clone() };
+    Ok((cfg, Signing { policy, roles, signer: Box::new(signer), issuer_info, trust }))
+}
+
+/// Loads everything the service needs; fails fast, before listening, on any problem.
+pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
+    let (cfg, s) = load_signing(config_path)?;
+    let registry = Registry::open(&cfg.path(&cfg.config.registry.path))?;
     let ca = Ca {
-        require_registration: c.policy.require_registration,
-        policy,
-        roles,
+        require_registration: cfg.config.policy.require_registration,
+        policy: s.policy,
+        roles: s.roles,
         registry,
-        signer: Box::new(signer),
-        issuer_info,
-        trust,
+        signer: s.signer,
+        issuer_info: s.issuer_info,
+        trust: s.trust,
         nonces: NonceCache::default(),
         limiter: FailureLimiter::default(),
+        validated: Default::default(),
         metrics: Default::default(),
     };
     Ok((cfg, Arc::new(ca)))

@@ -42,6 +42,8 @@ pub struct Ca {
     pub nonces: NonceCache,
     /// Failure counts.
     pub limiter: FailureLimiter,
+    /// Caller chains already validated.
+    pub validated: crate::auth::ValidatedCerts,
     /// Counters for /metrics.
     pub metrics: crate::http::Metrics,
 }
@@ -226,6 +228,7 @@ impl Ca {
             roles: &self.roles,
             nonces: &self.nonces,
             limiter: &self.limiter,
+            validated: &self.validated,
         };
         let body = req.msg.encode_to_vec();
         gate.authenticate(req.headers.clone(), method, &body, &req.peer, SystemTime::now()).map_err(|f| {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use ca_server::auth::{AuthFailure, FailureLimiter, Gate, NonceCache, Trust};
+use ca_server::auth::{AuthFailure, FailureLimiter, Gate, NonceCache, Trust, ValidatedCerts};
 use ca_server::issuer::Issuer;
 use ca_server::ra::{Refusal, TerminalRequest, decide_terminal};
 use ca_server::roles::Roles;
@@ -112,6 +112,7 @@ struct Env {
     trust: Trust,
     nonces: NonceCache,
     limiter: FailureLimiter,
+    validated: ValidatedCerts,
 }
 
 fn env(w: &World) -> Env {
@@ -119,11 +120,19 @@ fn env(w: &World) -> Env {
         trust: Trust { issuing: w.issuing.clone(), root: w.root.clone(), signer_id: SignerId::default() },
         nonces: NonceCache::default(),
         limiter: FailureLimiter::default(),
+        validated: ValidatedCerts::default(),
     }
 }
 
 fn gate<'a>(w: &'a World, e: &'a Env) -> Gate<'a, Registry> {
-    Gate { trust: &e.trust, directory: &w.reg, roles: &w.roles, nonces: &e.nonces, limiter: &e.limiter }
+    Gate {
+        trust: &e.trust,
+        directory: &w.reg,
+        roles: &w.roles,
+        nonces: &e.nonces,
+        limiter: &e.limiter,
+        validated: &e.validated,
+    }
 }
 
 fn ms(t: SystemTime) -> u64 {

@@ -1,0 +1,206 @@
+//! `ca-server bench`: certificates per second end to end over gRPC (durable commits), with p50
+//! and p99 latency, next to the *crypto limit* — how often one process on these cores can do
+//! the work no implementation can skip per certificate: verify the request signature, verify
+//! the CSR, and build, lint and sign the certificate through the same `Pkcs11Signer`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use hsm::backend::memory::SoftwareSm2Key;
+use pki::{SignerId, SubjectVars};
+use proto::client::{Client, request_id};
+use proto::identity::Identity;
+use proto::v1;
+
+use crate::issuer::Issuer;
+
+/// One measured row.
+#[derive(Debug)]
+pub struct Row {
+    /// What was measured.
+    pub what: String,
+    /// Operations per second.
+    pub per_second: f64,
+    /// Median latency.
+    pub p50: Option<Duration>,
+    /// 99th percentile latency.
+    pub p99: Option<Duration>,
+    /// Failed operations.
+    pub errors: usize,
+}
+
+fn csr(key: &SoftwareSm2Key, serial: &str) -> Result<Vec<u8>> {
+    let subject: pki::Name =
+        format!("CN={serial},serialNumber={serial}").parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = pki::csr::build_csr_info(&subject, key.sm2_public_key())?;
+    let sig = hsm::Signer::sign(key, &info)?;
+    Ok(pki::csr::assemble_csr(&info, sig.as_der(), &SignerId::default())?)
+}
+
+/// Valid, distinct serials for this run under `manufacturer` (random model and month, counted sequence).
+fn serials(policy: &pki::PolicySet, manufacturer: &str, n: usize) -> Result<Vec<String>> {
+    let mut r = [0u8; 4];
+    getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = format!("{:02}", r[0] % 100);
+    let yymm = format!("{:02}{:02}", 20 + r[1] % 10, 1 + r[2] % 12);
+    let run = char::from_digit(u32::from(r[3] % 36), 36).unwrap_or('0').to_ascii_uppercase();
+    let rule = policy.serial_rule();
+    (0..n)
+        .map(|i| {
+            let seq = format!("{run}{:04}", i % 10_000);
+            let seq = if i >= 10_000 { format!("{run}{}", radix36(i, 4)) } else { seq };
+            let body = format!("{manufacturer}{model}{yymm}{seq}");
+            let check = rule.check.compute(&body).context("serial alphabet")?;
+            Ok(format!("{body}{check}"))
+        })
+        .collect()
+}
+
+fn radix36(mut n: usize, width: usize) -> String {
+    let mut out = vec!['0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = char::from_digit((n % 36) as u32, 36).unwrap_or('0').to_ascii_uppercase();
+        n /= 36;
+    }
+    out.into_iter().collect()
+}
+
+/// The crypto limit, on `threads` threads for `count` certificates.
+pub fn crypto_limit(ca: &crate::serve::Signing, threads: usize, count: usize) -> Result<Row> {
+    let caller = SoftwareSm2Key::generate(SignerId::default())?;
+    let terminal = SoftwareSm2Key::generate(SignerId::default())?;
+    let serial = serials(&ca.policy, "HSTM", 1)?.remove(0);
+    let csr_der = csr(&terminal, &serial)?;
+    let body = vec![0x5au8; 400];
+    let canonical = proto::signing::canonical("/hsca.v1.CertificateAuthority/IssueTerminalCertificate", 1, "00", &body);
+    let request_sig = hsm::Signer::sign(&caller, &canonical)?;
+    let profile = ca.policy.profile("terminal").context("terminal profile")?;
+    let vars = SubjectVars {
+        serial: Some(serial.clone()),
+        class: Some("II".into()),
+        manufacturer: Some("HSTM".into()),
+        model: Some("01".into()),
+        name: None,
+    };
+    let start = Instant::now();
+    let errors = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let n = count / threads + usize::from(t < count % threads);
+                let (caller, csr_der, canonical, request_sig, vars) =
+                    (&caller, &csr_der, &canonical, &request_sig, &vars);
+                s.spawn(move || {
+                    let issuer = Issuer::new(ca.signer.as_ref(), ca.issuer_info.clone());
+                    let mut errors = 0;
+                    for _ in 0..n {
+                        let ok = caller
+                            .sm2_public_key()
+                            .verify(&SignerId::default(), canonical, request_sig.as_der())
+                            .is_ok()
+                            && pki::verify_csr(csr_der, &SignerId::default())
+                                .ok()
+                                .and_then(|c| issuer.issue(profile, vars, c.public_key(), SystemTime::now()).ok())
+                                .is_some();
+                        errors += usize::from(!ok);
+                    }
+                    errors
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(usize::MAX)).sum::<usize>()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Row {
+        what: format!("crypto limit ({threads} threads, in process)"),
+        per_second: count as f64 / secs,
+        p50: None,
+        p99: None,
+        errors,
+    })
+}
+
+/// End-to-end issuance over gRPC with `concurrency` connections, as the station `identity`.
+pub async fn end_to_end(
+    identity: &Path,
+    policy: &pki::PolicySet,
+    manufacturer: &str,
+    concurrency: usize,
+    count: usize,
+) -> Result<Row> {
+    let id = Identity::load(identity)?;
+    let pass = id.passphrase(|| None)?;
+    let mut clients = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        clients.push(Arc::new(Client::connect(&id, None, Box::new(id.signer(&pass)?)).await?));
+    }
+    // Terminal keys and CSRs come from the devices' secure elements: made before timing.
+    let serials = serials(policy, manufacturer, count)?;
+    let mut work = Vec::with_capacity(count);
+    for s in &serials {
+        let key = SoftwareSm2Key::generate(SignerId::default())?;
+        work.push((s.clone(), csr(&key, s)?));
+    }
+    let work = Arc::new(std::sync::Mutex::new(work));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in clients {
+        let work = work.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut ca = v1::certificate_authority_client::CertificateAuthorityClient::new(c.channel.clone());
+            loop {
+                let next = work.lock().ok().and_then(|mut w| w.pop());
+                let Some((serial, csr)) = next else { break };
+                let msg = v1::IssueTerminalCertificateRequest {
+                    request_id: request_id(),
+                    terminal_serial: serial,
+                    class: 2,
+                    model: String::new(),
+                    csr_der: csr,
+                    reissue: false,
+                    lot: String::new(),
+                };
+                let t = Instant::now();
+                let ok = match c.signed("/hsca.v1.CertificateAuthority/IssueTerminalCertificate", msg) {
+                    Ok(req) => ca.issue_terminal_certificate(req).await.is_ok(),
+                    Err(_) => false,
+                };
+                lat.push(t.elapsed());
+                errors += usize::from(!ok);
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pick = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied();
+    Ok(Row {
+        what: format!("end to end over gRPC ({concurrency} connections)"),
+        per_second: (count - errors) as f64 / secs,
+        p50: pick(0.50),
+        p99: pick(0.99),
+        errors,
+    })
+}
+
+/// Prints rows as a table.
+pub fn print(rows: &[Row]) {
+    println!("{:<48} {:>12} {:>10} {:>10} {:>7}", "measurement", "per second", "p50", "p99", "errors");
+    for r in rows {
+        let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+        println!("{:<48} {:>12.0} {:>10} {:>10} {:>7}", r.what, r.per_second, ms(r.p50), ms(r.p99), r.errors);
+    }
+    if let [limit, e2e] = rows {
+        println!("end to end / crypto limit: {:.0} %", 100.0 * e2e.per_second / limit.per_second);
+    }
+}
