@@ -116,3 +116,16 @@ impl Loaded {
         if p.is_absolute() { p.to_owned() } else { self.base.join(p) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_example_parses_and_requires_registration() {
+        let c: Config = toml::from_str(include_str!("../ca-server.production.example.toml")).expect("parses");
+        assert!(c.policy.require_registration);
+        assert_eq!(c.hsm.pin_file, None);
+        assert_eq!(c.hsm.profile, "xipki");
+    }
+}

@@ -441,3 +441,167 @@ async fn the_ca_end_to_end() {
     let status = server.child.wait().expect("wait");
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_switch_and_life_cycle() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_, http) = init(&dir);
+    // Turn the production switch on.
+    let cfg = std::fs::read_to_string(dir.join("ca-server.toml")).expect("config");
+    assert!(cfg.contains("require_registration = false"), "development default is off");
+    std::fs::write(
+        dir.join("ca-server.toml"),
+        cfg.replace("require_registration = false", "require_registration = true"),
+    )
+    .expect("write");
+    let _server = Server::start(&dir, http);
+    let admin = admin(&dir).await;
+    let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
+    let (operator, _) = principal(&dir, &admin, "operator-1", "operator", &[]).await;
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let s = serial(7);
+    let req = issue_req(&s, v1::TerminalClass::ClassIii, csr_for(&key, &s));
+    assert_eq!(refused(issue(&station, req.clone()).await), (Code::FailedPrecondition, Reason::TerminalNotRegistered));
+
+    let mut reg = v1::registry_client::RegistryClient::new(operator.channel.clone());
+    let register = v1::RegisterTerminalRequest {
+        request_id: request_id(),
+        serial: s.clone(),
+        class: v1::TerminalClass::ClassIii as i32,
+        model: String::new(),
+        lot: "LOT-9".into(),
+    };
+    let t = reg
+        .register_terminal(operator.signed("/hsca.v1.Registry/RegisterTerminal", register.clone()).expect("s"))
+        .await
+        .expect("operator registers")
+        .into_inner();
+    assert_eq!(t.state, v1::TerminalState::Registered as i32);
+    let again = v1::RegisterTerminalRequest { request_id: request_id(), ..register };
+    assert_eq!(
+        refused(reg.register_terminal(operator.signed("/hsca.v1.Registry/RegisterTerminal", again).expect("s")).await)
+            .1,
+        Reason::TerminalExists
+    );
+
+    let resp = issue(&station, req).await.expect("issued once registered");
+    // Activation needs the device to have confirmed the write first.
+    let activate = v1::ActivateTerminalRequest {
+        request_id: request_id(),
+        serial: s.clone(),
+        institution: "No. 1 Hospital".into(),
+        latitude: 31.23,
+        longitude: 121.47,
+    };
+    assert_eq!(
+        refused(
+            reg.activate_terminal(operator.signed("/hsca.v1.Registry/ActivateTerminal", activate.clone()).expect("s"))
+                .await
+        )
+        .1,
+        Reason::WrongState
+    );
+    let confirm = v1::ConfirmProvisioningRequest {
+        request_id: request_id(),
+        terminal_serial: s.clone(),
+        certificate_serial: resp.certificate_serial.clone(),
+        duration_ms: 2400,
+        firmware_version: "1.0.3".into(),
+    };
+    v1::certificate_authority_client::CertificateAuthorityClient::new(station.channel.clone())
+        .confirm_provisioning(station.signed("/hsca.v1.CertificateAuthority/ConfirmProvisioning", confirm).expect("s"))
+        .await
+        .expect("confirm");
+    let a = reg
+        .activate_terminal(operator.signed("/hsca.v1.Registry/ActivateTerminal", activate).expect("s"))
+        .await
+        .expect("activate")
+        .into_inner();
+    assert_eq!((a.operator.as_str(), a.institution.as_str()), ("operator-1", "No. 1 Hospital"));
+    let bad = v1::ActivateTerminalRequest {
+        request_id: request_id(),
+        serial: s.clone(),
+        institution: "x".into(),
+        latitude: 120.0,
+        longitude: 0.0,
+    };
+    assert_eq!(
+        refused(reg.activate_terminal(operator.signed("/hsca.v1.Registry/ActivateTerminal", bad).expect("s")).await).1,
+        Reason::BadRequest
+    );
+    let log = reg
+        .list_activations(
+            operator
+                .signed(
+                    "/hsca.v1.Registry/ListActivations",
+                    v1::ListActivationsRequest { request_id: request_id(), serial: s.clone() },
+                )
+                .expect("s"),
+        )
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(log.activations.len(), 1);
+    let shown = reg
+        .get_terminal(
+            operator
+                .signed(
+                    "/hsca.v1.Registry/GetTerminal",
+                    v1::GetTerminalRequest { request_id: request_id(), serial: s.clone() },
+                )
+                .expect("s"),
+        )
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((shown.state, shown.lot.as_str()), (v1::TerminalState::Active as i32, "LOT-9"));
+    let lot =
+        v1::ListTerminalsRequest { request_id: request_id(), page_size: 10, lot: "LOT-9".into(), ..Default::default() };
+    assert_eq!(
+        reg.list_terminals(operator.signed("/hsca.v1.Registry/ListTerminals", lot).expect("s"))
+            .await
+            .expect("list")
+            .into_inner()
+            .terminals
+            .len(),
+        1
+    );
+
+    // Revoking the terminal's certificate: status says so, and a plain re-issue is refused.
+    let revoke = v1::RevokeCertificateRequest {
+        request_id: request_id(),
+        certificate_serial: String::new(),
+        terminal_serial: s.clone(),
+        reason: v1::RevocationReason::KeyCompromise as i32,
+        invalidity_ms: 0,
+    };
+    v1::admin_client::AdminClient::new(admin.channel.clone())
+        .revoke_certificate(admin.signed("/hsca.v1.Admin/RevokeCertificate", revoke).expect("s"))
+        .await
+        .expect("revoke");
+    let st = v1::certificate_authority_client::CertificateAuthorityClient::new(operator.channel.clone())
+        .get_certificate_status(
+            operator
+                .signed(
+                    "/hsca.v1.CertificateAuthority/GetCertificateStatus",
+                    v1::GetCertificateStatusRequest {
+                        request_id: request_id(),
+                        certificate_serial: resp.certificate_serial.clone(),
+                    },
+                )
+                .expect("s"),
+        )
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(
+        (st.state, st.reason),
+        (v1::certificate_status::State::Revoked as i32, v1::RevocationReason::KeyCompromise as i32)
+    );
+    let key2 = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    assert_eq!(
+        refused(issue(&station, issue_req(&s, v1::TerminalClass::ClassIii, csr_for(&key2, &s))).await).1,
+        Reason::WrongState
+    );
+}
