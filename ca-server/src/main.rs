@@ -60,6 +60,16 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Restore a backup made by `cactl backup` into the configured registry path, which must not
+    /// exist (move the damaged one away first). The backup's audit chain is verified first.
+    Restore {
+        /// The server's configuration file.
+        #[arg(long, env = "HSCA_CONFIG")]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Serve gRPC over TLS and HTTP (health, readiness, metrics) until SIGTERM.
     Serve {
         /// The configuration file written by `init`.
@@ -99,6 +109,18 @@ fn main() -> Result<()> {
             let e2e =
                 rt.block_on(ca_server::bench::end_to_end(&identity, &ca.policy, &manufacturer, concurrency, count))?;
             ca_server::bench::print(&[limit, e2e]);
+            Ok(())
+        }
+        Command::Restore { config, from } => {
+            let cfg = ca_server::config::Loaded::read(&config)?;
+            let target = cfg.path(&cfg.config.registry.path);
+            let summary = registry::Registry::restore(&from, &target)?;
+            println!(
+                "restored {} to {}: audit chain verified, {} entries",
+                from.display(),
+                target.display(),
+                summary.entries
+            );
             Ok(())
         }
         Command::Serve { config } => {

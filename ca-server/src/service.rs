@@ -764,7 +764,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 macro_rules! handlers {
-    ($trait:path; $($method:ident($req:ty) -> $resp:ty => $call:ident;)*) => {
+    ($trait:path; $($method:ident($req:ty) -> $resp:ty => $call:ident;)* $(; $($extra:tt)*)?) => {
         #[tonic::async_trait]
         impl $trait for Services {
             $(
@@ -774,6 +774,7 @@ macro_rules! handlers {
                     blocking(move || ca.$call(incoming)).await
                 }
             )*
+            $($($extra)*)?
         }
     };
 }
@@ -794,9 +795,46 @@ handlers!(v1::registry_server::Registry;
     list_activations(v1::ListActivationsRequest) -> v1::ListActivationsResponse => list_activations;
 );
 
+impl Ca {
+    /// `Backup`: a consistent snapshot of the registry, written to a temporary file and streamed.
+    pub fn backup(&self, req: Incoming<v1::BackupRequest>) -> Result<(Vec<u8>, String), Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/Backup")?;
+        let tmp = tempfile::tempdir().map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?;
+        let path = tmp.path().join("backup.redb");
+        self.registry.backup(&path).map_err(|e| self.refuse(&caller, "backup", "registry", registry_status(&e)))?;
+        let bytes = std::fs::read(&path).map_err(|e| status(Code::Internal, Reason::StorageFailure, e.to_string()))?;
+        let digest = hex::encode(sm3::Sm3::digest(&bytes));
+        self.audit(&caller.name, "backup", "registry", "ok", format!("{} bytes, sm3 {digest}", bytes.len()));
+        Ok((bytes, digest))
+    }
+}
+
+/// Chunk size of a streamed backup.
+const BACKUP_CHUNK: usize = 1 << 20;
+
 handlers!(v1::admin_server::Admin;
     revoke_certificate(v1::RevokeCertificateRequest) -> v1::CertificateStatus => revoke;
     issue_principal(v1::IssuePrincipalRequest) -> v1::IssuePrincipalResponse => issue_principal;
     disable_principal(v1::DisablePrincipalRequest) -> v1::DisablePrincipalResponse => disable_principal;
     list_audit(v1::ListAuditRequest) -> v1::ListAuditResponse => list_audit;
+    ;
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<v1::BackupChunk, Status>>;
+    async fn backup(&self, req: Request<v1::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let ca = self.0.clone();
+        let incoming = Incoming::from(req);
+        let (bytes, digest) = tokio::task::spawn_blocking(move || ca.backup(incoming)).await.map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))??;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(BACKUP_CHUNK).collect() };
+            let n = chunks.len();
+            for (i, c) in chunks.into_iter().enumerate() {
+                let last = i + 1 == n;
+                let chunk = v1::BackupChunk { data: c.to_vec(), last, sm3: if last { digest.clone() } else { String::new() } };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
 );

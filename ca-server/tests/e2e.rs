@@ -605,3 +605,71 @@ async fn registration_switch_and_life_cycle() {
         Reason::WrongState
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_backup_and_restore() {
+    use sm3::Digest;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_, http) = init(&dir);
+    let server = Server::start(&dir, http);
+    let admin = admin(&dir).await;
+    let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let issued = issue(&station, issue_req(&serial(3), v1::TerminalClass::ClassI, csr_for(&key, &serial(3))))
+        .await
+        .expect("issue");
+
+    let r = v1::admin_client::AdminClient::new(station.channel.clone())
+        .backup(station.signed("/hsca.v1.Admin/Backup", v1::BackupRequest { request_id: request_id() }).expect("s"))
+        .await;
+    assert_eq!(refused(r), (Code::PermissionDenied, Reason::RoleForbidden));
+    let mut stream = v1::admin_client::AdminClient::new(admin.channel.clone())
+        .backup(admin.signed("/hsca.v1.Admin/Backup", v1::BackupRequest { request_id: request_id() }).expect("s"))
+        .await
+        .expect("backup")
+        .into_inner();
+    let mut bytes = Vec::new();
+    let mut digest = String::new();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        bytes.extend_from_slice(&chunk.data);
+        if chunk.last {
+            digest = chunk.sm3;
+        }
+    }
+    assert_eq!(hex::encode(sm3::Sm3::digest(&bytes)), digest);
+    let backup = tmp.path().join("backup.redb");
+    std::fs::write(&backup, &bytes).expect("write");
+    drop((admin, station));
+    server.kill();
+
+    // Disaster: the registry is lost. Restore refuses to overwrite, then restores.
+    let out = Command::new(EXE)
+        .args(["restore", "--config"])
+        .arg(dir.join("ca-server.toml"))
+        .arg("--from")
+        .arg(&backup)
+        .output()
+        .expect("restore");
+    assert!(!out.status.success(), "restore over an existing registry must be refused");
+    std::fs::rename(dir.join("registry.redb"), tmp.path().join("lost.redb")).expect("move away");
+    let out = Command::new(EXE)
+        .args(["restore", "--config"])
+        .arg(dir.join("ca-server.toml"))
+        .arg("--from")
+        .arg(&backup)
+        .output()
+        .expect("restore");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain verified"));
+    let _server = Server::start(&dir, http);
+    let admin = self::admin(&dir).await;
+    let req =
+        v1::GetCertificateRequest { request_id: request_id(), certificate_serial: issued.certificate_serial.clone() };
+    let info = v1::certificate_authority_client::CertificateAuthorityClient::new(admin.channel.clone())
+        .get_certificate(admin.signed("/hsca.v1.CertificateAuthority/GetCertificate", req).expect("s"))
+        .await
+        .expect("restored certificate")
+        .into_inner();
+    assert_eq!(info.certificate_der, issued.certificate_der);
+}
