@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 if [ ${#need[@]} -gt 0 ]; then
@@ -29,7 +30,20 @@ cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 # Doc tests are not part of --all-targets.
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 
-echo "==> README command 1: the pki example, checked by stock openssl"
+echo "==> README command 1: ca-server init + serve, ready, then SIGTERM"
+target/debug/ca-server init --data-dir "$demo/ca" --grpc 127.0.0.1:17443 --http 127.0.0.1:17080
+target/debug/ca-server serve --config "$demo/ca/ca-server.toml" &
+server=$!
+for _ in $(seq 1 100); do
+    curl -fsS http://127.0.0.1:17080/readyz 2>/dev/null && break
+    sleep 0.1
+done
+curl -fsS http://127.0.0.1:17080/readyz
+kill -TERM "$server"
+wait "$server"
+openssl verify -vfyopt distid:1234567812345678 -CAfile "$demo/ca/certs/root.pem" "$demo/ca/certs/issuing.pem"
+
+echo "==> the pki example, checked by stock openssl"
 cargo run -q --locked -p pki --example issue-demo -- "$demo"
 openssl verify -vfyopt distid:1234567812345678 -CAfile "$demo/root.pem" "$demo/issuing.pem"
 openssl verify -vfyopt distid:1234567812345678 -partial_chain -CAfile "$demo/issuing.pem" "$demo/terminal.pem"
