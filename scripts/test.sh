@@ -26,9 +26,9 @@ echo "==> cargo test"
 log=$(mktemp)
 demo=$(mktemp -d)
 trap 'rm -rf "$log" "$demo"' EXIT
-cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
+cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
 # Doc tests are not part of --all-targets.
-cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
+cargo test --workspace --doc --locked --no-fail-fast 2>&1 | tee -a "$log"
 
 echo "==> README command 1: ca-server init + serve, ready, then SIGTERM"
 target/debug/ca-server init --data-dir "$demo/ca" --grpc 127.0.0.1:17443 --http 127.0.0.1:17080

@@ -13,11 +13,12 @@ use pki::cert::{IssuerInfo, TbsRequest, build_tbs};
 use pki::pem::certificate_to_pem;
 use pki::{CertSerial, Certificate, PolicySet, SubjectVars};
 use proto::identity::{IdentityFile, write_private};
-use registry::{AuditEvent, CertRecord, CertStatus, CertSubject, PrincipalRecord, Registry};
+use registry::{AuditEvent, CertSubject, PrincipalRecord, Registry};
 use zeroize::Zeroizing;
 
 use crate::config::{CaSection, Config, HsmSection, PolicySection, RegistrySection, ServerSection, TlsSection};
 use crate::issuer::Issuer;
+use crate::records::now_ms;
 
 /// Token label of the embedded softtoken.
 pub const TOKEN_LABEL: &str = "hsca";
@@ -54,13 +55,8 @@ fn random_secret() -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(proto::signing::base64_encode(&b).replace(['+', '/'], "x")))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn serial_hex(cert: &Certificate) -> Result<String> {
-    let der = der::Encode::to_der(cert.tbs_certificate().serial_number())?;
-    Ok(CertSerial::from_der_content(der.get(2..).unwrap_or_default()).context("certificate serial")?.to_hex())
+    crate::records::serial_hex(cert).context("certificate serial")
 }
 
 fn write_pem(path: &Path, cert: &Certificate) -> Result<()> {
@@ -203,19 +199,13 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
             manufacturers: vec![],
             enabled: true,
         },
-        &CertRecord {
-            serial: admin_serial.clone(),
-            subject: CertSubject::Principal { name: "admin".into() },
-            profile: "admin".into(),
-            key_fingerprint: hex::encode(pki::alg::spki_fingerprint(&admin_key.sm2_public_key().to_spki())),
-            issued_ms: now_ms(),
-            not_after_ms: pki::time::from_x509(&admin_cert.tbs_certificate().validity().not_after)
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            request_id: "ca-server-init".into(),
-            status: CertStatus::Good,
-            provisioning: None,
-        },
+        &crate::records::new_cert_record(
+            &admin_cert,
+            CertSubject::Principal { name: "admin".into() },
+            "admin",
+            "ca-server-init",
+        )
+        .context("admin certificate record")?,
         &admin_der,
         &AuditEvent {
             time_ms: now_ms(),

@@ -12,6 +12,7 @@ pub mod http;
 pub mod init;
 pub mod issuer;
 pub mod ra;
+pub mod records;
 pub mod roles;
 pub mod serve;
 pub mod service;

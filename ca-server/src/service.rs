@@ -48,19 +48,14 @@ pub struct Ca {
     pub metrics: crate::http::Metrics,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::records::{new_cert_record, now_ms};
 
 fn der_of(c: &Certificate) -> Result<Vec<u8>, Status> {
     der::Encode::to_der(c).map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))
 }
 
-fn serial_hex(c: &Certificate) -> Result<String, Status> {
-    let der = der::Encode::to_der(c.tbs_certificate().serial_number())
-        .map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?;
-    pki::CertSerial::from_der_content(der.get(2..).unwrap_or_default())
-        .map(|s| s.to_hex())
+fn record_of(cert: &Certificate, subject: CertSubject, profile: &str, request_id: &str) -> Result<CertRecord, Status> {
+    new_cert_record(cert, subject, profile, request_id)
         .ok_or_else(|| status(Code::Internal, Reason::Internal, "certificate serial"))
 }
 
@@ -313,7 +308,6 @@ impl Ca {
             model: Some(model.clone()),
             name: None,
         };
-        let fingerprint = hex::encode(pki::alg::spki_fingerprint(&approved.csr.spki()));
         // Cheap checks first, so a refusal signs nothing; the registry checks again atomically.
         if let Some(t) = self.registry.terminal(&serial).map_err(|e| registry_status(&e))? {
             if let (Some(active), false) = (&t.active_cert, m.reissue) {
@@ -330,8 +324,9 @@ impl Ca {
             .issue(profile, &vars, approved.csr.public_key(), SystemTime::now())
             .map_err(|e| issuer_status(&e))?;
         let der = der_of(&cert)?;
-        let cert_serial = serial_hex(&cert)?;
-        let not_after = pki::time::from_x509(&cert.tbs_certificate().validity().not_after);
+        let cert_record =
+            record_of(&cert, CertSubject::Terminal { serial: serial.clone() }, "terminal", &m.request_id)?;
+        let cert_serial = cert_record.serial.clone();
         let issue = registry::TerminalIssue {
             request_id: m.request_id.clone(),
             request_hash,
@@ -347,17 +342,7 @@ impl Ca {
             },
             register_if_missing: !self.require_registration,
             reissue: m.reissue,
-            cert: CertRecord {
-                serial: cert_serial.clone(),
-                subject: CertSubject::Terminal { serial: serial.clone() },
-                profile: "terminal".into(),
-                key_fingerprint: fingerprint,
-                issued_ms: now_ms(),
-                not_after_ms: not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-                request_id: m.request_id.clone(),
-                status: CertStatus::Good,
-                provisioning: None,
-            },
+            cert: cert_record.clone(),
             der: der.clone(),
         };
         let action = if m.reissue { "reissue" } else { "issue" };
@@ -668,25 +653,14 @@ impl Ca {
                 .issue(profile, &vars, csr.public_key(), SystemTime::now())
                 .map_err(|e| issuer_status(&e))?;
             let der = der_of(&cert)?;
-            let serial = serial_hex(&cert)?;
-            let not_after = pki::time::from_x509(&cert.tbs_certificate().validity().not_after);
+            let rec = record_of(&cert, CertSubject::Principal { name: m.name.clone() }, &m.role, &m.request_id)?;
+            let serial = rec.serial.clone();
             let p = registry::PrincipalRecord {
                 name: m.name.clone(),
                 role: m.role.clone(),
                 cert_serial: serial.clone(),
                 manufacturers: m.manufacturers.clone(),
                 enabled: true,
-            };
-            let rec = CertRecord {
-                serial: serial.clone(),
-                subject: CertSubject::Principal { name: m.name.clone() },
-                profile: m.role.clone(),
-                key_fingerprint: hex::encode(pki::alg::spki_fingerprint(&csr.spki())),
-                issued_ms: now_ms(),
-                not_after_ms: not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-                request_id: m.request_id.clone(),
-                status: CertStatus::Good,
-                provisioning: None,
             };
             let event = Self::event(
                 &caller,
