@@ -117,7 +117,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
         module: module.clone(),
         token_label: Some(TOKEN_LABEL.into()),
         pin: pin.clone(),
-        profile: VendorProfile::softtoken(),
+        profile: VendorProfile::softtoken()?,
     })?;
 
     // CA keys inside the token, and their certificates.

@@ -76,8 +76,8 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
         None => Zeroizing::new(std::env::var(PIN_ENV).with_context(|| format!("no [hsm] pin_file and no {PIN_ENV}"))?),
     };
     let profile = match c.hsm.profile.as_str() {
-        "softtoken" => VendorProfile::softtoken(),
-        "xipki" => VendorProfile::xipki(),
+        "softtoken" => VendorProfile::softtoken()?,
+        "xipki" => VendorProfile::xipki()?,
         path => VendorProfile::from_toml(
             &std::fs::read_to_string(cfg.path(Path::new(path)))
                 .with_context(|| format!("reading vendor profile {path}"))?,

@@ -56,7 +56,7 @@ fn benches(c: &mut Criterion) {
         module: softtoken_lib(),
         token_label: Some("bench".into()),
         pin: Zeroizing::new("user-pin-1234".into()),
-        profile: VendorProfile::softtoken(),
+        profile: VendorProfile::softtoken().expect("shipped profile"),
     };
     let hsm = Pkcs11Hsm::open(cfg).expect("open");
     hsm.generate_sm2_key("ca").expect("keygen");

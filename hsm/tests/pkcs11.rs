@@ -69,7 +69,7 @@ fn verify_sm2(signer: &dyn Signer, msg: &[u8], sig: &hsm::Signature) {
 fn sm2_keys_generated_listed_and_used_in_the_token() {
     let dir = tempfile::tempdir().expect("tmp");
     let _t = token(dir.path());
-    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken())).expect("open");
+    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken().expect("shipped profile"))).expect("open");
     let info = hsm.generate_sm2_key("issuing-ca").expect("keygen");
     assert_eq!(info.algorithm, KeyAlgorithm::Sm2);
     assert!(matches!(hsm.generate_sm2_key("issuing-ca"), Err(HsmError::KeyExists(_))));
@@ -100,7 +100,7 @@ fn sm2_keys_generated_listed_and_used_in_the_token() {
 fn xipki_profile_drives_the_same_token() {
     let dir = tempfile::tempdir().expect("tmp");
     let _t = token(dir.path());
-    let hsm = Pkcs11Hsm::open(config(VendorProfile::xipki())).expect("open");
+    let hsm = Pkcs11Hsm::open(config(VendorProfile::xipki().expect("shipped profile"))).expect("open");
     hsm.generate_sm2_key("k").expect("keygen with 0xFFFFF001");
     let signer = hsm.signer(KeySelector::Label("k".into()), SignerId::default()).expect("signer");
     let sig = signer.sign(b"message").expect("raw-mode sign with 0xFFFFF002");
@@ -111,7 +111,7 @@ fn xipki_profile_drives_the_same_token() {
 fn lost_sessions_and_logins_are_recovered_and_a_dead_module_is_unavailable() {
     let dir = tempfile::tempdir().expect("tmp");
     let t = token(dir.path());
-    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken())).expect("open");
+    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken().expect("shipped profile"))).expect("open");
     hsm.generate_sm2_key("k").expect("keygen");
     let signer = hsm.signer(KeySelector::Label("k".into()), SignerId::default()).expect("signer");
     signer.sign(b"warm").expect("sign");
@@ -145,10 +145,10 @@ fn lost_sessions_and_logins_are_recovered_and_a_dead_module_is_unavailable() {
 fn wrong_pin_is_a_login_error() {
     let dir = tempfile::tempdir().expect("tmp");
     let _t = token(dir.path());
-    let mut cfg = config(VendorProfile::softtoken());
+    let mut cfg = config(VendorProfile::softtoken().expect("shipped profile"));
     cfg.pin = Zeroizing::new("wrong-pin".into());
     assert!(matches!(Pkcs11Hsm::open(cfg), Err(HsmError::Login(_))));
-    let mut cfg = config(VendorProfile::softtoken());
+    let mut cfg = config(VendorProfile::softtoken().expect("shipped profile"));
     cfg.token_label = Some("other".into());
     assert!(matches!(Pkcs11Hsm::open(cfg), Err(HsmError::Unavailable(_))));
 }
@@ -157,7 +157,7 @@ fn wrong_pin_is_a_login_error() {
 fn eight_threads_share_one_signer() {
     let dir = tempfile::tempdir().expect("tmp");
     let _t = token(dir.path());
-    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken())).expect("open");
+    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken().expect("shipped profile"))).expect("open");
     hsm.generate_sm2_key("k").expect("keygen");
     let signer = hsm.signer(KeySelector::Label("k".into()), SignerId::default()).expect("signer");
     std::thread::scope(|scope| {
@@ -177,7 +177,7 @@ fn eight_threads_share_one_signer() {
 fn certificate_signed_in_the_token_passes_openssl() {
     let dir = tempfile::tempdir().expect("tmp");
     let _t = token(dir.path());
-    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken())).expect("open");
+    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken().expect("shipped profile"))).expect("open");
     hsm.generate_sm2_key("root").expect("keygen");
     let signer = hsm.signer(KeySelector::Label("root".into()), SignerId::default()).expect("signer");
     let policy = pki::PolicySet::embedded_default().expect("policy");
@@ -242,7 +242,7 @@ fn ecdsa_p256_against_softhsm2() {
         module,
         token_label: Some("p256".into()),
         pin: Zeroizing::new(PIN.into()),
-        profile: VendorProfile::softtoken(),
+        profile: VendorProfile::softtoken().expect("shipped profile"),
     };
     let hsm = Pkcs11Hsm::open(cfg).expect("open SoftHSM2");
     hsm.generate_p256_key("tls").expect("EC keygen");
@@ -261,8 +261,8 @@ fn ecdsa_p256_against_softhsm2() {
 
 #[test]
 fn vendor_profiles_parse_and_bad_ones_are_refused() {
-    assert_eq!(VendorProfile::softtoken().mechanism_sign_sm3, 0x8000_5303);
-    assert_eq!(VendorProfile::xipki().key_type_sm2, 0xFFFF_F001);
+    assert_eq!(VendorProfile::softtoken().expect("shipped").mechanism_sign_sm3, 0x8000_5303);
+    assert_eq!(VendorProfile::xipki().expect("shipped").key_type_sm2, 0xFFFF_F001);
     let base = include_str!("../profiles/softtoken.toml");
     assert!(
         matches!(VendorProfile::from_toml(&base.replace("0x80005303", "0x1041")), Err(HsmError::Config(m)) if m.contains("not a vendor-defined code"))
