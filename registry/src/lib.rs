@@ -186,7 +186,68 @@ impl TerminalFilter {
 
 /// The registry.
 pub struct Registry {
-    db: Database,
+    db: std::sync::Arc<Database>,
+    writer: Option<std::sync::mpsc::Sender<Job>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its last batch; joining it releases the
+        // database, so the file can be opened again at once.
+        drop(self.writer.take());
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Delivers a job's result once the batch it ran in is committed (or not).
+type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+/// A write, run by the writer thread inside a batch transaction: says whether it broke the
+/// transaction (a storage error) and how to answer its caller after the commit.
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Finish) + Send>;
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 256;
+
+/// Group commit: every write waiting when a commit starts goes into the next transaction, which
+/// is committed (fsynced) once; each caller is answered only after that commit. A write that is
+/// refused wrote nothing (every write checks before it inserts), so it cannot spoil the batch; a
+/// storage error aborts the whole batch and every caller in it gets the error.
+fn writer_loop(db: std::sync::Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        // If no transaction can be opened the jobs are dropped: their callers see an error.
+        let Ok(txn) = db.begin_write() else { continue };
+        let mut finishes = Vec::with_capacity(batch.len());
+        let mut broken = false;
+        for job in batch {
+            match catch_unwind(AssertUnwindSafe(|| job(&txn))) {
+                Ok((fatal, finish)) => {
+                    broken |= fatal;
+                    finishes.push(finish);
+                }
+                Err(_) => broken = true,
+            }
+        }
+        let outcome = if broken {
+            drop(txn);
+            Err(RegistryError::Storage("write batch aborted after a storage error".into()))
+        } else {
+            txn.commit().map_err(RegistryError::from)
+        };
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+    }
 }
 
 impl Registry {
@@ -206,31 +267,60 @@ impl Registry {
             txn.open_table(AUDIT)?;
         }
         txn.commit()?;
-        Ok(Self { db })
+        let db = std::sync::Arc::new(db);
+        let (writer, jobs) = std::sync::mpsc::channel::<Job>();
+        let for_writer = db.clone();
+        let thread =
+            std::thread::Builder::new().name("registry-writer".into()).spawn(move || writer_loop(for_writer, jobs))?;
+        Ok(Self { db, writer: Some(writer), writer_thread: Some(thread) })
     }
 
-    /// Runs `f` in one write transaction, appends `event` to the audit log in it, commits durably.
-    fn write<T>(&self, event: &AuditEvent, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write()?;
-        let out = f(&txn)?;
-        append_audit(&txn, event)?;
-        txn.commit()?;
-        Ok(out)
+    /// Runs `f` in the next batch transaction and returns its result once that is committed.
+    fn submit<T: Send + 'static>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
+        let job: Job = Box::new(move |txn| {
+            let result = f(txn);
+            let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
+            let finish: Finish = Box::new(move |commit| {
+                let _ = tx.send(match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+                });
+            });
+            (fatal, finish)
+        });
+        let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("write abandoned by the registry writer".into()))?
+    }
+
+    /// Runs `f` and appends `event` to the audit log in the same transaction, durably.
+    fn write<T: Send + 'static>(
+        &self,
+        event: &AuditEvent,
+        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let event = event.clone();
+        self.submit(move |txn| {
+            let out = f(txn)?;
+            append_audit(txn, &event)?;
+            Ok(out)
+        })
     }
 
     /// Records an event alone (a refusal, a read that must be logged).
     pub fn audit(&self, event: &AuditEvent) -> Result<u64> {
-        let txn = self.db.begin_write()?;
-        let seq = append_audit(&txn, event)?;
-        txn.commit()?;
-        Ok(seq)
+        let event = event.clone();
+        self.submit(move |txn| append_audit(txn, &event))
     }
 
     // ---- terminals --------------------------------------------------------------------------
 
     /// Registers a terminal.
     pub fn register_terminal(&self, t: &TerminalRecord, event: &AuditEvent) -> Result<()> {
-        self.write(event, |txn| {
+        let t = t.clone();
+        self.write(event, move |txn| {
+            let t = &t;
             let mut terminals = txn.open_table(TERMINALS)?;
             if terminals.get(t.serial.as_str())?.is_some() {
                 return Err(RegistryError::TerminalExists(t.serial.clone()));
@@ -285,7 +375,9 @@ impl Registry {
         if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
             return Ok(replayed);
         }
-        self.write(event, |txn| {
+        let issue = issue.clone();
+        self.write(event, move |txn| {
+            let issue = &issue;
             let mut requests = txn.open_table(REQUESTS)?;
             let mut certs = txn.open_table(CERTS)?;
             let mut ders = txn.open_table(CERT_DER)?;
@@ -401,7 +493,9 @@ impl Registry {
         provisioning: &Provisioning,
         event: &AuditEvent,
     ) -> Result<()> {
-        self.write(event, |txn| {
+        let (serial, cert, provisioning) = (serial.to_owned(), cert.to_owned(), provisioning.clone());
+        self.write(event, move |txn| {
+            let (serial, cert, provisioning) = (serial.as_str(), cert.as_str(), &provisioning);
             let mut terminals = txn.open_table(TERMINALS)?;
             let mut certs = txn.open_table(CERTS)?;
             let mut t: TerminalRecord = terminals
@@ -435,7 +529,9 @@ impl Registry {
 
     /// Records an activation; the terminal must be provisioned (or already active).
     pub fn activate(&self, a: &ActivationRecord, event: &AuditEvent) -> Result<u64> {
-        self.write(event, |txn| {
+        let a = a.clone();
+        self.write(event, move |txn| {
+            let a = &a;
             let mut terminals = txn.open_table(TERMINALS)?;
             let mut activations = txn.open_table(ACTIVATIONS)?;
             let mut t: TerminalRecord = terminals
@@ -476,7 +572,9 @@ impl Registry {
         invalidity_ms: Option<u64>,
         event: &AuditEvent,
     ) -> Result<CertRecord> {
-        self.write(event, |txn| {
+        let serial = serial.to_owned();
+        self.write(event, move |txn| {
+            let serial = serial.as_str();
             let mut certs = txn.open_table(CERTS)?;
             let mut terminals = txn.open_table(TERMINALS)?;
             let mut rec: CertRecord = certs
@@ -507,7 +605,9 @@ impl Registry {
 
     /// Adds a principal with its identity certificate.
     pub fn add_principal(&self, p: &PrincipalRecord, cert: &CertRecord, der: &[u8], event: &AuditEvent) -> Result<()> {
-        self.write(event, |txn| {
+        let (p, cert, der) = (p.clone(), cert.clone(), der.to_vec());
+        self.write(event, move |txn| {
+            let (p, cert, der) = (&p, &cert, der.as_slice());
             let mut principals = txn.open_table(PRINCIPALS)?;
             let mut certs = txn.open_table(CERTS)?;
             let mut ders = txn.open_table(CERT_DER)?;
@@ -533,7 +633,9 @@ impl Registry {
 
     /// Enables or disables a principal.
     pub fn set_principal_enabled(&self, name: &str, enabled: bool, event: &AuditEvent) -> Result<()> {
-        self.write(event, |txn| {
+        let name = name.to_owned();
+        self.write(event, move |txn| {
+            let name = name.as_str();
             let mut principals = txn.open_table(PRINCIPALS)?;
             let mut p: PrincipalRecord = principals
                 .get(name)?
@@ -551,17 +653,16 @@ impl Registry {
     /// Remembers `nonce` until `expires_ms`; refuses one seen and not yet expired. Expired
     /// nonces are pruned in the same transaction.
     pub fn use_nonce(&self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
+        let nonce = nonce.to_vec();
+        self.submit(move |txn| {
             let mut nonces = txn.open_table(NONCES)?;
-            if nonces.get(nonce)?.is_some_and(|v| v.value() > now_ms) {
+            if nonces.get(nonce.as_slice())?.is_some_and(|v| v.value() > now_ms) {
                 return Err(RegistryError::NonceReplayed);
             }
             nonces.retain(|_, exp| exp > now_ms)?;
-            nonces.insert(nonce, expires_ms)?;
-        }
-        txn.commit()?;
-        Ok(())
+            nonces.insert(nonce.as_slice(), expires_ms)?;
+            Ok(())
+        })
     }
 
     // ---- audit ------------------------------------------------------------------------------
