@@ -1,0 +1,210 @@
+//! The README walk-through, automated: the real `ca-server` (init, serve) and the real `cactl`,
+//! with OpenSSL making the terminal's CSR and checking the certificate. Also cactl's exit codes.
+//!
+//! `ca-server` is found next to `cactl` (cargo builds every workspace binary for
+//! `cargo test --workspace`; alone, run `cargo build -p ca-server` first).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+const CACTL: &str = env!("CARGO_BIN_EXE_cactl");
+
+fn ca_server() -> PathBuf {
+    let p = Path::new(CACTL).with_file_name("ca-server");
+    assert!(p.exists(), "{} not built: run `cargo build -p ca-server` (cargo test --workspace does)", p.display());
+    p
+}
+
+fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn")
+}
+
+fn cactl(args: &[&str]) -> Output {
+    run(Command::new(CACTL).args(args))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn walk_through_with_the_real_binaries() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = d.join("ca");
+    let (grpc, http) = (port(), port());
+    let init = run(Command::new(ca_server()).args(["init", "--data-dir"]).arg(&ca).args([
+        "--grpc",
+        &format!("127.0.0.1:{grpc}"),
+        "--http",
+        &format!("127.0.0.1:{http}"),
+    ]));
+    assert!(init.status.success(), "{}", text(&init));
+    let _server = Serving(
+        Command::new(ca_server()).args(["serve", "--config"]).arg(ca.join("ca-server.toml")).spawn().expect("serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(Instant::now() < deadline, "ca-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = ca.join("cactl.toml");
+    let cfg = cfg.to_str().expect("utf8");
+
+    let station = d.join("station-1");
+    let out = cactl(&[
+        "--config",
+        cfg,
+        "principal",
+        "add",
+        "--role",
+        "station",
+        "--name",
+        "station-1",
+        "--manufacturers",
+        "HSTM",
+        "--out",
+        station.to_str().expect("p"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("added station station-1"));
+    let id = station.join("identity.toml");
+    let id = id.to_str().expect("utf8");
+
+    let openssl = |args: &[&str]| {
+        let o = run(Command::new("openssl").args(args).current_dir(d));
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+        text(&o)
+    };
+    openssl(&["genpkey", "-algorithm", "SM2", "-out", "terminal.key"]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "terminal.key",
+        "-sm3",
+        "-sigopt",
+        "distid:1234567812345678",
+        "-subj",
+        "/CN=HSTM01261100000K/serialNumber=HSTM01261100000K",
+        "-out",
+        "terminal.csr",
+    ]);
+    let csr = d.join("terminal.csr");
+    let pem = d.join("terminal.pem");
+    let issue = |out: &Path| {
+        cactl(&[
+            "--identity",
+            id,
+            "issue",
+            "--csr",
+            csr.to_str().expect("p"),
+            "--serial",
+            "HSTM01261100000K",
+            "--class",
+            "II",
+            "--out",
+            out.to_str().expect("p"),
+            "--request-id",
+            "walk-1",
+        ])
+    };
+    let out = issue(&pem);
+    assert!(out.status.success(), "{}", text(&out));
+    let issuing = ca.join("certs/issuing.pem");
+    assert!(
+        openssl(&[
+            "verify",
+            "-vfyopt",
+            "distid:1234567812345678",
+            "-partial_chain",
+            "-CAfile",
+            issuing.to_str().expect("p"),
+            "terminal.pem"
+        ])
+        .contains("terminal.pem: OK")
+    );
+
+    // The same request id: the same certificate, said so.
+    let again = d.join("again.pem");
+    let out = issue(&again);
+    assert!(out.status.success() && text(&out).contains("same request answered before"), "{}", text(&out));
+    assert_eq!(std::fs::read(&pem).expect("pem"), std::fs::read(&again).expect("again"));
+    // A new request for the same terminal: refused with its reason, exit code 1.
+    let out = cactl(&[
+        "--identity",
+        id,
+        "issue",
+        "--csr",
+        csr.to_str().expect("p"),
+        "--serial",
+        "HSTM01261100000K",
+        "--class",
+        "II",
+        "--out",
+        d.join("x.pem").to_str().expect("p"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("ALREADY_HAS_ACTIVE_CERTIFICATE"), "{}", text(&out));
+    // A station cannot revoke.
+    let out = cactl(&["--identity", id, "revoke", "--terminal", "HSTM01261100000K", "--reason", "key-compromise"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("ROLE_FORBIDDEN"), "{}", text(&out));
+
+    // Admin views, in JSON for scripts.
+    let out = cactl(&["--config", cfg, "--json", "terminal", "show", "--serial", "HSTM01261100000K"]);
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!((row["state"].as_str(), row["class"].as_str()), (Some("issued"), Some("II")));
+    let out = cactl(&["--config", cfg, "status", "--cert", pem.to_str().expect("p")]);
+    assert!(text(&out).contains(": good"), "{}", text(&out));
+    let out = cactl(&["--config", cfg, "revoke", "--terminal", "HSTM01261100000K", "--reason", "key-compromise"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cactl(&["--config", cfg, "--json", "status", "--cert", pem.to_str().expect("p")]);
+    assert!(text(&out).contains("\"state\":\"revoked\""), "{}", text(&out));
+    let out = cactl(&["--config", cfg, "audit", "verify"]);
+    assert!(out.status.success() && text(&out).contains("audit chain verified"), "{}", text(&out));
+    let out = cactl(&["--config", cfg, "audit", "tail", "--last", "50"]);
+    assert!(
+        text(&out).contains("ROLE_FORBIDDEN") && text(&out).contains("ALREADY_HAS_ACTIVE_CERTIFICATE"),
+        "{}",
+        text(&out)
+    );
+    let backup = d.join("backup.redb");
+    let out = cactl(&["--config", cfg, "backup", "--out", backup.to_str().expect("p")]);
+    assert!(out.status.success() && backup.exists(), "{}", text(&out));
+
+    // Exit codes: 2 for local input errors, 3 when the CA cannot be reached.
+    let out = cactl(&[
+        "--config",
+        cfg,
+        "issue",
+        "--csr",
+        "/nonexistent.csr",
+        "--serial",
+        "X",
+        "--class",
+        "I",
+        "--out",
+        "/tmp/x.pem",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = cactl(&["--config", cfg, "--server", &format!("https://127.0.0.1:{}", port()), "audit", "verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = cactl(&["completions", "bash"]);
+    assert!(out.status.success() && text(&out).contains("cactl"));
+}
