@@ -4,15 +4,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use der::{Decode, Encode};
+use der::Decode;
 use pki::{Certificate, SignerId, Sm2PublicKey, validate_chain};
 use proto::signing::{HeaderError, SignedHeaders, canonical};
 use proto::v1::Reason;
 use registry::{CertStatus, CertSubject, PrincipalRecord, Registry};
 use sm3::Digest;
 
+use crate::records::unix_ms;
 use crate::roles::Roles;
 
 /// An authenticated caller.
@@ -205,10 +206,6 @@ pub struct Gate<'a, D: Directory> {
     pub validated: &'a ValidatedCerts,
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl<D: Directory> Gate<'_, D> {
     /// Authenticates and authorises one request. `peer` is the caller's address, for rate
     /// limiting before the principal is known; failures count against it and the principal.
@@ -263,9 +260,7 @@ impl<D: Directory> Gate<'_, D> {
         if cert.tbs_certificate().issuer() != self.trust.issuing.tbs_certificate().subject() {
             return Err(AuthFailure::CertInvalid("not issued by our issuing CA".into()));
         }
-        let serial_der =
-            cert.tbs_certificate().serial_number().to_der().map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
-        let serial = pki::CertSerial::from_der_content(serial_der.get(2..).unwrap_or_default())
+        let serial = pki::CertSerial::of(&cert)
             .ok_or_else(|| AuthFailure::CertInvalid("serial is not a positive integer".into()))?
             .to_hex();
         let (principal, revoked) =

@@ -17,8 +17,7 @@ pub fn now_ms() -> u64 {
 
 /// Upper-case hex of a certificate's serial.
 pub fn serial_hex(cert: &Certificate) -> Option<String> {
-    let der = der::Encode::to_der(cert.tbs_certificate().serial_number()).ok()?;
-    pki::CertSerial::from_der_content(der.get(2..)?).map(|s| s.to_hex())
+    pki::CertSerial::of(cert).map(|s| s.to_hex())
 }
 
 /// The registry record of a certificate just issued to `subject` under `profile`.

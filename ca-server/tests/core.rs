@@ -81,10 +81,7 @@ impl World {
             .issue(self.policy.profile(role).expect("profile"), &vars, key.sm2_public_key(), SystemTime::now())
             .expect("cert");
         let der = der::Encode::to_der(&cert).expect("der");
-        let serial =
-            CertSerial::from_der_content(&der::Encode::to_der(cert.tbs_certificate().serial_number()).expect("s")[2..])
-                .expect("serial")
-                .to_hex();
+        let serial = CertSerial::of(&cert).expect("serial").to_hex();
         let p = PrincipalRecord {
             name: name.into(),
             role: role.into(),

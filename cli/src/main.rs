@@ -600,9 +600,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Status { cert } => {
             let text = std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
             let c = pki::pem::certificate_from_pem(&text)?;
-            let der = der::Encode::to_der(c.tbs_certificate().serial_number())?;
-            let serial =
-                pki::CertSerial::from_der_content(der.get(2..).unwrap_or_default()).context("serial")?.to_hex();
+            let serial = pki::CertSerial::of(&c).context("certificate serial is not a positive integer")?.to_hex();
             let (_, client) = connect(&cli).await?;
             let msg = v1::GetCertificateStatusRequest { request_id: request_id(), certificate_serial: serial.clone() };
             let s = CertificateAuthorityClient::new(client.channel.clone())

@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use hsm::Signer;
 use hsm::backend::memory::SoftwareSm2Key;
 use hsm::backend::pkcs11::{KeySelector, Pkcs11Config, Pkcs11Hsm, VendorProfile};
@@ -42,15 +39,7 @@ fn benches(c: &mut Criterion) {
     std::fs::write(&conf, format!("directory = {:?}\n", dir.path().join("token"))).expect("conf");
     // SAFETY: single-threaded set-up, before any module is loaded.
     unsafe { std::env::set_var("SOFTTOKEN_CONF", &conf) };
-    let p11 = Pkcs11::new(softtoken_lib()).expect("load");
-    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).expect("init");
-    let slot = p11.get_all_slots().expect("slots")[0];
-    p11.init_token(slot, &AuthPin::new("so-pin-1234".into()), "bench").expect("init token");
-    let s = p11.open_rw_session(slot).expect("s");
-    s.login(UserType::So, Some(&AuthPin::new("so-pin-1234".into()))).expect("so");
-    s.init_pin(&AuthPin::new("user-pin-1234".into())).expect("pin");
-    s.logout().expect("logout");
-    drop(s);
+    hsm::backend::pkcs11::init_token(&softtoken_lib(), "bench", "so-pin-1234", "user-pin-1234").expect("init token");
 
     let cfg = Pkcs11Config {
         module: softtoken_lib(),

@@ -7,9 +7,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
+use cryptoki::context::Pkcs11;
 use hsm::backend::pkcs11::{KeyAlgorithm, KeySelector, Pkcs11Config, Pkcs11Hsm, VendorProfile};
 use hsm::{HsmError, Signer};
 use pki::{SignerId, Sm2PublicKey};
@@ -41,13 +39,9 @@ fn token(dir: &Path) -> Token {
     std::fs::write(&conf, format!("directory = {:?}\nkdf_iterations = 1000\n", dir.join("token"))).expect("conf");
     // SAFETY: tests in this binary take turns (TURN).
     unsafe { std::env::set_var("SOFTTOKEN_CONF", &conf) };
+    hsm::backend::pkcs11::init_token(&softtoken_lib(), "hsca-ca", SO_PIN, PIN).expect("init token");
+    // A handle on the same (already initialised) module, to disturb it and finalise it.
     let p11 = Pkcs11::new(softtoken_lib()).expect("load");
-    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).expect("init");
-    let slot = p11.get_all_slots().expect("slots")[0];
-    p11.init_token(slot, &AuthPin::new(SO_PIN.into()), "hsca-ca").expect("init token");
-    let s = p11.open_rw_session(slot).expect("session");
-    s.login(UserType::So, Some(&AuthPin::new(SO_PIN.into()))).expect("so");
-    s.init_pin(&AuthPin::new(PIN.into())).expect("pin");
     Token { p11, _turn: turn }
 }
 

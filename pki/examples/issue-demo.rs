@@ -62,8 +62,7 @@ fn main() -> Result<()> {
         now,
     );
     let entries = [RevokedEntry {
-        serial: pki::CertSerial::from_der_content(&der::Encode::to_der(other.tbs_certificate().serial_number())?[2..])
-            .context("serial")?,
+        serial: pki::CertSerial::of(&other).context("serial")?,
         revoked_at: now,
         reason: Some(CrlReason::KeyCompromise),
         invalidity_date: Some(now - Duration::from_secs(3600)),

@@ -58,6 +58,19 @@ impl CertSerial {
         (positive && minimal && nonzero && bytes.len() <= 20).then(|| Self(bytes.to_vec()))
     }
 
+    /// The serial as a certificate or CRL entry encodes it; `None` if it is not a positive
+    /// INTEGER of at most 20 octets.
+    pub fn from_x509<P: x509_cert::certificate::Profile>(serial: &SerialNumber<P>) -> Option<Self> {
+        let der = serial.to_der().ok()?;
+        // Tag, short-form length, content: a longer (long-form) encoding fails the 20-octet bound.
+        Self::from_der_content(der.get(2..)?)
+    }
+
+    /// A certificate's serial.
+    pub fn of(cert: &Certificate) -> Option<Self> {
+        Self::from_x509(cert.tbs_certificate().serial_number())
+    }
+
     /// From hex as operators type it (`0A1B…`, case-insensitive, optional colons).
     pub fn from_hex(s: &str) -> Option<Self> {
         let clean: String = s.chars().filter(|c| *c != ':').collect();

@@ -258,10 +258,7 @@ pub fn verify_crl(der_bytes: &[u8], issuer: &IssuerInfo) -> Result<VerifiedCrl, 
         .revoked_certificates
         .iter()
         .flatten()
-        .filter_map(|rc| {
-            let content = rc.serial_number.to_der().ok()?;
-            Some((CertSerial::from_der_content(content.get(2..)?)?, reason_of(rc)))
-        })
+        .filter_map(|rc| Some((CertSerial::from_x509(&rc.serial_number)?, reason_of(rc))))
         .collect();
     Ok(VerifiedCrl {
         number: ext_u64(<CrlNumber as const_oid::AssociatedOid>::OID),

@@ -31,8 +31,7 @@ fn verify_link(dir: &Path, ca: &str, cert: &str) -> (bool, String) {
 }
 
 fn serial_of(cert: &pki::Certificate) -> CertSerial {
-    let der = der::Encode::to_der(cert.tbs_certificate().serial_number()).expect("serial");
-    CertSerial::from_der_content(&der[2..]).expect("positive serial")
+    CertSerial::of(cert).expect("positive serial")
 }
 
 #[test]
