@@ -22,6 +22,31 @@ pub struct Config {
     pub policy: PolicySection,
     /// The CA certificates.
     pub ca: CaSection,
+    /// Signed audit checkpoints.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`: the HSM key that signs checkpoints of the audit chain, and how often.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Label of the SM2 audit key in the HSM; without it no checkpoints are signed (and
+    /// `audit verify` says so).
+    pub key_label: Option<String>,
+    /// Seconds between checkpoints (one is also made at shutdown), when the chain has grown.
+    #[serde(default = "default_checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
+}
+
+fn default_checkpoint_seconds() -> u64 {
+    60
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self { key_label: None, checkpoint_seconds: default_checkpoint_seconds() }
+    }
 }
 
 /// `[server]`.

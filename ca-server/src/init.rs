@@ -16,12 +16,16 @@ use proto::identity::{IdentityFile, write_private};
 use registry::{AuditEvent, CertSubject, PrincipalRecord, Registry};
 use zeroize::Zeroizing;
 
-use crate::config::{CaSection, Config, HsmSection, PolicySection, RegistrySection, ServerSection, TlsSection};
+use crate::config::{
+    AuditSection, CaSection, Config, HsmSection, PolicySection, RegistrySection, ServerSection, TlsSection,
+};
 use crate::issuer::Issuer;
 use crate::records::now_ms;
 
 /// Token label of the embedded softtoken.
 pub const TOKEN_LABEL: &str = "hsca";
+/// Label of the key that signs audit checkpoints.
+pub const AUDIT_KEY_LABEL: &str = "hsca-audit";
 
 /// What `init` made.
 #[derive(Debug)]
@@ -123,7 +127,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     // CA keys inside the token, and their certificates.
     let now = SystemTime::now();
     let h = &policy.hierarchy;
-    for label in [&h.root.key_label, &h.issuing.key_label] {
+    for label in [&h.root.key_label, &h.issuing.key_label, &AUDIT_KEY_LABEL.to_owned()] {
         hsm.generate_sm2_key(label)?;
     }
     let root_profile = policy.profile(&h.root.profile).context("root profile")?;
@@ -257,6 +261,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
         registry: RegistrySection { path: "registry.redb".into() },
         policy: PolicySection { directory: "policies".into(), require_registration: false },
         ca: CaSection { root: "certs/root.pem".into(), issuing: "certs/issuing.pem".into() },
+        audit: AuditSection { key_label: Some(AUDIT_KEY_LABEL.into()), ..Default::default() },
     };
     std::fs::write(&config_path, toml::to_string(&config)?)?;
     Ok(Report {

@@ -5,6 +5,7 @@
 //! the HSM and nothing else, and the `registry` crate stores. The gRPC handlers (next) only
 //! decode, call these, and encode.
 
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod config;

@@ -51,6 +51,8 @@ pub struct Signing {
     pub issuer_info: IssuerInfo,
     /// Root and issuing certificates.
     pub trust: Trust,
+    /// The key that signs audit checkpoints, when configured.
+    pub audit: Option<crate::audit::AuditSigner>,
 }
 
 /// Loads the configuration, policy, certificates and HSM key (not the registry).
@@ -109,8 +111,18 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
             cfg.path(&c.ca.issuing).display()
         );
     }
+    let audit = match &c.audit.key_label {
+        Some(label) => {
+            let key = hsm
+                .signer(KeySelector::Label(label.clone()), pki::SignerId::default())
+                .with_context(|| format!("the audit key {label:?} in the HSM"))?;
+            key.self_test()?;
+            Some(crate::audit::AuditSigner::new(Box::new(key))?)
+        }
+        None => None,
+    };
     let trust = Trust { issuing, root, signer_id: issuing_profile.signer_id.clone() };
-    Ok((cfg, Signing { policy, roles, signer: Box::new(signer), issuer_info, trust }))
+    Ok((cfg, Signing { policy, roles, signer: Box::new(signer), issuer_info, trust, audit }))
 }
 
 /// Loads everything the service needs; fails fast, before listening, on any problem.
@@ -125,6 +137,7 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         signer: s.signer,
         issuer_info: s.issuer_info,
         trust: s.trust,
+        audit_signer: s.audit,
         nonces: NonceCache::default(),
         limiter: FailureLimiter::default(),
         validated: Default::default(),
@@ -152,6 +165,30 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+async fn checkpoint_now(ca: Arc<Ca>) {
+    let made = tokio::task::spawn_blocking(move || ca.audit_signer.as_ref().map(|a| a.checkpoint(&ca.registry))).await;
+    match made {
+        Ok(Some(Ok(Some(cp)))) => tracing::info!(seq = cp.seq, "audit checkpoint signed"),
+        Ok(Some(Err(e))) => tracing::error!(error = %e, "audit checkpoint failed"),
+        Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+        Ok(None | Some(Ok(None))) => {}
+    }
+}
+
+async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if ca.audit_signer.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(seconds.max(1)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => checkpoint_now(ca.clone()).await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Serves until a shutdown signal.
 pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let c = &cfg.config;
@@ -168,6 +205,7 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = tokio::spawn({
         let mut rx = stop_rx.clone();
+        let ca = ca.clone();
         async move {
             axum::serve(http, crate::http::router(ca))
                 .with_graceful_shutdown(async move {
@@ -182,9 +220,13 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
         .add_service(v1::registry_server::RegistryServer::new(services.clone()))
         .add_service(v1::admin_server::AdminServer::new(services))
         .serve_with_shutdown(grpc_addr, shutdown_signal());
+    let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.checkpoint_seconds, stop_rx.clone()));
     let result = grpc.await;
     let _ = stop_tx.send(true);
     http_task.await??;
+    let _ = checkpoints.await;
+    // The last words of the chain get signed too.
+    checkpoint_now(ca).await;
     result?;
     Ok(())
 }

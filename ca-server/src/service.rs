@@ -38,6 +38,8 @@ pub struct Ca {
     pub issuer_info: IssuerInfo,
     /// Trust anchors for callers.
     pub trust: Trust,
+    /// The key that signs audit checkpoints, when configured.
+    pub audit_signer: Option<crate::audit::AuditSigner>,
     /// Replay cache.
     pub nonces: NonceCache,
     /// Failure counts.
@@ -712,12 +714,22 @@ impl Ca {
             ..Default::default()
         };
         if req.msg.verify {
-            match self.registry.verify_audit_chain() {
-                Ok(summary) => {
+            let verified = self.registry.verify_audit_chain().map_err(|e| e.to_string()).and_then(|summary| {
+                let signed = match &self.audit_signer {
+                    Some(a) => a.verify(&summary).map_err(|e| e.to_string())?,
+                    None => 0,
+                };
+                Ok((summary, signed))
+            });
+            match verified {
+                Ok((summary, signed)) => {
                     out.chain_verified = true;
                     out.chain_length = summary.entries;
+                    out.checkpoints_verified = signed as u64;
+                    out.last_checkpoint_seq = summary.checkpoints.last().map_or(0, |c| c.seq);
+                    out.checkpoint_key_configured = self.audit_signer.is_some();
                 }
-                Err(e) => out.chain_error = e.to_string(),
+                Err(e) => out.chain_error = e,
             }
         }
         Ok(out)

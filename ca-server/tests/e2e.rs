@@ -673,3 +673,58 @@ async fn online_backup_and_restore() {
         .into_inner();
     assert_eq!(info.certificate_der, issued.certificate_der);
 }
+
+async fn verify_audit(client: &Client) -> v1::ListAuditResponse {
+    let req = v1::ListAuditRequest { request_id: request_id(), last: 1, verify: true };
+    v1::admin_client::AdminClient::new(client.channel.clone())
+        .list_audit(client.signed("/hsca.v1.Admin/ListAudit", req).expect("s"))
+        .await
+        .expect("audit")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_checkpoints_are_signed_by_the_hsm_audit_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_, http) = init(&dir);
+    let config = dir.join("ca-server.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains("key_label = \"hsca-audit\""), "init configures the audit key:\n{text}");
+    std::fs::write(&config, text.replace("checkpoint_seconds = 60", "checkpoint_seconds = 1")).expect("write");
+
+    let server = Server::start(&dir, http);
+    let admin = admin(&dir).await;
+    principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let signed = loop {
+        let v = verify_audit(&admin).await;
+        assert!(v.chain_verified && v.checkpoint_key_configured, "{v:?}");
+        if v.checkpoints_verified > 0 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 20 s: {v:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(signed.last_checkpoint_seq >= 2, "{signed:?}");
+    drop(admin);
+    server.kill();
+
+    // A forger with the database file rewrites entry 2 and re-chains every later hash: the
+    // hash chain alone holds, the signed checkpoint does not.
+    let reg = registry::Registry::open(&dir.join("registry.redb")).expect("open");
+    let mut entry = reg.audit_tail(usize::MAX).expect("tail").into_iter().nth(1).expect("entry 2");
+    entry.event.actor = "nobody".into();
+    reg.rewrite_audit(2, &entry.event).expect("rewrite");
+    assert!(matches!(
+        reg.verify_audit_chain(),
+        Err(registry::RegistryError::Audit(registry::ChainBreak::CheckpointMismatch { .. }))
+    ));
+    drop(reg);
+    let server = Server::start(&dir, http);
+    let admin = self::admin(&dir).await;
+    let v = verify_audit(&admin).await;
+    assert!(!v.chain_verified && v.chain_error.contains("rewritten"), "{v:?}");
+    drop(admin);
+    server.kill();
+}

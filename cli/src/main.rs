@@ -629,10 +629,25 @@ async fn run(cli: Cli) -> Result<()> {
             if verify {
                 print(
                     cli.json,
-                    &serde_json::json!({"verified": resp.chain_verified, "entries": resp.chain_length, "error": resp.chain_error}),
+                    &serde_json::json!({"verified": resp.chain_verified, "entries": resp.chain_length, "error": resp.chain_error,
+                        "checkpoints_verified": resp.checkpoints_verified, "last_checkpoint_seq": resp.last_checkpoint_seq,
+                        "checkpoint_key_configured": resp.checkpoint_key_configured}),
                     || {
-                        if resp.chain_verified {
-                            format!("audit chain verified: {} entries", resp.chain_length)
+                        if resp.chain_verified && !resp.checkpoint_key_configured {
+                            format!(
+                                "audit chain verified: {} entries (hash chain only: the server has no [audit] key_label, so nothing is signed)",
+                                resp.chain_length
+                            )
+                        } else if resp.chain_verified && resp.checkpoints_verified == 0 {
+                            format!(
+                                "audit chain verified: {} entries; no signed checkpoint yet (the server signs one every [audit] checkpoint_seconds and at shutdown)",
+                                resp.chain_length
+                            )
+                        } else if resp.chain_verified {
+                            format!(
+                                "audit chain verified: {} entries; {} signed checkpoints verified, entries 1..{} vouched for by the audit key",
+                                resp.chain_length, resp.checkpoints_verified, resp.last_checkpoint_seq
+                            )
                         } else {
                             format!("AUDIT CHAIN BROKEN: {}", resp.chain_error)
                         }

@@ -86,6 +86,57 @@ pub enum ChainBreak {
         /// The entry.
         seq: u64,
     },
+    /// A signed checkpoint vouches for another hash at its entry (the chain was rewritten).
+    #[error("audit entry {seq} is not the entry its signed checkpoint vouches for (the chain was rewritten)")]
+    CheckpointMismatch {
+        /// The entry.
+        seq: u64,
+    },
+    /// A signed checkpoint names an entry the chain no longer has (entries were cut off the end).
+    #[error("a signed checkpoint vouches for entry {seq} but the chain ends at {entries} (entries were removed)")]
+    Truncated {
+        /// The checkpoint's entry.
+        seq: u64,
+        /// Entries present.
+        entries: u64,
+    },
+    /// A checkpoint does not parse.
+    #[error("audit checkpoint at {seq} is not readable: {why}")]
+    CheckpointUnreadable {
+        /// Its key.
+        seq: u64,
+        /// Parse error.
+        why: String,
+    },
+}
+
+/// A signed statement that the chain's entry `seq` had hash `head`: once signed by the audit key
+/// in the HSM, rewriting the chain up to `seq` (even consistently, every hash recomputed) is
+/// detected, because the forger cannot sign a new checkpoint (DESIGN §5, REQUIREMENTS M8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// The entry vouched for.
+    pub seq: u64,
+    /// Its hash (hex SM3).
+    pub head: String,
+    /// When it was signed, unix milliseconds.
+    pub time_ms: u64,
+    /// Hex SM3 of the signing key's SubjectPublicKeyInfo.
+    pub key_id: String,
+    /// Hex DER SM2 signature over [`checkpoint_message`].
+    pub signature: String,
+}
+
+impl AuditCheckpoint {
+    /// The bytes the audit key signs.
+    pub fn message(&self) -> Vec<u8> {
+        checkpoint_message(self.seq, &self.head, self.time_ms)
+    }
+}
+
+/// The bytes signed for a checkpoint of entry `seq` with hash `head` at `time_ms`.
+pub fn checkpoint_message(seq: u64, head: &str, time_ms: u64) -> Vec<u8> {
+    format!("HSCA-AUDIT-CHECKPOINT-1\n{seq}\n{head}\n{time_ms}\n").into_bytes()
 }
 
 /// A verified chain's summary.
@@ -95,4 +146,7 @@ pub struct ChainSummary {
     pub entries: u64,
     /// Hash of the last entry.
     pub head: String,
+    /// Every checkpoint, oldest first, each matching the chain (their signatures are the
+    /// caller's to check: the registry holds no keys).
+    pub checkpoints: Vec<AuditCheckpoint>,
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-pub use audit::{AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 pub use records::*;
 
 const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
@@ -26,6 +26,7 @@ const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principal
 const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
 const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const AUDIT_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
 
 /// Why a registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -265,6 +266,7 @@ impl Registry {
             txn.open_table(ACTIVATIONS)?;
             txn.open_table(NONCES)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_CHECKPOINTS)?;
         }
         txn.commit()?;
         let db = std::sync::Arc::new(db);
@@ -677,11 +679,54 @@ impl Registry {
         Ok(out)
     }
 
+    /// The last entry's sequence number and hash, if any.
+    pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        match table.last()? {
+            Some((k, v)) => Ok(Some((k.value(), from_json::<AuditEntry>(v.value())?.hash))),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest signed checkpoint, if any.
+    pub fn last_audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT_CHECKPOINTS)?;
+        table.last()?.map(|(_, v)| from_json(v.value())).transpose()
+    }
+
+    /// Stores a signed checkpoint, durably, after checking that it vouches for the entry the
+    /// chain holds at its `seq`. The signature is the caller's (the registry holds no keys).
+    pub fn add_audit_checkpoint(&self, cp: &AuditCheckpoint) -> Result<()> {
+        let cp = cp.clone();
+        self.submit(move |txn| {
+            let audit = txn.open_table(AUDIT)?;
+            let entry: AuditEntry = match audit.get(cp.seq)? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(ChainBreak::Truncated { seq: cp.seq, entries: audit.len()? }.into()),
+            };
+            if entry.hash != cp.head {
+                return Err(ChainBreak::CheckpointMismatch { seq: cp.seq }.into());
+            }
+            txn.open_table(AUDIT_CHECKPOINTS)?.insert(cp.seq, to_json(&cp)?.as_slice())?;
+            Ok(())
+        })
+    }
+
     /// Walks the whole audit chain: keys without gaps, each `prev` equal to the previous hash,
-    /// each hash equal to its content's.
+    /// each hash equal to its content's, each signed checkpoint equal to the entry it names.
     pub fn verify_audit_chain(&self) -> Result<ChainSummary> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(AUDIT)?;
+        let mut checkpoints = Vec::new();
+        for item in txn.open_table(AUDIT_CHECKPOINTS)?.iter()? {
+            let (k, v) = item?;
+            let cp: AuditCheckpoint = serde_json::from_slice(v.value())
+                .map_err(|e| ChainBreak::CheckpointUnreadable { seq: k.value(), why: e.to_string() })?;
+            checkpoints.push(cp);
+        }
+        let mut pending = checkpoints.iter().peekable();
         let mut prev = audit::GENESIS.to_owned();
         let mut expected = 1u64;
         for item in table.iter()? {
@@ -698,10 +743,18 @@ impl Registry {
             if audit::entry_hash(entry.seq, &entry.event, &entry.prev) != entry.hash {
                 return Err(ChainBreak::Edited { seq: entry.seq }.into());
             }
+            while let Some(cp) = pending.next_if(|cp| cp.seq <= entry.seq) {
+                if cp.seq != entry.seq || cp.head != entry.hash {
+                    return Err(ChainBreak::CheckpointMismatch { seq: cp.seq }.into());
+                }
+            }
             prev = entry.hash;
             expected += 1;
         }
-        Ok(ChainSummary { entries: expected - 1, head: prev })
+        if let Some(cp) = pending.next() {
+            return Err(ChainBreak::Truncated { seq: cp.seq, entries: expected - 1 }.into());
+        }
+        Ok(ChainSummary { entries: expected - 1, head: prev, checkpoints })
     }
 
     // ---- backup -----------------------------------------------------------------------------
@@ -724,6 +777,7 @@ impl Registry {
         copy_table(&snapshot, &txn, ACTIVATIONS)?;
         copy_table(&snapshot, &txn, NONCES)?;
         copy_table(&snapshot, &txn, AUDIT)?;
+        copy_table(&snapshot, &txn, AUDIT_CHECKPOINTS)?;
         txn.commit()?;
         Ok(())
     }
@@ -761,6 +815,38 @@ impl Registry {
                 None => {
                     table.remove(seq)?;
                 }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Test hook: a forger with write access to the file: replaces entry `seq`'s event and
+    /// recomputes every hash from there on, so the chain alone still verifies.
+    #[cfg(feature = "test-hooks")]
+    pub fn rewrite_audit(&self, seq: u64, event: &AuditEvent) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            let mut entries: Vec<AuditEntry> =
+                table.range(seq..)?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+            let mut prev = match seq {
+                1 => audit::GENESIS.to_owned(),
+                _ => table
+                    .get(seq - 1)?
+                    .map(|v| from_json::<AuditEntry>(v.value()))
+                    .transpose()?
+                    .map(|e| e.hash)
+                    .unwrap_or_default(),
+            };
+            if let Some(first) = entries.first_mut() {
+                first.event = event.clone();
+            }
+            for e in &mut entries {
+                e.prev = prev.clone();
+                e.hash = audit::entry_hash(e.seq, &e.event, &e.prev);
+                prev = e.hash.clone();
+                table.insert(e.seq, to_json(e)?.as_slice())?;
             }
         }
         txn.commit()?;

@@ -261,6 +261,53 @@ fn audit_chain_detects_edits_removals_and_reordering() {
     assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::Gap { key: 5, expected: 4, found: 5 })));
 }
 
+fn checkpoint(reg: &Registry) -> AuditCheckpoint {
+    let (seq, head) = reg.audit_head().expect("head").expect("entries");
+    AuditCheckpoint { seq, head, time_ms: 7, key_id: "k".into(), signature: "00".into() }
+}
+
+#[test]
+fn checkpoints_catch_a_consistently_rewritten_chain_and_a_cut_tail() {
+    let (_d, reg) = open();
+    assert_eq!(reg.audit_head().expect("head"), None);
+    for i in 0..4 {
+        reg.audit(&ev("issue", &format!("t{i}"))).expect("audit");
+    }
+    let cp = checkpoint(&reg);
+    assert_eq!(cp.seq, 4);
+    reg.add_audit_checkpoint(&cp).expect("checkpoint");
+    assert_eq!(reg.last_audit_checkpoint().expect("last"), Some(cp.clone()));
+    reg.audit(&ev("issue", "t4")).expect("audit");
+    let summary = reg.verify_audit_chain().expect("intact");
+    assert_eq!((summary.entries, summary.checkpoints), (5, vec![cp.clone()]));
+
+    // A checkpoint for a hash the chain does not hold, or for an entry it lacks, is refused.
+    let wrong = AuditCheckpoint { head: "ab".repeat(32), ..cp.clone() };
+    assert_eq!(reg.add_audit_checkpoint(&wrong), Err(RegistryError::Audit(ChainBreak::CheckpointMismatch { seq: 4 })));
+    let ahead = AuditCheckpoint { seq: 9, ..cp.clone() };
+    assert_eq!(
+        reg.add_audit_checkpoint(&ahead),
+        Err(RegistryError::Audit(ChainBreak::Truncated { seq: 9, entries: 5 }))
+    );
+
+    // A forger rewrites entry 2 and re-chains everything after it: the chain alone still
+    // verifies, the signed checkpoint does not.
+    let mut forged = ev("issue", "t1");
+    forged.actor = "someone-else".into();
+    reg.rewrite_audit(2, &forged).expect("rewrite");
+    assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::CheckpointMismatch { seq: 4 })));
+    // Rewriting only after the checkpoint is not caught by it (the next checkpoint will be).
+    reg.rewrite_audit(2, &ev("issue", "t1")).expect("undo");
+    reg.verify_audit_chain().expect("restored");
+    reg.rewrite_audit(5, &forged).expect("rewrite after checkpoint");
+    reg.verify_audit_chain().expect("chain after the last checkpoint is only hash-protected");
+
+    // Cutting the tail below the checkpoint is detected.
+    reg.tamper_audit(5, None).expect("remove");
+    reg.tamper_audit(4, None).expect("remove");
+    assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::Truncated { seq: 4, entries: 3 })));
+}
+
 #[test]
 fn nonces_are_single_use_within_their_window() {
     let (_d, reg) = open();
