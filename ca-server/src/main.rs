@@ -104,11 +104,13 @@ fn main() -> Result<()> {
         Command::Bench { config, identity, manufacturer, concurrency, count, threads } => {
             let (_, ca) = ca_server::serve::load_signing(&config)?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            let limit = ca_server::bench::crypto_limit(&ca, threads, count)?;
+            use ca_server::bench::{LimitWork, crypto_limit};
+            let minimum = crypto_limit(&ca, threads, count, LimitWork::Minimum)?;
+            let as_issued = crypto_limit(&ca, threads, count, LimitWork::AsIssued)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let e2e =
                 rt.block_on(ca_server::bench::end_to_end(&identity, &ca.policy, &manufacturer, concurrency, count))?;
-            ca_server::bench::print(&[limit, e2e]);
+            ca_server::bench::print(&[minimum, as_issued, e2e]);
             Ok(())
         }
         Command::Restore { config, from } => {
