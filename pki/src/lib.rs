@@ -27,6 +27,7 @@ pub mod name;
 pub mod pem;
 pub mod policy;
 pub mod serial;
+pub mod terminal;
 pub mod time;
 
 pub use alg::{DEFAULT_SIGNER_ID, SignatureError, SignerId, Sm2PublicKey};

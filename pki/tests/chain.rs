@@ -374,3 +374,35 @@ fn malformed_ca_extension_is_refused() {
     assert_eq!(depth, 1);
     assert!(matches!(k, K::Malformed(_)), "{k:?}");
 }
+
+#[test]
+fn terminal_binding_serial_key_and_chain_bytes() {
+    use der::Encode;
+    use pki::terminal::{BindingError, check_binding, split_chain};
+    let w = world();
+    let key = w.leaf.tbs_certificate().subject_public_key_info().clone();
+    check_binding(&w.leaf, "HSTM01261100000K", &key).expect("bound");
+    assert!(matches!(
+        check_binding(&w.leaf, "HSTM01261100001V", &key),
+        Err(BindingError::OtherTerminal { found, .. }) if found.contains(&"HSTM01261100000K".to_owned())
+    ));
+    let other = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    assert_eq!(
+        check_binding(&w.leaf, "HSTM01261100000K", &other.sm2_public_key().to_spki()),
+        Err(BindingError::OtherKey)
+    );
+    // The issuing CA's certificate names no terminal at all.
+    assert!(matches!(
+        check_binding(&w.issuing.cert, "HSTM01261100000K", &key),
+        Err(BindingError::OtherTerminal { .. })
+    ));
+
+    let mut bytes = w.leaf.to_der().expect("der");
+    bytes.extend(w.issuing.cert.to_der().expect("der"));
+    let certs = split_chain(&bytes).expect("split");
+    assert_eq!(certs, vec![w.leaf.clone(), w.issuing.cert.clone()]);
+    assert_eq!(split_chain(&[]), Err(BindingError::Empty));
+    assert!(matches!(split_chain(&bytes[..bytes.len() - 1]), Err(BindingError::Malformed(_))));
+    bytes.push(0);
+    assert!(matches!(split_chain(&bytes), Err(BindingError::Malformed(_))));
+}
