@@ -4,7 +4,6 @@
 //! Exit codes: 0 success; 1 the CA refused (the stable reason is printed); 2 usage or local
 //! input error; 3 the CA could not be reached.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -228,19 +227,9 @@ fn identity_path(cli: &Cli) -> Result<PathBuf> {
     Ok(if c.identity.is_absolute() { c.identity } else { cfg.parent().unwrap_or(Path::new(".")).join(c.identity) })
 }
 
-fn prompt_passphrase() -> Option<String> {
-    if !std::io::stdin().is_terminal() {
-        return None;
-    }
-    eprint!("key passphrase: ");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).ok()?;
-    Some(line.trim_end().to_owned())
-}
-
 async fn connect(cli: &Cli) -> Result<(Identity, Client)> {
     let identity = Identity::load(&identity_path(cli)?)?;
-    let pass = identity.passphrase(prompt_passphrase)?;
+    let pass = identity.passphrase(proto::identity::prompt_passphrase)?;
     let signer = identity.signer(&pass)?;
     let client = Client::connect(&identity, cli.server.as_deref(), Box::new(signer)).await?;
     Ok((identity, client))

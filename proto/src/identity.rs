@@ -161,3 +161,16 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.write_all(contents)?;
     f.sync_all()
 }
+
+/// Asks for the key passphrase on the terminal (stderr prompt, stdin answer); `None` when stdin
+/// is not a terminal, so scripts fail with a clear "no passphrase" instead of hanging.
+pub fn prompt_passphrase() -> Option<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    eprint!("key passphrase: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).ok()?;
+    Some(line.trim_end().to_owned())
+}

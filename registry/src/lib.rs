@@ -518,6 +518,11 @@ impl Registry {
                 .map(|v| from_json(v.value()))
                 .transpose()?
                 .ok_or_else(|| RegistryError::CertNotFound(cert.into()))?;
+            // A station re-confirming (a retry, or a re-run that found the device locked) keeps
+            // the first record: when and by whom the certificate was really written.
+            if rec.provisioning.is_some() {
+                return Ok(());
+            }
             rec.provisioning = Some(provisioning.clone());
             if t.state == TerminalState::Issued {
                 t.state = TerminalState::Provisioned;

@@ -148,6 +148,10 @@ fn life_cycle_confirm_activate_revoke() {
     ));
     reg.confirm_provisioning(serial, "BB01", &prov, &ev("confirm", serial)).expect("confirm");
     assert_eq!(reg.terminal(serial).expect("t").expect("t").state, TerminalState::Provisioned);
+    assert_eq!(reg.certificate("BB01").expect("c").expect("c").0.provisioning, Some(prov.clone()));
+    // A re-confirmation (station retry) keeps the first record.
+    let again = Provisioning { station: "station-2".into(), duration_ms: 1, at_ms: 6, ..prov.clone() };
+    reg.confirm_provisioning(serial, "BB01", &again, &ev("confirm", serial)).expect("confirm again");
     assert_eq!(reg.certificate("BB01").expect("c").expect("c").0.provisioning, Some(prov));
     assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("activate"), 1);
     assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("again"), 2);

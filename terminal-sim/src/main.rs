@@ -1,6 +1,217 @@
-//! `terminal-sim`: placeholder until issue #5 lands; see this crate's README for what it will hold.
+//! `terminal-sim`: an emulated terminal with a secure element (see `terminal-sim --help`).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("terminal-sim: not built yet (issue #5); see terminal-sim/README.md");
-    std::process::ExitCode::from(2)
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use device_protocol::DeviceLink;
+use terminal_sim::device::{Ended, Faults, Latency, serve};
+use terminal_sim::se::{Identity, SecureElement};
+
+/// An emulated healthcare-security terminal whose secure element speaks the device protocol
+/// (provisioner/PROTOCOL.md) on a fresh pseudo-terminal (the default; its path is printed) or on
+/// TCP. Its key is generated inside and never leaves; its state persists in --state-dir.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Run,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write what the terminal holds: its certificate (PEM), optionally the chain and its public key.
+    Export {
+        /// The terminal's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Where to write the terminal's certificate (PEM).
+        #[arg(long)]
+        cert_out: PathBuf,
+        /// Also write the issuing CA certificate(s) here (PEM).
+        #[arg(long)]
+        chain_out: Option<PathBuf>,
+        /// Also write the SE's public key here (PEM SubjectPublicKeyInfo).
+        #[arg(long)]
+        public_key_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct Run {
+    /// Terminal serial number (healthcare-security unique serial).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Terminal class.
+    #[arg(long, value_parser = ["I", "II", "III"], default_value = "II")]
+    class: String,
+    /// Manufacturer code (the serial's first four characters by default).
+    #[arg(long)]
+    manufacturer: Option<String>,
+    /// Model.
+    #[arg(long, default_value = "01")]
+    model: String,
+    /// Firmware version reported in HELLO.
+    #[arg(long, default_value = "1.0.0")]
+    firmware: String,
+    /// Where the SE keeps its state (its flash).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Make a stable symlink to the pseudo-terminal at this path.
+    #[arg(long, conflicts_with = "tcp")]
+    link: Option<PathBuf>,
+    /// Serve on TCP at this address instead of a pseudo-terminal (as an adb-forwarded agent).
+    #[arg(long)]
+    tcp: Option<String>,
+    /// Simulated SM2 key generation time, ms.
+    #[arg(long, default_value_t = Latency::SMART_CARD.keygen.as_millis() as u64)]
+    keygen_ms: u64,
+    /// Simulated SM2 signature time, ms (a chain check at COMMIT costs four).
+    #[arg(long, default_value_t = Latency::SMART_CARD.sign.as_millis() as u64)]
+    sign_ms: u64,
+    /// Simulated flash write speed, bytes per second (0: instant).
+    #[arg(long, default_value_t = Latency::SMART_CARD.write_bytes_per_s)]
+    write_bytes_per_s: u64,
+    /// Fault: answer every command this many ms late (BUSY keeps the link alive meanwhile).
+    #[arg(long, default_value_t = 0)]
+    slow_ms: u64,
+    /// Fault: unplug (exit) right after answering command number N (counting from 1).
+    #[arg(long, value_name = "N")]
+    drop_after_step: Option<u32>,
+    /// Fault: corrupt the answer to command number N once.
+    #[arg(long, value_name = "N")]
+    corrupt_step: Option<u32>,
+    /// Fault: refuse every chain at COMMIT.
+    #[arg(long)]
+    reject_chain: bool,
+    /// Fault: lose power half-way through COMMIT's write (the process exits).
+    #[arg(long)]
+    power_cut_on_commit: bool,
+    /// Fault: detect tampering after command number N: keys wiped, state TAMPERED for good.
+    #[arg(long, value_name = "N")]
+    tamper_after_step: Option<u32>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Export { state_dir, cert_out, chain_out, public_key_out }) => {
+            export(&state_dir, &cert_out, chain_out.as_deref(), public_key_out.as_deref())
+        }
+        None => run(&cli.run),
+    }
+}
+
+fn export(
+    dir: &std::path::Path,
+    cert_out: &std::path::Path,
+    chain_out: Option<&std::path::Path>,
+    key_out: Option<&std::path::Path>,
+) -> Result<()> {
+    let se = SecureElement::load(dir)?;
+    if se.identity().is_none() {
+        bail!("{} holds no terminal", dir.display());
+    }
+    let certs = se.certificates().context("the terminal holds no certificate (not provisioned)")?;
+    let pem = |c: &pki::Certificate| pki::pem::certificate_to_pem(c).context("PEM");
+    let (leaf, rest) = certs.split_first().context("empty chain")?;
+    std::fs::write(cert_out, pem(leaf)?).with_context(|| format!("writing {}", cert_out.display()))?;
+    if let Some(p) = chain_out {
+        let text = rest.iter().map(pem).collect::<Result<String>>()?;
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = key_out {
+        let spki = se.public_key().context("no key")?;
+        let der = der::Encode::to_der(&spki)?;
+        std::fs::write(p, pki::pem::der_to_pem("PUBLIC KEY", &der)?)?;
+    }
+    Ok(())
+}
+
+fn run(a: &Run) -> Result<()> {
+    let serial = a.serial.clone().context("--serial is required (see --help)")?;
+    let state_dir = a.state_dir.clone().context("--state-dir is required (see --help)")?;
+    let class = match a.class.as_str() {
+        "I" => 1,
+        "II" => 2,
+        _ => 3,
+    };
+    let manufacturer = a.manufacturer.clone().unwrap_or_else(|| serial.chars().take(4).collect());
+    let identity =
+        Identity { serial: serial.clone(), class, manufacturer, model: a.model.clone(), firmware: a.firmware.clone() };
+    let mut se = SecureElement::open(&state_dir, &identity)?;
+    let latency = Latency {
+        keygen: Duration::from_millis(a.keygen_ms),
+        sign: Duration::from_millis(a.sign_ms),
+        write_bytes_per_s: a.write_bytes_per_s,
+        extra: Duration::from_millis(a.slow_ms),
+    };
+    let faults = Faults {
+        drop_after: a.drop_after_step,
+        corrupt_step: a.corrupt_step,
+        reject_chain: a.reject_chain,
+        power_cut_on_commit: a.power_cut_on_commit,
+        tamper_after: a.tamper_after_step,
+    };
+    let mut step = 0;
+    let mut out = std::io::stdout();
+    if let Some(addr) = &a.tcp {
+        let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        writeln!(out, "terminal-sim {serial} listening on tcp {}", listener.local_addr()?)?;
+        out.flush()?;
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("terminal-sim: accept: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let mut link = DeviceLink::new(stream);
+            match serve(&mut se, &mut link, &latency, &faults, &mut step) {
+                Ok(Ended::Closed) => {}
+                Ok(Ended::Unplugged) => return unplugged(step),
+                Err(e) => eprintln!("terminal-sim: link ended: {e}"),
+            }
+        }
+        return Ok(());
+    }
+    let (master, slave) = serialport::TTYPort::pair().context("opening a pseudo-terminal")?;
+    let path = serialport::SerialPort::name(&slave).context("the pseudo-terminal has no name")?;
+    if let Some(link) = &a.link {
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(&path, link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    writeln!(out, "terminal-sim {serial} listening on {path}")?;
+    out.flush()?;
+    // `slave` stays open for the process's life: when a station closes its end, the master side
+    // keeps working for the next one (as a USB device outlives one host program).
+    let mut link = DeviceLink::new(master);
+    loop {
+        match serve(&mut se, &mut link, &latency, &faults, &mut step) {
+            Ok(Ended::Closed) => return Ok(()),
+            Ok(Ended::Unplugged) => {
+                drop(slave);
+                if let Some(l) = &a.link {
+                    let _ = std::fs::remove_file(l);
+                }
+                return unplugged(step);
+            }
+            Err(e) => {
+                eprintln!("terminal-sim: link error: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn unplugged(step: u32) -> Result<()> {
+    eprintln!("terminal-sim: unplugged after command {step} (fault injection)");
+    std::process::exit(3);
 }

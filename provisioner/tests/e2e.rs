@@ -1,0 +1,357 @@
+//! The station end to end with the real binaries: `ca-server` (init, serve), `cactl` (the
+//! station's identity), `terminal-sim` on real pseudo-terminals, and `provisioner`. Certificates
+//! are exported from the simulators' state and checked by `openssl verify`.
+//!
+//! The other binaries are found next to `provisioner` (`cargo test --workspace` builds them all;
+//! alone: `cargo build --workspace --bins` first).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PROVISIONER: &str = env!("CARGO_BIN_EXE_provisioner");
+
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(PROVISIONER).with_file_name(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins`", p.display());
+    p
+}
+
+fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running CA with a station identity bound to manufacturer HSTM.
+struct Ca {
+    dir: PathBuf,
+    _server: Killed,
+    identity: PathBuf,
+}
+
+impl Ca {
+    fn start(dir: &Path) -> Ca {
+        let ca = dir.join("ca");
+        let (grpc, http) = (port(), port());
+        let out = Command::new(sibling("ca-server"))
+            .args(["init", "--data-dir"])
+            .arg(&ca)
+            .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
+            .output()
+            .expect("init");
+        assert!(out.status.success(), "{}", text(&out));
+        let server = Killed(
+            Command::new(sibling("ca-server"))
+                .args(["serve", "--config"])
+                .arg(ca.join("ca-server.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("serve"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+            assert!(Instant::now() < deadline, "ca-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let station = dir.join("station-1");
+        let c = Ca { dir: ca, _server: server, identity: station.join("identity.toml") };
+        let out = c.cactl(&[
+            "principal",
+            "add",
+            "--role",
+            "station",
+            "--name",
+            "station-1",
+            "--manufacturers",
+            "HSTM",
+            "--out",
+            station.to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        c
+    }
+
+    fn cactl(&self, args: &[&str]) -> Output {
+        Command::new(sibling("cactl"))
+            .arg("--config")
+            .arg(self.dir.join("cactl.toml"))
+            .args(args)
+            .output()
+            .expect("cactl")
+    }
+
+    /// The registry's view of a terminal: (state, active certificate).
+    fn terminal(&self, serial: &str) -> Option<(String, String)> {
+        let out = self.cactl(&["--json", "terminal", "show", "--serial", serial]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        Some((v["state"].as_str()?.to_owned(), v["active_certificate"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    fn provision(&self, ports: &[&Path], extra: &[&str]) -> (Output, Vec<serde_json::Value>) {
+        let report = self.dir.join(format!("report-{}.json", port()));
+        let mut cmd = Command::new(PROVISIONER);
+        cmd.args(["run", "--identity"]).arg(&self.identity).arg("--report").arg(&report).args(extra);
+        for p in ports {
+            cmd.arg("--port").arg(p);
+        }
+        let out = cmd.output().expect("provisioner");
+        let rows = std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+            .unwrap_or_default();
+        (out, rows)
+    }
+}
+
+/// A simulated terminal on a pty, reachable at `link`.
+struct Sim {
+    child: Option<Killed>,
+    serial: String,
+    state: PathBuf,
+    link: PathBuf,
+}
+
+impl Sim {
+    fn start(dir: &Path, serial: &str, args: &[&str]) -> Sim {
+        let state = dir.join(format!("se-{serial}"));
+        let link = dir.join(format!("tty-{serial}"));
+        let mut s = Sim { child: None, serial: serial.to_owned(), state, link };
+        s.restart(args);
+        s
+    }
+
+    fn restart(&mut self, args: &[&str]) {
+        self.child = None;
+        let mut child = Command::new(sibling("terminal-sim"))
+            .args(["--serial", &self.serial, "--class", "II", "--state-dir"])
+            .arg(&self.state)
+            .arg("--link")
+            .arg(&self.link)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("terminal-sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+        assert!(line.contains("listening on"), "terminal-sim said {line:?}");
+        self.child = Some(Killed(child));
+    }
+
+    /// Exports (certificate, public key) PEM paths from the state directory.
+    fn export(&self, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+        let cert = dir.join(format!("{}.pem", self.serial));
+        let key = dir.join(format!("{}.pub.pem", self.serial));
+        let out = Command::new(sibling("terminal-sim"))
+            .args(["export", "--state-dir"])
+            .arg(&self.state)
+            .arg("--cert-out")
+            .arg(&cert)
+            .arg("--public-key-out")
+            .arg(&key)
+            .output()
+            .expect("export");
+        out.status.success().then_some((cert, key))
+    }
+}
+
+/// Valid serials under the default rule (check character computed by the policy's algorithm).
+fn serials(n: usize, run: char) -> Vec<String> {
+    let policy = pki::PolicySet::embedded_default().expect("policy");
+    (0..n)
+        .map(|i| {
+            let body = format!("HSTM012611{run}{i:04}");
+            format!("{body}{}", policy.serial_rule().check.compute(&body).expect("alphabet"))
+        })
+        .collect()
+}
+
+fn openssl_verify(issuing: &Path, cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["verify", "-vfyopt", "distid:1234567812345678", "-partial_chain", "-CAfile"])
+        .arg(issuing)
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    text(&out)
+}
+
+fn spki_of_cert(cert: &Path) -> Vec<u8> {
+    let pem = std::fs::read_to_string(cert).expect("cert");
+    let c = pki::pem::certificate_from_pem(&pem).expect("pem");
+    der::Encode::to_der(c.tbs_certificate().subject_public_key_info()).expect("der")
+}
+
+fn spki_of_pem(key: &Path) -> Vec<u8> {
+    let pem = std::fs::read_to_string(key).expect("key");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64_decode(&b64)
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = A.iter().position(|a| *a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn eight_terminals_at_once_with_smart_card_latencies() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    let sims: Vec<Sim> = serials(8, 'A').iter().map(|s| Sim::start(d, s, &[])).collect();
+    let links: Vec<&Path> = sims.iter().map(|s| s.link.as_path()).collect();
+    let (out, rows) = ca.provision(&links, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rows.len(), 8, "{}", text(&out));
+    let issuing = ca.dir.join("certs/issuing.pem");
+    for (sim, row) in sims.iter().zip(&rows) {
+        assert_eq!((row["serial"].as_str(), row["outcome"].as_str()), (Some(sim.serial.as_str()), Some("provisioned")));
+        let (state, active) = ca.terminal(&sim.serial).expect("registered");
+        assert_eq!(state, "provisioned");
+        assert_eq!(Some(active.as_str()), row["certificate_serial"].as_str());
+        let (cert, key) = sim.export(d).expect("the simulator holds a certificate");
+        assert!(openssl_verify(&issuing, &cert).contains(": OK"), "{}", openssl_verify(&issuing, &cert));
+        assert_eq!(spki_of_cert(&cert), spki_of_pem(&key), "the certificate certifies the SE's own key");
+    }
+
+    // Running the station again finds every terminal done: reported, nothing written twice.
+    let (out, again) = ca.provision(&links, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (a, b) in rows.iter().zip(&again) {
+        assert_eq!(b["outcome"], "already-provisioned");
+        assert_eq!(a["certificate_serial"], b["certificate_serial"]);
+    }
+    let steps = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("\"event\":\"step\"")).count();
+    assert!(steps >= 8 * 3, "one JSON line per step: {}", text(&out));
+}
+
+/// Runs the station on a terminal started with `fault`, expects it to fail at `step` with `code`,
+/// then restarts the terminal without the fault and expects a re-run to complete with exactly one
+/// certificate.
+fn fault_then_rerun(fault: &[&str], step: &[&str], code: &[&str], serial_run: char) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    let serial = serials(1, serial_run).remove(0);
+    let fast = ["--keygen-ms", "0", "--sign-ms", "0", "--write-bytes-per-s", "0"];
+    let mut sim = Sim::start(d, &serial, &[&fast[..], fault].concat());
+    let station = ["--frame-timeout-ms", "300", "--retransmits", "2"];
+    let (out, rows) = ca.provision(&[&sim.link], &station);
+    assert_eq!(out.status.code(), Some(1), "{fault:?} must fail: {}", text(&out));
+    assert!(step.contains(&rows[0]["failed_step"].as_str().unwrap_or_default()), "{fault:?}: {}", text(&out));
+    assert!(code.contains(&rows[0]["code"].as_str().unwrap_or_default()), "{fault:?}: {}", text(&out));
+    if let Some((state, _)) = ca.terminal(&serial) {
+        assert_ne!(state, "provisioned", "no confirmed record after a failure");
+    }
+    // The device is untouched: no certificate in it.
+    assert!(sim.export(d).is_none(), "{fault:?} left a certificate in the device");
+
+    sim.restart(&fast);
+    let (out, rows) = ca.provision(&[&sim.link], &station);
+    assert!(out.status.success(), "re-run after {fault:?}: {}", text(&out));
+    assert_eq!(rows[0]["outcome"], "provisioned");
+    let (state, active) = ca.terminal(&serial).expect("registered");
+    assert_eq!((state.as_str(), Some(active.as_str())), ("provisioned", rows[0]["certificate_serial"].as_str()));
+    let (cert, _) = sim.export(d).expect("exported");
+    let issuing = ca.dir.join("certs/issuing.pem");
+    assert!(openssl_verify(&issuing, &cert).contains(": OK"));
+}
+
+#[test]
+fn unplugged_mid_chain_then_rerun_completes() {
+    // Commands: 1 HELLO, 2 GEN_KEY, 3 GET_CSR, 4 PUT_ROOT, 5 PUT_CHAIN, 6 COMMIT, … The answer to
+    // the last command before an unplug may or may not reach the station.
+    fault_then_rerun(&["--drop-after-step", "5"], &["PUT_CHAIN", "COMMIT"], &["DEVICE_TIMEOUT", "LINK_FAILED"], 'B');
+}
+
+#[test]
+fn chain_rejected_by_the_device_then_rerun_completes() {
+    fault_then_rerun(&["--reject-chain"], &["COMMIT"], &["CHAIN_INVALID"], 'C');
+}
+
+#[test]
+fn power_cut_during_commit_leaves_the_old_state() {
+    fault_then_rerun(&["--power-cut-on-commit"], &["COMMIT"], &["DEVICE_TIMEOUT", "LINK_FAILED"], 'D');
+}
+
+#[test]
+fn a_corrupted_frame_is_retransmitted_and_provisioning_succeeds() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    let serial = serials(1, 'E').remove(0);
+    let sim = Sim::start(d, &serial, &["--corrupt-step", "3", "--keygen-ms", "0", "--sign-ms", "0"]);
+    let (out, rows) = ca.provision(&[&sim.link], &["--frame-timeout-ms", "300"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rows[0]["outcome"], "provisioned");
+}
+
+#[test]
+fn a_tampered_terminal_is_reported_and_never_provisioned() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    let serial = serials(1, 'F').remove(0);
+    let mut sim = Sim::start(d, &serial, &["--tamper-after-step", "2", "--keygen-ms", "0", "--sign-ms", "0"]);
+    let (out, rows) = ca.provision(&[&sim.link], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!((rows[0]["failed_step"].as_str(), rows[0]["code"].as_str()), (Some("GET_CSR"), Some("TAMPERED")));
+    sim.restart(&[]);
+    let (out, rows) = ca.provision(&[&sim.link], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!((rows[0]["failed_step"].as_str(), rows[0]["code"].as_str()), (Some("HELLO"), Some("TAMPERED")));
+    assert!(sim.export(d).is_none());
+    assert_eq!(ca.terminal(&serial), None, "nothing was issued for a tampered terminal");
+}
+
+#[test]
+fn the_deadline_abandons_a_slow_terminal_and_the_ca_holds_no_confirmation() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    let serial = serials(1, 'G').remove(0);
+    let mut sim = Sim::start(d, &serial, &["--slow-ms", "700", "--keygen-ms", "0", "--sign-ms", "0"]);
+    let started = Instant::now();
+    let (out, rows) = ca.provision(&[&sim.link], &["--deadline", "3s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(rows[0]["code"], "DEADLINE_EXCEEDED", "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    if let Some((state, _)) = ca.terminal(&serial) {
+        assert_ne!(state, "provisioned");
+    }
+    assert!(sim.export(d).is_none());
+    // At full speed the same terminal completes, with the certificate already issued to it.
+    sim.restart(&["--keygen-ms", "0", "--sign-ms", "0"]);
+    let (out, rows) = ca.provision(&[&sim.link], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rows[0]["outcome"], "provisioned");
+}
