@@ -355,3 +355,75 @@ fn the_deadline_abandons_a_slow_terminal_and_the_ca_holds_no_confirmation() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(rows[0]["outcome"], "provisioned");
 }
+
+#[test]
+fn over_tcp_and_in_watch_mode() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    let serials = serials(3, 'H');
+    let fast = ["--keygen-ms", "0", "--sign-ms", "0", "--write-bytes-per-s", "0"];
+
+    // A terminal agent reached over TCP (as through `adb forward`).
+    let mut child = Command::new(sibling("terminal-sim"))
+        .args(["--serial", &serials[0], "--tcp", "127.0.0.1:0", "--state-dir"])
+        .arg(d.join("se-tcp"))
+        .args(fast)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("terminal-sim");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+    let _tcp_sim = Killed(child);
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let report = d.join("tcp.csv");
+    let out = Command::new(PROVISIONER)
+        .args(["run", "--identity"])
+        .arg(&ca.identity)
+        .args(["--tcp", &addr, "--report"])
+        .arg(&report)
+        .output()
+        .expect("provisioner");
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = std::fs::read_to_string(&report).expect("csv report");
+    assert!(csv.starts_with("port,serial,certificate_serial,duration_ms,outcome"), "{csv}");
+    assert!(csv.contains(&format!("tcp:{addr},{},", serials[0])) && csv.contains(",provisioned,"), "{csv}");
+    assert_eq!(ca.terminal(&serials[0]).map(|t| t.0), Some("provisioned".into()));
+
+    // A station left running: terminals plugged in after it started are provisioned as they appear.
+    let watcher = Command::new(PROVISIONER)
+        .args(["watch", "--identity"])
+        .arg(&ca.identity)
+        .arg("--glob")
+        .arg(d.join("plug-*"))
+        .args(["--max", "2", "--poll-ms", "100", "--json", "--report"])
+        .arg(d.join("watch.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut plugged = Vec::new();
+    for s in &serials[1..] {
+        let mut child = Command::new(sibling("terminal-sim"))
+            .args(["--serial", s, "--state-dir"])
+            .arg(d.join(format!("se-{s}")))
+            .arg("--link")
+            .arg(d.join(format!("plug-{s}")))
+            .args(fast)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("terminal-sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+        plugged.push(Killed(child));
+    }
+    let out = watcher.wait_with_output().expect("watch ends after --max");
+    assert!(out.status.success(), "{}", text(&out));
+    for s in &serials[1..] {
+        assert_eq!(ca.terminal(s).map(|t| t.0), Some("provisioned".into()), "{}", text(&out));
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"event\":\"done\""), "{}", text(&out));
+}

@@ -99,7 +99,7 @@ pub fn sign_crl(ca: &Ca, req: &pki::CrlRequest<'_>) -> pki::CertificateList {
 /// A CSR signed by `key` for `subject` (e.g. "CN=…,serialNumber=…").
 pub fn csr(key: &SoftwareSm2Key, subject: &str) -> Vec<u8> {
     use std::str::FromStr;
-    let name = x509_cert::name::Name::from_str(subject).expect("subject");
+    let name = pki::Name::from_str(subject).expect("subject");
     let info = build_csr_info(&name, key.sm2_public_key()).expect("csr info");
     let sig = key.sign(&info).expect("sign csr");
     assemble_csr(&info, sig.as_der(), key.signer_id()).expect("csr")
