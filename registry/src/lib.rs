@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod records;
+mod revocation;
 
 use std::path::Path;
 
@@ -17,8 +18,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 pub use records::*;
 
-const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
-const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+pub(crate) const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
+pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 const CERT_DER: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_der");
 const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
@@ -87,6 +88,24 @@ pub enum RegistryError {
     /// No such principal.
     #[error("principal {0} not found")]
     PrincipalNotFound(String),
+    /// Lifting a hold on a certificate that is not on hold.
+    #[error("certificate {0} is not on hold (only certificateHold can be lifted)")]
+    NotOnHold(String),
+    /// A bulk revocation must name a manufacturer, model or lot.
+    #[error("a bulk revocation must name a manufacturer, model or lot")]
+    EmptyFilter,
+    /// No such approval.
+    #[error("approval {0} not found")]
+    ApprovalNotFound(String),
+    /// The approval id is taken.
+    #[error("approval {0} already exists")]
+    ApprovalExists(String),
+    /// Already approved or rejected.
+    #[error("approval {0} was already decided")]
+    ApprovalDecided(String),
+    /// Dual control: the requester cannot approve.
+    #[error("{0} asked for this bulk revocation; a second administrator must decide it")]
+    SameApprover(String),
     /// The nonce was seen within its window.
     #[error("nonce replayed")]
     NonceReplayed,
@@ -119,11 +138,11 @@ storage_from!(
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| RegistryError::Corrupt(e.to_string()))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(|e| RegistryError::Corrupt(e.to_string()))
 }
 
@@ -267,6 +286,11 @@ impl Registry {
             txn.open_table(NONCES)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_CHECKPOINTS)?;
+            txn.open_table(revocation::REVOKED)?;
+            txn.open_table(revocation::RELEASED)?;
+            txn.open_table(revocation::META)?;
+            txn.open_table(revocation::APPROVALS)?;
+            revocation::index_revoked_once(&txn)?;
         }
         txn.commit()?;
         let db = std::sync::Arc::new(db);
@@ -432,6 +456,13 @@ impl Registry {
                     invalidity_ms: None,
                 };
                 certs.insert(old.as_str(), to_json(&rec)?.as_slice())?;
+                let entry = RevokedCert {
+                    serial: old.clone(),
+                    at_ms: issue.cert.issued_ms,
+                    reason: RevocationReason::Superseded,
+                    invalidity_ms: None,
+                };
+                txn.open_table(revocation::REVOKED)?.insert(old.as_str(), to_json(&entry)?.as_slice())?;
                 superseded = Some(old);
             }
             terminal.state = TerminalState::Issued;
@@ -580,32 +611,7 @@ impl Registry {
         event: &AuditEvent,
     ) -> Result<CertRecord> {
         let serial = serial.to_owned();
-        self.write(event, move |txn| {
-            let serial = serial.as_str();
-            let mut certs = txn.open_table(CERTS)?;
-            let mut terminals = txn.open_table(TERMINALS)?;
-            let mut rec: CertRecord = certs
-                .get(serial)?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .ok_or_else(|| RegistryError::CertNotFound(serial.into()))?;
-            if rec.status != CertStatus::Good {
-                return Err(RegistryError::AlreadyRevoked(serial.into()));
-            }
-            rec.status = CertStatus::Revoked { at_ms, reason, invalidity_ms };
-            certs.insert(serial, to_json(&rec)?.as_slice())?;
-            if let CertSubject::Terminal { serial: ts } = &rec.subject {
-                let t: Option<TerminalRecord> =
-                    terminals.get(ts.as_str())?.map(|v| from_json(v.value())).transpose()?;
-                if let Some(mut t) = t.filter(|t| t.active_cert.as_deref() == Some(serial)) {
-                    t.active_cert = None;
-                    t.state = TerminalState::Revoked;
-                    t.updated_ms = at_ms;
-                    terminals.insert(ts.as_str(), to_json(&t)?.as_slice())?;
-                }
-            }
-            Ok(rec)
-        })
+        self.write(event, move |txn| revocation::revoke_in(txn, &serial, reason, at_ms, invalidity_ms))
     }
 
     // ---- principals -------------------------------------------------------------------------
@@ -783,6 +789,10 @@ impl Registry {
         copy_table(&snapshot, &txn, NONCES)?;
         copy_table(&snapshot, &txn, AUDIT)?;
         copy_table(&snapshot, &txn, AUDIT_CHECKPOINTS)?;
+        copy_table(&snapshot, &txn, revocation::REVOKED)?;
+        copy_table(&snapshot, &txn, revocation::RELEASED)?;
+        copy_table(&snapshot, &txn, revocation::META)?;
+        copy_table(&snapshot, &txn, revocation::APPROVALS)?;
         txn.commit()?;
         Ok(())
     }

@@ -186,3 +186,95 @@ pub struct RequestResult {
     /// SM3 of the request's canonical content: a reused id with other content is refused.
     pub request_hash: String,
 }
+
+/// A revoked certificate, as CRLs and OCSP need it (the `revoked` index).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCert {
+    /// Upper-case hex serial.
+    pub serial: String,
+    /// Unix milliseconds of the revocation.
+    pub at_ms: u64,
+    /// Reason.
+    pub reason: RevocationReason,
+    /// Unix milliseconds of suspected compromise.
+    pub invalidity_ms: Option<u64>,
+}
+
+/// A certificate released from hold (`unrevoke`): delta CRLs list it as removeFromCRL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedCert {
+    /// Upper-case hex serial.
+    pub serial: String,
+    /// Unix milliseconds of the release.
+    pub at_ms: u64,
+}
+
+/// Which terminals a bulk revocation covers (every given field must match).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkFilter {
+    /// Manufacturer code.
+    pub manufacturer: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Production lot.
+    pub lot: Option<String>,
+}
+
+impl BulkFilter {
+    /// Whether no field is set (which would mean every terminal: refused).
+    pub fn is_empty(&self) -> bool {
+        self.manufacturer.is_none() && self.model.is_none() && self.lot.is_none()
+    }
+
+    /// Whether terminal `t` is covered.
+    pub fn admits(&self, t: &TerminalRecord) -> bool {
+        self.manufacturer.as_ref().is_none_or(|m| *m == t.manufacturer)
+            && self.model.as_ref().is_none_or(|m| *m == t.model)
+            && self.lot.as_ref().is_none_or(|l| t.lot.as_ref() == Some(l))
+    }
+}
+
+/// Where a bulk revocation stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for a second administrator.
+    Pending,
+    /// Approved and carried out.
+    Approved {
+        /// The second administrator.
+        by: String,
+        /// Unix milliseconds.
+        at_ms: u64,
+        /// The certificates it revoked.
+        revoked: Vec<String>,
+    },
+    /// Rejected: nothing was revoked.
+    Rejected {
+        /// The second administrator.
+        by: String,
+        /// Unix milliseconds.
+        at_ms: u64,
+    },
+}
+
+/// A bulk revocation under dual control (DESIGN §4): one administrator asks, another decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Identifier (hex).
+    pub id: String,
+    /// The administrator who asked.
+    pub requested_by: String,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// The terminals covered.
+    pub filter: BulkFilter,
+    /// RFC 5280 reason for every revocation.
+    pub reason: RevocationReason,
+    /// Suspected compromise time, for keyCompromise.
+    pub invalidity_ms: Option<u64>,
+    /// Active certificates the filter matched when asked.
+    pub matched: u64,
+    /// Pending, approved or rejected.
+    pub state: ApprovalState,
+}

@@ -392,3 +392,93 @@ fn state_survives_reopen_and_backup_restores_under_load() {
     assert_eq!(restored.certificate("EE01").expect("c").expect("c").0.serial, "EE01");
     assert!(matches!(Registry::restore(&backup, &restored_path), Err(RegistryError::TargetExists(_))));
 }
+
+fn lot_terminal(serial: &str, lot: &str) -> TerminalIssue {
+    let mut i = issue(&format!("r-{serial}"), serial, &format!("C-{serial}"), &format!("k-{serial}"));
+    i.terminal.lot = Some(lot.into());
+    i
+}
+
+#[test]
+fn bulk_revocation_needs_a_second_administrator_and_revokes_exactly_the_lot() {
+    let (_d, reg) = open();
+    for (s, lot) in [("HSTM01261100000K", "L1"), ("HSTM01261100001I", "L1"), ("HSTM01261100002G", "L2")] {
+        reg.record_terminal_issue(&lot_terminal(s, lot), &ev("issue", s)).expect("issue");
+    }
+    let filter = BulkFilter { lot: Some("L1".into()), ..Default::default() };
+    assert_eq!(reg.bulk_matches(&filter).expect("matches").len(), 2);
+    let approval = Approval {
+        id: "a1".into(),
+        requested_by: "admin-1".into(),
+        created_ms: 10,
+        filter: filter.clone(),
+        reason: RevocationReason::KeyCompromise,
+        invalidity_ms: Some(5),
+        matched: 2,
+        state: ApprovalState::Pending,
+    };
+    let empty = Approval { id: "a0".into(), filter: BulkFilter::default(), ..approval.clone() };
+    assert_eq!(reg.request_bulk_revocation(&empty, &ev("bulk", "*")), Err(RegistryError::EmptyFilter));
+    reg.request_bulk_revocation(&approval, &ev("bulk", "L1")).expect("request");
+    assert_eq!(
+        reg.request_bulk_revocation(&approval, &ev("bulk", "L1")),
+        Err(RegistryError::ApprovalExists("a1".into()))
+    );
+    // Without approval nothing changes.
+    assert!(reg.revoked_certificates().expect("revoked").is_empty());
+    assert_eq!(reg.approvals(true).expect("pending").len(), 1);
+    assert_eq!(
+        reg.decide_approval("a1", "admin-1", true, 20, &ev("approve", "a1")),
+        Err(RegistryError::SameApprover("admin-1".into()))
+    );
+    assert_eq!(
+        reg.decide_approval("nope", "admin-2", true, 20, &ev("approve", "x")),
+        Err(RegistryError::ApprovalNotFound("nope".into()))
+    );
+    let done = reg.decide_approval("a1", "admin-2", true, 20, &ev("approve", "a1")).expect("approve");
+    let ApprovalState::Approved { by, revoked, .. } = &done.state else { panic!("{done:?}") };
+    assert_eq!((by.as_str(), revoked.len()), ("admin-2", 2));
+    let revoked: Vec<String> = reg.revoked_certificates().expect("revoked").into_iter().map(|r| r.serial).collect();
+    assert_eq!(revoked, vec!["C-HSTM01261100000K".to_owned(), "C-HSTM01261100001I".to_owned()]);
+    assert_eq!(reg.terminal("HSTM01261100002G").expect("t").expect("t").state, TerminalState::Issued, "L2 untouched");
+    assert_eq!(
+        reg.decide_approval("a1", "admin-3", false, 30, &ev("reject", "a1")),
+        Err(RegistryError::ApprovalDecided("a1".into()))
+    );
+    assert!(reg.approvals(true).expect("pending").is_empty());
+
+    // A rejected request revokes nothing.
+    let l2 =
+        Approval { id: "a2".into(), filter: BulkFilter { lot: Some("L2".into()), ..Default::default() }, ..approval };
+    reg.request_bulk_revocation(&l2, &ev("bulk", "L2")).expect("request");
+    let rejected = reg.decide_approval("a2", "admin-2", false, 40, &ev("reject", "a2")).expect("reject");
+    assert!(matches!(rejected.state, ApprovalState::Rejected { .. }));
+    assert_eq!(reg.revoked_certificates().expect("revoked").len(), 2);
+}
+
+#[test]
+fn hold_is_lifted_only_for_certificate_hold_and_crl_numbers_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("r.redb");
+    {
+        let reg = Registry::open(&path).expect("open");
+        reg.record_terminal_issue(&lot_terminal("HSTM01261100000K", "L1"), &ev("issue", "t")).expect("issue");
+        reg.record_terminal_issue(&lot_terminal("HSTM01261100001I", "L1"), &ev("issue", "t")).expect("issue");
+        let held = "C-HSTM01261100000K";
+        reg.revoke(held, RevocationReason::CertificateHold, 10, None, &ev("hold", held)).expect("hold");
+        let t = reg.terminal("HSTM01261100000K").expect("t").expect("t");
+        assert_eq!(t.active_cert.as_deref(), Some(held), "a hold keeps the terminal's certificate");
+        assert_eq!(reg.revoked_certificates().expect("r").len(), 1);
+        reg.unrevoke(held, 20, &ev("unhold", held)).expect("unhold");
+        assert!(reg.revoked_certificates().expect("r").is_empty());
+        assert_eq!(reg.released_since(15).expect("released").len(), 1);
+        assert!(reg.released_since(21).expect("released").is_empty());
+        assert_eq!(reg.unrevoke(held, 30, &ev("unhold", held)), Err(RegistryError::NotOnHold(held.into())));
+        let other = "C-HSTM01261100001I";
+        reg.revoke(other, RevocationReason::KeyCompromise, 10, None, &ev("revoke", other)).expect("revoke");
+        assert_eq!(reg.unrevoke(other, 30, &ev("unhold", other)), Err(RegistryError::NotOnHold(other.into())));
+        assert_eq!((reg.next_crl_number().expect("n"), reg.next_crl_number().expect("n")), (1, 2));
+    }
+    let reg = Registry::open(&path).expect("reopen");
+    assert_eq!(reg.next_crl_number().expect("n"), 3, "never reused after a restart");
+}

@@ -1,0 +1,220 @@
+//! Revocation state beyond single revokes: the `revoked` and `released` indexes that CRLs and
+//! OCSP are built from, the durable CRL number, certificateHold release, and bulk revocation
+//! under dual control (`approvals`).
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::{
+    Approval, ApprovalState, AuditEvent, BulkFilter, CERTS, CertRecord, CertStatus, RegistryError, ReleasedCert,
+    Result, RevocationReason, RevokedCert, TERMINALS, TerminalRecord, from_json, to_json,
+};
+
+pub(crate) const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+pub(crate) const RELEASED: TableDefinition<&str, &[u8]> = TableDefinition::new("released");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+
+const CRL_NUMBER: &str = "crl_number";
+const REVOKED_INDEXED: &str = "revoked_indexed";
+
+/// Registries made before the `revoked` index existed get it built from `certs`, once.
+pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(REVOKED_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let mut revoked = txn.open_table(REVOKED)?;
+    for item in txn.open_table(CERTS)?.iter()? {
+        let rec: CertRecord = from_json(item?.1.value())?;
+        if let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status {
+            let entry = RevokedCert { serial: rec.serial.clone(), at_ms, reason, invalidity_ms };
+            revoked.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
+        }
+    }
+    meta.insert(REVOKED_INDEXED, 1)?;
+    Ok(())
+}
+
+/// Marks `serial` revoked inside `txn`: certificate record, `revoked` index, and — except for a
+/// hold, which is temporary — the terminal loses it as its active certificate.
+pub(crate) fn revoke_in(
+    txn: &WriteTransaction,
+    serial: &str,
+    reason: RevocationReason,
+    at_ms: u64,
+    invalidity_ms: Option<u64>,
+) -> Result<CertRecord> {
+    let mut certs = txn.open_table(CERTS)?;
+    let mut rec: CertRecord = certs
+        .get(serial)?
+        .map(|v| from_json(v.value()))
+        .transpose()?
+        .ok_or_else(|| RegistryError::CertNotFound(serial.into()))?;
+    if rec.status != CertStatus::Good {
+        return Err(RegistryError::AlreadyRevoked(serial.into()));
+    }
+    rec.status = CertStatus::Revoked { at_ms, reason, invalidity_ms };
+    certs.insert(serial, to_json(&rec)?.as_slice())?;
+    let entry = RevokedCert { serial: serial.to_owned(), at_ms, reason, invalidity_ms };
+    txn.open_table(REVOKED)?.insert(serial, to_json(&entry)?.as_slice())?;
+    txn.open_table(RELEASED)?.remove(serial)?;
+    if let (crate::CertSubject::Terminal { serial: ts }, false) =
+        (&rec.subject, reason == RevocationReason::CertificateHold)
+    {
+        let mut terminals = txn.open_table(TERMINALS)?;
+        let t: Option<TerminalRecord> = terminals.get(ts.as_str())?.map(|v| from_json(v.value())).transpose()?;
+        if let Some(mut t) = t.filter(|t| t.active_cert.as_deref() == Some(serial)) {
+            t.active_cert = None;
+            t.state = crate::TerminalState::Revoked;
+            t.updated_ms = at_ms;
+            terminals.insert(ts.as_str(), to_json(&t)?.as_slice())?;
+        }
+    }
+    Ok(rec)
+}
+
+impl crate::Registry {
+    /// Every revoked certificate (the `revoked` index), in serial order.
+    pub fn revoked_certificates(&self) -> Result<Vec<RevokedCert>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REVOKED)?;
+        table.iter()?.map(|item| from_json(item?.1.value())).collect()
+    }
+
+    /// Certificates released from hold at or after `since_ms`.
+    pub fn released_since(&self, since_ms: u64) -> Result<Vec<ReleasedCert>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RELEASED)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let r: ReleasedCert = from_json(item?.1.value())?;
+            if r.at_ms >= since_ms {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes the next CRL number, durably: strictly increasing across restarts, never reused
+    /// (RFC 5280 §5.2.3). Full and delta CRLs share the sequence.
+    pub fn next_crl_number(&self) -> Result<u64> {
+        self.submit(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let next = meta.get(CRL_NUMBER)?.map_or(0, |v| v.value()) + 1;
+            meta.insert(CRL_NUMBER, next)?;
+            Ok(next)
+        })
+    }
+
+    /// Releases a certificate from hold (`certificateHold` only; any other reason is final).
+    pub fn unrevoke(&self, serial: &str, at_ms: u64, event: &AuditEvent) -> Result<CertRecord> {
+        let serial = serial.to_owned();
+        self.write(event, move |txn| {
+            let mut certs = txn.open_table(CERTS)?;
+            let mut rec: CertRecord = certs
+                .get(serial.as_str())?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::CertNotFound(serial.clone()))?;
+            if !matches!(rec.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. }) {
+                return Err(RegistryError::NotOnHold(serial.clone()));
+            }
+            rec.status = CertStatus::Good;
+            certs.insert(serial.as_str(), to_json(&rec)?.as_slice())?;
+            txn.open_table(REVOKED)?.remove(serial.as_str())?;
+            let released = ReleasedCert { serial: serial.clone(), at_ms };
+            txn.open_table(RELEASED)?.insert(serial.as_str(), to_json(&released)?.as_slice())?;
+            Ok(rec)
+        })
+    }
+
+    /// Active, unrevoked certificates of the terminals `filter` covers: (terminal, certificate).
+    pub fn bulk_matches(&self, filter: &BulkFilter) -> Result<Vec<(String, String)>> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in txn.open_table(TERMINALS)?.iter()? {
+            let t: TerminalRecord = from_json(item?.1.value())?;
+            if let (true, Some(c)) = (filter.admits(&t), &t.active_cert) {
+                out.push((t.serial.clone(), c.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a pending bulk revocation; nothing is revoked until another administrator
+    /// approves it.
+    pub fn request_bulk_revocation(&self, approval: &Approval, event: &AuditEvent) -> Result<()> {
+        if approval.filter.is_empty() {
+            return Err(RegistryError::EmptyFilter);
+        }
+        let approval = approval.clone();
+        self.write(event, move |txn| {
+            let mut table = txn.open_table(APPROVALS)?;
+            if table.get(approval.id.as_str())?.is_some() {
+                return Err(RegistryError::ApprovalExists(approval.id.clone()));
+            }
+            table.insert(approval.id.as_str(), to_json(&approval)?.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Bulk revocations, newest last; only pending ones when `pending_only`.
+    pub fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>> {
+        let txn = self.db.begin_read()?;
+        let mut out: Vec<Approval> =
+            txn.open_table(APPROVALS)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        out.retain(|a| !pending_only || a.state == ApprovalState::Pending);
+        out.sort_by_key(|a| a.created_ms);
+        Ok(out)
+    }
+
+    /// The second administrator's decision. Approval revokes, in the same transaction, every
+    /// active certificate the filter covers now. The requester cannot decide their own request.
+    pub fn decide_approval(
+        &self,
+        id: &str,
+        by: &str,
+        approve: bool,
+        at_ms: u64,
+        event: &AuditEvent,
+    ) -> Result<Approval> {
+        let (id, by) = (id.to_owned(), by.to_owned());
+        self.write(event, move |txn| {
+            let mut a: Approval = txn
+                .open_table(APPROVALS)?
+                .get(id.as_str())?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .ok_or_else(|| RegistryError::ApprovalNotFound(id.clone()))?;
+            if a.state != ApprovalState::Pending {
+                return Err(RegistryError::ApprovalDecided(id.clone()));
+            }
+            if a.requested_by == by {
+                return Err(RegistryError::SameApprover(by.clone()));
+            }
+            if approve {
+                let mut targets = Vec::new();
+                for item in txn.open_table(TERMINALS)?.iter()? {
+                    let t: TerminalRecord = from_json(item?.1.value())?;
+                    if let (true, Some(c)) = (a.filter.admits(&t), t.active_cert) {
+                        targets.push(c);
+                    }
+                }
+                let mut revoked = Vec::with_capacity(targets.len());
+                for c in targets {
+                    match revoke_in(txn, &c, a.reason, at_ms, a.invalidity_ms) {
+                        Ok(_) => revoked.push(c),
+                        // On hold already: it stays listed, with its original reason.
+                        Err(RegistryError::AlreadyRevoked(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                a.state = ApprovalState::Approved { by: by.clone(), at_ms, revoked };
+            } else {
+                a.state = ApprovalState::Rejected { by: by.clone(), at_ms };
+            }
+            txn.open_table(APPROVALS)?.insert(id.as_str(), to_json(&a)?.as_slice())?;
+            Ok(a)
+        })
+    }
+}
