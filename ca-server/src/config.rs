@@ -25,6 +25,36 @@ pub struct Config {
     /// Signed audit checkpoints.
     #[serde(default)]
     pub audit: AuditSection,
+    /// CRL timing.
+    #[serde(default)]
+    pub crl: CrlSection,
+}
+
+/// `[crl]`: how long a CRL is valid and how often a full one is made without revocations (one is
+/// also made within a second of every revocation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlSection {
+    /// `nextUpdate` − `thisUpdate`, hours.
+    #[serde(default = "default_crl_validity_hours")]
+    pub validity_hours: u64,
+    /// Seconds between scheduled full CRLs.
+    #[serde(default = "default_full_every_seconds")]
+    pub full_every_seconds: u64,
+}
+
+fn default_crl_validity_hours() -> u64 {
+    24
+}
+
+fn default_full_every_seconds() -> u64 {
+    3600
+}
+
+impl Default for CrlSection {
+    fn default() -> Self {
+        Self { validity_hours: default_crl_validity_hours(), full_every_seconds: default_full_every_seconds() }
+    }
 }
 
 /// `[audit]`: the HSM key that signs checkpoints of the audit chain, and how often.

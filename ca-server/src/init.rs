@@ -89,11 +89,16 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     mkdir_private(&dir.join("secrets"))?;
     let dir = dir.canonicalize()?;
 
-    // Policy files, for operators to read and edit.
-    for (name, text) in pki::policy::EMBEDDED.iter().copied().chain([("policies/roles.toml", crate::roles::SHIPPED)]) {
+    // Policy files, for operators to read and edit; the CRL and OCSP URLs certificates carry
+    // point at this server's HTTP address.
+    let base_url = format!("http://{}", opts.http.as_deref().unwrap_or("127.0.0.1:7080"));
+    let texts = pki::policy::EMBEDDED.map(|(name, text)| (name, text.replace("http://127.0.0.1:7080", &base_url)));
+    for (name, text) in
+        texts.iter().map(|(n, t)| (*n, t.as_str())).chain([("policies/roles.toml", crate::roles::SHIPPED)])
+    {
         std::fs::write(dir.join(name), text)?;
     }
-    let policy = PolicySet::embedded_default()?;
+    let policy = PolicySet::load_texts(texts.each_ref().map(|t| t.0), texts.each_ref().map(|t| t.1.as_str()))?;
 
     // PINs: never on the command line; generated into secrets/ (0600) unless given in a file.
     let pin = match &opts.pin_file {
@@ -262,6 +267,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
         policy: PolicySection { directory: "policies".into(), require_registration: false },
         ca: CaSection { root: "certs/root.pem".into(), issuing: "certs/issuing.pem".into() },
         audit: AuditSection { key_label: Some(AUDIT_KEY_LABEL.into()), ..Default::default() },
+        crl: Default::default(),
     };
     std::fs::write(&config_path, toml::to_string(&config)?)?;
     Ok(Report {

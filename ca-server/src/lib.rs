@@ -14,6 +14,7 @@ pub mod init;
 pub mod issuer;
 pub mod ra;
 pub mod records;
+pub mod revocation;
 pub mod roles;
 pub mod serve;
 pub mod service;

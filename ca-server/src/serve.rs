@@ -129,6 +129,15 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
 pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
     let (cfg, s) = load_signing(config_path)?;
     let registry = Registry::open(&cfg.path(&cfg.config.registry.path))?;
+    let crl_url = s
+        .policy
+        .profile("terminal")
+        .and_then(|p| p.crl_distribution_points.first().cloned())
+        .context("the terminal profile names no CRL distribution point")?;
+    let timing = crate::revocation::CrlTiming {
+        validity: std::time::Duration::from_secs(cfg.config.crl.validity_hours.max(1) * 3600),
+        full_every: std::time::Duration::from_secs(cfg.config.crl.full_every_seconds.max(1)),
+    };
     let ca = Ca {
         require_registration: cfg.config.policy.require_registration,
         policy: s.policy,
@@ -142,6 +151,7 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         limiter: FailureLimiter::default(),
         validated: Default::default(),
         metrics: Default::default(),
+        crls: crate::revocation::Crls::new(crl_url, timing),
     };
     Ok((cfg, Arc::new(ca)))
 }
@@ -189,6 +199,40 @@ async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch
     }
 }
 
+async fn publish_crls(ca: Arc<Ca>, full: bool) {
+    let result = tokio::task::spawn_blocking(move || {
+        if full {
+            ca.crls.publish_full(&ca.registry, ca.signer.as_ref(), &ca.issuer_info)
+        } else {
+            ca.crls.publish_delta(&ca.registry, ca.signer.as_ref(), &ca.issuer_info)
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "publishing CRLs failed"),
+        Err(e) => tracing::error!(error = %e, "CRL task failed"),
+    }
+}
+
+/// Full CRL at start and every `full_every`; after each revocation a new delta and a new full CRL
+/// (a burst of revocations, as a bulk one, is coalesced over 100 ms).
+async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    publish_crls(ca.clone(), true).await;
+    let mut tick = tokio::time::interval(ca.crls.timing().full_every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => publish_crls(ca.clone(), true).await,
+            () = ca.crls.changed.notified() => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                publish_crls(ca.clone(), true).await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Serves until a shutdown signal.
 pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let c = &cfg.config;
@@ -221,10 +265,12 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
         .add_service(v1::admin_server::AdminServer::new(services))
         .serve_with_shutdown(grpc_addr, shutdown_signal());
     let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.checkpoint_seconds, stop_rx.clone()));
+    let crls = tokio::spawn(crl_loop(ca.clone(), stop_rx.clone()));
     let result = grpc.await;
     let _ = stop_tx.send(true);
     http_task.await??;
     let _ = checkpoints.await;
+    let _ = crls.await;
     // The last words of the chain get signed too.
     checkpoint_now(ca).await;
     result?;

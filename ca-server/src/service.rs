@@ -48,6 +48,8 @@ pub struct Ca {
     pub validated: crate::auth::ValidatedCerts,
     /// Counters for /metrics.
     pub metrics: crate::http::Metrics,
+    /// Published CRLs.
+    pub crls: crate::revocation::Crls,
 }
 
 use crate::records::{new_cert_record, now_ms};
@@ -76,6 +78,12 @@ pub fn registry_status(e: &RegistryError) -> Status {
         E::AlreadyRevoked(_) => (Code::FailedPrecondition, Reason::AlreadyRevoked),
         E::WrongState { .. } => (Code::FailedPrecondition, Reason::WrongState),
         E::PrincipalExists(_) => (Code::AlreadyExists, Reason::PrincipalExists),
+        E::NotOnHold(_) => (Code::FailedPrecondition, Reason::NotOnHold),
+        E::EmptyFilter => (Code::InvalidArgument, Reason::BadRequest),
+        E::ApprovalNotFound(_) => (Code::NotFound, Reason::ApprovalNotFound),
+        E::ApprovalExists(_) => (Code::AlreadyExists, Reason::RequestIdReused),
+        E::ApprovalDecided(_) => (Code::FailedPrecondition, Reason::ApprovalDecided),
+        E::SameApprover(_) => (Code::PermissionDenied, Reason::SameApprover),
         E::NonceReplayed => (Code::Unauthenticated, Reason::ReplayedNonce),
         E::Audit(_) | E::TargetExists(_) => (Code::Internal, Reason::Internal),
     };
@@ -192,6 +200,11 @@ impl<T: Message> Incoming<T> {
 }
 
 impl Ca {
+    /// A certificate's status changed (committed): relying parties must see it within a second.
+    pub fn revocation_changed(&self, _serial: &str) {
+        self.crls.changed.notify_one();
+    }
+
     fn audit(&self, actor: &str, action: &str, target: &str, outcome: &str, detail: String) {
         let ev = AuditEvent {
             time_ms: now_ms(),
@@ -608,6 +621,7 @@ impl Ca {
                         &Self::event(&caller, "revoke", &serial, format!("{reason:?}")),
                     )
                     .map_err(|e| registry_status(&e))?;
+                self.revocation_changed(&rec.serial);
                 Ok(status_msg(&rec.status))
             })();
         result.map_err(|s| self.refuse(&caller, "revoke", &m.certificate_serial, s))

@@ -1,0 +1,276 @@
+//! Revocation status for relying parties (DESIGN §7): full and delta CRLs, SM2-signed through the
+//! HSM, numbered from the registry's durable sequence, regenerated on a schedule and right after
+//! every revocation, and held ready for the HTTP side to serve with ETag/Last-Modified.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pki::crl::{CrlReason, CrlRequest, RevokedEntry, build_crl_tbs};
+use pki::{CertSerial, IssuerInfo};
+use registry::{Registry, RevocationReason};
+use sm3::Digest;
+
+/// Why a CRL could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The registry failed.
+    #[error("registry: {0}")]
+    Registry(#[from] registry::RegistryError),
+    /// Building, linting or assembling failed.
+    #[error("crl: {0}")]
+    Crl(#[from] pki::CrlError),
+    /// The HSM failed.
+    #[error("hsm: {0}")]
+    Hsm(#[from] hsm::HsmError),
+    /// A stored serial is not hex.
+    #[error("stored certificate serial {0:?} is not hex")]
+    Serial(String),
+    /// Encoding.
+    #[error("encoding: {0}")]
+    Encoding(String),
+}
+
+/// CRL timing, from `[crl]` in `ca-server.toml`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrlTiming {
+    /// `nextUpdate` − `thisUpdate`.
+    pub validity: Duration,
+    /// How often a full CRL is made even without revocations.
+    pub full_every: Duration,
+}
+
+/// One published CRL, ready to serve.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// DER.
+    pub der: Arc<Vec<u8>>,
+    /// PEM (`X509 CRL`).
+    pub pem: Arc<String>,
+    /// Strong validator: quoted hex of SM3 over the DER.
+    pub etag: String,
+    /// `thisUpdate`.
+    pub this_update: SystemTime,
+    /// CRL number.
+    pub number: u64,
+    /// Entries.
+    pub entries: usize,
+}
+
+#[derive(Default)]
+struct Current {
+    full: Option<Published>,
+    delta: Option<Published>,
+}
+
+/// The issuing CA's published CRLs.
+pub struct Crls {
+    current: RwLock<Current>,
+    /// Wakes the publisher after a revocation.
+    pub changed: tokio::sync::Notify,
+    timing: CrlTiming,
+    url: String,
+}
+
+impl Crls {
+    /// CRLs for the distribution point `url` (the one the issuing CA's certificates carry).
+    pub fn new(url: String, timing: CrlTiming) -> Self {
+        Self { current: RwLock::default(), changed: tokio::sync::Notify::new(), timing, url }
+    }
+
+    /// The URL of the full CRL; the delta CRL is at the same place with `-delta` before `.crl`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The file name served for the full CRL (`issuing.crl`), from the URL's last segment.
+    pub fn file_name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or("issuing.crl")
+    }
+
+    /// The delta CRL's URL.
+    pub fn delta_url(&self) -> String {
+        match self.url.strip_suffix(".crl") {
+            Some(stem) => format!("{stem}-delta.crl"),
+            None => format!("{}-delta", self.url),
+        }
+    }
+
+    /// The current full CRL.
+    pub fn full(&self) -> Option<Published> {
+        self.current.read().ok().and_then(|c| c.full.clone())
+    }
+
+    /// The current delta CRL.
+    pub fn delta(&self) -> Option<Published> {
+        self.current.read().ok().and_then(|c| c.delta.clone())
+    }
+
+    /// How often a full CRL is made without revocations.
+    pub fn timing(&self) -> CrlTiming {
+        self.timing
+    }
+
+    /// Makes and publishes a full CRL of every revoked certificate, then a delta on top of it.
+    pub fn publish_full(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+    ) -> Result<(), PublishError> {
+        let revoked = registry.revoked_certificates()?;
+        let entries = revoked.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+        let full = self.sign(registry, signer, issuer, &entries, None, &self.url)?;
+        let base = (full.number, full.this_update);
+        if let Ok(mut c) = self.current.write() {
+            c.full = Some(full);
+        }
+        self.publish_delta_on(registry, signer, issuer, base)
+    }
+
+    /// Makes and publishes a delta CRL over the current full CRL (a full one first if none).
+    pub fn publish_delta(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+    ) -> Result<(), PublishError> {
+        match self.full() {
+            Some(f) => self.publish_delta_on(registry, signer, issuer, (f.number, f.this_update)),
+            None => self.publish_full(registry, signer, issuer),
+        }
+    }
+
+    fn publish_delta_on(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+        (base, since): (u64, SystemTime),
+    ) -> Result<(), PublishError> {
+        // Whole seconds: what the base CRL's thisUpdate says; anything in that second is repeated.
+        let since_ms = ms(since) / 1000 * 1000;
+        let mut entries = Vec::new();
+        for r in registry.revoked_certificates()? {
+            if r.at_ms >= since_ms {
+                entries.push(entry(&r)?);
+            }
+        }
+        for r in registry.released_since(since_ms)? {
+            entries.push(RevokedEntry {
+                serial: serial(&r.serial)?,
+                revoked_at: at(r.at_ms),
+                reason: Some(CrlReason::RemoveFromCRL),
+                invalidity_date: None,
+            });
+        }
+        // RFC 5280 §5.2.4: a delta has the scope (IDP) of its base; only where it is served differs.
+        let delta = self.sign(registry, signer, issuer, &entries, Some(base), &self.url)?;
+        if let Ok(mut c) = self.current.write() {
+            c.delta = Some(delta);
+        }
+        Ok(())
+    }
+
+    fn sign(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+        entries: &[RevokedEntry],
+        delta_base: Option<u64>,
+        url: &str,
+    ) -> Result<Published, PublishError> {
+        let number = registry.next_crl_number()?;
+        let this_update = SystemTime::now();
+        let req = CrlRequest {
+            number,
+            this_update,
+            next_update: this_update + self.timing.validity,
+            entries,
+            delta_base,
+            distribution_point: Some(url),
+        };
+        let tbs = build_crl_tbs(issuer, &req)?;
+        let sig = signer.sign(tbs.to_be_signed())?;
+        let crl = tbs.assemble(sig.as_der())?;
+        let der = der::Encode::to_der(&crl).map_err(|e| PublishError::Encoding(e.to_string()))?;
+        let pem = pki::pem::crl_to_pem(&crl).map_err(|e| PublishError::Encoding(e.to_string()))?;
+        let etag = format!("\"{}\"", hex::encode(&sm3::Sm3::digest(&der)[..16]));
+        Ok(Published {
+            der: Arc::new(der),
+            pem: Arc::new(pem),
+            etag,
+            this_update: at(ms(this_update) / 1000 * 1000),
+            number,
+            entries: entries.len(),
+        })
+    }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn serial(hex: &str) -> Result<CertSerial, PublishError> {
+    CertSerial::from_hex(hex).ok_or_else(|| PublishError::Serial(hex.to_owned()))
+}
+
+fn entry(r: &registry::RevokedCert) -> Result<RevokedEntry, PublishError> {
+    Ok(RevokedEntry {
+        serial: serial(&r.serial)?,
+        revoked_at: at(r.at_ms),
+        reason: Some(crl_reason(r.reason)),
+        invalidity_date: r.invalidity_ms.map(at),
+    })
+}
+
+/// The RFC 5280 reason code of a registry reason.
+pub fn crl_reason(r: RevocationReason) -> CrlReason {
+    match r {
+        RevocationReason::Unspecified => CrlReason::Unspecified,
+        RevocationReason::KeyCompromise => CrlReason::KeyCompromise,
+        RevocationReason::CaCompromise => CrlReason::CaCompromise,
+        RevocationReason::AffiliationChanged => CrlReason::AffiliationChanged,
+        RevocationReason::Superseded => CrlReason::Superseded,
+        RevocationReason::CessationOfOperation => CrlReason::CessationOfOperation,
+        RevocationReason::CertificateHold => CrlReason::CertificateHold,
+        RevocationReason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
+    }
+}
+
+/// `Last-Modified` form (RFC 9110 IMF-fixdate) of a time.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let mon =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(month - 1) as usize];
+    format!("{weekday}, {day:02} {mon} {year} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(1_795_392_000)), "Mon, 23 Nov 2026 00:00:00 GMT");
+        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+}
