@@ -2,7 +2,8 @@
 //!
 //! Pure functions over bytes — no I/O, no async, no HSM. Signing happens outside: this crate
 //! hands out the exact bytes to sign only after a TBS has passed the pre-sign linter
-//! ([`cert::LintedTbs`], [`crl::LintedCrl`]), and checks every signature it is given back.
+//! ([`cert::LintedTbs`], [`crl::LintedCrl`], [`ocsp::LintedResponse`]), and checks every signature it is
+//! given back.
 //!
 //! | module | what |
 //! |---|---|
@@ -14,6 +15,7 @@
 //! | [`cert`] | building TBS certificates from a profile; assembling signed certificates |
 //! | [`lint`] | the pre-sign linter |
 //! | [`crl`] | X.509 v2 CRLs, full and delta |
+//! | [`ocsp`] | RFC 6960 OCSP: requests, signed responses, relying-party checks |
 //! | [`chain`] | validating a chain to a pinned root |
 //! | [`pem`] | PEM in and out |
 
@@ -24,6 +26,7 @@ pub mod crl;
 pub mod csr;
 pub mod lint;
 pub mod name;
+pub mod ocsp;
 pub mod pem;
 pub mod policy;
 pub mod serial;
@@ -37,6 +40,11 @@ pub use crl::{CrlError, CrlReason, CrlRequest, LintedCrl, RevokedEntry, build_cr
 pub use csr::{CsrError, VerifiedCsr, csr_der, verify_csr};
 pub use lint::{LintError, LintRule};
 pub use name::SubjectVars;
+pub use ocsp::{
+    CertId, CertIdHash, CertStatus, IssuerHashes, LintedResponse, OcspError, OcspRequest, OcspResponseStatus,
+    ResponseRequest, SingleResponse, VerifiedResponse, build_response_tbs, error_response, parse_get_path,
+    parse_request, verify_response,
+};
 pub use policy::{CertProfile, PolicyError, PolicySet, Source};
 pub use serial::{SerialError, SerialRule, TerminalClass, TerminalSerial};
 

@@ -104,3 +104,17 @@ pub fn csr(key: &SoftwareSm2Key, subject: &str) -> Vec<u8> {
     let sig = key.sign(&info).expect("sign csr");
     assemble_csr(&info, sig.as_der(), key.signer_id()).expect("csr")
 }
+
+/// Builds, signs and assembles an OCSP response signed by `signer` (the CA's or a delegated responder's key).
+pub fn sign_ocsp(signer: &SoftwareSm2Key, req: &pki::ResponseRequest<'_>) -> Vec<u8> {
+    let tbs = pki::build_response_tbs(req).expect("ocsp tbs");
+    let sig = signer.sign(tbs.to_be_signed()).expect("sign ocsp");
+    tbs.assemble(sig.as_der(), signer.sm2_public_key(), signer.signer_id()).expect("ocsp response")
+}
+
+/// A delegated OCSP responder certificate (profile `ocsp-signer`) issued by `issuer`, with its key.
+pub fn make_ocsp_signer(policy: &PolicySet, issuer: &Ca, now: SystemTime) -> (Certificate, SoftwareSm2Key) {
+    let key = key();
+    let cert = issue(policy, "ocsp-signer", &vars_name("OCSP Responder 1"), key.sm2_public_key(), issuer, now);
+    (cert, key)
+}
