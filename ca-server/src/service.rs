@@ -170,6 +170,28 @@ fn reason_from_code(c: i32) -> registry::RevocationReason {
     }
 }
 
+fn approval_msg(a: &registry::Approval) -> v1::Approval {
+    let (state, decided_by, decided_ms, revoked) = match &a.state {
+        registry::ApprovalState::Pending => ("pending", String::new(), 0, Vec::new()),
+        registry::ApprovalState::Approved { by, at_ms, revoked } => ("approved", by.clone(), *at_ms, revoked.clone()),
+        registry::ApprovalState::Rejected { by, at_ms } => ("rejected", by.clone(), *at_ms, Vec::new()),
+    };
+    v1::Approval {
+        id: a.id.clone(),
+        requested_by: a.requested_by.clone(),
+        created_ms: a.created_ms,
+        manufacturer: a.filter.manufacturer.clone().unwrap_or_default(),
+        model: a.filter.model.clone().unwrap_or_default(),
+        lot: a.filter.lot.clone().unwrap_or_default(),
+        reason: reason_code(a.reason),
+        matched: a.matched,
+        state: state.into(),
+        decided_by,
+        decided_ms,
+        revoked,
+    }
+}
+
 fn status_msg(s: &CertStatus) -> v1::CertificateStatus {
     match s {
         CertStatus::Good => {
@@ -627,6 +649,79 @@ impl Ca {
         result.map_err(|s| self.refuse(&caller, "revoke", &m.certificate_serial, s))
     }
 
+    /// `UnrevokeCertificate`: lifts a certificateHold.
+    pub fn unrevoke(&self, req: Incoming<v1::UnrevokeCertificateRequest>) -> Result<v1::CertificateStatus, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/UnrevokeCertificate")?;
+        let serial = req.msg.certificate_serial.to_uppercase();
+        let event = Self::event(&caller, "unrevoke", &serial, String::new());
+        let rec = self
+            .registry
+            .unrevoke(&serial, now_ms(), &event)
+            .map_err(|e| self.refuse(&caller, "unrevoke", &serial, registry_status(&e)))?;
+        self.revocation_changed(&serial);
+        Ok(status_msg(&rec.status))
+    }
+
+    /// `RequestBulkRevocation`: records a pending request; revokes nothing.
+    pub fn request_bulk_revocation(
+        &self,
+        req: Incoming<v1::RequestBulkRevocationRequest>,
+    ) -> Result<v1::Approval, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/RequestBulkRevocation")?;
+        let m = &req.msg;
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let filter =
+            registry::BulkFilter { manufacturer: opt(&m.manufacturer), model: opt(&m.model), lot: opt(&m.lot) };
+        let target = format!("{filter:?}");
+        let result = (|| {
+            let matched = self.registry.bulk_matches(&filter).map_err(|e| registry_status(&e))?.len() as u64;
+            let reason = reason_from_code(m.reason);
+            let created_ms = now_ms();
+            let invalidity_ms = (reason == registry::RevocationReason::KeyCompromise)
+                .then_some(if m.invalidity_ms == 0 { created_ms } else { m.invalidity_ms });
+            let approval = registry::Approval {
+                id: proto::client::request_id()[..16].to_owned(),
+                requested_by: caller.name.clone(),
+                created_ms,
+                filter: filter.clone(),
+                reason,
+                invalidity_ms,
+                matched,
+                state: registry::ApprovalState::Pending,
+            };
+            let event =
+                Self::event(&caller, "bulk_revoke_request", &approval.id, format!("{filter:?}, {matched} match"));
+            self.registry.request_bulk_revocation(&approval, &event).map_err(|e| registry_status(&e))?;
+            Ok(approval_msg(&approval))
+        })();
+        result.map_err(|s| self.refuse(&caller, "bulk_revoke_request", &target, s))
+    }
+
+    /// `ListApprovals`.
+    pub fn list_approvals(&self, req: Incoming<v1::ListApprovalsRequest>) -> Result<v1::ListApprovalsResponse, Status> {
+        self.authenticate(&req, "/hsca.v1.Admin/ListApprovals")?;
+        let list = self.registry.approvals(req.msg.pending_only).map_err(|e| registry_status(&e))?;
+        Ok(v1::ListApprovalsResponse { approvals: list.iter().map(approval_msg).collect() })
+    }
+
+    /// `DecideApproval`: the second administrator approves (revoking the lot at once) or rejects.
+    pub fn decide_approval(&self, req: Incoming<v1::DecideApprovalRequest>) -> Result<v1::Approval, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/DecideApproval")?;
+        let m = &req.msg;
+        let action = if m.approve { "bulk_revoke_approve" } else { "bulk_revoke_reject" };
+        let event = Self::event(&caller, action, &m.id, String::new());
+        let a = self
+            .registry
+            .decide_approval(&m.id, &caller.name, m.approve, now_ms(), &event)
+            .map_err(|e| self.refuse(&caller, action, &m.id, registry_status(&e)))?;
+        if let registry::ApprovalState::Approved { revoked, .. } = &a.state {
+            for serial in revoked {
+                self.revocation_changed(serial);
+            }
+        }
+        Ok(approval_msg(&a))
+    }
+
     /// `IssuePrincipal`: certifies a principal's key from its CSR.
     pub fn issue_principal(
         &self,
@@ -817,6 +912,10 @@ handlers!(v1::admin_server::Admin;
     issue_principal(v1::IssuePrincipalRequest) -> v1::IssuePrincipalResponse => issue_principal;
     disable_principal(v1::DisablePrincipalRequest) -> v1::DisablePrincipalResponse => disable_principal;
     list_audit(v1::ListAuditRequest) -> v1::ListAuditResponse => list_audit;
+    unrevoke_certificate(v1::UnrevokeCertificateRequest) -> v1::CertificateStatus => unrevoke;
+    request_bulk_revocation(v1::RequestBulkRevocationRequest) -> v1::Approval => request_bulk_revocation;
+    list_approvals(v1::ListApprovalsRequest) -> v1::ListApprovalsResponse => list_approvals;
+    decide_approval(v1::DecideApprovalRequest) -> v1::Approval => decide_approval;
     ;
     type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<v1::BackupChunk, Status>>;
     async fn backup(&self, req: Request<v1::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
