@@ -369,6 +369,9 @@ fn profile_extensions(profile: &CertProfile, ski: &[u8], aki: &[u8]) -> Result<E
             .collect::<Result<Vec<_>, IssueError>>()?;
         exts.push(ext(&CrlDistributionPoints(points), false)?);
     }
+    if profile.ocsp_nocheck {
+        exts.push(ext_with_oid(crate::ocsp::ID_PKIX_OCSP_NOCHECK, &der::asn1::Null, false)?);
+    }
     let mut access = Vec::new();
     for u in &profile.ocsp_urls {
         access.push(AccessDescription { access_method: ID_AD_OCSP, access_location: uri(u)? });

@@ -101,6 +101,9 @@ pub struct CertProfile {
     pub ca: Option<Option<u8>>,
     /// Signer ID for SM2 signatures made with keys certified under this profile.
     pub signer_id: SignerId,
+    /// Whether certificates carry id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): for a delegated
+    /// OCSP responder, whose own status relying parties need not check.
+    pub ocsp_nocheck: bool,
 }
 
 impl CertProfile {
@@ -211,6 +214,8 @@ struct RawProfile {
     path_len: Option<Spanned<u8>>,
     #[serde(default)]
     signer_id: Option<Spanned<String>>,
+    #[serde(default)]
+    ocsp_nocheck: bool,
 }
 
 fn load_profiles(src: &Source<'_>) -> Result<BTreeMap<String, CertProfile>, PolicyError> {
@@ -320,6 +325,7 @@ fn load_profile(src: &Source<'_>, name: &str, spanned: &Spanned<RawProfile>) -> 
         ca_issuers_urls: urls(&raw.ca_issuers)?,
         ca: is_ca.then(|| raw.path_len.as_ref().map(|p| *p.get_ref())),
         signer_id,
+        ocsp_nocheck: raw.ocsp_nocheck,
     })
 }
 

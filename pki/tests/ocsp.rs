@@ -214,6 +214,15 @@ fn tampering_and_unauthorized_signers_are_refused() {
 fn delegated_responder_is_accepted_while_valid() {
     let w = world();
     let (signer, signer_key) = make_ocsp_signer(&w.policy, &w.issuing, w.now);
+    let nocheck: Vec<_> = signer
+        .tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.extn_id == pki::ocsp::ID_PKIX_OCSP_NOCHECK)
+        .collect();
+    assert_eq!(nocheck.len(), 1, "the ocsp-signer profile writes id-pkix-ocsp-nocheck");
+    assert_eq!((nocheck[0].critical, nocheck[0].extn_value.as_bytes()), (false, &[0x05, 0x00][..]), "NULL");
     let id = hashes(&w.issuing.cert).cert_id(CertIdHash::Sha1, &serial(&w.terminal));
     let responses = [single(id, revoked(w.now), w.now)];
     let certs = [signer.clone()];
