@@ -28,6 +28,43 @@ pub struct Config {
     /// CRL timing.
     #[serde(default)]
     pub crl: CrlSection,
+    /// The OCSP responder.
+    #[serde(default)]
+    pub ocsp: OcspSection,
+}
+
+/// `[ocsp]`: who signs OCSP responses and how long they are valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcspSection {
+    /// Label of a delegated responder key in the HSM (profile `ocsp-signer`; its certificate is
+    /// issued by the server at start and renewed before it expires). Without it the issuing CA
+    /// signs responses itself.
+    pub key_label: Option<String>,
+    /// Where the responder certificate is kept (PEM).
+    #[serde(default = "default_ocsp_certificate")]
+    pub certificate: PathBuf,
+    /// `nextUpdate` − `thisUpdate` of each response, minutes; cached answers are re-signed at half.
+    #[serde(default = "default_ocsp_validity_minutes")]
+    pub validity_minutes: u64,
+}
+
+fn default_ocsp_certificate() -> PathBuf {
+    "certs/ocsp-signer.pem".into()
+}
+
+fn default_ocsp_validity_minutes() -> u64 {
+    60
+}
+
+impl Default for OcspSection {
+    fn default() -> Self {
+        Self {
+            key_label: None,
+            certificate: default_ocsp_certificate(),
+            validity_minutes: default_ocsp_validity_minutes(),
+        }
+    }
 }
 
 /// `[crl]`: how long a CRL is valid and how often a full one is made without revocations (one is

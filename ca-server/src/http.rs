@@ -22,6 +22,10 @@ pub struct Metrics {
     pub replays: AtomicU64,
     /// Refused authentications.
     pub auth_failures: AtomicU64,
+    /// OCSP requests answered.
+    pub ocsp_requests: AtomicU64,
+    /// Of those, answered from pre-signed responses.
+    pub ocsp_cached: AtomicU64,
 }
 
 /// The HTTP routes.
@@ -31,7 +35,56 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/crl/{file}", get(crl))
+        .route("/ocsp", axum::routing::post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
         .with_state(ca)
+}
+
+async fn ocsp_post(State(ca): State<Arc<Ca>>, body: axum::body::Bytes) -> Response {
+    ocsp_answer(ca, OcspInput::Der(body), false).await
+}
+
+async fn ocsp_get(State(ca): State<Arc<Ca>>, Path(request): Path<String>) -> Response {
+    ocsp_answer(ca, OcspInput::Path(request), true).await
+}
+
+enum OcspInput {
+    Der(axum::body::Bytes),
+    Path(String),
+}
+
+/// RFC 6960 over HTTP (appendix A): answers are `application/ocsp-response`, HTTP 200 even for
+/// OCSP-level errors; GET answers may be cached until half their validity.
+async fn ocsp_answer(ca: Arc<Ca>, input: OcspInput, get: bool) -> Response {
+    let metrics = ca.clone();
+    let answer = tokio::task::spawn_blocking(move || match input {
+        OcspInput::Der(b) => ca.ocsp.respond(&ca.registry, &b),
+        OcspInput::Path(p) => match pki::ocsp::parse_get_path(&p) {
+            Ok(req) => ca.ocsp.answer(&ca.registry, &req),
+            Err(_) => ca.ocsp.respond(&ca.registry, &[]),
+        },
+    })
+    .await;
+    let Ok(answer) = answer else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "responder failed\n").into_response();
+    };
+    metrics.metrics.ocsp_requests.fetch_add(1, Ordering::Relaxed);
+    if answer.cached {
+        metrics.metrics.ocsp_cached.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/ocsp-response"));
+    match (get, answer.max_age) {
+        (true, Some(age)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}, no-transform", age.as_secs())) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
+        }
+        _ => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
+    (h, axum::body::Bytes::from(answer.der.as_ref().clone())).into_response()
 }
 
 async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
@@ -96,9 +149,13 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> String {
     format!(
         "# HELP hsca_certificates_issued_total Terminal certificates issued.\n# TYPE hsca_certificates_issued_total counter\nhsca_certificates_issued_total {}\n\
          # HELP hsca_issue_replays_total Issue requests answered from an earlier identical request.\n# TYPE hsca_issue_replays_total counter\nhsca_issue_replays_total {}\n\
-         # HELP hsca_auth_failures_total Refused request authentications.\n# TYPE hsca_auth_failures_total counter\nhsca_auth_failures_total {}\n",
+         # HELP hsca_auth_failures_total Refused request authentications.\n# TYPE hsca_auth_failures_total counter\nhsca_auth_failures_total {}\n\
+         # HELP hsca_ocsp_requests_total OCSP requests answered.\n# TYPE hsca_ocsp_requests_total counter\nhsca_ocsp_requests_total {}\n\
+         # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n",
         m.issued.load(Ordering::Relaxed),
         m.replays.load(Ordering::Relaxed),
-        m.auth_failures.load(Ordering::Relaxed)
+        m.auth_failures.load(Ordering::Relaxed),
+        m.ocsp_requests.load(Ordering::Relaxed),
+        m.ocsp_cached.load(Ordering::Relaxed)
     )
 }

@@ -24,6 +24,8 @@ use crate::records::now_ms;
 
 /// Token label of the embedded softtoken.
 pub const TOKEN_LABEL: &str = "hsca";
+/// Label of the delegated OCSP responder's key.
+pub const OCSP_KEY_LABEL: &str = "hsca-ocsp-1";
 /// Label of the key that signs audit checkpoints.
 pub const AUDIT_KEY_LABEL: &str = "hsca-audit";
 
@@ -132,7 +134,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     // CA keys inside the token, and their certificates.
     let now = SystemTime::now();
     let h = &policy.hierarchy;
-    for label in [&h.root.key_label, &h.issuing.key_label, &AUDIT_KEY_LABEL.to_owned()] {
+    for label in [&h.root.key_label, &h.issuing.key_label, &AUDIT_KEY_LABEL.to_owned(), &OCSP_KEY_LABEL.to_owned()] {
         hsm.generate_sm2_key(label)?;
     }
     let root_profile = policy.profile(&h.root.profile).context("root profile")?;
@@ -268,6 +270,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
         ca: CaSection { root: "certs/root.pem".into(), issuing: "certs/issuing.pem".into() },
         audit: AuditSection { key_label: Some(AUDIT_KEY_LABEL.into()), ..Default::default() },
         crl: Default::default(),
+        ocsp: crate::config::OcspSection { key_label: Some(OCSP_KEY_LABEL.into()), ..Default::default() },
     };
     std::fs::write(&config_path, toml::to_string(&config)?)?;
     Ok(Report {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod init;
 pub mod issuer;
+pub mod ocsp;
 pub mod ra;
 pub mod records;
 pub mod revocation;

@@ -53,6 +53,8 @@ pub struct Signing {
     pub trust: Trust,
     /// The key that signs audit checkpoints, when configured.
     pub audit: Option<crate::audit::AuditSigner>,
+    /// The key that signs OCSP responses, and whether it is a delegated responder's.
+    pub ocsp: (Arc<dyn hsm::Signer>, bool),
 }
 
 /// Loads the configuration, policy, certificates and HSM key (not the registry).
@@ -121,8 +123,24 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
         }
         None => None,
     };
+    let ocsp: (Arc<dyn hsm::Signer>, bool) = match &c.ocsp.key_label {
+        Some(label) => {
+            let key = hsm
+                .signer(KeySelector::Label(label.clone()), pki::SignerId::default())
+                .with_context(|| format!("the OCSP responder key {label:?} in the HSM"))?;
+            key.self_test()?;
+            (Arc::new(key), true)
+        }
+        None => (
+            Arc::new(hsm.signer(
+                KeySelector::Label(policy.hierarchy.issuing.key_label.clone()),
+                issuing_profile.signer_id.clone(),
+            )?),
+            false,
+        ),
+    };
     let trust = Trust { issuing, root, signer_id: issuing_profile.signer_id.clone() };
-    Ok((cfg, Signing { policy, roles, signer: Box::new(signer), issuer_info, trust, audit }))
+    Ok((cfg, Signing { policy, roles, signer: Box::new(signer), issuer_info, trust, audit, ocsp }))
 }
 
 /// Loads everything the service needs; fails fast, before listening, on any problem.
@@ -138,6 +156,17 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         validity: std::time::Duration::from_secs(cfg.config.crl.validity_hours.max(1) * 3600),
         full_every: std::time::Duration::from_secs(cfg.config.crl.full_every_seconds.max(1)),
     };
+    let (ocsp_signer, delegated) = s.ocsp;
+    let certificate = if delegated {
+        responder_certificate(&cfg, &s.policy, s.signer.as_ref(), &s.issuer_info, ocsp_signer.as_ref(), &registry)?
+    } else {
+        s.trust.issuing.clone()
+    };
+    let responder = crate::ocsp::Responder::new(
+        crate::ocsp::ResponderKey { signer: ocsp_signer, certificate, delegated },
+        &s.trust.issuing,
+        std::time::Duration::from_secs(cfg.config.ocsp.validity_minutes.max(2) * 60),
+    )?;
     let ca = Ca {
         require_registration: cfg.config.policy.require_registration,
         policy: s.policy,
@@ -152,8 +181,56 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         validated: Default::default(),
         metrics: Default::default(),
         crls: crate::revocation::Crls::new(crl_url, timing),
+        ocsp: responder,
     };
     Ok((cfg, Arc::new(ca)))
+}
+
+/// Renew a responder certificate when less than a third of its life is left.
+fn renewal_due(cert: &pki::Certificate, now: std::time::SystemTime) -> bool {
+    let v = cert.tbs_certificate().validity();
+    let (from, to) = (v.not_before.to_system_time(), v.not_after.to_system_time());
+    let third = to.duration_since(from).unwrap_or_default() / 3;
+    to.duration_since(now).is_ok_and(|left| left < third) || now >= to
+}
+
+/// The delegated responder's certificate: the one on disk while it is for this key and not due
+/// for renewal, else a new one issued now by the issuing CA (profile `ocsp-signer`), written
+/// to disk and audited.
+pub fn responder_certificate(
+    cfg: &Loaded,
+    policy: &pki::PolicySet,
+    issuing_signer: &dyn hsm::Signer,
+    issuer_info: &IssuerInfo,
+    responder_key: &dyn hsm::Signer,
+    registry: &Registry,
+) -> Result<pki::Certificate> {
+    let path = cfg.path(&cfg.config.ocsp.certificate);
+    let now = std::time::SystemTime::now();
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        let cert = pki::pem::certificate_from_pem(&pem)?;
+        if *cert.tbs_certificate().subject_public_key_info() == responder_key.public_key() && !renewal_due(&cert, now) {
+            return Ok(cert);
+        }
+    }
+    let profile = policy.profile("ocsp-signer").context("the policy has no ocsp-signer profile")?;
+    let key = pki::Sm2PublicKey::from_spki(&responder_key.public_key())?;
+    let vars = pki::SubjectVars { name: Some("HSCA OCSP Responder 1".into()), ..Default::default() };
+    let cert = crate::issuer::Issuer::new(issuing_signer, issuer_info.clone()).issue(profile, &vars, &key, now)?;
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, pki::pem::certificate_to_pem(&cert)?)?;
+    std::fs::rename(&tmp, &path)?;
+    let serial = pki::CertSerial::of(&cert).map(|s| s.to_hex()).unwrap_or_default();
+    registry.audit(&registry::AuditEvent {
+        time_ms: crate::records::now_ms(),
+        actor: "system".into(),
+        action: "issue_ocsp_responder".into(),
+        target: serial,
+        outcome: "ok".into(),
+        detail: format!("profile ocsp-signer, written to {}", path.display()),
+    })?;
+    tracing::info!(path = %path.display(), "issued the OCSP responder certificate");
+    Ok(cert)
 }
 
 async fn shutdown_signal() {
@@ -233,6 +310,43 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Every 30 s: re-sign cached OCSP answers past half their validity, and renew the delegated
+/// responder's certificate when a third of its life is left.
+async fn ocsp_loop(ca: Arc<Ca>, cfg: Loaded, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (ca, cfg) = (ca.clone(), cfg.clone());
+        let done = tokio::task::spawn_blocking(move || -> Result<()> {
+            ca.ocsp.refresh_due(&ca.registry);
+            let Some(key) = ca.ocsp.key() else { return Ok(()) };
+            if key.delegated && renewal_due(&key.certificate, std::time::SystemTime::now()) {
+                let cert = responder_certificate(
+                    &cfg,
+                    &ca.policy,
+                    ca.signer.as_ref(),
+                    &ca.issuer_info,
+                    key.signer.as_ref(),
+                    &ca.registry,
+                )?;
+                ca.ocsp.replace_key(crate::ocsp::ResponderKey {
+                    signer: key.signer.clone(),
+                    certificate: cert,
+                    delegated: true,
+                })?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from) {
+            tracing::error!(error = %e, "OCSP maintenance failed");
+        }
+    }
+}
+
 /// Serves until a shutdown signal.
 pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let c = &cfg.config;
@@ -266,11 +380,13 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
         .serve_with_shutdown(grpc_addr, shutdown_signal());
     let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.checkpoint_seconds, stop_rx.clone()));
     let crls = tokio::spawn(crl_loop(ca.clone(), stop_rx.clone()));
+    let ocsp = tokio::spawn(ocsp_loop(ca.clone(), cfg.clone(), stop_rx.clone()));
     let result = grpc.await;
     let _ = stop_tx.send(true);
     http_task.await??;
     let _ = checkpoints.await;
     let _ = crls.await;
+    let _ = ocsp.await;
     // The last words of the chain get signed too.
     checkpoint_now(ca).await;
     result?;

@@ -50,6 +50,8 @@ pub struct Ca {
     pub metrics: crate::http::Metrics,
     /// Published CRLs.
     pub crls: crate::revocation::Crls,
+    /// The OCSP responder.
+    pub ocsp: crate::ocsp::Responder,
 }
 
 use crate::records::{new_cert_record, now_ms};
@@ -223,7 +225,8 @@ impl<T: Message> Incoming<T> {
 
 impl Ca {
     /// A certificate's status changed (committed): relying parties must see it within a second.
-    pub fn revocation_changed(&self, _serial: &str) {
+    pub fn revocation_changed(&self, serial: &str) {
+        self.ocsp.refresh(&self.registry, serial);
         self.crls.changed.notify_one();
     }
 
