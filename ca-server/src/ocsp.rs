@@ -110,20 +110,17 @@ impl Responder {
         if let ([id], None) = (req.cert_ids.as_slice(), &req.nonce) {
             let key = key_of(id);
             let now = SystemTime::now();
-            if let Some(c) = self.cache.read().ok().and_then(|c| c.get(&key).map(|c| (c.der.clone(), c.refresh_at))) {
-                if c.1 > now {
-                    return Answer { der: c.0, cached: true, max_age: c.1.duration_since(now).ok() };
-                }
+            let hit = self.cache.read().ok().and_then(|c| c.get(&key).map(|c| (c.der.clone(), c.refresh_at)));
+            if let Some((der, refresh_at)) = hit.filter(|(_, r)| *r > now) {
+                return Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() };
             }
             let epoch = self.epoch.load(Ordering::SeqCst);
             return match self.sign(registry, std::slice::from_ref(id), None) {
                 Ok(der) => {
                     let der = Arc::new(der);
                     let refresh_at = now + self.validity / 2;
-                    if let Ok(mut c) = self.cache.write() {
-                        if self.epoch.load(Ordering::SeqCst) == epoch {
-                            c.insert(key, Cached { der: der.clone(), refresh_at, cert_id: id.clone() });
-                        }
+                    if let (Ok(mut c), true) = (self.cache.write(), self.epoch.load(Ordering::SeqCst) == epoch) {
+                        c.insert(key, Cached { der: der.clone(), refresh_at, cert_id: id.clone() });
                     }
                     Answer { der, cached: false, max_age: Some(self.validity / 2) }
                 }
