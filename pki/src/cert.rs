@@ -384,3 +384,39 @@ fn profile_extensions(profile: &CertProfile, ski: &[u8], aki: &[u8]) -> Result<E
     }
     Ok(exts)
 }
+
+/// Where a certificate says its status is published.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusUrls {
+    /// CRL distribution points (URIs).
+    pub crl: Vec<String>,
+    /// OCSP responders (authorityInfoAccess id-ad-ocsp URIs).
+    pub ocsp: Vec<String>,
+}
+
+/// The CRL and OCSP URLs `cert` carries (unparseable extensions contribute nothing).
+pub fn status_urls(cert: &Certificate) -> StatusUrls {
+    let mut out = StatusUrls::default();
+    let uri_of = |n: &GeneralName| match n {
+        GeneralName::UniformResourceIdentifier(u) => Some(u.to_string()),
+        _ => None,
+    };
+    for e in cert.tbs_certificate().extensions().into_iter().flatten() {
+        if e.extn_id == <CrlDistributionPoints as const_oid::AssociatedOid>::OID {
+            if let Ok(points) = CrlDistributionPoints::from_der(e.extn_value.as_bytes()) {
+                for p in points.0 {
+                    if let Some(DistributionPointName::FullName(names)) = p.distribution_point {
+                        out.crl.extend(names.iter().filter_map(uri_of));
+                    }
+                }
+            }
+        } else if e.extn_id == <AuthorityInfoAccessSyntax as const_oid::AssociatedOid>::OID {
+            if let Ok(aia) = AuthorityInfoAccessSyntax::from_der(e.extn_value.as_bytes()) {
+                out.ocsp.extend(
+                    aia.0.iter().filter(|a| a.access_method == ID_AD_OCSP).filter_map(|a| uri_of(&a.access_location)),
+                );
+            }
+        }
+    }
+    out
+}

@@ -220,6 +220,10 @@ pub struct VerifiedCrl {
     pub delta_base: Option<u64>,
     /// Revoked serials with their reasons.
     pub revoked: Vec<(CertSerial, Option<CrlReason>)>,
+    /// `thisUpdate`.
+    pub this_update: SystemTime,
+    /// `nextUpdate`: after it, a relying party must fetch a newer CRL.
+    pub next_update: Option<SystemTime>,
 }
 
 /// Parses a DER CRL and verifies it was signed by `issuer`.
@@ -264,5 +268,7 @@ pub fn verify_crl(der_bytes: &[u8], issuer: &IssuerInfo) -> Result<VerifiedCrl, 
         number: ext_u64(<CrlNumber as const_oid::AssociatedOid>::OID),
         delta_base: ext_u64(<BaseCrlNumber as const_oid::AssociatedOid>::OID),
         revoked,
+        this_update: crl.tbs_cert_list.this_update.to_system_time(),
+        next_update: crl.tbs_cert_list.next_update.map(|t| t.to_system_time()),
     })
 }

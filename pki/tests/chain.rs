@@ -406,3 +406,12 @@ fn terminal_binding_serial_key_and_chain_bytes() {
     bytes.push(0);
     assert!(matches!(split_chain(&bytes), Err(BindingError::Malformed(_))));
 }
+
+#[test]
+fn status_urls_are_read_from_the_certificate() {
+    let w = world();
+    let urls = pki::cert::status_urls(&w.leaf);
+    assert_eq!(urls.crl, vec!["http://127.0.0.1:7080/crl/issuing.crl".to_owned()]);
+    assert_eq!(urls.ocsp, vec!["http://127.0.0.1:7080/ocsp".to_owned()]);
+    assert_eq!(pki::cert::status_urls(&w.root.cert).ocsp, Vec::<String>::new());
+}
