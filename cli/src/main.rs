@@ -1,8 +1,11 @@
 //! `cactl`: the CA's admin CLI. Every call is a signed gRPC request made with the identity named
 //! by `--identity FILE`, or by `--config FILE` (`identity = "…"`), or by `CACTL_CONFIG`.
 //!
-//! Exit codes: 0 success; 1 the CA refused (the stable reason is printed); 2 usage or local
-//! input error; 3 the CA could not be reached.
+//! Exit codes: 0 success; 1 the CA refused (the stable reason is printed), or `verify` found the
+//! certificate not valid; 2 usage or local input error; 3 the CA could not be reached.
+
+mod http;
+mod revocation;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,18 +64,64 @@ enum Cmd {
         /// Request id, to retry safely (default: fresh).
         #[arg(long)]
         request_id: Option<String>,
+        /// Production lot, recorded when the terminal is registered by this issue.
+        #[arg(long)]
+        lot: Option<String>,
     },
-    /// Revoke a terminal's active certificate or a certificate by serial.
+    /// Revoke one certificate (--terminal or --cert-serial), or — under dual control — every
+    /// active certificate of a manufacturer, model or production lot (--manufacturer, --model,
+    /// --lot): that only asks; a second administrator approves with `cactl approvals approve`.
     Revoke {
-        /// Terminal serial.
-        #[arg(long, conflicts_with = "cert_serial", required_unless_present = "cert_serial")]
+        /// Terminal serial (its active certificate).
+        #[arg(long)]
         terminal: Option<String>,
         /// Certificate serial (hex).
         #[arg(long)]
         cert_serial: Option<String>,
+        /// Bulk: terminals of this manufacturer code.
+        #[arg(long)]
+        manufacturer: Option<String>,
+        /// Bulk: terminals of this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Bulk: terminals of this production lot.
+        #[arg(long)]
+        lot: Option<String>,
         /// RFC 5280 reason.
         #[arg(long, value_enum)]
         reason: Reason,
+        /// keyCompromise: when the key was (suspected) compromised, YYYY-MM-DDTHH:MM:SSZ or unix ms;
+        /// default now.
+        #[arg(long)]
+        invalidity_date: Option<String>,
+    },
+    /// Lift a certificateHold (other revocations are final).
+    Unrevoke {
+        /// Certificate serial (hex).
+        #[arg(long)]
+        cert_serial: String,
+    },
+    /// Bulk revocations waiting for (or decided by) a second administrator.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+    /// Check a certificate as a relying party: chain to the pinned root, then its status from
+    /// the OCSP responder (default) or the CRL it names. Exit 0 good, 1 not valid.
+    Verify {
+        /// The certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Ask the OCSP responder in the certificate (the default).
+        #[arg(long, conflicts_with = "crl")]
+        ocsp: bool,
+        /// Read the CRL (and delta CRL) at the certificate's distribution point.
+        #[arg(long)]
+        crl: bool,
+        /// Issuing CA certificate (PEM); with --root, no call to the CA is made.
+        #[arg(long, requires = "root")]
+        issuer: Option<PathBuf>,
+        /// Root certificate (PEM) to validate to; default the identity's pinned root.
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
     /// A certificate's status.
     Status {
@@ -188,6 +237,26 @@ enum AuditCmd {
         /// How many.
         #[arg(long, default_value_t = 20)]
         last: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Pending bulk revocations (--all: also decided ones).
+    List {
+        /// Include approved and rejected ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve: every active certificate the request covers is revoked now.
+    Approve {
+        /// The approval id.
+        id: String,
+    },
+    /// Reject: nothing is revoked.
+    Reject {
+        /// The approval id.
+        id: String,
     },
 }
 
@@ -527,7 +596,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Issue { csr, serial, class, out, reissue, request_id: rid } => {
+        Cmd::Issue { csr, serial, class, out, reissue, request_id: rid, lot } => {
             let csr_bytes = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
             let (_, client) = connect(&cli).await?;
             let msg = v1::IssueTerminalCertificateRequest {
@@ -537,7 +606,7 @@ async fn run(cli: Cli) -> Result<()> {
                 model: String::new(),
                 csr_der: csr_bytes,
                 reissue: *reissue,
-                lot: String::new(),
+                lot: lot.clone().unwrap_or_default(),
             };
             let resp = CertificateAuthorityClient::new(client.channel.clone())
                 .issue_terminal_certificate(
@@ -559,8 +628,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             )
         }
-        Cmd::Revoke { terminal, cert_serial, reason } => {
-            let (_, client) = connect(&cli).await?;
+        Cmd::Revoke { terminal, cert_serial, manufacturer, model, lot, reason, invalidity_date } => {
             let code = (match reason {
                 Reason::Unspecified => v1::RevocationReason::Unspecified,
                 Reason::KeyCompromise => v1::RevocationReason::KeyCompromise,
@@ -571,20 +639,87 @@ async fn run(cli: Cli) -> Result<()> {
                 Reason::CertificateHold => v1::RevocationReason::CertificateHold,
                 Reason::PrivilegeWithdrawn => v1::RevocationReason::PrivilegeWithdrawn,
             }) as i32;
+            let invalidity_ms = match invalidity_date {
+                Some(d) if matches!(reason, Reason::KeyCompromise) => revocation::parse_time(d)?,
+                Some(_) => bail!("--invalidity-date applies to key-compromise only"),
+                None => 0,
+            };
+            let bulk = manufacturer.is_some() || model.is_some() || lot.is_some();
+            let single = usize::from(terminal.is_some()) + usize::from(cert_serial.is_some());
+            if (bulk && single > 0) || (!bulk && single != 1) {
+                bail!(
+                    "name one target: --terminal S, --cert-serial HEX, or a bulk filter (--manufacturer, --model, --lot)"
+                );
+            }
+            let (_, client) = connect(&cli).await?;
+            if bulk {
+                let msg = v1::RequestBulkRevocationRequest {
+                    request_id: request_id(),
+                    manufacturer: manufacturer.clone().unwrap_or_default(),
+                    model: model.clone().unwrap_or_default(),
+                    lot: lot.clone().unwrap_or_default(),
+                    reason: code,
+                    invalidity_ms,
+                };
+                return revocation::bulk_revoke(&client, cli.json, msg).await;
+            }
             let msg = v1::RevokeCertificateRequest {
                 request_id: request_id(),
                 certificate_serial: cert_serial.clone().unwrap_or_default(),
                 terminal_serial: terminal.clone().unwrap_or_default(),
                 reason: code,
-                invalidity_ms: 0,
+                invalidity_ms,
             };
             let s = AdminClient::new(client.channel.clone())
                 .revoke_certificate(client.signed("/hsca.v1.Admin/RevokeCertificate", msg)?)
                 .await?
                 .into_inner();
             print(cli.json, &serde_json::json!({"revoked_at_ms": s.revoked_at_ms}), || {
-                format!("revoked at {} ms", s.revoked_at_ms)
+                format!("revoked at {}", revocation::time_text(s.revoked_at_ms))
             })
+        }
+        Cmd::Unrevoke { cert_serial } => {
+            let (_, client) = connect(&cli).await?;
+            revocation::unrevoke(&client, cli.json, &cert_serial.to_uppercase()).await
+        }
+        Cmd::Approvals(a) => {
+            let (_, client) = connect(&cli).await?;
+            match a {
+                ApprovalsCmd::List { all } => revocation::list(&client, cli.json, *all).await,
+                ApprovalsCmd::Approve { id } => revocation::decide(&client, cli.json, id, true).await,
+                ApprovalsCmd::Reject { id } => revocation::decide(&client, cli.json, id, false).await,
+            }
+        }
+        Cmd::Verify { cert, ocsp: _, crl, issuer, root } => {
+            let read = |p: &Path| -> Result<pki::Certificate> {
+                let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                Ok(pki::pem::certificate_from_pem(&pem)?)
+            };
+            let (issuing, root) = match (issuer, root) {
+                (Some(i), Some(r)) => (read(i)?, read(r)?),
+                _ => {
+                    let (identity, client) = connect(&cli).await?;
+                    let msg = v1::GetCaChainRequest { request_id: request_id() };
+                    let chain = CertificateAuthorityClient::new(client.channel.clone())
+                        .get_ca_chain(client.signed("/hsca.v1.CertificateAuthority/GetCaChain", msg)?)
+                        .await?
+                        .into_inner();
+                    let (issuing, served_root) = revocation::chain_from_der(&chain.issuing_der, &chain.root_der)?;
+                    let pinned = match root {
+                        Some(r) => read(r)?,
+                        None => read(&identity.path(&identity.file.pki_root))?,
+                    };
+                    if served_root != pinned {
+                        return Err(
+                            revocation::NotValid("the CA serves a root other than the pinned one".into()).into()
+                        );
+                    }
+                    (issuing, pinned)
+                }
+            };
+            let source = if *crl { revocation::Source::Crl } else { revocation::Source::Ocsp };
+            let (cert, json) = (cert.clone(), cli.json);
+            tokio::task::spawn_blocking(move || revocation::verify(&cert, &issuing, &root, source, json)).await?
         }
         Cmd::Status { cert } => {
             let text = std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
@@ -692,6 +827,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(n) = e.downcast_ref::<revocation::NotValid>() {
+                eprintln!("cactl: NOT VALID: {n}");
+                return ExitCode::from(1);
+            }
             if let Some(s) = e.downcast_ref::<tonic::Status>() {
                 let reason = proto::reason(s).map_or("UNSPECIFIED", |r| r.as_str_name());
                 eprintln!("cactl: refused: {reason}: {}", s.message());
