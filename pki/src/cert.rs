@@ -402,20 +402,20 @@ pub fn status_urls(cert: &Certificate) -> StatusUrls {
         _ => None,
     };
     for e in cert.tbs_certificate().extensions().into_iter().flatten() {
-        if e.extn_id == <CrlDistributionPoints as const_oid::AssociatedOid>::OID {
-            if let Ok(points) = CrlDistributionPoints::from_der(e.extn_value.as_bytes()) {
-                for p in points.0 {
-                    if let Some(DistributionPointName::FullName(names)) = p.distribution_point {
-                        out.crl.extend(names.iter().filter_map(uri_of));
-                    }
+        let bytes = e.extn_value.as_bytes();
+        if e.extn_id == <CrlDistributionPoints as const_oid::AssociatedOid>::OID
+            && let Ok(points) = CrlDistributionPoints::from_der(bytes)
+        {
+            for p in points.0 {
+                if let Some(DistributionPointName::FullName(names)) = p.distribution_point {
+                    out.crl.extend(names.iter().filter_map(uri_of));
                 }
             }
-        } else if e.extn_id == <AuthorityInfoAccessSyntax as const_oid::AssociatedOid>::OID {
-            if let Ok(aia) = AuthorityInfoAccessSyntax::from_der(e.extn_value.as_bytes()) {
-                out.ocsp.extend(
-                    aia.0.iter().filter(|a| a.access_method == ID_AD_OCSP).filter_map(|a| uri_of(&a.access_location)),
-                );
-            }
+        } else if e.extn_id == <AuthorityInfoAccessSyntax as const_oid::AssociatedOid>::OID
+            && let Ok(aia) = AuthorityInfoAccessSyntax::from_der(bytes)
+        {
+            let ocsp = aia.0.iter().filter(|a| a.access_method == ID_AD_OCSP);
+            out.ocsp.extend(ocsp.filter_map(|a| uri_of(&a.access_location)));
         }
     }
     out
