@@ -60,6 +60,9 @@ pub struct Published {
 struct Current {
     full: Option<Published>,
     delta: Option<Published>,
+    /// The last scheduled full CRL (number, thisUpdate): the base deltas build on, so a relying
+    /// party holding it needs only the (small) delta; fulls made after revocations don't move it.
+    base: Option<(u64, SystemTime)>,
 }
 
 /// The issuing CA's published CRLs.
@@ -110,33 +113,29 @@ impl Crls {
         self.timing
     }
 
-    /// Makes and publishes a full CRL of every revoked certificate, then a delta on top of it.
+    /// Makes and publishes a full CRL of every revoked certificate, then a delta over the base.
+    /// A `scheduled` full becomes the new base.
     pub fn publish_full(
         &self,
         registry: &Registry,
         signer: &dyn hsm::Signer,
         issuer: &IssuerInfo,
+        scheduled: bool,
     ) -> Result<(), PublishError> {
         let revoked = registry.revoked_certificates()?;
         let entries = revoked.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-        let full = self.sign(registry, signer, issuer, &entries, None, &self.url)?;
-        let base = (full.number, full.this_update);
-        if let Ok(mut c) = self.current.write() {
+        let full = self.sign(registry, signer, issuer, &entries, None)?;
+        let base = {
+            let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
+            if scheduled || c.base.is_none() {
+                c.base = Some((full.number, full.this_update));
+            }
             c.full = Some(full);
-        }
-        self.publish_delta_on(registry, signer, issuer, base)
-    }
-
-    /// Makes and publishes a delta CRL over the current full CRL (a full one first if none).
-    pub fn publish_delta(
-        &self,
-        registry: &Registry,
-        signer: &dyn hsm::Signer,
-        issuer: &IssuerInfo,
-    ) -> Result<(), PublishError> {
-        match self.full() {
-            Some(f) => self.publish_delta_on(registry, signer, issuer, (f.number, f.this_update)),
-            None => self.publish_full(registry, signer, issuer),
+            c.base
+        };
+        match base {
+            Some(base) => self.publish_delta_on(registry, signer, issuer, base),
+            None => Ok(()),
         }
     }
 
@@ -164,7 +163,7 @@ impl Crls {
             });
         }
         // RFC 5280 §5.2.4: a delta has the scope (IDP) of its base; only where it is served differs.
-        let delta = self.sign(registry, signer, issuer, &entries, Some(base), &self.url)?;
+        let delta = self.sign(registry, signer, issuer, &entries, Some(base))?;
         if let Ok(mut c) = self.current.write() {
             c.delta = Some(delta);
         }
@@ -178,7 +177,6 @@ impl Crls {
         issuer: &IssuerInfo,
         entries: &[RevokedEntry],
         delta_base: Option<u64>,
-        url: &str,
     ) -> Result<Published, PublishError> {
         let number = registry.next_crl_number()?;
         let this_update = SystemTime::now();
@@ -188,7 +186,7 @@ impl Crls {
             next_update: this_update + self.timing.validity,
             entries,
             delta_base,
-            distribution_point: Some(url),
+            distribution_point: Some(&self.url),
         };
         let tbs = build_crl_tbs(issuer, &req)?;
         let sig = signer.sign(tbs.to_be_signed())?;

@@ -276,13 +276,9 @@ async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch
     }
 }
 
-async fn publish_crls(ca: Arc<Ca>, full: bool) {
+async fn publish_crls(ca: Arc<Ca>, scheduled: bool) {
     let result = tokio::task::spawn_blocking(move || {
-        if full {
-            ca.crls.publish_full(&ca.registry, ca.signer.as_ref(), &ca.issuer_info)
-        } else {
-            ca.crls.publish_delta(&ca.registry, ca.signer.as_ref(), &ca.issuer_info)
-        }
+        ca.crls.publish_full(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, scheduled)
     })
     .await;
     match result {
@@ -292,8 +288,9 @@ async fn publish_crls(ca: Arc<Ca>, full: bool) {
     }
 }
 
-/// Full CRL at start and every `full_every`; after each revocation a new delta and a new full CRL
-/// (a burst of revocations, as a bulk one, is coalesced over 100 ms).
+/// A scheduled full CRL (the new delta base) at start and every `full_every`; after each
+/// revocation a new full CRL and a delta over the base (a burst of revocations, as a bulk one, is
+/// coalesced over 100 ms).
 async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
     publish_crls(ca.clone(), true).await;
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
@@ -303,7 +300,7 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
             _ = tick.tick() => publish_crls(ca.clone(), true).await,
             () = ca.crls.changed.notified() => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                publish_crls(ca.clone(), true).await;
+                publish_crls(ca.clone(), false).await;
             }
             _ = stop.changed() => return,
         }

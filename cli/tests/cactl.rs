@@ -4,43 +4,13 @@
 //! `ca-server` is found next to `cactl` (cargo builds every workspace binary for
 //! `cargo test --workspace`; alone, run `cargo build -p ca-server` first).
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CACTL: &str = env!("CARGO_BIN_EXE_cactl");
-
-fn ca_server() -> PathBuf {
-    let p = Path::new(CACTL).with_file_name("ca-server");
-    assert!(p.exists(), "{} not built: run `cargo build -p ca-server` (cargo test --workspace does)", p.display());
-    p
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawn")
-}
-
-fn cactl(args: &[&str]) -> Output {
-    run(Command::new(CACTL).args(args))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Serving, ca_server, cactl, port, run, text};
 
 #[test]
 fn walk_through_with_the_real_binaries() {

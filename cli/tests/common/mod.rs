@@ -1,0 +1,128 @@
+//! Helpers shared by the tests that drive the real `cactl` and `ca-server` binaries.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+pub const CACTL: &str = env!("CARGO_BIN_EXE_cactl");
+
+pub fn ca_server() -> PathBuf {
+    let p = Path::new(CACTL).with_file_name("ca-server");
+    assert!(p.exists(), "{} not built: run `cargo build -p ca-server` (cargo test --workspace does)", p.display());
+    p
+}
+
+pub fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn")
+}
+
+pub fn cactl(args: &[&str]) -> Output {
+    run(Command::new(CACTL).args(args))
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub struct Serving(pub Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A CA made by `ca-server init` in `dir/ca` and served; gRPC and HTTP ports.
+pub struct RunningCa {
+    pub dir: PathBuf,
+    pub grpc: u16,
+    pub http: u16,
+    pub server: Option<Serving>,
+}
+
+impl RunningCa {
+    pub fn init(dir: &Path) -> Self {
+        let ca = dir.join("ca");
+        let (grpc, http) = (port(), port());
+        let init = run(Command::new(ca_server()).args(["init", "--data-dir"]).arg(&ca).args([
+            "--grpc",
+            &format!("127.0.0.1:{grpc}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ]));
+        assert!(init.status.success(), "{}", text(&init));
+        let mut c = RunningCa { dir: ca, grpc, http, server: None };
+        c.start();
+        c
+    }
+
+    /// Starts `serve` and waits until the HTTP side answers.
+    pub fn start(&mut self) {
+        let child = Command::new(ca_server())
+            .args(["serve", "--config"])
+            .arg(self.dir.join("ca-server.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("serve");
+        self.server = Some(Serving(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
+            assert!(Instant::now() < deadline, "ca-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait (a graceful stop).
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = Command::new("kill").args(["-TERM", &s.0.id().to_string()]).status();
+            let _ = s.0.wait();
+        }
+    }
+
+    /// `cactl --config <admin>` with `args`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        run(Command::new(CACTL).arg("--config").arg(self.dir.join("cactl.toml")).args(args))
+    }
+
+    /// GET `path` on the HTTP side: (header, body).
+    pub fn get(&self, path: &str) -> (String, Vec<u8>) {
+        self.http_request(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").into_bytes())
+    }
+
+    /// POST `body` to `path`: (header, body).
+    pub fn post(&self, path: &str, body: &[u8]) -> (String, Vec<u8>) {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.http_request(&req)
+    }
+
+    fn http_request(&self, req: &[u8]) -> (String, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("connect");
+        s.write_all(req).expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read");
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        (head, raw[split + 4..].to_vec())
+    }
+}
+
+/// Runs openssl in `dir`; (success, stdout + stderr).
+pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let o = run(Command::new("openssl").args(args).current_dir(dir));
+    (o.status.success(), text(&o))
+}

@@ -1,0 +1,219 @@
+//! Revocation that stock clients trust, end to end with the real binaries: `cactl revoke` (single,
+//! and bulk under dual control), then `openssl crl` and `openssl ocsp` (POST, GET, nonce) against
+//! the running `ca-server`, our own CRL and OCSP signature checks (`cactl verify`), delta + base =
+//! full, and CRL numbers that keep increasing across restarts.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{RunningCa, openssl, text};
+use pki::{CertSerial, IssuerInfo, SignerId};
+
+struct Terminal {
+    serial: &'static str,
+    pem: String,
+    cert_serial: String,
+}
+
+fn issue(ca: &RunningCa, d: &Path, station: &Path, serial: &'static str, lot: &str) -> Terminal {
+    let key = format!("{serial}.key");
+    let csr = format!("{serial}.csr");
+    let pem = format!("{serial}.pem");
+    assert!(openssl(d, &["genpkey", "-algorithm", "SM2", "-out", &key]).0);
+    let subj = format!("/CN={serial}/serialNumber={serial}");
+    let (ok, out) = openssl(
+        d,
+        &["req", "-new", "-key", &key, "-sm3", "-sigopt", "distid:1234567812345678", "-subj", &subj, "-out", &csr],
+    );
+    assert!(ok, "{out}");
+    let o = std::process::Command::new(common::CACTL)
+        .current_dir(d)
+        .arg("--identity")
+        .arg(station.join("identity.toml"))
+        .args(["issue", "--csr", &csr, "--serial", serial, "--class", "II", "--out", &pem, "--lot", lot])
+        .output()
+        .expect("cactl issue");
+    assert!(o.status.success(), "{}", text(&o));
+    let cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join(&pem)).expect("pem")).expect("cert");
+    let _ = ca;
+    Terminal { serial, pem, cert_serial: CertSerial::of(&cert).expect("serial").to_hex() }
+}
+
+fn ocsp(ca: &RunningCa, d: &Path, t: &Terminal, extra: &[&str]) -> String {
+    let url = format!("http://127.0.0.1:{}/ocsp", ca.http);
+    let issuing = ca.dir.join("certs/issuing.pem");
+    let mut args =
+        vec!["ocsp", "-issuer", issuing.to_str().expect("p"), "-cert", &t.pem, "-url", &url, "-noverify", "-resp_text"];
+    args.extend_from_slice(extra);
+    let (ok, out) = openssl(d, &args);
+    assert!(ok, "{out}");
+    out
+}
+
+fn verify(ca: &RunningCa, t: &Terminal, d: &Path, how: &str) -> (Option<i32>, String) {
+    let o = ca.admin(&["verify", "--cert", d.join(&t.pem).to_str().expect("p"), how]);
+    (o.status.code(), text(&o))
+}
+
+/// Fetches the CRL at `name`, checks our signature verification, returns what it says.
+fn crl(ca: &RunningCa, name: &str) -> (Vec<u8>, pki::crl::VerifiedCrl) {
+    let (head, der) = ca.get(&format!("/crl/{name}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let issuing =
+        pki::pem::certificate_from_pem(&std::fs::read_to_string(ca.dir.join("certs/issuing.pem")).expect("pem"))
+            .expect("cert");
+    let info = IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("issuer");
+    let v = pki::verify_crl(&der, &info).expect("our validator accepts the CRL signature");
+    (der, v)
+}
+
+fn serials(v: &pki::crl::VerifiedCrl) -> std::collections::BTreeSet<String> {
+    v.revoked.iter().map(|(s, _)| s.to_hex()).collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn crls_ocsp_bulk_revocation_and_restarts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let mut ca = RunningCa::init(d);
+    for (role, name, extra) in [("station", "station-1", vec!["--manufacturers", "HSTM"]), ("admin", "admin-2", vec![])]
+    {
+        let out_dir = d.join(name);
+        let mut args = vec!["principal", "add", "--role", role, "--name", name, "--out", out_dir.to_str().expect("p")];
+        args.extend(extra);
+        let o = ca.admin(&args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let station = d.join("station-1");
+    let t1 = issue(&ca, d, &station, "HSTM01261100000K", "L1");
+    let t2 = issue(&ca, d, &station, "HSTM01261100001I", "L1");
+    let t3 = issue(&ca, d, &station, "HSTM01261100002G", "L2");
+
+    // The base: the scheduled full CRL made at start.
+    let (_, base) = crl(&ca, "issuing.crl");
+    assert!(base.revoked.is_empty());
+
+    // OCSP over POST says good; our relying-party check verifies the responder's signature and authority.
+    assert!(ocsp(&ca, d, &t1, &["-no_nonce"]).contains("Cert Status: good"));
+    let (code, out) = verify(&ca, &t1, d, "--ocsp");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("good") && out.contains("delegated responder"), "{out}");
+
+    let o = ca.admin(&["revoke", "--terminal", t1.serial, "--reason", "key-compromise"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let revoked = ocsp(&ca, d, &t1, &["-no_nonce"]);
+    assert!(revoked.contains("Cert Status: revoked"), "{revoked}");
+    assert!(revoked.contains("Revocation Time:") && revoked.contains("Revocation Reason: keyCompromise"), "{revoked}");
+    // With a nonce: echoed (OpenSSL shows it among the response extensions).
+    let with_nonce = ocsp(&ca, d, &t1, &["-nonce"]);
+    assert!(with_nonce.contains("OCSP Nonce") && !with_nonce.contains("WARNING: no nonce"), "{with_nonce}");
+    // GET (RFC 6960 appendix A): the request, base64 and URL-encoded, in the path.
+    let issuing = ca.dir.join("certs/issuing.pem");
+    let (ok, out) = openssl(
+        d,
+        &["ocsp", "-issuer", issuing.to_str().expect("p"), "-cert", &t1.pem, "-no_nonce", "-reqout", "req.der"],
+    );
+    assert!(ok, "{out}");
+    let req = std::fs::read(d.join("req.der")).expect("req");
+    let b64 = base64_url(&req);
+    let (head, body) = ca.get(&format!("/ocsp/{b64}"));
+    assert!(head.contains("application/ocsp-response") && head.contains("max-age"), "{head}");
+    std::fs::write(d.join("get.der"), body).expect("write");
+    let (ok, out) = openssl(d, &["ocsp", "-respin", "get.der", "-resp_text", "-noverify"]);
+    assert!(ok && out.contains("Cert Status: revoked"), "{out}");
+    let (code, out) = verify(&ca, &t1, d, "--ocsp");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("revoked") && out.contains("keyCompromise"), "{out}");
+    // Malformed requests get malformedRequest.
+    let url = format!("http://127.0.0.1:{}/ocsp", ca.http);
+    let (_, body) = ca.post("/ocsp", b"\x30\x03\x02\x01\x00");
+    std::fs::write(d.join("junk-answer.der"), body).expect("write");
+    let (_, out) = openssl(d, &["ocsp", "-respin", "junk-answer.der", "-resp_text", "-noverify"]);
+    assert!(out.to_lowercase().contains("malformedrequest"), "{out}");
+
+    // A CertID naming another issuer (here: the root as issuer) gets unauthorized.
+    let root = ca.dir.join("certs/root.pem");
+    let (_, out) = openssl(
+        d,
+        &["ocsp", "-issuer", root.to_str().expect("p"), "-cert", &t1.pem, "-url", &url, "-resp_text", "-noverify"],
+    );
+    assert!(out.to_lowercase().contains("unauthorized"), "{out}");
+
+    // The CRL lists it within a second, with its reason; OpenSSL parses number, AKI and IDP.
+    wait_for("the CRL to list the revocation", || serials(&crl(&ca, "issuing.crl").1).contains(&t1.cert_serial));
+    let (der, _) = crl(&ca, "issuing.crl");
+    std::fs::write(d.join("full.crl"), &der).expect("write");
+    let (ok, out) = openssl(d, &["crl", "-in", "full.crl", "-inform", "DER", "-text", "-noout"]);
+    assert!(ok, "{out}");
+    for want in [
+        &t1.cert_serial[..],
+        "Key Compromise",
+        "X509v3 CRL Number",
+        "Authority Key Identifier",
+        "Issuing Distribution Point",
+    ] {
+        assert!(out.contains(want), "openssl crl shows {want}:\n{out}");
+    }
+    let (code, out) = verify(&ca, &t1, d, "--crl");
+    assert_eq!(code, Some(1), "{out}");
+    // A tampered CRL is refused by our validator.
+    let mut tampered = der.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 1;
+    let issuing_cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(&issuing).expect("pem")).expect("cert");
+    let info = IssuerInfo::from_certificate(&issuing_cert, SignerId::default()).expect("info");
+    assert!(pki::verify_crl(&tampered, &info).is_err(), "a flipped bit must fail");
+
+    // Bulk revocation: asking changes nothing; a second admin approving revokes exactly the lot.
+    let o = ca.admin(&["--json", "revoke", "--lot", "L2", "--reason", "cessation-of-operation"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let id =
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")["id"].as_str().expect("id").to_owned();
+    assert!(ocsp(&ca, d, &t3, &["-no_nonce"]).contains("Cert Status: good"), "not revoked before approval");
+    let o = ca.admin(&["approvals", "approve", &id]);
+    assert_eq!(o.status.code(), Some(1), "the requester cannot approve: {}", text(&o));
+    assert!(text(&o).contains("SAME_APPROVER"));
+    let second = std::process::Command::new(common::CACTL)
+        .arg("--identity")
+        .arg(d.join("admin-2/identity.toml"))
+        .args(["approvals", "approve", &id])
+        .output()
+        .expect("cactl");
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(ocsp(&ca, d, &t3, &["-no_nonce"]).contains("Cert Status: revoked"));
+    assert!(ocsp(&ca, d, &t2, &["-no_nonce"]).contains("Cert Status: good"), "lot L1 untouched by the L2 bulk");
+
+    // Delta + base = full.
+    wait_for("the full CRL to list the lot", || serials(&crl(&ca, "issuing.crl").1).contains(&t3.cert_serial));
+    let (_, full) = crl(&ca, "issuing.crl");
+    let (_, delta) = crl(&ca, "issuing-delta.crl");
+    assert_eq!(delta.delta_base, base.number, "the delta builds on the scheduled base");
+    assert!(delta.number > full.number && full.number > base.number);
+    let combined: std::collections::BTreeSet<String> = serials(&base).union(&serials(&delta)).cloned().collect();
+    assert_eq!(combined, serials(&full));
+    assert_eq!(serials(&full), [t1.cert_serial.clone(), t3.cert_serial.clone()].into_iter().collect());
+
+    // CRL numbers keep increasing across a restart; ETag answers 304.
+    let before = crl(&ca, "issuing-delta.crl").1.number.expect("number");
+    ca.stop();
+    ca.start();
+    let after = crl(&ca, "issuing.crl").1.number.expect("number");
+    assert!(after > before, "CRL number {after} after restart must exceed {before}");
+    let (head, _) = ca.get("/crl/issuing.pem");
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("etag"), "{head}");
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes).replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+}
