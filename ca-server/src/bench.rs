@@ -94,6 +94,7 @@ pub fn crypto_limit(ca: &crate::serve::Signing, threads: usize, count: usize, wo
         manufacturer: Some("HSTM".into()),
         model: Some("01".into()),
         name: None,
+        crl_partition: Some(0),
     };
     // A real TBS of a terminal certificate, for the minimum: signing it is what cannot be skipped.
     let sample_tbs = {

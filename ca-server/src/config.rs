@@ -78,6 +78,14 @@ pub struct CrlSection {
     /// Seconds between scheduled full CRLs.
     #[serde(default = "default_full_every_seconds")]
     pub full_every_seconds: u64,
+    /// Terminal certificates per CRL partition (consecutive issuance ordinals; the partition is
+    /// written into each certificate's CRL distribution point through `{partition}`).
+    #[serde(default = "default_partition_size")]
+    pub partition_size: u64,
+}
+
+fn default_partition_size() -> u64 {
+    100_000
 }
 
 fn default_crl_validity_hours() -> u64 {
@@ -90,7 +98,11 @@ fn default_full_every_seconds() -> u64 {
 
 impl Default for CrlSection {
     fn default() -> Self {
-        Self { validity_hours: default_crl_validity_hours(), full_every_seconds: default_full_every_seconds() }
+        Self {
+            validity_hours: default_crl_validity_hours(),
+            full_every_seconds: default_full_every_seconds(),
+            partition_size: default_partition_size(),
+        }
     }
 }
 

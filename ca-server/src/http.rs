@@ -88,15 +88,21 @@ async fn ocsp_answer(ca: Arc<Ca>, input: OcspInput, get: bool) -> Response {
 }
 
 async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
-    let full = ca.crls.file_name().to_owned();
-    let stem = full.strip_suffix(".crl").unwrap_or(&full).to_owned();
-    let (published, pem) = match file.as_str() {
-        f if f == full => (ca.crls.full(), false),
-        f if f == format!("{stem}.pem") => (ca.crls.full(), true),
-        f if f == format!("{stem}-delta.crl") => (ca.crls.delta(), false),
-        f if f == format!("{stem}-delta.pem") => (ca.crls.delta(), true),
-        _ => return (StatusCode::NOT_FOUND, "no such CRL\n").into_response(),
+    let Some((file, pem)) = ca.crls.file(&file) else {
+        return (StatusCode::NOT_FOUND, "no such CRL\n").into_response();
     };
+    if let crate::revocation::CrlFile::Partition(p) = file {
+        let known = tokio::task::spawn_blocking({
+            let ca = ca.clone();
+            move || p < ca.crl_partitions()
+        })
+        .await
+        .unwrap_or(false);
+        if !known {
+            return (StatusCode::NOT_FOUND, "no such CRL partition\n").into_response();
+        }
+    }
+    let published = ca.crls.get(file);
     let Some(p) = published else {
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "CRL not published yet\n")
             .into_response();

@@ -38,5 +38,6 @@ pub fn new_cert_record(
         request_id: request_id.into(),
         status: CertStatus::Good,
         provisioning: None,
+        crl_partition: None,
     })
 }

@@ -63,49 +63,90 @@ struct Current {
     /// The last scheduled full CRL (number, thisUpdate): the base deltas build on, so a relying
     /// party holding it needs only the (small) delta; fulls made after revocations don't move it.
     base: Option<(u64, SystemTime)>,
+    partitions: std::collections::BTreeMap<u32, Published>,
 }
 
-/// The issuing CA's published CRLs.
+/// Where the CRLs live: the full CRL's URL (principal certificates name it) and, when
+/// terminal certificates are partitioned, the template with `{partition}` they name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlUrls {
+    /// The full CRL, e.g. `http://host/crl/issuing.crl`.
+    pub full: String,
+    /// e.g. `http://host/crl/issuing-{partition}.crl`.
+    pub partition: Option<String>,
+}
+
+/// The issuing CA's published CRLs: full, delta, and one per partition.
 pub struct Crls {
     current: RwLock<Current>,
     /// Wakes the publisher after a revocation.
     pub changed: tokio::sync::Notify,
+    /// Partitions whose CRL must be remade (a revocation in them).
+    dirty: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     timing: CrlTiming,
-    url: String,
+    urls: CrlUrls,
+}
+
+/// What an HTTP path under `/crl/` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlFile {
+    /// The full CRL.
+    Full,
+    /// The delta CRL.
+    Delta,
+    /// A partition's CRL.
+    Partition(u32),
 }
 
 impl Crls {
-    /// CRLs for the distribution point `url` (the one the issuing CA's certificates carry).
-    pub fn new(url: String, timing: CrlTiming) -> Self {
-        Self { current: RwLock::default(), changed: tokio::sync::Notify::new(), timing, url }
-    }
-
-    /// The URL of the full CRL; the delta CRL is at the same place with `-delta` before `.crl`.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The file name served for the full CRL (`issuing.crl`), from the URL's last segment.
-    pub fn file_name(&self) -> &str {
-        self.url.rsplit('/').next().unwrap_or("issuing.crl")
-    }
-
-    /// The delta CRL's URL.
-    pub fn delta_url(&self) -> String {
-        match self.url.strip_suffix(".crl") {
-            Some(stem) => format!("{stem}-delta.crl"),
-            None => format!("{}-delta", self.url),
+    /// CRLs published at `urls`.
+    pub fn new(urls: CrlUrls, timing: CrlTiming) -> Self {
+        Self {
+            current: RwLock::default(),
+            changed: tokio::sync::Notify::new(),
+            dirty: std::sync::Mutex::default(),
+            timing,
+            urls,
         }
     }
 
-    /// The current full CRL.
-    pub fn full(&self) -> Option<Published> {
-        self.current.read().ok().and_then(|c| c.full.clone())
+    /// The URL of partition `p`'s CRL.
+    pub fn partition_url(&self, p: u32) -> Option<String> {
+        self.urls.partition.as_ref().map(|t| t.replace(pki::cert::PARTITION, &p.to_string()))
     }
 
-    /// The current delta CRL.
-    pub fn delta(&self) -> Option<Published> {
-        self.current.read().ok().and_then(|c| c.delta.clone())
+    /// Which CRL the file name under `/crl/` is (`issuing.crl`, `issuing-delta.pem`, `issuing-3.crl`),
+    /// and whether PEM is asked for.
+    pub fn file(&self, name: &str) -> Option<(CrlFile, bool)> {
+        let (stem, pem) = match (name.strip_suffix(".crl"), name.strip_suffix(".pem")) {
+            (Some(s), _) => (s, false),
+            (None, Some(s)) => (s, true),
+            _ => return None,
+        };
+        let full = self.urls.full.rsplit('/').next()?.strip_suffix(".crl")?;
+        if stem == full {
+            return Some((CrlFile::Full, pem));
+        }
+        if stem.strip_prefix(full).is_some_and(|r| r == "-delta") {
+            return Some((CrlFile::Delta, pem));
+        }
+        let template = self.urls.partition.as_ref()?.rsplit('/').next()?.strip_suffix(".crl")?;
+        let (before, after) = template.split_once(pki::cert::PARTITION)?;
+        let digits = stem.strip_prefix(before)?.strip_suffix(after)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((CrlFile::Partition(digits.parse().ok()?), pem))
+    }
+
+    /// The current CRL named by `file`.
+    pub fn get(&self, file: CrlFile) -> Option<Published> {
+        let c = self.current.read().ok()?;
+        match file {
+            CrlFile::Full => c.full.clone(),
+            CrlFile::Delta => c.delta.clone(),
+            CrlFile::Partition(p) => c.partitions.get(&p).cloned(),
+        }
     }
 
     /// How often a full CRL is made without revocations.
@@ -113,18 +154,60 @@ impl Crls {
         self.timing
     }
 
-    /// Makes and publishes a full CRL of every revoked certificate, then a delta over the base.
-    /// A `scheduled` full becomes the new base.
-    pub fn publish_full(
+    /// Marks `partition` for a new CRL (a revocation in it, or its first certificate) and wakes
+    /// the publisher.
+    pub fn changed_in(&self, partition: Option<u32>) {
+        if let (Some(p), Ok(mut d)) = (partition, self.dirty.lock()) {
+            d.insert(p);
+        }
+        self.changed.notify_one();
+    }
+
+    /// After revocations: the CRLs of the partitions they fell in and the delta first (small,
+    /// fast — visible within a second), then the full CRL.
+    pub fn publish_changes(
         &self,
         registry: &Registry,
         signer: &dyn hsm::Signer,
         issuer: &IssuerInfo,
+        partitions: u32,
+    ) -> Result<(), PublishError> {
+        let dirty: Vec<u32> =
+            self.dirty.lock().map(|mut d| std::mem::take(&mut *d).into_iter().collect()).unwrap_or_default();
+        let revoked = registry.revoked_certificates()?;
+        self.publish_partitions(registry, signer, issuer, &revoked, &dirty, partitions)?;
+        if let Some(base) = self.current.read().ok().and_then(|c| c.base) {
+            self.publish_delta_on(registry, signer, issuer, &revoked, base)?;
+        }
+        self.publish_full_of(registry, signer, issuer, &revoked, false)
+    }
+
+    /// A full CRL, every partition `0..partitions`, and a delta; a `scheduled` full becomes the
+    /// new delta base.
+    pub fn publish_all(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+        partitions: u32,
         scheduled: bool,
     ) -> Result<(), PublishError> {
         let revoked = registry.revoked_certificates()?;
+        let all: Vec<u32> = (0..partitions).collect();
+        self.publish_partitions(registry, signer, issuer, &revoked, &all, partitions)?;
+        self.publish_full_of(registry, signer, issuer, &revoked, scheduled)
+    }
+
+    fn publish_full_of(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+        revoked: &[registry::RevokedCert],
+        scheduled: bool,
+    ) -> Result<(), PublishError> {
         let entries = revoked.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-        let full = self.sign(registry, signer, issuer, &entries, None)?;
+        let full = self.sign(registry, signer, issuer, &entries, None, &self.urls.full)?;
         let base = {
             let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
             if scheduled || c.base.is_none() {
@@ -134,9 +217,40 @@ impl Crls {
             c.base
         };
         match base {
-            Some(base) => self.publish_delta_on(registry, signer, issuer, base),
+            Some(base) => self.publish_delta_on(registry, signer, issuer, revoked, base),
             None => Ok(()),
         }
+    }
+
+    fn publish_partitions(
+        &self,
+        registry: &Registry,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+        revoked: &[registry::RevokedCert],
+        which: &[u32],
+        partitions: u32,
+    ) -> Result<(), PublishError> {
+        let which: Vec<u32> = which.iter().copied().filter(|p| *p < partitions.max(1)).collect();
+        if which.is_empty() || self.urls.partition.is_none() {
+            return Ok(());
+        }
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<RevokedEntry>> = std::collections::BTreeMap::new();
+        for r in revoked {
+            if let Some(p) = r.partition.filter(|p| which.binary_search(p).is_ok()) {
+                by_partition.entry(p).or_default().push(entry(r)?);
+            }
+        }
+        let first = registry.next_crl_numbers(which.len() as u64)?;
+        for (i, &p) in which.iter().enumerate() {
+            let Some(url) = self.partition_url(p) else { return Ok(()) };
+            let entries = by_partition.remove(&p).unwrap_or_default();
+            let published = self.sign_numbered(first + i as u64, signer, issuer, &entries, None, &url)?;
+            if let Ok(mut c) = self.current.write() {
+                c.partitions.insert(p, published);
+            }
+        }
+        Ok(())
     }
 
     fn publish_delta_on(
@@ -144,14 +258,15 @@ impl Crls {
         registry: &Registry,
         signer: &dyn hsm::Signer,
         issuer: &IssuerInfo,
+        revoked: &[registry::RevokedCert],
         (base, since): (u64, SystemTime),
     ) -> Result<(), PublishError> {
         // Whole seconds: what the base CRL's thisUpdate says; anything in that second is repeated.
         let since_ms = ms(since) / 1000 * 1000;
         let mut entries = Vec::new();
-        for r in registry.revoked_certificates()? {
+        for r in revoked {
             if r.at_ms >= since_ms {
-                entries.push(entry(&r)?);
+                entries.push(entry(r)?);
             }
         }
         for r in registry.released_since(since_ms)? {
@@ -163,7 +278,7 @@ impl Crls {
             });
         }
         // RFC 5280 §5.2.4: a delta has the scope (IDP) of its base; only where it is served differs.
-        let delta = self.sign(registry, signer, issuer, &entries, Some(base))?;
+        let delta = self.sign(registry, signer, issuer, &entries, Some(base), &self.urls.full)?;
         if let Ok(mut c) = self.current.write() {
             c.delta = Some(delta);
         }
@@ -177,8 +292,20 @@ impl Crls {
         issuer: &IssuerInfo,
         entries: &[RevokedEntry],
         delta_base: Option<u64>,
+        url: &str,
     ) -> Result<Published, PublishError> {
-        let number = registry.next_crl_number()?;
+        self.sign_numbered(registry.next_crl_number()?, signer, issuer, entries, delta_base, url)
+    }
+
+    fn sign_numbered(
+        &self,
+        number: u64,
+        signer: &dyn hsm::Signer,
+        issuer: &IssuerInfo,
+        entries: &[RevokedEntry],
+        delta_base: Option<u64>,
+        url: &str,
+    ) -> Result<Published, PublishError> {
         let this_update = SystemTime::now();
         let req = CrlRequest {
             number,
@@ -186,7 +313,7 @@ impl Crls {
             next_update: this_update + self.timing.validity,
             entries,
             delta_base,
-            distribution_point: Some(&self.url),
+            distribution_point: Some(url),
         };
         let tbs = build_crl_tbs(issuer, &req)?;
         let sig = signer.sign(tbs.to_be_signed())?;

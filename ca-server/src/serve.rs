@@ -147,11 +147,17 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
 pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
     let (cfg, s) = load_signing(config_path)?;
     let registry = Registry::open(&cfg.path(&cfg.config.registry.path))?;
-    let crl_url = s
+    let terminal_dp = s
         .policy
         .profile("terminal")
         .and_then(|p| p.crl_distribution_points.first().cloned())
         .context("the terminal profile names no CRL distribution point")?;
+    let crl_urls = if terminal_dp.contains(pki::cert::PARTITION) {
+        let full = terminal_dp.replace(&format!("-{}", pki::cert::PARTITION), "").replace(pki::cert::PARTITION, "");
+        crate::revocation::CrlUrls { full, partition: Some(terminal_dp) }
+    } else {
+        crate::revocation::CrlUrls { full: terminal_dp, partition: None }
+    };
     let timing = crate::revocation::CrlTiming {
         validity: std::time::Duration::from_secs(cfg.config.crl.validity_hours.max(1) * 3600),
         full_every: std::time::Duration::from_secs(cfg.config.crl.full_every_seconds.max(1)),
@@ -180,8 +186,10 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         limiter: FailureLimiter::default(),
         validated: Default::default(),
         metrics: Default::default(),
-        crls: crate::revocation::Crls::new(crl_url, timing),
+        crls: crate::revocation::Crls::new(crl_urls, timing),
         ocsp: responder,
+        ordinals: std::sync::Mutex::new((0, 0)),
+        partition_size: cfg.config.crl.partition_size.max(1),
     };
     Ok((cfg, Arc::new(ca)))
 }
@@ -276,9 +284,17 @@ async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch
     }
 }
 
-async fn publish_crls(ca: Arc<Ca>, scheduled: bool) {
+/// `Some(scheduled)`: everything (a scheduled run moves the delta base); `None`: what recent
+/// revocations changed.
+async fn publish_crls(ca: Arc<Ca>, all: Option<bool>) {
     let result = tokio::task::spawn_blocking(move || {
-        ca.crls.publish_full(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, scheduled)
+        let partitions = ca.crl_partitions();
+        match all {
+            Some(scheduled) => {
+                ca.crls.publish_all(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, partitions, scheduled)
+            }
+            None => ca.crls.publish_changes(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, partitions),
+        }
     })
     .await;
     match result {
@@ -292,15 +308,15 @@ async fn publish_crls(ca: Arc<Ca>, scheduled: bool) {
 /// revocation a new full CRL and a delta over the base (a burst of revocations, as a bulk one, is
 /// coalesced over 100 ms).
 async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    publish_crls(ca.clone(), true).await;
+    publish_crls(ca.clone(), Some(true)).await;
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = tick.tick() => publish_crls(ca.clone(), true).await,
+            _ = tick.tick() => publish_crls(ca.clone(), Some(true)).await,
             () = ca.crls.changed.notified() => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                publish_crls(ca.clone(), false).await;
+                publish_crls(ca.clone(), None).await;
             }
             _ = stop.changed() => return,
         }

@@ -52,6 +52,10 @@ pub struct Ca {
     pub crls: crate::revocation::Crls,
     /// The OCSP responder.
     pub ocsp: crate::ocsp::Responder,
+    /// Issuance ordinals reserved from the registry and not yet used: (next, end).
+    pub ordinals: std::sync::Mutex<(u64, u64)>,
+    /// Certificates per CRL partition (`[crl] partition_size`).
+    pub partition_size: u64,
 }
 
 use crate::records::{new_cert_record, now_ms};
@@ -224,10 +228,40 @@ impl<T: Message> Incoming<T> {
 }
 
 impl Ca {
+    /// The CRL partition of the next terminal certificate: its issuance ordinal divided by the
+    /// partition size. Ordinals are reserved from the registry in blocks.
+    fn crl_partition(&self) -> Result<u32, Status> {
+        // Reserved in blocks (one durable write per block), never beyond a partition's size, so
+        // the partitions counted from the reservation high-water mark are the ones in use.
+        let block = self.partition_size.clamp(1, 1000);
+        let mut o = self.ordinals.lock().map_err(|_| status(Code::Internal, Reason::Internal, "ordinal lock"))?;
+        if o.0 >= o.1 {
+            let start = self.registry.reserve_ordinals(block).map_err(|e| registry_status(&e))?;
+            *o = (start, start + block);
+        }
+        let ordinal = o.0;
+        o.0 += 1;
+        let size = self.partition_size.max(1);
+        let partition = u32::try_from(ordinal / size)
+            .map_err(|_| status(Code::Internal, Reason::Internal, "CRL partition number overflow"))?;
+        if ordinal % size == 0 {
+            // A new partition: its (empty) CRL must be there before anyone needs it.
+            self.crls.changed_in(Some(partition));
+        }
+        Ok(partition)
+    }
+
     /// A certificate's status changed (committed): relying parties must see it within a second.
     pub fn revocation_changed(&self, serial: &str) {
         self.ocsp.refresh(&self.registry, serial);
-        self.crls.changed.notify_one();
+        let partition = self.registry.certificate(serial).ok().flatten().and_then(|(rec, _)| rec.crl_partition);
+        self.crls.changed_in(partition);
+    }
+
+    /// How many CRL partitions exist: enough for every issuance ordinal reserved so far.
+    pub fn crl_partitions(&self) -> u32 {
+        let hw = self.registry.ordinal_high_water().unwrap_or(0);
+        u32::try_from(hw.div_ceil(self.partition_size.max(1))).unwrap_or(u32::MAX).max(1)
     }
 
     fn audit(&self, actor: &str, action: &str, target: &str, outcome: &str, detail: String) {
@@ -341,13 +375,6 @@ impl Ca {
         } else {
             m.model.clone()
         };
-        let vars = SubjectVars {
-            serial: Some(serial.clone()),
-            class: Some(approved.class.as_str().into()),
-            manufacturer: Some(approved.serial.manufacturer().into()),
-            model: Some(model.clone()),
-            name: None,
-        };
         // Cheap checks first, so a refusal signs nothing; the registry checks again atomically.
         if let Some(t) = self.registry.terminal(&serial).map_err(|e| registry_status(&e))? {
             if let (Some(active), false) = (&t.active_cert, m.reissue) {
@@ -359,13 +386,23 @@ impl Ca {
         } else if self.require_registration {
             return Err(registry_status(&RegistryError::TerminalNotFound(serial)));
         }
+        let partition = self.crl_partition()?;
+        let vars = SubjectVars {
+            serial: Some(serial.clone()),
+            class: Some(approved.class.as_str().into()),
+            manufacturer: Some(approved.serial.manufacturer().into()),
+            model: Some(model.clone()),
+            name: None,
+            crl_partition: Some(partition),
+        };
         let issuer = Issuer::new(self.signer.as_ref(), self.issuer_info.clone());
         let cert = issuer
             .issue(profile, &vars, approved.csr.public_key(), SystemTime::now())
             .map_err(|e| issuer_status(&e))?;
         let der = der_of(&cert)?;
-        let cert_record =
+        let mut cert_record =
             record_of(&cert, CertSubject::Terminal { serial: serial.clone() }, "terminal", &m.request_id)?;
+        cert_record.crl_partition = Some(partition);
         let cert_serial = cert_record.serial.clone();
         let issue = registry::TerminalIssue {
             request_id: m.request_id.clone(),

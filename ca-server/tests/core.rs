@@ -99,6 +99,7 @@ impl World {
             request_id: format!("add-{name}"),
             status: CertStatus::Good,
             provisioning: None,
+            crl_partition: None,
         };
         self.reg.add_principal(&p, &rec, &der, &ev("principal_add")).expect("add");
         (key, der, serial)
@@ -306,6 +307,7 @@ fn the_issuer_signs_only_linted_certificates_that_chain() {
         manufacturer: Some("HSTM".into()),
         model: Some("01".into()),
         name: None,
+        crl_partition: Some(0),
     };
     let now = SystemTime::now();
     let cert =

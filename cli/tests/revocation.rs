@@ -85,7 +85,11 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn crls_ocsp_bulk_revocation_and_restarts() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    let mut ca = RunningCa::init(d);
+    // Two certificates per CRL partition, so three terminals span two partitions.
+    let mut ca = RunningCa::init_with(d, |toml| {
+        assert!(toml.contains("partition_size = 100000"), "{toml}");
+        *toml = toml.replace("partition_size = 100000", "partition_size = 2");
+    });
     for (role, name, extra) in [("station", "station-1", vec!["--manufacturers", "HSTM"]), ("admin", "admin-2", vec![])]
     {
         let out_dir = d.join(name);
@@ -99,9 +103,12 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     let t2 = issue(&ca, d, &station, "HSTM01261100001I", "L1");
     let t3 = issue(&ca, d, &station, "HSTM01261100002G", "L2");
 
-    // The base: the scheduled full CRL made at start.
+    // The delta base: the scheduled full CRL made at start (nothing was revoked before now, so
+    // it, like the current full CRL, lists nothing).
     let (_, base) = crl(&ca, "issuing.crl");
     assert!(base.revoked.is_empty());
+    let base_number = crl(&ca, "issuing-delta.crl").1.delta_base.expect("a delta names its base");
+    assert!(base_number <= base.number.expect("number"));
 
     // OCSP over POST says good; our relying-party check verifies the responder's signature and authority.
     assert!(ocsp(&ca, d, &t1, &["-no_nonce"]).contains("Cert Status: good"));
@@ -197,20 +204,46 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     wait_for("the full CRL to list the lot", || serials(&crl(&ca, "issuing.crl").1).contains(&t3.cert_serial));
     let (_, full) = crl(&ca, "issuing.crl");
     let (_, delta) = crl(&ca, "issuing-delta.crl");
-    assert_eq!(delta.delta_base, base.number, "the delta builds on the scheduled base");
-    assert!(delta.number > full.number && full.number > base.number);
+    assert_eq!(delta.delta_base, Some(base_number), "the delta builds on the scheduled base");
+    assert!(delta.number > full.number && full.number > Some(base_number));
     let combined: std::collections::BTreeSet<String> = serials(&base).union(&serials(&delta)).cloned().collect();
     assert_eq!(combined, serials(&full));
     assert_eq!(serials(&full), [t1.cert_serial.clone(), t3.cert_serial.clone()].into_iter().collect());
+
+    // Partitions: fixed at issuance in each certificate, each CRL listing only its own.
+    let dp = |t: &Terminal| {
+        let cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join(&t.pem)).expect("pem")).expect("c");
+        pki::cert::status_urls(&cert).crl
+    };
+    let url = |p: u32| format!("http://127.0.0.1:{}/crl/issuing-{p}.crl", ca.http);
+    assert_eq!((dp(&t1), dp(&t2), dp(&t3)), (vec![url(0)], vec![url(0)], vec![url(1)]));
+    let (p0_der, p0) = crl(&ca, "issuing-0.crl");
+    let (_, p1) = crl(&ca, "issuing-1.crl");
+    assert_eq!(serials(&p0), [t1.cert_serial.clone()].into_iter().collect());
+    assert_eq!(serials(&p1), [t3.cert_serial.clone()].into_iter().collect());
+    std::fs::write(d.join("p0.crl"), &p0_der).expect("write");
+    let (ok, out) = openssl(d, &["crl", "-in", "p0.crl", "-inform", "DER", "-text", "-noout"]);
+    assert!(ok && out.contains(&format!("URI:{}", url(0))), "the partition's IDP names it:\n{out}");
+    let (code, out) = verify(&ca, &t1, d, "--crl");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("issuing-0.crl"), "{out}");
+    let (code, out) = verify(&ca, &t2, d, "--crl");
+    assert_eq!(code, Some(0), "{out}");
 
     // CRL numbers keep increasing across a restart; ETag answers 304.
     let before = crl(&ca, "issuing-delta.crl").1.number.expect("number");
     ca.stop();
     ca.start();
+    wait_for("the CRLs after a restart", || ca.get("/crl/issuing.crl").0.starts_with("HTTP/1.1 200"));
     let after = crl(&ca, "issuing.crl").1.number.expect("number");
     assert!(after > before, "CRL number {after} after restart must exceed {before}");
     let (head, _) = ca.get("/crl/issuing.pem");
     assert!(head.starts_with("HTTP/1.1 200") && head.contains("etag"), "{head}");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).expect("etag").to_owned();
+    let (head, body) = ca.request_with(&format!(
+        "GET /crl/issuing.pem HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(head.starts_with("HTTP/1.1 304") && body.is_empty(), "{head}");
 }
 
 fn base64_url(bytes: &[u8]) -> String {

@@ -301,7 +301,7 @@ pub fn build_tbs(req: &TbsRequest<'_>, issuer: Option<&IssuerInfo>) -> Result<Li
         validity: Validity::new(to_x509(not_before)?, to_x509(not_after)?),
         subject,
         subject_public_key_info: spki,
-        extensions: profile_extensions(profile, &ski, &aki)?,
+        extensions: profile_extensions(profile, req.vars, &ski, &aki)?,
     };
     let der = writer.to_der().map_err(enc)?;
     let raw = TbsCertificateInner::<Raw>::from_der(&der).map_err(enc)?;
@@ -328,8 +328,16 @@ pub(crate) fn uri(url: &str) -> Result<GeneralName, IssueError> {
     Ok(GeneralName::UniformResourceIdentifier(Ia5String::new(url).map_err(enc)?))
 }
 
+/// The placeholder for the certificate's CRL partition in distribution point URLs.
+pub const PARTITION: &str = "{partition}";
+
 /// The extensions a profile calls for, in a fixed order (so the TBS is stable byte for byte).
-fn profile_extensions(profile: &CertProfile, ski: &[u8], aki: &[u8]) -> Result<Extensions, IssueError> {
+fn profile_extensions(
+    profile: &CertProfile,
+    vars: &SubjectVars,
+    ski: &[u8],
+    aki: &[u8],
+) -> Result<Extensions, IssueError> {
     let mut exts = Vec::with_capacity(8);
     let bc = match profile.ca {
         Some(path_len) => BasicConstraints { ca: true, path_len_constraint: path_len },
@@ -360,8 +368,13 @@ fn profile_extensions(profile: &CertProfile, ski: &[u8], aki: &[u8]) -> Result<E
             .crl_distribution_points
             .iter()
             .map(|u| {
+                let u = match (u.contains(PARTITION), vars.crl_partition) {
+                    (false, _) => u.clone(),
+                    (true, Some(p)) => u.replace(PARTITION, &p.to_string()),
+                    (true, None) => return Err(NameError::MissingVar("partition".into()).into()),
+                };
                 Ok(DistributionPoint {
-                    distribution_point: Some(DistributionPointName::FullName(vec![uri(u)?])),
+                    distribution_point: Some(DistributionPointName::FullName(vec![uri(&u)?])),
                     reasons: None,
                     crl_issuer: None,
                 })

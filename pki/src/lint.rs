@@ -352,6 +352,7 @@ mod tests {
             manufacturer: Some("HSTM".into()),
             model: Some("01".into()),
             name: Some("x".into()),
+            crl_partition: Some(0),
         };
         let req = TbsRequest {
             profile: policy.profile(profile).expect("profile"),

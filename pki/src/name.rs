@@ -60,7 +60,8 @@ impl SubjectAttr {
     }
 }
 
-/// Values substituted into a subject template: `{serial}`, `{class}`, `{manufacturer}`, `{model}`, `{name}`.
+/// Values substituted into a subject template (`{serial}`, `{class}`, `{manufacturer}`, `{model}`,
+/// `{name}`) and into CRL distribution point URLs (`{partition}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubjectVars {
     /// `{serial}`: the terminal serial.
@@ -73,6 +74,9 @@ pub struct SubjectVars {
     pub model: Option<String>,
     /// `{name}`: a principal's or CA's name.
     pub name: Option<String>,
+    /// `{partition}` in CRL distribution point URLs: the CRL partition the certificate's
+    /// revocation will be listed in (fixed at issuance, so the mapping never changes).
+    pub crl_partition: Option<u32>,
 }
 
 const PLACEHOLDERS: [&str; 5] = ["serial", "class", "manufacturer", "model", "name"];

@@ -411,7 +411,33 @@ fn terminal_binding_serial_key_and_chain_bytes() {
 fn status_urls_are_read_from_the_certificate() {
     let w = world();
     let urls = pki::cert::status_urls(&w.leaf);
-    assert_eq!(urls.crl, vec!["http://127.0.0.1:7080/crl/issuing.crl".to_owned()]);
+    assert_eq!(urls.crl, vec!["http://127.0.0.1:7080/crl/issuing-0.crl".to_owned()], "partition 0");
     assert_eq!(urls.ocsp, vec!["http://127.0.0.1:7080/ocsp".to_owned()]);
     assert_eq!(pki::cert::status_urls(&w.root.cert).ocsp, Vec::<String>::new());
+}
+
+#[test]
+fn a_partitioned_distribution_point_needs_the_partition() {
+    let policy = policy();
+    let now = SystemTime::now();
+    let root = make_root(&policy, now);
+    let issuing = make_issuing(&policy, &root, now);
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let mut vars = terminal_vars("HSTM01261100000K", "II");
+    vars.crl_partition = None;
+    let req = TbsRequest {
+        profile: policy.profile("terminal").expect("p"),
+        vars: &vars,
+        subject_key: key.sm2_public_key(),
+        serial: CertSerial::generate().expect("rng"),
+        now,
+    };
+    assert_eq!(
+        build_tbs(&req, Some(&issuing.info)).map(|_| ()),
+        Err(IssueError::Name(pki::name::NameError::MissingVar("partition".into())))
+    );
+    let vars = pki::SubjectVars { crl_partition: Some(42), ..vars.clone() };
+    let req = TbsRequest { vars: &vars, ..req };
+    let cert = sign(build_tbs(&req, Some(&issuing.info)).expect("tbs"), &issuing.key);
+    assert_eq!(pki::cert::status_urls(&cert).crl, vec!["http://127.0.0.1:7080/crl/issuing-42.crl".to_owned()]);
 }

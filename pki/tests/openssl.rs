@@ -75,7 +75,7 @@ fn openssl_verifies_each_link_and_parses_every_field() {
         "X509v3 Subject Key Identifier",
         "X509v3 Authority Key Identifier",
         "Policy: 1.3.6.1.5.5.7.13.2",
-        "URI:http://127.0.0.1:7080/crl/issuing.crl",
+        "URI:http://127.0.0.1:7080/crl/issuing-0.crl",
         "OCSP - URI:http://127.0.0.1:7080/ocsp",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");

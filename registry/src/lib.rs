@@ -461,6 +461,7 @@ impl Registry {
                     at_ms: issue.cert.issued_ms,
                     reason: RevocationReason::Superseded,
                     invalidity_ms: None,
+                    partition: rec.crl_partition,
                 };
                 txn.open_table(revocation::REVOKED)?.insert(old.as_str(), to_json(&entry)?.as_slice())?;
                 superseded = Some(old);

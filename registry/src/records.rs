@@ -129,6 +129,9 @@ pub struct CertRecord {
     pub status: CertStatus,
     /// Station, duration and firmware recorded when the device confirmed the write.
     pub provisioning: Option<Provisioning>,
+    /// The CRL partition its distribution point names (terminal certificates).
+    #[serde(default)]
+    pub crl_partition: Option<u32>,
 }
 
 /// The station's confirmation that a certificate is in the device (DESIGN §4 "confirm").
@@ -198,6 +201,9 @@ pub struct RevokedCert {
     pub reason: RevocationReason,
     /// Unix milliseconds of suspected compromise.
     pub invalidity_ms: Option<u64>,
+    /// Its CRL partition, if it has one.
+    #[serde(default)]
+    pub partition: Option<u32>,
 }
 
 /// A certificate released from hold (`unrevoke`): delta CRLs list it as removeFromCRL.
@@ -207,6 +213,9 @@ pub struct ReleasedCert {
     pub serial: String,
     /// Unix milliseconds of the release.
     pub at_ms: u64,
+    /// Its CRL partition, if it has one.
+    #[serde(default)]
+    pub partition: Option<u32>,
 }
 
 /// Which terminals a bulk revocation covers (every given field must match).

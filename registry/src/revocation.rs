@@ -16,6 +16,7 @@ pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 
 const CRL_NUMBER: &str = "crl_number";
 const REVOKED_INDEXED: &str = "revoked_indexed";
+const ORDINAL_HIGH_WATER: &str = "ordinal_high_water";
 
 /// Registries made before the `revoked` index existed get it built from `certs`, once.
 pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
@@ -27,7 +28,8 @@ pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
     for item in txn.open_table(CERTS)?.iter()? {
         let rec: CertRecord = from_json(item?.1.value())?;
         if let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status {
-            let entry = RevokedCert { serial: rec.serial.clone(), at_ms, reason, invalidity_ms };
+            let entry =
+                RevokedCert { serial: rec.serial.clone(), at_ms, reason, invalidity_ms, partition: rec.crl_partition };
             revoked.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
         }
     }
@@ -55,7 +57,7 @@ pub(crate) fn revoke_in(
     }
     rec.status = CertStatus::Revoked { at_ms, reason, invalidity_ms };
     certs.insert(serial, to_json(&rec)?.as_slice())?;
-    let entry = RevokedCert { serial: serial.to_owned(), at_ms, reason, invalidity_ms };
+    let entry = RevokedCert { serial: serial.to_owned(), at_ms, reason, invalidity_ms, partition: rec.crl_partition };
     txn.open_table(REVOKED)?.insert(serial, to_json(&entry)?.as_slice())?;
     txn.open_table(RELEASED)?.remove(serial)?;
     if let (crate::CertSubject::Terminal { serial: ts }, false) =
@@ -96,14 +98,37 @@ impl crate::Registry {
     }
 
     /// Takes the next CRL number, durably: strictly increasing across restarts, never reused
-    /// (RFC 5280 §5.2.3). Full and delta CRLs share the sequence.
+    /// (RFC 5280 §5.2.3). Full, delta and partition CRLs share the sequence.
     pub fn next_crl_number(&self) -> Result<u64> {
-        self.submit(|txn| {
+        self.next_crl_numbers(1)
+    }
+
+    /// Takes `n` consecutive CRL numbers in one durable write; returns the first.
+    pub fn next_crl_numbers(&self, n: u64) -> Result<u64> {
+        self.submit(move |txn| {
             let mut meta = txn.open_table(META)?;
-            let next = meta.get(CRL_NUMBER)?.map_or(0, |v| v.value()) + 1;
-            meta.insert(CRL_NUMBER, next)?;
-            Ok(next)
+            let first = meta.get(CRL_NUMBER)?.map_or(0, |v| v.value()) + 1;
+            meta.insert(CRL_NUMBER, first + n.max(1) - 1)?;
+            Ok(first)
         })
+    }
+
+    /// Reserves `n` issuance ordinals, durably: returns the first; the next call starts after
+    /// the last. Unused ordinals (a refusal, a restart) are skipped, never handed out twice — so
+    /// a CRL partition of `size` consecutive ordinals never covers more than `size` certificates.
+    pub fn reserve_ordinals(&self, n: u64) -> Result<u64> {
+        self.submit(move |txn| {
+            let mut meta = txn.open_table(META)?;
+            let start = meta.get(ORDINAL_HIGH_WATER)?.map_or(0, |v| v.value());
+            meta.insert(ORDINAL_HIGH_WATER, start + n)?;
+            Ok(start)
+        })
+    }
+
+    /// The first ordinal never reserved (every ordinal handed out is below it).
+    pub fn ordinal_high_water(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(META)?.get(ORDINAL_HIGH_WATER)?.map_or(0, |v| v.value()))
     }
 
     /// Releases a certificate from hold (`certificateHold` only; any other reason is final).
@@ -122,7 +147,7 @@ impl crate::Registry {
             rec.status = CertStatus::Good;
             certs.insert(serial.as_str(), to_json(&rec)?.as_slice())?;
             txn.open_table(REVOKED)?.remove(serial.as_str())?;
-            let released = ReleasedCert { serial: serial.clone(), at_ms };
+            let released = ReleasedCert { serial: serial.clone(), at_ms, partition: rec.crl_partition };
             txn.open_table(RELEASED)?.insert(serial.as_str(), to_json(&released)?.as_slice())?;
             Ok(rec)
         })

@@ -45,6 +45,7 @@ fn issue(req: &str, serial: &str, cert: &str, key: &str) -> TerminalIssue {
             request_id: req.into(),
             status: CertStatus::Good,
             provisioning: None,
+            crl_partition: None,
         },
         der: format!("DER of {cert}").into_bytes(),
     }

@@ -49,6 +49,11 @@ pub struct RunningCa {
 
 impl RunningCa {
     pub fn init(dir: &Path) -> Self {
+        Self::init_with(dir, |_| {})
+    }
+
+    /// `init`, then `edit` the server configuration, then serve.
+    pub fn init_with(dir: &Path, edit: impl FnOnce(&mut String)) -> Self {
         let ca = dir.join("ca");
         let (grpc, http) = (port(), port());
         let init = run(Command::new(ca_server()).args(["init", "--data-dir"]).arg(&ca).args([
@@ -58,6 +63,10 @@ impl RunningCa {
             &format!("127.0.0.1:{http}"),
         ]));
         assert!(init.status.success(), "{}", text(&init));
+        let config = ca.join("ca-server.toml");
+        let mut toml = std::fs::read_to_string(&config).expect("config");
+        edit(&mut toml);
+        std::fs::write(&config, toml).expect("config");
         let mut c = RunningCa { dir: ca, grpc, http, server: None };
         c.start();
         c
@@ -107,6 +116,11 @@ impl RunningCa {
         .into_bytes();
         req.extend_from_slice(body);
         self.http_request(&req)
+    }
+
+    /// Sends a raw HTTP request: (header, body).
+    pub fn request_with(&self, raw: &str) -> (String, Vec<u8>) {
+        self.http_request(raw.as_bytes())
     }
 
     fn http_request(&self, req: &[u8]) -> (String, Vec<u8>) {

@@ -41,6 +41,7 @@ pub fn terminal_vars(serial: &str, class: &str) -> SubjectVars {
         manufacturer: Some(serial[..4].into()),
         model: Some(serial[4..6].into()),
         name: None,
+        crl_partition: Some(0),
     }
 }
 
