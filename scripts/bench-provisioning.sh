@@ -5,13 +5,13 @@
 # Usage: scripts/bench-provisioning.sh [rounds]   (default 3 rounds per row; prints a table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 ROUNDS="${1:-3}"
 cargo build --release --bins -q
 BIN=target/release
 WORK="$(mktemp -d)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 GRPC=$(free_port); HTTP=$(free_port)
 "$BIN/ca-server" init --data-dir "$WORK/ca" --grpc "127.0.0.1:$GRPC" --http "127.0.0.1:$HTTP" >/dev/null
 "$BIN/ca-server" serve --config "$WORK/ca/ca-server.toml" >/dev/null 2>&1 &
@@ -19,17 +19,6 @@ until curl -sf "127.0.0.1:$HTTP/readyz" >/dev/null; do sleep 0.1; done
 "$BIN/cactl" --config "$WORK/ca/cactl.toml" principal add --role station --name bench-station \
     --manufacturers HSTM --out "$WORK/station" >/dev/null
 
-serial() { # body -> body + ISO 7064 MOD 37,36 check character (as pki::CheckAlgorithm)
-    python3 - "$1" <<'PY'
-import sys
-digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-m, p = 36, 36
-for ch in sys.argv[1]:
-    t = (p + digits.index(ch)) % m or m
-    p = (2 * t) % (m + 1)
-print(sys.argv[1] + digits[(m + 1 - p) % m])
-PY
-}
 
 n=0
 row() { # label ports sim-args...

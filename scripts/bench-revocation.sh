@@ -7,30 +7,19 @@
 # Usage: scripts/bench-revocation.sh   (installs wrk with apt-get when missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --bins -q
 B=$PWD/target/release
 W="$(mktemp -d)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-GRPC=$(port); HTTP=$(port)
+GRPC=$(free_port); HTTP=$(free_port)
 "$B/ca-server" init --data-dir "$W/ca" --grpc "127.0.0.1:$GRPC" --http "127.0.0.1:$HTTP" >/dev/null
 "$B/ca-server" serve --config "$W/ca/ca-server.toml" >"$W/server.log" 2>&1 &
 until curl -sf "127.0.0.1:$HTTP/crl/issuing.crl" -o /dev/null; do sleep 0.1; done
 "$B/cactl" --config "$W/ca/cactl.toml" principal add --role station --name s --manufacturers HSTM --out "$W/s" >/dev/null
 
-serial() {
-    python3 - "$1" <<'PY'
-import sys
-digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-m, p = 36, 36
-for ch in sys.argv[1]:
-    t = (p + digits.index(ch)) % m or m
-    p = (2 * t) % (m + 1)
-print(sys.argv[1] + digits[(m + 1 - p) % m])
-PY
-}
 cd "$W"
 N=10
 for i in $(seq 0 $N); do

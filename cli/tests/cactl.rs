@@ -8,31 +8,15 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{Serving, ca_server, cactl, port, run, text};
+use common::{RunningCa, cactl, port, run, text};
 
 #[test]
 fn walk_through_with_the_real_binaries() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    let ca = d.join("ca");
-    let (grpc, http) = (port(), port());
-    let init = run(Command::new(ca_server()).args(["init", "--data-dir"]).arg(&ca).args([
-        "--grpc",
-        &format!("127.0.0.1:{grpc}"),
-        "--http",
-        &format!("127.0.0.1:{http}"),
-    ]));
-    assert!(init.status.success(), "{}", text(&init));
-    let _server = Serving(
-        Command::new(ca_server()).args(["serve", "--config"]).arg(ca.join("ca-server.toml")).spawn().expect("serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(Instant::now() < deadline, "ca-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = RunningCa::init(d);
+    let ca = server.dir.clone();
     let cfg = ca.join("cactl.toml");
     let cfg = cfg.to_str().expect("utf8");
 

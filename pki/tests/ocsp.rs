@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -379,15 +378,7 @@ fn requests_round_trip_and_get_paths_decode() {
 
 // ---- OpenSSL interop ---------------------------------------------------------------------------
 
-fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl binary is needed (scripts/test.sh installs it)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
+use support::openssl;
 
 fn write_pems(w: &World, d: &Path) {
     std::fs::write(d.join("issuing.pem"), certificate_to_pem(&w.issuing.cert).expect("pem")).expect("write");

@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use pki::crl::{CrlReason, CrlRequest, RevokedEntry};
@@ -15,15 +14,7 @@ use support::{issue, make_issuing, make_root, policy, terminal_vars};
 
 const DISTID: &str = "distid:1234567812345678";
 
-fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl binary is needed (scripts/test.sh installs it)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
+use support::openssl;
 
 /// `openssl verify -partial_chain` of one link, with the standard SM2 signer ID.
 fn verify_link(dir: &Path, ca: &str, cert: &str) -> (bool, String) {

@@ -119,3 +119,14 @@ pub fn make_ocsp_signer(policy: &PolicySet, issuer: &Ca, now: SystemTime) -> (Ce
     let cert = issue(policy, "ocsp-signer", &vars_name("OCSP Responder 1"), key.sm2_public_key(), issuer, now);
     (cert, key)
 }
+
+/// Runs the `openssl` binary in `dir`: (success, stdout + stderr).
+pub fn openssl(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl binary is needed (scripts/test.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
