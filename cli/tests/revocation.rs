@@ -148,6 +148,15 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     let (_, out) = openssl(d, &["ocsp", "-respin", "junk-answer.der", "-resp_text", "-noverify"]);
     assert!(out.to_lowercase().contains("malformedrequest"), "{out}");
 
+    // A serial this CA never issued: unknown.
+    let issuing_cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(&issuing).expect("pem")).expect("cert");
+    let never = CertSerial::generate().expect("rng");
+    let id = pki::ocsp::IssuerHashes::new(&issuing_cert).expect("hashes").cert_id(pki::ocsp::CertIdHash::Sha1, &never);
+    let (_, body) = ca.post("/ocsp", &pki::ocsp::build_request(&[id], None).expect("request"));
+    std::fs::write(d.join("unknown.der"), body).expect("write");
+    let (_, out) = openssl(d, &["ocsp", "-respin", "unknown.der", "-resp_text", "-noverify"]);
+    assert!(out.contains("Cert Status: unknown"), "{out}");
+
     // A CertID naming another issuer (here: the root as issuer) gets unauthorized.
     let root = ca.dir.join("certs/root.pem");
     let (_, out) = openssl(
@@ -177,7 +186,6 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     let mut tampered = der.clone();
     let at = tampered.len() / 2;
     tampered[at] ^= 1;
-    let issuing_cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(&issuing).expect("pem")).expect("cert");
     let info = IssuerInfo::from_certificate(&issuing_cert, SignerId::default()).expect("info");
     assert!(pki::verify_crl(&tampered, &info).is_err(), "a flipped bit must fail");
 
