@@ -26,6 +26,9 @@ echo "==> cargo test"
 log=$(mktemp)
 demo=$(mktemp -d)
 trap 'rm -rf "$log" "$demo"' EXIT
+# End-to-end tests start the other crates' binaries (ca-server, cactl, terminal-sim, provisioner)
+# from the target directory: build every binary first, not only those with tests of their own.
+cargo build --workspace --bins --locked
 cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
 # Doc tests are not part of --all-targets.
 cargo test --workspace --doc --locked --no-fail-fast 2>&1 | tee -a "$log"
