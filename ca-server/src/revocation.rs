@@ -397,3 +397,43 @@ mod tests {
         assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
     }
 }
+
+#[cfg(test)]
+mod file_names {
+    use super::*;
+
+    fn crls(partitioned: bool) -> Crls {
+        let urls = CrlUrls {
+            full: "http://h/crl/issuing.crl".into(),
+            partition: partitioned.then(|| "http://h/crl/issuing-{partition}.crl".into()),
+        };
+        Crls::new(urls, CrlTiming { validity: Duration::from_secs(60), full_every: Duration::from_secs(60) })
+    }
+
+    #[test]
+    fn names_map_to_crls_and_nothing_else() {
+        let c = crls(true);
+        assert_eq!(c.file("issuing.crl"), Some((CrlFile::Full, false)));
+        assert_eq!(c.file("issuing.pem"), Some((CrlFile::Full, true)));
+        assert_eq!(c.file("issuing-delta.crl"), Some((CrlFile::Delta, false)));
+        assert_eq!(c.file("issuing-7.crl"), Some((CrlFile::Partition(7), false)));
+        assert_eq!(c.file("issuing-12.pem"), Some((CrlFile::Partition(12), true)));
+        assert_eq!(c.partition_url(3).as_deref(), Some("http://h/crl/issuing-3.crl"));
+        for bad in [
+            "issuing",
+            "issuing.der",
+            "root.crl",
+            "issuing-.crl",
+            "issuing--1.crl",
+            "issuing-x.crl",
+            "issuing-99999999999.crl",
+            "../issuing.crl",
+        ] {
+            assert_eq!(c.file(bad), None, "{bad}");
+        }
+        let unpartitioned = crls(false);
+        assert_eq!(unpartitioned.file("issuing-1.crl"), None);
+        assert_eq!(unpartitioned.partition_url(1), None);
+        assert!(c.get(CrlFile::Full).is_none(), "nothing published yet");
+    }
+}

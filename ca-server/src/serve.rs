@@ -405,3 +405,37 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     result?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::renewal_due;
+    use std::time::{Duration, SystemTime};
+
+    fn cert(days: u64) -> pki::Certificate {
+        let policy = pki::PolicySet::embedded_default().expect("policy");
+        let key = hsm::backend::memory::SoftwareSm2Key::generate(pki::SignerId::default()).expect("key");
+        let profile = policy.profile("ocsp-signer").expect("profile");
+        let profile = pki::CertProfile { validity: Duration::from_secs(days * 86_400), ..profile.clone() };
+        let vars = pki::SubjectVars { name: Some("r".into()), ..Default::default() };
+        let req = pki::TbsRequest {
+            profile: &profile,
+            vars: &vars,
+            subject_key: key.sm2_public_key(),
+            serial: pki::CertSerial::generate().expect("rng"),
+            now: SystemTime::now(),
+        };
+        let tbs = pki::build_tbs(&req, None).expect("tbs");
+        let sig = hsm::Signer::sign(&key, tbs.to_be_signed()).expect("sign");
+        tbs.assemble(sig.as_der()).expect("cert")
+    }
+
+    #[test]
+    fn responder_certificates_are_renewed_in_their_last_third() {
+        let c = cert(30);
+        let now = SystemTime::now();
+        assert!(!renewal_due(&c, now));
+        assert!(!renewal_due(&c, now + Duration::from_secs(19 * 86_400)));
+        assert!(renewal_due(&c, now + Duration::from_secs(21 * 86_400)));
+        assert!(renewal_due(&c, now + Duration::from_secs(40 * 86_400)), "expired");
+    }
+}
