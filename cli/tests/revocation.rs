@@ -258,3 +258,34 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes).replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
 }
+
+#[test]
+fn without_a_delegated_responder_the_ca_signs_ocsp_itself() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = RunningCa::init_with(d, |toml| {
+        let ocsp = toml.find("[ocsp]").expect("an [ocsp] section");
+        let line = toml[ocsp..].find("key_label").map(|i| ocsp + i).expect("its key_label");
+        let end = toml[line..].find('\n').map_or(toml.len(), |e| line + e + 1);
+        toml.replace_range(line..end, "");
+    });
+    let station = d.join("station-1");
+    let o = ca.admin(&[
+        "principal",
+        "add",
+        "--role",
+        "station",
+        "--name",
+        "station-1",
+        "--manufacturers",
+        "HSTM",
+        "--out",
+        station.to_str().expect("p"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = issue(&ca, d, &station, "HSTM01261100000K", "L1");
+    let (code, out) = verify(&ca, &t, d, "--ocsp");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("signed by the issuing CA"), "{out}");
+    assert!(!ca.dir.join("certs/ocsp-signer.pem").exists(), "no responder certificate is made");
+}
