@@ -48,7 +48,14 @@ struct Cached {
     der: Arc<Vec<u8>>,
     refresh_at: SystemTime,
     cert_id: CertId,
+    /// Asked for since it was signed: only such answers are re-signed when due.
+    used: std::sync::atomic::AtomicBool,
 }
+
+/// Signatures per second the responder makes for answers it cannot pre-sign (a nonce, a serial
+/// the CA never issued): beyond this it answers `tryLater`, so no client can make it spend the
+/// HSM (or memory) at will.
+pub const UNCACHED_SIGNATURES_PER_SECOND: u32 = 500;
 
 /// The responder.
 pub struct Responder {
@@ -57,9 +64,14 @@ pub struct Responder {
     issuer: IssuerHashes,
     validity: Duration,
     cache: RwLock<HashMap<Key, Cached>>,
-    /// Bumped by every refresh: an answer signed from a registry read older than the last
-    /// refresh is served once but not cached (it may predate a revocation).
+    /// Bumped by every refresh.
     epoch: AtomicU64,
+    /// Serial → the epoch of its last refresh: an answer signed from a registry read that began
+    /// before that refresh is served once but not cached (it may predate the revocation).
+    marks: std::sync::Mutex<HashMap<Vec<u8>, u64>>,
+    /// (window start, signatures in it), against `budget_per_second`.
+    budget: std::sync::Mutex<(std::time::Instant, u32)>,
+    budget_per_second: u32,
 }
 
 /// What a request came to.
@@ -86,7 +98,17 @@ impl Responder {
             validity,
             cache: RwLock::default(),
             epoch: AtomicU64::new(0),
+            marks: Default::default(),
+            budget: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            budget_per_second: UNCACHED_SIGNATURES_PER_SECOND,
         })
+    }
+
+    /// Changes the budget of uncached signatures per second (default
+    /// [`UNCACHED_SIGNATURES_PER_SECOND`]).
+    pub fn with_uncached_budget(mut self, per_second: u32) -> Self {
+        self.budget_per_second = per_second;
+        self
     }
 
     /// Answers a DER request. Never fails: malformed requests get `malformedRequest`, requests
@@ -110,28 +132,36 @@ impl Responder {
         if let ([id], None) = (req.cert_ids.as_slice(), &req.nonce) {
             let key = key_of(id);
             let now = SystemTime::now();
-            let hit = self.cache.read().ok().and_then(|c| c.get(&key).map(|c| (c.der.clone(), c.refresh_at)));
-            if let Some((der, refresh_at)) = hit.filter(|(_, r)| *r > now) {
+            let hit = self.cache.read().ok().and_then(|c| {
+                c.get(&key).filter(|c| c.refresh_at > now).map(|c| {
+                    c.used.store(true, Ordering::Relaxed);
+                    (c.der.clone(), c.refresh_at)
+                })
+            });
+            if let Some((der, refresh_at)) = hit {
                 return Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() };
             }
             let epoch = self.epoch.load(Ordering::SeqCst);
             return match self.sign(registry, std::slice::from_ref(id), None) {
-                Ok(der) => {
+                Ok((der, true)) => {
                     let der = Arc::new(der);
-                    let refresh_at = now + self.validity / 2;
-                    if let (Ok(mut c), true) = (self.cache.write(), self.epoch.load(Ordering::SeqCst) == epoch) {
-                        c.insert(key, Cached { der: der.clone(), refresh_at, cert_id: id.clone() });
-                    }
+                    self.insert_unless_refreshed(id, der.clone(), epoch);
                     Answer { der, cached: false, max_age: Some(self.validity / 2) }
                 }
+                // A serial the CA never issued: answered, never cached, and rate-limited.
+                Ok((der, false)) if self.spend() => Answer { der: Arc::new(der), cached: false, max_age: None },
+                Ok(_) => unsigned(OcspResponseStatus::TryLater),
                 Err(e) => {
                     tracing::error!(error = %e, "signing an OCSP response failed");
                     unsigned(OcspResponseStatus::InternalError)
                 }
             };
         }
+        if !self.spend() {
+            return unsigned(OcspResponseStatus::TryLater);
+        }
         match self.sign(registry, &req.cert_ids, req.nonce.as_deref()) {
-            Ok(der) => Answer { der: Arc::new(der), cached: false, max_age: None },
+            Ok((der, _)) => Answer { der: Arc::new(der), cached: false, max_age: None },
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
                 unsigned(OcspResponseStatus::InternalError)
@@ -139,31 +169,85 @@ impl Responder {
         }
     }
 
+    /// Takes one uncached signature from this second's budget.
+    fn spend(&self) -> bool {
+        let Ok(mut b) = self.budget.lock() else { return false };
+        if b.0.elapsed() >= Duration::from_secs(1) {
+            *b = (std::time::Instant::now(), 0);
+        }
+        b.1 += 1;
+        b.1 <= self.budget_per_second
+    }
+
+    fn insert_unless_refreshed(&self, id: &CertId, der: Arc<Vec<u8>>, epoch: u64) {
+        let refreshed_since = self.marks.lock().map_or(true, |m| m.get(&id.serial).is_some_and(|m| *m > epoch));
+        if refreshed_since {
+            return;
+        }
+        if let Ok(mut c) = self.cache.write() {
+            let refresh_at = SystemTime::now() + self.validity / 2;
+            let used = std::sync::atomic::AtomicBool::new(false);
+            c.insert(key_of(id), Cached { der, refresh_at, cert_id: id.clone(), used });
+        }
+    }
+
     /// Re-signs the cached answers about `serial` (hex), now: called after its status changed
-    /// and before the change is acknowledged, so the next query already sees it.
+    /// (committed) and before the change is acknowledged, so the next query already sees it.
     pub fn refresh(&self, registry: &Registry, serial_hex: &str) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
         let Some(serial) = pki::CertSerial::from_hex(serial_hex) else { return };
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Ok(mut m) = self.marks.lock() {
+            m.insert(serial.as_bytes().to_vec(), epoch);
+        }
         let ids: Vec<CertId> = self
             .cache
             .read()
             .map(|c| c.values().filter(|v| v.cert_id.serial == serial.as_bytes()).map(|v| v.cert_id.clone()).collect())
             .unwrap_or_default();
         for id in ids {
-            self.resign(registry, &id);
+            // This read follows the commit: its answer may replace anything cached.
+            match self.sign(registry, std::slice::from_ref(&id), None) {
+                Ok((der, _)) => {
+                    if let Ok(mut c) = self.cache.write() {
+                        let refresh_at = SystemTime::now() + self.validity / 2;
+                        let used = std::sync::atomic::AtomicBool::new(true);
+                        c.insert(key_of(&id), Cached { der: Arc::new(der), refresh_at, cert_id: id.clone(), used });
+                    }
+                }
+                Err(e) => {
+                    // A stale answer must not outlive a revocation: drop it, the next query signs.
+                    tracing::error!(error = %e, "re-signing an OCSP response failed");
+                    if let Ok(mut c) = self.cache.write() {
+                        c.remove(&key_of(&id));
+                    }
+                }
+            }
         }
     }
 
-    /// Re-signs every cached answer that is due (half its validity gone).
+    /// Past half their validity: re-signs the answers asked for since they were signed, drops
+    /// the others (a certificate nobody asks about costs nothing). Returns how many were re-signed.
     pub fn refresh_due(&self, registry: &Registry) -> usize {
         let now = SystemTime::now();
-        let due: Vec<CertId> = self
-            .cache
-            .read()
-            .map(|c| c.values().filter(|v| v.refresh_at <= now).map(|v| v.cert_id.clone()).collect())
-            .unwrap_or_default();
+        let mut due = Vec::new();
+        let mut idle = Vec::new();
+        if let Ok(c) = self.cache.read() {
+            for v in c.values().filter(|v| v.refresh_at <= now) {
+                let list = if v.used.load(Ordering::Relaxed) { &mut due } else { &mut idle };
+                list.push(v.cert_id.clone());
+            }
+        }
+        if let Ok(mut c) = self.cache.write() {
+            for id in &idle {
+                c.remove(&key_of(id));
+            }
+        }
         for id in &due {
-            self.resign(registry, id);
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            match self.sign(registry, std::slice::from_ref(id), None) {
+                Ok((der, _)) => self.insert_unless_refreshed(id, Arc::new(der), epoch),
+                Err(e) => tracing::error!(error = %e, "re-signing an OCSP response failed"),
+            }
         }
         due.len()
     }
@@ -191,27 +275,11 @@ impl Responder {
         self.cache.read().map_or(0, |c| c.len())
     }
 
-    fn resign(&self, registry: &Registry, id: &CertId) {
-        match self.sign(registry, std::slice::from_ref(id), None) {
-            Ok(der) => {
-                if let Ok(mut c) = self.cache.write() {
-                    let refresh_at = SystemTime::now() + self.validity / 2;
-                    c.insert(key_of(id), Cached { der: Arc::new(der), refresh_at, cert_id: id.clone() });
-                }
-            }
-            Err(e) => {
-                // A stale answer must not outlive a revocation: drop it, the next query signs.
-                tracing::error!(error = %e, "re-signing an OCSP response failed");
-                if let Ok(mut c) = self.cache.write() {
-                    c.remove(&key_of(id));
-                }
-            }
-        }
-    }
-
-    fn sign(&self, registry: &Registry, ids: &[CertId], nonce: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
+    /// Signs an answer for `ids`; also says whether every certificate was one the CA issued.
+    fn sign(&self, registry: &Registry, ids: &[CertId], nonce: Option<&[u8]>) -> anyhow::Result<(Vec<u8>, bool)> {
         let now = SystemTime::now();
         let mut responses = Vec::with_capacity(ids.len());
+        let mut known = true;
         for id in ids {
             let status = match id.cert_serial() {
                 Some(serial) => match registry.certificate(&serial.to_hex())? {
@@ -226,6 +294,7 @@ impl Responder {
                 },
                 None => CertStatus::Unknown,
             };
+            known &= status != CertStatus::Unknown;
             responses.push(SingleResponse {
                 cert_id: id.clone(),
                 status,
@@ -245,7 +314,7 @@ impl Responder {
         };
         let tbs = build_response_tbs(&req)?;
         let sig = key.signer.sign(tbs.to_be_signed())?;
-        Ok(tbs.assemble(sig.as_der(), &public, key.signer.signer_id())?)
+        Ok((tbs.assemble(sig.as_der(), &public, key.signer.signer_id())?, known))
     }
 }
 

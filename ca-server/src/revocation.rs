@@ -60,9 +60,10 @@ pub struct Published {
 struct Current {
     full: Option<Published>,
     delta: Option<Published>,
-    /// The last scheduled full CRL (number, thisUpdate): the base deltas build on, so a relying
-    /// party holding it needs only the (small) delta; fulls made after revocations don't move it.
-    base: Option<(u64, SystemTime)>,
+    /// The last scheduled full CRL: its number and the commit-order number of the last
+    /// revocation it includes. Deltas build on it, so a relying party holding it needs only the
+    /// (small) delta; fulls made after revocations don't move it.
+    base: Option<(u64, u64)>,
     partitions: std::collections::BTreeMap<u32, Published>,
 }
 
@@ -164,7 +165,8 @@ impl Crls {
     }
 
     /// After revocations: the CRLs of the partitions they fell in and the delta first (small,
-    /// fast — visible within a second), then the full CRL.
+    /// fast — visible within a second), then the full CRL. On failure the partitions stay marked
+    /// (the caller retries).
     pub fn publish_changes(
         &self,
         registry: &Registry,
@@ -174,12 +176,20 @@ impl Crls {
     ) -> Result<(), PublishError> {
         let dirty: Vec<u32> =
             self.dirty.lock().map(|mut d| std::mem::take(&mut *d).into_iter().collect()).unwrap_or_default();
-        let revoked = registry.revoked_certificates()?;
-        self.publish_partitions(registry, signer, issuer, &revoked, &dirty, partitions)?;
-        if let Some(base) = self.current.read().ok().and_then(|c| c.base) {
-            self.publish_delta_on(registry, signer, issuer, &revoked, base)?;
+        let result = (|| {
+            let snapshot = registry.revocation_snapshot()?;
+            self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &dirty, partitions)?;
+            if let Some(base) = self.current.read().ok().and_then(|c| c.base) {
+                self.publish_delta_on(registry, signer, issuer, &snapshot, base)?;
+            }
+            self.publish_full_of(registry, signer, issuer, &snapshot, false)
+        })();
+        if result.is_err()
+            && let Ok(mut d) = self.dirty.lock()
+        {
+            d.extend(dirty);
         }
-        self.publish_full_of(registry, signer, issuer, &revoked, false)
+        result
     }
 
     /// A full CRL, every partition `0..partitions`, and a delta; a `scheduled` full becomes the
@@ -192,10 +202,10 @@ impl Crls {
         partitions: u32,
         scheduled: bool,
     ) -> Result<(), PublishError> {
-        let revoked = registry.revoked_certificates()?;
+        let snapshot = registry.revocation_snapshot()?;
         let all: Vec<u32> = (0..partitions).collect();
-        self.publish_partitions(registry, signer, issuer, &revoked, &all, partitions)?;
-        self.publish_full_of(registry, signer, issuer, &revoked, scheduled)
+        self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &all, partitions)?;
+        self.publish_full_of(registry, signer, issuer, &snapshot, scheduled)
     }
 
     fn publish_full_of(
@@ -203,21 +213,21 @@ impl Crls {
         registry: &Registry,
         signer: &dyn hsm::Signer,
         issuer: &IssuerInfo,
-        revoked: &[registry::RevokedCert],
+        snapshot: &registry::RevocationSnapshot,
         scheduled: bool,
     ) -> Result<(), PublishError> {
-        let entries = revoked.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+        let entries = snapshot.revoked.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         let full = self.sign(registry, signer, issuer, &entries, None, &self.urls.full)?;
         let base = {
             let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
             if scheduled || c.base.is_none() {
-                c.base = Some((full.number, full.this_update));
+                c.base = Some((full.number, snapshot.seq));
             }
             c.full = Some(full);
             c.base
         };
         match base {
-            Some(base) => self.publish_delta_on(registry, signer, issuer, revoked, base),
+            Some(base) => self.publish_delta_on(registry, signer, issuer, snapshot, base),
             None => Ok(()),
         }
     }
@@ -253,23 +263,21 @@ impl Crls {
         Ok(())
     }
 
+    /// The delta over base `(number, seq)`: every revocation and release committed after the
+    /// base's snapshot, by commit order (clock times can go backwards; commit order cannot).
     fn publish_delta_on(
         &self,
         registry: &Registry,
         signer: &dyn hsm::Signer,
         issuer: &IssuerInfo,
-        revoked: &[registry::RevokedCert],
-        (base, since): (u64, SystemTime),
+        snapshot: &registry::RevocationSnapshot,
+        (base, since): (u64, u64),
     ) -> Result<(), PublishError> {
-        // Whole seconds: what the base CRL's thisUpdate says; anything in that second is repeated.
-        let since_ms = ms(since) / 1000 * 1000;
         let mut entries = Vec::new();
-        for r in revoked {
-            if r.at_ms >= since_ms {
-                entries.push(entry(r)?);
-            }
+        for r in snapshot.revoked.iter().filter(|r| r.seq > since) {
+            entries.push(entry(r)?);
         }
-        for r in registry.released_since(since_ms)? {
+        for r in snapshot.released.iter().filter(|r| r.seq > since) {
             entries.push(RevokedEntry {
                 serial: serial(&r.serial)?,
                 revoked_at: at(r.at_ms),
@@ -349,9 +357,14 @@ fn entry(r: &registry::RevokedCert) -> Result<RevokedEntry, PublishError> {
         serial: serial(&r.serial)?,
         revoked_at: at(r.at_ms),
         reason: Some(crl_reason(r.reason)),
-        invalidity_date: r.invalidity_ms.map(at),
+        // An invalidity date a CRL cannot carry (after 9999) is left out rather than stopping
+        // every CRL; the handlers refuse such dates, this guards older records.
+        invalidity_date: r.invalidity_ms.filter(|ms| *ms <= MAX_X509_MS).map(at),
     })
 }
+
+/// 9999-12-31T23:59:59Z, the last instant X.509 can encode.
+const MAX_X509_MS: u64 = 253_402_300_799_000;
 
 /// The RFC 5280 reason code of a registry reason.
 pub fn crl_reason(r: RevocationReason) -> CrlReason {

@@ -194,6 +194,12 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
     Ok((cfg, Arc::new(ca)))
 }
 
+fn issued_by(cert: &pki::Certificate, issuer: &IssuerInfo) -> bool {
+    let Ok(tbs) = der::Encode::to_der(cert.tbs_certificate()) else { return false };
+    let Some(sig) = cert.signature().as_bytes() else { return false };
+    *cert.tbs_certificate().issuer() == issuer.name && issuer.key.verify(&issuer.signer_id, &tbs, sig).is_ok()
+}
+
 /// Renew a responder certificate when less than a third of its life is left.
 fn renewal_due(cert: &pki::Certificate, now: std::time::SystemTime) -> bool {
     let v = cert.tbs_certificate().validity();
@@ -215,18 +221,26 @@ pub fn responder_certificate(
 ) -> Result<pki::Certificate> {
     let path = cfg.path(&cfg.config.ocsp.certificate);
     let now = std::time::SystemTime::now();
-    if let Ok(pem) = std::fs::read_to_string(&path) {
-        let cert = pki::pem::certificate_from_pem(&pem)?;
-        if *cert.tbs_certificate().subject_public_key_info() == responder_key.public_key() && !renewal_due(&cert, now) {
-            return Ok(cert);
-        }
+    // Kept only while it is for this key, issued by the current issuing CA (it changes when the
+    // CA is re-keyed) and not due for renewal; unreadable or damaged, it is simply made again.
+    if let Some(cert) = std::fs::read_to_string(&path).ok().and_then(|pem| pki::pem::certificate_from_pem(&pem).ok())
+        && *cert.tbs_certificate().subject_public_key_info() == responder_key.public_key()
+        && issued_by(&cert, issuer_info)
+        && !renewal_due(&cert, now)
+    {
+        return Ok(cert);
     }
     let profile = policy.profile("ocsp-signer").context("the policy has no ocsp-signer profile")?;
     let key = pki::Sm2PublicKey::from_spki(&responder_key.public_key())?;
     let vars = pki::SubjectVars { name: Some("HSCA OCSP Responder 1".into()), ..Default::default() };
     let cert = crate::issuer::Issuer::new(issuing_signer, issuer_info.clone()).issue(profile, &vars, &key, now)?;
     let tmp = path.with_extension("pem.tmp");
-    std::fs::write(&tmp, pki::pem::certificate_to_pem(&cert)?)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(pki::pem::certificate_to_pem(&cert)?.as_bytes())?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, &path)?;
     let serial = pki::CertSerial::of(&cert).map(|s| s.to_hex()).unwrap_or_default();
     registry.audit(&registry::AuditEvent {
@@ -287,6 +301,7 @@ async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch
 /// `Some(scheduled)`: everything (a scheduled run moves the delta base); `None`: what recent
 /// revocations changed.
 async fn publish_crls(ca: Arc<Ca>, all: Option<bool>) {
+    let ca_for_retry = ca.clone();
     let result = tokio::task::spawn_blocking(move || {
         let partitions = ca.crl_partitions();
         match all {
@@ -297,10 +312,24 @@ async fn publish_crls(ca: Arc<Ca>, all: Option<bool>) {
         }
     })
     .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "publishing CRLs failed"),
-        Err(e) => tracing::error!(error = %e, "CRL task failed"),
+    let failed = match result {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "publishing CRLs failed; retrying in 1 s");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "CRL task failed; retrying in 1 s");
+            true
+        }
+    };
+    if failed {
+        // The marked partitions were kept: wake the loop again shortly.
+        let ca = ca_for_retry;
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            ca.crls.changed.notify_one();
+        });
     }
 }
 

@@ -90,6 +90,7 @@ pub fn registry_status(e: &RegistryError) -> Status {
         E::ApprovalExists(_) => (Code::AlreadyExists, Reason::RequestIdReused),
         E::ApprovalDecided(_) => (Code::FailedPrecondition, Reason::ApprovalDecided),
         E::SameApprover(_) => (Code::PermissionDenied, Reason::SameApprover),
+        E::KeyCompromised(_) => (Code::FailedPrecondition, Reason::KeyCompromised),
         E::NonceReplayed => (Code::Unauthenticated, Reason::ReplayedNonce),
         E::Audit(_) | E::TargetExists(_) => (Code::Internal, Reason::Internal),
     };
@@ -160,6 +161,29 @@ fn reason_code(r: registry::RevocationReason) -> i32 {
         R::CertificateHold => v1::RevocationReason::CertificateHold,
         R::PrivilegeWithdrawn => v1::RevocationReason::PrivilegeWithdrawn,
     }) as i32
+}
+
+/// A certificate serial as the registry keys it (upper-case hex of the positive integer), from
+/// any spelling a caller may use: lower case, colons, a leading zero octet.
+fn normal_serial(s: &str) -> Result<String, Status> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    pki::CertSerial::from_hex(&hex)
+        .map(|c| c.to_hex())
+        .ok_or_else(|| bad_request(format!("{s:?} is not a certificate serial (hex)")))
+}
+
+/// The invalidity date recorded with a revocation: keyCompromise only, default `now_ms`, never
+/// after the revocation itself (RFC 5280 §5.3.2: when the key is known or suspected compromised).
+fn invalidity_for(reason: registry::RevocationReason, given_ms: u64, now_ms: u64) -> Result<Option<u64>, Status> {
+    match (reason, given_ms) {
+        (registry::RevocationReason::KeyCompromise, 0) => Ok(Some(now_ms)),
+        (registry::RevocationReason::KeyCompromise, t) if t <= now_ms => Ok(Some(t)),
+        (registry::RevocationReason::KeyCompromise, _) => {
+            Err(bad_request("the invalidity date is after the revocation (is it in milliseconds?)"))
+        }
+        (_, 0) => Ok(None),
+        (_, _) => Err(bad_request("an invalidity date applies to keyCompromise only")),
+    }
 }
 
 fn reason_from_code(c: i32) -> registry::RevocationReason {
@@ -340,7 +364,11 @@ impl Ca {
             return Err(bad_request("request_id must be 1 to 128 characters"));
         }
         // Same id, same content → same answer: the content hash leaves the id out.
-        let content = v1::IssueTerminalCertificateRequest { request_id: String::new(), ..m.clone() }.encode_to_vec();
+        // The lot is left out too: it only labels a terminal when it is first registered, and a
+        // station re-running with another --lot must still get its certificate back.
+        let content =
+            v1::IssueTerminalCertificateRequest { request_id: String::new(), lot: String::new(), ..m.clone() }
+                .encode_to_vec();
         let request_hash = hex::encode(sm3::Sm3::digest(&content));
         if let Some(IssueOutcome::Replayed { cert, der }) =
             self.registry.replayed(&m.request_id, &request_hash).map_err(|e| registry_status(&e))?
@@ -427,6 +455,9 @@ impl Ca {
         match self.registry.record_terminal_issue(&issue, &event).map_err(|e| registry_status(&e))? {
             IssueOutcome::Issued { superseded } => {
                 self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(old) = &superseded {
+                    self.revocation_changed(old);
+                }
                 Ok(v1::IssueTerminalCertificateResponse {
                     certificate_der: der,
                     chain_der: self.chain(),
@@ -493,13 +524,17 @@ impl Ca {
     /// `GetCertificate`.
     pub fn get_certificate(&self, req: Incoming<v1::GetCertificateRequest>) -> Result<v1::CertificateInfo, Status> {
         self.authenticate(&req, "/hsca.v1.CertificateAuthority/GetCertificate")?;
-        self.cert_info(&req.msg.certificate_serial.to_uppercase())
+        self.cert_info(&normal_serial(&req.msg.certificate_serial)?)
     }
 
     /// `GetCertificateStatus`: `UNKNOWN` for serials we never issued.
     pub fn get_status(&self, req: Incoming<v1::GetCertificateStatusRequest>) -> Result<v1::CertificateStatus, Status> {
         self.authenticate(&req, "/hsca.v1.CertificateAuthority/GetCertificateStatus")?;
-        match self.registry.certificate(&req.msg.certificate_serial.to_uppercase()).map_err(|e| registry_status(&e))? {
+        match self
+            .registry
+            .certificate(&normal_serial(&req.msg.certificate_serial)?)
+            .map_err(|e| registry_status(&e))?
+        {
             Some((rec, _)) => Ok(status_msg(&rec.status)),
             None => {
                 Ok(v1::CertificateStatus { state: v1::certificate_status::State::Unknown as i32, ..Default::default() })
@@ -651,48 +686,46 @@ impl Ca {
     pub fn revoke(&self, req: Incoming<v1::RevokeCertificateRequest>) -> Result<v1::CertificateStatus, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.Admin/RevokeCertificate")?;
         let m = &req.msg;
-        let result =
-            (|| {
-                let serial = match (m.certificate_serial.is_empty(), m.terminal_serial.is_empty()) {
-                    (false, true) => m.certificate_serial.to_uppercase(),
-                    (true, false) => self
-                        .registry
-                        .terminal(&m.terminal_serial)
-                        .map_err(|e| registry_status(&e))?
-                        .and_then(|t| t.active_cert)
-                        .ok_or_else(|| {
-                            status(
-                                Code::NotFound,
-                                Reason::NotFound,
-                                format!("terminal {} has no active certificate", m.terminal_serial),
-                            )
-                        })?,
-                    _ => return Err(bad_request("give exactly one of certificate_serial and terminal_serial")),
-                };
-                let reason = reason_from_code(m.reason);
-                let at = now_ms();
-                let invalidity = (reason == registry::RevocationReason::KeyCompromise)
-                    .then_some(if m.invalidity_ms == 0 { at } else { m.invalidity_ms });
-                let rec = self
+        let result = (|| {
+            let serial = match (m.certificate_serial.is_empty(), m.terminal_serial.is_empty()) {
+                (false, true) => normal_serial(&m.certificate_serial)?,
+                (true, false) => self
                     .registry
-                    .revoke(
-                        &serial,
-                        reason,
-                        at,
-                        invalidity,
-                        &Self::event(&caller, "revoke", &serial, format!("{reason:?}")),
-                    )
-                    .map_err(|e| registry_status(&e))?;
-                self.revocation_changed(&rec.serial);
-                Ok(status_msg(&rec.status))
-            })();
+                    .terminal(&m.terminal_serial)
+                    .map_err(|e| registry_status(&e))?
+                    .and_then(|t| t.active_cert)
+                    .ok_or_else(|| {
+                        status(
+                            Code::NotFound,
+                            Reason::NotFound,
+                            format!("terminal {} has no active certificate", m.terminal_serial),
+                        )
+                    })?,
+                _ => return Err(bad_request("give exactly one of certificate_serial and terminal_serial")),
+            };
+            let reason = reason_from_code(m.reason);
+            let at = now_ms();
+            let invalidity = invalidity_for(reason, m.invalidity_ms, at)?;
+            let rec = self
+                .registry
+                .revoke(
+                    &serial,
+                    reason,
+                    at,
+                    invalidity,
+                    &Self::event(&caller, "revoke", &serial, format!("{reason:?}")),
+                )
+                .map_err(|e| registry_status(&e))?;
+            self.revocation_changed(&rec.serial);
+            Ok(status_msg(&rec.status))
+        })();
         result.map_err(|s| self.refuse(&caller, "revoke", &m.certificate_serial, s))
     }
 
     /// `UnrevokeCertificate`: lifts a certificateHold.
     pub fn unrevoke(&self, req: Incoming<v1::UnrevokeCertificateRequest>) -> Result<v1::CertificateStatus, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.Admin/UnrevokeCertificate")?;
-        let serial = req.msg.certificate_serial.to_uppercase();
+        let serial = normal_serial(&req.msg.certificate_serial)?;
         let event = Self::event(&caller, "unrevoke", &serial, String::new());
         let rec = self
             .registry
@@ -717,8 +750,7 @@ impl Ca {
             let matched = self.registry.bulk_matches(&filter).map_err(|e| registry_status(&e))?.len() as u64;
             let reason = reason_from_code(m.reason);
             let created_ms = now_ms();
-            let invalidity_ms = (reason == registry::RevocationReason::KeyCompromise)
-                .then_some(if m.invalidity_ms == 0 { created_ms } else { m.invalidity_ms });
+            let invalidity_ms = invalidity_for(reason, m.invalidity_ms, created_ms)?;
             let approval = registry::Approval {
                 id: proto::client::request_id()[..16].to_owned(),
                 requested_by: caller.name.clone(),
@@ -977,3 +1009,28 @@ handlers!(v1::admin_server::Admin;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 );
+
+#[cfg(test)]
+mod tests {
+    use super::{invalidity_for, normal_serial};
+    use registry::RevocationReason as R;
+
+    #[test]
+    fn serials_are_normalised_and_nonsense_refused() {
+        assert_eq!(normal_serial("0a:1b").expect("colons"), "0A1B");
+        assert_eq!(normal_serial("000a1b").expect("leading zero"), "0A1B");
+        for bad in ["", "xyz", "00"] {
+            assert!(normal_serial(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn invalidity_dates_are_checked() {
+        assert_eq!(invalidity_for(R::KeyCompromise, 0, 100).expect("default"), Some(100));
+        assert_eq!(invalidity_for(R::KeyCompromise, 40, 100).expect("earlier"), Some(40));
+        assert!(invalidity_for(R::KeyCompromise, 101, 100).is_err(), "after the revocation");
+        assert!(invalidity_for(R::KeyCompromise, 1_795_392_000_000_000, 1_795_392_000_000).is_err(), "microseconds");
+        assert_eq!(invalidity_for(R::Superseded, 0, 100).expect("none"), None);
+        assert!(invalidity_for(R::Superseded, 40, 100).is_err(), "only for keyCompromise");
+    }
+}

@@ -234,21 +234,29 @@ fn ocsp(url: &str, issuing: &Certificate, serial: &CertSerial, now: SystemTime) 
 
 fn crl(url: &str, issuing: &Certificate, serial: &CertSerial, now: SystemTime) -> Result<(String, String)> {
     let info = IssuerInfo::from_certificate(issuing, SignerId::default())?;
-    let check = |u: &str| -> Result<pki::crl::VerifiedCrl> {
+    let check = |u: &str, scope: &str| -> Result<pki::crl::VerifiedCrl> {
         let der = http::get(u)?;
         let v = pki::verify_crl(&der, &info).map_err(|e| NotValid(format!("CRL {u}: {e}")))?;
         if v.next_update.is_some_and(|n| n < now) {
             return Err(NotValid(format!("CRL {u} is stale (past its nextUpdate)")).into());
         }
+        // RFC 5280 §6.3.3 b: the CRL's scope must be the distribution point asked for.
+        if v.distribution_point.as_deref().is_some_and(|dp| dp != scope) {
+            return Err(NotValid(format!("CRL {u} is for {:?}, not {scope}", v.distribution_point)).into());
+        }
         Ok(v)
     };
-    let full = check(url)?;
+    let full = check(url, url)?;
+    if full.delta_base.is_some() {
+        return Err(NotValid(format!("{url} serves a delta CRL where a complete one belongs")).into());
+    }
     let delta_url = match url.strip_suffix(".crl") {
         Some(stem) => format!("{stem}-delta.crl"),
         None => format!("{url}-delta"),
     };
     // The delta is optional to a relying party; when present it must build on this base.
-    let delta = check(&delta_url)
+    // A delta has its base's scope.
+    let delta = check(&delta_url, full.distribution_point.as_deref().unwrap_or(url))
         .ok()
         .filter(|d| d.delta_base.is_some_and(|b| full.number.is_some_and(|n| b <= n)) && d.number > full.number);
     let find = |c: &pki::crl::VerifiedCrl| c.revoked.iter().find(|(s, _)| s == serial).map(|(_, r)| *r);

@@ -224,6 +224,22 @@ pub struct VerifiedCrl {
     pub this_update: SystemTime,
     /// `nextUpdate`: after it, a relying party must fetch a newer CRL.
     pub next_update: Option<SystemTime>,
+    /// The URI in its issuingDistributionPoint, if any: a relying party checks it is the one it
+    /// fetched (RFC 5280 §6.3.3 b), so another partition's CRL cannot stand in.
+    pub distribution_point: Option<String>,
+}
+
+fn idp_uri(crl: &CertificateList) -> Option<String> {
+    let e =
+        crl.tbs_cert_list.crl_extensions.as_ref()?.iter().find(|e| e.extn_id == ID_CE_ISSUING_DISTRIBUTION_POINT)?;
+    let idp = IssuingDistributionPoint::from_der(e.extn_value.as_bytes()).ok()?;
+    match idp.distribution_point? {
+        DistributionPointName::FullName(names) => names.iter().find_map(|n| match n {
+            x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(u) => Some(u.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 /// Parses a DER CRL and verifies it was signed by `issuer`.
@@ -270,5 +286,6 @@ pub fn verify_crl(der_bytes: &[u8], issuer: &IssuerInfo) -> Result<VerifiedCrl, 
         revoked,
         this_update: crl.tbs_cert_list.this_update.to_system_time(),
         next_update: crl.tbs_cert_list.next_update.map(|t| t.to_system_time()),
+        distribution_point: idp_uri(&crl),
     })
 }

@@ -30,12 +30,17 @@ impl From<proto::client::ClientError> for CaError {
     }
 }
 
-/// What the station asks the CA.
+/// What the station asks the CA; each call gives up after `timeout` (what is left of the
+/// terminal's deadline, at most the client's own limit).
 pub trait CaApi: Send + Sync {
     /// Issues (or, for the same request id and content, returns again) a terminal certificate.
-    fn issue(&self, req: v1::IssueTerminalCertificateRequest) -> Result<v1::IssueTerminalCertificateResponse, CaError>;
+    fn issue(
+        &self,
+        req: v1::IssueTerminalCertificateRequest,
+        timeout: Duration,
+    ) -> Result<v1::IssueTerminalCertificateResponse, CaError>;
     /// Records that the terminal verified and stored its certificate.
-    fn confirm(&self, req: v1::ConfirmProvisioningRequest) -> Result<(), CaError>;
+    fn confirm(&self, req: v1::ConfirmProvisioningRequest, timeout: Duration) -> Result<(), CaError>;
 }
 
 /// The CA over gRPC.
@@ -51,31 +56,34 @@ impl GrpcCa {
         Self { client, runtime, timeout }
     }
 
-    fn call<T, F>(&self, f: F) -> Result<T, CaError>
+    fn call<T, F>(&self, f: F, timeout: Duration) -> Result<T, CaError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let timeout = timeout.min(self.timeout);
         self.runtime.block_on(async {
-            match tokio::time::timeout(self.timeout, f).await {
+            match tokio::time::timeout(timeout, f).await {
                 Ok(r) => r.map(tonic::Response::into_inner).map_err(CaError::from),
-                Err(_) => {
-                    Err(CaError { reason: "TIMEOUT".into(), message: format!("no answer in {:?}", self.timeout) })
-                }
+                Err(_) => Err(CaError { reason: "TIMEOUT".into(), message: format!("no answer in {timeout:?}") }),
             }
         })
     }
 }
 
 impl CaApi for GrpcCa {
-    fn issue(&self, req: v1::IssueTerminalCertificateRequest) -> Result<v1::IssueTerminalCertificateResponse, CaError> {
+    fn issue(
+        &self,
+        req: v1::IssueTerminalCertificateRequest,
+        timeout: Duration,
+    ) -> Result<v1::IssueTerminalCertificateResponse, CaError> {
         let signed = self.client.signed("/hsca.v1.CertificateAuthority/IssueTerminalCertificate", req)?;
         let mut ca = v1::certificate_authority_client::CertificateAuthorityClient::new(self.client.channel.clone());
-        self.call(ca.issue_terminal_certificate(signed))
+        self.call(ca.issue_terminal_certificate(signed), timeout)
     }
 
-    fn confirm(&self, req: v1::ConfirmProvisioningRequest) -> Result<(), CaError> {
+    fn confirm(&self, req: v1::ConfirmProvisioningRequest, timeout: Duration) -> Result<(), CaError> {
         let signed = self.client.signed("/hsca.v1.CertificateAuthority/ConfirmProvisioning", req)?;
         let mut ca = v1::certificate_authority_client::CertificateAuthorityClient::new(self.client.channel.clone());
-        self.call(ca.confirm_provisioning(signed)).map(|_| ())
+        self.call(ca.confirm_provisioning(signed), timeout).map(|_| ())
     }
 }

@@ -240,6 +240,11 @@ impl<T: Transport> Run<'_, T> {
         Ok(r)
     }
 
+    /// What is left of the deadline (a CA call must not outlive it).
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     fn call(&mut self, step: Step, req: &Request) -> Result<Response, StationError> {
         match self.link.call(req) {
             Ok(Response::Error { code, detail }) => {
@@ -298,7 +303,7 @@ impl<T: Transport> Run<'_, T> {
                 reissue: false,
                 lot: r.cfg.lot.clone().unwrap_or_default(),
             };
-            r.ca.issue(req).map_err(|source| StationError::Ca { step: Step::Issue, source })
+            r.ca.issue(req, r.left()).map_err(|source| StationError::Ca { step: Step::Issue, source })
         })?;
         let (leaf, issuing) = self.step(Step::VerifyChain, |r| r.verify_issued(&issued, &serial, &spki))?;
         self.step(Step::PutRoot, |r| {
@@ -357,7 +362,7 @@ impl<T: Transport> Run<'_, T> {
                 duration_ms: start.elapsed().as_millis() as u64,
                 firmware_version: info.firmware.clone(),
             };
-            r.ca.confirm(req).map_err(|source| StationError::Ca { step: Step::Confirm, source })
+            r.ca.confirm(req, r.left()).map_err(|source| StationError::Ca { step: Step::Confirm, source })
         })
     }
 

@@ -55,7 +55,11 @@ struct RogueCa {
 }
 
 impl CaApi for RogueCa {
-    fn issue(&self, req: v1::IssueTerminalCertificateRequest) -> Result<v1::IssueTerminalCertificateResponse, CaError> {
+    fn issue(
+        &self,
+        req: v1::IssueTerminalCertificateRequest,
+        _: Duration,
+    ) -> Result<v1::IssueTerminalCertificateResponse, CaError> {
         let csr = pki::verify_csr(&req.csr_der, &SignerId::default()).expect("station sent a valid CSR");
         let leaf = self.pki.terminal_cert(self.serial, csr.public_key());
         Ok(v1::IssueTerminalCertificateResponse {
@@ -67,7 +71,7 @@ impl CaApi for RogueCa {
         })
     }
 
-    fn confirm(&self, _: v1::ConfirmProvisioningRequest) -> Result<(), CaError> {
+    fn confirm(&self, _: v1::ConfirmProvisioningRequest, _: Duration) -> Result<(), CaError> {
         self.confirmed.store(true, Ordering::SeqCst);
         Ok(())
     }

@@ -88,6 +88,9 @@ pub enum RegistryError {
     /// No such principal.
     #[error("principal {0} not found")]
     PrincipalNotFound(String),
+    /// The key was certified before and that certificate was revoked for key (or CA) compromise.
+    #[error("this public key was certified by {0}, revoked for key compromise; it is never certified again")]
+    KeyCompromised(String),
     /// Lifting a hold on a certificate that is not on hold.
     #[error("certificate {0} is not on hold (only certificateHold can be lifted)")]
     NotOnHold(String),
@@ -290,6 +293,7 @@ impl Registry {
             txn.open_table(revocation::RELEASED)?;
             txn.open_table(revocation::META)?;
             txn.open_table(revocation::APPROVALS)?;
+            txn.open_table(revocation::COMPROMISED_KEYS)?;
             revocation::index_revoked_once(&txn)?;
         }
         txn.commit()?;
@@ -429,6 +433,11 @@ impl Registry {
             {
                 return Err(RegistryError::PublicKeyInUse { terminal: owner.value().to_owned() });
             }
+            if let Some(cert) =
+                txn.open_table(revocation::COMPROMISED_KEYS)?.get(issue.cert.key_fingerprint.as_str())?
+            {
+                return Err(RegistryError::KeyCompromised(cert.value().to_owned()));
+            }
             if terminal.state == TerminalState::Revoked && !issue.reissue {
                 return Err(RegistryError::WrongState {
                     terminal: terminal.serial.clone(),
@@ -456,14 +465,7 @@ impl Registry {
                     invalidity_ms: None,
                 };
                 certs.insert(old.as_str(), to_json(&rec)?.as_slice())?;
-                let entry = RevokedCert {
-                    serial: old.clone(),
-                    at_ms: issue.cert.issued_ms,
-                    reason: RevocationReason::Superseded,
-                    invalidity_ms: None,
-                    partition: rec.crl_partition,
-                };
-                txn.open_table(revocation::REVOKED)?.insert(old.as_str(), to_json(&entry)?.as_slice())?;
+                revocation::index_revocation(txn, &rec)?;
                 superseded = Some(old);
             }
             terminal.state = TerminalState::Issued;
@@ -496,6 +498,10 @@ impl Registry {
         let (cert, der) = self
             .certificate(&result.cert_serial)?
             .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
+        // A station retrying must not be handed a certificate revoked meanwhile (and write it).
+        if cert.status != CertStatus::Good {
+            return Err(RegistryError::AlreadyRevoked(cert.serial));
+        }
         Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
     }
 
@@ -794,6 +800,7 @@ impl Registry {
         copy_table(&snapshot, &txn, revocation::RELEASED)?;
         copy_table(&snapshot, &txn, revocation::META)?;
         copy_table(&snapshot, &txn, revocation::APPROVALS)?;
+        copy_table(&snapshot, &txn, revocation::COMPROMISED_KEYS)?;
         txn.commit()?;
         Ok(())
     }

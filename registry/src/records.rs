@@ -204,6 +204,9 @@ pub struct RevokedCert {
     /// Its CRL partition, if it has one.
     #[serde(default)]
     pub partition: Option<u32>,
+    /// Commit order among revocations and releases (see `Registry::revocation_snapshot`).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A certificate released from hold (`unrevoke`): delta CRLs list it as removeFromCRL.
@@ -216,6 +219,22 @@ pub struct ReleasedCert {
     /// Its CRL partition, if it has one.
     #[serde(default)]
     pub partition: Option<u32>,
+    /// Commit order among revocations and releases.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// Every revocation and release as of one read: what CRLs are built from. `seq` is the highest
+/// commit-order number included, so a delta over a base built from this snapshot takes exactly
+/// the entries with a higher number, whatever their clock times.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevocationSnapshot {
+    /// Revoked certificates.
+    pub revoked: Vec<RevokedCert>,
+    /// Certificates released from hold (and not revoked again since).
+    pub released: Vec<ReleasedCert>,
+    /// The highest commit-order number in this snapshot.
+    pub seq: u64,
 }
 
 /// Which terminals a bulk revocation covers (every given field must match).

@@ -6,13 +6,16 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
     Approval, ApprovalState, AuditEvent, BulkFilter, CERTS, CertRecord, CertStatus, RegistryError, ReleasedCert,
-    Result, RevocationReason, RevokedCert, TERMINALS, TerminalRecord, from_json, to_json,
+    Result, RevocationReason, RevocationSnapshot, RevokedCert, TERMINALS, TerminalRecord, from_json, to_json,
 };
 
 pub(crate) const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 pub(crate) const RELEASED: TableDefinition<&str, &[u8]> = TableDefinition::new("released");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+/// Keys whose certificate was revoked for key or CA compromise: never certified again.
+pub(crate) const COMPROMISED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("compromised_keys");
+const REVOCATION_SEQ: &str = "revocation_seq";
 
 const CRL_NUMBER: &str = "crl_number";
 const REVOKED_INDEXED: &str = "revoked_indexed";
@@ -28,8 +31,14 @@ pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
     for item in txn.open_table(CERTS)?.iter()? {
         let rec: CertRecord = from_json(item?.1.value())?;
         if let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status {
-            let entry =
-                RevokedCert { serial: rec.serial.clone(), at_ms, reason, invalidity_ms, partition: rec.crl_partition };
+            let entry = RevokedCert {
+                serial: rec.serial.clone(),
+                at_ms,
+                reason,
+                invalidity_ms,
+                partition: rec.crl_partition,
+                seq: 0,
+            };
             revoked.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
         }
     }
@@ -37,8 +46,37 @@ pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// Marks `serial` revoked inside `txn`: certificate record, `revoked` index, and — except for a
-/// hold, which is temporary — the terminal loses it as its active certificate.
+/// The next commit-order number for a revocation or release, inside `txn`.
+fn next_seq(txn: &WriteTransaction) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let next = meta.get(REVOCATION_SEQ)?.map_or(0, |v| v.value()) + 1;
+    meta.insert(REVOCATION_SEQ, next)?;
+    Ok(next)
+}
+
+/// Records in the indexes that `rec` is now revoked as its status says: `revoked` (with a
+/// commit-order number), not `released`, and its key as compromised when that is the reason.
+pub(crate) fn index_revocation(txn: &WriteTransaction, rec: &CertRecord) -> Result<()> {
+    let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status else { return Ok(()) };
+    let entry = RevokedCert {
+        serial: rec.serial.clone(),
+        at_ms,
+        reason,
+        invalidity_ms,
+        partition: rec.crl_partition,
+        seq: next_seq(txn)?,
+    };
+    txn.open_table(REVOKED)?.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
+    txn.open_table(RELEASED)?.remove(rec.serial.as_str())?;
+    if matches!(reason, RevocationReason::KeyCompromise | RevocationReason::CaCompromise) {
+        txn.open_table(COMPROMISED_KEYS)?.insert(rec.key_fingerprint.as_str(), rec.serial.as_str())?;
+    }
+    Ok(())
+}
+
+/// Marks `serial` revoked inside `txn`: certificate record, indexes, and — except for a hold,
+/// which is temporary — the terminal loses it as its active certificate. A certificate on hold
+/// may be revoked for good (RFC 5280 §5.3.1); any other revoked one is refused.
 pub(crate) fn revoke_in(
     txn: &WriteTransaction,
     serial: &str,
@@ -52,14 +90,14 @@ pub(crate) fn revoke_in(
         .map(|v| from_json(v.value()))
         .transpose()?
         .ok_or_else(|| RegistryError::CertNotFound(serial.into()))?;
-    if rec.status != CertStatus::Good {
+    let on_hold = matches!(rec.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. });
+    if rec.status != CertStatus::Good && !(on_hold && reason != RevocationReason::CertificateHold) {
         return Err(RegistryError::AlreadyRevoked(serial.into()));
     }
     rec.status = CertStatus::Revoked { at_ms, reason, invalidity_ms };
     certs.insert(serial, to_json(&rec)?.as_slice())?;
-    let entry = RevokedCert { serial: serial.to_owned(), at_ms, reason, invalidity_ms, partition: rec.crl_partition };
-    txn.open_table(REVOKED)?.insert(serial, to_json(&entry)?.as_slice())?;
-    txn.open_table(RELEASED)?.remove(serial)?;
+    drop(certs);
+    index_revocation(txn, &rec)?;
     if let (crate::CertSubject::Terminal { serial: ts }, false) =
         (&rec.subject, reason == RevocationReason::CertificateHold)
     {
@@ -81,6 +119,17 @@ impl crate::Registry {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(REVOKED)?;
         table.iter()?.map(|item| from_json(item?.1.value())).collect()
+    }
+
+    /// Every revocation and release, and the highest commit-order number among them, from one
+    /// consistent read.
+    pub fn revocation_snapshot(&self) -> Result<RevocationSnapshot> {
+        let txn = self.db.begin_read()?;
+        let revoked = txn.open_table(REVOKED)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        let released =
+            txn.open_table(RELEASED)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        let seq = txn.open_table(META)?.get(REVOCATION_SEQ)?.map_or(0, |v| v.value());
+        Ok(RevocationSnapshot { revoked, released, seq })
     }
 
     /// Certificates released from hold at or after `since_ms`.
@@ -147,7 +196,8 @@ impl crate::Registry {
             rec.status = CertStatus::Good;
             certs.insert(serial.as_str(), to_json(&rec)?.as_slice())?;
             txn.open_table(REVOKED)?.remove(serial.as_str())?;
-            let released = ReleasedCert { serial: serial.clone(), at_ms, partition: rec.crl_partition };
+            let released =
+                ReleasedCert { serial: serial.clone(), at_ms, partition: rec.crl_partition, seq: next_seq(txn)? };
             txn.open_table(RELEASED)?.insert(serial.as_str(), to_json(&released)?.as_slice())?;
             Ok(rec)
         })

@@ -483,3 +483,60 @@ fn hold_is_lifted_only_for_certificate_hold_and_crl_numbers_survive_reopen() {
     let reg = Registry::open(&path).expect("reopen");
     assert_eq!(reg.next_crl_number().expect("n"), 3, "never reused after a restart");
 }
+
+#[test]
+fn holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused() {
+    let (_d, reg) = open();
+    let t = "HSTM01261100000K";
+    let first = lot_terminal(t, "L1");
+    reg.record_terminal_issue(&first, &ev("issue", t)).expect("issue");
+    let cert = first.cert.serial.clone();
+    let seq0 = reg.revocation_snapshot().expect("snapshot").seq;
+
+    // A hold can become a final revocation; the index moves on in commit order.
+    reg.revoke(&cert, RevocationReason::CertificateHold, 10, None, &ev("hold", &cert)).expect("hold");
+    let held = reg.revocation_snapshot().expect("snapshot");
+    reg.revoke(&cert, RevocationReason::KeyCompromise, 20, Some(5), &ev("revoke", &cert)).expect("final");
+    let snap = reg.revocation_snapshot().expect("snapshot");
+    assert!(seq0 < held.seq && held.seq < snap.seq);
+    assert_eq!(snap.revoked.len(), 1);
+    assert_eq!((snap.revoked[0].reason, snap.revoked[0].seq), (RevocationReason::KeyCompromise, snap.seq));
+    assert_eq!(
+        reg.revoke(&cert, RevocationReason::Superseded, 30, None, &ev("revoke", &cert)),
+        Err(RegistryError::AlreadyRevoked(cert.clone())),
+        "a final revocation is final"
+    );
+    assert_eq!(reg.terminal(t).expect("t").expect("t").state, TerminalState::Revoked);
+
+    // The same request id now refuses to hand the revoked certificate back.
+    assert_eq!(reg.replayed(&first.request_id, &first.request_hash), Err(RegistryError::AlreadyRevoked(cert.clone())));
+
+    // The compromised key is never certified again, even by an explicit re-issue.
+    let mut again = issue("r-again", t, "C-again", &first.cert.key_fingerprint);
+    again.reissue = true;
+    assert_eq!(reg.record_terminal_issue(&again, &ev("reissue", t)), Err(RegistryError::KeyCompromised(cert.clone())));
+    let mut fresh = issue("r-fresh", t, "C-fresh", "k-fresh");
+    fresh.reissue = true;
+    reg.record_terminal_issue(&fresh, &ev("reissue", t)).expect("a new key is fine");
+}
+
+#[test]
+fn a_released_certificate_superseded_later_is_listed_once() {
+    let (_d, reg) = open();
+    let t = "HSTM01261100000K";
+    let first = lot_terminal(t, "L1");
+    reg.record_terminal_issue(&first, &ev("issue", t)).expect("issue");
+    let cert = first.cert.serial.clone();
+    reg.revoke(&cert, RevocationReason::CertificateHold, 10, None, &ev("hold", &cert)).expect("hold");
+    reg.unrevoke(&cert, 20, &ev("unhold", &cert)).expect("release");
+    assert_eq!(reg.revocation_snapshot().expect("s").released.len(), 1);
+    let mut next = issue("r2", t, "C2", "k2");
+    next.reissue = true;
+    reg.record_terminal_issue(&next, &ev("reissue", t)).expect("reissue");
+    let snap = reg.revocation_snapshot().expect("s");
+    assert!(snap.released.is_empty(), "superseded: no longer released");
+    assert_eq!(
+        snap.revoked.iter().map(|r| (r.serial.as_str(), r.reason)).collect::<Vec<_>>(),
+        vec![(cert.as_str(), RevocationReason::Superseded)]
+    );
+}

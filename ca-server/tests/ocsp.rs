@@ -1,0 +1,117 @@
+//! The OCSP responder's cache rules, against a real registry: answers for issued certificates
+//! are pre-signed and re-signed on revocation; answers for serials the CA never issued are
+//! neither cached nor unlimited; nonce requests are rate-limited too.
+
+#[path = "../../pki/tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ca_server::ocsp::{Responder, ResponderKey};
+use ca_server::records::new_cert_record;
+use pki::ocsp::{
+    CertIdHash, CertStatus, IssuerHashes, OcspResponseStatus, build_request, error_response, parse_request,
+};
+use pki::{CertSerial, SignerId};
+use registry::{AuditEvent, CertSubject, Registry, RevocationReason, TerminalIssue, TerminalRecord, TerminalState};
+
+fn ev() -> AuditEvent {
+    AuditEvent {
+        time_ms: 1,
+        actor: "test".into(),
+        action: "x".into(),
+        target: "y".into(),
+        outcome: "ok".into(),
+        detail: String::new(),
+    }
+}
+
+/// Small, so the test does not depend on how fast this machine signs.
+const BUDGET: u32 = 5;
+
+#[test]
+fn cache_rules_revocation_refresh_and_budget() {
+    let policy = support::policy();
+    let now = SystemTime::now();
+    let root = support::make_root(&policy, now);
+    let issuing = support::make_issuing(&policy, &root, now);
+    let (responder_cert, responder_key) = support::make_ocsp_signer(&policy, &issuing, now);
+    let terminal_key = support::key();
+    let serial = "HSTM01261100000K";
+    let cert = support::issue(
+        &policy,
+        "terminal",
+        &support::terminal_vars(serial, "II"),
+        terminal_key.sm2_public_key(),
+        &issuing,
+        now,
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = Registry::open(&dir.path().join("r.redb")).expect("registry");
+    let rec = new_cert_record(&cert, CertSubject::Terminal { serial: serial.into() }, "terminal", "r1").expect("rec");
+    let issue = TerminalIssue {
+        request_id: "r1".into(),
+        request_hash: "h".into(),
+        terminal: TerminalRecord {
+            serial: serial.into(),
+            class: "II".into(),
+            manufacturer: "HSTM".into(),
+            model: "01".into(),
+            lot: None,
+            state: TerminalState::Registered,
+            active_cert: None,
+            updated_ms: 0,
+        },
+        register_if_missing: true,
+        reissue: false,
+        cert: rec.clone(),
+        der: der::Encode::to_der(&cert).expect("der"),
+    };
+    reg.record_terminal_issue(&issue, &ev()).expect("record");
+    let responder = Responder::new(
+        ResponderKey { signer: Arc::new(responder_key), certificate: responder_cert, delegated: true },
+        &issuing.cert,
+        Duration::from_secs(3600),
+    )
+    .expect("responder")
+    .with_uncached_budget(BUDGET);
+    let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
+    let ask = |serial: &CertSerial, nonce: Option<&[u8]>| {
+        let req = build_request(&[hashes.cert_id(CertIdHash::Sha1, serial)], nonce).expect("request");
+        responder.answer(&reg, &parse_request(&req).expect("parse"))
+    };
+    let status = |der: &[u8]| {
+        let v =
+            pki::ocsp::verify_response(der, &issuing.cert, &SignerId::default(), SystemTime::now()).expect("verify");
+        v.responses[0].status
+    };
+
+    let known = CertSerial::of(&cert).expect("serial");
+    let first = ask(&known, None);
+    assert!(!first.cached && status(&first.der) == CertStatus::Good);
+    let second = ask(&known, None);
+    assert!(second.cached && second.der == first.der, "the second query costs no signature");
+
+    let never = CertSerial::generate().expect("rng");
+    std::thread::sleep(Duration::from_millis(1100)); // a fresh budget window
+    for _ in 0..2 {
+        let a = ask(&never, None);
+        assert!(!a.cached && status(&a.der) == CertStatus::Unknown, "unknown answers are never cached");
+    }
+    assert_eq!(responder.cached(), 1);
+
+    reg.revoke(&rec.serial, RevocationReason::KeyCompromise, 5, Some(4), &ev()).expect("revoke");
+    responder.refresh(&reg, &rec.serial);
+    let after = ask(&known, None);
+    assert!(after.cached, "re-signed at the revocation, before anyone asked");
+    assert!(matches!(status(&after.der), CertStatus::Revoked { .. }));
+
+    // Uncached signatures (nonces, unknown serials) have a budget per second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let try_later = error_response(OcspResponseStatus::TryLater);
+    let refused =
+        (0..BUDGET + 5).filter(|i| ask(&known, Some(&i.to_be_bytes())).der.as_slice() == try_later.as_slice()).count();
+    assert!(refused >= 1, "past the budget the responder says tryLater");
+    assert!(ask(&known, None).cached, "pre-signed answers are not limited");
+}
