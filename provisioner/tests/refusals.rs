@@ -200,6 +200,7 @@ fn the_device_refuses_wrong_chains_and_keeps_its_root() {
         panic!("no chunk")
     };
     assert_eq!((chunk.as_slice(), total_len as usize), (good.as_slice(), good.len()));
+    assert_eq!(refused(call(&mut link, Request::ReadCert { offset: total_len + 1 })), ErrorCode::MalformedRequest);
     let leaf = pki::terminal::split_chain(&chunk).expect("split").remove(0);
     let Response::Signature { der } = call(&mut link, Request::Challenge { nonce: [7; 32] }).expect("challenge") else {
         panic!("no signature")

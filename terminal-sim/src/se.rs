@@ -302,7 +302,13 @@ impl SecureElement {
             Request::Commit => self.commit(&id, commit_fault),
             Request::ReadCert { offset } => {
                 let chain = hex::decode(self.flash.chain_hex.as_deref().unwrap_or_default()).map_err(internal)?;
-                let start = (*offset as usize).min(chain.len());
+                if *offset as usize > chain.len() {
+                    return Err((
+                        ErrorCode::MalformedRequest,
+                        format!("offset {offset} is past the {} bytes", chain.len()),
+                    ));
+                }
+                let start = *offset as usize;
                 let end = (start + MAX_CHAIN_CHUNK).min(chain.len());
                 Ok(Response::CertChunk {
                     total_len: chain.len() as u32,
