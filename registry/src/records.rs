@@ -209,6 +209,21 @@ pub struct RevokedCert {
     pub seq: u64,
 }
 
+impl RevokedCert {
+    /// The index entry for `rec`, numbered `seq` in commit order; `None` unless it is revoked.
+    pub fn of(rec: &CertRecord, seq: u64) -> Option<Self> {
+        let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status else { return None };
+        Some(RevokedCert {
+            serial: rec.serial.clone(),
+            at_ms,
+            reason,
+            invalidity_ms,
+            partition: rec.crl_partition,
+            seq,
+        })
+    }
+}
+
 /// A certificate released from hold (`unrevoke`): delta CRLs list it as removeFromCRL.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleasedCert {

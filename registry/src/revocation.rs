@@ -30,15 +30,7 @@ pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
     let mut revoked = txn.open_table(REVOKED)?;
     for item in txn.open_table(CERTS)?.iter()? {
         let rec: CertRecord = from_json(item?.1.value())?;
-        if let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status {
-            let entry = RevokedCert {
-                serial: rec.serial.clone(),
-                at_ms,
-                reason,
-                invalidity_ms,
-                partition: rec.crl_partition,
-                seq: 0,
-            };
+        if let Some(entry) = RevokedCert::of(&rec, 0) {
             revoked.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
         }
     }
@@ -46,26 +38,24 @@ pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// Advances the durable counter `key` by `n` inside `txn`; returns its value before.
+fn advance(txn: &WriteTransaction, key: &str, n: u64) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let before = meta.get(key)?.map_or(0, |v| v.value());
+    meta.insert(key, before + n)?;
+    Ok(before)
+}
+
 /// The next commit-order number for a revocation or release, inside `txn`.
 fn next_seq(txn: &WriteTransaction) -> Result<u64> {
-    let mut meta = txn.open_table(META)?;
-    let next = meta.get(REVOCATION_SEQ)?.map_or(0, |v| v.value()) + 1;
-    meta.insert(REVOCATION_SEQ, next)?;
-    Ok(next)
+    Ok(advance(txn, REVOCATION_SEQ, 1)? + 1)
 }
 
 /// Records in the indexes that `rec` is now revoked as its status says: `revoked` (with a
 /// commit-order number), not `released`, and its key as compromised when that is the reason.
 pub(crate) fn index_revocation(txn: &WriteTransaction, rec: &CertRecord) -> Result<()> {
-    let CertStatus::Revoked { at_ms, reason, invalidity_ms } = rec.status else { return Ok(()) };
-    let entry = RevokedCert {
-        serial: rec.serial.clone(),
-        at_ms,
-        reason,
-        invalidity_ms,
-        partition: rec.crl_partition,
-        seq: next_seq(txn)?,
-    };
+    let CertStatus::Revoked { reason, .. } = rec.status else { return Ok(()) };
+    let Some(entry) = RevokedCert::of(rec, next_seq(txn)?) else { return Ok(()) };
     txn.open_table(REVOKED)?.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
     txn.open_table(RELEASED)?.remove(rec.serial.as_str())?;
     if matches!(reason, RevocationReason::KeyCompromise | RevocationReason::CaCompromise) {
@@ -154,24 +144,16 @@ impl crate::Registry {
 
     /// Takes `n` consecutive CRL numbers in one durable write; returns the first.
     pub fn next_crl_numbers(&self, n: u64) -> Result<u64> {
-        self.submit(move |txn| {
-            let mut meta = txn.open_table(META)?;
-            let first = meta.get(CRL_NUMBER)?.map_or(0, |v| v.value()) + 1;
-            meta.insert(CRL_NUMBER, first + n.max(1) - 1)?;
-            Ok(first)
-        })
+        // The counter holds the last number taken.
+        self.submit(move |txn| Ok(advance(txn, CRL_NUMBER, n.max(1))? + 1))
     }
 
     /// Reserves `n` issuance ordinals, durably: returns the first; the next call starts after
     /// the last. Unused ordinals (a refusal, a restart) are skipped, never handed out twice — so
     /// a CRL partition of `size` consecutive ordinals never covers more than `size` certificates.
     pub fn reserve_ordinals(&self, n: u64) -> Result<u64> {
-        self.submit(move |txn| {
-            let mut meta = txn.open_table(META)?;
-            let start = meta.get(ORDINAL_HIGH_WATER)?.map_or(0, |v| v.value());
-            meta.insert(ORDINAL_HIGH_WATER, start + n)?;
-            Ok(start)
-        })
+        // The counter holds the first ordinal never reserved.
+        self.submit(move |txn| advance(txn, ORDINAL_HIGH_WATER, n))
     }
 
     /// The first ordinal never reserved (every ordinal handed out is below it).
