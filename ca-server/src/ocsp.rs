@@ -4,7 +4,7 @@
 //! and before its `nextUpdate`. A request with a nonce gets a fresh signature (the nonce must be
 //! echoed, RFC 8954).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -37,7 +37,8 @@ impl ResponderKey {
 }
 
 /// Cache key: the certificate serial and the CertID exactly as the client shaped it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Ordered serial first, so the answers about one certificate are one range of the cache.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     serial: Vec<u8>,
     hash: String,
@@ -63,7 +64,7 @@ pub struct Responder {
     public: RwLock<Sm2PublicKey>,
     issuer: IssuerHashes,
     validity: Duration,
-    cache: RwLock<HashMap<Key, Cached>>,
+    cache: RwLock<BTreeMap<Key, Cached>>,
     /// Bumped by every refresh.
     epoch: AtomicU64,
     /// Serial → the epoch of its last refresh: an answer signed from a registry read that began
@@ -199,10 +200,17 @@ impl Responder {
         if let Ok(mut m) = self.marks.lock() {
             m.insert(serial.as_bytes().to_vec(), epoch);
         }
+        // A range, not a scan: a bulk revocation refreshes many serials against a large cache.
+        let from = Key { serial: serial.as_bytes().to_vec(), hash: String::new(), null_params: false };
         let ids: Vec<CertId> = self
             .cache
             .read()
-            .map(|c| c.values().filter(|v| v.cert_id.serial == serial.as_bytes()).map(|v| v.cert_id.clone()).collect())
+            .map(|c| {
+                c.range(from..)
+                    .take_while(|(k, _)| k.serial == serial.as_bytes())
+                    .map(|(_, v)| v.cert_id.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         for id in ids {
             // This read follows the commit: its answer may replace anything cached.
