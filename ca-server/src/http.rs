@@ -91,16 +91,12 @@ async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>, headers: Heade
     let Some((file, pem)) = ca.crls.file(&file) else {
         return (StatusCode::NOT_FOUND, "no such CRL\n").into_response();
     };
-    if let crate::revocation::CrlFile::Partition(p) = file {
-        let known = tokio::task::spawn_blocking({
-            let ca = ca.clone();
-            move || p < ca.crl_partitions()
-        })
-        .await
-        .unwrap_or(false);
-        if !known {
-            return (StatusCode::NOT_FOUND, "no such CRL partition\n").into_response();
-        }
+    // Partitions the publisher knows of are answered from memory: no registry read per fetch.
+    if let crate::revocation::CrlFile::Partition(p) = file
+        && ca.crls.get(crate::revocation::CrlFile::Full).is_some()
+        && p >= ca.crls.partitions()
+    {
+        return (StatusCode::NOT_FOUND, "no such CRL partition\n").into_response();
     }
     let published = ca.crls.get(file);
     let Some(p) = published else {

@@ -84,6 +84,8 @@ pub struct Crls {
     pub changed: tokio::sync::Notify,
     /// Partitions whose CRL must be remade (a revocation in them).
     dirty: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// How many partitions the last publication covered.
+    partitions: std::sync::atomic::AtomicU32,
     timing: CrlTiming,
     urls: CrlUrls,
 }
@@ -106,6 +108,7 @@ impl Crls {
             current: RwLock::default(),
             changed: tokio::sync::Notify::new(),
             dirty: std::sync::Mutex::default(),
+            partitions: std::sync::atomic::AtomicU32::new(0),
             timing,
             urls,
         }
@@ -148,6 +151,11 @@ impl Crls {
             CrlFile::Delta => c.delta.clone(),
             CrlFile::Partition(p) => c.partitions.get(&p).cloned(),
         }
+    }
+
+    /// How many partitions exist, as of the last publication (`0..n` are served).
+    pub fn partitions(&self) -> u32 {
+        self.partitions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How often a full CRL is made without revocations.
@@ -241,6 +249,7 @@ impl Crls {
         which: &[u32],
         partitions: u32,
     ) -> Result<(), PublishError> {
+        self.partitions.fetch_max(partitions.max(1), std::sync::atomic::Ordering::Relaxed);
         let which: Vec<u32> = which.iter().copied().filter(|p| *p < partitions.max(1)).collect();
         if which.is_empty() || self.urls.partition.is_none() {
             return Ok(());

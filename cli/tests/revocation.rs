@@ -225,6 +225,8 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     };
     let url = |p: u32| format!("http://127.0.0.1:{}/crl/issuing-{p}.crl", ca.http);
     assert_eq!((dp(&t1), dp(&t2), dp(&t3)), (vec![url(0)], vec![url(0)], vec![url(1)]));
+    let (head, _) = ca.get("/crl/issuing-99.crl");
+    assert!(head.starts_with("HTTP/1.1 404"), "a partition that does not exist: {head}");
     let (p0_der, p0) = crl(&ca, "issuing-0.crl");
     let (_, p1) = crl(&ca, "issuing-1.crl");
     assert_eq!(serials(&p0), [t1.cert_serial.clone()].into_iter().collect());
