@@ -38,7 +38,8 @@ pub fn parse_time(s: &str) -> Result<u64> {
     Ok(dt.unix_duration().as_millis() as u64)
 }
 
-fn ms_text(ms: u64) -> String {
+/// `2026-11-23T00:00:00Z` for unix milliseconds.
+pub fn time_text(ms: u64) -> String {
     match der::DateTime::from_unix_duration(Duration::from_secs(ms / 1000)) {
         Ok(dt) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
@@ -53,14 +54,9 @@ fn ms_text(ms: u64) -> String {
     }
 }
 
-/// Human form of a unix-milliseconds time.
-pub fn time_text(ms: u64) -> String {
-    ms_text(ms)
-}
-
 fn approval_json(a: &v1::Approval) -> serde_json::Value {
     let reason = v1::RevocationReason::try_from(a.reason).map_or("?".into(), |r| r.as_str_name().to_lowercase());
-    json!({"id": a.id, "state": a.state, "requested_by": a.requested_by, "created": ms_text(a.created_ms),
+    json!({"id": a.id, "state": a.state, "requested_by": a.requested_by, "created": time_text(a.created_ms),
         "manufacturer": a.manufacturer, "model": a.model, "lot": a.lot, "reason": reason, "matched": a.matched,
         "decided_by": a.decided_by, "revoked": a.revoked})
 }
@@ -224,7 +220,7 @@ fn ocsp(url: &str, issuing: &Certificate, serial: &CertSerial, now: SystemTime) 
             "revoked".into(),
             format!(
                 "OCSP {url}, {by}; revoked {}, {}",
-                ms_text(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)),
+                time_text(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)),
                 reason_name(*reason)
             ),
         ),
@@ -297,7 +293,7 @@ mod tests {
         for bad in ["2026-13-01T00:00:00Z", "2026-11-23 00:00:00", "yesterday", "2026-11-23T00:00:00+08:00"] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
-        assert_eq!(ms_text(1_795_392_000_000), "2026-11-23T00:00:00Z");
-        assert_eq!(ms_text(951_827_415_000), "2000-02-29T12:30:15Z");
+        assert_eq!(time_text(1_795_392_000_000), "2026-11-23T00:00:00Z");
+        assert_eq!(time_text(951_827_415_000), "2000-02-29T12:30:15Z");
     }
 }

@@ -20,22 +20,7 @@ fn walk_through_with_the_real_binaries() {
     let cfg = ca.join("cactl.toml");
     let cfg = cfg.to_str().expect("utf8");
 
-    let station = d.join("station-1");
-    let out = cactl(&[
-        "--config",
-        cfg,
-        "principal",
-        "add",
-        "--role",
-        "station",
-        "--name",
-        "station-1",
-        "--manufacturers",
-        "HSTM",
-        "--out",
-        station.to_str().expect("p"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (station, out) = server.add_principal(d, "station", "station-1", &["HSTM"]);
     assert!(text(&out).contains("added station station-1"));
     let id = station.join("identity.toml");
     let id = id.to_str().expect("utf8");

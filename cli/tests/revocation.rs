@@ -90,15 +90,8 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
         assert!(toml.contains("partition_size = 100000"), "{toml}");
         *toml = toml.replace("partition_size = 100000", "partition_size = 2");
     });
-    for (role, name, extra) in [("station", "station-1", vec!["--manufacturers", "HSTM"]), ("admin", "admin-2", vec![])]
-    {
-        let out_dir = d.join(name);
-        let mut args = vec!["principal", "add", "--role", role, "--name", name, "--out", out_dir.to_str().expect("p")];
-        args.extend(extra);
-        let o = ca.admin(&args);
-        assert!(o.status.success(), "{}", text(&o));
-    }
-    let station = d.join("station-1");
+    ca.add_principal(d, "admin", "admin-2", &[]);
+    let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
     let t1 = issue(&ca, d, &station, "HSTM01261100000K", "L1");
     let t2 = issue(&ca, d, &station, "HSTM01261100001I", "L1");
     let t3 = issue(&ca, d, &station, "HSTM01261100002G", "L2");
@@ -271,20 +264,7 @@ fn without_a_delegated_responder_the_ca_signs_ocsp_itself() {
         let end = toml[line..].find('\n').map_or(toml.len(), |e| line + e + 1);
         toml.replace_range(line..end, "");
     });
-    let station = d.join("station-1");
-    let o = ca.admin(&[
-        "principal",
-        "add",
-        "--role",
-        "station",
-        "--name",
-        "station-1",
-        "--manufacturers",
-        "HSTM",
-        "--out",
-        station.to_str().expect("p"),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
     let t = issue(&ca, d, &station, "HSTM01261100000K", "L1");
     let (code, out) = verify(&ca, &t, d, "--ocsp");
     assert_eq!(code, Some(0), "{out}");

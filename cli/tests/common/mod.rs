@@ -102,6 +102,21 @@ impl RunningCa {
         run(Command::new(CACTL).arg("--config").arg(self.dir.join("cactl.toml")).args(args))
     }
 
+    /// `cactl principal add` as the admin: a `role` principal `name` (bound to `makers` for a
+    /// station) written to `dir/name`; returns that directory and cactl's output.
+    pub fn add_principal(&self, dir: &Path, role: &str, name: &str, makers: &[&str]) -> (PathBuf, Output) {
+        let out_dir = dir.join(name);
+        let mut args =
+            vec!["principal", "add", "--role", role, "--name", name, "--out", out_dir.to_str().expect("utf8")];
+        let joined = makers.join(",");
+        if !makers.is_empty() {
+            args.extend(["--manufacturers", joined.as_str()]);
+        }
+        let out = self.admin(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        (out_dir, out)
+    }
+
     /// GET `path` on the HTTP side: (header, body).
     pub fn get(&self, path: &str) -> (String, Vec<u8>) {
         self.http_request(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").into_bytes())
