@@ -362,18 +362,7 @@ async fn the_ca_end_to_end() {
     assert_eq!(unique.len(), 32);
 
     // Every refusal above was audited, and the chain verifies.
-    let audit = v1::admin_client::AdminClient::new(admin.channel.clone())
-        .list_audit(
-            admin
-                .signed(
-                    "/hsca.v1.Admin/ListAudit",
-                    v1::ListAuditRequest { request_id: request_id(), last: 500, verify: true },
-                )
-                .expect("s"),
-        )
-        .await
-        .expect("audit")
-        .into_inner();
+    let audit = verify_audit(&admin, 500).await;
     assert!(audit.chain_verified, "{}", audit.chain_error);
     for reason in [
         "ALREADY_HAS_ACTIVE_CERTIFICATE",
@@ -419,18 +408,7 @@ async fn the_ca_end_to_end() {
     drop(reg);
     let server = Server::start(&dir_path, http);
     let admin = self::admin(&dir_path).await;
-    let audit = v1::admin_client::AdminClient::new(admin.channel.clone())
-        .list_audit(
-            admin
-                .signed(
-                    "/hsca.v1.Admin/ListAudit",
-                    v1::ListAuditRequest { request_id: request_id(), last: 1, verify: true },
-                )
-                .expect("s"),
-        )
-        .await
-        .expect("audit")
-        .into_inner();
+    let audit = verify_audit(&admin, 1).await;
     assert!(!audit.chain_verified && audit.chain_error.contains("entry 3"), "{audit:?}");
     drop(admin);
 
@@ -674,8 +652,9 @@ async fn online_backup_and_restore() {
     assert_eq!(info.certificate_der, issued.certificate_der);
 }
 
-async fn verify_audit(client: &Client) -> v1::ListAuditResponse {
-    let req = v1::ListAuditRequest { request_id: request_id(), last: 1, verify: true };
+/// `ListAudit` of the last `last` entries, with the whole chain verified.
+async fn verify_audit(client: &Client, last: u32) -> v1::ListAuditResponse {
+    let req = v1::ListAuditRequest { request_id: request_id(), last, verify: true };
     v1::admin_client::AdminClient::new(client.channel.clone())
         .list_audit(client.signed("/hsca.v1.Admin/ListAudit", req).expect("s"))
         .await
@@ -698,7 +677,7 @@ async fn audit_checkpoints_are_signed_by_the_hsm_audit_key() {
     principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let signed = loop {
-        let v = verify_audit(&admin).await;
+        let v = verify_audit(&admin, 1).await;
         assert!(v.chain_verified && v.checkpoint_key_configured, "{v:?}");
         if v.checkpoints_verified > 0 {
             break v;
@@ -723,7 +702,7 @@ async fn audit_checkpoints_are_signed_by_the_hsm_audit_key() {
     drop(reg);
     let server = Server::start(&dir, http);
     let admin = self::admin(&dir).await;
-    let v = verify_audit(&admin).await;
+    let v = verify_audit(&admin, 1).await;
     assert!(!v.chain_verified && v.chain_error.contains("rewritten"), "{v:?}");
     drop(admin);
     server.kill();

@@ -131,9 +131,13 @@ struct Sim {
 
 impl Sim {
     fn start(dir: &Path, serial: &str, args: &[&str]) -> Sim {
+        Self::start_at(dir, serial, &dir.join(format!("tty-{serial}")), args)
+    }
+
+    /// A terminal whose pty appears at `link` (as a device node appears when it is plugged in).
+    fn start_at(dir: &Path, serial: &str, link: &Path, args: &[&str]) -> Sim {
         let state = dir.join(format!("se-{serial}"));
-        let link = dir.join(format!("tty-{serial}"));
-        let mut s = Sim { child: None, serial: serial.to_owned(), state, link };
+        let mut s = Sim { child: None, serial: serial.to_owned(), state, link: link.to_owned() };
         s.restart(args);
         s
     }
@@ -393,22 +397,8 @@ fn over_tcp_and_in_watch_mode() {
         .spawn()
         .expect("watch");
     std::thread::sleep(Duration::from_millis(300));
-    let mut plugged = Vec::new();
-    for s in &serials[1..] {
-        let mut child = Command::new(sibling("terminal-sim"))
-            .args(["--serial", s, "--state-dir"])
-            .arg(d.join(format!("se-{s}")))
-            .arg("--link")
-            .arg(d.join(format!("plug-{s}")))
-            .args(fast)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("terminal-sim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
-        plugged.push(Killed(child));
-    }
+    let _plugged: Vec<Sim> =
+        serials[1..].iter().map(|s| Sim::start_at(d, s, &d.join(format!("plug-{s}")), &fast)).collect();
     let out = watcher.wait_with_output().expect("watch ends after --max");
     assert!(out.status.success(), "{}", text(&out));
     for s in &serials[1..] {
