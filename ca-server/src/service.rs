@@ -452,18 +452,7 @@ impl Ca {
         };
         let action = if m.reissue { "reissue" } else { "issue" };
         let event = Self::event(caller, action, &serial, format!("certificate {cert_serial}"));
-        let outcome = match self.registry.record_terminal_issue(&issue, &event) {
-            // A retry with the same id raced the first call and lost: the same content gets the
-            // certificate the first call was given (nothing new was written).
-            Err(RegistryError::RequestIdReused(_)) => {
-                match self.registry.replayed(&issue.request_id, &issue.request_hash).map_err(|e| registry_status(&e))? {
-                    Some(replay) => replay,
-                    None => return Err(registry_status(&RegistryError::RequestIdReused(issue.request_id.clone()))),
-                }
-            }
-            other => other.map_err(|e| registry_status(&e))?,
-        };
-        match outcome {
+        match self.registry.record_terminal_issue(&issue, &event).map_err(|e| registry_status(&e))? {
             IssueOutcome::Issued { superseded } => {
                 self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(old) = &superseded {

@@ -405,8 +405,9 @@ impl Registry {
         if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
             return Ok(replayed);
         }
+        let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
         let issue = issue.clone();
-        self.write(event, move |txn| {
+        let recorded = self.write(event, move |txn| {
             let issue = &issue;
             let mut requests = txn.open_table(REQUESTS)?;
             let mut certs = txn.open_table(CERTS)?;
@@ -482,7 +483,15 @@ impl Registry {
             };
             requests.insert(issue.request_id.as_str(), to_json(&result)?.as_slice())?;
             Ok(IssueOutcome::Issued { superseded })
-        })
+        });
+        match recorded {
+            // Raced a call with the same id that committed first (a station retrying while its
+            // first call still ran): the same content gets that call's certificate.
+            Err(RegistryError::RequestIdReused(id)) => {
+                self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
+            }
+            other => other,
+        }
     }
 
     /// The stored outcome of `request_id`, if it was answered before (`RequestIdReused` if

@@ -540,3 +540,27 @@ fn a_released_certificate_superseded_later_is_listed_once() {
         vec![(cert.as_str(), RevocationReason::Superseded)]
     );
 }
+
+#[test]
+fn retries_racing_their_first_call_all_get_its_certificate() {
+    let (_d, reg) = open();
+    let same = issue("r1", "HSTM01261100000K", "DD01", "k1");
+    let barrier = std::sync::Barrier::new(8);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    reg.record_terminal_issue(&same, &ev("issue", "t"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let issued = results.iter().filter(|r| matches!(r, Ok(IssueOutcome::Issued { .. }))).count();
+    let replayed = results
+        .iter()
+        .filter(|r| matches!(r, Ok(IssueOutcome::Replayed { cert, .. }) if cert.serial == "DD01"))
+        .count();
+    assert_eq!((issued, replayed), (1, 7), "{results:?}");
+}
