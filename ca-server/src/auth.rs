@@ -157,26 +157,63 @@ impl FailureLimiter {
     }
 }
 
-/// Caller certificates whose chain was validated, by SM3 of their DER, with their `notAfter`:
-/// two SM2 verifications saved per request. Revocation and principal state are still checked
-/// on every request.
+/// What is kept of a caller certificate once its chain was validated, by SM3 of its DER: the
+/// chain's two SM2 verifications, the parsing and the key's multiples (for the request
+/// signature) are not repeated. Revocation and principal state are still checked on every request.
+#[derive(Clone)]
+struct ValidatedCert {
+    not_after: SystemTime,
+    serial_hex: String,
+    key: Sm2PublicKey,
+}
+
+/// Caller certificates already validated (see [`ValidatedCert`]), at most
+/// [`ValidatedCerts::CAPACITY`]: each holds its key's multiples (~90 KB).
 #[derive(Default)]
 pub struct ValidatedCerts {
-    seen: Mutex<HashMap<[u8; 32], SystemTime>>,
+    seen: Mutex<HashMap<[u8; 32], ValidatedCert>>,
 }
 
 impl ValidatedCerts {
-    fn valid(&self, key: &[u8; 32], now: SystemTime) -> bool {
-        self.seen.lock().ok().and_then(|m| m.get(key).copied()).is_some_and(|not_after| now <= not_after)
+    /// More callers than this and the cache starts again (principals are stations and staff:
+    /// hundreds, not thousands).
+    pub const CAPACITY: usize = 1024;
+
+    fn get(&self, key: &[u8; 32], now: SystemTime) -> Option<ValidatedCert> {
+        self.seen.lock().ok()?.get(key).filter(|v| now <= v.not_after).cloned()
     }
 
-    fn remember(&self, key: [u8; 32], not_after: SystemTime) {
+    fn remember(&self, key: [u8; 32], cert: ValidatedCert) {
         if let Ok(mut m) = self.seen.lock() {
-            if m.len() > 10_000 {
+            if m.len() >= Self::CAPACITY {
                 m.clear();
             }
-            m.insert(key, not_after);
+            m.insert(key, cert);
         }
+    }
+
+    fn validate(&self, cert_der: &[u8], trust: &Trust, now: SystemTime) -> Result<ValidatedCert, AuthFailure> {
+        let fingerprint: [u8; 32] = sm3::Sm3::digest(cert_der).into();
+        if let Some(v) = self.get(&fingerprint, now) {
+            return Ok(v);
+        }
+        let cert =
+            Certificate::from_der(cert_der).map_err(|e| AuthFailure::CertInvalid(format!("not a certificate: {e}")))?;
+        validate_chain(&cert, std::slice::from_ref(&trust.issuing), &trust.root, now, &trust.signer_id)
+            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
+        if cert.tbs_certificate().issuer() != trust.issuing.tbs_certificate().subject() {
+            return Err(AuthFailure::CertInvalid("not issued by our issuing CA".into()));
+        }
+        let serial_hex = pki::CertSerial::of(&cert)
+            .ok_or_else(|| AuthFailure::CertInvalid("serial is not a positive integer".into()))?
+            .to_hex();
+        let key = Sm2PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())
+            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?
+            .precomputed();
+        let not_after = pki::time::from_x509(&cert.tbs_certificate().validity().not_after);
+        let v = ValidatedCert { not_after, serial_hex, key };
+        self.remember(fingerprint, v.clone());
+        Ok(v)
     }
 }
 
@@ -243,26 +280,7 @@ impl<D: Directory> Gate<'_, D> {
         principal_key: &mut Option<String>,
     ) -> Result<Caller, AuthFailure> {
         let h = headers?;
-        let cert = Certificate::from_der(&h.cert_der)
-            .map_err(|e| AuthFailure::CertInvalid(format!("not a certificate: {e}")))?;
-        let fingerprint: [u8; 32] = sm3::Sm3::digest(&h.cert_der).into();
-        if !self.validated.valid(&fingerprint, now) {
-            validate_chain(
-                &cert,
-                std::slice::from_ref(&self.trust.issuing),
-                &self.trust.root,
-                now,
-                &self.trust.signer_id,
-            )
-            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
-            self.validated.remember(fingerprint, pki::time::from_x509(&cert.tbs_certificate().validity().not_after));
-        }
-        if cert.tbs_certificate().issuer() != self.trust.issuing.tbs_certificate().subject() {
-            return Err(AuthFailure::CertInvalid("not issued by our issuing CA".into()));
-        }
-        let serial = pki::CertSerial::of(&cert)
-            .ok_or_else(|| AuthFailure::CertInvalid("serial is not a positive integer".into()))?
-            .to_hex();
+        let ValidatedCert { serial_hex: serial, key, .. } = self.validated.validate(&h.cert_der, self.trust, now)?;
         let (principal, revoked) =
             self.directory.principal_for_cert(&serial).ok_or_else(|| AuthFailure::Disabled(serial.clone()))?;
         *principal_key = Some(principal.name.clone());
@@ -280,8 +298,6 @@ impl<D: Directory> Gate<'_, D> {
         if skew_ms.unsigned_abs() > allowed.as_millis() as u64 {
             return Err(AuthFailure::Stale { skew_s: skew_ms / 1000, allowed_s: allowed.as_secs() });
         }
-        let key = Sm2PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())
-            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
         key.verify(&self.trust.signer_id, &canonical(method, h.time_ms, &h.nonce_hex, body), &h.signature_der)
             .map_err(|e| AuthFailure::BadSignature(e.to_string()))?;
         // Only a correctly signed request may spend a nonce.

@@ -160,7 +160,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     let root_info = IssuerInfo::from_certificate(&root, root_profile.signer_id.clone())?;
     let issuing_key = pki::Sm2PublicKey::from_spki(&issuing_signer.public_key())?;
     let vars = SubjectVars { name: Some(h.issuing.name.clone()), ..Default::default() };
-    let issuing = Issuer::new(&root_signer, root_info).issue(issuing_profile, &vars, &issuing_key, now)?;
+    let issuing = Issuer::new(&root_signer, &root_info).issue(issuing_profile, &vars, &issuing_key, now)?;
     write_pem(&dir.join("certs/root.pem"), &root)?;
     write_pem(&dir.join("certs/issuing.pem"), &issuing)?;
 
@@ -194,7 +194,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     let admin_key = SoftwareSm2Key::generate(Default::default())?;
     let admin_vars = SubjectVars { name: Some("admin".into()), ..Default::default() };
     let admin_profile = policy.profile("admin").context("admin profile")?;
-    let admin_cert = Issuer::new(&issuing_signer, issuing_info).issue(
+    let admin_cert = Issuer::new(&issuing_signer, &issuing_info).issue(
         admin_profile,
         &admin_vars,
         admin_key.sm2_public_key(),

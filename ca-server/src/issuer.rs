@@ -22,18 +22,18 @@ pub enum IssuerError {
 /// Signs certificates with the issuing CA's key.
 pub struct Issuer<'a> {
     signer: &'a dyn hsm::Signer,
-    info: IssuerInfo,
+    info: &'a IssuerInfo,
 }
 
 impl<'a> Issuer<'a> {
     /// An issuer for the CA described by `info`, whose key `signer` holds.
-    pub fn new(signer: &'a dyn hsm::Signer, info: IssuerInfo) -> Self {
+    pub fn new(signer: &'a dyn hsm::Signer, info: &'a IssuerInfo) -> Self {
         Self { signer, info }
     }
 
     /// What this CA contributes to certificates.
     pub fn info(&self) -> &IssuerInfo {
-        &self.info
+        self.info
     }
 
     /// Issues a certificate for `key` under `profile`.
@@ -45,7 +45,7 @@ impl<'a> Issuer<'a> {
         now: SystemTime,
     ) -> Result<Certificate, IssuerError> {
         let serial = CertSerial::generate().map_err(|e| IssuerError::Random(e.to_string()))?;
-        let tbs = build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(&self.info))?;
+        let tbs = build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(self.info))?;
         let signature = self.signer.sign(tbs.to_be_signed())?;
         Ok(tbs.assemble(signature.as_der())?)
     }

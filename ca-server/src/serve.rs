@@ -91,7 +91,9 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
     let root = certificate(&cfg.path(&c.ca.root))?;
     let issuing = certificate(&cfg.path(&c.ca.issuing))?;
     let issuing_profile = policy.profile(&policy.hierarchy.issuing.profile).context("issuing profile")?;
-    let issuer_info = IssuerInfo::from_certificate(&issuing, issuing_profile.signer_id.clone())?;
+    let mut issuer_info = IssuerInfo::from_certificate(&issuing, issuing_profile.signer_id.clone())?;
+    // Every certificate, CRL and OCSP answer is checked against this key before it leaves.
+    issuer_info.key = issuer_info.key.precomputed();
     pki::validate_chain(&issuing, &[], &root, std::time::SystemTime::now(), &issuing_profile.signer_id)
         .context("issuing CA certificate does not validate to the root")?;
 
@@ -233,7 +235,7 @@ pub fn responder_certificate(
     let profile = policy.profile("ocsp-signer").context("the policy has no ocsp-signer profile")?;
     let key = pki::Sm2PublicKey::from_spki(&responder_key.public_key())?;
     let vars = pki::SubjectVars { name: Some("HSCA OCSP Responder 1".into()), ..Default::default() };
-    let cert = crate::issuer::Issuer::new(issuing_signer, issuer_info.clone()).issue(profile, &vars, &key, now)?;
+    let cert = crate::issuer::Issuer::new(issuing_signer, issuer_info).issue(profile, &vars, &key, now)?;
     let tmp = path.with_extension("pem.tmp");
     {
         use std::io::Write;

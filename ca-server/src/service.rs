@@ -423,7 +423,7 @@ impl Ca {
             name: None,
             crl_partition: Some(partition),
         };
-        let issuer = Issuer::new(self.signer.as_ref(), self.issuer_info.clone());
+        let issuer = Issuer::new(self.signer.as_ref(), &self.issuer_info);
         let cert = issuer
             .issue(profile, &vars, approved.csr.public_key(), SystemTime::now())
             .map_err(|e| issuer_status(&e))?;
@@ -832,7 +832,7 @@ impl Ca {
                 return Err(registry_status(&RegistryError::PrincipalExists(m.name.clone())));
             }
             let vars = SubjectVars { name: Some(m.name.clone()), ..Default::default() };
-            let cert = Issuer::new(self.signer.as_ref(), self.issuer_info.clone())
+            let cert = Issuer::new(self.signer.as_ref(), &self.issuer_info)
                 .issue(profile, &vars, csr.public_key(), SystemTime::now())
                 .map_err(|e| issuer_status(&e))?;
             let der = der_of(&cert)?;

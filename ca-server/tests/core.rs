@@ -22,6 +22,7 @@ struct World {
     root: Certificate,
     issuing_key: SoftwareSm2Key,
     issuing: Certificate,
+    info: IssuerInfo,
     reg: Registry,
     roles: Roles,
     _dir: tempfile::TempDir,
@@ -59,17 +60,18 @@ fn world() -> World {
     let root_info = IssuerInfo::from_certificate(&root, SignerId::default()).expect("info");
     let issuing_key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
     let vars = SubjectVars { name: Some("Test Issuing".into()), ..Default::default() };
-    let issuing = Issuer::new(&root_key, root_info)
+    let issuing = Issuer::new(&root_key, &root_info)
         .issue(policy.profile("issuing-ca").expect("p"), &vars, issuing_key.sm2_public_key(), SystemTime::now())
         .expect("issuing");
     let dir = tempfile::tempdir().expect("tmp");
     let reg = Registry::open(&dir.path().join("r.redb")).expect("registry");
-    World { policy, root, issuing_key, issuing, reg, roles: Roles::embedded_default().expect("roles"), _dir: dir }
+    let info = IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("info");
+    World { policy, root, issuing_key, issuing, info, reg, roles: Roles::embedded_default().expect("roles"), _dir: dir }
 }
 
 impl World {
     fn issuer(&self) -> Issuer<'_> {
-        Issuer::new(&self.issuing_key, IssuerInfo::from_certificate(&self.issuing, SignerId::default()).expect("info"))
+        Issuer::new(&self.issuing_key, &self.info)
     }
 
     /// A principal with its key and certificate, recorded in the registry.
@@ -315,9 +317,15 @@ fn the_issuer_signs_only_linted_certificates_that_chain() {
     pki::validate_chain(&cert, std::slice::from_ref(&w.issuing), &w.root, now, &SignerId::default()).expect("chains");
     // A signer holding the wrong key produces nothing.
     let wrong = SoftwareSm2Key::generate(SignerId::default()).expect("key");
-    let bad = Issuer::new(&wrong, IssuerInfo::from_certificate(&w.issuing, SignerId::default()).expect("info"));
-    assert!(matches!(
-        bad.issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now),
-        Err(ca_server::issuer::IssuerError::Build(pki::IssueError::BadSignature(_)))
-    ));
+    // (Also with the issuing key's multiples precomputed, as the server holds it.)
+    let precomputed = IssuerInfo { key: w.info.key.clone().precomputed(), ..w.info.clone() };
+    for info in [&w.info, &precomputed] {
+        let bad = Issuer::new(&wrong, info);
+        assert!(matches!(
+            bad.issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now),
+            Err(ca_server::issuer::IssuerError::Build(pki::IssueError::BadSignature(_)))
+        ));
+        let good = Issuer::new(&w.issuing_key, info);
+        good.issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now).expect("right key");
+    }
 }

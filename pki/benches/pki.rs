@@ -1,4 +1,5 @@
-//! `cargo bench -p pki`: CSR verification, TBS build + lint, SM2 sign and verify, one core.
+//! `cargo bench -p pki`: CSR verification, TBS build + lint, SM2 sign and verify (plain key,
+//! precomputed key, and the `sm2` crate's own for comparison), one core.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -36,6 +37,18 @@ fn benches(c: &mut Criterion) {
     let sig = issuing.key.sign(tbs.to_be_signed()).expect("sign");
     g.bench_function("sm2_verify_tbs", |b| {
         b.iter(|| issuing.info.key.verify(&id, black_box(tbs.to_be_signed()), sig.as_der()).expect("verify"))
+    });
+    let prepared = issuing.info.key.clone().precomputed();
+    g.bench_function("sm2_verify_tbs_precomputed_key", |b| {
+        b.iter(|| prepared.verify(&id, black_box(tbs.to_be_signed()), sig.as_der()).expect("verify"))
+    });
+    g.bench_function("sm2_precompute_key", |b| b.iter(|| black_box(issuing.info.key.clone()).precomputed()));
+    // The sm2 crate's own (constant-time) verification, for comparison.
+    let crate_key = sm2::dsa::VerifyingKey::new(id.as_str(), *issuing.info.key.as_sm2()).expect("key");
+    let crate_sig = sm2::dsa::Signature::from_der(sig.as_der()).expect("sig");
+    g.bench_function("sm2_crate_verify_tbs", |b| {
+        use sm2::dsa::signature::Verifier;
+        b.iter(|| crate_key.verify(black_box(tbs.to_be_signed()), &crate_sig).expect("verify"))
     });
     g.bench_function("issue_certificate_total", |b| {
         b.iter(|| {

@@ -104,6 +104,13 @@ fn openssl_accepts_our_csr_and_we_accept_openssls() {
         .expect("OpenSSL CSR with the standard ID is accepted");
     let serial = policy().serial_rule().parse("HSTM01261100000K").expect("serial");
     csr.check_terminal_subject(&serial).expect("subject names the serial");
+    // The same OpenSSL signature through a key with precomputed multiples (what the server uses
+    // for callers and for its own key).
+    let info = der::Encode::to_der(&csr.request().info).expect("info");
+    let sig = csr.request().signature.as_bytes().expect("octets");
+    let fast = csr.public_key().clone().precomputed();
+    assert_eq!(fast.verify(&SignerId::default(), &info, sig), Ok(()));
+    assert!(fast.verify(&SignerId::default(), &info[1..], sig).is_err());
     // Our key reader gets the same key OpenSSL wrote.
     let k = hsm::backend::memory::SoftwareSm2Key::from_pkcs8_pem(
         &std::fs::read_to_string(d.join("k.pem")).expect("k"),
