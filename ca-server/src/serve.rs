@@ -175,7 +175,13 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         &s.trust.issuing,
         std::time::Duration::from_secs(cfg.config.ocsp.validity_minutes.max(2) * 60),
     )?;
+    let chain_der = [&s.trust.issuing, &s.trust.root]
+        .iter()
+        .map(|c| der::Encode::to_der(*c))
+        .collect::<Result<Vec<_>, _>>()
+        .context("encoding the CA chain")?;
     let ca = Ca {
+        chain_der,
         require_registration: cfg.config.policy.require_registration,
         policy: s.policy,
         roles: s.roles,

@@ -38,6 +38,8 @@ pub struct Ca {
     pub issuer_info: IssuerInfo,
     /// Trust anchors for callers.
     pub trust: Trust,
+    /// DER of the issuing CA and root certificates, as every issuance answer carries them.
+    pub chain_der: Vec<Vec<u8>>,
     /// The key that signs audit checkpoints, when configured.
     pub audit_signer: Option<crate::audit::AuditSigner>,
     /// Replay cache.
@@ -340,7 +342,7 @@ impl Ca {
     }
 
     fn chain(&self) -> Vec<Vec<u8>> {
-        [&self.trust.issuing, &self.trust.root].iter().filter_map(|c| der::Encode::to_der(*c).ok()).collect()
+        self.chain_der.clone()
     }
 
     /// `IssueTerminalCertificate`.
