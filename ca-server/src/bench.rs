@@ -31,6 +31,26 @@ pub struct Row {
     pub p99: Option<Duration>,
     /// Failed operations.
     pub errors: usize,
+    /// Threads (crypto limit) or connections (end to end) that did the work.
+    pub threads: usize,
+    /// CPU per operation: (whole machine, this process), when `/proc` could tell.
+    pub cpu_per_op: Option<(Duration, Duration)>,
+}
+
+/// CPU time used so far by the whole machine (every process and the kernel, not counting idle,
+/// I/O wait or time stolen by the hypervisor) and by this process, from `/proc`.
+fn cpu_used() -> Option<(Duration, Duration)> {
+    // /proc counts in USER_HZ ticks, which Linux fixes at 100 per second.
+    let ticks = |t: u64| Duration::from_millis(t * 10);
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6].iter().map(|i| fields.get(*i).copied()).sum::<Option<u64>>()?;
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name: Vec<&str> = me.get(me.rfind(')')? + 2..)?.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of proc(5), counted from the state field (3).
+    let own = after_name.get(11)?.parse::<u64>().ok()? + after_name.get(12)?.parse::<u64>().ok()?;
+    Some((ticks(busy), ticks(own)))
 }
 
 fn csr(key: &SoftwareSm2Key, serial: &str) -> Result<Vec<u8>> {
@@ -140,7 +160,15 @@ pub fn crypto_limit(ca: &crate::serve::Signing, threads: usize, count: usize, wo
         LimitWork::Minimum => "crypto limit, minimum (2 verifies + sign)",
         LimitWork::AsIssued => "crypto limit, as issued (+ build, lint, check)",
     };
-    Ok(Row { what: format!("{what}, {threads} thr"), per_second: count as f64 / secs, p50: None, p99: None, errors })
+    Ok(Row {
+        what: format!("{what}, {threads} thr"),
+        per_second: count as f64 / secs,
+        p50: None,
+        p99: None,
+        errors,
+        threads,
+        cpu_per_op: None,
+    })
 }
 
 /// End-to-end issuance over gRPC with `concurrency` connections, as the station `identity`.
@@ -165,6 +193,7 @@ pub async fn end_to_end(
         work.push((s.clone(), csr(&key, s)?));
     }
     let work = Arc::new(std::sync::Mutex::new(work));
+    let cpu_before = cpu_used();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in clients {
@@ -204,6 +233,10 @@ pub async fn end_to_end(
         errors += e;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_per_op = cpu_before.zip(cpu_used()).map(|((m0, p0), (m1, p1))| {
+        let n = count.max(1) as u32;
+        (m1.saturating_sub(m0) / n, p1.saturating_sub(p0) / n)
+    });
     lat.sort();
     let pick = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied();
     Ok(Row {
@@ -212,6 +245,8 @@ pub async fn end_to_end(
         p50: pick(0.50),
         p99: pick(0.99),
         errors,
+        threads: concurrency,
+        cpu_per_op,
     })
 }
 
@@ -228,5 +263,16 @@ pub fn print(rows: &[Row]) {
             100.0 * e2e.per_second / minimum.per_second,
             100.0 * e2e.per_second / as_issued.per_second
         );
+        if let Some((machine, client)) = e2e.cpu_per_op {
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "CPU per certificate end to end: {:.0} µs on the machine = {:.0} µs load generator (TLS, HTTP/2, \
+                 SM2-signing the request) + {:.0} µs server and kernel; the minimum's work is {:.0} µs",
+                us(machine),
+                us(client),
+                us(machine.saturating_sub(client)),
+                1e6 * minimum.threads as f64 / minimum.per_second
+            );
+        }
     }
 }
