@@ -234,7 +234,7 @@ pub async fn end_to_end(
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu_per_op = cpu_before.zip(cpu_used()).map(|((m0, p0), (m1, p1))| {
-        let n = count.max(1) as u32;
+        let n = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
         (m1.saturating_sub(m0) / n, p1.saturating_sub(p0) / n)
     });
     lat.sort();
