@@ -87,8 +87,7 @@ fn signed_digits(k: &Scalar) -> [i8; DIGITS] {
 static GENERATOR: LazyLock<FixedBaseTable> = LazyLock::new(|| FixedBaseTable::new(&ProjectivePoint::GENERATOR));
 
 /// Checks an SM2 signature `(r, s)` over `e` (already `SM3(Z ‖ M)`) per GB/T 32918.2 §7.1, steps
-/// B1–B7, with `key`'s
-/// precomputed multiples when there are some.
+/// B1–B7, with `key`'s precomputed multiples when there are some.
 pub(crate) fn verify_digest(
     e: &[u8; 32],
     sig: &sm2::dsa::Signature,
@@ -102,19 +101,15 @@ pub(crate) fn verify_digest(
         return false;
     }
     // B6: (x1, y1) = [s]G + [t]P, never the point at infinity.
-    let point = match table {
+    let mut point = match table {
         Some(table) => {
             let mut acc = ProjectivePoint::IDENTITY;
-            GENERATOR.mul_add_vartime(&s, &mut acc);
             table.mul_add_vartime(&t, &mut acc);
             acc
         }
-        None => {
-            let mut acc = ProjectivePoint::from(key).mul_vartime(&t);
-            GENERATOR.mul_add_vartime(&s, &mut acc);
-            acc
-        }
+        None => ProjectivePoint::from(key).mul_vartime(&t),
     };
+    GENERATOR.mul_add_vartime(&s, &mut point);
     if bool::from(point.is_identity()) {
         return false;
     }
