@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::service::Ca;
+use crate::api::Ca;
 
 /// Counters exported at `/metrics`.
 #[derive(Default)]

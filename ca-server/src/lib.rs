@@ -5,6 +5,7 @@
 //! the HSM and nothing else, and the `registry` crate stores. The gRPC handlers (next) only
 //! decode, call these, and encode.
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bench;
@@ -18,4 +19,3 @@ pub mod records;
 pub mod revocation;
 pub mod roles;
 pub mod serve;
-pub mod service;

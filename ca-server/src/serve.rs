@@ -12,10 +12,10 @@ use proto::v1;
 use registry::Registry;
 use zeroize::Zeroizing;
 
+use crate::api::{Ca, Services};
 use crate::auth::{FailureLimiter, NonceCache, Trust};
 use crate::config::Loaded;
 use crate::roles::Roles;
-use crate::service::{Ca, Services};
 
 /// Environment variable that may hold the HSM PIN when no `pin_file` is configured.
 pub const PIN_ENV: &str = "HSCA_HSM_PIN";

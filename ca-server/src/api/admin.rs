@@ -1,0 +1,302 @@
+//! The `hsca.v1.Admin` service.
+
+use std::time::SystemTime;
+
+use pki::SubjectVars;
+use proto::status;
+use proto::v1::{self, Reason};
+use registry::{CertSubject, RegistryError};
+use sm3::Digest;
+use tonic::{Code, Request, Response, Status};
+
+use super::convert::{
+    approval_msg, bad_request, der_of, invalidity_for, issuer_status, normal_serial, reason_from_code, record_of,
+    registry_status, status_msg,
+};
+use super::{Ca, Incoming, Services, blocking};
+use crate::issuer::Issuer;
+use crate::records::now_ms;
+
+impl Ca {
+    /// `RevokeCertificate`, by certificate serial or the terminal's active certificate.
+    pub fn revoke(&self, req: Incoming<v1::RevokeCertificateRequest>) -> Result<v1::CertificateStatus, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/RevokeCertificate")?;
+        let m = &req.msg;
+        let result = (|| {
+            let serial = match (m.certificate_serial.is_empty(), m.terminal_serial.is_empty()) {
+                (false, true) => normal_serial(&m.certificate_serial)?,
+                (true, false) => self
+                    .registry
+                    .terminal(&m.terminal_serial)
+                    .map_err(|e| registry_status(&e))?
+                    .and_then(|t| t.active_cert)
+                    .ok_or_else(|| {
+                        status(
+                            Code::NotFound,
+                            Reason::NotFound,
+                            format!("terminal {} has no active certificate", m.terminal_serial),
+                        )
+                    })?,
+                _ => return Err(bad_request("give exactly one of certificate_serial and terminal_serial")),
+            };
+            let reason = reason_from_code(m.reason);
+            let at = now_ms();
+            let invalidity = invalidity_for(reason, m.invalidity_ms, at)?;
+            let rec = self
+                .registry
+                .revoke(
+                    &serial,
+                    reason,
+                    at,
+                    invalidity,
+                    &Self::event(&caller, "revoke", &serial, format!("{reason:?}")),
+                )
+                .map_err(|e| registry_status(&e))?;
+            self.revocation_changed(&rec.serial);
+            Ok(status_msg(&rec.status))
+        })();
+        result.map_err(|s| self.refuse(&caller, "revoke", &m.certificate_serial, s))
+    }
+
+    /// `UnrevokeCertificate`: lifts a certificateHold.
+    pub fn unrevoke(&self, req: Incoming<v1::UnrevokeCertificateRequest>) -> Result<v1::CertificateStatus, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/UnrevokeCertificate")?;
+        let serial = normal_serial(&req.msg.certificate_serial)?;
+        let event = Self::event(&caller, "unrevoke", &serial, String::new());
+        let rec = self
+            .registry
+            .unrevoke(&serial, now_ms(), &event)
+            .map_err(|e| self.refuse(&caller, "unrevoke", &serial, registry_status(&e)))?;
+        self.revocation_changed(&serial);
+        Ok(status_msg(&rec.status))
+    }
+
+    /// `RequestBulkRevocation`: records a pending request; revokes nothing.
+    pub fn request_bulk_revocation(
+        &self,
+        req: Incoming<v1::RequestBulkRevocationRequest>,
+    ) -> Result<v1::Approval, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/RequestBulkRevocation")?;
+        let m = &req.msg;
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let filter =
+            registry::BulkFilter { manufacturer: opt(&m.manufacturer), model: opt(&m.model), lot: opt(&m.lot) };
+        let target = format!("{filter:?}");
+        let result = (|| {
+            let matched = self.registry.bulk_matches(&filter).map_err(|e| registry_status(&e))?.len() as u64;
+            let reason = reason_from_code(m.reason);
+            let created_ms = now_ms();
+            let invalidity_ms = invalidity_for(reason, m.invalidity_ms, created_ms)?;
+            let approval = registry::Approval {
+                id: proto::client::request_id()[..16].to_owned(),
+                requested_by: caller.name.clone(),
+                created_ms,
+                filter: filter.clone(),
+                reason,
+                invalidity_ms,
+                matched,
+                state: registry::ApprovalState::Pending,
+            };
+            let event =
+                Self::event(&caller, "bulk_revoke_request", &approval.id, format!("{filter:?}, {matched} match"));
+            self.registry.request_bulk_revocation(&approval, &event).map_err(|e| registry_status(&e))?;
+            Ok(approval_msg(&approval))
+        })();
+        result.map_err(|s| self.refuse(&caller, "bulk_revoke_request", &target, s))
+    }
+
+    /// `ListApprovals`.
+    pub fn list_approvals(&self, req: Incoming<v1::ListApprovalsRequest>) -> Result<v1::ListApprovalsResponse, Status> {
+        self.authenticate(&req, "/hsca.v1.Admin/ListApprovals")?;
+        let list = self.registry.approvals(req.msg.pending_only).map_err(|e| registry_status(&e))?;
+        Ok(v1::ListApprovalsResponse { approvals: list.iter().map(approval_msg).collect() })
+    }
+
+    /// `DecideApproval`: the second administrator approves (revoking the lot at once) or rejects.
+    pub fn decide_approval(&self, req: Incoming<v1::DecideApprovalRequest>) -> Result<v1::Approval, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/DecideApproval")?;
+        let m = &req.msg;
+        let action = if m.approve { "bulk_revoke_approve" } else { "bulk_revoke_reject" };
+        let event = Self::event(&caller, action, &m.id, String::new());
+        let a = self
+            .registry
+            .decide_approval(&m.id, &caller.name, m.approve, now_ms(), &event)
+            .map_err(|e| self.refuse(&caller, action, &m.id, registry_status(&e)))?;
+        if let registry::ApprovalState::Approved { revoked, .. } = &a.state {
+            for serial in revoked {
+                self.revocation_changed(serial);
+            }
+        }
+        Ok(approval_msg(&a))
+    }
+
+    /// `IssuePrincipal`: certifies a principal's key from its CSR.
+    pub fn issue_principal(
+        &self,
+        req: Incoming<v1::IssuePrincipalRequest>,
+    ) -> Result<v1::IssuePrincipalResponse, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/IssuePrincipal")?;
+        let m = &req.msg;
+        let result = (|| {
+            if !crate::roles::ROLES.contains(&m.role.as_str()) {
+                return Err(bad_request(format!("role must be one of {}", crate::roles::ROLES.join(", "))));
+            }
+            let name_ok = !m.name.is_empty()
+                && m.name.len() <= 64
+                && m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !name_ok {
+                return Err(bad_request("name must be 1 to 64 of A-Z a-z 0-9 - _ ."));
+            }
+            if m.role == "station" && m.manufacturers.is_empty() {
+                return Err(bad_request("a station needs the manufacturer codes it may issue for"));
+            }
+            let profile = self
+                .policy
+                .profile(&m.role)
+                .ok_or_else(|| status(Code::Internal, Reason::Internal, "no profile for role"))?;
+            let der =
+                pki::csr_der(&m.csr_der).map_err(|e| status(Code::InvalidArgument, Reason::BadCsr, e.to_string()))?;
+            let csr = pki::verify_csr(&der, &profile.signer_id).map_err(|e| {
+                let reason = if matches!(e, pki::CsrError::WrongSignerId(_)) {
+                    Reason::CsrWrongSignerId
+                } else {
+                    Reason::BadCsr
+                };
+                status(Code::InvalidArgument, reason, e.to_string())
+            })?;
+            if self.registry.principal(&m.name).map_err(|e| registry_status(&e))?.is_some() {
+                return Err(registry_status(&RegistryError::PrincipalExists(m.name.clone())));
+            }
+            let vars = SubjectVars { name: Some(m.name.clone()), ..Default::default() };
+            let cert = Issuer::new(self.signer.as_ref(), &self.issuer_info)
+                .issue(profile, &vars, csr.public_key(), SystemTime::now())
+                .map_err(|e| issuer_status(&e))?;
+            let der = der_of(&cert)?;
+            let rec = record_of(&cert, CertSubject::Principal { name: m.name.clone() }, &m.role, &m.request_id)?;
+            let serial = rec.serial.clone();
+            let p = registry::PrincipalRecord {
+                name: m.name.clone(),
+                role: m.role.clone(),
+                cert_serial: serial.clone(),
+                manufacturers: m.manufacturers.clone(),
+                enabled: true,
+            };
+            let event = Self::event(
+                &caller,
+                "principal_add",
+                &m.name,
+                format!("role {}, certificate {serial}, manufacturers {:?}", m.role, m.manufacturers),
+            );
+            self.registry.add_principal(&p, &rec, &der, &event).map_err(|e| registry_status(&e))?;
+            Ok(v1::IssuePrincipalResponse { certificate_der: der, chain_der: self.chain(), certificate_serial: serial })
+        })();
+        result.map_err(|s| self.refuse(&caller, "principal_add", &m.name, s))
+    }
+
+    /// `DisablePrincipal`.
+    pub fn disable_principal(
+        &self,
+        req: Incoming<v1::DisablePrincipalRequest>,
+    ) -> Result<v1::DisablePrincipalResponse, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/DisablePrincipal")?;
+        let name = &req.msg.name;
+        self.registry
+            .set_principal_enabled(name, false, &Self::event(&caller, "principal_disable", name, String::new()))
+            .map_err(|e| self.refuse(&caller, "principal_disable", name, registry_status(&e)))?;
+        Ok(v1::DisablePrincipalResponse {})
+    }
+
+    /// `ListAudit`.
+    pub fn list_audit(&self, req: Incoming<v1::ListAuditRequest>) -> Result<v1::ListAuditResponse, Status> {
+        self.authenticate(&req, "/hsca.v1.Admin/ListAudit")?;
+        let n = match req.msg.last {
+            0 => 50,
+            n => n.min(10_000),
+        } as usize;
+        let entries = self.registry.audit_tail(n).map_err(|e| registry_status(&e))?;
+        let mut out = v1::ListAuditResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| v1::AuditEntry {
+                    seq: e.seq,
+                    time_ms: e.event.time_ms,
+                    actor: e.event.actor,
+                    action: e.event.action,
+                    target: e.event.target,
+                    outcome: e.event.outcome,
+                    detail: e.event.detail,
+                    hash: e.hash,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        if req.msg.verify {
+            let verified = self.registry.verify_audit_chain().map_err(|e| e.to_string()).and_then(|summary| {
+                let signed = match &self.audit_signer {
+                    Some(a) => a.verify(&summary).map_err(|e| e.to_string())?,
+                    None => 0,
+                };
+                Ok((summary, signed))
+            });
+            match verified {
+                Ok((summary, signed)) => {
+                    out.chain_verified = true;
+                    out.chain_length = summary.entries;
+                    out.checkpoints_verified = signed as u64;
+                    out.last_checkpoint_seq = summary.checkpoints.last().map_or(0, |c| c.seq);
+                    out.checkpoint_key_configured = self.audit_signer.is_some();
+                }
+                Err(e) => out.chain_error = e,
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Ca {
+    /// `Backup`: a consistent snapshot of the registry, written to a temporary file and streamed.
+    pub fn backup(&self, req: Incoming<v1::BackupRequest>) -> Result<(Vec<u8>, String), Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/Backup")?;
+        let tmp = tempfile::tempdir().map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?;
+        let path = tmp.path().join("backup.redb");
+        self.registry.backup(&path).map_err(|e| self.refuse(&caller, "backup", "registry", registry_status(&e)))?;
+        let bytes = std::fs::read(&path).map_err(|e| status(Code::Internal, Reason::StorageFailure, e.to_string()))?;
+        let digest = hex::encode(sm3::Sm3::digest(&bytes));
+        self.audit(&caller.name, "backup", "registry", "ok", format!("{} bytes, sm3 {digest}", bytes.len()));
+        Ok((bytes, digest))
+    }
+}
+
+/// Chunk size of a streamed backup.
+const BACKUP_CHUNK: usize = 1 << 20;
+
+handlers!(v1::admin_server::Admin;
+    revoke_certificate(v1::RevokeCertificateRequest) -> v1::CertificateStatus => revoke;
+    issue_principal(v1::IssuePrincipalRequest) -> v1::IssuePrincipalResponse => issue_principal;
+    disable_principal(v1::DisablePrincipalRequest) -> v1::DisablePrincipalResponse => disable_principal;
+    list_audit(v1::ListAuditRequest) -> v1::ListAuditResponse => list_audit;
+    unrevoke_certificate(v1::UnrevokeCertificateRequest) -> v1::CertificateStatus => unrevoke;
+    request_bulk_revocation(v1::RequestBulkRevocationRequest) -> v1::Approval => request_bulk_revocation;
+    list_approvals(v1::ListApprovalsRequest) -> v1::ListApprovalsResponse => list_approvals;
+    decide_approval(v1::DecideApprovalRequest) -> v1::Approval => decide_approval;
+    ;
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<v1::BackupChunk, Status>>;
+    async fn backup(&self, req: Request<v1::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let ca = self.0.clone();
+        let incoming = Incoming::from(req);
+        let (bytes, digest) = tokio::task::spawn_blocking(move || ca.backup(incoming)).await.map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))??;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(BACKUP_CHUNK).collect() };
+            let n = chunks.len();
+            for (i, c) in chunks.into_iter().enumerate() {
+                let last = i + 1 == n;
+                let chunk = v1::BackupChunk { data: c.to_vec(), last, sm3: if last { digest.clone() } else { String::new() } };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+);

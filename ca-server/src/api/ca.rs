@@ -1,0 +1,235 @@
+//! The `hsca.v1.CertificateAuthority` service.
+
+use std::time::SystemTime;
+
+use pki::SubjectVars;
+use prost::Message;
+use proto::status;
+use proto::v1::{self, Reason};
+use registry::{CertSubject, IssueOutcome, RegistryError, TerminalRecord, TerminalState};
+use sm3::Digest;
+use tonic::{Code, Request, Response, Status};
+
+use super::convert::{
+    bad_request, class_name, der_of, issuer_status, normal_serial, record_of, registry_status, status_msg,
+};
+use super::{Ca, Incoming, Services, blocking};
+use crate::auth::Caller;
+use crate::issuer::Issuer;
+use crate::ra::{self, TerminalRequest};
+use crate::records::now_ms;
+
+impl Ca {
+    /// `IssueTerminalCertificate`.
+    pub fn issue_terminal(
+        &self,
+        req: Incoming<v1::IssueTerminalCertificateRequest>,
+    ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.CertificateAuthority/IssueTerminalCertificate")?;
+        let m = &req.msg;
+        let target = m.terminal_serial.clone();
+        let result = self.issue_terminal_for(&caller, m);
+        result.map_err(|s| self.refuse(&caller, "issue", &target, s))
+    }
+
+    fn issue_terminal_for(
+        &self,
+        caller: &Caller,
+        m: &v1::IssueTerminalCertificateRequest,
+    ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
+        if m.request_id.is_empty() || m.request_id.len() > 128 {
+            return Err(bad_request("request_id must be 1 to 128 characters"));
+        }
+        // Same id, same content → same answer: the content hash leaves the id out.
+        // The lot is left out too: it only labels a terminal when it is first registered, and a
+        // station re-running with another --lot must still get its certificate back.
+        let content =
+            v1::IssueTerminalCertificateRequest { request_id: String::new(), lot: String::new(), ..m.clone() }
+                .encode_to_vec();
+        let request_hash = hex::encode(sm3::Sm3::digest(&content));
+        if let Some(IssueOutcome::Replayed { cert, der }) =
+            self.registry.replayed(&m.request_id, &request_hash).map_err(|e| registry_status(&e))?
+        {
+            self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(v1::IssueTerminalCertificateResponse {
+                certificate_der: der,
+                chain_der: self.chain(),
+                certificate_serial: cert.serial,
+                replayed: true,
+                superseded_serial: String::new(),
+            });
+        }
+        let class = class_name(m.class);
+        let approved = ra::decide_terminal(
+            &self.policy,
+            &caller.name,
+            &caller.manufacturers,
+            &TerminalRequest { serial: &m.terminal_serial, class, csr: &m.csr_der },
+        )
+        .map_err(|r| {
+            let (code, reason) = r.status();
+            status(code, reason, r.to_string())
+        })?;
+        let profile = self
+            .policy
+            .profile("terminal")
+            .ok_or_else(|| status(Code::Internal, Reason::Internal, "no terminal profile"))?;
+        let serial = approved.serial.as_str().to_owned();
+        let model = if m.model.is_empty() {
+            approved.serial.field("model").unwrap_or_default().to_owned()
+        } else {
+            m.model.clone()
+        };
+        // Cheap checks first, so a refusal signs nothing; the registry checks again atomically.
+        if let Some(t) = self.registry.terminal(&serial).map_err(|e| registry_status(&e))? {
+            if let (Some(active), false) = (&t.active_cert, m.reissue) {
+                return Err(registry_status(&RegistryError::AlreadyHasActiveCertificate {
+                    terminal: serial,
+                    cert: active.clone(),
+                }));
+            }
+        } else if self.require_registration {
+            return Err(registry_status(&RegistryError::TerminalNotFound(serial)));
+        }
+        let partition = self.crl_partition()?;
+        let vars = SubjectVars {
+            serial: Some(serial.clone()),
+            class: Some(approved.class.as_str().into()),
+            manufacturer: Some(approved.serial.manufacturer().into()),
+            model: Some(model.clone()),
+            name: None,
+            crl_partition: Some(partition),
+        };
+        let issuer = Issuer::new(self.signer.as_ref(), &self.issuer_info);
+        let cert = issuer
+            .issue(profile, &vars, approved.csr.public_key(), SystemTime::now())
+            .map_err(|e| issuer_status(&e))?;
+        let der = der_of(&cert)?;
+        let mut cert_record =
+            record_of(&cert, CertSubject::Terminal { serial: serial.clone() }, "terminal", &m.request_id)?;
+        cert_record.crl_partition = Some(partition);
+        let cert_serial = cert_record.serial.clone();
+        let issue = registry::TerminalIssue {
+            request_id: m.request_id.clone(),
+            request_hash,
+            terminal: TerminalRecord {
+                serial: serial.clone(),
+                class: approved.class.as_str().into(),
+                manufacturer: approved.serial.manufacturer().into(),
+                model,
+                lot: (!m.lot.is_empty()).then(|| m.lot.clone()),
+                state: TerminalState::Registered,
+                active_cert: None,
+                updated_ms: now_ms(),
+            },
+            register_if_missing: !self.require_registration,
+            reissue: m.reissue,
+            cert: cert_record.clone(),
+            der: der.clone(),
+        };
+        let action = if m.reissue { "reissue" } else { "issue" };
+        let event = Self::event(caller, action, &serial, format!("certificate {cert_serial}"));
+        match self.registry.record_terminal_issue(&issue, &event).map_err(|e| registry_status(&e))? {
+            IssueOutcome::Issued { superseded } => {
+                self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(old) = &superseded {
+                    self.revocation_changed(old);
+                }
+                Ok(v1::IssueTerminalCertificateResponse {
+                    certificate_der: der,
+                    chain_der: self.chain(),
+                    certificate_serial: cert_serial,
+                    replayed: false,
+                    superseded_serial: superseded.unwrap_or_default(),
+                })
+            }
+            // A concurrent retry with the same id won the race: answer with its certificate.
+            IssueOutcome::Replayed { cert, der } => Ok(v1::IssueTerminalCertificateResponse {
+                certificate_der: der,
+                chain_der: self.chain(),
+                certificate_serial: cert.serial,
+                replayed: true,
+                superseded_serial: String::new(),
+            }),
+        }
+    }
+
+    /// `ConfirmProvisioning`.
+    pub fn confirm(
+        &self,
+        req: Incoming<v1::ConfirmProvisioningRequest>,
+    ) -> Result<v1::ConfirmProvisioningResponse, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.CertificateAuthority/ConfirmProvisioning")?;
+        let m = &req.msg;
+        let prov = registry::Provisioning {
+            station: caller.name.clone(),
+            duration_ms: m.duration_ms,
+            firmware: m.firmware_version.clone(),
+            at_ms: now_ms(),
+        };
+        let event = Self::event(
+            &caller,
+            "confirm",
+            &m.terminal_serial,
+            format!("certificate {} in {} ms", m.certificate_serial, m.duration_ms),
+        );
+        self.registry
+            .confirm_provisioning(&m.terminal_serial, &m.certificate_serial, &prov, &event)
+            .map_err(|e| self.refuse(&caller, "confirm", &m.terminal_serial, registry_status(&e)))?;
+        Ok(v1::ConfirmProvisioningResponse {})
+    }
+
+    fn cert_info(&self, serial: &str) -> Result<v1::CertificateInfo, Status> {
+        let (rec, der) = self
+            .registry
+            .certificate(serial)
+            .map_err(|e| registry_status(&e))?
+            .ok_or_else(|| status(Code::NotFound, Reason::NotFound, format!("certificate {serial} not found")))?;
+        let (terminal_serial, principal) = match &rec.subject {
+            CertSubject::Terminal { serial } => (serial.clone(), String::new()),
+            CertSubject::Principal { name } => (String::new(), name.clone()),
+        };
+        Ok(v1::CertificateInfo {
+            certificate_der: der,
+            certificate_serial: rec.serial,
+            terminal_serial,
+            principal,
+            status: Some(status_msg(&rec.status)),
+        })
+    }
+
+    /// `GetCertificate`.
+    pub fn get_certificate(&self, req: Incoming<v1::GetCertificateRequest>) -> Result<v1::CertificateInfo, Status> {
+        self.authenticate(&req, "/hsca.v1.CertificateAuthority/GetCertificate")?;
+        self.cert_info(&normal_serial(&req.msg.certificate_serial)?)
+    }
+
+    /// `GetCertificateStatus`: `UNKNOWN` for serials we never issued.
+    pub fn get_status(&self, req: Incoming<v1::GetCertificateStatusRequest>) -> Result<v1::CertificateStatus, Status> {
+        self.authenticate(&req, "/hsca.v1.CertificateAuthority/GetCertificateStatus")?;
+        match self
+            .registry
+            .certificate(&normal_serial(&req.msg.certificate_serial)?)
+            .map_err(|e| registry_status(&e))?
+        {
+            Some((rec, _)) => Ok(status_msg(&rec.status)),
+            None => {
+                Ok(v1::CertificateStatus { state: v1::certificate_status::State::Unknown as i32, ..Default::default() })
+            }
+        }
+    }
+
+    /// `GetCaChain`.
+    pub fn get_chain(&self, req: Incoming<v1::GetCaChainRequest>) -> Result<v1::CaChain, Status> {
+        self.authenticate(&req, "/hsca.v1.CertificateAuthority/GetCaChain")?;
+        Ok(v1::CaChain { issuing_der: der_of(&self.trust.issuing)?, root_der: der_of(&self.trust.root)? })
+    }
+}
+
+handlers!(v1::certificate_authority_server::CertificateAuthority;
+    issue_terminal_certificate(v1::IssueTerminalCertificateRequest) -> v1::IssueTerminalCertificateResponse => issue_terminal;
+    confirm_provisioning(v1::ConfirmProvisioningRequest) -> v1::ConfirmProvisioningResponse => confirm;
+    get_certificate(v1::GetCertificateRequest) -> v1::CertificateInfo => get_certificate;
+    get_certificate_status(v1::GetCertificateStatusRequest) -> v1::CertificateStatus => get_status;
+    get_ca_chain(v1::GetCaChainRequest) -> v1::CaChain => get_chain;
+);

@@ -1,0 +1,201 @@
+//! The gRPC layer: one module per service ([`ca`], [`registry`], [`admin`]), the conversions
+//! between messages and records in [`convert`], and here what every handler shares: the [`Ca`]
+//! state, authentication, auditing a refusal, and running a handler off the async runtime.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ::registry::{AuditEvent, Registry};
+use pki::PolicySet;
+use pki::cert::IssuerInfo;
+use prost::Message;
+use proto::signing::SignedHeaders;
+use proto::status;
+use proto::v1::Reason;
+use tonic::{Code, Request, Response, Status};
+
+use crate::auth::{Caller, FailureLimiter, Gate, NonceCache, Trust};
+use crate::records::now_ms;
+use crate::roles::Roles;
+
+pub use convert::registry_status;
+
+/// Everything the handlers share.
+pub struct Ca {
+    /// Certificate policy.
+    pub policy: PolicySet,
+    /// Roles policy.
+    pub roles: Roles,
+    /// Whether terminals must be registered before issuance.
+    pub require_registration: bool,
+    /// Durable state.
+    pub registry: Registry,
+    /// The issuing CA's key in the HSM.
+    pub signer: Box<dyn hsm::Signer>,
+    /// The issuing CA as an issuer.
+    pub issuer_info: IssuerInfo,
+    /// Trust anchors for callers.
+    pub trust: Trust,
+    /// DER of the issuing CA and root certificates, as every issuance answer carries them.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The key that signs audit checkpoints, when configured.
+    pub audit_signer: Option<crate::audit::AuditSigner>,
+    /// Replay cache.
+    pub nonces: NonceCache,
+    /// Failure counts.
+    pub limiter: FailureLimiter,
+    /// Caller chains already validated.
+    pub validated: crate::auth::ValidatedCerts,
+    /// Counters for /metrics.
+    pub metrics: crate::http::Metrics,
+    /// Published CRLs.
+    pub crls: crate::revocation::Crls,
+    /// The OCSP responder.
+    pub ocsp: crate::ocsp::Responder,
+    /// Issuance ordinals reserved from the registry and not yet used: (next, end).
+    pub ordinals: std::sync::Mutex<(u64, u64)>,
+    /// Certificates per CRL partition (`[crl] partition_size`).
+    pub partition_size: u64,
+}
+
+/// A decoded request with what authentication needs.
+pub struct Incoming<T> {
+    headers: Result<SignedHeaders, proto::signing::HeaderError>,
+    peer: String,
+    msg: T,
+}
+
+impl<T: Message> Incoming<T> {
+    fn from(req: Request<T>) -> Self {
+        let headers = SignedHeaders::from_metadata(req.metadata());
+        let peer = req.remote_addr().map_or_else(|| "unknown".into(), |a| a.ip().to_string());
+        Self { headers, peer, msg: req.into_inner() }
+    }
+}
+
+impl Ca {
+    /// The CRL partition of the next terminal certificate: its issuance ordinal divided by the
+    /// partition size. Ordinals are reserved from the registry in blocks.
+    fn crl_partition(&self) -> Result<u32, Status> {
+        // Reserved in blocks (one durable write per block), never beyond a partition's size, so
+        // the partitions counted from the reservation high-water mark are the ones in use.
+        let block = self.partition_size.clamp(1, 1000);
+        let mut o = self.ordinals.lock().map_err(|_| status(Code::Internal, Reason::Internal, "ordinal lock"))?;
+        if o.0 >= o.1 {
+            let start = self.registry.reserve_ordinals(block).map_err(|e| registry_status(&e))?;
+            *o = (start, start + block);
+        }
+        let ordinal = o.0;
+        o.0 += 1;
+        let size = self.partition_size.max(1);
+        let partition = u32::try_from(ordinal / size)
+            .map_err(|_| status(Code::Internal, Reason::Internal, "CRL partition number overflow"))?;
+        if ordinal % size == 0 {
+            // A new partition: its (empty) CRL must be there before anyone needs it.
+            self.crls.changed_in(Some(partition));
+        }
+        Ok(partition)
+    }
+
+    /// A certificate's status changed (committed): relying parties must see it within a second.
+    pub fn revocation_changed(&self, serial: &str) {
+        self.ocsp.refresh(&self.registry, serial);
+        let partition = self.registry.certificate(serial).ok().flatten().and_then(|(rec, _)| rec.crl_partition);
+        self.crls.changed_in(partition);
+    }
+
+    /// How many CRL partitions exist: enough for every issuance ordinal reserved so far.
+    pub fn crl_partitions(&self) -> u32 {
+        let hw = self.registry.ordinal_high_water().unwrap_or(0);
+        u32::try_from(hw.div_ceil(self.partition_size.max(1))).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn audit(&self, actor: &str, action: &str, target: &str, outcome: &str, detail: String) {
+        let ev = AuditEvent {
+            time_ms: now_ms(),
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            detail,
+        };
+        if let Err(e) = self.registry.audit(&ev) {
+            tracing::error!(error = %e, "audit write failed");
+        }
+    }
+
+    fn event(caller: &Caller, action: &str, target: &str, detail: String) -> AuditEvent {
+        AuditEvent {
+            time_ms: now_ms(),
+            actor: caller.name.clone(),
+            action: action.into(),
+            target: target.into(),
+            outcome: "ok".into(),
+            detail,
+        }
+    }
+
+    /// Authenticates; a refusal is audited and counted.
+    fn authenticate<T: Message>(&self, req: &Incoming<T>, method: &str) -> Result<Caller, Status> {
+        let gate = Gate {
+            trust: &self.trust,
+            directory: &self.registry,
+            roles: &self.roles,
+            nonces: &self.nonces,
+            limiter: &self.limiter,
+            validated: &self.validated,
+        };
+        let body = req.msg.encode_to_vec();
+        gate.authenticate(req.headers.clone(), method, &body, &req.peer, SystemTime::now()).map_err(|f| {
+            let (code, reason) = f.status();
+            self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.audit(&req.peer, "auth_refused", method, reason.as_str_name(), f.to_string());
+            status(code, reason, f.to_string())
+        })
+    }
+
+    /// Audits a refusal after authentication and passes it on.
+    fn refuse(&self, caller: &Caller, action: &str, target: &str, s: Status) -> Status {
+        let reason = proto::reason(&s).map_or("INTERNAL", |r| r.as_str_name());
+        self.audit(&caller.name, action, target, reason, s.message().to_owned());
+        s
+    }
+
+    fn chain(&self) -> Vec<Vec<u8>> {
+        self.chain_der.clone()
+    }
+}
+
+/// The tonic services over one shared [`Ca`].
+#[derive(Clone)]
+pub struct Services(pub Arc<Ca>);
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<Response<T>, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?
+        .map(Response::new)
+}
+
+macro_rules! handlers {
+    ($trait:path; $($method:ident($req:ty) -> $resp:ty => $call:ident;)* $(; $($extra:tt)*)?) => {
+        #[tonic::async_trait]
+        impl $trait for Services {
+            $(
+                async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let ca = self.0.clone();
+                    let incoming = Incoming::from(req);
+                    blocking(move || ca.$call(incoming)).await
+                }
+            )*
+            $($($extra)*)?
+        }
+    };
+}
+
+mod admin;
+mod ca;
+mod convert;
+mod registry;
