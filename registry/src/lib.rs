@@ -7,7 +7,9 @@
 //! checked inside that transaction, so two racing requests cannot both pass. Policy (may this
 //! caller issue for this serial?) is decided elsewhere; this crate only stores.
 
+mod approvals;
 pub mod audit;
+mod lifecycle;
 pub mod records;
 mod revocation;
 
@@ -15,15 +17,17 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
+pub use approvals::Decision;
 pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+pub use lifecycle::{StationIssue, check_station_issue};
 pub use records::*;
 
 pub(crate) const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
 pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
-const CERT_DER: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_der");
-const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
-const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
-const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
+pub(crate) const CERT_DER: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_der");
+pub(crate) const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
+pub(crate) const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+pub(crate) const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
 const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -107,11 +111,65 @@ pub enum RegistryError {
     #[error("approval {0} was already decided")]
     ApprovalDecided(String),
     /// Dual control: the requester cannot approve.
-    #[error("{0} asked for this bulk revocation; a second administrator must decide it")]
+    #[error("{0} asked for this; a second administrator must decide it")]
     SameApprover(String),
     /// The nonce was seen within its window.
     #[error("nonce replayed")]
     NonceReplayed,
+    /// The request names another class than the terminal was registered with.
+    #[error("terminal {terminal} is registered as class {registered}, not {requested}")]
+    ClassMismatch {
+        /// Terminal serial.
+        terminal: String,
+        /// Class in the registry.
+        registered: String,
+        /// Class asked for.
+        requested: String,
+    },
+    /// A terminal in service (provisioned, active) or revoked gets a new key only through a
+    /// re-key that a second administrator approves.
+    #[error(
+        "terminal {terminal} is {state}: a new key needs an administrator's re-key request and a second administrator's approval"
+    )]
+    RekeyNeedsApproval {
+        /// Terminal serial.
+        terminal: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// Only the station that asked for a certificate may replace or confirm it.
+    #[error("certificate {cert} was issued for station {station}; only that station may replace or confirm it")]
+    IssuedByAnotherStation {
+        /// The certificate.
+        cert: String,
+        /// The station it was issued for (`unknown` for records older than this rule).
+        station: String,
+    },
+    /// The terminal's certificate is on hold: a hold stays a hold until it is lifted or made final.
+    #[error("certificate {0} is on hold; lift the hold or revoke it for good first")]
+    OnHold(String),
+    /// A replacement key must be new: this one was certified before.
+    #[error("this public key was certified before (terminal {terminal}); a replacement needs a key never certified")]
+    KeyReused {
+        /// The terminal it was certified for.
+        terminal: String,
+    },
+    /// The approver may not decide this request.
+    #[error("{approver} may not decide this request: {why}")]
+    ApproverNotEligible {
+        /// The would-be approver.
+        approver: String,
+        /// Why not.
+        why: String,
+    },
+    /// Dual control: the approver was created at the requester's request.
+    #[error("{approver} was added at {requester}'s request, so cannot approve {requester}'s requests")]
+    ApproverNotIndependent {
+        /// The would-be approver.
+        approver: String,
+        /// The requester.
+        requester: String,
+    },
     /// The audit chain is broken.
     #[error(transparent)]
     Audit(#[from] ChainBreak),
@@ -160,8 +218,11 @@ pub struct TerminalIssue {
     pub terminal: TerminalRecord,
     /// Whether an unregistered terminal may be registered by this issue (a policy switch).
     pub register_if_missing: bool,
-    /// An explicit re-issue: the active certificate is revoked as `superseded`.
+    /// An explicit re-issue: the active certificate is revoked as `superseded`. Allowed only
+    /// before the terminal is provisioned, by the station that asked for that certificate.
     pub reissue: bool,
+    /// The station asking.
+    pub station: String,
     /// The new certificate's record.
     pub cert: CertRecord,
     /// Its DER.
@@ -292,9 +353,10 @@ impl Registry {
             txn.open_table(revocation::REVOKED)?;
             txn.open_table(revocation::RELEASED)?;
             txn.open_table(revocation::META)?;
-            txn.open_table(revocation::APPROVALS)?;
+            txn.open_table(approvals::APPROVALS)?;
             txn.open_table(revocation::COMPROMISED_KEYS)?;
             revocation::index_revoked_once(&txn)?;
+            approvals::tag_kinds(&txn)?;
         }
         txn.commit()?;
         let db = std::sync::Arc::new(db);
@@ -342,6 +404,15 @@ impl Registry {
     pub fn audit(&self, event: &AuditEvent) -> Result<u64> {
         let event = event.clone();
         self.submit(move |txn| append_audit(txn, &event))
+    }
+
+    /// Records several events in one transaction; returns the last sequence number written.
+    pub fn audit_all(&self, events: &[AuditEvent]) -> Result<Option<u64>> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let events = events.to_vec();
+        self.submit(move |txn| events.iter().try_fold(None, |_, e| append_audit(txn, e).map(Some)))
     }
 
     // ---- terminals --------------------------------------------------------------------------
@@ -398,122 +469,6 @@ impl Registry {
 
     // ---- certificates -----------------------------------------------------------------------
 
-    /// Records a terminal certificate, enforcing the invariants inside the transaction.
-    pub fn record_terminal_issue(&self, issue: &TerminalIssue, event: &AuditEvent) -> Result<IssueOutcome> {
-        // A replay is answered without writing anything (not even an audit entry of its own:
-        // the caller logs the replay).
-        if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
-            return Ok(replayed);
-        }
-        let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
-        let issue = issue.clone();
-        let recorded = self.write(event, move |txn| {
-            let issue = &issue;
-            let mut requests = txn.open_table(REQUESTS)?;
-            let mut certs = txn.open_table(CERTS)?;
-            let mut ders = txn.open_table(CERT_DER)?;
-            let mut terminals = txn.open_table(TERMINALS)?;
-            let mut pubkeys = txn.open_table(PUBKEYS)?;
-            if requests.get(issue.request_id.as_str())?.is_some() {
-                // Raced with the same id since the check above.
-                return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
-            }
-            let serial = issue.cert.serial.as_str();
-            if certs.get(serial)?.is_some() {
-                return Err(RegistryError::CertSerialExists(serial.into()));
-            }
-            let existing: Option<TerminalRecord> =
-                terminals.get(issue.terminal.serial.as_str())?.map(|v| from_json(v.value())).transpose()?;
-            let mut terminal = match existing {
-                Some(t) => t,
-                None if issue.register_if_missing => issue.terminal.clone(),
-                None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
-            };
-            if let Some(owner) = pubkeys.get(issue.cert.key_fingerprint.as_str())?
-                && owner.value() != terminal.serial
-            {
-                return Err(RegistryError::PublicKeyInUse { terminal: owner.value().to_owned() });
-            }
-            if let Some(cert) =
-                txn.open_table(revocation::COMPROMISED_KEYS)?.get(issue.cert.key_fingerprint.as_str())?
-            {
-                return Err(RegistryError::KeyCompromised(cert.value().to_owned()));
-            }
-            if terminal.state == TerminalState::Revoked && !issue.reissue {
-                return Err(RegistryError::WrongState {
-                    terminal: terminal.serial.clone(),
-                    state: terminal.state.as_str(),
-                    action: "issuing without an explicit re-issue",
-                    wanted: "registered",
-                });
-            }
-            let mut superseded = None;
-            if let Some(old) = terminal.active_cert.clone() {
-                if !issue.reissue {
-                    return Err(RegistryError::AlreadyHasActiveCertificate {
-                        terminal: terminal.serial.clone(),
-                        cert: old,
-                    });
-                }
-                let mut rec: CertRecord = certs
-                    .get(old.as_str())?
-                    .map(|v| from_json(v.value()))
-                    .transpose()?
-                    .ok_or_else(|| RegistryError::CertNotFound(old.clone()))?;
-                rec.status = CertStatus::Revoked {
-                    at_ms: issue.cert.issued_ms,
-                    reason: RevocationReason::Superseded,
-                    invalidity_ms: None,
-                };
-                certs.insert(old.as_str(), to_json(&rec)?.as_slice())?;
-                revocation::index_revocation(txn, &rec)?;
-                superseded = Some(old);
-            }
-            terminal.state = TerminalState::Issued;
-            terminal.active_cert = Some(serial.to_owned());
-            terminal.updated_ms = issue.cert.issued_ms;
-            certs.insert(serial, to_json(&issue.cert)?.as_slice())?;
-            ders.insert(serial, issue.der.as_slice())?;
-            pubkeys.insert(issue.cert.key_fingerprint.as_str(), terminal.serial.as_str())?;
-            terminals.insert(terminal.serial.as_str(), to_json(&terminal)?.as_slice())?;
-            let result = RequestResult {
-                kind: "terminal_issue".into(),
-                cert_serial: serial.into(),
-                request_hash: issue.request_hash.clone(),
-            };
-            requests.insert(issue.request_id.as_str(), to_json(&result)?.as_slice())?;
-            Ok(IssueOutcome::Issued { superseded })
-        });
-        match recorded {
-            // Raced a call with the same id that committed first (a station retrying while its
-            // first call still ran): the same content gets that call's certificate.
-            Err(RegistryError::RequestIdReused(id)) => {
-                self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
-            }
-            other => other,
-        }
-    }
-
-    /// The stored outcome of `request_id`, if it was answered before (`RequestIdReused` if
-    /// it was answered for different content).
-    pub fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
-        let txn = self.db.begin_read()?;
-        let requests = txn.open_table(REQUESTS)?;
-        let Some(v) = requests.get(request_id)? else { return Ok(None) };
-        let result: RequestResult = from_json(v.value())?;
-        if result.request_hash != request_hash {
-            return Err(RegistryError::RequestIdReused(request_id.into()));
-        }
-        let (cert, der) = self
-            .certificate(&result.cert_serial)?
-            .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
-        // A station retrying must not be handed a certificate revoked meanwhile (and write it).
-        if cert.status != CertStatus::Good {
-            return Err(RegistryError::AlreadyRevoked(cert.serial));
-        }
-        Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
-    }
-
     /// A certificate record and its DER.
     pub fn certificate(&self, serial: &str) -> Result<Option<(CertRecord, Vec<u8>)>> {
         let txn = self.db.begin_read()?;
@@ -532,53 +487,6 @@ impl Registry {
         let txn = self.db.begin_read()?;
         let certs = txn.open_table(CERTS)?;
         certs.iter()?.map(|item| from_json(item?.1.value())).collect()
-    }
-
-    /// Records the station's confirmation that `cert` is in terminal `serial`.
-    pub fn confirm_provisioning(
-        &self,
-        serial: &str,
-        cert: &str,
-        provisioning: &Provisioning,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        let (serial, cert, provisioning) = (serial.to_owned(), cert.to_owned(), provisioning.clone());
-        self.write(event, move |txn| {
-            let (serial, cert, provisioning) = (serial.as_str(), cert.as_str(), &provisioning);
-            let mut terminals = txn.open_table(TERMINALS)?;
-            let mut certs = txn.open_table(CERTS)?;
-            let mut t: TerminalRecord = terminals
-                .get(serial)?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .ok_or_else(|| RegistryError::TerminalNotFound(serial.into()))?;
-            if t.active_cert.as_deref() != Some(cert) {
-                return Err(RegistryError::WrongState {
-                    terminal: serial.into(),
-                    state: t.state.as_str(),
-                    action: "confirming a certificate that is not its active one",
-                    wanted: "issued with that certificate",
-                });
-            }
-            let mut rec: CertRecord = certs
-                .get(cert)?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .ok_or_else(|| RegistryError::CertNotFound(cert.into()))?;
-            // A station re-confirming (a retry, or a re-run that found the device locked) keeps
-            // the first record: when and by whom the certificate was really written.
-            if rec.provisioning.is_some() {
-                return Ok(());
-            }
-            rec.provisioning = Some(provisioning.clone());
-            if t.state == TerminalState::Issued {
-                t.state = TerminalState::Provisioned;
-            }
-            t.updated_ms = provisioning.at_ms;
-            certs.insert(cert, to_json(&rec)?.as_slice())?;
-            terminals.insert(serial, to_json(&t)?.as_slice())?;
-            Ok(())
-        })
     }
 
     /// Records an activation; the terminal must be provisioned (or already active).
@@ -632,25 +540,11 @@ impl Registry {
 
     // ---- principals -------------------------------------------------------------------------
 
-    /// Adds a principal with its identity certificate.
+    /// Adds a principal with its identity certificate (an administrator, through
+    /// [`Registry::add_pending_admin`], waits for a second administrator).
     pub fn add_principal(&self, p: &PrincipalRecord, cert: &CertRecord, der: &[u8], event: &AuditEvent) -> Result<()> {
         let (p, cert, der) = (p.clone(), cert.clone(), der.to_vec());
-        self.write(event, move |txn| {
-            let (p, cert, der) = (&p, &cert, der.as_slice());
-            let mut principals = txn.open_table(PRINCIPALS)?;
-            let mut certs = txn.open_table(CERTS)?;
-            let mut ders = txn.open_table(CERT_DER)?;
-            if principals.get(p.name.as_str())?.is_some() {
-                return Err(RegistryError::PrincipalExists(p.name.clone()));
-            }
-            if certs.get(cert.serial.as_str())?.is_some() {
-                return Err(RegistryError::CertSerialExists(cert.serial.clone()));
-            }
-            principals.insert(p.name.as_str(), to_json(p)?.as_slice())?;
-            certs.insert(cert.serial.as_str(), to_json(cert)?.as_slice())?;
-            ders.insert(cert.serial.as_str(), der)?;
-            Ok(())
-        })
+        self.write(event, move |txn| insert_principal(txn, &p, &cert, &der))
     }
 
     /// A principal by name.
@@ -808,7 +702,7 @@ impl Registry {
         copy_table(&snapshot, &txn, revocation::REVOKED)?;
         copy_table(&snapshot, &txn, revocation::RELEASED)?;
         copy_table(&snapshot, &txn, revocation::META)?;
-        copy_table(&snapshot, &txn, revocation::APPROVALS)?;
+        copy_table(&snapshot, &txn, approvals::APPROVALS)?;
         copy_table(&snapshot, &txn, revocation::COMPROMISED_KEYS)?;
         txn.commit()?;
         Ok(())
@@ -885,12 +779,41 @@ impl Registry {
         Ok(())
     }
 
+    /// Test hook: stores `bytes` as approval `id` as they are (records written by older versions).
+    #[cfg(feature = "test-hooks")]
+    pub fn put_raw_approval(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(approvals::APPROVALS)?.insert(id, bytes)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Test hook: the stored bytes of audit entry `seq`.
     #[cfg(feature = "test-hooks")]
     pub fn raw_audit(&self, seq: u64) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(AUDIT)?.get(seq)?.map(|v| v.value().to_vec()))
     }
+}
+
+pub(crate) fn insert_principal(
+    txn: &WriteTransaction,
+    p: &PrincipalRecord,
+    cert: &CertRecord,
+    der: &[u8],
+) -> Result<()> {
+    let mut principals = txn.open_table(PRINCIPALS)?;
+    let mut certs = txn.open_table(CERTS)?;
+    if principals.get(p.name.as_str())?.is_some() {
+        return Err(RegistryError::PrincipalExists(p.name.clone()));
+    }
+    if certs.get(cert.serial.as_str())?.is_some() {
+        return Err(RegistryError::CertSerialExists(cert.serial.clone()));
+    }
+    principals.insert(p.name.as_str(), to_json(p)?.as_slice())?;
+    certs.insert(cert.serial.as_str(), to_json(cert)?.as_slice())?;
+    txn.open_table(CERT_DER)?.insert(cert.serial.as_str(), der)?;
+    Ok(())
 }
 
 fn append_audit(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {

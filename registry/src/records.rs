@@ -132,6 +132,10 @@ pub struct CertRecord {
     /// The CRL partition its distribution point names (terminal certificates).
     #[serde(default)]
     pub crl_partition: Option<u32>,
+    /// Terminal certificates: the station that asked for it (or, for an approved re-key, the
+    /// station named to write it). Only that station may confirm or replace it.
+    #[serde(default)]
+    pub station: Option<String>,
 }
 
 /// The station's confirmation that a certificate is in the device (DESIGN §4 "confirm").
@@ -160,6 +164,26 @@ pub struct PrincipalRecord {
     pub manufacturers: Vec<String>,
     /// Disabled principals are refused.
     pub enabled: bool,
+    /// Who asked for this principal (an admin's name, or `ca-server init`). An administrator
+    /// never approves a request of the admin who asked for their own creation.
+    #[serde(default)]
+    pub created_by: String,
+    /// An administrator waiting for a second administrator's approval (the approval's id): its
+    /// certificate is refused until then.
+    #[serde(default)]
+    pub pending_approval: Option<String>,
+}
+
+impl PrincipalRecord {
+    /// Whether this principal may act now: enabled and not waiting for an approval.
+    pub fn is_active(&self) -> bool {
+        self.enabled && self.pending_approval.is_none()
+    }
+
+    /// Whether this is an administrator who may act now.
+    pub fn is_active_admin(&self) -> bool {
+        self.role == "admin" && self.is_active()
+    }
 }
 
 /// An activation (HSTS 7.4.5/7.4.6): who, where, when.
@@ -277,7 +301,7 @@ impl BulkFilter {
     }
 }
 
-/// Where a bulk revocation stands.
+/// Where an approval stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ApprovalState {
@@ -289,10 +313,13 @@ pub enum ApprovalState {
         by: String,
         /// Unix milliseconds.
         at_ms: u64,
-        /// The certificates it revoked.
+        /// Bulk revocation: the certificates it revoked.
         revoked: Vec<String>,
+        /// Re-key: the certificate it issued.
+        #[serde(default)]
+        issued: Option<String>,
     },
-    /// Rejected: nothing was revoked.
+    /// Rejected: nothing was revoked, issued or enabled.
     Rejected {
         /// The second administrator.
         by: String,
@@ -301,7 +328,62 @@ pub enum ApprovalState {
     },
 }
 
-/// A bulk revocation under dual control (DESIGN §4): one administrator asks, another decides.
+/// A re-key (or, for a revoked terminal, a re-enrolment) of a terminal already in service: a new
+/// key, certified only when a second administrator approves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RekeyRequest {
+    /// Terminal serial.
+    pub terminal: String,
+    /// Hex DER of the CSR of the new key (verified when asked, and again when approved).
+    pub csr_hex: String,
+    /// Hex SM3 of the new key's SubjectPublicKeyInfo.
+    pub key_fingerprint: String,
+    /// The station that will write the new certificate (and alone may confirm it).
+    pub station: String,
+    /// The terminal's active certificate when asked (none for a revoked terminal); the approval
+    /// is refused if that changed meanwhile.
+    pub replaces: Option<String>,
+    /// Why the replaced certificate is revoked: superseded, or keyCompromise.
+    pub reason: RevocationReason,
+}
+
+/// What an approval decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApprovalRequest {
+    /// Revoke every active certificate of the terminals a filter covers.
+    BulkRevocation {
+        /// The terminals covered.
+        filter: BulkFilter,
+        /// RFC 5280 reason for every revocation.
+        reason: RevocationReason,
+        /// Suspected compromise time, for keyCompromise.
+        invalidity_ms: Option<u64>,
+        /// Active certificates the filter matched when asked.
+        matched: u64,
+    },
+    /// Let a new administrator act.
+    AddAdmin {
+        /// The pending administrator.
+        name: String,
+    },
+    /// Certify a new key for a terminal in service (or revoked).
+    Rekey(RekeyRequest),
+}
+
+impl ApprovalRequest {
+    /// Short name: `bulk_revocation`, `add_admin`, `rekey`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BulkRevocation { .. } => "bulk_revocation",
+            Self::AddAdmin { .. } => "add_admin",
+            Self::Rekey(_) => "rekey",
+        }
+    }
+}
+
+/// A request under dual control (DESIGN §4): one administrator asks, another — independent of
+/// the first — decides.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// Identifier (hex).
@@ -310,14 +392,9 @@ pub struct Approval {
     pub requested_by: String,
     /// Unix milliseconds.
     pub created_ms: u64,
-    /// The terminals covered.
-    pub filter: BulkFilter,
-    /// RFC 5280 reason for every revocation.
-    pub reason: RevocationReason,
-    /// Suspected compromise time, for keyCompromise.
-    pub invalidity_ms: Option<u64>,
-    /// Active certificates the filter matched when asked.
-    pub matched: u64,
+    /// What it decides.
+    #[serde(flatten)]
+    pub request: ApprovalRequest,
     /// Pending, approved or rejected.
     pub state: ApprovalState,
 }

@@ -1,18 +1,17 @@
 //! Revocation state beyond single revokes: the `revoked` and `released` indexes that CRLs and
-//! OCSP are built from, the durable CRL number, certificateHold release, and bulk revocation
-//! under dual control (`approvals`).
+//! OCSP are built from, the durable CRL number, certificateHold release. Bulk revocation under
+//! dual control is in `approvals.rs`.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
-    Approval, ApprovalState, AuditEvent, BulkFilter, CERTS, CertRecord, CertStatus, RegistryError, ReleasedCert,
-    Result, RevocationReason, RevocationSnapshot, RevokedCert, TERMINALS, TerminalRecord, from_json, to_json,
+    AuditEvent, CERTS, CertRecord, CertStatus, RegistryError, ReleasedCert, Result, RevocationReason,
+    RevocationSnapshot, RevokedCert, TERMINALS, TerminalRecord, from_json, to_json,
 };
 
 pub(crate) const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 pub(crate) const RELEASED: TableDefinition<&str, &[u8]> = TableDefinition::new("released");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 /// Keys whose certificate was revoked for key or CA compromise: never certified again.
 pub(crate) const COMPROMISED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("compromised_keys");
 const REVOCATION_SEQ: &str = "revocation_seq";
@@ -39,7 +38,7 @@ pub(crate) fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
 }
 
 /// Advances the durable counter `key` by `n` inside `txn`; returns its value before.
-fn advance(txn: &WriteTransaction, key: &str, n: u64) -> Result<u64> {
+pub(crate) fn advance(txn: &WriteTransaction, key: &str, n: u64) -> Result<u64> {
     let mut meta = txn.open_table(META)?;
     let before = meta.get(key)?.map_or(0, |v| v.value());
     meta.insert(key, before + n)?;
@@ -182,96 +181,6 @@ impl crate::Registry {
                 ReleasedCert { serial: serial.clone(), at_ms, partition: rec.crl_partition, seq: next_seq(txn)? };
             txn.open_table(RELEASED)?.insert(serial.as_str(), to_json(&released)?.as_slice())?;
             Ok(rec)
-        })
-    }
-
-    /// Active, unrevoked certificates of the terminals `filter` covers: (terminal, certificate).
-    pub fn bulk_matches(&self, filter: &BulkFilter) -> Result<Vec<(String, String)>> {
-        let txn = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for item in txn.open_table(TERMINALS)?.iter()? {
-            let t: TerminalRecord = from_json(item?.1.value())?;
-            if let (true, Some(c)) = (filter.admits(&t), &t.active_cert) {
-                out.push((t.serial.clone(), c.clone()));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Records a pending bulk revocation; nothing is revoked until another administrator
-    /// approves it.
-    pub fn request_bulk_revocation(&self, approval: &Approval, event: &AuditEvent) -> Result<()> {
-        if approval.filter.is_empty() {
-            return Err(RegistryError::EmptyFilter);
-        }
-        let approval = approval.clone();
-        self.write(event, move |txn| {
-            let mut table = txn.open_table(APPROVALS)?;
-            if table.get(approval.id.as_str())?.is_some() {
-                return Err(RegistryError::ApprovalExists(approval.id.clone()));
-            }
-            table.insert(approval.id.as_str(), to_json(&approval)?.as_slice())?;
-            Ok(())
-        })
-    }
-
-    /// Bulk revocations, newest last; only pending ones when `pending_only`.
-    pub fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>> {
-        let txn = self.db.begin_read()?;
-        let mut out: Vec<Approval> =
-            txn.open_table(APPROVALS)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
-        out.retain(|a| !pending_only || a.state == ApprovalState::Pending);
-        out.sort_by_key(|a| a.created_ms);
-        Ok(out)
-    }
-
-    /// The second administrator's decision. Approval revokes, in the same transaction, every
-    /// active certificate the filter covers now. The requester cannot decide their own request.
-    pub fn decide_approval(
-        &self,
-        id: &str,
-        by: &str,
-        approve: bool,
-        at_ms: u64,
-        event: &AuditEvent,
-    ) -> Result<Approval> {
-        let (id, by) = (id.to_owned(), by.to_owned());
-        self.write(event, move |txn| {
-            let mut a: Approval = txn
-                .open_table(APPROVALS)?
-                .get(id.as_str())?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .ok_or_else(|| RegistryError::ApprovalNotFound(id.clone()))?;
-            if a.state != ApprovalState::Pending {
-                return Err(RegistryError::ApprovalDecided(id.clone()));
-            }
-            if a.requested_by == by {
-                return Err(RegistryError::SameApprover(by.clone()));
-            }
-            if approve {
-                let mut targets = Vec::new();
-                for item in txn.open_table(TERMINALS)?.iter()? {
-                    let t: TerminalRecord = from_json(item?.1.value())?;
-                    if let (true, Some(c)) = (a.filter.admits(&t), t.active_cert) {
-                        targets.push(c);
-                    }
-                }
-                let mut revoked = Vec::with_capacity(targets.len());
-                for c in targets {
-                    match revoke_in(txn, &c, a.reason, at_ms, a.invalidity_ms) {
-                        Ok(_) => revoked.push(c),
-                        // On hold already: it stays listed, with its original reason.
-                        Err(RegistryError::AlreadyRevoked(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                a.state = ApprovalState::Approved { by: by.clone(), at_ms, revoked };
-            } else {
-                a.state = ApprovalState::Rejected { by: by.clone(), at_ms };
-            }
-            txn.open_table(APPROVALS)?.insert(id.as_str(), to_json(&a)?.as_slice())?;
-            Ok(a)
         })
     }
 }

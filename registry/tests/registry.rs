@@ -4,58 +4,8 @@ use std::sync::Arc;
 
 use registry::*;
 
-fn ev(action: &str, target: &str) -> AuditEvent {
-    AuditEvent {
-        time_ms: 1,
-        actor: "station-1".into(),
-        action: action.into(),
-        target: target.into(),
-        outcome: "ok".into(),
-        detail: String::new(),
-    }
-}
-
-fn terminal(serial: &str) -> TerminalRecord {
-    TerminalRecord {
-        serial: serial.into(),
-        class: "II".into(),
-        manufacturer: serial[..4].into(),
-        model: "01".into(),
-        lot: Some("L1".into()),
-        state: TerminalState::Registered,
-        active_cert: None,
-        updated_ms: 0,
-    }
-}
-
-fn issue(req: &str, serial: &str, cert: &str, key: &str) -> TerminalIssue {
-    TerminalIssue {
-        request_id: req.into(),
-        request_hash: format!("hash-of-{req}-{serial}-{key}"),
-        terminal: terminal(serial),
-        register_if_missing: true,
-        reissue: false,
-        cert: CertRecord {
-            serial: cert.into(),
-            subject: CertSubject::Terminal { serial: serial.into() },
-            profile: "terminal".into(),
-            key_fingerprint: key.into(),
-            issued_ms: 1000,
-            not_after_ms: 2000,
-            request_id: req.into(),
-            status: CertStatus::Good,
-            provisioning: None,
-            crl_partition: None,
-        },
-        der: format!("DER of {cert}").into_bytes(),
-    }
-}
-
-fn open() -> (tempfile::TempDir, Registry) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let reg = Registry::open(&dir.path().join("registry.redb")).expect("open");
-    (dir, reg)
-}
+mod common;
+use common::*;
 
 #[test]
 fn one_active_certificate_per_terminal_and_idempotent_retries() {
@@ -150,10 +100,15 @@ fn life_cycle_confirm_activate_revoke() {
     reg.confirm_provisioning(serial, "BB01", &prov, &ev("confirm", serial)).expect("confirm");
     assert_eq!(reg.terminal(serial).expect("t").expect("t").state, TerminalState::Provisioned);
     assert_eq!(reg.certificate("BB01").expect("c").expect("c").0.provisioning, Some(prov.clone()));
-    // A re-confirmation (station retry) keeps the first record.
-    let again = Provisioning { station: "station-2".into(), duration_ms: 1, at_ms: 6, ..prov.clone() };
+    // A re-confirmation (station retry) keeps the first record; another station may not confirm.
+    let again = Provisioning { duration_ms: 1, at_ms: 6, ..prov.clone() };
     reg.confirm_provisioning(serial, "BB01", &again, &ev("confirm", serial)).expect("confirm again");
-    assert_eq!(reg.certificate("BB01").expect("c").expect("c").0.provisioning, Some(prov));
+    assert_eq!(reg.certificate("BB01").expect("c").expect("c").0.provisioning, Some(prov.clone()));
+    let other = Provisioning { station: "station-2".into(), ..prov.clone() };
+    assert_eq!(
+        reg.confirm_provisioning(serial, "BB01", &other, &ev("confirm", serial)),
+        Err(RegistryError::IssuedByAnotherStation { cert: "BB01".into(), station: "station-1".into() })
+    );
     assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("activate"), 1);
     assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("again"), 2);
     assert_eq!(reg.activations(serial).expect("list").len(), 2);
@@ -174,17 +129,15 @@ fn life_cycle_confirm_activate_revoke() {
     );
     let t = reg.terminal(serial).expect("t").expect("t");
     assert_eq!((t.state, t.active_cert), (TerminalState::Revoked, None));
-    // A revoked terminal gets a new certificate only through an explicit re-issue.
-    assert!(matches!(
-        reg.record_terminal_issue(&issue("r2", serial, "BB02", "k2"), &ev("issue", serial)),
-        Err(RegistryError::WrongState { .. })
-    ));
-    let mut re = issue("r3", serial, "BB03", "k3");
-    re.reissue = true;
-    assert_eq!(
-        reg.record_terminal_issue(&re, &ev("reissue", serial)).expect("re-enrol"),
-        IssueOutcome::Issued { superseded: None }
-    );
+    // A revoked terminal gets a new certificate only through an approved re-key (tests/lifecycle.rs).
+    for reissue in [false, true] {
+        let mut again = issue("r2", serial, "BB02", "k2");
+        again.reissue = reissue;
+        assert_eq!(
+            reg.record_terminal_issue(&again, &ev("issue", serial)),
+            Err(RegistryError::RekeyNeedsApproval { terminal: serial.into(), state: "revoked" })
+        );
+    }
 }
 
 #[test]
@@ -357,6 +310,8 @@ fn state_survives_reopen_and_backup_restores_under_load() {
             cert_serial: "EE02".into(),
             manufacturers: vec!["HSTM".into()],
             enabled: true,
+            created_by: "admin".into(),
+            pending_approval: None,
         };
         let mut c = issue("r2", "HSTM00000000000X", "EE02", "k2").cert;
         c.subject = CertSubject::Principal { name: "station-1".into() };
@@ -403,56 +358,62 @@ fn lot_terminal(serial: &str, lot: &str) -> TerminalIssue {
 #[test]
 fn bulk_revocation_needs_a_second_administrator_and_revokes_exactly_the_lot() {
     let (_d, reg) = open();
+    for name in ["admin-1", "admin-2", "admin-3"] {
+        add_admin(&reg, name, "ca-server init");
+    }
     for (s, lot) in [("HSTM01261100000K", "L1"), ("HSTM01261100001I", "L1"), ("HSTM01261100002G", "L2")] {
         reg.record_terminal_issue(&lot_terminal(s, lot), &ev("issue", s)).expect("issue");
     }
     let filter = BulkFilter { lot: Some("L1".into()), ..Default::default() };
     assert_eq!(reg.bulk_matches(&filter).expect("matches").len(), 2);
+    let bulk = |filter: BulkFilter| ApprovalRequest::BulkRevocation {
+        filter,
+        reason: RevocationReason::KeyCompromise,
+        invalidity_ms: Some(5),
+        matched: 2,
+    };
     let approval = Approval {
         id: "a1".into(),
         requested_by: "admin-1".into(),
         created_ms: 10,
-        filter: filter.clone(),
-        reason: RevocationReason::KeyCompromise,
-        invalidity_ms: Some(5),
-        matched: 2,
+        request: bulk(filter.clone()),
         state: ApprovalState::Pending,
     };
-    let empty = Approval { id: "a0".into(), filter: BulkFilter::default(), ..approval.clone() };
-    assert_eq!(reg.request_bulk_revocation(&empty, &ev("bulk", "*")), Err(RegistryError::EmptyFilter));
-    reg.request_bulk_revocation(&approval, &ev("bulk", "L1")).expect("request");
-    assert_eq!(
-        reg.request_bulk_revocation(&approval, &ev("bulk", "L1")),
-        Err(RegistryError::ApprovalExists("a1".into()))
-    );
+    let empty = Approval { id: "a0".into(), request: bulk(BulkFilter::default()), ..approval.clone() };
+    assert_eq!(reg.request_approval(&empty, &ev("bulk", "*")), Err(RegistryError::EmptyFilter));
+    reg.request_approval(&approval, &ev("bulk", "L1")).expect("request");
+    assert_eq!(reg.request_approval(&approval, &ev("bulk", "L1")), Err(RegistryError::ApprovalExists("a1".into())));
     // Without approval nothing changes.
     assert!(reg.revoked_certificates().expect("revoked").is_empty());
     assert_eq!(reg.approvals(true).expect("pending").len(), 1);
     assert_eq!(
-        reg.decide_approval("a1", "admin-1", true, 20, &ev("approve", "a1")),
+        reg.decide_approval("a1", "admin-1", Decision::Approve, 20, &ev("approve", "a1")),
         Err(RegistryError::SameApprover("admin-1".into()))
     );
     assert_eq!(
-        reg.decide_approval("nope", "admin-2", true, 20, &ev("approve", "x")),
+        reg.decide_approval("nope", "admin-2", Decision::Approve, 20, &ev("approve", "x")),
         Err(RegistryError::ApprovalNotFound("nope".into()))
     );
-    let done = reg.decide_approval("a1", "admin-2", true, 20, &ev("approve", "a1")).expect("approve");
+    let done = reg.decide_approval("a1", "admin-2", Decision::Approve, 20, &ev("approve", "a1")).expect("approve");
     let ApprovalState::Approved { by, revoked, .. } = &done.state else { panic!("{done:?}") };
     assert_eq!((by.as_str(), revoked.len()), ("admin-2", 2));
     let revoked: Vec<String> = reg.revoked_certificates().expect("revoked").into_iter().map(|r| r.serial).collect();
     assert_eq!(revoked, vec!["C-HSTM01261100000K".to_owned(), "C-HSTM01261100001I".to_owned()]);
     assert_eq!(reg.terminal("HSTM01261100002G").expect("t").expect("t").state, TerminalState::Issued, "L2 untouched");
     assert_eq!(
-        reg.decide_approval("a1", "admin-3", false, 30, &ev("reject", "a1")),
+        reg.decide_approval("a1", "admin-3", Decision::Reject, 30, &ev("reject", "a1")),
         Err(RegistryError::ApprovalDecided("a1".into()))
     );
     assert!(reg.approvals(true).expect("pending").is_empty());
 
     // A rejected request revokes nothing.
-    let l2 =
-        Approval { id: "a2".into(), filter: BulkFilter { lot: Some("L2".into()), ..Default::default() }, ..approval };
-    reg.request_bulk_revocation(&l2, &ev("bulk", "L2")).expect("request");
-    let rejected = reg.decide_approval("a2", "admin-2", false, 40, &ev("reject", "a2")).expect("reject");
+    let l2 = Approval {
+        id: "a2".into(),
+        request: bulk(BulkFilter { lot: Some("L2".into()), ..Default::default() }),
+        ..approval
+    };
+    reg.request_approval(&l2, &ev("bulk", "L2")).expect("request");
+    let rejected = reg.decide_approval("a2", "admin-2", Decision::Reject, 40, &ev("reject", "a2")).expect("reject");
     assert!(matches!(rejected.state, ApprovalState::Rejected { .. }));
     assert_eq!(reg.revoked_certificates().expect("revoked").len(), 2);
 }
@@ -511,13 +472,14 @@ fn holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused(
     // The same request id now refuses to hand the revoked certificate back.
     assert_eq!(reg.replayed(&first.request_id, &first.request_hash), Err(RegistryError::AlreadyRevoked(cert.clone())));
 
-    // The compromised key is never certified again, even by an explicit re-issue.
-    let mut again = issue("r-again", t, "C-again", &first.cert.key_fingerprint);
-    again.reissue = true;
-    assert_eq!(reg.record_terminal_issue(&again, &ev("reissue", t)), Err(RegistryError::KeyCompromised(cert.clone())));
-    let mut fresh = issue("r-fresh", t, "C-fresh", "k-fresh");
-    fresh.reissue = true;
-    reg.record_terminal_issue(&fresh, &ev("reissue", t)).expect("a new key is fine");
+    // The compromised key is never certified again, for any terminal.
+    let elsewhere = issue("r-again", "HSTM01261100001I", "C-again", &first.cert.key_fingerprint);
+    assert_eq!(
+        reg.record_terminal_issue(&elsewhere, &ev("issue", t)),
+        Err(RegistryError::KeyCompromised(cert.clone()))
+    );
+    let fresh = issue("r-fresh", "HSTM01261100001I", "C-fresh", "k-fresh");
+    reg.record_terminal_issue(&fresh, &ev("issue", t)).expect("a new key is fine");
 }
 
 #[test]

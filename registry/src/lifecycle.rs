@@ -1,0 +1,264 @@
+//! The terminal life cycle (DESIGN §4) as far as stations move it: issuing, replacing before the
+//! device is written, confirming. What a station may do is decided by one function,
+//! [`check_station_issue`], which the CA calls before it signs (so a refusal signs nothing) and
+//! the registry calls again inside the transaction that records (so two racing requests cannot
+//! both pass). A terminal in service gets a new key only through an approved re-key
+//! (`approvals.rs`).
+
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+
+use crate::revocation::{self, COMPROMISED_KEYS};
+use crate::{
+    AuditEvent, CERT_DER, CERTS, CertRecord, CertStatus, IssueOutcome, PUBKEYS, Provisioning, REQUESTS, RegistryError,
+    RequestResult, Result, RevocationReason, TERMINALS, TerminalIssue, TerminalRecord, TerminalState, from_json,
+    to_json,
+};
+
+/// What a station asks for, as the life-cycle rules see it.
+#[derive(Clone, Copy, Debug)]
+pub struct StationIssue<'a> {
+    /// Terminal serial.
+    pub terminal: &'a str,
+    /// Class asked for.
+    pub class: &'a str,
+    /// The station asking.
+    pub station: &'a str,
+    /// Whether it asks to replace the active certificate.
+    pub reissue: bool,
+}
+
+fn on_hold(c: &CertRecord) -> bool {
+    matches!(c.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. })
+}
+
+/// Whether a station may issue for terminal `t` (registered) whose active certificate is
+/// `active`: the class is the registered one; a revoked terminal, or a replacement once the
+/// device is written, needs an approved re-key; a replacement is of the station's own
+/// certificate and never over a hold.
+pub fn check_station_issue(req: &StationIssue<'_>, t: &TerminalRecord, active: Option<&CertRecord>) -> Result<()> {
+    if t.class != req.class {
+        return Err(RegistryError::ClassMismatch {
+            terminal: t.serial.clone(),
+            registered: t.class.clone(),
+            requested: req.class.to_owned(),
+        });
+    }
+    let in_service = matches!(t.state, TerminalState::Provisioned | TerminalState::Active);
+    if t.state == TerminalState::Revoked || (in_service && req.reissue) {
+        return Err(RegistryError::RekeyNeedsApproval { terminal: t.serial.clone(), state: t.state.as_str() });
+    }
+    let Some(c) = active else { return Ok(()) };
+    if !req.reissue {
+        return Err(RegistryError::AlreadyHasActiveCertificate { terminal: t.serial.clone(), cert: c.serial.clone() });
+    }
+    if on_hold(c) {
+        return Err(RegistryError::OnHold(c.serial.clone()));
+    }
+    if c.station.as_deref() != Some(req.station) {
+        return Err(RegistryError::IssuedByAnotherStation {
+            cert: c.serial.clone(),
+            station: c.station.clone().unwrap_or_else(|| "unknown".into()),
+        });
+    }
+    Ok(())
+}
+
+/// Whether the key `fingerprint` may be certified for `terminal`: never a key revoked for
+/// compromise, never another terminal's key (clone defence), and never a key this terminal had
+/// before (a replacement is a new key).
+pub(crate) fn check_new_key(txn: &WriteTransaction, fingerprint: &str, terminal: &str) -> Result<()> {
+    if let Some(cert) = txn.open_table(COMPROMISED_KEYS)?.get(fingerprint)? {
+        return Err(RegistryError::KeyCompromised(cert.value().to_owned()));
+    }
+    if let Some(owner) = txn.open_table(PUBKEYS)?.get(fingerprint)? {
+        let owner = owner.value().to_owned();
+        return Err(if owner == terminal {
+            RegistryError::KeyReused { terminal: owner }
+        } else {
+            RegistryError::PublicKeyInUse { terminal: owner }
+        });
+    }
+    Ok(())
+}
+
+/// Makes `cert` the terminal's active certificate inside `txn`: the one it replaces is revoked
+/// with `replaced_reason`, the key is bound to the terminal, the terminal is `issued`. Returns the
+/// replaced certificate's serial.
+pub(crate) fn install_certificate(
+    txn: &WriteTransaction,
+    terminal: &mut TerminalRecord,
+    cert: &CertRecord,
+    der: &[u8],
+    replaced_reason: RevocationReason,
+) -> Result<Option<String>> {
+    let mut superseded = None;
+    if let Some(old) = terminal.active_cert.clone() {
+        let invalidity = (replaced_reason == RevocationReason::KeyCompromise).then_some(cert.issued_ms);
+        // Callers refuse a certificate on hold before this, so the old one is good.
+        revocation::revoke_in(txn, &old, replaced_reason, cert.issued_ms, invalidity)?;
+        superseded = Some(old);
+    }
+    terminal.state = TerminalState::Issued;
+    terminal.active_cert = Some(cert.serial.clone());
+    terminal.updated_ms = cert.issued_ms;
+    let serial = cert.serial.as_str();
+    let mut certs = txn.open_table(CERTS)?;
+    if certs.get(serial)?.is_some() {
+        return Err(RegistryError::CertSerialExists(serial.into()));
+    }
+    certs.insert(serial, to_json(cert)?.as_slice())?;
+    txn.open_table(CERT_DER)?.insert(serial, der)?;
+    txn.open_table(PUBKEYS)?.insert(cert.key_fingerprint.as_str(), terminal.serial.as_str())?;
+    txn.open_table(TERMINALS)?.insert(terminal.serial.as_str(), to_json(terminal)?.as_slice())?;
+    Ok(superseded)
+}
+
+pub(crate) fn read_terminal(txn: &WriteTransaction, serial: &str) -> Result<Option<TerminalRecord>> {
+    txn.open_table(TERMINALS)?.get(serial)?.map(|v| from_json(v.value())).transpose()
+}
+
+pub(crate) fn read_cert(txn: &WriteTransaction, serial: &str) -> Result<CertRecord> {
+    txn.open_table(CERTS)?
+        .get(serial)?
+        .map(|v| from_json(v.value()))
+        .transpose()?
+        .ok_or_else(|| RegistryError::CertNotFound(serial.into()))
+}
+
+impl crate::Registry {
+    /// The life-cycle check of [`check_station_issue`] against the stored terminal, for the CA
+    /// to refuse before it signs anything. `TerminalNotFound` when the terminal is unknown and
+    /// `require_registration` holds.
+    pub fn check_station_issue(&self, req: &StationIssue<'_>, require_registration: bool) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let terminals = txn.open_table(TERMINALS)?;
+        let Some(t) = terminals.get(req.terminal)?.map(|v| from_json::<TerminalRecord>(v.value())).transpose()? else {
+            return match require_registration {
+                true => Err(RegistryError::TerminalNotFound(req.terminal.to_owned())),
+                false => Ok(()),
+            };
+        };
+        let active = match &t.active_cert {
+            Some(c) => {
+                txn.open_table(CERTS)?.get(c.as_str())?.map(|v| from_json::<CertRecord>(v.value())).transpose()?
+            }
+            None => None,
+        };
+        check_station_issue(req, &t, active.as_ref())
+    }
+
+    /// Records a terminal certificate a station asked for, enforcing the invariants inside the
+    /// transaction.
+    pub fn record_terminal_issue(&self, issue: &TerminalIssue, event: &AuditEvent) -> Result<IssueOutcome> {
+        // A replay is answered without writing anything (not even an audit entry of its own:
+        // the caller logs the replay).
+        if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
+            return Ok(replayed);
+        }
+        let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
+        let issue = issue.clone();
+        let recorded = self.write(event, move |txn| {
+            let issue = &issue;
+            if txn.open_table(REQUESTS)?.get(issue.request_id.as_str())?.is_some() {
+                // Raced with the same id since the check above.
+                return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
+            }
+            let mut terminal = match read_terminal(txn, &issue.terminal.serial)? {
+                Some(t) => t,
+                None if issue.register_if_missing => issue.terminal.clone(),
+                None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
+            };
+            let active = terminal.active_cert.as_deref().map(|c| read_cert(txn, c)).transpose()?;
+            let req = StationIssue {
+                terminal: &terminal.serial,
+                class: &issue.terminal.class,
+                station: &issue.station,
+                reissue: issue.reissue,
+            };
+            check_station_issue(&req, &terminal, active.as_ref())?;
+            check_new_key(txn, &issue.cert.key_fingerprint, &terminal.serial)?;
+            let mut cert = issue.cert.clone();
+            cert.station = Some(issue.station.clone());
+            let superseded = install_certificate(txn, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
+            let result = RequestResult {
+                kind: "terminal_issue".into(),
+                cert_serial: cert.serial.clone(),
+                request_hash: issue.request_hash.clone(),
+            };
+            txn.open_table(REQUESTS)?.insert(issue.request_id.as_str(), to_json(&result)?.as_slice())?;
+            Ok(IssueOutcome::Issued { superseded })
+        });
+        match recorded {
+            // Raced a call with the same id that committed first (a station retrying while its
+            // first call still ran): the same content gets that call's certificate.
+            Err(RegistryError::RequestIdReused(id)) => {
+                self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
+            }
+            other => other,
+        }
+    }
+
+    /// The stored outcome of `request_id`, if it was answered before (`RequestIdReused` if
+    /// it was answered for different content).
+    pub fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
+        let txn = self.db.begin_read()?;
+        let requests = txn.open_table(REQUESTS)?;
+        let Some(v) = requests.get(request_id)? else { return Ok(None) };
+        let result: RequestResult = from_json(v.value())?;
+        if result.request_hash != request_hash {
+            return Err(RegistryError::RequestIdReused(request_id.into()));
+        }
+        let (cert, der) = self
+            .certificate(&result.cert_serial)?
+            .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
+        // A station retrying must not be handed a certificate revoked meanwhile (and write it).
+        if cert.status != CertStatus::Good {
+            return Err(RegistryError::AlreadyRevoked(cert.serial));
+        }
+        Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
+    }
+
+    /// Records the station's confirmation that `cert` is in terminal `serial`. Only the station
+    /// the certificate was issued for may confirm it.
+    pub fn confirm_provisioning(
+        &self,
+        serial: &str,
+        cert: &str,
+        provisioning: &Provisioning,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (serial, cert, provisioning) = (serial.to_owned(), cert.to_owned(), provisioning.clone());
+        self.write(event, move |txn| {
+            let (serial, cert, provisioning) = (serial.as_str(), cert.as_str(), &provisioning);
+            let mut t = read_terminal(txn, serial)?.ok_or_else(|| RegistryError::TerminalNotFound(serial.into()))?;
+            if t.active_cert.as_deref() != Some(cert) {
+                return Err(RegistryError::WrongState {
+                    terminal: serial.into(),
+                    state: t.state.as_str(),
+                    action: "confirming a certificate that is not its active one",
+                    wanted: "issued with that certificate",
+                });
+            }
+            let mut rec = read_cert(txn, cert)?;
+            if rec.station.as_deref() != Some(provisioning.station.as_str()) {
+                return Err(RegistryError::IssuedByAnotherStation {
+                    cert: cert.into(),
+                    station: rec.station.clone().unwrap_or_else(|| "unknown".into()),
+                });
+            }
+            // A station re-confirming (a retry, or a re-run that found the device locked) keeps
+            // the first record: when the certificate was really written.
+            if rec.provisioning.is_some() {
+                return Ok(());
+            }
+            rec.provisioning = Some(provisioning.clone());
+            if t.state == TerminalState::Issued {
+                t.state = TerminalState::Provisioned;
+            }
+            t.updated_ms = provisioning.at_ms;
+            txn.open_table(CERTS)?.insert(cert, to_json(&rec)?.as_slice())?;
+            txn.open_table(TERMINALS)?.insert(serial, to_json(&t)?.as_slice())?;
+            Ok(())
+        })
+    }
+}
