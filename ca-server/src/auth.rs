@@ -1,6 +1,12 @@
 //! Authentication and authorisation of signed requests (DESIGN §3; REQUIREMENTS M1, M3, M4, M5,
-//! M7, M11). One function, [`authenticate`], decides for every method; the gRPC layer only
-//! extracts the headers and maps the failure to a status.
+//! M7, M11). One function, [`Gate::authenticate`], decides for every method; the gRPC layer
+//! only extracts the headers and maps the failure to a status.
+//!
+//! Everything an outsider can vary is bounded: failure counts (per address and per principal),
+//! the validated-certificate cache (registered principals only) and the replay cache (correctly
+//! signed requests only, expiring in O(1)). A failure counts against a principal only once a
+//! signature verified with its key, so forged requests carrying a station's public certificate
+//! cannot lock that station out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -69,6 +75,18 @@ pub enum AuthFailure {
     /// Too many failures from this principal or address.
     #[error("too many failed requests from {0}; try again later")]
     RateLimited(String),
+    /// Signed before this server started: a request captured earlier cannot be replayed
+    /// after a restart (which empties the replay cache).
+    #[error("request was signed before this server started; sign it again")]
+    BeforeStart,
+    /// An administrator waiting for a second administrator's approval.
+    #[error("{name} is an administrator waiting for approval {approval} by a second administrator")]
+    PendingApproval {
+        /// The principal.
+        name: String,
+        /// The approval it waits for.
+        approval: String,
+    },
 }
 
 impl AuthFailure {
@@ -85,57 +103,134 @@ impl AuthFailure {
             Self::Replayed => (Unauthenticated, Reason::ReplayedNonce),
             Self::Forbidden { .. } => (PermissionDenied, Reason::RoleForbidden),
             Self::RateLimited(_) => (ResourceExhausted, Reason::RateLimited),
+            Self::BeforeStart => (Unauthenticated, Reason::StaleTimestamp),
+            Self::PendingApproval { .. } => (PermissionDenied, Reason::CallerPendingApproval),
         }
     }
+}
+
+/// A principal's identity certificate as the registry holds it.
+#[derive(Clone, Debug)]
+pub struct KnownCert {
+    /// The principal holding it.
+    pub principal: PrincipalRecord,
+    /// Whether the certificate is revoked.
+    pub revoked: bool,
+    /// The certificate as issued: a presented certificate must be exactly this.
+    pub der: Vec<u8>,
 }
 
 /// Who is who: principals and the status of their certificates.
 pub trait Directory {
     /// The principal holding certificate `serial` (hex), if the certificate is ours and the
-    /// principal exists, and whether that certificate is revoked.
-    fn principal_for_cert(&self, serial: &str) -> Option<(PrincipalRecord, bool)>;
+    /// principal exists and holds it.
+    fn principal_for_cert(&self, serial: &str) -> Option<KnownCert>;
 }
 
 impl Directory for Registry {
-    fn principal_for_cert(&self, serial: &str) -> Option<(PrincipalRecord, bool)> {
-        let (rec, _) = self.certificate(serial).ok()??;
+    fn principal_for_cert(&self, serial: &str) -> Option<KnownCert> {
+        let (rec, der) = self.certificate(serial).ok()??;
         let CertSubject::Principal { name } = rec.subject else { return None };
         let p = self.principal(&name).ok()??;
-        (p.cert_serial == serial).then_some((p, rec.status != CertStatus::Good))
+        (p.cert_serial == serial).then_some(KnownCert { principal: p, revoked: rec.status != CertStatus::Good, der })
     }
 }
 
-/// Recently seen nonces, forgotten after the clock-skew window (a nonce older than that is
-/// refused as stale anyway).
-#[derive(Default)]
+/// Nonces of correctly signed requests, each remembered until its request's time is outside
+/// the clock-skew window (after that the request is refused as stale anyway). Inserting is O(1)
+/// amortised: entries expire from the front of a queue in insertion order, never by a scan.
+/// Requests signed before the cache was made (before the server started) are refused by the
+/// gate, so a restart, which empties the cache, does not reopen a window for replays.
 pub struct NonceCache {
-    seen: Mutex<HashMap<String, u64>>,
+    started_ms: u64,
+    inner: Mutex<Nonces>,
+}
+
+#[derive(Default)]
+struct Nonces {
+    seen: HashMap<u128, u64>,
+    order: VecDeque<(u64, u128)>,
+}
+
+/// What [`NonceCache::insert`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceUse {
+    /// Not seen within its window: now remembered.
+    Fresh,
+    /// Seen before and not yet expired.
+    Replayed,
+    /// The cache holds [`NonceCache::CAPACITY`] live nonces: refuse rather than forget one.
+    Full,
+}
+
+impl Default for NonceCache {
+    fn default() -> Self {
+        Self::starting_at(unix_ms(SystemTime::now()))
+    }
 }
 
 impl NonceCache {
-    /// Records `nonce` until `expires_ms`; false if it is already there and unexpired.
-    pub fn insert(&self, nonce: &str, now_ms: u64, expires_ms: u64) -> bool {
-        let Ok(mut seen) = self.seen.lock() else { return false };
-        if seen.len() > 100_000 {
-            seen.retain(|_, exp| *exp > now_ms);
-        }
-        match seen.get(nonce) {
-            Some(exp) if *exp > now_ms => false,
-            _ => {
-                seen.insert(nonce.to_owned(), expires_ms);
-                true
+    /// Live nonces kept at most (~70 bytes each): 10,000 signed requests a second for 400 s.
+    pub const CAPACITY: usize = 4_000_000;
+
+    /// A cache for a server that started at `started_ms` (unix milliseconds).
+    pub fn starting_at(started_ms: u64) -> Self {
+        Self { started_ms, inner: Mutex::default() }
+    }
+
+    /// When the server started: requests signed earlier are refused.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// Records `nonce_hex` (32 hex digits) until `expires_ms`.
+    pub fn insert(&self, nonce_hex: &str, now_ms: u64, expires_ms: u64) -> NonceUse {
+        let Ok(nonce) = u128::from_str_radix(nonce_hex, 16) else { return NonceUse::Replayed };
+        let Ok(mut n) = self.inner.lock() else { return NonceUse::Full };
+        while let Some(&(exp, old)) = n.order.front() {
+            if exp > now_ms {
+                break;
+            }
+            n.order.pop_front();
+            if n.seen.get(&old).is_some_and(|e| *e <= now_ms) {
+                n.seen.remove(&old);
             }
         }
+        if n.seen.get(&nonce).is_some_and(|exp| *exp > now_ms) {
+            return NonceUse::Replayed;
+        }
+        if n.seen.len() >= Self::CAPACITY {
+            return NonceUse::Full;
+        }
+        n.seen.insert(nonce, expires_ms);
+        n.order.push_back((expires_ms, nonce));
+        NonceUse::Fresh
+    }
+
+    /// Nonces remembered now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |n| n.seen.len())
+    }
+
+    /// Whether no nonce is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// Failed attempts per principal or address over the last minute (M4, M7).
-#[derive(Default)]
-pub struct FailureLimiter {
-    failures: Mutex<HashMap<String, VecDeque<u64>>>,
+/// Failures in the last minute per key, for at most `cap` keys; at most `limit` timestamps
+/// are kept per key (enough to know it is over the limit).
+struct Counts {
+    map: HashMap<String, VecDeque<u64>>,
+    cap: usize,
+    last_sweep_ms: u64,
 }
 
-impl FailureLimiter {
+impl Counts {
+    fn new(cap: usize) -> Self {
+        Self { map: HashMap::new(), cap, last_sweep_ms: 0 }
+    }
+
     fn recent(q: &mut VecDeque<u64>, now_ms: u64) -> usize {
         while q.front().is_some_and(|t| *t + 60_000 <= now_ms) {
             q.pop_front();
@@ -143,22 +238,82 @@ impl FailureLimiter {
         q.len()
     }
 
-    /// Whether `key` has used up its failures.
-    pub fn is_limited(&self, key: &str, now_ms: u64, per_minute: u32) -> bool {
-        let Ok(mut map) = self.failures.lock() else { return true };
-        map.get_mut(key).is_some_and(|q| Self::recent(q, now_ms) >= per_minute as usize)
+    fn is_limited(&mut self, key: &str, now_ms: u64, limit: u32) -> bool {
+        self.map.get_mut(key).is_some_and(|q| Self::recent(q, now_ms) >= limit as usize)
     }
 
-    /// Counts a failure for `key`.
-    pub fn record(&self, key: &str, now_ms: u64) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.entry(key.to_owned()).or_default().push_back(now_ms);
+    fn record(&mut self, key: &str, now_ms: u64, limit: u32) {
+        if !self.map.contains_key(key) && self.map.len() >= self.cap {
+            // Full: sweep out quiet sources, but at most once a second, so a flood of new
+            // sources costs one scan a second, not one per request.
+            if now_ms >= self.last_sweep_ms + 1000 {
+                self.last_sweep_ms = now_ms;
+                self.map.retain(|_, q| Self::recent(q, now_ms) > 0);
+            }
+            if self.map.len() >= self.cap {
+                // More sources failing within a minute than we track: this one goes uncounted
+                // (its requests still fail on their own defects).
+                return;
+            }
+        }
+        let q = self.map.entry(key.to_owned()).or_default();
+        q.push_back(now_ms);
+        while q.len() > (limit as usize).max(1) {
+            q.pop_front();
         }
     }
 }
 
-/// What is kept of a caller certificate once its chain was validated, by SM3 of its DER: the
-/// chain's two SM2 verifications, the parsing and the key's multiples (for the request
+/// Failed attempts per source address and per principal over the last minute (M4, M7). A
+/// failure counts against a principal only once a signature verified with that principal's key;
+/// before that it counts against the address alone. An address over its limit is refused for
+/// anything but a registered principal's certificate, which is judged on its signature: a
+/// station behind the same NAT as an attacker keeps working.
+pub struct FailureLimiter {
+    addresses: Mutex<Counts>,
+    principals: Mutex<Counts>,
+}
+
+impl Default for FailureLimiter {
+    fn default() -> Self {
+        Self { addresses: Mutex::new(Counts::new(Self::CAPACITY)), principals: Mutex::new(Counts::new(Self::CAPACITY)) }
+    }
+}
+
+impl FailureLimiter {
+    /// Sources tracked at most, per kind.
+    pub const CAPACITY: usize = 65_536;
+
+    fn address_limited(&self, peer: &str, now_ms: u64, limit: u32) -> bool {
+        self.addresses.lock().map_or(true, |mut c| c.is_limited(peer, now_ms, limit))
+    }
+
+    fn principal_limited(&self, name: &str, now_ms: u64, limit: u32) -> bool {
+        self.principals.lock().map_or(true, |mut c| c.is_limited(name, now_ms, limit))
+    }
+
+    /// Counts one failure from `peer` before any signature verified.
+    pub fn record_address(&self, peer: &str, now_ms: u64, limit: u32) {
+        if let Ok(mut c) = self.addresses.lock() {
+            c.record(peer, now_ms, limit);
+        }
+    }
+
+    fn record_principal(&self, name: &str, now_ms: u64, limit: u32) {
+        if let Ok(mut c) = self.principals.lock() {
+            c.record(name, now_ms, limit);
+        }
+    }
+
+    /// Sources tracked now: (addresses, principals).
+    pub fn tracked(&self) -> (usize, usize) {
+        let n = |m: &Mutex<Counts>| m.lock().map_or(0, |c| c.map.len());
+        (n(&self.addresses), n(&self.principals))
+    }
+}
+
+/// What is kept of a principal's certificate once its chain was validated, by SM3 of its DER:
+/// the chain's two SM2 verifications, the parsing and the key's multiples (for the request
 /// signature) are not repeated. Revocation and principal state are still checked on every request.
 #[derive(Clone)]
 struct ValidatedCert {
@@ -167,15 +322,17 @@ struct ValidatedCert {
     key: Sm2PublicKey,
 }
 
-/// Caller certificates already validated (see [`ValidatedCert`]), at most
-/// [`ValidatedCerts::CAPACITY`]: each holds its key's multiples (~90 KB).
+/// Registered principals' certificates already validated (see [`ValidatedCert`]), at most
+/// [`ValidatedCerts::CAPACITY`]: each holds its key's multiples (~90 KB). A certificate enters
+/// only when it is byte for byte one the registry holds for a principal, so forged or foreign
+/// certificates never displace principals.
 #[derive(Default)]
 pub struct ValidatedCerts {
     seen: Mutex<HashMap<[u8; 32], ValidatedCert>>,
 }
 
 impl ValidatedCerts {
-    /// More callers than this and the cache starts again (principals are stations and staff:
+    /// More principals than this and the cache starts again (principals are stations and staff:
     /// hundreds, not thousands).
     pub const CAPACITY: usize = 1024;
 
@@ -192,28 +349,20 @@ impl ValidatedCerts {
         }
     }
 
-    fn validate(&self, cert_der: &[u8], trust: &Trust, now: SystemTime) -> Result<ValidatedCert, AuthFailure> {
+    /// Certificates held now.
+    pub fn len(&self) -> usize {
+        self.seen.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `cert_der` is held.
+    pub fn contains(&self, cert_der: &[u8]) -> bool {
         let fingerprint: [u8; 32] = sm3::Sm3::digest(cert_der).into();
-        if let Some(v) = self.get(&fingerprint, now) {
-            return Ok(v);
-        }
-        let cert =
-            Certificate::from_der(cert_der).map_err(|e| AuthFailure::CertInvalid(format!("not a certificate: {e}")))?;
-        validate_chain(&cert, std::slice::from_ref(&trust.issuing), &trust.root, now, &trust.signer_id)
-            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
-        if cert.tbs_certificate().issuer() != trust.issuing.tbs_certificate().subject() {
-            return Err(AuthFailure::CertInvalid("not issued by our issuing CA".into()));
-        }
-        let serial_hex = pki::CertSerial::of(&cert)
-            .ok_or_else(|| AuthFailure::CertInvalid("serial is not a positive integer".into()))?
-            .to_hex();
-        let key = Sm2PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())
-            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?
-            .precomputed();
-        let not_after = pki::time::from_x509(&cert.tbs_certificate().validity().not_after);
-        let v = ValidatedCert { not_after, serial_hex, key };
-        self.remember(fingerprint, v.clone());
-        Ok(v)
+        self.seen.lock().is_ok_and(|m| m.contains_key(&fingerprint))
     }
 }
 
@@ -227,7 +376,7 @@ pub struct Trust {
     pub signer_id: SignerId,
 }
 
-/// Everything [`authenticate`] needs besides the request.
+/// Everything [`Gate::authenticate`] needs besides the request.
 pub struct Gate<'a, D: Directory> {
     /// Trust anchors.
     pub trust: &'a Trust,
@@ -243,9 +392,27 @@ pub struct Gate<'a, D: Directory> {
     pub validated: &'a ValidatedCerts,
 }
 
+/// A refused request: why, and the principal whose key signed it (none when the refusal came
+/// before a signature verified, so it counts against the address alone).
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub failure: AuthFailure,
+    /// The principal it counted against.
+    pub principal: Option<String>,
+}
+
+/// A request whose signature verified with a principal's key.
+struct Signed {
+    known: KnownCert,
+    serial: String,
+    nonce_hex: String,
+    time_ms: u64,
+}
+
 impl<D: Directory> Gate<'_, D> {
-    /// Authenticates and authorises one request. `peer` is the caller's address, for rate
-    /// limiting before the principal is known; failures count against it and the principal.
+    /// Authenticates and authorises one request. `peer` is the caller's address. A failure
+    /// before the signature verified counts against `peer`; after, against the principal.
     pub fn authenticate(
         &self,
         headers: Result<SignedHeaders, HeaderError>,
@@ -254,65 +421,121 @@ impl<D: Directory> Gate<'_, D> {
         peer: &str,
         now: SystemTime,
     ) -> Result<Caller, AuthFailure> {
-        let now_ms = unix_ms(now);
-        let limit = self.roles.failures_per_minute;
-        if self.limiter.is_limited(peer, now_ms, limit) {
-            return Err(AuthFailure::RateLimited(peer.to_owned()));
-        }
-        let mut principal_key = None;
-        let result = self.check(headers, method, body, now, now_ms, &mut principal_key);
-        if result.is_err() {
-            self.limiter.record(peer, now_ms);
-            if let Some(name) = &principal_key {
-                self.limiter.record(name, now_ms);
-            }
-        }
-        result
+        self.authenticate_from(headers, method, body, peer, now).map_err(|r| r.failure)
     }
 
-    fn check(
+    /// [`Gate::authenticate`], saying on refusal whom it counted against.
+    pub fn authenticate_from(
         &self,
         headers: Result<SignedHeaders, HeaderError>,
         method: &str,
         body: &[u8],
+        peer: &str,
+        now: SystemTime,
+    ) -> Result<Caller, Refused> {
+        let now_ms = unix_ms(now);
+        let limit = self.roles.failures_per_minute;
+        let signed = self.verify_signature(headers, method, body, peer, now, now_ms).map_err(|failure| {
+            self.limiter.record_address(peer, now_ms, limit);
+            Refused { failure, principal: None }
+        })?;
+        let name = signed.known.principal.name.clone();
+        self.admit(signed, method, now_ms).map_err(|failure| {
+            self.limiter.record_principal(&name, now_ms, limit);
+            Refused { failure, principal: Some(name) }
+        })
+    }
+
+    /// The principal's certificate exactly as issued (validated once, then cached), the time
+    /// window, and the signature.
+    fn verify_signature(
+        &self,
+        headers: Result<SignedHeaders, HeaderError>,
+        method: &str,
+        body: &[u8],
+        peer: &str,
         now: SystemTime,
         now_ms: u64,
-        principal_key: &mut Option<String>,
-    ) -> Result<Caller, AuthFailure> {
-        let h = headers?;
-        let ValidatedCert { serial_hex: serial, key, .. } = self.validated.validate(&h.cert_der, self.trust, now)?;
-        let (principal, revoked) =
-            self.directory.principal_for_cert(&serial).ok_or_else(|| AuthFailure::Disabled(serial.clone()))?;
-        *principal_key = Some(principal.name.clone());
-        if self.limiter.is_limited(&principal.name, now_ms, self.roles.failures_per_minute) {
-            return Err(AuthFailure::RateLimited(principal.name));
-        }
-        if revoked {
-            return Err(AuthFailure::Revoked(serial));
-        }
-        if !principal.enabled {
-            return Err(AuthFailure::Disabled(serial));
-        }
+    ) -> Result<Signed, AuthFailure> {
+        let limited = self.limiter.address_limited(peer, now_ms, self.roles.failures_per_minute);
+        let refuse = |f: AuthFailure| if limited { AuthFailure::RateLimited(peer.to_owned()) } else { f };
+        let h = headers.map_err(|e| refuse(e.into()))?;
+        let (v, known) = self.principal_cert(&h.cert_der, now).map_err(refuse)?;
         let skew_ms = h.time_ms as i64 - now_ms as i64;
         let allowed = self.roles.clock_skew;
         if skew_ms.unsigned_abs() > allowed.as_millis() as u64 {
             return Err(AuthFailure::Stale { skew_s: skew_ms / 1000, allowed_s: allowed.as_secs() });
         }
-        key.verify(&self.trust.signer_id, &canonical(method, h.time_ms, &h.nonce_hex, body), &h.signature_der)
+        if h.time_ms < self.nonces.started_ms() {
+            return Err(AuthFailure::BeforeStart);
+        }
+        v.key
+            .verify(&self.trust.signer_id, &canonical(method, h.time_ms, &h.nonce_hex, body), &h.signature_der)
             .map_err(|e| AuthFailure::BadSignature(e.to_string()))?;
-        // Only a correctly signed request may spend a nonce.
-        let window = 2 * allowed.as_millis() as u64;
-        if !self.nonces.insert(&h.nonce_hex, now_ms, now_ms + window) {
-            return Err(AuthFailure::Replayed);
+        Ok(Signed { known, serial: v.serial_hex, nonce_hex: h.nonce_hex, time_ms: h.time_ms })
+    }
+
+    /// A principal's certificate: byte for byte one the registry holds for a principal, and
+    /// (once) chained to our issuing CA and current.
+    fn principal_cert(&self, cert_der: &[u8], now: SystemTime) -> Result<(ValidatedCert, KnownCert), AuthFailure> {
+        let fingerprint: [u8; 32] = sm3::Sm3::digest(cert_der).into();
+        if let Some(v) = self.validated.get(&fingerprint, now) {
+            let known = self
+                .directory
+                .principal_for_cert(&v.serial_hex)
+                .ok_or_else(|| AuthFailure::CertInvalid("not the certificate of a principal of this CA".into()))?;
+            return Ok((v, known));
         }
-        if !self.roles.allows(&principal.role, method) {
-            return Err(AuthFailure::Forbidden { role: principal.role, method: method.to_owned() });
+        let cert =
+            Certificate::from_der(cert_der).map_err(|e| AuthFailure::CertInvalid(format!("not a certificate: {e}")))?;
+        let serial_hex = pki::CertSerial::of(&cert)
+            .ok_or_else(|| AuthFailure::CertInvalid("serial is not a positive integer".into()))?
+            .to_hex();
+        let known = self
+            .directory
+            .principal_for_cert(&serial_hex)
+            .filter(|k| k.der == cert_der)
+            .ok_or_else(|| AuthFailure::CertInvalid("not the certificate of a principal of this CA".into()))?;
+        validate_chain(&cert, std::slice::from_ref(&self.trust.issuing), &self.trust.root, now, &self.trust.signer_id)
+            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?;
+        if cert.tbs_certificate().issuer() != self.trust.issuing.tbs_certificate().subject() {
+            return Err(AuthFailure::CertInvalid("not issued by our issuing CA".into()));
         }
-        Ok(Caller {
-            name: principal.name,
-            role: principal.role,
-            manufacturers: principal.manufacturers,
-            cert_serial: serial,
-        })
+        let key = Sm2PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())
+            .map_err(|e| AuthFailure::CertInvalid(e.to_string()))?
+            .precomputed();
+        let not_after = pki::time::from_x509(&cert.tbs_certificate().validity().not_after);
+        let v = ValidatedCert { not_after, serial_hex, key };
+        self.validated.remember(fingerprint, v.clone());
+        Ok((v, known))
+    }
+
+    /// What a principal whose signature verified may do now.
+    fn admit(&self, s: Signed, method: &str, now_ms: u64) -> Result<Caller, AuthFailure> {
+        let p = s.known.principal;
+        if self.limiter.principal_limited(&p.name, now_ms, self.roles.failures_per_minute) {
+            return Err(AuthFailure::RateLimited(p.name));
+        }
+        if s.known.revoked {
+            return Err(AuthFailure::Revoked(s.serial));
+        }
+        if !p.enabled {
+            return Err(AuthFailure::Disabled(s.serial));
+        }
+        if let Some(approval) = p.pending_approval {
+            return Err(AuthFailure::PendingApproval { name: p.name, approval });
+        }
+        // Remembered while the request's time is within the window; only a correctly signed
+        // request spends a nonce.
+        let expires = s.time_ms + self.roles.clock_skew.as_millis() as u64;
+        match self.nonces.insert(&s.nonce_hex, now_ms, expires.max(now_ms + 1)) {
+            NonceUse::Fresh => {}
+            NonceUse::Replayed => return Err(AuthFailure::Replayed),
+            NonceUse::Full => return Err(AuthFailure::RateLimited("the replay cache (full)".into())),
+        }
+        if !self.roles.allows(&p.role, method) {
+            return Err(AuthFailure::Forbidden { role: p.role, method: method.to_owned() });
+        }
+        Ok(Caller { name: p.name, role: p.role, manufacturers: p.manufacturers, cert_serial: s.serial })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use ca_server::auth::{AuthFailure, FailureLimiter, Gate, NonceCache, Trust, ValidatedCerts};
+use ca_server::auth::{AuthFailure, FailureLimiter, Gate, NonceCache, NonceUse, Trust, ValidatedCerts};
 use ca_server::issuer::Issuer;
 use ca_server::ra::{Refusal, TerminalRequest, decide_terminal};
 use ca_server::roles::Roles;
@@ -90,6 +90,8 @@ impl World {
             cert_serial: serial.clone(),
             manufacturers: vec!["HSTM".into()],
             enabled: true,
+            created_by: "test".into(),
+            pending_approval: None,
         };
         let rec = CertRecord {
             serial: serial.clone(),
@@ -102,6 +104,7 @@ impl World {
             status: CertStatus::Good,
             provisioning: None,
             crl_partition: None,
+            station: None,
         };
         self.reg.add_principal(&p, &rec, &der, &ev("principal_add")).expect("add");
         (key, der, serial)
@@ -229,25 +232,141 @@ fn caller_certificates_must_be_ours_current_unrevoked_and_enabled() {
 }
 
 #[test]
-fn repeated_failures_are_rate_limited() {
+fn a_principal_that_keeps_failing_after_signing_is_rate_limited_everywhere() {
     let w = world();
     let e = env(&w);
     let g = gate(&w, &e);
     let now = SystemTime::now();
     let (key, cert, _) = w.principal("station-1", "station");
+    // Correctly signed, but forbidden: these count against the principal.
     for _ in 0..w.roles.failures_per_minute {
-        let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
-        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"tampered", "203.0.113.7", now)), Reason::BadSignature);
+        let h = sign(&key, &cert, REVOKE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), REVOKE, b"b", "203.0.113.7", now)), Reason::RoleForbidden);
     }
-    // Now even a good request from that address, or from that principal elsewhere, is refused…
-    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
-    assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now)), Reason::RateLimited);
+    // Now even a good request of that principal is refused, from any address…
     let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
     assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "198.51.100.1", now)), Reason::RateLimited);
     // …until the minute has passed.
     let later = now + Duration::from_secs(61);
     let h = sign(&key, &cert, ISSUE, b"b", ms(later)).expect("sign");
     g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", later).expect("allowed again");
+}
+
+#[test]
+fn forged_requests_with_a_stations_certificate_do_not_lock_the_station_out() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let now = SystemTime::now();
+    let (key, cert, _) = w.principal("station-1", "station");
+    let attacker = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    // The station's certificate is public; the attacker signs with its own key, from the
+    // station's NAT address and from elsewhere, many times over the limit.
+    for peer in ["203.0.113.7", "192.0.2.66"] {
+        for _ in 0..3 * w.roles.failures_per_minute {
+            let h = sign(&attacker, &cert, ISSUE, b"b", ms(now)).expect("sign");
+            let r = reason(g.authenticate(Ok(h), ISSUE, b"b", peer, now));
+            assert!(matches!(r, Reason::BadSignature), "{r:?}");
+        }
+    }
+    // Anonymous garbage from the same address, over the limit too.
+    for _ in 0..3 * w.roles.failures_per_minute {
+        let r = reason(g.authenticate(Err(HeaderError::Missing("x-hsca-cert")), ISSUE, b"b", "203.0.113.7", now));
+        assert!(matches!(r, Reason::MissingSignature | Reason::RateLimited), "{r:?}");
+    }
+    assert_eq!(
+        reason(g.authenticate(Err(HeaderError::Missing("x-hsca-cert")), ISSUE, b"b", "203.0.113.7", now)),
+        Reason::RateLimited,
+        "the address is over its limit for anything but a principal's certificate"
+    );
+    // The station, from that very address, is judged on its own signature.
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now).expect("the station still works behind its NAT");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "198.51.100.1", now).expect("and elsewhere");
+    assert_eq!(e.limiter.tracked().1, 0, "nothing was counted against the station");
+}
+
+#[test]
+fn a_flood_of_distinct_forged_certificates_and_addresses_stays_bounded() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let now = SystemTime::now();
+    let (key, cert, _) = w.principal("station-1", "station");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h.clone()), ISSUE, b"b", "10.0.0.1", now).expect("the station, cached");
+    assert!(e.validated.contains(&cert));
+    // 100,000 distinct certificates (the station's with one serial byte changed: they parse,
+    // but no principal holds them) from 100,000 distinct addresses.
+    let version_then_serial = [0xa0, 0x03, 0x02, 0x01, 0x02, 0x02];
+    let at = cert.windows(6).position(|w| w == version_then_serial).expect("serial INTEGER") + 7 + 4;
+    for i in 0..100_000u32 {
+        let mut forged = cert.clone();
+        forged[at..at + 4].copy_from_slice(&(i | 0x4000_0000).to_be_bytes());
+        let mut fh = h.clone();
+        fh.cert_der = forged;
+        fh.nonce_hex = format!("{i:032x}");
+        let peer = format!("2001:db8::{:x}:{:x}", i >> 16, i & 0xffff);
+        assert_eq!(reason(g.authenticate(Ok(fh), ISSUE, b"b", &peer, now)), Reason::CallerCertInvalid);
+    }
+    let (addresses, principals) = e.limiter.tracked();
+    assert!(addresses <= FailureLimiter::CAPACITY, "{addresses} addresses tracked");
+    assert_eq!(principals, 0);
+    assert_eq!(e.validated.len(), 1, "no forged certificate entered the cache");
+    assert!(e.validated.contains(&cert), "the station's entry survived");
+    assert_eq!(e.nonces.len(), 1, "only the correctly signed request spent a nonce");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "10.0.0.1", now).expect("the station still works");
+}
+
+#[test]
+fn a_request_signed_before_the_server_started_is_refused() {
+    let w = world();
+    let mut e = env(&w);
+    let (key, cert, _) = w.principal("station-1", "station");
+    let before = SystemTime::now();
+    let captured = sign(&key, &cert, ISSUE, b"b", ms(before)).expect("sign");
+    // The server restarts a second later: its replay cache is new and empty.
+    let restart = before + Duration::from_secs(1);
+    e.nonces = NonceCache::starting_at(ms(restart));
+    let g = gate(&w, &e);
+    assert_eq!(reason(g.authenticate(Ok(captured), ISSUE, b"b", "p", restart)), Reason::StaleTimestamp);
+    let fresh = sign(&key, &cert, ISSUE, b"b", ms(restart)).expect("sign");
+    g.authenticate(Ok(fresh), ISSUE, b"b", "p", restart).expect("signed after the restart");
+}
+
+#[test]
+fn a_pending_administrator_can_do_nothing() {
+    let w = world();
+    let e = env(&w);
+    let g = gate(&w, &e);
+    let now = SystemTime::now();
+    let (key, cert, _) = w.principal("admin-x", "admin");
+    let mut p = w.reg.principal("admin-x").expect("p").expect("p");
+    p.pending_approval = Some("a1".into());
+    // Stand-in for add_pending_admin: the same record, marked pending.
+    let (rec, der) = w.reg.certificate(&p.cert_serial).expect("c").expect("c");
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = Registry::open(&dir.path().join("r.redb")).expect("registry");
+    reg.add_principal(&p, &rec, &der, &ev("principal_add")).expect("add");
+    let g2 = Gate { directory: &reg, ..g };
+    let h = sign(&key, &cert, REVOKE, b"b", ms(now)).expect("sign");
+    let err = g2.authenticate(Ok(h), REVOKE, b"b", "p", now).expect_err("pending");
+    assert_eq!(err.status(), (tonic::Code::PermissionDenied, Reason::CallerPendingApproval));
+}
+
+#[test]
+fn nonces_expire_in_insertion_order_without_scans() {
+    let cache = NonceCache::starting_at(0);
+    for i in 0..300_000u64 {
+        let now = i / 100; // 100 per millisecond
+        assert_eq!(cache.insert(&format!("{i:032x}"), now, now + 1000), NonceUse::Fresh);
+    }
+    assert_eq!(cache.insert(&format!("{:032x}", 299_999), 2999, 3999), NonceUse::Replayed);
+    // At 3,500 ms everything inserted before 2,500 ms has expired.
+    assert_eq!(cache.insert(&format!("{:032x}", 1), 3500, 4500), NonceUse::Fresh, "expired: usable again");
+    assert_eq!(cache.len(), 49_901, "inserted after 2,500 ms, and the re-used one");
 }
 
 fn req<'a>(serial: &'a str, class: &'a str, csr: &'a [u8]) -> TerminalRequest<'a> {
