@@ -128,20 +128,26 @@ async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>, headers: Heade
 }
 
 async fn readyz(State(ca): State<Arc<Ca>>) -> (StatusCode, String) {
-    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let result = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let sig = ca.signer.sign(b"readiness probe").map_err(|e| format!("hsm: {e}"))?;
         ca.issuer_info
             .key
             .verify(&ca.issuer_info.signer_id, b"readiness probe", sig.as_der())
             .map_err(|e| format!("hsm self-test: {e}"))?;
         ca.registry.audit_len().map_err(|e| format!("registry: {e}"))?;
-        Ok(())
+        let admins = ca.registry.active_admins().map_err(|e| format!("registry: {e}"))?;
+        // Not a readiness failure (issuance and revocation work), but never silently skipped.
+        Ok(if admins.len() < 2 {
+            format!("dual control: unavailable ({} active admin; approvals need a second)\n", admins.len())
+        } else {
+            format!("dual control: available ({} active admins)\n", admins.len())
+        })
     })
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     match result {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Ok(detail) => (StatusCode::OK, format!("ready\n{detail}")),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }

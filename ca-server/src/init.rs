@@ -36,8 +36,10 @@ pub struct Report {
     pub config: PathBuf,
     /// `DIR/cactl.toml`.
     pub cactl: PathBuf,
-    /// The admin identity file.
+    /// The first admin's identity file (the one `cactl.toml` names).
     pub admin_identity: PathBuf,
+    /// Every admin identity file made (`--admins`), the first one first.
+    pub admin_identities: Vec<PathBuf>,
     /// Root and issuing certificates.
     pub root: PathBuf,
     /// Issuing CA certificate.
@@ -45,7 +47,7 @@ pub struct Report {
 }
 
 /// Options for `init`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Options {
     /// A file with the HSM user PIN to use; generated when absent.
     pub pin_file: Option<PathBuf>,
@@ -53,7 +55,92 @@ pub struct Options {
     pub grpc: Option<String>,
     /// HTTP listen address.
     pub http: Option<String>,
+    /// How many admin identities to make (at least 1; dual control needs 2).
+    pub admins: u32,
 }
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { pin_file: None, grpc: None, http: None, admins: 2 }
+    }
+}
+
+/// Makes admin identities at `init`, before any server runs: key generated here, certificate
+/// issued with the issuing key, principal recorded as active (the bootstrap admins are the ones
+/// the auditor sees created by `ca-server init`), key encrypted under a random passphrase.
+struct AdminMaker<'a> {
+    dir: &'a Path,
+    registry: &'a Registry,
+    issuer: Issuer<'a>,
+    profile: &'a pki::CertProfile,
+    server: String,
+    now: std::time::SystemTime,
+}
+
+impl AdminMaker<'_> {
+    /// Makes admin `name` in `identities/NAME/`; returns its identity file.
+    fn make(&self, name: &str) -> Result<PathBuf> {
+        let admin_dir = self.dir.join("identities").join(name);
+        mkdir_private(&admin_dir)?;
+        let key = SoftwareSm2Key::generate(Default::default())?;
+        let vars = SubjectVars { name: Some(name.into()), ..Default::default() };
+        let cert = self.issuer.issue(self.profile, &vars, key.sm2_public_key(), self.now)?;
+        let serial = serial_hex(&cert)?;
+        let der = der::Encode::to_der(&cert)?;
+        let record = crate::records::new_cert_record(
+            &cert,
+            CertSubject::Principal { name: name.into() },
+            "admin",
+            &format!("ca-server-init-{name}"),
+        )
+        .context("admin certificate record")?;
+        self.registry.add_principal(
+            &PrincipalRecord {
+                name: name.into(),
+                role: "admin".into(),
+                cert_serial: serial.clone(),
+                manufacturers: vec![],
+                enabled: true,
+                created_by: INIT_ACTOR.into(),
+                pending_approval: None,
+            },
+            &record,
+            &der,
+            &AuditEvent {
+                time_ms: now_ms(),
+                actor: INIT_ACTOR.into(),
+                action: "principal_add".into(),
+                target: name.into(),
+                outcome: "ok".into(),
+                detail: format!("role admin, certificate {serial}"),
+            },
+        )?;
+        let passphrase = random_secret()?;
+        write_private(&admin_dir.join("passphrase"), passphrase.as_bytes())?;
+        let key_pem = hsm::backend::file::encrypt(&key, passphrase.as_bytes(), hsm::backend::file::DEFAULT_ITERATIONS)?;
+        let (key_file, cert_file) = (format!("{name}.key"), format!("{name}.pem"));
+        write_private(&admin_dir.join(&key_file), key_pem.as_bytes())?;
+        write_pem(&admin_dir.join(&cert_file), &cert)?;
+        std::fs::copy(self.dir.join("tls/ca.pem"), admin_dir.join("tls-ca.pem"))?;
+        std::fs::copy(self.dir.join("certs/root.pem"), admin_dir.join("root.pem"))?;
+        let identity = IdentityFile {
+            name: name.into(),
+            role: "admin".into(),
+            server: self.server.clone(),
+            tls_ca: "tls-ca.pem".into(),
+            pki_root: "root.pem".into(),
+            certificate: cert_file.into(),
+            key: key_file.into(),
+            passphrase_file: Some("passphrase".into()),
+        };
+        let identity_path = admin_dir.join("identity.toml");
+        std::fs::write(&identity_path, toml::to_string(&identity)?)?;
+        Ok(identity_path)
+    }
+}
+
+/// The audit actor of what `init` does.
+const INIT_ACTOR: &str = "ca-server init";
 
 fn random_secret() -> Result<Zeroizing<String>> {
     let mut b = [0u8; 18];
@@ -85,7 +172,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     if config_path.exists() {
         bail!("{} exists: {} already holds a CA", config_path.display(), dir.display());
     }
-    for sub in ["certs", "tls", "token", "policies", "identities/admin"] {
+    for sub in ["certs", "tls", "token", "policies", "identities"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
     mkdir_private(&dir.join("secrets"))?;
@@ -183,71 +270,31 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     let registry = Registry::open(&dir.join("registry.redb"))?;
     registry.audit(&AuditEvent {
         time_ms: now_ms(),
-        actor: "ca-server init".into(),
+        actor: INIT_ACTOR.into(),
         action: "ca_init".into(),
         target: serial_hex(&issuing)?,
         outcome: "ok".into(),
         detail: format!("root {} issuing {}", serial_hex(&root)?, serial_hex(&issuing)?),
     })?;
     let issuing_info = IssuerInfo::from_certificate(&issuing, issuing_profile.signer_id.clone())?;
-    let admin_dir = dir.join("identities/admin");
-    let admin_key = SoftwareSm2Key::generate(Default::default())?;
-    let admin_vars = SubjectVars { name: Some("admin".into()), ..Default::default() };
-    let admin_profile = policy.profile("admin").context("admin profile")?;
-    let admin_cert = Issuer::new(&issuing_signer, &issuing_info).issue(
-        admin_profile,
-        &admin_vars,
-        admin_key.sm2_public_key(),
-        now,
-    )?;
-    let admin_serial = serial_hex(&admin_cert)?;
-    let admin_der = der::Encode::to_der(&admin_cert)?;
-    registry.add_principal(
-        &PrincipalRecord {
-            name: "admin".into(),
-            role: "admin".into(),
-            cert_serial: admin_serial.clone(),
-            manufacturers: vec![],
-            enabled: true,
-        },
-        &crate::records::new_cert_record(
-            &admin_cert,
-            CertSubject::Principal { name: "admin".into() },
-            "admin",
-            "ca-server-init",
-        )
-        .context("admin certificate record")?,
-        &admin_der,
-        &AuditEvent {
-            time_ms: now_ms(),
-            actor: "ca-server init".into(),
-            action: "principal_add".into(),
-            target: "admin".into(),
-            outcome: "ok".into(),
-            detail: format!("role admin, certificate {admin_serial}"),
-        },
-    )?;
-    let passphrase = random_secret()?;
-    write_private(&admin_dir.join("passphrase"), passphrase.as_bytes())?;
-    let key_pem =
-        hsm::backend::file::encrypt(&admin_key, passphrase.as_bytes(), hsm::backend::file::DEFAULT_ITERATIONS)?;
-    write_private(&admin_dir.join("admin.key"), key_pem.as_bytes())?;
-    write_pem(&admin_dir.join("admin.pem"), &admin_cert)?;
-    std::fs::copy(dir.join("tls/ca.pem"), admin_dir.join("tls-ca.pem"))?;
-    std::fs::copy(dir.join("certs/root.pem"), admin_dir.join("root.pem"))?;
     let grpc = opts.grpc.clone().unwrap_or_else(|| "127.0.0.1:7443".into());
-    let identity = IdentityFile {
-        name: "admin".into(),
-        role: "admin".into(),
+    let admin = AdminMaker {
+        dir: &dir,
+        registry: &registry,
+        issuer: Issuer::new(&issuing_signer, &issuing_info),
+        profile: policy.profile("admin").context("admin profile")?,
         server: format!("https://{grpc}"),
-        tls_ca: "tls-ca.pem".into(),
-        pki_root: "root.pem".into(),
-        certificate: "admin.pem".into(),
-        key: "admin.key".into(),
-        passphrase_file: Some("passphrase".into()),
+        now,
     };
-    let identity_path = admin_dir.join("identity.toml");
-    std::fs::write(&identity_path, toml::to_string(&identity)?)?;
+    if opts.admins == 0 {
+        bail!("--admins must be at least 1");
+    }
+    let mut admin_identities = Vec::new();
+    for n in 1..=opts.admins {
+        let name = if n == 1 { "admin".to_owned() } else { format!("admin-{n}") };
+        admin_identities.push(admin.make(&name)?);
+    }
+    let identity_path = admin_identities[0].clone();
     let cactl_path = dir.join("cactl.toml");
     std::fs::write(&cactl_path, "# cactl --config this-file …\nidentity = \"identities/admin/identity.toml\"\n")?;
 
@@ -277,6 +324,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
         config: config_path,
         cactl: cactl_path,
         admin_identity: identity_path,
+        admin_identities,
         root: dir.join("certs/root.pem"),
         issuing: dir.join("certs/issuing.pem"),
     })

@@ -16,6 +16,7 @@ pub mod issuer;
 pub mod ocsp;
 pub mod ra;
 pub mod records;
+pub mod refusals;
 pub mod revocation;
 pub mod roles;
 pub mod serve;

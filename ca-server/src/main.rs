@@ -37,6 +37,10 @@ enum Command {
         /// HTTP listen address to configure.
         #[arg(long, default_value = "127.0.0.1:7080")]
         http: String,
+        /// Admin identities to make (identities/admin, identities/admin-2, …). Dual control
+        /// (bulk revocation, new admins, re-keying) needs two; with 1 it is reported unavailable.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=9))]
+        admins: u32,
     },
     /// Measure: the crypto limit in this process (through the configured HSM), then certificates
     /// per second end to end against the running server, as the station IDENTITY.
@@ -87,15 +91,20 @@ fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command {
-        Command::Init { data_dir, pin_file, grpc, http } => {
+        Command::Init { data_dir, pin_file, grpc, http, admins } => {
             let report = ca_server::init::init(
                 &data_dir,
-                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http) },
+                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http), admins },
             )?;
             println!("created a new CA in {}", data_dir.display());
             println!("  root certificate:     {}", report.root.display());
             println!("  issuing certificate:  {}", report.issuing.display());
-            println!("  admin identity:       {}", report.admin_identity.display());
+            for identity in &report.admin_identities {
+                println!("  admin identity:       {}", identity.display());
+            }
+            if report.admin_identities.len() < 2 {
+                println!("  dual control:         unavailable with one admin (init --admins 2)");
+            }
             println!("  server configuration: {}", report.config.display());
             println!("  cactl configuration:  {}", report.cactl.display());
             println!("next: ca-server serve --config {}", report.config.display());

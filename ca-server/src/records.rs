@@ -39,5 +39,6 @@ pub fn new_cert_record(
         status: CertStatus::Good,
         provisioning: None,
         crl_partition: None,
+        station: None,
     })
 }

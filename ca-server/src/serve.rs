@@ -190,7 +190,9 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         issuer_info: s.issuer_info,
         trust: s.trust,
         audit_signer: s.audit,
-        nonces: NonceCache::default(),
+        // Requests signed before this start are refused: nonces do not survive a restart.
+        nonces: NonceCache::starting_at(crate::records::now_ms()),
+        refusals: Default::default(),
         limiter: FailureLimiter::default(),
         validated: Default::default(),
         metrics: Default::default(),
@@ -291,6 +293,33 @@ async fn checkpoint_now(ca: Arc<Ca>) {
         Ok(None | Some(Ok(None))) => {}
     }
 }
+
+/// Writes the refusals counted since the last call to the audit log, one entry per source.
+async fn flush_refusals(ca: Arc<Ca>) {
+    let done = tokio::task::spawn_blocking(move || {
+        let events = ca.refusals.drain(crate::records::now_ms());
+        ca.registry.audit_all(&events).map_err(anyhow::Error::from)
+    })
+    .await;
+    if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from) {
+        tracing::error!(error = %e, "auditing refusals failed");
+    }
+}
+
+/// Refused authentications reach the audit log in aggregate every [`REFUSAL_INTERVAL`].
+async fn refusal_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REFUSAL_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => flush_refusals(ca.clone()).await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// How often aggregated refusals are written to the audit log.
+pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
     if ca.audit_signer.is_none() {
@@ -431,12 +460,15 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.checkpoint_seconds, stop_rx.clone()));
     let crls = tokio::spawn(crl_loop(ca.clone(), stop_rx.clone()));
     let ocsp = tokio::spawn(ocsp_loop(ca.clone(), cfg.clone(), stop_rx.clone()));
+    let refusals = tokio::spawn(refusal_loop(ca.clone(), stop_rx.clone()));
     let result = grpc.await;
     let _ = stop_tx.send(true);
     http_task.await??;
     let _ = checkpoints.await;
     let _ = crls.await;
     let _ = ocsp.await;
+    let _ = refusals.await;
+    flush_refusals(ca.clone()).await;
     // The last words of the chain get signed too.
     checkpoint_now(ca).await;
     result?;

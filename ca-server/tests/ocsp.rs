@@ -65,6 +65,7 @@ fn cache_rules_revocation_refresh_and_budget() {
         },
         register_if_missing: true,
         reissue: false,
+        station: "station-1".into(),
         cert: rec.clone(),
         der: der::Encode::to_der(&cert).expect("der"),
     };

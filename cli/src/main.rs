@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the CA refused (the stable reason is printed), or `verify` found the
 //! certificate not valid; 2 usage or local input error; 3 the CA could not be reached.
 
+mod approvals;
 mod http;
 mod revocation;
 
@@ -94,6 +95,24 @@ enum Cmd {
         /// default now.
         #[arg(long)]
         invalidity_date: Option<String>,
+    },
+    /// Ask to re-key a terminal in service (provisioned, active) or re-enrol a revoked one with a
+    /// new key from its CSR. Nothing is issued until a second administrator approves
+    /// (`cactl approvals approve ID --out NEW.pem`); the old certificate is then revoked.
+    Rekey {
+        /// Terminal serial.
+        #[arg(long)]
+        terminal: String,
+        /// CSR of the new key (PEM or DER), made in the terminal's secure element; the key must
+        /// never have been certified.
+        #[arg(long)]
+        csr: PathBuf,
+        /// The station that will write the new certificate (only it may confirm it).
+        #[arg(long)]
+        station: String,
+        /// Why the replaced certificate is revoked.
+        #[arg(long, value_enum, default_value = "superseded")]
+        reason: RekeyReason,
     },
     /// Lift a certificateHold (other revocations are final).
     Unrevoke {
@@ -248,10 +267,14 @@ enum ApprovalsCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Approve: every active certificate the request covers is revoked now.
+    /// Approve as the second administrator: a bulk revocation revokes now, a new administrator
+    /// may act, a re-key issues the new certificate.
     Approve {
         /// The approval id.
         id: String,
+        /// A re-key: write the new certificate here (PEM).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Reject: nothing is revoked.
     Reject {
@@ -270,6 +293,12 @@ enum Reason {
     CessationOfOperation,
     CertificateHold,
     PrivilegeWithdrawn,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RekeyReason {
+    Superseded,
+    KeyCompromise,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -474,15 +503,27 @@ async fn run(cli: Cli) -> Result<()> {
                 role: &'a str,
                 certificate_serial: &'a str,
                 identity: String,
+                pending_approval: &'a str,
             }
             let added = Added {
                 name,
                 role,
                 certificate_serial: &resp.certificate_serial,
                 identity: out.join("identity.toml").display().to_string(),
+                pending_approval: &resp.pending_approval,
             };
             print(cli.json, &added, || {
-                format!("added {role} {name}: certificate {}\nidentity: {}", resp.certificate_serial, added.identity)
+                let mut text = format!(
+                    "added {role} {name}: certificate {}\nidentity: {}",
+                    resp.certificate_serial, added.identity
+                );
+                if !resp.pending_approval.is_empty() {
+                    text.push_str(&format!(
+                        "\n{name} can do nothing until a second administrator runs `cactl approvals approve {}`",
+                        resp.pending_approval
+                    ));
+                }
+                text
             })
         }
         Cmd::Principal(PrincipalCmd::Disable { name }) => {
@@ -685,10 +726,28 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Approvals(a) => {
             let (_, client) = connect(&cli).await?;
             match a {
-                ApprovalsCmd::List { all } => revocation::list(&client, cli.json, *all).await,
-                ApprovalsCmd::Approve { id } => revocation::decide(&client, cli.json, id, true).await,
-                ApprovalsCmd::Reject { id } => revocation::decide(&client, cli.json, id, false).await,
+                ApprovalsCmd::List { all } => approvals::list(&client, cli.json, *all).await,
+                ApprovalsCmd::Approve { id, out } => {
+                    approvals::decide(&client, cli.json, id, true, out.as_deref()).await
+                }
+                ApprovalsCmd::Reject { id } => approvals::decide(&client, cli.json, id, false, None).await,
             }
+        }
+        Cmd::Rekey { terminal, csr, station, reason } => {
+            let csr_der = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
+            let (_, client) = connect(&cli).await?;
+            let reason = match reason {
+                RekeyReason::Superseded => v1::RevocationReason::Superseded,
+                RekeyReason::KeyCompromise => v1::RevocationReason::KeyCompromise,
+            } as i32;
+            let msg = v1::RequestRekeyRequest {
+                request_id: request_id(),
+                terminal_serial: terminal.clone(),
+                csr_der,
+                station: station.clone(),
+                reason,
+            };
+            approvals::request_rekey(&client, cli.json, msg).await
         }
         Cmd::Verify { cert, ocsp: _, crl, issuer, root } => {
             let read = |p: &Path| -> Result<pki::Certificate> {

@@ -1,5 +1,5 @@
-//! Revocation commands beyond a single revoke: bulk revocation under dual control, approvals,
-//! lifting a hold, and `verify`, the relying-party check (chain + CRL or OCSP) for operators
+//! Revocation commands beyond a single revoke: bulk revocation under dual control (decided with
+//! `approvals`), lifting a hold, and `verify`, the relying-party check (chain + CRL or OCSP) for operators
 //! debugging a terminal.
 
 use std::path::Path;
@@ -54,85 +54,18 @@ pub fn time_text(ms: u64) -> String {
     }
 }
 
-fn approval_json(a: &v1::Approval) -> serde_json::Value {
-    let reason = v1::RevocationReason::try_from(a.reason).map_or("?".into(), |r| r.as_str_name().to_lowercase());
-    json!({"id": a.id, "state": a.state, "requested_by": a.requested_by, "created": time_text(a.created_ms),
-        "manufacturer": a.manufacturer, "model": a.model, "lot": a.lot, "reason": reason, "matched": a.matched,
-        "decided_by": a.decided_by, "revoked": a.revoked})
-}
-
-fn approval_line(a: &v1::Approval) -> String {
-    let mut filter = Vec::new();
-    for (k, v) in [("manufacturer", &a.manufacturer), ("model", &a.model), ("lot", &a.lot)] {
-        if !v.is_empty() {
-            filter.push(format!("{k}={v}"));
-        }
-    }
-    let reason = v1::RevocationReason::try_from(a.reason).map_or("?".into(), |r| r.as_str_name().to_lowercase());
-    let decided = match a.state.as_str() {
-        "pending" => String::new(),
-        "approved" => format!("; approved by {}, {} revoked", a.decided_by, a.revoked.len()),
-        _ => format!("; rejected by {}", a.decided_by),
-    };
-    format!(
-        "{:<18} {:<9} {:<28} {:<16} {:>6} asked by {}{}",
-        a.id,
-        a.state,
-        filter.join(","),
-        reason,
-        a.matched,
-        a.requested_by,
-        decided
-    )
-}
-
 /// `revoke --lot/--model/--manufacturer`: asks; a second admin decides.
 pub async fn bulk_revoke(client: &Client, json: bool, msg: v1::RequestBulkRevocationRequest) -> Result<()> {
     let a = AdminClient::new(client.channel.clone())
         .request_bulk_revocation(client.signed("/hsca.v1.Admin/RequestBulkRevocation", msg)?)
         .await?
         .into_inner();
-    print(json, &approval_json(&a), || {
+    print(json, &crate::approvals::approval_json(&a), || {
         format!(
             "bulk revocation {} is pending: {} active certificates match. Nothing is revoked until a second \
              administrator runs `cactl approvals approve {}` (or `reject`).",
             a.id, a.matched, a.id
         )
-    })
-}
-
-/// `approvals list`.
-pub async fn list(client: &Client, json: bool, all: bool) -> Result<()> {
-    let msg = v1::ListApprovalsRequest { request_id: request_id(), pending_only: !all };
-    let list = AdminClient::new(client.channel.clone())
-        .list_approvals(client.signed("/hsca.v1.Admin/ListApprovals", msg)?)
-        .await?
-        .into_inner()
-        .approvals;
-    let rows: Vec<_> = list.iter().map(approval_json).collect();
-    print(json, &rows, || {
-        let mut out = format!("{:<18} {:<9} {:<28} {:<16} {:>6}", "ID", "STATE", "FILTER", "REASON", "MATCH");
-        for a in &list {
-            out.push('\n');
-            out.push_str(&approval_line(a));
-        }
-        if list.is_empty() {
-            out.push_str("\n(none)");
-        }
-        out
-    })
-}
-
-/// `approvals approve|reject ID`.
-pub async fn decide(client: &Client, json: bool, id: &str, approve: bool) -> Result<()> {
-    let msg = v1::DecideApprovalRequest { request_id: request_id(), id: id.to_owned(), approve };
-    let a = AdminClient::new(client.channel.clone())
-        .decide_approval(client.signed("/hsca.v1.Admin/DecideApproval", msg)?)
-        .await?
-        .into_inner();
-    print(json, &approval_json(&a), || match a.state.as_str() {
-        "approved" => format!("approved {}: {} certificates revoked", a.id, a.revoked.len()),
-        _ => format!("rejected {}: nothing revoked", a.id),
     })
 }
 

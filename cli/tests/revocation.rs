@@ -90,7 +90,7 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
         assert!(toml.contains("partition_size = 100000"), "{toml}");
         *toml = toml.replace("partition_size = 100000", "partition_size = 2");
     });
-    ca.add_principal(d, "admin", "admin-2", &[]);
+    // `init` made the second admin (identities/admin-2): a new admin added now would wait for approval.
     let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
     let t1 = issue(&ca, d, &station, "HSTM01261100000K", "L1");
     let t2 = issue(&ca, d, &station, "HSTM01261100001I", "L1");
@@ -193,7 +193,7 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     assert!(text(&o).contains("SAME_APPROVER"));
     let second = std::process::Command::new(common::CACTL)
         .arg("--identity")
-        .arg(d.join("admin-2/identity.toml"))
+        .arg(d.join("ca/identities/admin-2/identity.toml"))
         .args(["approvals", "approve", &id])
         .output()
         .expect("cactl");

@@ -10,12 +10,18 @@ use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert::{
-    approval_msg, bad_request, der_of, invalidity_for, issuer_status, normal_serial, reason_from_code, record_of,
-    registry_status, status_msg,
+    approval_msg, bad_request, der_of, invalidity_for, issuer_status, normal_serial, ra_status, reason_from_code,
+    record_of, registry_status, status_msg,
 };
 use super::{Ca, Incoming, Services, blocking};
 use crate::issuer::Issuer;
+use crate::ra;
 use crate::records::now_ms;
+
+/// A new approval's identifier.
+fn new_approval_id() -> String {
+    proto::client::request_id()[..16].to_owned()
+}
 
 impl Ca {
     /// `RevokeCertificate`, by certificate serial or the terminal's active certificate.
@@ -88,19 +94,21 @@ impl Ca {
             let created_ms = now_ms();
             let invalidity_ms = invalidity_for(reason, m.invalidity_ms, created_ms)?;
             let approval = registry::Approval {
-                id: proto::client::request_id()[..16].to_owned(),
+                id: new_approval_id(),
                 requested_by: caller.name.clone(),
                 created_ms,
-                filter: filter.clone(),
-                reason,
-                invalidity_ms,
-                matched,
+                request: registry::ApprovalRequest::BulkRevocation {
+                    filter: filter.clone(),
+                    reason,
+                    invalidity_ms,
+                    matched,
+                },
                 state: registry::ApprovalState::Pending,
             };
             let event =
                 Self::event(&caller, "bulk_revoke_request", &approval.id, format!("{filter:?}, {matched} match"));
-            self.registry.request_bulk_revocation(&approval, &event).map_err(|e| registry_status(&e))?;
-            Ok(approval_msg(&approval))
+            let stored = self.registry.request_approval(&approval, &event).map_err(|e| registry_status(&e))?;
+            Ok(approval_msg(&stored))
         })();
         result.map_err(|s| self.refuse(&caller, "bulk_revoke_request", &target, s))
     }
@@ -109,25 +117,129 @@ impl Ca {
     pub fn list_approvals(&self, req: Incoming<v1::ListApprovalsRequest>) -> Result<v1::ListApprovalsResponse, Status> {
         self.authenticate(&req, "/hsca.v1.Admin/ListApprovals")?;
         let list = self.registry.approvals(req.msg.pending_only).map_err(|e| registry_status(&e))?;
-        Ok(v1::ListApprovalsResponse { approvals: list.iter().map(approval_msg).collect() })
+        let active_admins = self.registry.active_admins().map_err(|e| registry_status(&e))?;
+        Ok(v1::ListApprovalsResponse {
+            approvals: list.iter().map(approval_msg).collect(),
+            dual_control_available: active_admins.len() >= 2,
+            active_admins,
+        })
     }
 
-    /// `DecideApproval`: the second administrator approves (revoking the lot at once) or rejects.
+    /// `DecideApproval`: a second, independent administrator approves (carried out at once: the
+    /// lot revoked, the new administrator able to act, the re-key's certificate signed and
+    /// installed) or rejects.
     pub fn decide_approval(&self, req: Incoming<v1::DecideApprovalRequest>) -> Result<v1::Approval, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.Admin/DecideApproval")?;
         let m = &req.msg;
-        let action = if m.approve { "bulk_revoke_approve" } else { "bulk_revoke_reject" };
-        let event = Self::event(&caller, action, &m.id, String::new());
-        let a = self
-            .registry
-            .decide_approval(&m.id, &caller.name, m.approve, now_ms(), &event)
-            .map_err(|e| self.refuse(&caller, action, &m.id, registry_status(&e)))?;
-        if let registry::ApprovalState::Approved { revoked, .. } = &a.state {
-            for serial in revoked {
-                self.revocation_changed(serial);
+        let result = (|| {
+            // Checked before anything is signed; the registry checks again when it records.
+            let asked = self.registry.approval_for(&m.id, &caller.name).map_err(|e| registry_status(&e))?;
+            let kind = asked.request.kind();
+            let action = format!("{kind}_{}", if m.approve { "approve" } else { "reject" });
+            let decision = match (&asked.request, m.approve) {
+                (_, false) => registry::Decision::Reject,
+                (registry::ApprovalRequest::Rekey(r), true) => {
+                    let (cert, der) = self.sign_rekey(r, &asked.id)?;
+                    registry::Decision::ApproveRekey { cert, der }
+                }
+                (_, true) => registry::Decision::Approve,
+            };
+            let event = Self::event(&caller, &action, &m.id, format!("{kind} asked by {}", asked.requested_by));
+            let a = self
+                .registry
+                .decide_approval(&m.id, &caller.name, decision, now_ms(), &event)
+                .map_err(|e| registry_status(&e))?;
+            let rejected_admin = match (&a.request, &a.state) {
+                (registry::ApprovalRequest::AddAdmin { name }, registry::ApprovalState::Rejected { .. }) => {
+                    self.registry.principal(name).ok().flatten().map(|p| p.cert_serial)
+                }
+                _ => None,
+            };
+            if let registry::ApprovalState::Approved { revoked, .. } = &a.state {
+                for serial in revoked {
+                    self.revocation_changed(serial);
+                }
             }
-        }
-        Ok(approval_msg(&a))
+            if let Some(serial) = rejected_admin {
+                self.revocation_changed(&serial);
+            }
+            Ok(approval_msg(&a))
+        })();
+        result.map_err(|s| self.refuse(&caller, "approval_decide", &m.id, s))
+    }
+
+    /// The certificate an approved re-key installs: the RA decides again on the stored request
+    /// (the station may have been disabled since), then the CA signs for the terminal as
+    /// registered.
+    fn sign_rekey(
+        &self,
+        r: &registry::RekeyRequest,
+        approval_id: &str,
+    ) -> Result<(registry::CertRecord, Vec<u8>), Status> {
+        let csr = hex::decode(&r.csr_hex).map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?;
+        let station = self.registry.principal(&r.station).map_err(|e| registry_status(&e))?;
+        let asked = ra::RekeyAsked {
+            serial: &r.terminal,
+            csr: &csr,
+            station: station.as_ref(),
+            station_name: &r.station,
+            reason: r.reason,
+        };
+        let approved = ra::decide_rekey(&self.policy, &asked).map_err(ra_status)?;
+        let terminal = self
+            .registry
+            .terminal(approved.serial.as_str())
+            .map_err(|e| registry_status(&e))?
+            .ok_or_else(|| registry_status(&RegistryError::TerminalNotFound(r.terminal.clone())))?;
+        self.sign_terminal(&terminal, approved.csr.public_key(), &format!("rekey-{approval_id}"))
+    }
+
+    /// `RequestRekey`: one administrator asks for a terminal in service (or revoked) to get a new
+    /// key, named by its CSR; nothing is signed until a second administrator approves.
+    pub fn request_rekey(&self, req: Incoming<v1::RequestRekeyRequest>) -> Result<v1::Approval, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Admin/RequestRekey")?;
+        let m = &req.msg;
+        let result = (|| {
+            let reason = match reason_from_code(m.reason) {
+                registry::RevocationReason::Unspecified => registry::RevocationReason::Superseded,
+                r => r,
+            };
+            let station = self.registry.principal(&m.station).map_err(|e| registry_status(&e))?;
+            let asked = ra::RekeyAsked {
+                serial: &m.terminal_serial,
+                csr: &m.csr_der,
+                station: station.as_ref(),
+                station_name: &m.station,
+                reason,
+            };
+            let approved = ra::decide_rekey(&self.policy, &asked).map_err(ra_status)?;
+            let csr_der =
+                pki::csr_der(&m.csr_der).map_err(|e| status(Code::InvalidArgument, Reason::BadCsr, e.to_string()))?;
+            let fingerprint = hex::encode(pki::alg::spki_fingerprint(&approved.csr.spki()));
+            let approval = registry::Approval {
+                id: new_approval_id(),
+                requested_by: caller.name.clone(),
+                created_ms: now_ms(),
+                request: registry::ApprovalRequest::Rekey(registry::RekeyRequest {
+                    terminal: approved.serial.as_str().into(),
+                    csr_hex: hex::encode(csr_der),
+                    key_fingerprint: fingerprint.clone(),
+                    station: m.station.clone(),
+                    replaces: None,
+                    reason,
+                }),
+                state: registry::ApprovalState::Pending,
+            };
+            let event = Self::event(
+                &caller,
+                "rekey_request",
+                &approval.id,
+                format!("terminal {}, key {fingerprint}, station {}", m.terminal_serial, m.station),
+            );
+            let stored = self.registry.request_approval(&approval, &event).map_err(|e| registry_status(&e))?;
+            Ok(approval_msg(&stored))
+        })();
+        result.map_err(|s| self.refuse(&caller, "rekey_request", &m.terminal_serial, s))
     }
 
     /// `IssuePrincipal`: certifies a principal's key from its CSR.
@@ -180,6 +292,8 @@ impl Ca {
                 cert_serial: serial.clone(),
                 manufacturers: m.manufacturers.clone(),
                 enabled: true,
+                created_by: caller.name.clone(),
+                pending_approval: None,
             };
             let event = Self::event(
                 &caller,
@@ -187,8 +301,27 @@ impl Ca {
                 &m.name,
                 format!("role {}, certificate {serial}, manufacturers {:?}", m.role, m.manufacturers),
             );
-            self.registry.add_principal(&p, &rec, &der, &event).map_err(|e| registry_status(&e))?;
-            Ok(v1::IssuePrincipalResponse { certificate_der: der, chain_der: self.chain(), certificate_serial: serial })
+            // A new administrator acts only once a second administrator approves.
+            let pending_approval = if m.role == "admin" {
+                let approval = registry::Approval {
+                    id: new_approval_id(),
+                    requested_by: caller.name.clone(),
+                    created_ms: now_ms(),
+                    request: registry::ApprovalRequest::AddAdmin { name: m.name.clone() },
+                    state: registry::ApprovalState::Pending,
+                };
+                self.registry.add_pending_admin(&p, &rec, &der, &approval, &event).map_err(|e| registry_status(&e))?;
+                approval.id
+            } else {
+                self.registry.add_principal(&p, &rec, &der, &event).map_err(|e| registry_status(&e))?;
+                String::new()
+            };
+            Ok(v1::IssuePrincipalResponse {
+                certificate_der: der,
+                chain_der: self.chain(),
+                certificate_serial: serial,
+                pending_approval,
+            })
         })();
         result.map_err(|s| self.refuse(&caller, "principal_add", &m.name, s))
     }
@@ -279,6 +412,7 @@ handlers!(v1::admin_server::Admin;
     request_bulk_revocation(v1::RequestBulkRevocationRequest) -> v1::Approval => request_bulk_revocation;
     list_approvals(v1::ListApprovalsRequest) -> v1::ListApprovalsResponse => list_approvals;
     decide_approval(v1::DecideApprovalRequest) -> v1::Approval => decide_approval;
+    request_rekey(v1::RequestRekeyRequest) -> v1::Approval => request_rekey;
     ;
     type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<v1::BackupChunk, Status>>;
     async fn backup(&self, req: Request<v1::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {

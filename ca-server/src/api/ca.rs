@@ -6,12 +6,12 @@ use pki::SubjectVars;
 use prost::Message;
 use proto::status;
 use proto::v1::{self, Reason};
-use registry::{CertSubject, IssueOutcome, RegistryError, TerminalRecord, TerminalState};
+use registry::{CertRecord, CertSubject, IssueOutcome, TerminalRecord, TerminalState};
 use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert::{
-    bad_request, class_name, der_of, issuer_status, normal_serial, record_of, registry_status, status_msg,
+    bad_request, class_name, der_of, issuer_status, normal_serial, ra_status, record_of, registry_status, status_msg,
 };
 use super::{Ca, Incoming, Services, blocking};
 use crate::auth::Caller;
@@ -66,65 +66,42 @@ impl Ca {
             &caller.manufacturers,
             &TerminalRequest { serial: &m.terminal_serial, class, csr: &m.csr_der },
         )
-        .map_err(|r| {
-            let (code, reason) = r.status();
-            status(code, reason, r.to_string())
-        })?;
-        let profile = self
-            .policy
-            .profile("terminal")
-            .ok_or_else(|| status(Code::Internal, Reason::Internal, "no terminal profile"))?;
+        .map_err(ra_status)?;
         let serial = approved.serial.as_str().to_owned();
         let model = if m.model.is_empty() {
             approved.serial.field("model").unwrap_or_default().to_owned()
         } else {
             m.model.clone()
         };
-        // Cheap checks first, so a refusal signs nothing; the registry checks again atomically.
-        if let Some(t) = self.registry.terminal(&serial).map_err(|e| registry_status(&e))? {
-            if let (Some(active), false) = (&t.active_cert, m.reissue) {
-                return Err(registry_status(&RegistryError::AlreadyHasActiveCertificate {
-                    terminal: serial,
-                    cert: active.clone(),
-                }));
-            }
-        } else if self.require_registration {
-            return Err(registry_status(&RegistryError::TerminalNotFound(serial)));
-        }
-        let partition = self.crl_partition()?;
-        let vars = SubjectVars {
-            serial: Some(serial.clone()),
-            class: Some(approved.class.as_str().into()),
-            manufacturer: Some(approved.serial.manufacturer().into()),
-            model: Some(model.clone()),
-            name: None,
-            crl_partition: Some(partition),
+        // The life-cycle rules first, so a refusal signs nothing; the registry checks them again
+        // inside the transaction that records.
+        let asked = registry::StationIssue {
+            terminal: &serial,
+            class: approved.class.as_str(),
+            station: &caller.name,
+            reissue: m.reissue,
         };
-        let issuer = Issuer::new(self.signer.as_ref(), &self.issuer_info);
-        let cert = issuer
-            .issue(profile, &vars, approved.csr.public_key(), SystemTime::now())
-            .map_err(|e| issuer_status(&e))?;
-        let der = der_of(&cert)?;
-        let mut cert_record =
-            record_of(&cert, CertSubject::Terminal { serial: serial.clone() }, "terminal", &m.request_id)?;
-        cert_record.crl_partition = Some(partition);
+        self.registry.check_station_issue(&asked, self.require_registration).map_err(|e| registry_status(&e))?;
+        let terminal = TerminalRecord {
+            serial: serial.clone(),
+            class: approved.class.as_str().into(),
+            manufacturer: approved.serial.manufacturer().into(),
+            model,
+            lot: (!m.lot.is_empty()).then(|| m.lot.clone()),
+            state: TerminalState::Registered,
+            active_cert: None,
+            updated_ms: now_ms(),
+        };
+        let (cert_record, der) = self.sign_terminal(&terminal, approved.csr.public_key(), &m.request_id)?;
         let cert_serial = cert_record.serial.clone();
         let issue = registry::TerminalIssue {
             request_id: m.request_id.clone(),
             request_hash,
-            terminal: TerminalRecord {
-                serial: serial.clone(),
-                class: approved.class.as_str().into(),
-                manufacturer: approved.serial.manufacturer().into(),
-                model,
-                lot: (!m.lot.is_empty()).then(|| m.lot.clone()),
-                state: TerminalState::Registered,
-                active_cert: None,
-                updated_ms: now_ms(),
-            },
+            terminal,
             register_if_missing: !self.require_registration,
             reissue: m.reissue,
-            cert: cert_record.clone(),
+            station: caller.name.clone(),
+            cert: cert_record,
             der: der.clone(),
         };
         let action = if m.reissue { "reissue" } else { "issue" };
@@ -152,6 +129,36 @@ impl Ca {
                 superseded_serial: String::new(),
             }),
         }
+    }
+
+    /// Signs a certificate for terminal `t`'s new `key` (profile `terminal`, the next CRL
+    /// partition) and makes its record; recording it is the caller's.
+    pub(super) fn sign_terminal(
+        &self,
+        t: &TerminalRecord,
+        key: &pki::Sm2PublicKey,
+        request_id: &str,
+    ) -> Result<(CertRecord, Vec<u8>), Status> {
+        let profile = self
+            .policy
+            .profile("terminal")
+            .ok_or_else(|| status(Code::Internal, Reason::Internal, "no terminal profile"))?;
+        let partition = self.crl_partition()?;
+        let vars = SubjectVars {
+            serial: Some(t.serial.clone()),
+            class: Some(t.class.clone()),
+            manufacturer: Some(t.manufacturer.clone()),
+            model: Some(t.model.clone()),
+            name: None,
+            crl_partition: Some(partition),
+        };
+        let cert = Issuer::new(self.signer.as_ref(), &self.issuer_info)
+            .issue(profile, &vars, key, SystemTime::now())
+            .map_err(|e| issuer_status(&e))?;
+        let der = der_of(&cert)?;
+        let mut rec = record_of(&cert, CertSubject::Terminal { serial: t.serial.clone() }, "terminal", request_id)?;
+        rec.crl_partition = Some(partition);
+        Ok((rec, der))
     }
 
     /// `ConfirmProvisioning`.

@@ -45,6 +45,13 @@ pub fn registry_status(e: &RegistryError) -> Status {
         E::ApprovalDecided(_) => (Code::FailedPrecondition, Reason::ApprovalDecided),
         E::SameApprover(_) => (Code::PermissionDenied, Reason::SameApprover),
         E::KeyCompromised(_) => (Code::FailedPrecondition, Reason::KeyCompromised),
+        E::ClassMismatch { .. } => (Code::FailedPrecondition, Reason::ClassMismatch),
+        E::RekeyNeedsApproval { .. } => (Code::FailedPrecondition, Reason::RekeyNeedsApproval),
+        E::OnHold(_) => (Code::FailedPrecondition, Reason::CertificateOnHold),
+        E::KeyReused { .. } => (Code::FailedPrecondition, Reason::KeyReused),
+        E::IssuedByAnotherStation { .. } => (Code::PermissionDenied, Reason::IssuedByAnotherStation),
+        E::ApproverNotEligible { .. } => (Code::PermissionDenied, Reason::ApproverNotEligible),
+        E::ApproverNotIndependent { .. } => (Code::PermissionDenied, Reason::ApproverNotIndependent),
         E::NonceReplayed => (Code::Unauthenticated, Reason::ReplayedNonce),
         E::Audit(_) | E::TargetExists(_) => (Code::Internal, Reason::Internal),
     };
@@ -57,6 +64,12 @@ pub(super) fn issuer_status(e: &IssuerError) -> Status {
         IssuerError::Build(pki::IssueError::Lint(_)) => status(Code::Internal, Reason::LintFailed, e.to_string()),
         _ => status(Code::Internal, Reason::Internal, e.to_string()),
     }
+}
+
+/// The gRPC status for an RA refusal.
+pub(super) fn ra_status(r: crate::ra::Refusal) -> Status {
+    let (code, reason) = r.status();
+    status(code, reason, r.to_string())
 }
 
 pub(super) fn bad_request(msg: impl Into<String>) -> Status {
@@ -159,25 +172,43 @@ pub(super) fn reason_from_code(c: i32) -> registry::RevocationReason {
 }
 
 pub(super) fn approval_msg(a: &registry::Approval) -> v1::Approval {
-    let (state, decided_by, decided_ms, revoked) = match &a.state {
-        registry::ApprovalState::Pending => ("pending", String::new(), 0, Vec::new()),
-        registry::ApprovalState::Approved { by, at_ms, revoked } => ("approved", by.clone(), *at_ms, revoked.clone()),
-        registry::ApprovalState::Rejected { by, at_ms } => ("rejected", by.clone(), *at_ms, Vec::new()),
+    use registry::ApprovalRequest as R;
+    let (state, decided_by, decided_ms, revoked, issued) = match &a.state {
+        registry::ApprovalState::Pending => ("pending", String::new(), 0, Vec::new(), None),
+        registry::ApprovalState::Approved { by, at_ms, revoked, issued } => {
+            ("approved", by.clone(), *at_ms, revoked.clone(), issued.clone())
+        }
+        registry::ApprovalState::Rejected { by, at_ms } => ("rejected", by.clone(), *at_ms, Vec::new(), None),
     };
-    v1::Approval {
+    let mut msg = v1::Approval {
         id: a.id.clone(),
         requested_by: a.requested_by.clone(),
         created_ms: a.created_ms,
-        manufacturer: a.filter.manufacturer.clone().unwrap_or_default(),
-        model: a.filter.model.clone().unwrap_or_default(),
-        lot: a.filter.lot.clone().unwrap_or_default(),
-        reason: reason_code(a.reason),
-        matched: a.matched,
+        kind: a.request.kind().into(),
         state: state.into(),
         decided_by,
         decided_ms,
         revoked,
+        issued_certificate_serial: issued.unwrap_or_default(),
+        ..Default::default()
+    };
+    match &a.request {
+        R::BulkRevocation { filter, reason, matched, .. } => {
+            msg.manufacturer = filter.manufacturer.clone().unwrap_or_default();
+            msg.model = filter.model.clone().unwrap_or_default();
+            msg.lot = filter.lot.clone().unwrap_or_default();
+            msg.reason = reason_code(*reason);
+            msg.matched = *matched;
+        }
+        R::AddAdmin { name } => msg.principal = name.clone(),
+        R::Rekey(r) => {
+            msg.terminal_serial = r.terminal.clone();
+            msg.station = r.station.clone();
+            msg.replaces = r.replaces.clone().unwrap_or_default();
+            msg.reason = reason_code(r.reason);
+        }
     }
+    msg
 }
 
 pub(super) fn status_msg(s: &CertStatus) -> v1::CertificateStatus {

@@ -46,6 +46,8 @@ pub struct Ca {
     pub limiter: FailureLimiter,
     /// Caller chains already validated.
     pub validated: crate::auth::ValidatedCerts,
+    /// Refused authentications not yet audited.
+    pub refusals: crate::refusals::RefusalTally,
     /// Counters for /metrics.
     pub metrics: crate::http::Metrics,
     /// Published CRLs.
@@ -135,7 +137,7 @@ impl Ca {
         }
     }
 
-    /// Authenticates; a refusal is audited and counted.
+    /// Authenticates; a refusal is counted for the audit log.
     fn authenticate<T: Message>(&self, req: &Incoming<T>, method: &str) -> Result<Caller, Status> {
         let gate = Gate {
             trust: &self.trust,
@@ -146,11 +148,13 @@ impl Ca {
             validated: &self.validated,
         };
         let body = req.msg.encode_to_vec();
-        gate.authenticate(req.headers.clone(), method, &body, &req.peer, SystemTime::now()).map_err(|f| {
-            let (code, reason) = f.status();
+        gate.authenticate_from(req.headers.clone(), method, &body, &req.peer, SystemTime::now()).map_err(|r| {
+            let (code, reason) = r.failure.status();
             self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.audit(&req.peer, "auth_refused", method, reason.as_str_name(), f.to_string());
-            status(code, reason, f.to_string())
+            // Counted now, audited in aggregate (serve's refusal loop): no write per refusal.
+            let source = r.principal.as_deref().unwrap_or(&req.peer);
+            self.refusals.count(source, method, reason.as_str_name(), &r.failure.to_string());
+            status(code, reason, r.failure.to_string())
         })
     }
 

@@ -6,7 +6,7 @@ use proto::v1::{self, Reason};
 use registry::{TerminalRecord, TerminalState};
 use tonic::{Code, Request, Response, Status};
 
-use super::convert::{bad_request, class_name, registry_status, terminal_msg};
+use super::convert::{bad_request, class_name, ra_status, registry_status, terminal_msg};
 use super::{Ca, Incoming, Services, blocking};
 use crate::ra;
 use crate::records::now_ms;
@@ -17,11 +17,7 @@ impl Ca {
         let caller = self.authenticate(&req, "/hsca.v1.Registry/RegisterTerminal")?;
         let m = &req.msg;
         let result = (|| {
-            let serial = self.policy.serial_rule().parse(&m.serial).map_err(|e| {
-                let r = ra::Refusal::Serial(e);
-                let (code, reason) = r.status();
-                status(code, reason, r.to_string())
-            })?;
+            let serial = self.policy.serial_rule().parse(&m.serial).map_err(|e| ra_status(ra::Refusal::Serial(e)))?;
             let class: TerminalClass = class_name(m.class).parse().map_err(|e: pki::serial::UnknownClass| {
                 status(Code::InvalidArgument, Reason::UnknownClass, e.to_string())
             })?;
@@ -49,10 +45,24 @@ impl Ca {
 
     /// `GetTerminal`.
     pub fn get_terminal(&self, req: Incoming<v1::GetTerminalRequest>) -> Result<v1::Terminal, Status> {
-        self.authenticate(&req, "/hsca.v1.Registry/GetTerminal")?;
-        let t = self.registry.terminal(&req.msg.serial).map_err(|e| registry_status(&e))?;
-        t.map(|t| terminal_msg(&t))
-            .ok_or_else(|| status(Code::NotFound, Reason::NotFound, format!("terminal {} not found", req.msg.serial)))
+        let caller = self.authenticate(&req, "/hsca.v1.Registry/GetTerminal")?;
+        let serial = &req.msg.serial;
+        let result = (|| {
+            // A station learns nothing about other manufacturers' terminals, not even whether
+            // they exist: the check is on the serial asked for, before the lookup.
+            if caller.role == "station" {
+                let parsed = self.policy.serial_rule().parse(serial).map_err(|e| ra_status(ra::Refusal::Serial(e)))?;
+                ra::may_see_terminal(&caller.role, &caller.name, &caller.manufacturers, parsed.manufacturer())
+                    .map_err(ra_status)?;
+            }
+            let t = self.registry.terminal(serial).map_err(|e| registry_status(&e))?;
+            t.map(|t| terminal_msg(&t))
+                .ok_or_else(|| status(Code::NotFound, Reason::NotFound, format!("terminal {serial} not found")))
+        })();
+        result.map_err(|s| match proto::reason(&s) {
+            Some(Reason::NotFound) => s,
+            _ => self.refuse(&caller, "get_terminal", serial, s),
+        })
     }
 
     /// `ListTerminals`.
