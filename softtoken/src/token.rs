@@ -168,9 +168,20 @@ fn check_template(t: &Template) -> R<()> {
         if ULONG_ATTRS.contains(ty) && v.len() != std::mem::size_of::<CK_ULONG>() {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
-        if BOOL_ATTRS.contains(ty) && v.len() != 1 {
+        // CK_BBOOL is CK_FALSE or CK_TRUE: 0x02 is neither, and must not read as "true" to one
+        // check and "not false" to another.
+        if BOOL_ATTRS.contains(ty) && !matches!(v.as_slice(), [0] | [1]) {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
+    }
+    Ok(())
+}
+
+/// Private and secret keys are stored sealed; `CKA_PRIVATE = false` would store them in clear.
+fn check_private_key_template(class: Option<CK_OBJECT_CLASS>, t: &Template) -> R<()> {
+    let key = matches!(class, Some(CKO_PRIVATE_KEY | CKO_SECRET_KEY));
+    if key && t.iter().any(|(ty, v)| *ty == CKA_PRIVATE && v.as_slice() == [0]) {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
     }
     Ok(())
 }
@@ -531,6 +542,7 @@ impl Token {
         }
         let probe = build(vec![], template);
         let class = probe.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+        check_private_key_template(Some(class), template)?;
         let defaults = match class {
             CKO_DATA | CKO_CERTIFICATE | CKO_PUBLIC_KEY => vec![],
             CKO_PRIVATE_KEY | CKO_SECRET_KEY => {
@@ -592,9 +604,11 @@ impl Token {
                 *t,
                 CKA_CLASS | CKA_KEY_TYPE | CKA_VALUE | CKA_EC_POINT | CKA_EC_PARAMS | CKA_TOKEN | CKA_PRIVATE
             ) || TOKEN_SET.contains(t);
-            // Sensitive may only be switched on, extractable only off (PKCS#11 §4.9).
-            let one_way = (*t == CKA_SENSITIVE && obj.get_bool(CKA_SENSITIVE, false) && v == &bbool(false))
-                || (*t == CKA_EXTRACTABLE && !obj.get_bool(CKA_EXTRACTABLE, true) && v == &bbool(true));
+            // Sensitive may only be switched on, extractable only off (PKCS#11 §4.9); `v` is
+            // 0 or 1 here (check_template), so the rule sees what later checks will see.
+            let on = v.as_slice() == [1];
+            let one_way = (*t == CKA_SENSITIVE && obj.get_bool(CKA_SENSITIVE, false) && !on)
+                || (*t == CKA_EXTRACTABLE && !obj.get_bool(CKA_EXTRACTABLE, true) && on);
             if (fixed && now != Some(v)) || one_way {
                 return Err(CKR_ATTRIBUTE_READ_ONLY);
             }
@@ -643,6 +657,7 @@ impl Token {
         }
         check_template(public)?;
         check_template(private)?;
+        check_private_key_template(Some(CKO_PRIVATE_KEY), private)?;
         for (t, _) in public.iter().chain(private) {
             if TOKEN_SET.contains(t) || *t == CKA_VALUE || *t == CKA_EC_POINT {
                 return Err(CKR_TEMPLATE_INCONSISTENT);
@@ -743,6 +758,7 @@ impl Token {
         {
             return Err(CKR_TEMPLATE_INCONSISTENT);
         }
+        check_private_key_template(Some(CKO_SECRET_KEY), template)?;
         if probe.get_ulong(CKA_VALUE_LEN).is_some_and(|l| l != 16) {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
@@ -963,6 +979,7 @@ impl Token {
         let probe = build(vec![], template);
         let class = probe.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
         probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+        check_private_key_template(Some(class), template)?;
         let mut defaults = vec![
             (CKA_TOKEN, bbool(false)),
             (CKA_PRIVATE, bbool(true)),

@@ -186,3 +186,113 @@ fn bad_arguments_get_the_right_codes() {
     );
     assert_eq!(call!(raw, C_Finalize(null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
 }
+
+fn attr(t: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE { type_: t, pValue: v.as_ptr() as *mut _, ulValueLen: v.len() as CK_ULONG }
+}
+
+fn ulong(v: CK_ULONG) -> [u8; 8] {
+    v.to_ne_bytes()
+}
+
+/// The attack of issue 12 step by step, as any application loading the module could try it:
+/// flip a CA key extractable with a non-0/1 CK_BBOOL, then wrap it out under an SM4 key it imported.
+#[test]
+fn a_ca_key_cannot_be_turned_extractable_and_wrapped_out() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = common::Module::open(&dir.path().join("t"), 5);
+    m.init();
+    let raw = load();
+    let mut h: CK_SESSION_HANDLE = 0;
+    assert_eq!(call!(raw, C_OpenSession(0, CKF_SERIAL_SESSION | CKF_RW_SESSION, null_mut(), None, &mut h)), CKR_OK);
+    let pin = common::USER_PIN.as_bytes();
+    assert_eq!(call!(raw, C_Login(h, CKU_USER, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG)), CKR_OK);
+
+    // A CA key as a careless caller makes it: token, default (sensitive, unextractable) private half.
+    let mut gen_mech = CK_MECHANISM {
+        mechanism: softtoken::mechanism::CKM_SM2_KEY_PAIR_GEN,
+        pParameter: null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut tpl = [attr(CKA_TOKEN, &[1])];
+    let mut priv_tpl = [attr(CKA_TOKEN, &[1])];
+    let (mut hpub, mut ca) = (0, 0);
+    assert_eq!(
+        call!(
+            raw,
+            C_GenerateKeyPair(h, &mut gen_mech, tpl.as_mut_ptr(), 1, priv_tpl.as_mut_ptr(), 1, &mut hpub, &mut ca)
+        ),
+        CKR_OK
+    );
+
+    // 0x02 is not a CK_BBOOL: refused before any rule reads it.
+    let mut flip = [attr(CKA_EXTRACTABLE, &[0x02])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, ca, flip.as_mut_ptr(), 1)), CKR_ATTRIBUTE_VALUE_INVALID);
+    let mut flip = [attr(CKA_SENSITIVE, &[0xff])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, ca, flip.as_mut_ptr(), 1)), CKR_ATTRIBUTE_VALUE_INVALID);
+    // Well-formed values meet the one-way rules.
+    let mut flip = [attr(CKA_EXTRACTABLE, &[1])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, ca, flip.as_mut_ptr(), 1)), CKR_ATTRIBUTE_READ_ONLY);
+    let mut flip = [attr(CKA_SENSITIVE, &[0])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, ca, flip.as_mut_ptr(), 1)), CKR_ATTRIBUTE_READ_ONLY);
+    let mut flip = [attr(CKA_PRIVATE, &[0])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, ca, flip.as_mut_ptr(), 1)), CKR_ATTRIBUTE_READ_ONLY);
+    // Switching it further off is allowed, and it stays unextractable.
+    let mut off = [attr(CKA_EXTRACTABLE, &[0])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, ca, off.as_mut_ptr(), 1)), CKR_OK);
+    let mut ext = [0xAAu8];
+    let mut read = [attr(CKA_EXTRACTABLE, &ext)];
+    read[0].pValue = ext.as_mut_ptr() as *mut _;
+    assert_eq!(call!(raw, C_GetAttributeValue(h, ca, read.as_mut_ptr(), 1)), CKR_OK);
+    assert_eq!(ext, [0]);
+
+    // The caller imports an SM4 key it knows and tries to wrap the CA key out under it.
+    let kek = [0x11u8; 16];
+    let (class, kt) = (ulong(CKO_SECRET_KEY), ulong(softtoken::mechanism::CKK_SM4));
+    let mut sm4 = [attr(CKA_CLASS, &class), attr(CKA_KEY_TYPE, &kt), attr(CKA_VALUE, &kek), attr(CKA_WRAP, &[1])];
+    let mut hkek = 0;
+    assert_eq!(call!(raw, C_CreateObject(h, sm4.as_mut_ptr(), 4, &mut hkek)), CKR_OK);
+    let mut ecb =
+        CK_MECHANISM { mechanism: softtoken::mechanism::CKM_SM4_ECB, pParameter: null_mut(), ulParameterLen: 0 };
+    let mut out = [0u8; 64];
+    let mut out_len: CK_ULONG = 64;
+    assert_eq!(call!(raw, C_WrapKey(h, &mut ecb, hkek, ca, out.as_mut_ptr(), &mut out_len)), CKR_KEY_UNEXTRACTABLE);
+    assert_eq!(out, [0u8; 64]);
+
+    // Private and secret keys cannot be created in the clear (CKA_PRIVATE = false).
+    let mut clear_priv = [attr(CKA_PRIVATE, &[0])];
+    assert_eq!(
+        call!(
+            raw,
+            C_GenerateKeyPair(h, &mut gen_mech, tpl.as_mut_ptr(), 1, clear_priv.as_mut_ptr(), 1, &mut hpub, &mut ca)
+        ),
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
+    let mut sm4_clear =
+        [attr(CKA_CLASS, &class), attr(CKA_KEY_TYPE, &kt), attr(CKA_VALUE, &kek), attr(CKA_PRIVATE, &[0])];
+    assert_eq!(call!(raw, C_CreateObject(h, sm4_clear.as_mut_ptr(), 4, &mut hkek)), CKR_ATTRIBUTE_VALUE_INVALID);
+    let mut sm4_gen =
+        CK_MECHANISM { mechanism: softtoken::mechanism::CKM_SM4_KEY_GEN, pParameter: null_mut(), ulParameterLen: 0 };
+    let mut clear = [attr(CKA_PRIVATE, &[0])];
+    assert_eq!(
+        call!(raw, C_GenerateKey(h, &mut sm4_gen, clear.as_mut_ptr(), 1, &mut hkek)),
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
+
+    // An unmodifiable key (as hsm makes CA keys) refuses every change, even a label.
+    let mut fixed_tpl = [attr(CKA_TOKEN, &[1]), attr(CKA_MODIFIABLE, &[0])];
+    let mut fixed_pub = [attr(CKA_TOKEN, &[1])];
+    let (mut p2, mut k2) = (0, 0);
+    assert_eq!(
+        call!(
+            raw,
+            C_GenerateKeyPair(h, &mut gen_mech, fixed_pub.as_mut_ptr(), 1, fixed_tpl.as_mut_ptr(), 2, &mut p2, &mut k2)
+        ),
+        CKR_OK
+    );
+    let mut label = [attr(CKA_LABEL, b"renamed")];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, k2, label.as_mut_ptr(), 1)), CKR_ATTRIBUTE_READ_ONLY);
+    let mut off = [attr(CKA_EXTRACTABLE, &[0])];
+    assert_eq!(call!(raw, C_SetAttributeValue(h, k2, off.as_mut_ptr(), 1)), CKR_ATTRIBUTE_READ_ONLY);
+    assert_eq!(call!(raw, C_CloseSession(h)), CKR_OK);
+}
