@@ -12,7 +12,7 @@ use cryptoki_sys::*;
 
 use crate::config::Config;
 use crate::mechanism::Mech;
-use crate::token::{R, SLOT_ID, Template, Token, pad};
+use crate::token::{OpKind, R, SLOT_ID, Session, Template, Token, pad};
 
 static STATE: Mutex<Option<Token>> = Mutex::new(None);
 
@@ -104,7 +104,7 @@ unsafe fn set<T>(p: *mut T, v: T) -> R<()> {
     Ok(())
 }
 
-fn session(h: CK_SESSION_HANDLE) -> R<std::sync::Arc<Mutex<crate::token::Session>>> {
+fn session(h: CK_SESSION_HANDLE) -> R<std::sync::Arc<Mutex<Session>>> {
     with_token(|t| t.session(h))
 }
 
@@ -480,6 +480,18 @@ pub unsafe extern "C" fn C_SignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, 
     })
 }
 
+/// Runs `f` on session `h`'s state; an error other than `CKR_BUFFER_TOO_SMALL` ends operation
+/// `kind` (PKCS#11 v2.40 §5.2), so a failed call never leaves a half-used operation behind.
+fn in_op<T>(h: CK_SESSION_HANDLE, kind: OpKind, f: impl FnOnce(&mut Session) -> R<T>) -> R<T> {
+    let s = session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let r = f(&mut s);
+    if matches!(r, Err(rv) if rv != CKR_BUFFER_TOO_SMALL) {
+        s.end(kind);
+    }
+    r
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_Sign(
     h: CK_SESSION_HANDLE,
@@ -489,38 +501,43 @@ pub unsafe extern "C" fn C_Sign(
     sig_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        let need = s.sign_len()?;
-        if !unsafe { output_ready(sig, sig_len, need) }? {
-            return Ok(());
-        }
-        s.sign_update(data, false)?;
-        let out = s.sign_finish()?;
-        unsafe { write_out(sig, sig_len, &out) }
+        in_op(h, OpKind::Sign, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            let need = s.sign_len()?;
+            s.check_single(OpKind::Sign)?;
+            if !unsafe { output_ready(sig, sig_len, need) }? {
+                return Ok(());
+            }
+            s.sign_update(data, false)?;
+            let out = s.sign_finish()?;
+            unsafe { write_out(sig, sig_len, &out) }
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.sign_update(data, false)
+        in_op(h, OpKind::Sign, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            s.sign_update(data, false)?;
+            s.mark_multi(OpKind::Sign);
+            Ok(())
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len: *mut CK_ULONG) -> CK_RV {
     run(|| {
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        let need = s.sign_len()?;
-        if !unsafe { output_ready(sig, sig_len, need) }? {
-            return Ok(());
-        }
-        let out = s.sign_finish()?;
-        unsafe { write_out(sig, sig_len, &out) }
+        in_op(h, OpKind::Sign, |s| {
+            let need = s.sign_len()?;
+            if !unsafe { output_ready(sig, sig_len, need) }? {
+                return Ok(());
+            }
+            let out = s.sign_finish()?;
+            unsafe { write_out(sig, sig_len, &out) }
+        })
     })
 }
 
@@ -541,27 +558,34 @@ pub unsafe extern "C" fn C_Verify(
     sig_len: CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        let (data, sig) = unsafe { (bytes(data, len)?, bytes(sig, sig_len)?) };
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        s.sign_update(data, true)?;
-        s.verify_finish(sig)
+        in_op(h, OpKind::Verify, |s| {
+            let (data, sig) = unsafe { (bytes(data, len)?, bytes(sig, sig_len)?) };
+            s.check_single(OpKind::Verify)?;
+            s.sign_update(data, true)?;
+            s.verify_finish(sig)
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.sign_update(data, true)
+        in_op(h, OpKind::Verify, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            s.sign_update(data, true)?;
+            s.mark_multi(OpKind::Verify);
+            Ok(())
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len: CK_ULONG) -> CK_RV {
     run(|| {
-        let sig = unsafe { bytes(sig, sig_len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.verify_finish(sig)
+        in_op(h, OpKind::Verify, |s| {
+            let sig = unsafe { bytes(sig, sig_len) }?;
+            s.verify_finish(sig)
+        })
     })
 }
 
@@ -584,46 +608,55 @@ pub unsafe extern "C" fn C_Digest(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if !s.digest_active() {
-            return Err(CKR_OPERATION_NOT_INITIALIZED);
-        }
-        if !unsafe { output_ready(out, out_len, 32) }? {
-            return Ok(());
-        }
-        s.digest_update(data)?;
-        let d = s.digest_finish()?;
-        unsafe { write_out(out, out_len, &d) }
+        in_op(h, OpKind::Digest, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            if !s.digest_active() {
+                return Err(CKR_OPERATION_NOT_INITIALIZED);
+            }
+            s.check_single(OpKind::Digest)?;
+            if !unsafe { output_ready(out, out_len, 32) }? {
+                return Ok(());
+            }
+            s.digest_update(data)?;
+            let d = s.digest_finish()?;
+            unsafe { write_out(out, out_len, &d) }
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.digest_update(data)
+        in_op(h, OpKind::Digest, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            s.digest_update(data)?;
+            s.mark_multi(OpKind::Digest);
+            Ok(())
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestFinal(h: CK_SESSION_HANDLE, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
     run(|| {
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if !s.digest_active() {
-            return Err(CKR_OPERATION_NOT_INITIALIZED);
-        }
-        if !unsafe { output_ready(out, out_len, 32) }? {
-            return Ok(());
-        }
-        let d = s.digest_finish()?;
-        unsafe { write_out(out, out_len, &d) }
+        in_op(h, OpKind::Digest, |s| {
+            if !s.digest_active() {
+                return Err(CKR_OPERATION_NOT_INITIALIZED);
+            }
+            if !unsafe { output_ready(out, out_len, 32) }? {
+                return Ok(());
+            }
+            let d = s.digest_finish()?;
+            unsafe { write_out(out, out_len, &d) }
+        })
     })
 }
 
 // ---- encrypt and decrypt ----------------------------------------------------------------------
+
+fn cipher_kind(encrypt: bool) -> OpKind {
+    if encrypt { OpKind::Encrypt } else { OpKind::Decrypt }
+}
 
 unsafe fn cipher_init(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE, encrypt: bool) -> CK_RV {
     run(|| {
@@ -632,6 +665,7 @@ unsafe fn cipher_init(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT
     })
 }
 
+/// `C_Encrypt`/`C_Decrypt` (`single`) or their `…Final` (no more input).
 unsafe fn cipher_all(
     h: CK_SESSION_HANDLE,
     data: *mut u8,
@@ -639,18 +673,23 @@ unsafe fn cipher_all(
     out: *mut u8,
     out_len: *mut CK_ULONG,
     encrypt: bool,
+    single: bool,
 ) -> CK_RV {
+    let kind = cipher_kind(encrypt);
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        let need = s.cipher_len(data.len(), encrypt)?;
-        if !unsafe { output_ready(out, out_len, need) }? {
-            return Ok(());
-        }
-        s.cipher_update(data, encrypt)?;
-        let result = s.cipher_finish(encrypt)?;
-        unsafe { write_out(out, out_len, &result) }
+        in_op(h, kind, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            let need = s.cipher_len(data.len(), encrypt)?;
+            if single {
+                s.check_single(kind)?;
+            }
+            if !unsafe { output_ready(out, out_len, need) }? {
+                return Ok(());
+            }
+            s.cipher_update(data, encrypt)?;
+            let result = s.cipher_finish(encrypt)?;
+            unsafe { write_out(out, out_len, &result) }
+        })
     })
 }
 
@@ -661,19 +700,23 @@ unsafe fn cipher_update(
     out_len: *mut CK_ULONG,
     encrypt: bool,
 ) -> CK_RV {
+    let kind = cipher_kind(encrypt);
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        if out_len.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.cipher_update(data, encrypt)?;
-        // Buffered: output comes at the final call.
-        unsafe { set(out_len, 0) }
+        in_op(h, kind, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            if out_len.is_null() {
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            s.cipher_update(data, encrypt)?;
+            s.mark_multi(kind);
+            // Buffered: output comes at the final call.
+            unsafe { set(out_len, 0) }
+        })
     })
 }
 
 unsafe fn cipher_final(h: CK_SESSION_HANDLE, out: *mut u8, out_len: *mut CK_ULONG, encrypt: bool) -> CK_RV {
-    unsafe { cipher_all(h, std::ptr::null_mut(), 0, out, out_len, encrypt) }
+    unsafe { cipher_all(h, std::ptr::null_mut(), 0, out, out_len, encrypt, false) }
 }
 
 #[unsafe(no_mangle)]
@@ -689,7 +732,7 @@ pub unsafe extern "C" fn C_Encrypt(
     o: *mut u8,
     ol: *mut CK_ULONG,
 ) -> CK_RV {
-    unsafe { cipher_all(h, d, l, o, ol, true) }
+    unsafe { cipher_all(h, d, l, o, ol, true, true) }
 }
 
 #[unsafe(no_mangle)]
@@ -721,7 +764,7 @@ pub unsafe extern "C" fn C_Decrypt(
     o: *mut u8,
     ol: *mut CK_ULONG,
 ) -> CK_RV {
-    unsafe { cipher_all(h, d, l, o, ol, false) }
+    unsafe { cipher_all(h, d, l, o, ol, false, true) }
 }
 
 #[unsafe(no_mangle)]

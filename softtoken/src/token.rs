@@ -74,6 +74,21 @@ pub struct CipherOp {
     buf: Zeroizing<Vec<u8>>,
 }
 
+/// The kinds of cryptographic operation a session runs, one of each at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// `C_SignInit` … `C_Sign` / `C_SignFinal`.
+    Sign,
+    /// `C_VerifyInit` … `C_Verify` / `C_VerifyFinal`.
+    Verify,
+    /// `C_DigestInit` … `C_Digest` / `C_DigestFinal`.
+    Digest,
+    /// `C_EncryptInit` … `C_Encrypt` / `C_EncryptFinal`.
+    Encrypt,
+    /// `C_DecryptInit` … `C_Decrypt` / `C_DecryptFinal`.
+    Decrypt,
+}
+
 /// Per-session operation state.
 #[derive(Default)]
 pub struct Session {
@@ -83,6 +98,8 @@ pub struct Session {
     digest: Option<Sm3Hasher>,
     encrypt: Option<CipherOp>,
     decrypt: Option<CipherOp>,
+    /// Which operations have seen an `…Update` call (indexed by `OpKind`).
+    multi: [bool; 5],
 }
 
 struct SessionEntry {
@@ -544,25 +561,47 @@ impl Token {
         let class = probe.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
         check_private_key_template(Some(class), template)?;
         let defaults = match class {
-            CKO_DATA | CKO_CERTIFICATE | CKO_PUBLIC_KEY => vec![],
+            CKO_DATA | CKO_CERTIFICATE => vec![],
+            CKO_PUBLIC_KEY => {
+                // Only SM2 keys, with a point on the curve: operations trust what is stored.
+                probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+                if !probe.is_sm2() {
+                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                }
+                let point = probe.attrs.get(&CKA_EC_POINT).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+                let raw = ec_point_raw(point).ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+                if !crypto::is_sm2_point(&raw) {
+                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                }
+                vec![(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec()), (CKA_LOCAL, bbool(false))]
+            }
             CKO_PRIVATE_KEY | CKO_SECRET_KEY => {
                 let value = probe.attrs.get(&CKA_VALUE).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
                 let kt = probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-                let valid = match class {
-                    CKO_SECRET_KEY => is_sm4_key_type(kt) && value.len() == 16,
-                    _ => probe.is_sm2() && Sm2Secret::from_scalar(value).is_ok(),
-                };
-                if !valid {
-                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                let mut derived = vec![];
+                match class {
+                    CKO_SECRET_KEY if is_sm4_key_type(kt) && value.len() == 16 => {
+                        derived.push((CKA_VALUE_LEN, ulong(16)));
+                    }
+                    CKO_PRIVATE_KEY if probe.is_sm2() => {
+                        let secret = Sm2Secret::from_scalar(value).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+                        let point = ec_point_der(&secret.public_point());
+                        if probe.attrs.get(&CKA_EC_POINT).is_some_and(|p| ec_point_raw(p) != ec_point_raw(&point)) {
+                            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                        }
+                        derived.extend([(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec()), (CKA_EC_POINT, point)]);
+                    }
+                    _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
                 }
-                vec![
+                derived.extend([
                     (CKA_SENSITIVE, bbool(true)),
                     (CKA_EXTRACTABLE, bbool(false)),
                     (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
                     (CKA_LOCAL, bbool(false)),
                     (CKA_ALWAYS_SENSITIVE, bbool(false)),
                     (CKA_NEVER_EXTRACTABLE, bbool(false)),
-                ]
+                ]);
+                derived
             }
             _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
         };
@@ -882,6 +921,7 @@ impl Token {
             return Err(CKR_OPERATION_ACTIVE);
         }
         *slot = Some(op);
+        s.multi[if verify { OpKind::Verify } else { OpKind::Sign } as usize] = false;
         Ok(())
     }
 
@@ -914,6 +954,7 @@ impl Token {
             return Err(CKR_OPERATION_ACTIVE);
         }
         *slot = Some(CipherOp { mech, key, iv, buf: Zeroizing::new(Vec::new()) });
+        s.multi[if encrypt { OpKind::Encrypt } else { OpKind::Decrypt } as usize] = false;
         Ok(())
     }
 
@@ -1039,6 +1080,28 @@ fn pin_flags(failures: u32, max: u32, low: CK_FLAGS, last: CK_FLAGS, locked: CK_
 // ---- per-session operations, run without the token lock ------------------------------------
 
 impl Session {
+    /// Ends operation `kind` (PKCS#11 v2.40 §5.2: any error but `CKR_BUFFER_TOO_SMALL` does).
+    pub fn end(&mut self, kind: OpKind) {
+        match kind {
+            OpKind::Sign => self.sign = None,
+            OpKind::Verify => self.verify = None,
+            OpKind::Digest => self.digest = None,
+            OpKind::Encrypt => self.encrypt = None,
+            OpKind::Decrypt => self.decrypt = None,
+        }
+        self.multi[kind as usize] = false;
+    }
+
+    /// Records an `…Update` call: from now on only the `…Final` call finishes `kind`.
+    pub fn mark_multi(&mut self, kind: OpKind) {
+        self.multi[kind as usize] = true;
+    }
+
+    /// A single-part call (`C_Sign`, `C_Digest`, …) cannot finish a multi-part operation.
+    pub fn check_single(&self, kind: OpKind) -> R<()> {
+        if self.multi[kind as usize] { Err(CKR_OPERATION_ACTIVE) } else { Ok(()) }
+    }
+
     /// `C_FindObjects`: up to `max` more handles.
     pub fn find_next(&mut self, max: usize) -> R<Vec<CK_OBJECT_HANDLE>> {
         let pending = self.find.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -1130,6 +1193,7 @@ impl Session {
             return Err(CKR_OPERATION_ACTIVE);
         }
         self.digest = Some(Sm3Hasher::new());
+        self.multi[OpKind::Digest as usize] = false;
         Ok(())
     }
 
