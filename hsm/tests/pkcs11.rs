@@ -36,7 +36,7 @@ impl Drop for Token {
 fn token(dir: &Path) -> Token {
     let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let conf = dir.join("softtoken.toml");
-    std::fs::write(&conf, format!("directory = {:?}\nkdf_iterations = 1000\n", dir.join("token"))).expect("conf");
+    std::fs::write(&conf, format!("directory = {:?}\nkdf_iterations = 100000\n", dir.join("token"))).expect("conf");
     // SAFETY: tests in this binary take turns (TURN).
     unsafe { std::env::set_var("SOFTTOKEN_CONF", &conf) };
     hsm::backend::pkcs11::init_token(&softtoken_lib(), "hsca-ca", SO_PIN, PIN).expect("init token");

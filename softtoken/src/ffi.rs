@@ -130,10 +130,18 @@ pub unsafe extern "C" fn C_Initialize(args: CK_VOID_PTR) -> CK_RV {
         if guard.is_some() {
             return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
         }
-        let token = Config::from_env().and_then(Token::open).map_err(|msg| {
-            eprintln!("{msg}");
-            CKR_GENERAL_ERROR
-        })?;
+        // The module has no other channel to tell an operator why it will not start.
+        let token = Config::from_env()
+            .and_then(|(cfg, note)| {
+                if let Some(note) = note {
+                    eprintln!("{note}");
+                }
+                Token::open(cfg)
+            })
+            .map_err(|msg| {
+                eprintln!("{msg}");
+                CKR_GENERAL_ERROR
+            })?;
         *guard = Some(token);
         Ok(())
     })
