@@ -6,15 +6,16 @@
 #![allow(non_snake_case, clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cryptoki_sys::*;
 
 use crate::config::Config;
 use crate::mechanism::Mech;
-use crate::token::{OpKind, R, SLOT_ID, Session, Template, Token, pad};
+use crate::token::{Inner, OpKind, R, SLOT_ID, Session, Template, Token, pad};
 
-static STATE: Mutex<Option<Token>> = Mutex::new(None);
+// Held only to take a reference to the token: nothing else waits on it.
+static STATE: Mutex<Option<Arc<Token>>> = Mutex::new(None);
 
 /// Largest attribute value or data buffer accepted (a guard against absurd lengths).
 const MAX_INPUT: CK_ULONG = 64 * 1024 * 1024;
@@ -27,14 +28,21 @@ fn run(f: impl FnOnce() -> R<()>) -> CK_RV {
     }
 }
 
-fn state() -> R<MutexGuard<'static, Option<Token>>> {
+fn state() -> R<MutexGuard<'static, Option<Arc<Token>>>> {
     STATE.lock().map_err(|_| CKR_GENERAL_ERROR)
 }
 
-fn with_token<T>(f: impl FnOnce(&mut Token) -> R<T>) -> R<T> {
-    let mut guard = state()?;
-    let token = guard.as_mut().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)?;
-    f(token)
+/// The token, for calls that may block (PIN hashing, key generation, file I/O): they take its
+/// in-memory lock only for the in-memory parts.
+fn token() -> R<Arc<Token>> {
+    state()?.as_ref().cloned().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
+}
+
+/// In-memory work under the token's lock.
+fn with_token<T>(f: impl FnOnce(&mut Inner) -> R<T>) -> R<T> {
+    let token = token()?;
+    let mut inner = token.lock()?;
+    f(&mut inner)
 }
 
 fn slot(id: CK_SLOT_ID) -> R<()> {
@@ -136,7 +144,7 @@ pub unsafe extern "C" fn C_Initialize(args: CK_VOID_PTR) -> CK_RV {
                 if let Some(note) = note {
                     eprintln!("{note}");
                 }
-                Token::open(cfg)
+                Token::open(cfg).map(Arc::new)
             })
             .map_err(|msg| {
                 eprintln!("{msg}");
@@ -270,10 +278,9 @@ pub unsafe extern "C" fn C_InitToken(id: CK_SLOT_ID, pin: *mut u8, pin_len: CK_U
         }
         let label = unsafe { std::slice::from_raw_parts(label, 32) };
         let label = String::from_utf8_lossy(label).trim_end().to_owned();
-        with_token(|t| {
-            slot(id)?;
-            t.init_token(pin, &label)
-        })
+        let token = token()?;
+        slot(id)?;
+        token.init_token(pin, &label)
     })
 }
 
@@ -281,7 +288,7 @@ pub unsafe extern "C" fn C_InitToken(id: CK_SLOT_ID, pin: *mut u8, pin_len: CK_U
 pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
         let pin = unsafe { bytes(pin, len) }?;
-        with_token(|t| t.init_pin(h, pin))
+        token()?.init_pin(h, pin)
     })
 }
 
@@ -295,7 +302,7 @@ pub unsafe extern "C" fn C_SetPIN(
 ) -> CK_RV {
     run(|| {
         let (old, new) = unsafe { (bytes(old, old_len)?, bytes(new, new_len)?) };
-        with_token(|t| t.set_pin(h, old, new))
+        token()?.set_pin(h, old, new)
     })
 }
 
@@ -349,7 +356,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SE
 pub unsafe extern "C" fn C_Login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
         let pin = unsafe { bytes(pin, len) }?;
-        with_token(|t| t.login(h, user, pin))
+        token()?.login(h, user, pin)
     })
 }
 
@@ -372,14 +379,14 @@ pub unsafe extern "C" fn C_CreateObject(
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let o = with_token(|tk| tk.create_object(h, &tpl))?;
+        let o = token()?.create_object(h, &tpl)?;
         unsafe { set(out, o) }
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
-    run(|| with_token(|t| t.destroy_object(h, o)))
+    run(|| token()?.destroy_object(h, o))
 }
 
 #[unsafe(no_mangle)]
@@ -441,7 +448,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 ) -> CK_RV {
     run(|| {
         let tpl = unsafe { template(t, n) }?;
-        with_token(|tk| tk.set_attributes(h, o, &tpl))
+        token()?.set_attributes(h, o, &tpl)
     })
 }
 
@@ -449,7 +456,9 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 pub unsafe extern "C" fn C_FindObjectsInit(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG) -> CK_RV {
     run(|| {
         let tpl = unsafe { template(t, n) }?;
-        with_token(|tk| tk.find_init(h, &tpl))
+        let token = token()?;
+        token.refresh()?;
+        token.lock()?.find_init(h, &tpl)
     })
 }
 
@@ -810,7 +819,7 @@ pub unsafe extern "C" fn C_GenerateKey(
         if !param.is_empty() {
             return Err(CKR_MECHANISM_PARAM_INVALID);
         }
-        let k = with_token(|tk| tk.generate_key(h, code, &tpl))?;
+        let k = token()?.generate_key(h, code, &tpl)?;
         unsafe { set(out, k) }
     })
 }
@@ -832,7 +841,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
         if pub_out.is_null() || priv_out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let (p, s) = with_token(|tk| tk.generate_key_pair(h, code, &public, &private))?;
+        let (p, s) = token()?.generate_key_pair(h, code, &public, &private)?;
         unsafe {
             set(pub_out, p)?;
             set(priv_out, s)
@@ -877,7 +886,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let k = with_token(|tk| tk.unwrap_key(h, code, &param, unwrapping, wrapped, &tpl))?;
+        let k = token()?.unwrap_key(h, code, &param, unwrapping, wrapped, &tpl)?;
         unsafe { set(out, k) }
     })
 }
