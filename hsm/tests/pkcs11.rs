@@ -36,7 +36,7 @@ impl Drop for Token {
 fn token(dir: &Path) -> Token {
     let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let conf = dir.join("softtoken.toml");
-    std::fs::write(&conf, format!("directory = {:?}\nkdf_iterations = 1000\n", dir.join("token"))).expect("conf");
+    std::fs::write(&conf, format!("directory = {:?}\nkdf_iterations = 100000\n", dir.join("token"))).expect("conf");
     // SAFETY: tests in this binary take turns (TURN).
     unsafe { std::env::set_var("SOFTTOKEN_CONF", &conf) };
     hsm::backend::pkcs11::init_token(&softtoken_lib(), "hsca-ca", SO_PIN, PIN).expect("init token");
@@ -266,4 +266,51 @@ fn vendor_profiles_parse_and_bad_ones_are_refused() {
         Err(HsmError::Config(_))
     ));
     assert!(matches!(VendorProfile::from_toml(&format!("{base}\nextra = 1\n")), Err(HsmError::Config(_))));
+}
+
+#[test]
+fn ca_keys_are_unmodifiable_and_cannot_be_wrapped_out() {
+    use cryptoki::error::{Error, RvError};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = token(dir.path());
+    let hsm = Pkcs11Hsm::open(config(VendorProfile::softtoken().expect("shipped profile"))).expect("open");
+    let info = hsm.generate_sm2_key("issuing-ca").expect("keygen");
+    // Another application on the same module (the login is module-wide, so this session is the user's).
+    let slot = t.p11.get_all_slots().expect("slots")[0];
+    let s = t.p11.open_rw_session(slot).expect("session");
+    let rv = |e: Error| match e {
+        Error::Pkcs11(rv, _) => rv,
+        other => panic!("not a PKCS#11 error: {other:?}"),
+    };
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        let found = s.find_objects(&[Attribute::Class(class), Attribute::Id(info.id.clone())]).expect("find");
+        assert_eq!(found.len(), 1);
+        let attrs = s.get_attributes(found[0], &[AttributeType::Modifiable]).expect("attrs");
+        assert_eq!(attrs, vec![Attribute::Modifiable(false)], "{class:?}");
+        for change in [Attribute::Extractable(true), Attribute::Label(b"x".to_vec()), Attribute::Sign(false)] {
+            let err = s.update_attributes(found[0], &[change.clone()]).expect_err("read-only");
+            assert_eq!(rv(err), RvError::AttributeReadOnly, "{change:?}");
+        }
+    }
+    let ca = s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(info.id)]).expect("find")[0];
+    let sm4 = KeyType::new_vendor_defined(softtoken::mechanism::CKK_SM4).expect("kt");
+    let kek = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(sm4),
+            Attribute::Value(vec![7u8; 16]),
+            Attribute::Wrap(true),
+        ])
+        .expect("import an SM4 key");
+    let ecb = cryptoki::mechanism::MechanismType::new_vendor_defined(softtoken::mechanism::CKM_SM4_ECB).expect("m");
+    let err =
+        s.wrap_key(&Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(ecb, None)), kek, ca).expect_err("wrap");
+    assert_eq!(rv(err), RvError::KeyUnextractable);
+    // The key still signs.
+    let signer = hsm.signer(KeySelector::Label("issuing-ca".into()), SignerId::default()).expect("signer");
+    verify_sm2(&signer, b"tbs", &signer.sign(b"tbs").expect("sign"));
 }

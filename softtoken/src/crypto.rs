@@ -115,6 +115,11 @@ pub fn sm2_verify_digest(point: &[u8], e: &[u8], sig: &[u8]) -> Result<(), Crypt
     vk.verify_prehash(e, &sig).map_err(|_| CryptoError::Invalid)
 }
 
+/// Whether `point` is an uncompressed `04 ‖ X ‖ Y` on the SM2 curve (and not the identity).
+pub fn is_sm2_point(point: &[u8]) -> bool {
+    point.len() == 65 && point[0] == 0x04 && sm2::PublicKey::from_sec1_bytes(point).is_ok()
+}
+
 /// SM2 encryption to an uncompressed public point; C1 ‖ C3 ‖ C2.
 pub fn sm2_encrypt(point: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let ek = sm2::pke::EncryptingKey::from_sec1_bytes(point).map_err(|_| CryptoError::BadKey)?;

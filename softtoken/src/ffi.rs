@@ -6,15 +6,16 @@
 #![allow(non_snake_case, clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cryptoki_sys::*;
 
 use crate::config::Config;
 use crate::mechanism::Mech;
-use crate::token::{R, SLOT_ID, Template, Token, pad};
+use crate::token::{Inner, OpKind, R, SLOT_ID, Session, Template, Token, pad};
 
-static STATE: Mutex<Option<Token>> = Mutex::new(None);
+// Held only to take a reference to the token: nothing else waits on it.
+static STATE: Mutex<Option<Arc<Token>>> = Mutex::new(None);
 
 /// Largest attribute value or data buffer accepted (a guard against absurd lengths).
 const MAX_INPUT: CK_ULONG = 64 * 1024 * 1024;
@@ -27,14 +28,21 @@ fn run(f: impl FnOnce() -> R<()>) -> CK_RV {
     }
 }
 
-fn state() -> R<MutexGuard<'static, Option<Token>>> {
+fn state() -> R<MutexGuard<'static, Option<Arc<Token>>>> {
     STATE.lock().map_err(|_| CKR_GENERAL_ERROR)
 }
 
-fn with_token<T>(f: impl FnOnce(&mut Token) -> R<T>) -> R<T> {
-    let mut guard = state()?;
-    let token = guard.as_mut().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)?;
-    f(token)
+/// The token, for calls that may block (PIN hashing, key generation, file I/O): they take its
+/// in-memory lock only for the in-memory parts.
+fn token() -> R<Arc<Token>> {
+    state()?.as_ref().cloned().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
+}
+
+/// In-memory work under the token's lock.
+fn with_token<T>(f: impl FnOnce(&mut Inner) -> R<T>) -> R<T> {
+    let token = token()?;
+    let mut inner = token.lock()?;
+    f(&mut inner)
 }
 
 fn slot(id: CK_SLOT_ID) -> R<()> {
@@ -104,7 +112,7 @@ unsafe fn set<T>(p: *mut T, v: T) -> R<()> {
     Ok(())
 }
 
-fn session(h: CK_SESSION_HANDLE) -> R<std::sync::Arc<Mutex<crate::token::Session>>> {
+fn session(h: CK_SESSION_HANDLE) -> R<std::sync::Arc<Mutex<Session>>> {
     with_token(|t| t.session(h))
 }
 
@@ -130,10 +138,18 @@ pub unsafe extern "C" fn C_Initialize(args: CK_VOID_PTR) -> CK_RV {
         if guard.is_some() {
             return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
         }
-        let token = Config::from_env().and_then(Token::open).map_err(|msg| {
-            eprintln!("{msg}");
-            CKR_GENERAL_ERROR
-        })?;
+        // The module has no other channel to tell an operator why it will not start.
+        let token = Config::from_env()
+            .and_then(|(cfg, note)| {
+                if let Some(note) = note {
+                    eprintln!("{note}");
+                }
+                Token::open(cfg).map(Arc::new)
+            })
+            .map_err(|msg| {
+                eprintln!("{msg}");
+                CKR_GENERAL_ERROR
+            })?;
         *guard = Some(token);
         Ok(())
     })
@@ -262,10 +278,9 @@ pub unsafe extern "C" fn C_InitToken(id: CK_SLOT_ID, pin: *mut u8, pin_len: CK_U
         }
         let label = unsafe { std::slice::from_raw_parts(label, 32) };
         let label = String::from_utf8_lossy(label).trim_end().to_owned();
-        with_token(|t| {
-            slot(id)?;
-            t.init_token(pin, &label)
-        })
+        let token = token()?;
+        slot(id)?;
+        token.init_token(pin, &label)
     })
 }
 
@@ -273,7 +288,7 @@ pub unsafe extern "C" fn C_InitToken(id: CK_SLOT_ID, pin: *mut u8, pin_len: CK_U
 pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
         let pin = unsafe { bytes(pin, len) }?;
-        with_token(|t| t.init_pin(h, pin))
+        token()?.init_pin(h, pin)
     })
 }
 
@@ -287,7 +302,7 @@ pub unsafe extern "C" fn C_SetPIN(
 ) -> CK_RV {
     run(|| {
         let (old, new) = unsafe { (bytes(old, old_len)?, bytes(new, new_len)?) };
-        with_token(|t| t.set_pin(h, old, new))
+        token()?.set_pin(h, old, new)
     })
 }
 
@@ -341,7 +356,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SE
 pub unsafe extern "C" fn C_Login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
         let pin = unsafe { bytes(pin, len) }?;
-        with_token(|t| t.login(h, user, pin))
+        token()?.login(h, user, pin)
     })
 }
 
@@ -364,14 +379,14 @@ pub unsafe extern "C" fn C_CreateObject(
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let o = with_token(|tk| tk.create_object(h, &tpl))?;
+        let o = token()?.create_object(h, &tpl)?;
         unsafe { set(out, o) }
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
-    run(|| with_token(|t| t.destroy_object(h, o)))
+    run(|| token()?.destroy_object(h, o))
 }
 
 #[unsafe(no_mangle)]
@@ -433,7 +448,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 ) -> CK_RV {
     run(|| {
         let tpl = unsafe { template(t, n) }?;
-        with_token(|tk| tk.set_attributes(h, o, &tpl))
+        token()?.set_attributes(h, o, &tpl)
     })
 }
 
@@ -441,7 +456,9 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 pub unsafe extern "C" fn C_FindObjectsInit(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG) -> CK_RV {
     run(|| {
         let tpl = unsafe { template(t, n) }?;
-        with_token(|tk| tk.find_init(h, &tpl))
+        let token = token()?;
+        token.refresh()?;
+        token.lock()?.find_init(h, &tpl)
     })
 }
 
@@ -480,6 +497,18 @@ pub unsafe extern "C" fn C_SignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, 
     })
 }
 
+/// Runs `f` on session `h`'s state; an error other than `CKR_BUFFER_TOO_SMALL` ends operation
+/// `kind` (PKCS#11 v2.40 §5.2), so a failed call never leaves a half-used operation behind.
+fn in_op<T>(h: CK_SESSION_HANDLE, kind: OpKind, f: impl FnOnce(&mut Session) -> R<T>) -> R<T> {
+    let s = session(h)?;
+    let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
+    let r = f(&mut s);
+    if matches!(r, Err(rv) if rv != CKR_BUFFER_TOO_SMALL) {
+        s.end(kind);
+    }
+    r
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_Sign(
     h: CK_SESSION_HANDLE,
@@ -489,38 +518,43 @@ pub unsafe extern "C" fn C_Sign(
     sig_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        let need = s.sign_len()?;
-        if !unsafe { output_ready(sig, sig_len, need) }? {
-            return Ok(());
-        }
-        s.sign_update(data, false)?;
-        let out = s.sign_finish()?;
-        unsafe { write_out(sig, sig_len, &out) }
+        in_op(h, OpKind::Sign, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            let need = s.sign_len()?;
+            s.check_single(OpKind::Sign)?;
+            if !unsafe { output_ready(sig, sig_len, need) }? {
+                return Ok(());
+            }
+            s.sign_update(data, false)?;
+            let out = s.sign_finish()?;
+            unsafe { write_out(sig, sig_len, &out) }
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.sign_update(data, false)
+        in_op(h, OpKind::Sign, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            s.sign_update(data, false)?;
+            s.mark_multi(OpKind::Sign);
+            Ok(())
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len: *mut CK_ULONG) -> CK_RV {
     run(|| {
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        let need = s.sign_len()?;
-        if !unsafe { output_ready(sig, sig_len, need) }? {
-            return Ok(());
-        }
-        let out = s.sign_finish()?;
-        unsafe { write_out(sig, sig_len, &out) }
+        in_op(h, OpKind::Sign, |s| {
+            let need = s.sign_len()?;
+            if !unsafe { output_ready(sig, sig_len, need) }? {
+                return Ok(());
+            }
+            let out = s.sign_finish()?;
+            unsafe { write_out(sig, sig_len, &out) }
+        })
     })
 }
 
@@ -541,27 +575,34 @@ pub unsafe extern "C" fn C_Verify(
     sig_len: CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        let (data, sig) = unsafe { (bytes(data, len)?, bytes(sig, sig_len)?) };
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        s.sign_update(data, true)?;
-        s.verify_finish(sig)
+        in_op(h, OpKind::Verify, |s| {
+            let (data, sig) = unsafe { (bytes(data, len)?, bytes(sig, sig_len)?) };
+            s.check_single(OpKind::Verify)?;
+            s.sign_update(data, true)?;
+            s.verify_finish(sig)
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.sign_update(data, true)
+        in_op(h, OpKind::Verify, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            s.sign_update(data, true)?;
+            s.mark_multi(OpKind::Verify);
+            Ok(())
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len: CK_ULONG) -> CK_RV {
     run(|| {
-        let sig = unsafe { bytes(sig, sig_len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.verify_finish(sig)
+        in_op(h, OpKind::Verify, |s| {
+            let sig = unsafe { bytes(sig, sig_len) }?;
+            s.verify_finish(sig)
+        })
     })
 }
 
@@ -584,46 +625,55 @@ pub unsafe extern "C" fn C_Digest(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if !s.digest_active() {
-            return Err(CKR_OPERATION_NOT_INITIALIZED);
-        }
-        if !unsafe { output_ready(out, out_len, 32) }? {
-            return Ok(());
-        }
-        s.digest_update(data)?;
-        let d = s.digest_finish()?;
-        unsafe { write_out(out, out_len, &d) }
+        in_op(h, OpKind::Digest, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            if !s.digest_active() {
+                return Err(CKR_OPERATION_NOT_INITIALIZED);
+            }
+            s.check_single(OpKind::Digest)?;
+            if !unsafe { output_ready(out, out_len, 32) }? {
+                return Ok(());
+            }
+            s.digest_update(data)?;
+            let d = s.digest_finish()?;
+            unsafe { write_out(out, out_len, &d) }
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.digest_update(data)
+        in_op(h, OpKind::Digest, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            s.digest_update(data)?;
+            s.mark_multi(OpKind::Digest);
+            Ok(())
+        })
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestFinal(h: CK_SESSION_HANDLE, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
     run(|| {
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        if !s.digest_active() {
-            return Err(CKR_OPERATION_NOT_INITIALIZED);
-        }
-        if !unsafe { output_ready(out, out_len, 32) }? {
-            return Ok(());
-        }
-        let d = s.digest_finish()?;
-        unsafe { write_out(out, out_len, &d) }
+        in_op(h, OpKind::Digest, |s| {
+            if !s.digest_active() {
+                return Err(CKR_OPERATION_NOT_INITIALIZED);
+            }
+            if !unsafe { output_ready(out, out_len, 32) }? {
+                return Ok(());
+            }
+            let d = s.digest_finish()?;
+            unsafe { write_out(out, out_len, &d) }
+        })
     })
 }
 
 // ---- encrypt and decrypt ----------------------------------------------------------------------
+
+fn cipher_kind(encrypt: bool) -> OpKind {
+    if encrypt { OpKind::Encrypt } else { OpKind::Decrypt }
+}
 
 unsafe fn cipher_init(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE, encrypt: bool) -> CK_RV {
     run(|| {
@@ -632,6 +682,7 @@ unsafe fn cipher_init(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT
     })
 }
 
+/// `C_Encrypt`/`C_Decrypt` (`single`) or their `…Final` (no more input).
 unsafe fn cipher_all(
     h: CK_SESSION_HANDLE,
     data: *mut u8,
@@ -639,18 +690,23 @@ unsafe fn cipher_all(
     out: *mut u8,
     out_len: *mut CK_ULONG,
     encrypt: bool,
+    single: bool,
 ) -> CK_RV {
+    let kind = cipher_kind(encrypt);
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        let s = session(h)?;
-        let mut s = s.lock().map_err(|_| CKR_GENERAL_ERROR)?;
-        let need = s.cipher_len(data.len(), encrypt)?;
-        if !unsafe { output_ready(out, out_len, need) }? {
-            return Ok(());
-        }
-        s.cipher_update(data, encrypt)?;
-        let result = s.cipher_finish(encrypt)?;
-        unsafe { write_out(out, out_len, &result) }
+        in_op(h, kind, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            let need = s.cipher_len(data.len(), encrypt)?;
+            if single {
+                s.check_single(kind)?;
+            }
+            if !unsafe { output_ready(out, out_len, need) }? {
+                return Ok(());
+            }
+            s.cipher_update(data, encrypt)?;
+            let result = s.cipher_finish(encrypt)?;
+            unsafe { write_out(out, out_len, &result) }
+        })
     })
 }
 
@@ -661,19 +717,23 @@ unsafe fn cipher_update(
     out_len: *mut CK_ULONG,
     encrypt: bool,
 ) -> CK_RV {
+    let kind = cipher_kind(encrypt);
     run(|| {
-        let data = unsafe { bytes(data, len) }?;
-        if out_len.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.cipher_update(data, encrypt)?;
-        // Buffered: output comes at the final call.
-        unsafe { set(out_len, 0) }
+        in_op(h, kind, |s| {
+            let data = unsafe { bytes(data, len) }?;
+            if out_len.is_null() {
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            s.cipher_update(data, encrypt)?;
+            s.mark_multi(kind);
+            // Buffered: output comes at the final call.
+            unsafe { set(out_len, 0) }
+        })
     })
 }
 
 unsafe fn cipher_final(h: CK_SESSION_HANDLE, out: *mut u8, out_len: *mut CK_ULONG, encrypt: bool) -> CK_RV {
-    unsafe { cipher_all(h, std::ptr::null_mut(), 0, out, out_len, encrypt) }
+    unsafe { cipher_all(h, std::ptr::null_mut(), 0, out, out_len, encrypt, false) }
 }
 
 #[unsafe(no_mangle)]
@@ -689,7 +749,7 @@ pub unsafe extern "C" fn C_Encrypt(
     o: *mut u8,
     ol: *mut CK_ULONG,
 ) -> CK_RV {
-    unsafe { cipher_all(h, d, l, o, ol, true) }
+    unsafe { cipher_all(h, d, l, o, ol, true, true) }
 }
 
 #[unsafe(no_mangle)]
@@ -721,7 +781,7 @@ pub unsafe extern "C" fn C_Decrypt(
     o: *mut u8,
     ol: *mut CK_ULONG,
 ) -> CK_RV {
-    unsafe { cipher_all(h, d, l, o, ol, false) }
+    unsafe { cipher_all(h, d, l, o, ol, false, true) }
 }
 
 #[unsafe(no_mangle)]
@@ -759,7 +819,7 @@ pub unsafe extern "C" fn C_GenerateKey(
         if !param.is_empty() {
             return Err(CKR_MECHANISM_PARAM_INVALID);
         }
-        let k = with_token(|tk| tk.generate_key(h, code, &tpl))?;
+        let k = token()?.generate_key(h, code, &tpl)?;
         unsafe { set(out, k) }
     })
 }
@@ -781,7 +841,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
         if pub_out.is_null() || priv_out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let (p, s) = with_token(|tk| tk.generate_key_pair(h, code, &public, &private))?;
+        let (p, s) = token()?.generate_key_pair(h, code, &public, &private)?;
         unsafe {
             set(pub_out, p)?;
             set(priv_out, s)
@@ -826,7 +886,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let k = with_token(|tk| tk.unwrap_key(h, code, &param, unwrapping, wrapped, &tpl))?;
+        let k = token()?.unwrap_key(h, code, &param, unwrapping, wrapped, &tpl)?;
         unsafe { set(out, k) }
     })
 }

@@ -51,6 +51,9 @@ pub struct TokenFile {
     pub private_objects: Option<String>,
     /// Next object handle to hand out.
     pub next_handle: u64,
+    /// Bumped by every write: tells a process whether its view of the token is stale.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 const FILE: &str = "token.json";
@@ -77,8 +80,34 @@ pub fn load(dir: &Path) -> Result<TokenFile, StoreError> {
     fs::create_dir_all(dir)?;
     let lock = lock_file(dir)?;
     lock.lock_shared()?;
+    let result = read(dir);
+    lock.unlock()?;
+    result
+}
+
+/// The identity of `token.json` (inode, modification time, size): it changes with every write,
+/// since each write renames a new file over the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp(u64, i64, i64, u64);
+
+/// The current [`Stamp`] of the token file, `None` when there is none.
+#[cfg(unix)]
+pub fn stamp(dir: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir.join(FILE)).ok()?;
+    Some(Stamp(m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+}
+
+/// The current [`Stamp`] of the token file, `None` when there is none.
+#[cfg(not(unix))]
+pub fn stamp(dir: &Path) -> Option<Stamp> {
+    let m = fs::metadata(dir.join(FILE)).ok()?;
+    Some(Stamp(0, 0, 0, m.len()))
+}
+
+fn read(dir: &Path) -> Result<TokenFile, StoreError> {
     let path = dir.join(FILE);
-    let result = match fs::read(&path) {
+    match fs::read(&path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
         }
@@ -86,17 +115,47 @@ pub fn load(dir: &Path) -> Result<TokenFile, StoreError> {
             Ok(TokenFile { version: 1, next_handle: 1, ..Default::default() })
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Read-modify-write under the token's exclusive file lock, so that writers in other processes
+/// (and threads) neither overwrite each other's changes nor act on a stale copy. `f` sees the file
+/// as it is on disk now and answers `(result, changed)`; the file is written (with its generation
+/// bumped) only when `f` succeeds and says it changed something. Returns `f`'s answer and the file
+/// as it stands afterwards. The lock is a `flock`, so it also orders threads of one process.
+pub fn update<T, E>(
+    dir: &Path,
+    f: impl FnOnce(&mut TokenFile) -> Result<(T, bool), E>,
+) -> Result<Result<(T, TokenFile), E>, StoreError> {
+    fs::create_dir_all(dir)?;
+    let lock = lock_file(dir)?;
+    lock.lock()?;
+    let mut file = read(dir)?;
+    let (value, changed) = match f(&mut file) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
     };
+    if changed {
+        file.generation += 1;
+        write(dir, &file)?;
+    }
     lock.unlock()?;
-    result
+    Ok(Ok((value, file)))
 }
 
 /// Replaces the token file atomically and durably.
 pub fn save(dir: &Path, file: &TokenFile) -> Result<(), StoreError> {
     fs::create_dir_all(dir)?;
-    let bytes = Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| StoreError::Corrupt(e.to_string()))?);
     let lock = lock_file(dir)?;
     lock.lock()?;
+    write(dir, file)?;
+    lock.unlock()?;
+    Ok(())
+}
+
+/// Write, fsync, rename, fsync the directory; the caller holds the exclusive lock.
+fn write(dir: &Path, file: &TokenFile) -> Result<(), StoreError> {
+    let bytes = Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| StoreError::Corrupt(e.to_string()))?);
     let tmp = dir.join(TMP);
     {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
@@ -106,7 +165,6 @@ pub fn save(dir: &Path, file: &TokenFile) -> Result<(), StoreError> {
     }
     fs::rename(&tmp, dir.join(FILE))?;
     File::open(dir)?.sync_all()?;
-    lock.unlock()?;
     Ok(())
 }
 

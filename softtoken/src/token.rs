@@ -5,7 +5,7 @@
 //! held only to find the session.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cryptoki_sys::*;
 use sm3::Digest;
@@ -74,6 +74,21 @@ pub struct CipherOp {
     buf: Zeroizing<Vec<u8>>,
 }
 
+/// The kinds of cryptographic operation a session runs, one of each at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// `C_SignInit` … `C_Sign` / `C_SignFinal`.
+    Sign,
+    /// `C_VerifyInit` … `C_Verify` / `C_VerifyFinal`.
+    Verify,
+    /// `C_DigestInit` … `C_Digest` / `C_DigestFinal`.
+    Digest,
+    /// `C_EncryptInit` … `C_Encrypt` / `C_EncryptFinal`.
+    Encrypt,
+    /// `C_DecryptInit` … `C_Decrypt` / `C_DecryptFinal`.
+    Decrypt,
+}
+
 /// Per-session operation state.
 #[derive(Default)]
 pub struct Session {
@@ -83,6 +98,8 @@ pub struct Session {
     digest: Option<Sm3Hasher>,
     encrypt: Option<CipherOp>,
     decrypt: Option<CipherOp>,
+    /// Which operations have seen an `…Update` call (indexed by `OpKind`).
+    multi: [bool; 5],
 }
 
 struct SessionEntry {
@@ -96,17 +113,48 @@ struct Entry {
     session: Option<CK_SESSION_HANDLE>,
 }
 
-/// The token and everything the module knows.
-pub struct Token {
+/// The module's in-memory state: sessions, login, the objects this process sees. Behind the
+/// token's mutex, which is held only for in-memory work (never PIN hashing, key generation or
+/// file I/O).
+pub struct Inner {
     cfg: Config,
+    /// The token file as last read or written (header, PIN records, generation).
     file: TokenFile,
+    /// `token.json`'s identity when last read, to notice writes by other processes.
+    seen: Option<store::Stamp>,
     master: Option<Zeroizing<Vec<u8>>>,
     login: Login,
+    /// Bumped at every login and logout: a view computed under another login is not applied.
+    epoch: u64,
     objects: BTreeMap<CK_OBJECT_HANDLE, Entry>,
     sessions: HashMap<CK_SESSION_HANDLE, SessionEntry>,
     next_session: CK_SESSION_HANDLE,
+    next_session_object: CK_OBJECT_HANDLE,
     key_cache: HashMap<CK_OBJECT_HANDLE, Arc<Sm2Secret>>,
 }
+
+/// The token: its configuration and the in-memory state behind a short-held mutex.
+pub struct Token {
+    cfg: Config,
+    inner: Mutex<Inner>,
+}
+
+/// Session objects get handles from here up; token objects from `token.json`'s counter (shared
+/// by every process), so the two never collide.
+const SESSION_OBJECTS: CK_OBJECT_HANDLE = 0x4000_0000;
+
+/// What a write needs from the in-memory state, copied out so the write runs without the lock.
+struct WriteCtx {
+    rw: bool,
+    login: Login,
+    master: Option<Zeroizing<Vec<u8>>>,
+    epoch: u64,
+    serial: String,
+}
+
+/// Token objects as a write or read left them: public ones in the file, private ones opened
+/// (when the reader had the master key) under login `epoch`.
+type Private = Option<(Vec<(u64, Object)>, u64)>;
 
 /// Blank-padded fixed-width text, as PKCS#11 info structures want it.
 pub(crate) fn pad<const N: usize>(s: &str) -> [u8; N] {
@@ -168,9 +216,20 @@ fn check_template(t: &Template) -> R<()> {
         if ULONG_ATTRS.contains(ty) && v.len() != std::mem::size_of::<CK_ULONG>() {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
-        if BOOL_ATTRS.contains(ty) && v.len() != 1 {
+        // CK_BBOOL is CK_FALSE or CK_TRUE: 0x02 is neither, and must not read as "true" to one
+        // check and "not false" to another.
+        if BOOL_ATTRS.contains(ty) && !matches!(v.as_slice(), [0] | [1]) {
             return Err(CKR_ATTRIBUTE_VALUE_INVALID);
         }
+    }
+    Ok(())
+}
+
+/// Private and secret keys are stored sealed; `CKA_PRIVATE = false` would store them in clear.
+fn check_private_key_template(class: Option<CK_OBJECT_CLASS>, t: &Template) -> R<()> {
+    let key = matches!(class, Some(CKO_PRIVATE_KEY | CKO_SECRET_KEY));
+    if key && t.iter().any(|(ty, v)| *ty == CKA_PRIVATE && v.as_slice() == [0]) {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
     }
     Ok(())
 }
@@ -184,28 +243,41 @@ fn build(defaults: Template, template: &Template) -> Object {
     obj
 }
 
-impl Token {
-    /// Loads the token from its directory.
-    pub fn open(cfg: Config) -> Result<Self, String> {
-        let file = store::load(&cfg.directory).map_err(|e| format!("softtoken: {}: {e:?}", cfg.directory.display()))?;
-        let mut t = Self {
-            cfg,
-            file,
-            master: None,
-            login: Login::Public,
-            objects: BTreeMap::new(),
-            sessions: HashMap::new(),
-            next_session: 1,
-            key_cache: HashMap::new(),
-        };
-        for (h, obj) in t.file.public_objects.clone() {
-            t.objects.insert(h, Entry { obj, session: None });
-        }
-        Ok(t)
-    }
-
+impl Inner {
     fn initialized(&self) -> bool {
         self.file.so.is_some()
+    }
+
+    /// Replaces this process's token objects with those of `file` (and of `private`, opened
+    /// under login epoch `private.1`), unless a newer view is already in place.
+    fn apply_view(&mut self, file: TokenFile, private: Private) {
+        if file.generation < self.file.generation {
+            return;
+        }
+        let private = private.filter(|(_, epoch)| self.login == Login::User && *epoch == self.epoch);
+        let replace_private = private.is_some();
+        // Private objects stay when this view could not open them (it was read without the key).
+        self.objects.retain(|_, e| e.session.is_some() || (e.obj.is_private() && !replace_private));
+        for (h, obj) in file.public_objects.iter().cloned() {
+            self.objects.insert(h, Entry { obj, session: None });
+        }
+        for (h, obj) in private.into_iter().flat_map(|(p, _)| p) {
+            self.objects.insert(h, Entry { obj, session: None });
+        }
+        let objects = &self.objects;
+        self.key_cache.retain(|h, _| objects.contains_key(h));
+        self.file = file;
+    }
+
+    fn ctx(&self, h: CK_SESSION_HANDLE) -> R<WriteCtx> {
+        let rw = self.session_entry(h)?.rw;
+        Ok(WriteCtx {
+            rw,
+            login: self.login,
+            master: self.master.clone(),
+            epoch: self.epoch,
+            serial: self.file.serial.clone(),
+        })
     }
 
     // ---- slot, token, mechanisms ------------------------------------------------------------
@@ -254,103 +326,6 @@ impl Token {
             firmwareVersion: CK_VERSION { major: 0, minor: 1 },
             utcTime: [b' '; 16],
         }
-    }
-
-    // ---- token and PIN management -----------------------------------------------------------
-
-    /// `C_InitToken`: (re)initialises the token, destroying every object.
-    pub fn init_token(&mut self, so_pin: &[u8], label: &str) -> R<()> {
-        check_pin(so_pin)?;
-        if !self.sessions.is_empty() {
-            return Err(CKR_SESSION_EXISTS);
-        }
-        if self.file.so.is_some() {
-            self.check_pin_of(Login::So, so_pin)?;
-        }
-        let mut master = Zeroizing::new(vec![0u8; 32]);
-        crypto::random(&mut master).map_err(crypto_rv)?;
-        let mut serial = [0u8; 8];
-        crypto::random(&mut serial).map_err(crypto_rv)?;
-        let so = store::pin_record(so_pin, &master, self.cfg.kdf_iterations).map_err(crypto_rv)?;
-        let file = TokenFile {
-            version: 1,
-            label: label.trim_end().to_owned(),
-            serial: hex::encode_upper(serial),
-            so: Some(so),
-            user: None,
-            public_objects: Vec::new(),
-            private_objects: None,
-            next_handle: self.file.next_handle.max(1),
-        };
-        store::save(&self.cfg.directory, &file).map_err(|_| CKR_DEVICE_ERROR)?;
-        self.file = file;
-        self.objects.clear();
-        self.key_cache.clear();
-        Ok(())
-    }
-
-    /// Checks a PIN of `who` by unsealing the master key; counts and persists failures.
-    fn check_pin_of(&mut self, who: Login, pin: &[u8]) -> R<Zeroizing<Vec<u8>>> {
-        let max = self.cfg.max_pin_attempts;
-        let record = match who {
-            Login::So => self.file.so.as_mut().ok_or(CKR_TOKEN_NOT_RECOGNIZED)?,
-            _ => self.file.user.as_mut().ok_or(CKR_USER_PIN_NOT_INITIALIZED)?,
-        };
-        if record.failures >= max {
-            return Err(CKR_PIN_LOCKED);
-        }
-        match store::unseal_master(record, pin) {
-            Ok(master) => {
-                if record.failures != 0 {
-                    record.failures = 0;
-                    store::save(&self.cfg.directory, &self.file).map_err(|_| CKR_DEVICE_ERROR)?;
-                }
-                Ok(master)
-            }
-            Err(_) => {
-                record.failures += 1;
-                store::save(&self.cfg.directory, &self.file).map_err(|_| CKR_DEVICE_ERROR)?;
-                Err(CKR_PIN_INCORRECT)
-            }
-        }
-    }
-
-    /// `C_InitPIN`: the SO sets the user PIN (and unlocks it).
-    pub fn init_pin(&mut self, h: CK_SESSION_HANDLE, pin: &[u8]) -> R<()> {
-        let rw = self.session_entry(h)?.rw;
-        if self.login != Login::So {
-            return Err(CKR_USER_NOT_LOGGED_IN);
-        }
-        if !rw {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
-        check_pin(pin)?;
-        let master = self.master.as_ref().ok_or(CKR_USER_NOT_LOGGED_IN)?;
-        let record = store::pin_record(pin, master, self.cfg.kdf_iterations).map_err(crypto_rv)?;
-        let mut file = self.file.clone();
-        file.user = Some(record);
-        store::save(&self.cfg.directory, &file).map_err(|_| CKR_DEVICE_ERROR)?;
-        self.file = file;
-        Ok(())
-    }
-
-    /// `C_SetPIN`: changes the PIN of whoever is logged in (the user's when nobody is).
-    pub fn set_pin(&mut self, h: CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> R<()> {
-        if !self.session_entry(h)?.rw {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
-        check_pin(new)?;
-        let who = if self.login == Login::So { Login::So } else { Login::User };
-        let master = self.check_pin_of(who, old)?;
-        let record = store::pin_record(new, &master, self.cfg.kdf_iterations).map_err(crypto_rv)?;
-        let mut file = self.file.clone();
-        match who {
-            Login::So => file.so = Some(record),
-            _ => file.user = Some(record),
-        }
-        store::save(&self.cfg.directory, &file).map_err(|_| CKR_DEVICE_ERROR)?;
-        self.file = file;
-        Ok(())
     }
 
     // ---- sessions and login -----------------------------------------------------------------
@@ -421,8 +396,8 @@ impl Token {
         Ok(CK_SESSION_INFO { slotID: SLOT_ID, state, flags, ulDeviceError: 0 })
     }
 
-    /// `C_Login`.
-    pub fn login(&mut self, h: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: &[u8]) -> R<()> {
+    /// Whether `user_type` may log in now on session `h`.
+    fn login_allowed(&self, h: CK_SESSION_HANDLE, user_type: CK_USER_TYPE) -> R<Login> {
         self.session_entry(h)?;
         let who = match user_type {
             CKU_USER => Login::User,
@@ -438,18 +413,7 @@ impl Token {
         if who == Login::So && self.sessions.values().any(|s| !s.rw) {
             return Err(CKR_SESSION_READ_ONLY_EXISTS);
         }
-        let master = self.check_pin_of(who, pin)?;
-        if who == Login::User
-            && let Some(sealed) = &self.file.private_objects
-        {
-            let objects = store::open_objects(&master, sealed).map_err(|_| CKR_DEVICE_ERROR)?;
-            for (handle, obj) in objects {
-                self.objects.insert(handle, Entry { obj, session: None });
-            }
-        }
-        self.master = Some(master);
-        self.login = who;
-        Ok(())
+        Ok(who)
     }
 
     /// `C_Logout`.
@@ -470,52 +434,10 @@ impl Token {
         }
         self.master = None;
         self.login = Login::Public;
+        self.epoch += 1;
     }
 
     // ---- objects ----------------------------------------------------------------------------
-
-    fn persist(&mut self) -> R<()> {
-        let mut file = self.file.clone();
-        file.public_objects = self
-            .objects
-            .iter()
-            .filter(|(_, e)| e.session.is_none() && e.obj.is_token() && !e.obj.is_private())
-            .map(|(h, e)| (*h, e.obj.clone()))
-            .collect();
-        if self.login == Login::User {
-            let master = self.master.as_ref().ok_or(CKR_USER_NOT_LOGGED_IN)?;
-            let private: Vec<(u64, &Object)> = self
-                .objects
-                .iter()
-                .filter(|(_, e)| e.session.is_none() && e.obj.is_token() && e.obj.is_private())
-                .map(|(h, e)| (*h, &e.obj))
-                .collect();
-            file.private_objects = Some(store::seal_objects(master, &private).map_err(crypto_rv)?);
-        }
-        store::save(&self.cfg.directory, &file).map_err(|_| CKR_DEVICE_ERROR)?;
-        self.file = file;
-        Ok(())
-    }
-
-    /// Adds an object for session `h`, checking the session may.
-    fn add_object(&mut self, h: CK_SESSION_HANDLE, obj: Object) -> R<CK_OBJECT_HANDLE> {
-        let rw = self.session_entry(h)?.rw;
-        if obj.is_token() && !rw {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
-        if obj.is_private() && self.login != Login::User {
-            return Err(CKR_USER_NOT_LOGGED_IN);
-        }
-        let handle = self.file.next_handle.max(1);
-        self.file.next_handle = handle + 1;
-        let token = obj.is_token();
-        self.objects.insert(handle, Entry { obj, session: (!token).then_some(h) });
-        if token && let Err(rv) = self.persist() {
-            self.objects.remove(&handle);
-            return Err(rv);
-        }
-        Ok(handle)
-    }
 
     /// An object visible to session `h`.
     pub fn object(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> R<&Object> {
@@ -523,99 +445,7 @@ impl Token {
         self.objects.get(&o).map(|e| &e.obj).ok_or(CKR_OBJECT_HANDLE_INVALID)
     }
 
-    /// `C_CreateObject`.
-    pub fn create_object(&mut self, h: CK_SESSION_HANDLE, template: &Template) -> R<CK_OBJECT_HANDLE> {
-        check_template(template)?;
-        if template.iter().any(|(t, _)| TOKEN_SET.contains(t)) {
-            return Err(CKR_ATTRIBUTE_READ_ONLY);
-        }
-        let probe = build(vec![], template);
-        let class = probe.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-        let defaults = match class {
-            CKO_DATA | CKO_CERTIFICATE | CKO_PUBLIC_KEY => vec![],
-            CKO_PRIVATE_KEY | CKO_SECRET_KEY => {
-                let value = probe.attrs.get(&CKA_VALUE).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-                let kt = probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-                let valid = match class {
-                    CKO_SECRET_KEY => is_sm4_key_type(kt) && value.len() == 16,
-                    _ => probe.is_sm2() && Sm2Secret::from_scalar(value).is_ok(),
-                };
-                if !valid {
-                    return Err(CKR_ATTRIBUTE_VALUE_INVALID);
-                }
-                vec![
-                    (CKA_SENSITIVE, bbool(true)),
-                    (CKA_EXTRACTABLE, bbool(false)),
-                    (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
-                    (CKA_LOCAL, bbool(false)),
-                    (CKA_ALWAYS_SENSITIVE, bbool(false)),
-                    (CKA_NEVER_EXTRACTABLE, bbool(false)),
-                ]
-            }
-            _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
-        };
-        self.add_object(h, build(defaults, template))
-    }
-
-    /// `C_DestroyObject`.
-    pub fn destroy_object(&mut self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> R<()> {
-        let rw = self.session_entry(h)?.rw;
-        let token = self.object(h, o)?.is_token();
-        if token && !rw {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
-        let removed = self.objects.remove(&o);
-        self.key_cache.remove(&o);
-        if token && let Err(rv) = self.persist() {
-            if let Some(e) = removed {
-                self.objects.insert(o, e);
-            }
-            return Err(rv);
-        }
-        Ok(())
-    }
-
-    /// `C_SetAttributeValue`.
-    pub fn set_attributes(&mut self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, template: &Template) -> R<()> {
-        check_template(template)?;
-        let rw = self.session_entry(h)?.rw;
-        let obj = self.object(h, o)?;
-        if obj.is_token() && !rw {
-            return Err(CKR_SESSION_READ_ONLY);
-        }
-        if !obj.get_bool(CKA_MODIFIABLE, true) {
-            return Err(CKR_ATTRIBUTE_READ_ONLY);
-        }
-        for (t, v) in template {
-            let now = obj.attrs.get(t);
-            let fixed = matches!(
-                *t,
-                CKA_CLASS | CKA_KEY_TYPE | CKA_VALUE | CKA_EC_POINT | CKA_EC_PARAMS | CKA_TOKEN | CKA_PRIVATE
-            ) || TOKEN_SET.contains(t);
-            // Sensitive may only be switched on, extractable only off (PKCS#11 §4.9).
-            let one_way = (*t == CKA_SENSITIVE && obj.get_bool(CKA_SENSITIVE, false) && v == &bbool(false))
-                || (*t == CKA_EXTRACTABLE && !obj.get_bool(CKA_EXTRACTABLE, true) && v == &bbool(true));
-            if (fixed && now != Some(v)) || one_way {
-                return Err(CKR_ATTRIBUTE_READ_ONLY);
-            }
-        }
-        let token = obj.is_token();
-        let before = obj.clone();
-        if let Some(e) = self.objects.get_mut(&o) {
-            for (t, v) in template {
-                e.obj.attrs.insert(*t, v.clone());
-            }
-        }
-        if token && let Err(rv) = self.persist() {
-            if let Some(e) = self.objects.get_mut(&o) {
-                e.obj = before;
-            }
-            return Err(rv);
-        }
-        Ok(())
-    }
-
-    /// `C_FindObjectsInit`.
+    /// `C_FindObjectsInit` (over this process's view; [`Token::refresh`] brings it up to date).
     pub fn find_init(&mut self, h: CK_SESSION_HANDLE, template: &Template) -> R<()> {
         let found: Vec<_> = self.objects.iter().filter(|(_, e)| e.obj.matches(template)).map(|(k, _)| *k).collect();
         let state = self.session(h)?;
@@ -625,153 +455,6 @@ impl Token {
         }
         s.find = Some(found.into_iter().rev().collect());
         Ok(())
-    }
-
-    // ---- key generation ---------------------------------------------------------------------
-
-    /// `C_GenerateKeyPair` for SM2.
-    pub fn generate_key_pair(
-        &mut self,
-        h: CK_SESSION_HANDLE,
-        mech: CK_MECHANISM_TYPE,
-        public: &Template,
-        private: &Template,
-    ) -> R<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
-        self.session_entry(h)?;
-        if Mech::from_code(mech) != Some(Mech::Sm2KeyGen) {
-            return Err(CKR_MECHANISM_INVALID);
-        }
-        check_template(public)?;
-        check_template(private)?;
-        for (t, _) in public.iter().chain(private) {
-            if TOKEN_SET.contains(t) || *t == CKA_VALUE || *t == CKA_EC_POINT {
-                return Err(CKR_TEMPLATE_INCONSISTENT);
-            }
-        }
-        let ec_mech = mech == CKM_EC_KEY_PAIR_GEN;
-        let requested = build(vec![], public);
-        if ec_mech && requested.attrs.get(&CKA_EC_PARAMS).map(Vec::as_slice) != Some(&SM2_EC_PARAMS[..]) {
-            return Err(CKR_DOMAIN_PARAMS_INVALID);
-        }
-        let default_kt = if ec_mech { CKK_EC } else { CKK_SM2 };
-        for t in [public, private] {
-            let o = build(vec![(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec())], t);
-            match o.key_type() {
-                None => {}
-                Some(kt) if is_sm2_key_type(kt) || kt == CKK_EC => {}
-                Some(_) => return Err(CKR_TEMPLATE_INCONSISTENT),
-            }
-            if o.class().is_some_and(|c| c != CKO_PUBLIC_KEY && c != CKO_PRIVATE_KEY) {
-                return Err(CKR_TEMPLATE_INCONSISTENT);
-            }
-        }
-        let (secret, scalar) = Sm2Secret::generate().map_err(crypto_rv)?;
-        let point = secret.public_point();
-        let id = crypto::sm3(&point)[..20].to_vec();
-        let common = |class| {
-            vec![
-                (CKA_CLASS, ulong(class)),
-                (CKA_KEY_TYPE, ulong(default_kt)),
-                (CKA_TOKEN, bbool(false)),
-                (CKA_ID, id.clone()),
-                (CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec()),
-                (CKA_LOCAL, bbool(true)),
-                (CKA_KEY_GEN_MECHANISM, ulong(mech)),
-                (CKA_MODIFIABLE, bbool(true)),
-                (CKA_WRAP, bbool(false)),
-                (CKA_UNWRAP, bbool(false)),
-                (CKA_DERIVE, bbool(false)),
-            ]
-        };
-        let mut pub_defaults = common(CKO_PUBLIC_KEY);
-        pub_defaults.extend([(CKA_PRIVATE, bbool(false)), (CKA_VERIFY, bbool(true)), (CKA_ENCRYPT, bbool(true))]);
-        let mut pub_obj = build(pub_defaults, public);
-        pub_obj.attrs.insert(CKA_CLASS, ulong(CKO_PUBLIC_KEY));
-        // The vendor mechanism decides the curve: pkcs11-tool reaches it only with
-        // `--key-type EC:<some curve>` and then sends that curve's parameters.
-        pub_obj.attrs.insert(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec());
-        pub_obj.attrs.insert(CKA_EC_POINT, ec_point_der(&point));
-
-        let mut priv_defaults = common(CKO_PRIVATE_KEY);
-        priv_defaults.extend([
-            (CKA_PRIVATE, bbool(true)),
-            (CKA_SENSITIVE, bbool(true)),
-            (CKA_EXTRACTABLE, bbool(false)),
-            (CKA_SIGN, bbool(true)),
-            (CKA_DECRYPT, bbool(true)),
-            (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
-        ]);
-        let mut priv_obj = build(priv_defaults, private);
-        priv_obj.attrs.insert(CKA_CLASS, ulong(CKO_PRIVATE_KEY));
-        priv_obj.attrs.insert(CKA_VALUE, scalar.to_vec());
-        priv_obj.attrs.insert(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec());
-        priv_obj.attrs.insert(CKA_EC_POINT, ec_point_der(&point));
-        let sensitive = priv_obj.get_bool(CKA_SENSITIVE, true);
-        let extractable = priv_obj.get_bool(CKA_EXTRACTABLE, false);
-        priv_obj.attrs.insert(CKA_ALWAYS_SENSITIVE, bbool(sensitive));
-        priv_obj.attrs.insert(CKA_NEVER_EXTRACTABLE, bbool(!extractable));
-
-        let hpub = self.add_object(h, pub_obj)?;
-        let hpriv = match self.add_object(h, priv_obj) {
-            Ok(k) => k,
-            Err(rv) => {
-                let _ = self.destroy_object(h, hpub);
-                return Err(rv);
-            }
-        };
-        self.key_cache.insert(hpriv, Arc::new(secret));
-        Ok((hpub, hpriv))
-    }
-
-    /// `C_GenerateKey` for SM4.
-    pub fn generate_key(
-        &mut self,
-        h: CK_SESSION_HANDLE,
-        mech: CK_MECHANISM_TYPE,
-        template: &Template,
-    ) -> R<CK_OBJECT_HANDLE> {
-        self.session_entry(h)?;
-        if Mech::from_code(mech) != Some(Mech::Sm4KeyGen) {
-            return Err(CKR_MECHANISM_INVALID);
-        }
-        check_template(template)?;
-        if template.iter().any(|(t, _)| TOKEN_SET.contains(t) || *t == CKA_VALUE) {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
-        let probe = build(vec![], template);
-        if probe.key_type().is_some_and(|kt| !is_sm4_key_type(kt)) || probe.class().is_some_and(|c| c != CKO_SECRET_KEY)
-        {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
-        if probe.get_ulong(CKA_VALUE_LEN).is_some_and(|l| l != 16) {
-            return Err(CKR_ATTRIBUTE_VALUE_INVALID);
-        }
-        let mut value = Zeroizing::new(vec![0u8; 16]);
-        crypto::random(&mut value).map_err(crypto_rv)?;
-        let defaults = vec![
-            (CKA_CLASS, ulong(CKO_SECRET_KEY)),
-            (CKA_KEY_TYPE, ulong(CKK_SM4)),
-            (CKA_TOKEN, bbool(false)),
-            (CKA_PRIVATE, bbool(true)),
-            (CKA_SENSITIVE, bbool(true)),
-            (CKA_EXTRACTABLE, bbool(false)),
-            (CKA_ENCRYPT, bbool(true)),
-            (CKA_DECRYPT, bbool(true)),
-            (CKA_SIGN, bbool(true)),
-            (CKA_VERIFY, bbool(true)),
-            (CKA_WRAP, bbool(true)),
-            (CKA_UNWRAP, bbool(true)),
-            (CKA_VALUE_LEN, ulong(16)),
-            (CKA_LOCAL, bbool(true)),
-            (CKA_KEY_GEN_MECHANISM, ulong(mech)),
-        ];
-        let mut obj = build(defaults, template);
-        obj.attrs.insert(CKA_VALUE, value.to_vec());
-        let sensitive = obj.get_bool(CKA_SENSITIVE, true);
-        let extractable = obj.get_bool(CKA_EXTRACTABLE, false);
-        obj.attrs.insert(CKA_ALWAYS_SENSITIVE, bbool(sensitive));
-        obj.attrs.insert(CKA_NEVER_EXTRACTABLE, bbool(!extractable));
-        self.add_object(h, obj)
     }
 
     // ---- operations -------------------------------------------------------------------------
@@ -866,6 +549,7 @@ impl Token {
             return Err(CKR_OPERATION_ACTIVE);
         }
         *slot = Some(op);
+        s.multi[if verify { OpKind::Verify } else { OpKind::Sign } as usize] = false;
         Ok(())
     }
 
@@ -898,6 +582,7 @@ impl Token {
             return Err(CKR_OPERATION_ACTIVE);
         }
         *slot = Some(CipherOp { mech, key, iv, buf: Zeroizing::new(Vec::new()) });
+        s.multi[if encrypt { OpKind::Encrypt } else { OpKind::Decrypt } as usize] = false;
         Ok(())
     }
 
@@ -932,8 +617,9 @@ impl Token {
         crypto::sm4(&kek, iv.as_ref().map(|v| &v[..]), &value, true).map_err(|_| CKR_KEY_SIZE_RANGE)
     }
 
-    /// `C_UnwrapKey`: the reverse of [`Token::wrap_key`]; the template names class and key type.
-    pub fn unwrap_key(
+    /// `C_UnwrapKey` up to the new object: the reverse of [`Inner::wrap_key`]; the template
+    /// names class and key type.
+    fn unwrap_object(
         &mut self,
         h: CK_SESSION_HANDLE,
         code: CK_MECHANISM_TYPE,
@@ -941,7 +627,7 @@ impl Token {
         unwrapping: CK_OBJECT_HANDLE,
         wrapped: &[u8],
         template: &Template,
-    ) -> R<CK_OBJECT_HANDLE> {
+    ) -> R<Object> {
         let mech = Mech::from_code(code).ok_or(CKR_MECHANISM_INVALID)?;
         if !matches!(mech, Mech::Sm4Ecb | Mech::Sm4Cbc) {
             return Err(CKR_MECHANISM_INVALID);
@@ -963,6 +649,7 @@ impl Token {
         let probe = build(vec![], template);
         let class = probe.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
         probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+        check_private_key_template(Some(class), template)?;
         let mut defaults = vec![
             (CKA_TOKEN, bbool(false)),
             (CKA_PRIVATE, bbool(true)),
@@ -990,7 +677,7 @@ impl Token {
         }
         let mut obj = build(defaults, template);
         obj.attrs.insert(CKA_VALUE, value.to_vec());
-        self.add_object(h, obj)
+        Ok(obj)
     }
 
     fn iv_for(&self, mech: Mech, param: &[u8]) -> R<Option<[u8; 16]>> {
@@ -1000,6 +687,602 @@ impl Token {
             _ => Err(CKR_MECHANISM_PARAM_INVALID),
         }
     }
+}
+
+// ---- the token: what may block runs here, outside the in-memory lock --------------------------
+
+impl Token {
+    /// Loads the token from its directory.
+    pub fn open(cfg: Config) -> Result<Self, String> {
+        let file = store::load(&cfg.directory).map_err(|e| format!("softtoken: {}: {e:?}", cfg.directory.display()))?;
+        let mut inner = Inner {
+            cfg: cfg.clone(),
+            file: TokenFile { generation: 0, ..Default::default() },
+            seen: store::stamp(&cfg.directory),
+            master: None,
+            login: Login::Public,
+            epoch: 0,
+            objects: BTreeMap::new(),
+            sessions: HashMap::new(),
+            next_session: 1,
+            next_session_object: SESSION_OBJECTS,
+            key_cache: HashMap::new(),
+        };
+        inner.apply_view(file, None);
+        Ok(Self { cfg, inner: Mutex::new(inner) })
+    }
+
+    /// The in-memory state, for work that does not block.
+    pub fn lock(&self) -> R<MutexGuard<'_, Inner>> {
+        self.inner.lock().map_err(|_| CKR_GENERAL_ERROR)
+    }
+
+    /// Read-modify-write of `token.json` under its file lock (see [`store::update`]).
+    fn update<T>(&self, f: impl FnOnce(&mut TokenFile) -> R<(T, bool)>) -> R<(T, TokenFile)> {
+        store::update(&self.cfg.directory, f).map_err(|_| CKR_DEVICE_ERROR)?
+    }
+
+    /// Changes token objects as they are on disk now (another process may have added or removed
+    /// some since this one last looked), then shows this process the result. `f` gets the next
+    /// free handle, the public objects and, when `ctx` holds the master key, the private ones.
+    fn write_objects<T>(
+        &self,
+        ctx: &WriteCtx,
+        f: impl FnOnce(&mut u64, &mut Vec<(u64, Object)>, &mut Option<Vec<(u64, Object)>>) -> R<T>,
+    ) -> R<T> {
+        let master = ctx.master.as_deref();
+        let ((value, private), file) = self.update(|file| {
+            if file.serial != ctx.serial {
+                // Re-initialised by another process: our master key and handles mean nothing there.
+                return Err(CKR_DEVICE_REMOVED);
+            }
+            let mut private = match (master, &file.private_objects) {
+                (Some(m), Some(sealed)) => Some(store::open_objects(m, sealed).map_err(|_| CKR_DEVICE_ERROR)?),
+                (Some(_), None) => Some(Vec::new()),
+                (None, _) => None,
+            };
+            let mut public = std::mem::take(&mut file.public_objects);
+            let value = f(&mut file.next_handle, &mut public, &mut private);
+            file.public_objects = public;
+            let value = value?;
+            if let (Some(m), Some(p)) = (master, &private) {
+                let refs: Vec<(u64, &Object)> = p.iter().map(|(h, o)| (*h, o)).collect();
+                file.private_objects = Some(store::seal_objects(m, &refs).map_err(crypto_rv)?);
+            }
+            Ok(((value, private), true))
+        })?;
+        self.lock()?.apply_view(file, private.map(|p| (p, ctx.epoch)));
+        Ok(value)
+    }
+
+    /// Brings this process's view up to date when another process has written `token.json`.
+    pub fn refresh(&self) -> R<()> {
+        let stamp = store::stamp(&self.cfg.directory);
+        let (master, epoch) = {
+            let g = self.lock()?;
+            if g.seen == stamp {
+                return Ok(());
+            }
+            (if g.login == Login::User { g.master.clone() } else { None }, g.epoch)
+        };
+        let file = store::load(&self.cfg.directory).map_err(|_| CKR_DEVICE_ERROR)?;
+        let private = match (&master, &file.private_objects) {
+            (Some(m), Some(sealed)) => Some(store::open_objects(m, sealed).map_err(|_| CKR_DEVICE_ERROR)?),
+            (Some(_), None) => Some(Vec::new()),
+            (None, _) => None,
+        };
+        let mut g = self.lock()?;
+        g.seen = stamp;
+        g.apply_view(file, private.map(|p| (p, epoch)));
+        Ok(())
+    }
+
+    // ---- token and PIN management -----------------------------------------------------------
+
+    /// Checks a PIN of `who` by unsealing the master key. The failure counter is read, checked,
+    /// incremented and written under the token's file lock, so every process together gets
+    /// `max_pin_attempts` guesses, not each.
+    fn check_pin_of(&self, who: Login, pin: &[u8]) -> R<(Zeroizing<Vec<u8>>, TokenFile)> {
+        let max = self.cfg.max_pin_attempts;
+        let (outcome, file) = self.update(|file| {
+            let record = match who {
+                Login::So => file.so.as_mut().ok_or(CKR_TOKEN_NOT_RECOGNIZED)?,
+                _ => file.user.as_mut().ok_or(CKR_USER_PIN_NOT_INITIALIZED)?,
+            };
+            if record.failures >= max {
+                return Err(CKR_PIN_LOCKED);
+            }
+            Ok(match store::unseal_master(record, pin) {
+                Ok(master) => {
+                    let changed = record.failures != 0;
+                    record.failures = 0;
+                    (Ok(master), changed)
+                }
+                Err(_) => {
+                    record.failures += 1;
+                    (Err(CKR_PIN_INCORRECT), true)
+                }
+            })
+        })?;
+        self.lock()?.apply_view(file.clone(), None);
+        Ok((outcome?, file))
+    }
+
+    /// `C_InitToken`: (re)initialises the token, destroying every object.
+    pub fn init_token(&self, so_pin: &[u8], label: &str) -> R<()> {
+        check_pin(so_pin)?;
+        let reinit = {
+            let g = self.lock()?;
+            if !g.sessions.is_empty() {
+                return Err(CKR_SESSION_EXISTS);
+            }
+            g.initialized()
+        };
+        if reinit {
+            self.check_pin_of(Login::So, so_pin)?;
+        }
+        let mut master = Zeroizing::new(vec![0u8; 32]);
+        crypto::random(&mut master).map_err(crypto_rv)?;
+        let mut serial = [0u8; 8];
+        crypto::random(&mut serial).map_err(crypto_rv)?;
+        let so = store::pin_record(so_pin, &master, self.cfg.kdf_iterations).map_err(crypto_rv)?;
+        let ((), file) = self.update(|file| {
+            if file.so.is_some() && !reinit {
+                // Initialised by another process meanwhile, under an SO PIN we did not check.
+                return Err(CKR_PIN_INCORRECT);
+            }
+            *file = TokenFile {
+                version: 1,
+                label: label.trim_end().to_owned(),
+                serial: hex::encode_upper(serial),
+                so: Some(so),
+                user: None,
+                public_objects: Vec::new(),
+                private_objects: None,
+                next_handle: file.next_handle.max(1),
+                generation: file.generation,
+            };
+            Ok(((), true))
+        })?;
+        let mut g = self.lock()?;
+        g.objects.retain(|_, e| e.session.is_some());
+        g.key_cache.clear();
+        g.apply_view(file, None);
+        Ok(())
+    }
+
+    /// `C_InitPIN`: the SO sets the user PIN (and unlocks it).
+    pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: &[u8]) -> R<()> {
+        let master = {
+            let g = self.lock()?;
+            let rw = g.session_entry(h)?.rw;
+            if g.login != Login::So {
+                return Err(CKR_USER_NOT_LOGGED_IN);
+            }
+            if !rw {
+                return Err(CKR_SESSION_READ_ONLY);
+            }
+            g.master.clone().ok_or(CKR_USER_NOT_LOGGED_IN)?
+        };
+        check_pin(pin)?;
+        let record = store::pin_record(pin, &master, self.cfg.kdf_iterations).map_err(crypto_rv)?;
+        let ((), file) = self.update(|file| {
+            file.user = Some(record);
+            Ok(((), true))
+        })?;
+        self.lock()?.apply_view(file, None);
+        Ok(())
+    }
+
+    /// `C_SetPIN`: changes the PIN of whoever is logged in (the user's when nobody is).
+    pub fn set_pin(&self, h: CK_SESSION_HANDLE, old: &[u8], new: &[u8]) -> R<()> {
+        let who = {
+            let g = self.lock()?;
+            if !g.session_entry(h)?.rw {
+                return Err(CKR_SESSION_READ_ONLY);
+            }
+            if g.login == Login::So { Login::So } else { Login::User }
+        };
+        check_pin(new)?;
+        let (master, _) = self.check_pin_of(who, old)?;
+        let record = store::pin_record(new, &master, self.cfg.kdf_iterations).map_err(crypto_rv)?;
+        let ((), file) = self.update(|file| {
+            match who {
+                Login::So => file.so = Some(record),
+                _ => file.user = Some(record),
+            }
+            Ok(((), true))
+        })?;
+        self.lock()?.apply_view(file, None);
+        Ok(())
+    }
+
+    /// `C_Login`: the PIN is checked (and the private objects opened) without the module lock.
+    pub fn login(&self, h: CK_SESSION_HANDLE, user_type: CK_USER_TYPE, pin: &[u8]) -> R<()> {
+        let who = self.lock()?.login_allowed(h, user_type)?;
+        let (master, file) = self.check_pin_of(who, pin)?;
+        let private = match (who, &file.private_objects) {
+            (Login::User, Some(sealed)) => Some(store::open_objects(&master, sealed).map_err(|_| CKR_DEVICE_ERROR)?),
+            (Login::User, None) => Some(Vec::new()),
+            _ => None,
+        };
+        let mut g = self.lock()?;
+        // Another session may have logged in while the PIN was checked.
+        g.login_allowed(h, user_type)?;
+        g.master = Some(master);
+        g.login = who;
+        g.epoch += 1;
+        let epoch = g.epoch;
+        g.apply_view(file, private.map(|p| (p, epoch)));
+        Ok(())
+    }
+
+    // ---- objects ----------------------------------------------------------------------------
+
+    /// Adds objects for session `h`: token objects in one write to `token.json`, session objects
+    /// in memory. Handles come back in the order of `objs`.
+    fn add_objects(&self, h: CK_SESSION_HANDLE, objs: Vec<Object>) -> R<Vec<CK_OBJECT_HANDLE>> {
+        let ctx = self.lock()?.ctx(h)?;
+        for obj in &objs {
+            if obj.is_token() && !ctx.rw {
+                return Err(CKR_SESSION_READ_ONLY);
+            }
+            if obj.is_private() && ctx.login != Login::User {
+                return Err(CKR_USER_NOT_LOGGED_IN);
+            }
+        }
+        let mut handles = vec![0; objs.len()];
+        let (token, session): (Vec<_>, Vec<_>) = objs.into_iter().enumerate().partition(|(_, o)| o.is_token());
+        if !token.is_empty() {
+            let placed = self.write_objects(&ctx, |next, public, private| {
+                let mut placed = Vec::new();
+                for (i, obj) in token {
+                    let handle = (*next).max(1);
+                    *next = handle + 1;
+                    if obj.is_private() {
+                        private.as_mut().ok_or(CKR_USER_NOT_LOGGED_IN)?.push((handle, obj));
+                    } else {
+                        public.push((handle, obj));
+                    }
+                    placed.push((i, handle));
+                }
+                Ok(placed)
+            })?;
+            for (i, handle) in placed {
+                handles[i] = handle;
+            }
+        }
+        if !session.is_empty() {
+            let mut g = self.lock()?;
+            g.session_entry(h)?;
+            for (i, obj) in session {
+                let handle = g.next_session_object;
+                g.next_session_object += 1;
+                g.objects.insert(handle, Entry { obj, session: Some(h) });
+                handles[i] = handle;
+            }
+        }
+        Ok(handles)
+    }
+
+    /// `C_CreateObject`.
+    pub fn create_object(&self, h: CK_SESSION_HANDLE, template: &Template) -> R<CK_OBJECT_HANDLE> {
+        self.lock()?.session_entry(h)?;
+        let obj = new_object(template)?;
+        Ok(self.add_objects(h, vec![obj])?[0])
+    }
+
+    /// `C_DestroyObject`.
+    pub fn destroy_object(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> R<()> {
+        let ctx = {
+            let mut g = self.lock()?;
+            let rw = g.session_entry(h)?.rw;
+            let e = g.objects.get(&o).ok_or(CKR_OBJECT_HANDLE_INVALID)?;
+            if e.session.is_some() {
+                g.objects.remove(&o);
+                g.key_cache.remove(&o);
+                return Ok(());
+            }
+            if !rw {
+                return Err(CKR_SESSION_READ_ONLY);
+            }
+            g.ctx(h)?
+        };
+        self.write_objects(&ctx, |_, public, private| {
+            let count =
+                |p: &Vec<(u64, Object)>, q: &Option<Vec<(u64, Object)>>| p.len() + q.as_ref().map_or(0, Vec::len);
+            let before = count(public, private);
+            public.retain(|(x, _)| *x != o);
+            if let Some(p) = private.as_mut() {
+                p.retain(|(x, _)| *x != o);
+            }
+            // Gone already: another process destroyed it.
+            if count(public, private) == before { Err(CKR_OBJECT_HANDLE_INVALID) } else { Ok(()) }
+        })
+    }
+
+    /// `C_SetAttributeValue`. The rules are checked again on the object as it is on disk, so a
+    /// change made meanwhile (say, extractable switched off) cannot be undone by this one.
+    pub fn set_attributes(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, template: &Template) -> R<()> {
+        check_template(template)?;
+        let ctx = {
+            let mut g = self.lock()?;
+            let rw = g.session_entry(h)?.rw;
+            let e = g.objects.get_mut(&o).ok_or(CKR_OBJECT_HANDLE_INVALID)?;
+            if e.obj.is_token() && !rw {
+                return Err(CKR_SESSION_READ_ONLY);
+            }
+            let updated = apply_attributes(&e.obj, template)?;
+            if e.session.is_some() {
+                e.obj = updated;
+                return Ok(());
+            }
+            g.ctx(h)?
+        };
+        self.write_objects(&ctx, |_, public, private| {
+            let (_, obj) = public
+                .iter_mut()
+                .chain(private.iter_mut().flatten())
+                .find(|(x, _)| *x == o)
+                .ok_or(CKR_OBJECT_HANDLE_INVALID)?;
+            *obj = apply_attributes(obj, template)?;
+            Ok(())
+        })
+    }
+
+    // ---- key generation ---------------------------------------------------------------------
+
+    /// `C_GenerateKeyPair` for SM2.
+    pub fn generate_key_pair(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        public: &Template,
+        private: &Template,
+    ) -> R<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        self.lock()?.session_entry(h)?;
+        let (pub_obj, priv_obj, secret) = new_key_pair(mech, public, private)?;
+        let handles = self.add_objects(h, vec![pub_obj, priv_obj])?;
+        let mut g = self.lock()?;
+        if g.objects.contains_key(&handles[1]) {
+            g.key_cache.insert(handles[1], Arc::new(secret));
+        }
+        Ok((handles[0], handles[1]))
+    }
+
+    /// `C_GenerateKey` for SM4.
+    pub fn generate_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        template: &Template,
+    ) -> R<CK_OBJECT_HANDLE> {
+        self.lock()?.session_entry(h)?;
+        let obj = new_secret_key(mech, template)?;
+        Ok(self.add_objects(h, vec![obj])?[0])
+    }
+
+    /// `C_UnwrapKey`.
+    pub fn unwrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        code: CK_MECHANISM_TYPE,
+        param: &[u8],
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        template: &Template,
+    ) -> R<CK_OBJECT_HANDLE> {
+        let obj = self.lock()?.unwrap_object(h, code, param, unwrapping, wrapped, template)?;
+        Ok(self.add_objects(h, vec![obj])?[0])
+    }
+}
+
+/// `C_CreateObject` up to the new object: only what the token can use.
+fn new_object(template: &Template) -> R<Object> {
+    check_template(template)?;
+    if template.iter().any(|(t, _)| TOKEN_SET.contains(t)) {
+        return Err(CKR_ATTRIBUTE_READ_ONLY);
+    }
+    let probe = build(vec![], template);
+    let class = probe.class().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+    check_private_key_template(Some(class), template)?;
+    let defaults = match class {
+        CKO_DATA | CKO_CERTIFICATE => vec![],
+        CKO_PUBLIC_KEY => {
+            // Only SM2 keys, with a point on the curve: operations trust what is stored.
+            probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+            if !probe.is_sm2() {
+                return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+            }
+            let point = probe.attrs.get(&CKA_EC_POINT).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+            let raw = ec_point_raw(point).ok_or(CKR_ATTRIBUTE_VALUE_INVALID)?;
+            if !crypto::is_sm2_point(&raw) {
+                return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+            }
+            vec![(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec()), (CKA_LOCAL, bbool(false))]
+        }
+        CKO_PRIVATE_KEY | CKO_SECRET_KEY => {
+            let value = probe.attrs.get(&CKA_VALUE).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+            let kt = probe.key_type().ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+            let mut derived = vec![];
+            match class {
+                CKO_SECRET_KEY if is_sm4_key_type(kt) && value.len() == 16 => {
+                    derived.push((CKA_VALUE_LEN, ulong(16)));
+                }
+                CKO_PRIVATE_KEY if probe.is_sm2() => {
+                    let secret = Sm2Secret::from_scalar(value).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
+                    let point = ec_point_der(&secret.public_point());
+                    if probe.attrs.get(&CKA_EC_POINT).is_some_and(|p| ec_point_raw(p) != ec_point_raw(&point)) {
+                        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+                    }
+                    derived.extend([(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec()), (CKA_EC_POINT, point)]);
+                }
+                _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            }
+            derived.extend([
+                (CKA_SENSITIVE, bbool(true)),
+                (CKA_EXTRACTABLE, bbool(false)),
+                (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
+                (CKA_LOCAL, bbool(false)),
+                (CKA_ALWAYS_SENSITIVE, bbool(false)),
+                (CKA_NEVER_EXTRACTABLE, bbool(false)),
+            ]);
+            derived
+        }
+        _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+    };
+    Ok(build(defaults, template))
+}
+
+/// `C_GenerateKeyPair` for SM2 up to the two objects (and the key, for the signing cache).
+fn new_key_pair(mech: CK_MECHANISM_TYPE, public: &Template, private: &Template) -> R<(Object, Object, Sm2Secret)> {
+    if Mech::from_code(mech) != Some(Mech::Sm2KeyGen) {
+        return Err(CKR_MECHANISM_INVALID);
+    }
+    check_template(public)?;
+    check_template(private)?;
+    check_private_key_template(Some(CKO_PRIVATE_KEY), private)?;
+    for (t, _) in public.iter().chain(private) {
+        if TOKEN_SET.contains(t) || *t == CKA_VALUE || *t == CKA_EC_POINT {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
+    }
+    let ec_mech = mech == CKM_EC_KEY_PAIR_GEN;
+    let requested = build(vec![], public);
+    if ec_mech && requested.attrs.get(&CKA_EC_PARAMS).map(Vec::as_slice) != Some(&SM2_EC_PARAMS[..]) {
+        return Err(CKR_DOMAIN_PARAMS_INVALID);
+    }
+    let default_kt = if ec_mech { CKK_EC } else { CKK_SM2 };
+    for t in [public, private] {
+        let o = build(vec![(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec())], t);
+        match o.key_type() {
+            None => {}
+            Some(kt) if is_sm2_key_type(kt) || kt == CKK_EC => {}
+            Some(_) => return Err(CKR_TEMPLATE_INCONSISTENT),
+        }
+        if o.class().is_some_and(|c| c != CKO_PUBLIC_KEY && c != CKO_PRIVATE_KEY) {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
+    }
+    let (secret, scalar) = Sm2Secret::generate().map_err(crypto_rv)?;
+    let point = secret.public_point();
+    let id = crypto::sm3(&point)[..20].to_vec();
+    let common = |class| {
+        vec![
+            (CKA_CLASS, ulong(class)),
+            (CKA_KEY_TYPE, ulong(default_kt)),
+            (CKA_TOKEN, bbool(false)),
+            (CKA_ID, id.clone()),
+            (CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec()),
+            (CKA_LOCAL, bbool(true)),
+            (CKA_KEY_GEN_MECHANISM, ulong(mech)),
+            (CKA_MODIFIABLE, bbool(true)),
+            (CKA_WRAP, bbool(false)),
+            (CKA_UNWRAP, bbool(false)),
+            (CKA_DERIVE, bbool(false)),
+        ]
+    };
+    let mut pub_defaults = common(CKO_PUBLIC_KEY);
+    pub_defaults.extend([(CKA_PRIVATE, bbool(false)), (CKA_VERIFY, bbool(true)), (CKA_ENCRYPT, bbool(true))]);
+    let mut pub_obj = build(pub_defaults, public);
+    pub_obj.attrs.insert(CKA_CLASS, ulong(CKO_PUBLIC_KEY));
+    // The vendor mechanism decides the curve: pkcs11-tool reaches it only with
+    // `--key-type EC:<some curve>` and then sends that curve's parameters.
+    pub_obj.attrs.insert(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec());
+    pub_obj.attrs.insert(CKA_EC_POINT, ec_point_der(&point));
+
+    let mut priv_defaults = common(CKO_PRIVATE_KEY);
+    priv_defaults.extend([
+        (CKA_PRIVATE, bbool(true)),
+        (CKA_SENSITIVE, bbool(true)),
+        (CKA_EXTRACTABLE, bbool(false)),
+        (CKA_SIGN, bbool(true)),
+        (CKA_DECRYPT, bbool(true)),
+        (CKA_ALWAYS_AUTHENTICATE, bbool(false)),
+    ]);
+    let mut priv_obj = build(priv_defaults, private);
+    priv_obj.attrs.insert(CKA_CLASS, ulong(CKO_PRIVATE_KEY));
+    priv_obj.attrs.insert(CKA_VALUE, scalar.to_vec());
+    priv_obj.attrs.insert(CKA_EC_PARAMS, SM2_EC_PARAMS.to_vec());
+    priv_obj.attrs.insert(CKA_EC_POINT, ec_point_der(&point));
+    let sensitive = priv_obj.get_bool(CKA_SENSITIVE, true);
+    let extractable = priv_obj.get_bool(CKA_EXTRACTABLE, false);
+    priv_obj.attrs.insert(CKA_ALWAYS_SENSITIVE, bbool(sensitive));
+    priv_obj.attrs.insert(CKA_NEVER_EXTRACTABLE, bbool(!extractable));
+
+    Ok((pub_obj, priv_obj, secret))
+}
+
+/// `C_GenerateKey` for SM4 up to the new object.
+fn new_secret_key(mech: CK_MECHANISM_TYPE, template: &Template) -> R<Object> {
+    if Mech::from_code(mech) != Some(Mech::Sm4KeyGen) {
+        return Err(CKR_MECHANISM_INVALID);
+    }
+    check_template(template)?;
+    if template.iter().any(|(t, _)| TOKEN_SET.contains(t) || *t == CKA_VALUE) {
+        return Err(CKR_TEMPLATE_INCONSISTENT);
+    }
+    let probe = build(vec![], template);
+    if probe.key_type().is_some_and(|kt| !is_sm4_key_type(kt)) || probe.class().is_some_and(|c| c != CKO_SECRET_KEY) {
+        return Err(CKR_TEMPLATE_INCONSISTENT);
+    }
+    check_private_key_template(Some(CKO_SECRET_KEY), template)?;
+    if probe.get_ulong(CKA_VALUE_LEN).is_some_and(|l| l != 16) {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+    }
+    let mut value = Zeroizing::new(vec![0u8; 16]);
+    crypto::random(&mut value).map_err(crypto_rv)?;
+    let defaults = vec![
+        (CKA_CLASS, ulong(CKO_SECRET_KEY)),
+        (CKA_KEY_TYPE, ulong(CKK_SM4)),
+        (CKA_TOKEN, bbool(false)),
+        (CKA_PRIVATE, bbool(true)),
+        (CKA_SENSITIVE, bbool(true)),
+        (CKA_EXTRACTABLE, bbool(false)),
+        (CKA_ENCRYPT, bbool(true)),
+        (CKA_DECRYPT, bbool(true)),
+        (CKA_SIGN, bbool(true)),
+        (CKA_VERIFY, bbool(true)),
+        (CKA_WRAP, bbool(true)),
+        (CKA_UNWRAP, bbool(true)),
+        (CKA_VALUE_LEN, ulong(16)),
+        (CKA_LOCAL, bbool(true)),
+        (CKA_KEY_GEN_MECHANISM, ulong(mech)),
+    ];
+    let mut obj = build(defaults, template);
+    obj.attrs.insert(CKA_VALUE, value.to_vec());
+    let sensitive = obj.get_bool(CKA_SENSITIVE, true);
+    let extractable = obj.get_bool(CKA_EXTRACTABLE, false);
+    obj.attrs.insert(CKA_ALWAYS_SENSITIVE, bbool(sensitive));
+    obj.attrs.insert(CKA_NEVER_EXTRACTABLE, bbool(!extractable));
+    Ok(obj)
+}
+
+/// `obj` with `template` applied, if PKCS#11's rules allow: the object is modifiable, fixed
+/// attributes keep their value, sensitive only switches on and extractable only off.
+fn apply_attributes(obj: &Object, template: &Template) -> R<Object> {
+    if !obj.get_bool(CKA_MODIFIABLE, true) {
+        return Err(CKR_ATTRIBUTE_READ_ONLY);
+    }
+    for (t, v) in template {
+        let now = obj.attrs.get(t);
+        let fixed =
+            matches!(*t, CKA_CLASS | CKA_KEY_TYPE | CKA_VALUE | CKA_EC_POINT | CKA_EC_PARAMS | CKA_TOKEN | CKA_PRIVATE)
+                || TOKEN_SET.contains(t);
+        // Sensitive may only be switched on, extractable only off (PKCS#11 §4.9); `v` is
+        // 0 or 1 here (check_template), so the rule sees what later checks will see.
+        let on = v.as_slice() == [1];
+        let one_way = (*t == CKA_SENSITIVE && obj.get_bool(CKA_SENSITIVE, false) && !on)
+            || (*t == CKA_EXTRACTABLE && !obj.get_bool(CKA_EXTRACTABLE, true) && on);
+        if (fixed && now != Some(v)) || one_way {
+            return Err(CKR_ATTRIBUTE_READ_ONLY);
+        }
+    }
+    let mut updated = obj.clone();
+    for (t, v) in template {
+        updated.attrs.insert(*t, v.clone());
+    }
+    Ok(updated)
 }
 
 fn wrapping_rv(e: Rv, handle: Rv, kind: Rv) -> Rv {
@@ -1022,6 +1305,28 @@ fn pin_flags(failures: u32, max: u32, low: CK_FLAGS, last: CK_FLAGS, locked: CK_
 // ---- per-session operations, run without the token lock ------------------------------------
 
 impl Session {
+    /// Ends operation `kind` (PKCS#11 v2.40 §5.2: any error but `CKR_BUFFER_TOO_SMALL` does).
+    pub fn end(&mut self, kind: OpKind) {
+        match kind {
+            OpKind::Sign => self.sign = None,
+            OpKind::Verify => self.verify = None,
+            OpKind::Digest => self.digest = None,
+            OpKind::Encrypt => self.encrypt = None,
+            OpKind::Decrypt => self.decrypt = None,
+        }
+        self.multi[kind as usize] = false;
+    }
+
+    /// Records an `…Update` call: from now on only the `…Final` call finishes `kind`.
+    pub fn mark_multi(&mut self, kind: OpKind) {
+        self.multi[kind as usize] = true;
+    }
+
+    /// A single-part call (`C_Sign`, `C_Digest`, …) cannot finish a multi-part operation.
+    pub fn check_single(&self, kind: OpKind) -> R<()> {
+        if self.multi[kind as usize] { Err(CKR_OPERATION_ACTIVE) } else { Ok(()) }
+    }
+
     /// `C_FindObjects`: up to `max` more handles.
     pub fn find_next(&mut self, max: usize) -> R<Vec<CK_OBJECT_HANDLE>> {
         let pending = self.find.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -1113,6 +1418,7 @@ impl Session {
             return Err(CKR_OPERATION_ACTIVE);
         }
         self.digest = Some(Sm3Hasher::new());
+        self.multi[OpKind::Digest as usize] = false;
         Ok(())
     }
 

@@ -15,7 +15,7 @@ fn kill_during_writes_leaves_a_whole_store() {
     let tdir = dir.path().join("t");
     std::fs::create_dir_all(&tdir).expect("mkdir");
     let conf = dir.path().join("t.toml");
-    std::fs::write(&conf, format!("directory = {tdir:?}\nkdf_iterations = 1000\n")).expect("conf");
+    std::fs::write(&conf, format!("directory = {tdir:?}\nkdf_iterations = 100000\n")).expect("conf");
     let churn = env!("CARGO_BIN_EXE_softtoken-churn");
 
     for round in 0..5u64 {

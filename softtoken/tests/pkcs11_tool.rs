@@ -28,7 +28,7 @@ fn pkcs11_tool_inits_generates_signs_and_lists() {
     let dir = tempfile::tempdir().expect("tmp");
     let tdir = dir.path().join("t");
     let conf = dir.path().join("t.toml");
-    std::fs::write(&conf, format!("directory = {tdir:?}\nkdf_iterations = 1000\n")).expect("conf");
+    std::fs::write(&conf, format!("directory = {tdir:?}\nkdf_iterations = 100000\n")).expect("conf");
 
     let info = tool(&conf, &["--show-info"]);
     assert!(info.contains("softtoken SM2/SM3/SM4 PKCS#11") && info.contains("Cryptoki version 2.40"), "{info}");

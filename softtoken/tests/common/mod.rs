@@ -42,8 +42,11 @@ impl Module {
 
     fn open_with(dir: &Path, attempts: u32, turn: MutexGuard<'static, ()>) -> Self {
         let conf = dir.with_extension("toml");
-        std::fs::write(&conf, format!("directory = {:?}\nmax_pin_attempts = {attempts}\nkdf_iterations = 1000\n", dir))
-            .expect("conf");
+        std::fs::write(
+            &conf,
+            format!("directory = {:?}\nmax_pin_attempts = {attempts}\nkdf_iterations = 100000\n", dir),
+        )
+        .expect("conf");
         // SAFETY: tests in this binary take turns (TURN), so no other thread reads the environment now.
         unsafe { std::env::set_var("SOFTTOKEN_CONF", &conf) };
         let p11 = Pkcs11::new(lib_path()).expect("load module");

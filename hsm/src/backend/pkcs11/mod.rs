@@ -265,7 +265,8 @@ impl Pkcs11Hsm {
         self.generate_pair(label, &Mechanism::EccKeyPairGen, params, vec![], KeyAlgorithm::EcdsaP256)
     }
 
-    /// A token key pair under a fresh random `CKA_ID`: the private half sensitive and never extractable.
+    /// A token key pair under a fresh random `CKA_ID`, both halves unmodifiable: the private half
+    /// sensitive and never extractable.
     fn generate_pair(
         &self,
         label: &str,
@@ -280,7 +281,14 @@ impl Pkcs11Hsm {
         }
         let mut id = vec![0u8; 16];
         getrandom::fill(&mut id).map_err(|e| HsmError::Random(e.to_string()))?;
-        let named = [Attribute::Token(true), Attribute::Label(label.as_bytes().to_vec()), Attribute::Id(id.clone())];
+        // Unmodifiable: no application sharing the token can later flip CKA_EXTRACTABLE, CKA_SIGN
+        // or the label of a CA, OCSP or audit key (C_SetAttributeValue answers READ_ONLY).
+        let named = [
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.clone()),
+            Attribute::Modifiable(false),
+        ];
         public.extend(named.iter().cloned().chain([Attribute::Private(false), Attribute::Verify(true)]));
         private.extend(named.into_iter().chain([
             Attribute::Private(true),
