@@ -339,11 +339,11 @@ fn profile_extensions(
     aki: &[u8],
 ) -> Result<Extensions, IssueError> {
     let mut exts = Vec::with_capacity(8);
-    let bc = match profile.ca {
-        Some(path_len) => BasicConstraints { ca: true, path_len_constraint: path_len },
-        None => BasicConstraints { ca: false, path_len_constraint: None },
-    };
-    exts.push(ext(&bc, true)?);
+    // End entities carry no basicConstraints (RFC 5280 §4.2.1.9 allows it; GmSSL 3.3 refuses an
+    // empty one, which is what cA = FALSE encodes to).
+    if let Some(path_len) = profile.ca {
+        exts.push(ext(&BasicConstraints { ca: true, path_len_constraint: path_len }, true)?);
+    }
     exts.push(ext(&profile.key_usage, true)?);
     if !profile.extended_key_usage.is_empty() {
         exts.push(ext(&ExtendedKeyUsage(profile.extended_key_usage.clone()), false)?);

@@ -400,6 +400,19 @@ mod tests {
     }
 
     #[test]
+    fn end_entities_omit_basic_constraints() {
+        use const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS;
+        for profile in ["terminal", "station", "operator", "admin", "auditor", "ocsp-signer"] {
+            let w = good(profile);
+            assert!(
+                !w.extensions.iter().any(|e| e.extn_id == ID_CE_BASIC_CONSTRAINTS),
+                "{profile} carries basicConstraints"
+            );
+            lint(&w).expect("clean");
+        }
+    }
+
+    #[test]
     fn serial_rules() {
         let mut w = good("terminal");
         w.serial_number = SerialNumber::from_der(&[0x02, 0x01, 0x00]).expect("zero");
@@ -523,8 +536,16 @@ mod tests {
     fn ca_consistency_rules() {
         use const_oid::db::rfc5280::*;
 
+        let bc_ext = |bc: &BasicConstraints, critical: bool| Extension {
+            extn_id: ID_CE_BASIC_CONSTRAINTS,
+            critical,
+            extn_value: der_of(bc),
+        };
+        let not_ca = BasicConstraints { ca: false, path_len_constraint: None };
+
         // keyCertSign on a non-CA.
         let mut w = good("terminal");
+        w.extensions.insert(0, bc_ext(&not_ca, true));
         let ku = KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyCertSign);
         set_ext(&mut w, ID_CE_KEY_USAGE, |e| e.extn_value = der_of(&ku));
         assert_rule(&w, LintRule::KeyUsageInconsistentWithCa);
@@ -533,20 +554,26 @@ mod tests {
         remove_ext(&mut w, ID_CE_BASIC_CONSTRAINTS);
         assert_rule(&w, LintRule::BasicConstraintsMissing);
 
+        // An end entity that claims cA = TRUE (without keyCertSign) is refused.
+        let mut w = good("terminal");
+        w.extensions.insert(0, bc_ext(&BasicConstraints { ca: true, path_len_constraint: None }, true));
+        assert_rule(&w, LintRule::KeyUsageInconsistentWithCa);
+
+        // An end entity may carry cA = FALSE explicitly (RFC 5280 allows both).
+        let mut w = good("terminal");
+        w.extensions.insert(0, bc_ext(&not_ca, true));
+        lint(&w).expect("explicit cA = FALSE is clean");
+
         // pathLen on an end entity.
         let mut w = good("terminal");
-        let bc = BasicConstraints { ca: false, path_len_constraint: Some(0) };
-        set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| e.extn_value = der_of(&bc));
+        w.extensions.insert(0, bc_ext(&BasicConstraints { ca: false, path_len_constraint: Some(0) }, true));
         assert_rule(&w, LintRule::PathLenWithoutCa);
 
         // A CA whose basicConstraints is not critical, under an issuer with pathLen 0.
         let mut w = good("terminal");
         let bc = BasicConstraints { ca: true, path_len_constraint: None };
         let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
-        set_ext(&mut w, ID_CE_BASIC_CONSTRAINTS, |e| {
-            e.extn_value = der_of(&bc);
-            e.critical = false;
-        });
+        w.extensions.insert(0, bc_ext(&bc, false));
         set_ext(&mut w, ID_CE_KEY_USAGE, |e| e.extn_value = der_of(&ku));
         let err = lint(&w).expect_err("bad CA");
         assert!(err.has(LintRule::BasicConstraintsNotCritical), "{err}");

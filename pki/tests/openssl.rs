@@ -60,7 +60,6 @@ fn openssl_verifies_each_link_and_parses_every_field() {
         "CN = HSTM01261100000K, serialNumber = HSTM01261100000K",
         "OU = Terminal Class III",
         "O = HSTM",
-        "X509v3 Basic Constraints: critical\n                CA:FALSE",
         "X509v3 Key Usage: critical\n                Digital Signature",
         "TLS Web Client Authentication",
         "X509v3 Subject Key Identifier",
@@ -71,6 +70,8 @@ fn openssl_verifies_each_link_and_parses_every_field() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+    // An end entity omits basicConstraints (RFC 5280 §4.2.1.9; GmSSL refuses an empty one).
+    assert!(!text.contains("Basic Constraints"), "{text}");
     let (_, text) = openssl(d, &["x509", "-in", "issuing.pem", "-noout", "-text"]);
     assert!(text.contains("CA:TRUE, pathlen:0") && text.contains("Certificate Sign, CRL Sign"), "{text}");
     let (_, text) = openssl(d, &["x509", "-in", "root.pem", "-noout", "-text"]);
