@@ -451,8 +451,18 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
                 .await
         }
     });
+    // Health and reflection answer without a signature; every hsca.v1 method authenticates.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     let grpc = tonic::transport::Server::builder()
         .tls_config(tls)?
+        .layer(crate::api::raw::KeepRawLayer)
+        .add_service(tonic_health::pb::health_server::HealthServer::new(crate::api::HealthService(ca.clone())))
+        .add_service(reflection().build_v1().context("reflection")?)
+        .add_service(reflection().build_v1alpha().context("reflection")?)
         .add_service(v1::certificate_authority_server::CertificateAuthorityServer::new(services.clone()))
         .add_service(v1::registry_server::RegistryServer::new(services.clone()))
         .add_service(v1::admin_server::AdminServer::new(services))

@@ -14,7 +14,7 @@ use proto::status;
 use proto::v1::Reason;
 use tonic::{Code, Request, Response, Status};
 
-use crate::auth::{Caller, FailureLimiter, Gate, NonceCache, Trust};
+use crate::auth::{AuthFailure, Caller, FailureLimiter, Gate, NonceCache, Refused, Trust};
 use crate::records::now_ms;
 use crate::roles::Roles;
 
@@ -64,6 +64,8 @@ pub struct Ca {
 pub struct Incoming<T> {
     headers: Result<SignedHeaders, proto::signing::HeaderError>,
     peer: String,
+    /// The message bytes as received ([`raw::KeepRawLayer`]), which the signature covers.
+    raw: Option<bytes::Bytes>,
     msg: T,
 }
 
@@ -71,7 +73,8 @@ impl<T: Message> Incoming<T> {
     fn from(req: Request<T>) -> Self {
         let headers = SignedHeaders::from_metadata(req.metadata());
         let peer = req.remote_addr().map_or_else(|| "unknown".into(), |a| a.ip().to_string());
-        Self { headers, peer, msg: req.into_inner() }
+        let raw = req.extensions().get::<raw::RawMessage>().map(|r| r.0.clone());
+        Self { headers, peer, raw, msg: req.into_inner() }
     }
 }
 
@@ -137,6 +140,18 @@ impl Ca {
         }
     }
 
+    /// Readiness, as `/readyz` and `grpc.health.v1.Health` report it: the HSM signs and the
+    /// signature verifies under the issuing CA's key, and the registry reads. Blocking.
+    pub fn ready(&self) -> Result<(), String> {
+        let sig = self.signer.sign(b"readiness probe").map_err(|e| format!("hsm: {e}"))?;
+        self.issuer_info
+            .key
+            .verify(&self.issuer_info.signer_id, b"readiness probe", sig.as_der())
+            .map_err(|e| format!("hsm self-test: {e}"))?;
+        self.registry.audit_len().map_err(|e| format!("registry: {e}"))?;
+        Ok(())
+    }
+
     /// Authenticates; a refusal is counted for the audit log.
     fn authenticate<T: Message>(&self, req: &Incoming<T>, method: &str) -> Result<Caller, Status> {
         let gate = Gate {
@@ -147,8 +162,14 @@ impl Ca {
             limiter: &self.limiter,
             validated: &self.validated,
         };
-        let body = req.msg.encode_to_vec();
-        gate.authenticate_from(req.headers.clone(), method, &body, &req.peer, SystemTime::now()).map_err(|r| {
+        let checked = match &req.raw {
+            Some(body) => gate.authenticate_from(req.headers.clone(), method, body, &req.peer, SystemTime::now()),
+            None => Err(Refused {
+                failure: AuthFailure::BadSignature("the request's bytes were not kept (no KeepRawLayer)".into()),
+                principal: None,
+            }),
+        };
+        checked.map_err(|r| {
             let (code, reason) = r.failure.status();
             self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Counted now, audited in aggregate (serve's refusal loop): no write per refusal.
@@ -202,4 +223,8 @@ macro_rules! handlers {
 mod admin;
 mod ca;
 mod convert;
+mod health;
+pub mod raw;
 mod registry;
+
+pub use health::HealthService;
