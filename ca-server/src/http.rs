@@ -128,6 +128,7 @@ async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>, headers: Heade
 }
 
 async fn readyz(State(ca): State<Arc<Ca>>) -> (StatusCode, String) {
+    let rollback = ca.audit_signer.as_ref().and_then(|a| a.rollback_accepted()).map(str::to_owned);
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let sig = ca.signer.sign(b"readiness probe").map_err(|e| format!("hsm: {e}"))?;
         ca.issuer_info
@@ -141,7 +142,12 @@ async fn readyz(State(ca): State<Arc<Ca>>) -> (StatusCode, String) {
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     match result {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Ok(()) => match rollback {
+            None => (StatusCode::OK, "ready\n".into()),
+            Some(why) => {
+                (StatusCode::OK, format!("ready\naudit: rollback accepted at start (--accept-audit-rollback): {why}\n"))
+            }
+        },
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }

@@ -117,10 +117,8 @@ impl AnchorLog {
 
     /// Appends one line and fsyncs it before returning.
     pub fn append(&self, anchor: &Anchor) -> Result<(), AnchorError> {
-        let mut line = serde_json::to_vec(anchor).map_err(|e| AnchorError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        let mut line = serde_json::to_vec(anchor)
+            .map_err(|e| AnchorError::Io { path: self.path.clone(), source: std::io::Error::other(e) })?;
         line.push(b'\n');
         // A poisoned lock only means another append panicked; the file itself is still usable.
         let mut f = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -161,19 +159,4 @@ pub fn check_contains(anchor: &AuditCheckpoint, entry: Option<&AuditEntry>, entr
         return Err(AnchorError::Diverged { seq: anchor.seq, anchored: anchor.head.clone(), found: recomputed });
     }
     Ok(())
-}
-
-/// Where the anchor history goes backwards (a later anchor for an earlier or equal entry with
-/// another head): the indexes of anchors that follow an accepted rollback. Anchors before the
-/// last such point describe a chain that was given up; only those after it must be contained.
-pub fn last_rollback(anchors: &[Anchor]) -> Option<usize> {
-    anchors
-        .windows(2)
-        .enumerate()
-        .filter(|(_, w)| {
-            let (a, b) = (&w[0].checkpoint, &w[1].checkpoint);
-            b.seq < a.seq || (b.seq == a.seq && b.head != a.head)
-        })
-        .map(|(i, _)| i + 1)
-        .last()
 }
