@@ -775,13 +775,15 @@ async fn run(cli: Cli) -> Result<()> {
                     || {
                         if resp.chain_verified && !resp.checkpoint_key_configured {
                             format!(
-                                "audit chain verified: {} entries (hash chain only: the server has no [audit] key_label, so nothing is signed)",
-                                resp.chain_length
+                                "audit chain verified: {} entries (hash chain only: the server has no [audit] key_label, so nothing is signed)\n{}",
+                                resp.chain_length,
+                                audit::DATABASE_ALONE
                             )
                         } else if resp.chain_verified && resp.checkpoints_verified == 0 {
                             format!(
-                                "audit chain verified: {} entries; no signed checkpoint yet (the server signs one every [audit] checkpoint_seconds and at shutdown)",
-                                resp.chain_length
+                                "audit chain verified: {} entries; no signed checkpoint yet (the server signs one every [audit] checkpoint_seconds and at shutdown)\n{}",
+                                resp.chain_length,
+                                audit::DATABASE_ALONE
                             )
                         } else if resp.chain_verified {
                             format!(
