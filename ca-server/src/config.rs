@@ -116,15 +116,37 @@ pub struct AuditSection {
     /// Seconds between checkpoints (one is also made at shutdown), when the chain has grown.
     #[serde(default = "default_checkpoint_seconds")]
     pub checkpoint_seconds: u64,
+    /// A checkpoint is also made once this many entries are not yet covered (checked every
+    /// 200 ms, so under heavy load a checkpoint may cover a few more).
+    #[serde(default = "default_checkpoint_entries")]
+    pub checkpoint_entries: u64,
+    /// Directory of the anchor log (`anchors.jsonl`): every checkpoint is also appended there,
+    /// fsynced, outside the registry. Put it on other storage than the registry, or ship it off
+    /// the machine; `cactl audit verify --anchors` checks a copy.
+    #[serde(default = "default_anchor_dir")]
+    pub anchor_dir: PathBuf,
 }
 
 fn default_checkpoint_seconds() -> u64 {
     60
 }
 
+fn default_checkpoint_entries() -> u64 {
+    1000
+}
+
+fn default_anchor_dir() -> PathBuf {
+    "audit-anchors".into()
+}
+
 impl Default for AuditSection {
     fn default() -> Self {
-        Self { key_label: None, checkpoint_seconds: default_checkpoint_seconds() }
+        Self {
+            key_label: None,
+            checkpoint_seconds: default_checkpoint_seconds(),
+            checkpoint_entries: default_checkpoint_entries(),
+            anchor_dir: default_anchor_dir(),
+        }
     }
 }
 

@@ -128,6 +128,7 @@ async fn crl(State(ca): State<Arc<Ca>>, Path(file): Path<String>, headers: Heade
 }
 
 async fn readyz(State(ca): State<Arc<Ca>>) -> (StatusCode, String) {
+    let rollback = ca.audit_signer.as_ref().and_then(|a| a.rollback_accepted()).map(str::to_owned);
     let result = tokio::task::spawn_blocking(move || -> Result<String, String> {
         ca.ready()?;
         let admins = ca.registry.active_admins().map_err(|e| format!("registry: {e}"))?;
@@ -142,7 +143,13 @@ async fn readyz(State(ca): State<Arc<Ca>>) -> (StatusCode, String) {
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     match result {
-        Ok(detail) => (StatusCode::OK, format!("ready\n{detail}")),
+        Ok(detail) => match rollback {
+            None => (StatusCode::OK, format!("ready\n{detail}")),
+            Some(why) => (
+                StatusCode::OK,
+                format!("ready\n{detail}audit: rollback accepted at start (--accept-audit-rollback): {why}\n"),
+            ),
+        },
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }

@@ -79,6 +79,10 @@ enum Command {
         /// The configuration file written by `init`.
         #[arg(long, env = "HSCA_CONFIG")]
         config: PathBuf,
+        /// Start even though the registry's audit chain lacks the newest head in the anchor log
+        /// (it was truncated or rolled back); the acceptance is audited and shown by /readyz.
+        #[arg(long)]
+        accept_audit_rollback: bool,
     },
 }
 
@@ -134,9 +138,10 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Serve { config } => {
+        Command::Serve { config, accept_audit_rollback } => {
             // Load (HSM, registry, policy) before the runtime: a bad configuration fails at once.
-            let (cfg, ca) = ca_server::serve::load(&config)?;
+            let opts = ca_server::serve::LoadOptions { accept_audit_rollback };
+            let (cfg, ca) = ca_server::serve::load_with(&config, &opts)?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(ca_server::serve::serve(cfg, ca))
         }
     }

@@ -121,7 +121,8 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
                 .signer(KeySelector::Label(label.clone()), pki::SignerId::default())
                 .with_context(|| format!("the audit key {label:?} in the HSM"))?;
             key.self_test()?;
-            Some(crate::audit::AuditSigner::new(Box::new(key))?)
+            let anchors = registry::anchor::AnchorLog::open(&cfg.path(&c.audit.anchor_dir))?;
+            Some(crate::audit::AuditSigner::new(Box::new(key))?.with_anchor_log(anchors)?)
         }
         None => None,
     };
@@ -147,8 +148,22 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
 
 /// Loads everything the service needs; fails fast, before listening, on any problem.
 pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
+    load_with(config_path, &LoadOptions::default())
+}
+
+/// How `serve` starts.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// Start even though the registry's audit chain lacks the newest anchored head (audited,
+    /// and shown by `/readyz`).
+    pub accept_audit_rollback: bool,
+}
+
+/// [`load`], with options.
+pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<Ca>)> {
     let (cfg, s) = load_signing(config_path)?;
     let registry = Registry::open(&cfg.path(&cfg.config.registry.path))?;
+    check_anchors(s.audit.as_ref(), &registry, opts.accept_audit_rollback)?;
     let terminal_dp = s
         .policy
         .profile("terminal")
@@ -202,6 +217,22 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         partition_size: cfg.config.crl.partition_size.max(1),
     };
     Ok((cfg, Arc::new(ca)))
+}
+
+fn check_anchors(audit: Option<&crate::audit::AuditSigner>, registry: &Registry, accept: bool) -> Result<()> {
+    use crate::audit::AnchorCheck;
+    let Some(audit) = audit else {
+        tracing::warn!("no [audit] key_label: no checkpoints, no anchor log; truncation and rollback go unnoticed");
+        return Ok(());
+    };
+    match audit.check_anchors(registry, accept).map_err(|e| {
+        anyhow::anyhow!("{e}\nrefusing to start; if this loss is known and accepted, start once with --accept-audit-rollback (audited)")
+    })? {
+        AnchorCheck::RollbackAccepted(why) => tracing::error!(%why, "audit rollback accepted at start"),
+        AnchorCheck::Holds { seq } => tracing::info!(seq, "audit chain holds the newest anchored head"),
+        AnchorCheck::Empty | AnchorCheck::NoAnchorLog => {}
+    }
+    Ok(())
 }
 
 fn issued_by(cert: &pki::Certificate, issuer: &IssuerInfo) -> bool {
@@ -321,15 +352,26 @@ async fn refusal_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>)
 /// How often aggregated refusals are written to the audit log.
 pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn checkpoint_loop(ca: Arc<Ca>, seconds: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn checkpoint_loop(
+    ca: Arc<Ca>,
+    audit: crate::config::AuditSection,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     if ca.audit_signer.is_none() {
         return;
     }
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(seconds.max(1)));
-    tick.tick().await;
+    // Polled: a read of the chain's head is cheap, and the count must be met between ticks.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = tick.tick() => checkpoint_now(ca.clone()).await,
+            _ = tick.tick() => {
+                let due = ca.audit_signer.as_ref().map(|a| a.due(&ca.registry, audit.checkpoint_entries, audit.checkpoint_seconds));
+                match due {
+                    Some(Ok(true)) => checkpoint_now(ca.clone()).await,
+                    Some(Err(e)) => tracing::error!(error = %e, "audit checkpoint check failed"),
+                    _ => {}
+                }
+            }
             _ = stop.changed() => return,
         }
     }
@@ -467,7 +509,7 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
         .add_service(v1::registry_server::RegistryServer::new(services.clone()))
         .add_service(v1::admin_server::AdminServer::new(services))
         .serve_with_shutdown(grpc_addr, shutdown_signal());
-    let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.checkpoint_seconds, stop_rx.clone()));
+    let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.clone(), stop_rx.clone()));
     let crls = tokio::spawn(crl_loop(ca.clone(), stop_rx.clone()));
     let ocsp = tokio::spawn(ocsp_loop(ca.clone(), cfg.clone(), stop_rx.clone()));
     let refusals = tokio::spawn(refusal_loop(ca.clone(), stop_rx.clone()));

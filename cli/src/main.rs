@@ -5,6 +5,7 @@
 //! certificate not valid; 2 usage or local input error; 3 the CA could not be reached.
 
 mod approvals;
+mod audit;
 mod http;
 mod revocation;
 
@@ -249,8 +250,20 @@ enum TerminalCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Verify the whole audit chain.
-    Verify,
+    /// Verify the whole audit chain; with --anchors, also that it holds the newest head of the
+    /// anchor log (not truncated, not rolled back).
+    Verify {
+        /// A copy of the server's anchor log (`[audit] anchor_dir`/anchors.jsonl).
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+        /// Verify this registry file (a stopped server's, or a backup) without calling the CA.
+        #[arg(long)]
+        registry: Option<PathBuf>,
+        /// The audit key (PUBLIC KEY PEM, `audit-key.pem` of the anchor directory, kept apart):
+        /// anchors and checkpoints must be signed by it.
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
+    },
     /// The last entries.
     Tail {
         /// How many.
@@ -798,10 +811,13 @@ async fn run(cli: Cli) -> Result<()> {
                 || format!("{serial}: {state}"),
             )
         }
+        Cmd::Audit(AuditCmd::Verify { anchors, registry, audit_key }) if anchors.is_some() || registry.is_some() => {
+            verify_audit(&cli, anchors.as_deref(), registry.as_deref(), audit_key.as_deref()).await
+        }
         Cmd::Audit(a) => {
             let (_, client) = connect(&cli).await?;
             let (last, verify) = match a {
-                AuditCmd::Verify => (1, true),
+                AuditCmd::Verify { .. } => (1, true),
                 AuditCmd::Tail { last } => (*last, false),
             };
             let msg = v1::ListAuditRequest { request_id: request_id(), last, verify };
@@ -818,18 +834,23 @@ async fn run(cli: Cli) -> Result<()> {
                     || {
                         if resp.chain_verified && !resp.checkpoint_key_configured {
                             format!(
-                                "audit chain verified: {} entries (hash chain only: the server has no [audit] key_label, so nothing is signed)",
-                                resp.chain_length
+                                "audit chain verified: {} entries (hash chain only: the server has no [audit] key_label, so nothing is signed)\n{}",
+                                resp.chain_length,
+                                audit::DATABASE_ALONE
                             )
                         } else if resp.chain_verified && resp.checkpoints_verified == 0 {
                             format!(
-                                "audit chain verified: {} entries; no signed checkpoint yet (the server signs one every [audit] checkpoint_seconds and at shutdown)",
-                                resp.chain_length
+                                "audit chain verified: {} entries; no signed checkpoint yet (the server signs one every [audit] checkpoint_seconds and at shutdown)\n{}",
+                                resp.chain_length,
+                                audit::DATABASE_ALONE
                             )
                         } else if resp.chain_verified {
                             format!(
-                                "audit chain verified: {} entries; {} signed checkpoints verified, entries 1..{} vouched for by the audit key",
-                                resp.chain_length, resp.checkpoints_verified, resp.last_checkpoint_seq
+                                "audit chain verified: {} entries; {} signed checkpoints verified, entries 1..{} vouched for by the audit key\n{}",
+                                resp.chain_length,
+                                resp.checkpoints_verified,
+                                resp.last_checkpoint_seq,
+                                audit::DATABASE_ALONE
                             )
                         } else {
                             format!("AUDIT CHAIN BROKEN: {}", resp.chain_error)
@@ -863,6 +884,33 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `audit verify` with `--anchors` or `--registry`: checked here, on a registry file (named, or
+/// a snapshot of the running CA's).
+async fn verify_audit(cli: &Cli, anchors: Option<&Path>, registry: Option<&Path>, key: Option<&Path>) -> Result<()> {
+    let pinned = key.map(audit::read_public_key).transpose()?;
+    let tmp;
+    let registry = match registry {
+        Some(r) => r.to_owned(),
+        None => {
+            let (_, client) = connect(cli).await?;
+            tmp = tempfile::tempdir()?;
+            let path = tmp.path().join("snapshot.redb");
+            audit::snapshot(&client, &path).await?;
+            path
+        }
+    };
+    let Some(anchors) = anchors else {
+        let (entries, checkpoints) = audit::verify_alone(&registry, pinned)?;
+        return print(
+            cli.json,
+            &serde_json::json!({"verified": true, "entries": entries, "checkpoints": checkpoints, "anchors_checked": false}),
+            || format!("audit chain verified: {entries} entries, {checkpoints} checkpoints\n{}", audit::DATABASE_ALONE),
+        );
+    };
+    let v = audit::verify(&registry, anchors, pinned)?;
+    print(cli.json, &v, || audit::describe(&v))
+}
+
 fn getrandom_fill(b: &mut [u8]) -> Result<()> {
     getrandom::fill(b).map_err(|e| anyhow::anyhow!("random: {e}"))
 }
@@ -886,6 +934,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(n) = e.downcast_ref::<audit::NotVerified>() {
+                eprintln!("cactl: AUDIT NOT VERIFIED: {n}");
+                return ExitCode::from(1);
+            }
             if let Some(n) = e.downcast_ref::<revocation::NotValid>() {
                 eprintln!("cactl: NOT VALID: {n}");
                 return ExitCode::from(1);

@@ -7,6 +7,7 @@
 //! checked inside that transaction, so two racing requests cannot both pass. Policy (may this
 //! caller issue for this serial?) is decided elsewhere; this crate only stores.
 
+pub mod anchor;
 mod approvals;
 pub mod audit;
 mod lifecycle;
@@ -610,6 +611,15 @@ impl Registry {
         }
     }
 
+    /// Audit entry `seq` (None when the chain ends before it) and the chain's length, read
+    /// together; with [`anchor::check_contains`] this tells whether an anchored head is still there.
+    pub fn audit_entry_at(&self, seq: u64) -> Result<(Option<AuditEntry>, u64)> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let entry = table.get(seq)?.map(|v| from_json::<AuditEntry>(v.value())).transpose()?;
+        Ok((entry, table.len()?))
+    }
+
     /// The newest signed checkpoint, if any.
     pub fn last_audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>> {
         let txn = self.db.begin_read()?;
@@ -786,6 +796,30 @@ impl Registry {
         txn.open_table(approvals::APPROVALS)?.insert(id, bytes)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Test hook: an insider with write access to the file cuts the chain after entry `keep`,
+    /// together with every checkpoint covering the removed entries, so the registry alone still
+    /// verifies (only the anchor log tells).
+    #[cfg(feature = "test-hooks")]
+    pub fn truncate_audit(&self, keep: u64) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let removed;
+        {
+            let mut table = txn.open_table(AUDIT)?;
+            let cut: Vec<u64> = table.range(keep + 1..)?.map(|item| Ok(item?.0.value())).collect::<Result<_>>()?;
+            for k in &cut {
+                table.remove(k)?;
+            }
+            removed = cut.len() as u64;
+            let mut cps = txn.open_table(AUDIT_CHECKPOINTS)?;
+            let cut: Vec<u64> = cps.range(keep + 1..)?.map(|item| Ok(item?.0.value())).collect::<Result<_>>()?;
+            for k in &cut {
+                cps.remove(k)?;
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
     }
 
     /// Test hook: the stored bytes of audit entry `seq`.

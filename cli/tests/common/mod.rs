@@ -74,13 +74,14 @@ impl RunningCa {
 
     /// Starts `serve` and waits until the HTTP side answers.
     pub fn start(&mut self) {
-        let child = Command::new(ca_server())
-            .args(["serve", "--config"])
-            .arg(self.dir.join("ca-server.toml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("serve");
+        let mut cmd = Command::new(ca_server());
+        cmd.args(["serve", "--config"]).arg(self.dir.join("ca-server.toml"));
+        self.start_with(cmd);
+    }
+
+    /// Starts `cmd` (a `ca-server serve` command line) and waits until the HTTP side answers.
+    pub fn start_with(&mut self, mut cmd: Command) {
+        let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("serve");
         self.server = Some(Serving(child));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
