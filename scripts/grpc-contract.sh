@@ -14,12 +14,12 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv
 fi
-if ! "$venv/bin/python" -c 'import grpc, grpc_tools, grpc_status, grpc_health, google.protobuf' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import grpc, grpc_tools, grpc_status, grpc_health, grpc_reflection, google.protobuf' >/dev/null 2>&1; then
     echo "==> python venv for the contract test: $venv"
     rm -rf "$venv"
     mkdir -p "$cache"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q grpcio grpcio-tools grpcio-status grpcio-health-checking protobuf
+    "$venv/bin/pip" install -q grpcio grpcio-tools grpcio-status grpcio-health-checking grpcio-reflection protobuf
 fi
 py="$venv/bin/python"
 "$py" -c 'import hashlib; hashlib.new("sm3")' || { echo "this Python's hashlib has no SM3" >&2; exit 1; }

@@ -2,7 +2,7 @@
 
 Python grpcio with stubs generated from proto/*.proto; SM2 signing written here from GB/T 32918
 (no SM2 library), SM3 from hashlib (OpenSSL). It checks itself against the README's worked
-example, then against a live ca-server: health without a signature, issuing a station principal
+example, then against a live ca-server: health and reflection without a signature, issuing a station principal
 and a terminal certificate, refusals decoded with grpcio-status, and a request carrying a field
 the server does not know.
 
@@ -23,7 +23,11 @@ sys.path.insert(0, STUB_DIR)
 
 import grpc  # noqa: E402
 from grpc_status import rpc_status  # noqa: E402
+from google.protobuf.descriptor_pool import DescriptorPool  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: E402
+    ProtoReflectionDescriptorDatabase,
+)
 from hsca.v1 import admin_pb2, admin_pb2_grpc, ca_pb2, ca_pb2_grpc, errors_pb2  # noqa: E402
 
 CHECKS = []
@@ -307,6 +311,14 @@ def live():
     check("health: SERVING without a signature", r.status == health_pb2.HealthCheckResponse.SERVING)
     r = health.Check(health_pb2.HealthCheckRequest(service="hsca.v1.CertificateAuthority"), timeout=30)
     check("health: hsca.v1.CertificateAuthority SERVING", r.status == health_pb2.HealthCheckResponse.SERVING)
+
+    # Server reflection (what grpcurl uses), also without a signature.
+    db = ProtoReflectionDescriptorDatabase(channel)
+    services = set(db.get_services())
+    want = {"hsca.v1.CertificateAuthority", "hsca.v1.Registry", "hsca.v1.Admin", "grpc.health.v1.Health"}
+    check("reflection: lists the services", want <= services, f"{services}")
+    detail = DescriptorPool(db).FindMessageTypeByName("hsca.v1.ErrorDetail")
+    check("reflection: describes hsca.v1.ErrorDetail", [f.name for f in detail.fields] == ["reason", "message"])
 
     admin = load_identity(os.path.join(DATA_DIR, "identities/admin/identity.toml"))
 
