@@ -50,5 +50,7 @@ echo "==> the pki example, checked by stock openssl"
 cargo run -q --locked -p pki --example issue-demo -- "$demo"
 openssl verify -vfyopt distid:1234567812345678 -CAfile "$demo/root.pem" "$demo/issuing.pem"
 openssl verify -vfyopt distid:1234567812345678 -partial_chain -CAfile "$demo/issuing.pem" "$demo/terminal.pem"
+echo "==> the gRPC contract from a second language (Python grpcio, stubs from proto/ alone)"
+scripts/grpc-contract.sh
 # One closing line over every test binary (the last runner alone may have run no test).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"

@@ -2,7 +2,7 @@
 //!
 //! Boulder's split, as modules: [`auth`] authenticates and authorises every signed request,
 //! [`ra`] makes every policy decision about a request, [`issuer`] builds, lints and signs through
-//! the HSM and nothing else, and the `registry` crate stores. The gRPC handlers (next) only
+//! the HSM and nothing else, and the `registry` crate stores. The gRPC handlers ([`api`]) only
 //! decode, call these, and encode.
 
 pub mod api;

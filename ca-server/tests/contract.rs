@@ -269,3 +269,55 @@ async fn health_and_reflection_answer_without_a_signature_and_nothing_else_does(
         .await;
     assert_eq!(reason_of(unsigned), (Code::Unauthenticated, Some(Reason::MissingSignature)));
 }
+
+/// The HSM key of a loaded CA, with signing broken: what a dead HSM session looks like.
+struct DeadHsm(Box<dyn hsm::Signer>);
+
+impl hsm::Signer for DeadHsm {
+    fn algorithm(&self) -> spki::AlgorithmIdentifierOwned {
+        self.0.algorithm()
+    }
+    fn public_key(&self) -> spki::SubjectPublicKeyInfoOwned {
+        self.0.public_key()
+    }
+    fn signer_id(&self) -> &pki::SignerId {
+        self.0.signer_id()
+    }
+    fn sign(&self, _: &[u8]) -> Result<hsm::Signature, hsm::HsmError> {
+        Err(hsm::HsmError::Unavailable("session closed".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_when_the_hsm_fails() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let out = Command::new(EXE)
+        .args(["init", "--data-dir"])
+        .arg(&dir)
+        .args(["--grpc", "127.0.0.1:1", "--http", "127.0.0.1:2"])
+        .output()
+        .expect("ca-server init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.join("ca-server.toml");
+    let (_, ca) =
+        tokio::task::spawn_blocking(move || ca_server::serve::load(&config)).await.expect("join").expect("load");
+    let ask = || tonic::Request::new(HealthCheckRequest { service: String::new() });
+    let status = |r: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
+        r.expect("check").into_inner().status
+    };
+    let healthy = ca_server::api::HealthService(ca.clone());
+    assert_eq!(status(healthy.check(ask()).await), ServingStatus::Serving as i32);
+    drop(healthy);
+
+    let ca = std::sync::Arc::try_unwrap(ca).ok().expect("the only reference");
+    let dead = ca_server::api::Ca { signer: Box::new(DeadHsm(ca.signer)), ..ca };
+    let dead = std::sync::Arc::new(dead);
+    assert!(dead.ready().is_err(), "/readyz says not ready too");
+    let health = ca_server::api::HealthService(dead);
+    assert_eq!(status(health.check(ask()).await), ServingStatus::NotServing as i32);
+}

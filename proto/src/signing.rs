@@ -47,7 +47,8 @@ pub enum HeaderError {
 }
 
 /// Signs a request: `method` is the gRPC path (`/hsca.v1.CertificateAuthority/IssueTerminalCertificate`),
-/// `body` the encoded protobuf message.
+/// `body` the encoded protobuf message exactly as it goes on the wire: the server verifies over the
+/// bytes it receives, not over its own re-encoding.
 pub fn sign(
     signer: &dyn hsm::Signer,
     cert_der: &[u8],
