@@ -9,6 +9,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+# google/pkcs11test is built from source (scripts/pkcs11test.sh).
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v make >/dev/null 2>&1 || need+=(make)
 if [ ${#need[@]} -gt 0 ]; then
     echo "==> installing: ${need[*]}"
     SUDO=""
@@ -32,6 +35,9 @@ cargo build --workspace --bins --locked
 cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
 # Doc tests are not part of --all-targets.
 cargo test --workspace --doc --locked --no-fail-fast 2>&1 | tee -a "$log"
+
+echo "==> google/pkcs11test against softtoken (every failure must be in softtoken/pkcs11test-expected-failures.txt)"
+scripts/pkcs11test.sh target/debug/libsofttoken.so
 
 echo "==> README command 1: ca-server init + serve, ready, then SIGTERM"
 target/debug/ca-server init --data-dir "$demo/ca" --grpc 127.0.0.1:17443 --http 127.0.0.1:17080

@@ -38,6 +38,12 @@ fn token() -> R<Arc<Token>> {
     state()?.as_ref().cloned().ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
 }
 
+/// `CKR_CRYPTOKI_NOT_INITIALIZED` before anything else (argument checks included), as PKCS#11
+/// wants and conformance suites check.
+fn live() -> R<()> {
+    token().map(|_| ())
+}
+
 /// In-memory work under the token's lock.
 fn with_token<T>(f: impl FnOnce(&mut Inner) -> R<T>) -> R<T> {
     let token = token()?;
@@ -169,7 +175,7 @@ pub unsafe extern "C" fn C_Finalize(reserved: CK_VOID_PTR) -> CK_RV {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
     run(|| {
-        with_token(|_| Ok(()))?;
+        live()?;
         unsafe {
             set(
                 info,
@@ -195,7 +201,7 @@ pub unsafe extern "C" fn C_GetFunctionList(pp: *mut *mut CK_FUNCTION_LIST) -> CK
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetSlotList(_present: CK_BBOOL, list: *mut CK_SLOT_ID, count: *mut CK_ULONG) -> CK_RV {
     run(|| {
-        with_token(|_| Ok(()))?;
+        live()?;
         let n = unsafe { count.as_mut() }.ok_or(CKR_ARGUMENTS_BAD)?;
         if list.is_null() {
             *n = 1;
@@ -214,6 +220,7 @@ pub unsafe extern "C" fn C_GetSlotList(_present: CK_BBOOL, list: *mut CK_SLOT_ID
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetSlotInfo(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
     run(|| {
+        live()?;
         let i = with_token(|t| Ok(t.slot_info()))?;
         slot(id)?;
         unsafe { set(info, i) }
@@ -223,6 +230,7 @@ pub unsafe extern "C" fn C_GetSlotInfo(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO) 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetTokenInfo(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
     run(|| {
+        live()?;
         let i = with_token(|t| Ok(t.token_info()))?;
         slot(id)?;
         unsafe { set(info, i) }
@@ -236,7 +244,7 @@ pub unsafe extern "C" fn C_GetMechanismList(
     count: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
-        with_token(|_| Ok(()))?;
+        live()?;
         slot(id)?;
         let codes = Mech::all_codes();
         let n = unsafe { count.as_mut() }.ok_or(CKR_ARGUMENTS_BAD)?;
@@ -262,8 +270,11 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
     info: *mut CK_MECHANISM_INFO,
 ) -> CK_RV {
     run(|| {
-        with_token(|_| Ok(()))?;
+        live()?;
         slot(id)?;
+        if info.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
         let m = Mech::from_code(ty).ok_or(CKR_MECHANISM_INVALID)?;
         unsafe { set(info, m.info()) }
     })
@@ -272,6 +283,7 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_InitToken(id: CK_SLOT_ID, pin: *mut u8, pin_len: CK_ULONG, label: *mut u8) -> CK_RV {
     run(|| {
+        live()?;
         let pin = unsafe { bytes(pin, pin_len) }?;
         if label.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
@@ -287,6 +299,7 @@ pub unsafe extern "C" fn C_InitToken(id: CK_SLOT_ID, pin: *mut u8, pin_len: CK_U
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_InitPIN(h: CK_SESSION_HANDLE, pin: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         let pin = unsafe { bytes(pin, len) }?;
         token()?.init_pin(h, pin)
     })
@@ -301,6 +314,7 @@ pub unsafe extern "C" fn C_SetPIN(
     new_len: CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let (old, new) = unsafe { (bytes(old, old_len)?, bytes(new, new_len)?) };
         token()?.set_pin(h, old, new)
     })
@@ -317,6 +331,7 @@ pub unsafe extern "C" fn C_OpenSession(
     out: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
     run(|| {
+        live()?;
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -336,6 +351,7 @@ pub unsafe extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_CloseAllSessions(id: CK_SLOT_ID) -> CK_RV {
     run(|| {
+        live()?;
         with_token(|t| {
             slot(id)?;
             t.close_all();
@@ -347,6 +363,7 @@ pub unsafe extern "C" fn C_CloseAllSessions(id: CK_SLOT_ID) -> CK_RV {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) -> CK_RV {
     run(|| {
+        live()?;
         let i = with_token(|t| t.session_info(h))?;
         unsafe { set(info, i) }
     })
@@ -355,6 +372,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(h: CK_SESSION_HANDLE, info: *mut CK_SE
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_Login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         let pin = unsafe { bytes(pin, len) }?;
         token()?.login(h, user, pin)
     })
@@ -375,6 +393,7 @@ pub unsafe extern "C" fn C_CreateObject(
     out: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let tpl = unsafe { template(t, n) }?;
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
@@ -397,6 +416,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     n: CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         if n > 0 && t.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -447,6 +467,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     n: CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let tpl = unsafe { template(t, n) }?;
         token()?.set_attributes(h, o, &tpl)
     })
@@ -455,6 +476,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_FindObjectsInit(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         let tpl = unsafe { template(t, n) }?;
         let token = token()?;
         token.refresh()?;
@@ -470,6 +492,7 @@ pub unsafe extern "C" fn C_FindObjects(
     count: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         if count.is_null() || (out.is_null() && max > 0) {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -492,6 +515,7 @@ pub unsafe extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         with_token(|t| t.sign_init(h, code, &param, key, false))
     })
@@ -518,6 +542,7 @@ pub unsafe extern "C" fn C_Sign(
     sig_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Sign, |s| {
             let data = unsafe { bytes(data, len) }?;
             let need = s.sign_len()?;
@@ -535,6 +560,7 @@ pub unsafe extern "C" fn C_Sign(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Sign, |s| {
             let data = unsafe { bytes(data, len) }?;
             s.sign_update(data, false)?;
@@ -547,6 +573,7 @@ pub unsafe extern "C" fn C_SignUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_SignFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len: *mut CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Sign, |s| {
             let need = s.sign_len()?;
             if !unsafe { output_ready(sig, sig_len, need) }? {
@@ -561,6 +588,7 @@ pub unsafe extern "C" fn C_SignFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         with_token(|t| t.sign_init(h, code, &param, key, true))
     })
@@ -575,6 +603,7 @@ pub unsafe extern "C" fn C_Verify(
     sig_len: CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Verify, |s| {
             let (data, sig) = unsafe { (bytes(data, len)?, bytes(sig, sig_len)?) };
             s.check_single(OpKind::Verify)?;
@@ -587,6 +616,7 @@ pub unsafe extern "C" fn C_Verify(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Verify, |s| {
             let data = unsafe { bytes(data, len) }?;
             s.sign_update(data, true)?;
@@ -599,6 +629,7 @@ pub unsafe extern "C" fn C_VerifyUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Verify, |s| {
             let sig = unsafe { bytes(sig, sig_len) }?;
             s.verify_finish(sig)
@@ -611,6 +642,7 @@ pub unsafe extern "C" fn C_VerifyFinal(h: CK_SESSION_HANDLE, sig: *mut u8, sig_l
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         session(h)?.lock().map_err(|_| CKR_GENERAL_ERROR)?.digest_init(code, &param)
     })
@@ -625,6 +657,7 @@ pub unsafe extern "C" fn C_Digest(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Digest, |s| {
             let data = unsafe { bytes(data, len) }?;
             if !s.digest_active() {
@@ -644,6 +677,7 @@ pub unsafe extern "C" fn C_Digest(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Digest, |s| {
             let data = unsafe { bytes(data, len) }?;
             s.digest_update(data)?;
@@ -656,6 +690,7 @@ pub unsafe extern "C" fn C_DigestUpdate(h: CK_SESSION_HANDLE, data: *mut u8, len
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestFinal(h: CK_SESSION_HANDLE, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         in_op(h, OpKind::Digest, |s| {
             if !s.digest_active() {
                 return Err(CKR_OPERATION_NOT_INITIALIZED);
@@ -677,6 +712,7 @@ fn cipher_kind(encrypt: bool) -> OpKind {
 
 unsafe fn cipher_init(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE, encrypt: bool) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         with_token(|t| t.cipher_init(h, code, &param, key, encrypt))
     })
@@ -694,6 +730,7 @@ unsafe fn cipher_all(
 ) -> CK_RV {
     let kind = cipher_kind(encrypt);
     run(|| {
+        live()?;
         in_op(h, kind, |s| {
             let data = unsafe { bytes(data, len) }?;
             let need = s.cipher_len(data.len(), encrypt)?;
@@ -719,6 +756,7 @@ unsafe fn cipher_update(
 ) -> CK_RV {
     let kind = cipher_kind(encrypt);
     run(|| {
+        live()?;
         in_op(h, kind, |s| {
             let data = unsafe { bytes(data, len) }?;
             if out_len.is_null() {
@@ -811,6 +849,7 @@ pub unsafe extern "C" fn C_GenerateKey(
     out: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         let tpl = unsafe { template(t, n) }?;
         if out.is_null() {
@@ -836,6 +875,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     priv_out: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let (code, _param) = unsafe { mechanism(m) }?;
         let (public, private) = unsafe { (template(pt, pn)?, template(st, sn)?) };
         if pub_out.is_null() || priv_out.is_null() {
@@ -859,6 +899,7 @@ pub unsafe extern "C" fn C_WrapKey(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         if out_len.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
@@ -880,6 +921,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
     out: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     run(|| {
+        live()?;
         let (code, param) = unsafe { mechanism(m) }?;
         let wrapped = unsafe { bytes(wrapped, wrapped_len) }?;
         let tpl = unsafe { template(t, n) }?;
@@ -896,6 +938,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         with_token(|t| t.session(h).map(|_| ()))?;
         if len == 0 {
             return Ok(());
@@ -909,9 +952,11 @@ pub unsafe extern "C" fn C_GenerateRandom(h: CK_SESSION_HANDLE, out: *mut u8, le
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, _seed: *mut u8, _len: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, seed: *mut u8, len: CK_ULONG) -> CK_RV {
     run(|| {
+        live()?;
         with_token(|t| t.session(h).map(|_| ()))?;
+        unsafe { bytes(seed, len) }?;
         Err(CKR_RANDOM_SEED_NOT_SUPPORTED)
     })
 }
@@ -923,7 +968,7 @@ macro_rules! unsupported {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($(_: $arg),*) -> CK_RV {
             run(|| {
-                with_token(|_| Ok(()))?;
+                live()?;
                 Err(CKR_FUNCTION_NOT_SUPPORTED)
             })
         }
@@ -958,7 +1003,7 @@ unsupported!(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_GetFunctionStatus(_h: CK_SESSION_HANDLE) -> CK_RV {
     run(|| {
-        with_token(|_| Ok(()))?;
+        live()?;
         Err(CKR_FUNCTION_NOT_PARALLEL)
     })
 }
@@ -966,7 +1011,7 @@ pub unsafe extern "C" fn C_GetFunctionStatus(_h: CK_SESSION_HANDLE) -> CK_RV {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_CancelFunction(_h: CK_SESSION_HANDLE) -> CK_RV {
     run(|| {
-        with_token(|_| Ok(()))?;
+        live()?;
         Err(CKR_FUNCTION_NOT_PARALLEL)
     })
 }

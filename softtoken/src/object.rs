@@ -100,22 +100,36 @@ impl Object {
     }
 }
 
+/// Attribute values as hex in `token.json` (and, sealed, for private objects). Values include
+/// private scalars and SM4 keys: every hex copy made on the way in or out is wiped after use.
 mod hex_map {
     use std::collections::BTreeMap;
 
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+    use zeroize::{Zeroize, Zeroizing};
+
+    struct Hex<'a>(&'a [u8]);
+
+    impl Serialize for Hex<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&Zeroizing::new(hex::encode(self.0)))
+        }
+    }
 
     pub fn serialize<S: Serializer>(map: &BTreeMap<u64, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(map.iter().map(|(k, v)| (format!("{k:#x}"), hex::encode(v))))
+        s.collect_map(map.iter().map(|(k, v)| (format!("{k:#x}"), Hex(v))))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, Vec<u8>>, D::Error> {
-        let raw = BTreeMap::<String, String>::deserialize(d)?;
-        raw.into_iter()
+        let mut raw = BTreeMap::<String, String>::deserialize(d)?;
+        let decoded = raw
+            .iter()
             .map(|(k, v)| {
                 let key = u64::from_str_radix(k.trim_start_matches("0x"), 16).map_err(D::Error::custom)?;
                 Ok((key, hex::decode(v).map_err(D::Error::custom)?))
             })
-            .collect()
+            .collect();
+        raw.values_mut().for_each(Zeroize::zeroize);
+        decoded
     }
 }
