@@ -53,6 +53,18 @@ pub struct Options {
     pub grpc: Option<String>,
     /// HTTP listen address.
     pub http: Option<String>,
+    /// The admin key's passphrase, chosen by the admin (asked at a prompt); without it one is
+    /// generated into the identity directory (0600).
+    pub admin_passphrase: Option<AdminPassphrase>,
+}
+
+/// A passphrase that `Debug` does not print.
+pub struct AdminPassphrase(pub Zeroizing<String>);
+
+impl std::fmt::Debug for AdminPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminPassphrase(…)")
+    }
 }
 
 fn random_secret() -> Result<Zeroizing<String>> {
@@ -85,6 +97,9 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     if config_path.exists() {
         bail!("{} exists: {} already holds a CA", config_path.display(), dir.display());
     }
+    // Only the CA's owner may enter the data directory and the token directory.
+    mkdir_private(dir)?;
+    mkdir_private(&dir.join("token"))?;
     for sub in ["certs", "tls", "token", "policies", "identities/admin"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
@@ -181,6 +196,11 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
 
     // The registry, and the first admin: its key made here (no server runs yet), encrypted.
     let registry = Registry::open(&dir.join("registry.redb"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("registry.redb"), std::fs::Permissions::from_mode(0o600))?;
+    }
     registry.audit(&AuditEvent {
         time_ms: now_ms(),
         actor: "ca-server init".into(),
@@ -227,8 +247,14 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
             detail: format!("role admin, certificate {admin_serial}"),
         },
     )?;
-    let passphrase = random_secret()?;
-    write_private(&admin_dir.join("passphrase"), passphrase.as_bytes())?;
+    let (passphrase, passphrase_file) = match &opts.admin_passphrase {
+        Some(p) => (p.0.clone(), None),
+        None => {
+            let p = random_secret()?;
+            write_private(&admin_dir.join("passphrase"), p.as_bytes())?;
+            (p, Some("passphrase".into()))
+        }
+    };
     let key_pem =
         hsm::backend::file::encrypt(&admin_key, passphrase.as_bytes(), hsm::backend::file::DEFAULT_ITERATIONS)?;
     write_private(&admin_dir.join("admin.key"), key_pem.as_bytes())?;
@@ -244,7 +270,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
         pki_root: "root.pem".into(),
         certificate: "admin.pem".into(),
         key: "admin.key".into(),
-        passphrase_file: Some("passphrase".into()),
+        passphrase_file,
     };
     let identity_path = admin_dir.join("identity.toml");
     std::fs::write(&identity_path, toml::to_string(&identity)?)?;

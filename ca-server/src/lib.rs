@@ -17,5 +17,6 @@ pub mod ra;
 pub mod records;
 pub mod revocation;
 pub mod roles;
+pub mod secrets;
 pub mod serve;
 pub mod service;

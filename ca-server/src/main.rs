@@ -37,6 +37,10 @@ enum Command {
         /// HTTP listen address to configure.
         #[arg(long, default_value = "127.0.0.1:7080")]
         http: String,
+        /// `prompt`: ask for the admin key's passphrase twice at the terminal (not echoed) instead
+        /// of generating one into a 0600 file.
+        #[arg(long, value_parser = ["prompt"])]
+        admin_passphrase: Option<String>,
     },
     /// Measure: the crypto limit in this process (through the configured HSM), then certificates
     /// per second end to end against the running server, as the station IDENTITY.
@@ -91,10 +95,16 @@ fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command {
-        Command::Init { data_dir, pin_file, grpc, http } => {
+        Command::Init { data_dir, pin_file, grpc, http, admin_passphrase } => {
+            let admin_passphrase = match admin_passphrase {
+                Some(_) => {
+                    Some(ca_server::init::AdminPassphrase(proto::identity::prompt_new_passphrase("the admin key")?))
+                }
+                None => None,
+            };
             let report = ca_server::init::init(
                 &data_dir,
-                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http) },
+                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http), admin_passphrase },
             )?;
             println!("created a new CA in {}", data_dir.display());
             println!("  root certificate:     {}", report.root.display());
