@@ -57,11 +57,23 @@ pub struct Options {
     pub http: Option<String>,
     /// How many admin identities to make (at least 1; dual control needs 2).
     pub admins: u32,
+    /// The admins' key passphrases, chosen by each admin (asked at a prompt), in the order of
+    /// [`admin_name`]; when empty, each is generated into its identity directory (0600).
+    pub admin_passphrases: Vec<AdminPassphrase>,
+}
+
+/// A passphrase that `Debug` does not print.
+pub struct AdminPassphrase(pub Zeroizing<String>);
+
+impl std::fmt::Debug for AdminPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminPassphrase(…)")
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { pin_file: None, grpc: None, http: None, admins: 2 }
+        Self { pin_file: None, grpc: None, http: None, admins: 2, admin_passphrases: Vec::new() }
     }
 }
 
@@ -78,8 +90,9 @@ struct AdminMaker<'a> {
 }
 
 impl AdminMaker<'_> {
-    /// Makes admin `name` in `identities/NAME/`; returns its identity file.
-    fn make(&self, name: &str) -> Result<PathBuf> {
+    /// Makes admin `name` in `identities/NAME/`, its key under `passphrase` (else a generated
+    /// one written beside it); returns its identity file.
+    fn make(&self, name: &str, passphrase: Option<&AdminPassphrase>) -> Result<PathBuf> {
         let admin_dir = self.dir.join("identities").join(name);
         mkdir_private(&admin_dir)?;
         let key = SoftwareSm2Key::generate(Default::default())?;
@@ -115,8 +128,14 @@ impl AdminMaker<'_> {
                 detail: format!("role admin, certificate {serial}"),
             },
         )?;
-        let passphrase = random_secret()?;
-        write_private(&admin_dir.join("passphrase"), passphrase.as_bytes())?;
+        let (passphrase, passphrase_file) = match passphrase {
+            Some(p) => (p.0.clone(), None),
+            None => {
+                let p = random_secret()?;
+                write_private(&admin_dir.join("passphrase"), p.as_bytes())?;
+                (p, Some("passphrase".into()))
+            }
+        };
         let key_pem = hsm::backend::file::encrypt(&key, passphrase.as_bytes(), hsm::backend::file::DEFAULT_ITERATIONS)?;
         let (key_file, cert_file) = (format!("{name}.key"), format!("{name}.pem"));
         write_private(&admin_dir.join(&key_file), key_pem.as_bytes())?;
@@ -131,12 +150,17 @@ impl AdminMaker<'_> {
             pki_root: "root.pem".into(),
             certificate: cert_file.into(),
             key: key_file.into(),
-            passphrase_file: Some("passphrase".into()),
+            passphrase_file,
         };
         let identity_path = admin_dir.join("identity.toml");
         std::fs::write(&identity_path, toml::to_string(&identity)?)?;
         Ok(identity_path)
     }
+}
+
+/// The name of the `n`th admin `init` makes (from 1): `admin`, `admin-2`, …
+pub fn admin_name(n: u32) -> String {
+    if n == 1 { "admin".to_owned() } else { format!("admin-{n}") }
 }
 
 /// The audit actor of what `init` does.
@@ -172,6 +196,9 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     if config_path.exists() {
         bail!("{} exists: {} already holds a CA", config_path.display(), dir.display());
     }
+    // Only the CA's owner may enter the data directory and the token directory.
+    mkdir_private(dir)?;
+    mkdir_private(&dir.join("token"))?;
     for sub in ["certs", "tls", "token", "policies", "identities"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
@@ -268,6 +295,11 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
 
     // The registry, and the first admin: its key made here (no server runs yet), encrypted.
     let registry = Registry::open(&dir.join("registry.redb"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("registry.redb"), std::fs::Permissions::from_mode(0o600))?;
+    }
     registry.audit(&AuditEvent {
         time_ms: now_ms(),
         actor: INIT_ACTOR.into(),
@@ -289,10 +321,12 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
     if opts.admins == 0 {
         bail!("--admins must be at least 1");
     }
+    if !opts.admin_passphrases.is_empty() && opts.admin_passphrases.len() != opts.admins as usize {
+        bail!("{} admin passphrases for {} admins", opts.admin_passphrases.len(), opts.admins);
+    }
     let mut admin_identities = Vec::new();
     for n in 1..=opts.admins {
-        let name = if n == 1 { "admin".to_owned() } else { format!("admin-{n}") };
-        admin_identities.push(admin.make(&name)?);
+        admin_identities.push(admin.make(&admin_name(n), opts.admin_passphrases.get(n as usize - 1))?);
     }
     let identity_path = admin_identities[0].clone();
     let cactl_path = dir.join("cactl.toml");

@@ -19,4 +19,5 @@ pub mod records;
 pub mod refusals;
 pub mod revocation;
 pub mod roles;
+pub mod secrets;
 pub mod serve;

@@ -41,6 +41,10 @@ enum Command {
         /// (bulk revocation, new admins, re-keying) needs two; with 1 it is reported unavailable.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=9))]
         admins: u32,
+        /// `prompt`: ask each admin's key passphrase twice at the terminal (not echoed), admin
+        /// first, instead of generating them into 0600 files.
+        #[arg(long, value_parser = ["prompt"])]
+        admin_passphrase: Option<String>,
     },
     /// Measure: the crypto limit in this process (through the configured HSM), then certificates
     /// per second end to end against the running server, as the station IDENTITY.
@@ -95,10 +99,20 @@ fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command {
-        Command::Init { data_dir, pin_file, grpc, http, admins } => {
+        Command::Init { data_dir, pin_file, grpc, http, admins, admin_passphrase } => {
+            // Asked before anything is made: a mistyped passphrase leaves nothing behind.
+            let admin_passphrases = match admin_passphrase {
+                Some(_) => (1..=admins)
+                    .map(|n| {
+                        let label = format!("the {} key", ca_server::init::admin_name(n));
+                        proto::identity::prompt_new_passphrase(&label).map(ca_server::init::AdminPassphrase)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => Vec::new(),
+            };
             let report = ca_server::init::init(
                 &data_dir,
-                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http), admins },
+                &ca_server::init::Options { pin_file, grpc: Some(grpc), http: Some(http), admins, admin_passphrases },
             )?;
             println!("created a new CA in {}", data_dir.display());
             println!("  root certificate:     {}", report.root.display());

@@ -70,6 +70,10 @@ pub fn load_signing(config_path: &Path) -> Result<(Loaded, Signing)> {
         // SAFETY: set before the runtime starts and before the module is loaded.
         unsafe { std::env::set_var(k, value) };
     }
+    crate::secrets::check_private_file(&cfg.path(&c.tls.key), "the TLS key file")?;
+    if let Some(f) = &c.hsm.pin_file {
+        crate::secrets::check_private_file(&cfg.path(f), "the HSM PIN file")?;
+    }
     let pin = match &c.hsm.pin_file {
         Some(f) => Zeroizing::new(
             std::fs::read_to_string(cfg.path(f))

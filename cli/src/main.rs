@@ -181,6 +181,10 @@ enum PrincipalCmd {
         /// Stations: manufacturer codes it may issue for.
         #[arg(long, value_delimiter = ',')]
         manufacturers: Vec<String>,
+        /// `prompt`: ask for the new key's passphrase twice at the terminal (not echoed) and write
+        /// no passphrase file (default: HSCA_KEY_PASSPHRASE, else a generated one in a 0600 file).
+        #[arg(long, value_parser = ["prompt"])]
+        passphrase: Option<String>,
     },
     /// Disable a principal at once.
     Disable {
@@ -461,10 +465,15 @@ async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(*shell, &mut Cli::command(), "cactl", &mut std::io::stdout());
             Ok(())
         }
-        Cmd::Principal(PrincipalCmd::Add { role, name, out, manufacturers }) => {
+        Cmd::Principal(PrincipalCmd::Add { role, name, out, manufacturers, passphrase }) => {
             if out.exists() {
                 bail!("{} exists; choose a new directory", out.display());
             }
+            // Asked before anything is issued, so a typo leaves no principal without a key.
+            let prompted = match passphrase {
+                Some(_) => Some(proto::identity::prompt_new_passphrase(&format!("{name}'s key"))?),
+                None => None,
+            };
             let (identity, client) = connect(&cli).await?;
             // The key is made here and never leaves this machine: only a CSR is sent.
             let key = hsm::backend::memory::SoftwareSm2Key::generate(Default::default())?;
@@ -484,15 +493,23 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?
                 .into_inner();
             std::fs::create_dir_all(out)?;
-            let passphrase = match std::env::var(proto::identity::PASSPHRASE_ENV) {
-                Ok(p) => zeroize::Zeroizing::new(p),
-                Err(_) => {
+            let prompt_used = prompted.is_some();
+            let passphrase = match (prompted, std::env::var(proto::identity::PASSPHRASE_ENV)) {
+                (Some(p), _) => p,
+                (None, Ok(p)) => zeroize::Zeroizing::new(p),
+                (None, Err(_)) => {
                     let mut b = [0u8; 18];
                     getrandom_fill(&mut b)?;
                     zeroize::Zeroizing::new(hex::encode(b))
                 }
             };
-            write_private(&out.join("passphrase"), passphrase.as_bytes())?;
+            // A prompted passphrase stays in the admin's head: it is asked again at each use.
+            let passphrase_file = if prompt_used {
+                None
+            } else {
+                write_private(&out.join("passphrase"), passphrase.as_bytes())?;
+                Some("passphrase".into())
+            };
             let key_pem =
                 hsm::backend::file::encrypt(&key, passphrase.as_bytes(), hsm::backend::file::DEFAULT_ITERATIONS)?;
             write_private(&out.join(format!("{name}.key")), key_pem.as_bytes())?;
@@ -507,7 +524,7 @@ async fn run(cli: Cli) -> Result<()> {
                 pki_root: "root.pem".into(),
                 certificate: format!("{name}.pem").into(),
                 key: format!("{name}.key").into(),
-                passphrase_file: Some("passphrase".into()),
+                passphrase_file,
             };
             std::fs::write(out.join("identity.toml"), toml::to_string(&file)?)?;
             #[derive(Serialize)]

@@ -162,15 +162,94 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Asks for the key passphrase on the terminal (stderr prompt, stdin answer); `None` when stdin
-/// is not a terminal, so scripts fail with a clear "no passphrase" instead of hanging.
+/// Asks for the key passphrase on the terminal (stderr prompt, stdin answer, not echoed); `None`
+/// when stdin is not a terminal, so scripts fail with a clear "no passphrase" instead of hanging.
 pub fn prompt_passphrase() -> Option<String> {
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        return None;
+    read_hidden("key passphrase: ").ok().map(|p| p.as_str().to_owned())
+}
+
+/// Why a new passphrase could not be read at the prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// Stdin is not a terminal.
+    #[error("--passphrase prompt needs a terminal on stdin (use a passphrase file or {PASSPHRASE_ENV} in scripts)")]
+    NotATerminal,
+    /// The terminal could not be read or set up.
+    #[error("reading the passphrase: {0}")]
+    Io(#[from] std::io::Error),
+    /// The two entries differ.
+    #[error("the passphrases do not match")]
+    Mismatch,
+    /// Too short.
+    #[error("the passphrase must have at least {MIN_PASSPHRASE} characters")]
+    TooShort,
+}
+
+/// Shortest passphrase accepted at the prompt.
+pub const MIN_PASSPHRASE: usize = 8;
+
+/// Asks twice, without echo, for a new key passphrase; both must match.
+pub fn prompt_new_passphrase(what: &str) -> Result<Zeroizing<String>, PromptError> {
+    let first = read_hidden(&format!("new passphrase for {what}: "))?;
+    if first.chars().count() < MIN_PASSPHRASE {
+        return Err(PromptError::TooShort);
     }
-    eprint!("key passphrase: ");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).ok()?;
-    Some(line.trim_end().to_owned())
+    let second = read_hidden("again: ")?;
+    if first != second {
+        return Err(PromptError::Mismatch);
+    }
+    Ok(first)
+}
+
+/// Prints `prompt` on stderr and reads one line from the terminal on stdin with echo off; the
+/// terminal's settings are restored on every path out.
+#[cfg(unix)]
+fn read_hidden(prompt: &str) -> Result<Zeroizing<String>, PromptError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    use std::os::fd::AsRawFd;
+
+    /// Puts the saved settings back when dropped.
+    struct Restore(i32, libc::termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: fd 0 stays open for the process's life; the struct came from tcgetattr.
+            unsafe { libc::tcsetattr(self.0, libc::TCSANOW, &self.1) };
+        }
+    }
+
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(PromptError::NotATerminal);
+    }
+    let fd = stdin.as_raw_fd();
+    let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: `fd` is an open terminal; tcgetattr fills the struct when it returns 0.
+    if unsafe { libc::tcgetattr(fd, saved.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: initialised by the successful tcgetattr above.
+    let saved = unsafe { saved.assume_init() };
+    let mut quiet = saved;
+    // No echo of what is typed, but the Enter still moves to the next line.
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above; `quiet` is a valid termios derived from the current one.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let _restore = Restore(fd, saved);
+    let mut err = std::io::stderr();
+    err.write_all(prompt.as_bytes())?;
+    err.flush()?;
+    // Room reserved up front, so the passphrase is not left behind in a reallocated buffer.
+    let mut line = Zeroizing::new(String::with_capacity(1024));
+    stdin.lock().read_line(&mut line)?;
+    let end = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(end);
+    Ok(line)
+}
+
+#[cfg(not(unix))]
+fn read_hidden(_prompt: &str) -> Result<Zeroizing<String>, PromptError> {
+    Err(PromptError::NotATerminal)
 }

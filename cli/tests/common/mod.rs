@@ -1,6 +1,9 @@
 //! Helpers shared by the tests that drive the real `cactl` and `ca-server` binaries.
 #![allow(dead_code)]
 
+#[cfg(unix)]
+pub mod pty;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
