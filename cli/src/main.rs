@@ -121,7 +121,8 @@ enum Cmd {
         #[arg(long)]
         cert_serial: String,
     },
-    /// Bulk revocations waiting for (or decided by) a second administrator.
+    /// Requests under dual control (bulk revocations, new admins, re-keys) waiting for, or decided
+    /// by, a second independent administrator.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
     /// Check a certificate as a relying party: chain to the pinned root, then its status from

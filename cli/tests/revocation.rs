@@ -271,3 +271,74 @@ fn without_a_delegated_responder_the_ca_signs_ocsp_itself() {
     assert!(out.contains("signed by the issuing CA"), "{out}");
     assert!(!ca.dir.join("certs/ocsp-signer.pem").exists(), "no responder certificate is made");
 }
+
+#[test]
+fn a_revoked_terminal_comes_back_only_through_a_rekey_two_admins_decide() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = RunningCa::init(d);
+    let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
+    let t = issue(&ca, d, &station, "HSTM01261100000K", "L1");
+    let o = ca.admin(&["revoke", "--terminal", t.serial, "--reason", "key-compromise"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let subj = format!("/CN={0}/serialNumber={0}", t.serial);
+    assert!(openssl(d, &["genpkey", "-algorithm", "SM2", "-out", "new.key"]).0);
+    let (ok, out) = openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "new.key",
+            "-sm3",
+            "-sigopt",
+            "distid:1234567812345678",
+            "-subj",
+            &subj,
+            "-out",
+            "new.csr",
+        ],
+    );
+    assert!(ok, "{out}");
+    let csr = d.join("new.csr");
+    let csr = csr.to_str().expect("utf8");
+    // The old key never comes back, the new one only when a second admin says so.
+    let old_csr = d.join(format!("{}.csr", t.serial));
+    let o =
+        ca.admin(&["rekey", "--terminal", t.serial, "--csr", old_csr.to_str().expect("p"), "--station", "station-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("KEY_COMPROMISED") || text(&o).contains("KEY_REUSED"), "{}", text(&o));
+    let o = ca.admin(&["--json", "rekey", "--terminal", t.serial, "--csr", csr, "--station", "station-1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let asked: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let id = asked["id"].as_str().expect("id");
+    let out = d.join("new.pem");
+    let out = out.to_str().expect("utf8");
+    let o = ca.admin(&["approvals", "approve", id, "--out", out]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("SAME_APPROVER") && !d.join("new.pem").exists(), "{}", text(&o));
+    let o = std::process::Command::new(common::CACTL)
+        .arg("--identity")
+        .arg(ca.dir.join("identities/admin-2/identity.toml"))
+        .args(["approvals", "approve", id, "--out", out])
+        .output()
+        .expect("cactl");
+    assert!(o.status.success() && text(&o).contains("issued"), "{}", text(&o));
+    let issuing = ca.dir.join("certs/issuing.pem");
+    let (ok, v) = openssl(
+        d,
+        &[
+            "verify",
+            "-vfyopt",
+            "distid:1234567812345678",
+            "-partial_chain",
+            "-CAfile",
+            issuing.to_str().expect("p"),
+            "new.pem",
+        ],
+    );
+    assert!(ok && v.contains("OK"), "{v}");
+    let o = ca.admin(&["--json", "terminal", "show", "--serial", t.serial]);
+    let row: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(row["state"].as_str(), Some("issued"), "re-keyed, waiting for its station: {row}");
+}
