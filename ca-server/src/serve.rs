@@ -155,7 +155,7 @@ pub fn load(config_path: &Path) -> Result<(Loaded, Arc<Ca>)> {
         .and_then(|p| p.crl_distribution_points.first().cloned())
         .context("the terminal profile names no CRL distribution point")?;
     let crl_urls = if terminal_dp.contains(pki::cert::PARTITION) {
-        let full = terminal_dp.replace(&format!("-{}", pki::cert::PARTITION), "").replace(pki::cert::PARTITION, "");
+        let full = pki::cert::full_crl_url(&terminal_dp);
         crate::revocation::CrlUrls { full, partition: Some(terminal_dp) }
     } else {
         crate::revocation::CrlUrls { full: terminal_dp, partition: None }
