@@ -225,7 +225,9 @@ impl Crls {
         scheduled: bool,
     ) -> Result<(), PublishError> {
         let entries = snapshot.revoked.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
-        let full = self.sign(registry, signer, issuer, &entries, None, &self.urls.full)?;
+        // No issuingDistributionPoint: a full CRL covers everything this CA issued, and without
+        // a critical extension GmSSL-based relying parties can read it (issue 13).
+        let full = self.sign(registry, signer, issuer, &entries, None, None)?;
         let base = {
             let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
             if scheduled || c.base.is_none() {
@@ -264,7 +266,7 @@ impl Crls {
         for (i, &p) in which.iter().enumerate() {
             let Some(url) = self.partition_url(p) else { return Ok(()) };
             let entries = by_partition.remove(&p).unwrap_or_default();
-            let published = self.sign_numbered(first + i as u64, signer, issuer, &entries, None, &url)?;
+            let published = self.sign_numbered(first + i as u64, signer, issuer, &entries, None, Some(&url))?;
             if let Ok(mut c) = self.current.write() {
                 c.partitions.insert(p, published);
             }
@@ -294,8 +296,9 @@ impl Crls {
                 invalidity_date: None,
             });
         }
-        // RFC 5280 §5.2.4: a delta has the scope (IDP) of its base; only where it is served differs.
-        let delta = self.sign(registry, signer, issuer, &entries, Some(base), &self.urls.full)?;
+        // RFC 5280 §5.2.4: a delta has the scope of its base, so no IDP either (OpenSSL's
+        // check_delta_base wants both IDPs equal or both absent); only where it is served differs.
+        let delta = self.sign(registry, signer, issuer, &entries, Some(base), None)?;
         if let Ok(mut c) = self.current.write() {
             c.delta = Some(delta);
         }
@@ -309,7 +312,7 @@ impl Crls {
         issuer: &IssuerInfo,
         entries: &[RevokedEntry],
         delta_base: Option<u64>,
-        url: &str,
+        url: Option<&str>,
     ) -> Result<Published, PublishError> {
         self.sign_numbered(registry.next_crl_number()?, signer, issuer, entries, delta_base, url)
     }
@@ -321,7 +324,7 @@ impl Crls {
         issuer: &IssuerInfo,
         entries: &[RevokedEntry],
         delta_base: Option<u64>,
-        url: &str,
+        url: Option<&str>,
     ) -> Result<Published, PublishError> {
         let this_update = SystemTime::now();
         let req = CrlRequest {
@@ -330,7 +333,7 @@ impl Crls {
             next_update: this_update + self.timing.validity,
             entries,
             delta_base,
-            distribution_point: Some(url),
+            distribution_point: url,
         };
         let tbs = build_crl_tbs(issuer, &req)?;
         let sig = signer.sign(tbs.to_be_signed())?;

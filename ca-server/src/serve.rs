@@ -174,7 +174,7 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         .and_then(|p| p.crl_distribution_points.first().cloned())
         .context("the terminal profile names no CRL distribution point")?;
     let crl_urls = if terminal_dp.contains(pki::cert::PARTITION) {
-        let full = terminal_dp.replace(&format!("-{}", pki::cert::PARTITION), "").replace(pki::cert::PARTITION, "");
+        let full = pki::cert::full_crl_url(&terminal_dp);
         crate::revocation::CrlUrls { full, partition: Some(terminal_dp) }
     } else {
         crate::revocation::CrlUrls { full: terminal_dp, partition: None }

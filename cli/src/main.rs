@@ -89,8 +89,11 @@ enum Cmd {
         /// Bulk: terminals of this production lot.
         #[arg(long)]
         lot: Option<String>,
-        /// RFC 5280 reason.
-        #[arg(long, value_enum)]
+        /// RFC 5280 reason, as RFC 5280 spells it or in kebab-case: unspecified, keyCompromise
+        /// (key-compromise), cACompromise (ca-compromise), affiliationChanged
+        /// (affiliation-changed), superseded, cessationOfOperation (cessation-of-operation),
+        /// certificateHold (certificate-hold), privilegeWithdrawn (privilege-withdrawn).
+        #[arg(long, value_parser = parse_reason)]
         reason: Reason,
         /// keyCompromise: when the key was (suspected) compromised, YYYY-MM-DDTHH:MM:SSZ or unix ms;
         /// default now.
@@ -212,11 +215,14 @@ enum TerminalCmd {
         #[arg(long, default_value = "")]
         lot: String,
     },
-    /// Show one terminal.
+    /// Show one terminal: `cactl terminal show SERIAL` (or `--serial SERIAL`).
     Show {
         /// Serial.
-        #[arg(long)]
-        serial: String,
+        #[arg(value_name = "SERIAL", required_unless_present = "serial_flag", conflicts_with = "serial_flag")]
+        serial: Option<String>,
+        /// Serial, as a flag (the older spelling).
+        #[arg(long = "serial", id = "serial_flag", value_name = "SERIAL")]
+        serial_flag: Option<String>,
     },
     /// List terminals.
     List {
@@ -301,7 +307,7 @@ enum ApprovalsCmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reason {
     Unspecified,
     KeyCompromise,
@@ -311,6 +317,42 @@ enum Reason {
     CessationOfOperation,
     CertificateHold,
     PrivilegeWithdrawn,
+}
+
+/// Every reason `--reason` takes: RFC 5280 §5.3.1's name, then the kebab-case one.
+const REASONS: [(&str, &str, Reason); 8] = [
+    ("unspecified", "unspecified", Reason::Unspecified),
+    ("keyCompromise", "key-compromise", Reason::KeyCompromise),
+    ("cACompromise", "ca-compromise", Reason::CaCompromise),
+    ("affiliationChanged", "affiliation-changed", Reason::AffiliationChanged),
+    ("superseded", "superseded", Reason::Superseded),
+    ("cessationOfOperation", "cessation-of-operation", Reason::CessationOfOperation),
+    ("certificateHold", "certificate-hold", Reason::CertificateHold),
+    ("privilegeWithdrawn", "privilege-withdrawn", Reason::PrivilegeWithdrawn),
+];
+
+/// `--reason`: case-sensitive, as RFC 5280 writes the names. The two RFC reasons a revocation
+/// cannot have get a pointer to what the user likely wants instead.
+fn parse_reason(s: &str) -> Result<Reason, String> {
+    if let Some((_, _, r)) = REASONS.iter().find(|(rfc, kebab, _)| s == *rfc || s == *kebab) {
+        return Ok(*r);
+    }
+    match s {
+        "removeFromCRL" | "remove-from-crl" => {
+            Err("removeFromCRL is not a revocation: lift a certificateHold with `cactl unrevoke --cert-serial HEX`"
+                .into())
+        }
+        "aACompromise" | "aa-compromise" => {
+            Err("aACompromise is for attribute certificates, which this CA does not issue".into())
+        }
+        _ => {
+            let accepted: Vec<String> = REASONS
+                .iter()
+                .map(|(rfc, kebab, _)| if rfc == kebab { (*rfc).to_owned() } else { format!("{rfc} ({kebab})") })
+                .collect();
+            Err(format!("unknown reason `{s}`; accepted: {}", accepted.join(", ")))
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -584,7 +626,8 @@ async fn run(cli: Cli) -> Result<()> {
                     let r = row(&t);
                     print(cli.json, &r, || table(std::slice::from_ref(&r)))
                 }
-                TerminalCmd::Show { serial } => {
+                TerminalCmd::Show { serial, serial_flag } => {
+                    let serial = serial.as_ref().or(serial_flag.as_ref()).context("name the terminal's serial")?;
                     let msg = v1::GetTerminalRequest { request_id: request_id(), serial: serial.clone() };
                     let t = reg.get_terminal(client.signed("/hsca.v1.Registry/GetTerminal", msg)?).await?.into_inner();
                     let r = row(&t);
@@ -974,5 +1017,27 @@ fn main() -> ExitCode {
             eprintln!("cactl: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_take_rfc_5280_and_kebab_spellings() {
+        for (rfc, kebab, reason) in REASONS {
+            assert_eq!(parse_reason(rfc), Ok(reason), "{rfc}");
+            assert_eq!(parse_reason(kebab), Ok(reason), "{kebab}");
+        }
+        assert_eq!(parse_reason("cACompromise"), Ok(Reason::CaCompromise));
+        // Case-sensitive, as RFC 5280 writes them.
+        for bad in ["KeyCompromise", "keycompromise", "Key-Compromise", "compromised", ""] {
+            let err = parse_reason(bad).expect_err(bad);
+            assert!(err.contains(&format!("unknown reason `{bad}`")), "{err}");
+            assert!(err.contains("keyCompromise (key-compromise)") && err.contains("privilegeWithdrawn"), "{err}");
+        }
+        assert!(parse_reason("removeFromCRL").expect_err("not a revocation").contains("cactl unrevoke"));
+        assert!(parse_reason("aACompromise").expect_err("no attribute certificates").contains("attribute"));
     }
 }

@@ -109,9 +109,15 @@ fn walk_through_with_the_real_binaries() {
     let out = cactl(&["--config", cfg, "--json", "terminal", "show", "--serial", "HSTM01261100000K"]);
     let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((row["state"].as_str(), row["class"].as_str()), (Some("issued"), Some("II")));
+    // The serial also positionally, the same answer.
+    let out = cactl(&["--config", cfg, "--json", "terminal", "show", "HSTM01261100000K"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json"), row, "{}", text(&out));
+    let out = cactl(&["--config", cfg, "terminal", "show"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = cactl(&["--config", cfg, "status", "--cert", pem.to_str().expect("p")]);
     assert!(text(&out).contains(": good"), "{}", text(&out));
-    let out = cactl(&["--config", cfg, "revoke", "--terminal", "HSTM01261100000K", "--reason", "key-compromise"]);
+    // RFC 5280's spelling of the reason (the station above used the kebab-case one).
+    let out = cactl(&["--config", cfg, "revoke", "--terminal", "HSTM01261100000K", "--reason", "keyCompromise"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = cactl(&["--config", cfg, "--json", "status", "--cert", pem.to_str().expect("p")]);
     assert!(text(&out).contains("\"state\":\"revoked\""), "{}", text(&out));
@@ -152,4 +158,22 @@ fn walk_through_with_the_real_binaries() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let out = cactl(&["completions", "bash"]);
     assert!(out.status.success() && text(&out).contains("cactl"));
+}
+
+#[test]
+fn an_unknown_reason_is_refused_with_the_accepted_ones() {
+    // Refused while parsing arguments: no CA needed, exit code 2 (usage).
+    let out = cactl(&[
+        "--server",
+        "https://127.0.0.1:9",
+        "revoke",
+        "--terminal",
+        "HSTM01261100000K",
+        "--reason",
+        "KeyCompromise",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("unknown reason `KeyCompromise`") && t.contains("keyCompromise (key-compromise)"), "{t}");
+    assert!(t.contains("cessationOfOperation (cessation-of-operation)"), "{t}");
 }

@@ -73,7 +73,8 @@ fn main() -> Result<()> {
         next_update: now + Duration::from_secs(86_400),
         entries: &entries,
         delta_base: None,
-        distribution_point: Some("http://127.0.0.1:7080/crl/issuing.crl"),
+        // A full CRL: no issuingDistributionPoint, so no critical extension GmSSL would refuse.
+        distribution_point: None,
     };
     let tbs = build_crl_tbs(&issuing.info, &req)?;
     let sig = hsm::Signer::sign(&issuing.key, tbs.to_be_signed())?;

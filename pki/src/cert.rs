@@ -25,7 +25,7 @@ use x509_cert::time::Validity;
 use crate::alg::{SignatureError, SignerId, Sm2PublicKey, key_identifier, sm2_with_sm3};
 use crate::lint::{LintError, lint_tbs};
 use crate::name::{NameError, SubjectVars};
-use crate::policy::CertProfile;
+use crate::policy::{CertProfile, CrlScope};
 use crate::time::{TimeError, from_x509, to_x509, whole_seconds};
 
 /// A certificate serial number: positive, at most 20 octets (RFC 5280 §4.1.2.2).
@@ -331,6 +331,11 @@ pub(crate) fn uri(url: &str) -> Result<GeneralName, IssueError> {
 /// The placeholder for the certificate's CRL partition in distribution point URLs.
 pub const PARTITION: &str = "{partition}";
 
+/// The full CRL's URL from a partition template: `…/issuing-{partition}.crl` → `…/issuing.crl`.
+pub fn full_crl_url(template: &str) -> String {
+    template.replace(&format!("-{PARTITION}"), "").replace(PARTITION, "")
+}
+
 /// The extensions a profile calls for, in a fixed order (so the TBS is stable byte for byte).
 fn profile_extensions(
     profile: &CertProfile,
@@ -368,10 +373,13 @@ fn profile_extensions(
             .crl_distribution_points
             .iter()
             .map(|u| {
-                let u = match (u.contains(PARTITION), vars.crl_partition) {
-                    (false, _) => u.clone(),
-                    (true, Some(p)) => u.replace(PARTITION, &p.to_string()),
-                    (true, None) => return Err(NameError::MissingVar("partition".into()).into()),
+                let u = match (u.contains(PARTITION), profile.crl_scope, vars.crl_partition) {
+                    (false, _, _) => u.clone(),
+                    (true, CrlScope::Full, _) => full_crl_url(u),
+                    (true, CrlScope::Partition, Some(p)) => u.replace(PARTITION, &p.to_string()),
+                    (true, CrlScope::Partition, None) => {
+                        return Err(NameError::MissingVar("partition".into()).into());
+                    }
                 };
                 Ok(DistributionPoint {
                     distribution_point: Some(DistributionPointName::FullName(vec![uri(&u)?])),

@@ -46,7 +46,7 @@ pub use ocsp::{
     ResponseRequest, SingleResponse, VerifiedResponse, build_response_tbs, error_response, parse_get_path,
     parse_request, verify_response,
 };
-pub use policy::{CertProfile, PolicyError, PolicySet, Source};
+pub use policy::{CertProfile, CrlScope, PolicyError, PolicySet, Source};
 pub use serial::{SerialError, SerialRule, TerminalClass, TerminalSerial};
 
 /// Re-exported so callers need not depend on `x509-cert` for the types we return.

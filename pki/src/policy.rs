@@ -104,6 +104,20 @@ pub struct CertProfile {
     /// Whether certificates carry id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): for a delegated
     /// OCSP responder, whose own status relying parties need not check.
     pub ocsp_nocheck: bool,
+    /// Which CRL a `{partition}` distribution point names.
+    pub crl_scope: CrlScope,
+}
+
+/// Which CRL certificates name in their CRL distribution point (`crl_scope` in `profiles.toml`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CrlScope {
+    /// `partition`: the certificate's partition CRL (small; it carries a critical
+    /// issuingDistributionPoint, which GmSSL 3.3 cannot read).
+    #[default]
+    Partition,
+    /// `full`: the full CRL, `{partition}` and a `-` before it taken out of the URL (readable
+    /// by every relying-party stack, but it grows with every revocation of the CA).
+    Full,
 }
 
 impl CertProfile {
@@ -216,6 +230,8 @@ struct RawProfile {
     signer_id: Option<Spanned<String>>,
     #[serde(default)]
     ocsp_nocheck: bool,
+    #[serde(default)]
+    crl_scope: Option<Spanned<String>>,
 }
 
 fn load_profiles(src: &Source<'_>) -> Result<BTreeMap<String, CertProfile>, PolicyError> {
@@ -312,6 +328,14 @@ fn load_profile(src: &Source<'_>, name: &str, spanned: &Spanned<RawProfile>) -> 
     if name.is_empty() {
         return Err(PolicyError::spanned(src, spanned, "profile name must not be empty"));
     }
+    let crl_scope = match raw.crl_scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "partition")) => CrlScope::Partition,
+        Some((_, "full")) => CrlScope::Full,
+        Some((s, other)) => {
+            let msg = format!("unknown crl_scope `{other}` (accepted: \"partition\", \"full\")");
+            return Err(PolicyError::spanned(src, s, msg));
+        }
+    };
     Ok(CertProfile {
         name: name.to_owned(),
         subject: SubjectTemplate::new(attrs),
@@ -326,6 +350,7 @@ fn load_profile(src: &Source<'_>, name: &str, spanned: &Spanned<RawProfile>) -> 
         ca: is_ca.then(|| raw.path_len.as_ref().map(|p| *p.get_ref())),
         signer_id,
         ocsp_nocheck: raw.ocsp_nocheck,
+        crl_scope,
     })
 }
 
@@ -631,6 +656,7 @@ mod tests {
             ("validity_days = 1825", "validity_days = 1825\npath_len = 2", "path_len is only allowed"),
             ("validity_days = 1825", "validity_days = 1825\nsignre_id = \"x\"", "unknown field"),
             ("validity_days = 1825", "validity_days = \"long\"", "invalid type"),
+            ("crl_scope = \"partition\"", "crl_scope = \"Full\"", "unknown crl_scope `Full`"),
         ];
         for (from, to, want) in cases {
             let (err, line) = profile_err(from, to);
@@ -643,6 +669,15 @@ mod tests {
                 err.line
             );
             assert!(err.column > 1 || err.message.contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn shipped_profiles_stay_within_gmssl_validity_limit() {
+        // GmSSL 3.3 (X509_VALIDITY_MAX_DAYS) refuses a certificate valid for longer, root included.
+        let set = load(HIERARCHY, PROFILES, RULES).expect("shipped policy");
+        for (name, p) in &set.profiles {
+            assert!(p.validity + p.backdate <= Duration::from_secs(3653 * 86_400), "{name}: {:?}", p.validity);
         }
     }
 

@@ -441,3 +441,46 @@ fn a_partitioned_distribution_point_needs_the_partition() {
     let cert = sign(build_tbs(&req, Some(&issuing.info)).expect("tbs"), &issuing.key);
     assert_eq!(pki::cert::status_urls(&cert).crl, vec!["http://127.0.0.1:7080/crl/issuing-42.crl".to_owned()]);
 }
+
+#[test]
+fn crl_scope_full_names_the_full_crl_instead_of_the_partition() {
+    let policy = policy();
+    let now = SystemTime::now();
+    let root = make_root(&policy, now);
+    let issuing = make_issuing(&policy, &root, now);
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let mut profile = policy.profile("terminal").expect("p").clone();
+    assert_eq!(profile.crl_scope, pki::CrlScope::Partition, "the shipped policy partitions");
+    profile.crl_scope = pki::CrlScope::Full;
+    // The partition is not needed, and not written when known.
+    for partition in [None, Some(42)] {
+        let vars = pki::SubjectVars { crl_partition: partition, ..terminal_vars("HSTM01261100000K", "II") };
+        let req = TbsRequest {
+            profile: &profile,
+            vars: &vars,
+            subject_key: key.sm2_public_key(),
+            serial: CertSerial::generate().expect("rng"),
+            now,
+        };
+        let cert = sign(build_tbs(&req, Some(&issuing.info)).expect("tbs"), &issuing.key);
+        assert_eq!(pki::cert::status_urls(&cert).crl, vec!["http://127.0.0.1:7080/crl/issuing.crl".to_owned()]);
+    }
+    assert_eq!(pki::cert::full_crl_url("http://h/crl/{partition}.crl"), "http://h/crl/.crl");
+    assert_eq!(pki::cert::full_crl_url("http://h/crl/issuing.crl"), "http://h/crl/issuing.crl");
+}
+
+#[test]
+fn crl_scope_is_read_from_the_profile() {
+    let [h, p, r] = pki::policy::EMBEDDED;
+    let with = |scope: &str| {
+        let profiles = p.1.replace("crl_scope = \"partition\"", &format!("crl_scope = \"{scope}\""));
+        pki::PolicySet::load_texts([h.0, p.0, r.0], [h.1, profiles.as_str(), r.1])
+    };
+    assert_eq!(with("full").expect("full").profile("terminal").expect("t").crl_scope, pki::CrlScope::Full);
+    assert_eq!(with("partition").expect("p").profile("terminal").expect("t").crl_scope, pki::CrlScope::Partition);
+    let without = p.1.replace("crl_scope = \"partition\"\n", "");
+    let default = pki::PolicySet::load_texts([h.0, p.0, r.0], [h.1, without.as_str(), r.1]).expect("no crl_scope");
+    assert_eq!(default.profile("terminal").expect("t").crl_scope, pki::CrlScope::Partition, "the default");
+    let err = with("all").expect_err("bogus scope");
+    assert!(err.message.contains("unknown crl_scope `all`") && err.message.contains("\"full\""), "{err}");
+}

@@ -79,8 +79,10 @@ struct StationArgs {
     /// One JSON line per step on stdout instead of progress bars.
     #[arg(long)]
     json: bool,
-    /// Batch report: CSV, or JSON when the name ends in .json. Default: provisioning-<time>.csv.
-    #[arg(long)]
+    /// Where the batch report goes: a file (CSV, or JSON when the name ends in .json), or an
+    /// existing directory to get `provisioning-<time>.csv` in it. The station's configuration
+    /// sets it with PROVISIONER_REPORT. Neither: no report file (the summary is still printed).
+    #[arg(long, env = "PROVISIONER_REPORT", value_name = "PATH")]
     report: Option<PathBuf>,
     /// How long to wait for one device answer (or BUSY) before retransmitting, ms.
     #[arg(long, default_value_t = 1000)]
@@ -111,7 +113,7 @@ struct Station {
     cfg: StationConfig,
     link: LinkConfig,
     display: Display,
-    report: PathBuf,
+    report: Option<PathBuf>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -133,9 +135,13 @@ fn station(a: &StationArgs) -> Result<Station> {
         .block_on(Client::connect(&identity, None, Box::new(signer)))
         .with_context(|| format!("connecting to the CA at {}", identity.file.server))?;
     let ca = GrpcCa::new(client, runtime.handle().clone(), Duration::from_secs(30));
-    let report = a.report.clone().unwrap_or_else(|| {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        PathBuf::from(format!("provisioning-{t}.csv"))
+    let report = a.report.as_ref().map(|p| {
+        if p.is_dir() {
+            let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            p.join(format!("provisioning-{t}.csv"))
+        } else {
+            p.clone()
+        }
     });
     Ok(Station {
         ca,
@@ -148,7 +154,9 @@ fn station(a: &StationArgs) -> Result<Station> {
 }
 
 fn finish(s: &Station, rows: &[Row], json: bool) -> Result<bool> {
-    provisioner::report::write(&s.report, rows).with_context(|| format!("writing {}", s.report.display()))?;
+    if let Some(path) = &s.report {
+        provisioner::report::write(path, rows).with_context(|| format!("writing {}", path.display()))?;
+    }
     let failed = rows.iter().filter(|r| r.outcome == "failed").count();
     if !json {
         println!("{:<24} {:<18} {:<34} {:>8}  OUTCOME", "PORT", "SERIAL", "CERTIFICATE", "MS");
@@ -156,7 +164,8 @@ fn finish(s: &Station, rows: &[Row], json: bool) -> Result<bool> {
             let outcome = if r.outcome == "failed" { format!("failed: {}", r.error) } else { r.outcome.clone() };
             println!("{:<24} {:<18} {:<34} {:>8}  {}", r.port, r.serial, r.certificate_serial, r.duration_ms, outcome);
         }
-        println!("{} terminals, {} failed; report: {}", rows.len(), failed, s.report.display());
+        let report = s.report.as_ref().map_or("none written (--report PATH)".into(), |p| p.display().to_string());
+        println!("{} terminals, {} failed; report: {report}", rows.len(), failed);
     }
     Ok(failed == 0)
 }

@@ -406,3 +406,48 @@ fn over_tcp_and_in_watch_mode() {
     }
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"event\":\"done\""), "{}", text(&out));
 }
+
+#[test]
+fn the_report_is_written_only_where_the_station_says() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = Ca::start(d);
+    // A terminal agent that is not there: the run fails for it, quickly, and still reports.
+    let gone = format!("127.0.0.1:{}", port());
+    let run = |cwd: &Path, extra: &[&str], env: Option<&Path>| {
+        let mut cmd = Command::new(PROVISIONER);
+        cmd.current_dir(cwd).args(["run", "--identity"]).arg(&ca.identity).args(["--tcp", &gone]).args(extra);
+        cmd.env_remove("PROVISIONER_REPORT");
+        if let Some(dir) = env {
+            cmd.env("PROVISIONER_REPORT", dir);
+        }
+        let out = cmd.output().expect("provisioner");
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        text(&out)
+    };
+    let files = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+
+    let cwd = d.join("cwd");
+    std::fs::create_dir(&cwd).expect("mkdir");
+    let out = run(&cwd, &[], None);
+    assert!(out.contains("report: none written"), "{out}");
+    assert_eq!(files(&cwd), Vec::<String>::new(), "nothing left in the working directory");
+
+    let report = d.join("batch.csv");
+    run(&cwd, &["--report", report.to_str().expect("utf8")], None);
+    let csv = std::fs::read_to_string(&report).expect("report where --report said");
+    assert!(csv.contains(&format!("tcp:{gone},")) && csv.contains(",failed,"), "{csv}");
+
+    // The station's configuration names a directory: a timestamped report lands there.
+    let reports = d.join("reports");
+    std::fs::create_dir(&reports).expect("mkdir");
+    run(&cwd, &[], Some(&reports));
+    let names = files(&reports);
+    assert!(names.len() == 1 && names[0].starts_with("provisioning-") && names[0].ends_with(".csv"), "{names:?}");
+    assert_eq!(files(&cwd), Vec::<String>::new());
+}
