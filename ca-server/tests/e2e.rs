@@ -700,7 +700,24 @@ async fn audit_checkpoints_are_signed_by_the_hsm_audit_key() {
         Err(registry::RegistryError::Audit(registry::ChainBreak::CheckpointMismatch { .. }))
     ));
     drop(reg);
-    let server = Server::start(&dir, http);
+    // The anchor log outside the registry names a head the rewritten chain lacks: serve refuses.
+    let out = Command::new(EXE).args(["serve", "--config"]).arg(&config).output().expect("serve");
+    assert!(!out.status.success(), "serve must refuse a rewritten chain");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rewritten or rolled back"), "{out:?}");
+    // Started anyway (audited), the signed checkpoint still shows the rewrite.
+    let child = Command::new(EXE)
+        .args(["serve", "--accept-audit-rollback", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "ca-server did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = Server { child, dir: dir.clone() };
     let admin = self::admin(&dir).await;
     let v = verify_audit(&admin, 1).await;
     assert!(!v.chain_verified && v.chain_error.contains("rewritten"), "{v:?}");
