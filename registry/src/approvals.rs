@@ -26,7 +26,7 @@ pub enum Decision {
     /// Carry out a re-key with the certificate the CA signed for the request's key.
     ApproveRekey {
         /// The new certificate's record.
-        cert: CertRecord,
+        cert: Box<CertRecord>,
         /// Its DER.
         der: Vec<u8>,
     },

@@ -50,7 +50,7 @@ fn rekey(id: &str, by: &str, key: &str, reason: RevocationReason) -> Approval {
 
 fn rekey_cert(serial: &str, key: &str) -> Decision {
     let cert = issue("approval", T, serial, key).cert;
-    Decision::ApproveRekey { der: format!("DER of {serial}").into_bytes(), cert }
+    Decision::ApproveRekey { der: format!("DER of {serial}").into_bytes(), cert: Box::new(cert) }
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl Ca {
                 (_, false) => registry::Decision::Reject,
                 (registry::ApprovalRequest::Rekey(r), true) => {
                     let (cert, der) = self.sign_rekey(r, &asked.id)?;
-                    registry::Decision::ApproveRekey { cert, der }
+                    registry::Decision::ApproveRekey { cert: Box::new(cert), der }
                 }
                 (_, true) => registry::Decision::Approve,
             };
