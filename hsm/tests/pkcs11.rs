@@ -292,7 +292,7 @@ fn ca_keys_are_unmodifiable_and_cannot_be_wrapped_out() {
         let attrs = s.get_attributes(found[0], &[AttributeType::Modifiable]).expect("attrs");
         assert_eq!(attrs, vec![Attribute::Modifiable(false)], "{class:?}");
         for change in [Attribute::Extractable(true), Attribute::Label(b"x".to_vec()), Attribute::Sign(false)] {
-            let err = s.update_attributes(found[0], &[change.clone()]).expect_err("read-only");
+            let err = s.update_attributes(found[0], std::slice::from_ref(&change)).expect_err("read-only");
             assert_eq!(rv(err), RvError::AttributeReadOnly, "{change:?}");
         }
     }
