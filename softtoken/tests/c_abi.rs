@@ -177,6 +177,9 @@ fn bad_arguments_get_the_right_codes() {
     assert_eq!(out_len, 32);
     assert_eq!(call!(raw, C_GenerateRandom(h, null_mut(), 16)), CKR_ARGUMENTS_BAD);
     assert_eq!(call!(raw, C_SeedRandom(h, null_mut(), 0)), CKR_RANDOM_SEED_NOT_SUPPORTED);
+    // Arguments are checked before what the token supports (as google/pkcs11test expects).
+    assert_eq!(call!(raw, C_SeedRandom(h, null_mut(), 1)), CKR_ARGUMENTS_BAD);
+    assert_eq!(call!(raw, C_GetMechanismInfo(0, CKM_RSA_PKCS, null_mut())), CKR_ARGUMENTS_BAD);
 
     // What the token does not do says so.
     assert_eq!(call!(raw, C_DigestKey(h, hpriv)), CKR_FUNCTION_NOT_SUPPORTED);
@@ -184,7 +187,8 @@ fn bad_arguments_get_the_right_codes() {
     assert_eq!(call!(raw, C_CancelFunction(h)), CKR_FUNCTION_NOT_PARALLEL);
 
     assert_eq!(call!(raw, C_CloseSession(h)), CKR_OK);
-    drop(m);
+    // Finalise but keep the module's turn: another test must not initialise it meanwhile.
+    m.p11.clone().finalize().expect("C_Finalize");
     // After finalisation every call says so.
     assert_eq!(call!(raw, C_GetSlotList(0, null_mut(), &mut n)), CKR_CRYPTOKI_NOT_INITIALIZED);
     assert_eq!(
@@ -192,6 +196,11 @@ fn bad_arguments_get_the_right_codes() {
         CKR_CRYPTOKI_NOT_INITIALIZED
     );
     assert_eq!(call!(raw, C_Finalize(null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
+    // … before any argument check.
+    assert_eq!(call!(raw, C_EncryptInit(1, null_mut(), 1)), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(call!(raw, C_InitToken(88888, null_mut(), 0, null_mut())), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(call!(raw, C_SeedRandom(1, null_mut(), 1)), CKR_CRYPTOKI_NOT_INITIALIZED);
+    drop(m);
 }
 
 fn attr(t: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
