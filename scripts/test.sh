@@ -53,6 +53,8 @@ cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
 cargo test --workspace --doc --locked --no-fail-fast 2>&1 | tee -a "$log"
 
 echo "==> google/pkcs11test against softtoken (every failure must be in softtoken/pkcs11test-expected-failures.txt)"
+# The cdylib lands in target/debug only when the library itself is built (tests link the rlib).
+cargo build -q --locked -p softtoken --lib
 scripts/pkcs11test.sh target/debug/libsofttoken.so
 
 echo "==> README command 1: ca-server init + serve, ready, then SIGTERM"
