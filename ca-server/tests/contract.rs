@@ -3,10 +3,9 @@
 //! reflection services answer without a signature — and nothing else does. Real `ca-server`.
 
 use std::marker::PhantomData;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::SystemTime;
 
 use bytes::{Buf, BufMut};
 use prost::Message;
@@ -17,45 +16,13 @@ use proto::v1::{self, Reason};
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-const EXE: &str = env!("CARGO_BIN_EXE_ca-server");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::EXE;
 
 /// `ca-server init` and `serve` in `dir`; returns when the HTTP port listens.
-fn start(dir: &Path) -> Server {
-    let (grpc, http) = (free_port(), free_port());
-    let out = Command::new(EXE)
-        .args(["init", "--data-dir"])
-        .arg(dir)
-        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
-        .output()
-        .expect("ca-server init");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let child = Command::new(EXE)
-        .args(["serve", "--config"])
-        .arg(dir.join("ca-server.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ca-server serve");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "ca-server did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
+fn start(dir: &Path) -> common::Server {
+    let (_, http) = common::init(dir);
+    common::Server::start(dir, http)
 }
 
 fn identity(dir: &Path) -> Identity {

@@ -7,7 +7,6 @@
 //! running `../shared/interop/build-gmssl.sh` beside the repository. Without either the GmSSL
 //! checks are skipped with a note, except under `CI`, where that is a failure.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -16,8 +15,10 @@ use std::time::{Duration, Instant};
 use hsm::backend::memory::SoftwareSm2Key;
 use pki::SignerId;
 use proto::client::{Client, request_id};
-use proto::identity::{Identity, IdentityFile};
 use proto::v1;
+
+mod common;
+use common::{free_port, serial};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ca-server");
 
@@ -62,10 +63,6 @@ fn gmssl_fails(dir: &Path, args: &[&str]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "gmssl {args:?} should have failed:\n{text}");
     text
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 struct Server(Child);
@@ -143,54 +140,9 @@ fn init(dir: &Path, edit: impl FnOnce(String) -> String) -> u16 {
     http
 }
 
-async fn admin(dir: &Path) -> Client {
-    let id = Identity::load(&dir.join("identities/admin/identity.toml")).expect("admin identity");
-    let pass = id.passphrase(|| None).expect("passphrase file");
-    Client::connect(&id, None, Box::new(id.signer(&pass).expect("key"))).await.expect("connect")
-}
-
-/// A station principal, added through the Admin service.
+/// The station principal the tests issue with, added through the Admin service.
 async fn station(dir: &Path, admin: &Client) -> Client {
-    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
-    let subject: pki::Name = "CN=station-1".parse().expect("name");
-    let info = pki::csr::build_csr_info(&subject, key.sm2_public_key()).expect("info");
-    let sig = hsm::Signer::sign(&key, &info).expect("sign");
-    let csr = pki::csr::assemble_csr(&info, sig.as_der(), &SignerId::default()).expect("csr");
-    let msg = v1::IssuePrincipalRequest {
-        request_id: request_id(),
-        name: "station-1".into(),
-        role: "station".into(),
-        csr_der: csr,
-        manufacturers: vec!["HSTM".into()],
-    };
-    let resp = v1::admin_client::AdminClient::new(admin.channel.clone())
-        .issue_principal(admin.signed("/hsca.v1.Admin/IssuePrincipal", msg).expect("sign"))
-        .await
-        .expect("issue principal")
-        .into_inner();
-    let pdir = dir.join("principal-station-1");
-    std::fs::create_dir_all(&pdir).expect("mkdir");
-    std::fs::write(pdir.join("cert.pem"), pki::pem::der_to_pem("CERTIFICATE", &resp.certificate_der).expect("pem"))
-        .expect("w");
-    let admin_dir = dir.join("identities/admin");
-    let file = IdentityFile {
-        name: "station-1".into(),
-        role: "station".into(),
-        server: Identity::load(&admin_dir.join("identity.toml")).expect("id").file.server,
-        tls_ca: admin_dir.join("tls-ca.pem"),
-        pki_root: admin_dir.join("root.pem"),
-        certificate: pdir.join("cert.pem"),
-        key: pdir.join("unused.key"),
-        passphrase_file: None,
-    };
-    let id = Identity { file, base: pdir };
-    Client::connect(&id, None, Box::new(key)).await.expect("connect")
-}
-
-fn serial(n: u32) -> String {
-    let body = format!("HSTM012611{n:05}");
-    let check = pki::serial::CheckAlgorithm::Iso7064Mod37_36.compute(&body).expect("check");
-    format!("{body}{check}")
+    common::principal(dir, admin, "station-1", "station", &["HSTM"]).await.0
 }
 
 /// Issues a terminal certificate for `serial(n)`; returns its DER and its serial (hex).
@@ -269,7 +221,7 @@ async fn gmssl_accepts_the_terminal_chain_the_full_crl_and_ocsp_answers() {
     let dir = tmp.path().join("ca");
     let http = init(&dir, |t| t);
     let _server = Server::start(&dir, http);
-    let admin = admin(&dir).await;
+    let admin = common::admin(&dir).await;
     let station = station(&dir, &admin).await;
     let (good, _) = issue_terminal(&station, 0).await;
     let (bad, bad_serial) = issue_terminal(&station, 1).await;
@@ -348,7 +300,7 @@ async fn crl_scope_full_points_terminal_certificates_at_the_full_crl() {
     let dir = tmp.path().join("ca");
     let http = init(&dir, |t| t.replace("crl_scope = \"partition\"", "crl_scope = \"full\""));
     let _server = Server::start(&dir, http);
-    let admin = admin(&dir).await;
+    let admin = common::admin(&dir).await;
     let station = station(&dir, &admin).await;
     let (good, _) = issue_terminal(&station, 0).await;
     let (_, bad_serial) = issue_terminal(&station, 1).await;
