@@ -15,6 +15,8 @@ mod lifecycle;
 pub mod records;
 mod revocation;
 mod store;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
 
 use std::path::Path;
 
@@ -166,6 +168,15 @@ pub enum RegistryError {
     /// The audit chain is broken.
     #[error(transparent)]
     Audit(#[from] ChainBreak),
+    /// The database's schema is not the one this build serves (`ca-server migrate` brings it up
+    /// to date; a newer schema needs a newer build).
+    #[error("registry schema version {found}, this build serves {expected}: run `ca-server migrate`")]
+    SchemaMismatch {
+        /// Version found (0: no schema).
+        found: i32,
+        /// Version this build serves.
+        expected: i32,
+    },
     /// A backup or restore target exists already.
     #[error("{0} exists; refusing to overwrite")]
     TargetExists(String),
@@ -262,6 +273,18 @@ impl Registry {
     /// Opens (or creates) the embedded redb database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         Ok(Self { backend: Backend::Redb(backend::redb::RedbStore::open(path)?) })
+    }
+
+    /// Connects to the PostgreSQL registry at `url` (`postgres://…`); refuses a database whose
+    /// schema is not the one this build serves ([`SchemaMismatch`](RegistryError::SchemaMismatch)).
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        Ok(Self { backend: Backend::Postgres(backend::postgres::PgStore::open(url)?) })
+    }
+
+    /// Brings the PostgreSQL schema at `url` up to date; returns the versions applied (none when
+    /// it was current). Safe to run from several instances at once.
+    pub fn migrate_postgres(url: &str) -> Result<Vec<i32>> {
+        backend::postgres::migrate(url)
     }
 
     /// Runs `f` on a consistent read snapshot.

@@ -1,5 +1,6 @@
 //! The storage backends, side by side: each runs the registry's transactions on its database.
 
+pub(crate) mod postgres;
 pub(crate) mod redb;
 
 use std::path::Path;
@@ -11,6 +12,8 @@ use crate::store::{StoreRead, StoreWrite};
 pub(crate) enum Backend {
     /// The embedded default: one redb file.
     Redb(redb::RedbStore),
+    /// A PostgreSQL database, shared by several CA instances.
+    Postgres(postgres::PgStore),
 }
 
 impl Backend {
@@ -20,6 +23,7 @@ impl Backend {
     ) -> Result<T> {
         match self {
             Self::Redb(r) => r.read(f),
+            Self::Postgres(p) => p.read(f),
         }
     }
 
@@ -29,12 +33,17 @@ impl Backend {
     ) -> Result<T> {
         match self {
             Self::Redb(r) => r.write(f),
+            Self::Postgres(p) => p.write(f),
         }
     }
 
     pub(crate) fn backup(&self, out: &Path) -> Result<()> {
         match self {
             Self::Redb(r) => r.backup(out),
+            // A consistent copy of a PostgreSQL registry is the database's own business.
+            Self::Postgres(_) => Err(crate::RegistryError::Storage(
+                "a PostgreSQL registry is backed up with pg_dump or continuous archiving (PITR)".into(),
+            )),
         }
     }
 }
