@@ -166,7 +166,7 @@ pub struct LoadOptions {
 /// [`load`], with options.
 pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<Ca>)> {
     let (cfg, s) = load_signing(config_path)?;
-    let registry = Registry::open(&cfg.path(&cfg.config.registry.path))?;
+    let registry = cfg.open_registry()?;
     check_anchors(s.audit.as_ref(), &registry, opts.accept_audit_rollback)?;
     let terminal_dp = s
         .policy

@@ -25,6 +25,8 @@ use store::{StoreRead, StoreWrite};
 
 pub use approvals::Decision;
 pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+/// The PostgreSQL schema version this build serves.
+pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use lifecycle::{StationIssue, check_station_issue};
 pub use records::*;
 
@@ -285,6 +287,23 @@ impl Registry {
     /// it was current). Safe to run from several instances at once.
     pub fn migrate_postgres(url: &str) -> Result<Vec<i32>> {
         backend::postgres::migrate(url)
+    }
+
+    /// Copies the redb registry at `from` (its audit chain verified first) into the empty
+    /// PostgreSQL registry at `url`, in one transaction, and verifies the copy's chain ends at
+    /// the same head. Returns the chain summary.
+    pub fn copy_redb_to_postgres(from: &Path, url: &str) -> Result<ChainSummary> {
+        let source = Registry::open(from)?;
+        let before = source.verify_audit_chain()?;
+        let Backend::Redb(store) = &source.backend else {
+            return Err(RegistryError::Storage("the source is not a redb registry".into()));
+        };
+        backend::postgres::import(url, &store.export()?)?;
+        let after = Registry::open_postgres(url)?.verify_audit_chain()?;
+        if after != before {
+            return Err(RegistryError::Storage("the copied audit chain differs from the source".into()));
+        }
+        Ok(after)
     }
 
     /// Runs `f` on a consistent read snapshot.

@@ -109,3 +109,22 @@ pub(crate) trait StoreWrite: StoreRead {
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     fn put_approval_raw(&mut self, id: &str, bytes: &[u8]) -> Result<()>;
 }
+
+/// Every durable record of a registry, for copying it into another backend (nonces, which
+/// expire within minutes, are left behind).
+#[derive(Default)]
+pub(crate) struct Export {
+    pub terminals: Vec<TerminalRecord>,
+    pub certs: Vec<(CertRecord, Vec<u8>)>,
+    pub pubkeys: Vec<(String, String)>,
+    pub compromised: Vec<(String, String)>,
+    pub requests: Vec<(String, RequestResult)>,
+    pub principals: Vec<PrincipalRecord>,
+    pub approvals: Vec<Approval>,
+    pub activations: Vec<ActivationRecord>,
+    pub counters: Vec<(String, u64)>,
+    pub revoked: Vec<RevokedCert>,
+    pub released: Vec<ReleasedCert>,
+    pub audit: Vec<(u64, Vec<u8>)>,
+    pub checkpoints: Vec<(u64, Vec<u8>)>,
+}

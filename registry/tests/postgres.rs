@@ -164,3 +164,52 @@ fn a_restarted_server_fails_the_calls_in_between_then_serves_again_without_reope
     assert!(read, "readers reconnect");
     assert_eq!(reg.verify_audit_chain().expect("chain").entries, 2);
 }
+
+#[test]
+fn a_redb_registry_is_copied_into_postgres_with_its_audit_chain_intact() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("registry.redb");
+    {
+        let reg = Registry::open(&path).expect("redb");
+        add_admin(&reg, "admin", "init");
+        for i in 0..5 {
+            let serial = format!("T{i:015}");
+            reg.record_terminal_issue(
+                &issue(&format!("q{i}"), &serial, &format!("DD{i:02}"), &format!("key{i}")),
+                &ev("issue", &serial),
+            )
+            .expect("issue");
+        }
+        reg.revoke("DD01", RevocationReason::KeyCompromise, 7, None, &ev("revoke", "DD01")).expect("revoke");
+        reg.next_crl_numbers(3).expect("crl numbers");
+        let (seq, head) = reg.audit_head().expect("head").expect("entries");
+        reg.add_audit_checkpoint(&AuditCheckpoint { seq, head, time_ms: 9, key_id: "k".into(), signature: "s".into() })
+            .expect("checkpoint");
+    }
+    let pg = server();
+    // Into a database without the schema: refused, nothing written.
+    assert!(matches!(
+        Registry::copy_redb_to_postgres(&path, &pg.url()),
+        Err(RegistryError::SchemaMismatch { found: 0, .. })
+    ));
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let summary = Registry::copy_redb_to_postgres(&path, &pg.url()).expect("copy");
+    let source = Registry::open(&path).expect("redb again");
+    assert_eq!(summary, source.verify_audit_chain().expect("source chain"));
+    assert_eq!(summary.checkpoints.len(), 1);
+    let copy = Registry::open_postgres(&pg.url()).expect("copy");
+    assert_eq!(copy.certificates().expect("certs"), source.certificates().expect("certs"));
+    assert_eq!(copy.revocation_snapshot().expect("snap"), source.revocation_snapshot().expect("snap"));
+    assert_eq!(copy.principal("admin").expect("p"), source.principal("admin").expect("p"));
+    // The invariants came along: the compromised key stays out, the CRL numbers go on.
+    let reuse = issue("q9", "T000000000000009", "DD09", "key1");
+    assert_eq!(
+        copy.record_terminal_issue(&reuse, &ev("issue", "x")),
+        Err(RegistryError::KeyCompromised("DD01".into()))
+    );
+    assert_eq!(copy.next_crl_number().expect("next"), 4);
+    // A second copy into the now used registry is refused (the redb file closed first: one
+    // process at a time).
+    drop(source);
+    assert!(matches!(Registry::copy_redb_to_postgres(&path, &pg.url()), Err(RegistryError::TargetExists(_))));
+}

@@ -62,8 +62,17 @@ fn from_i(v: i64) -> u64 {
 }
 
 /// Parses the connection URL; the error never repeats it (it may hold a password).
+/// A password comes from `PGPASSWORD` (libpq's variable) when the URL has none, so it need not
+/// sit in a configuration file.
 pub(crate) fn parse_url(url: &str) -> Result<postgres::Config> {
-    postgres::Config::from_str(url).map_err(|_| RegistryError::Storage("invalid PostgreSQL URL".into()))
+    let mut config =
+        postgres::Config::from_str(url).map_err(|_| RegistryError::Storage("invalid PostgreSQL URL".into()))?;
+    if config.get_password().is_none()
+        && let Ok(password) = std::env::var("PGPASSWORD")
+    {
+        config.password(password);
+    }
+    Ok(config)
 }
 
 fn connect(config: &postgres::Config) -> Result<Client> {
@@ -302,6 +311,73 @@ impl PgStore {
             RegistryError::Storage("write abandoned by the registry writer (PostgreSQL unreachable?)".into())
         })?
     }
+}
+
+/// Copies `data` into the registry at `url`, which must be current and empty, in one
+/// transaction (all or nothing). Records keep their bytes, so the audit chain is the same chain.
+pub(crate) fn import(url: &str, data: &crate::store::Export) -> Result<()> {
+    let mut client = connect(&parse_url(url)?)?;
+    let found = schema_version(&mut client)?;
+    if found != SCHEMA_VERSION {
+        return Err(RegistryError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+    }
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
+    let used: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM certs) OR EXISTS (SELECT 1 FROM principals)",
+            &[],
+        )?
+        .get(0);
+    if used {
+        return Err(RegistryError::TargetExists("the PostgreSQL registry (it is not empty)".into()));
+    }
+    let mut s = PgTx(&mut tx);
+    // Certificates before terminals: a terminal names its active certificate.
+    for (rec, der) in &data.certs {
+        s.insert_cert(rec, der)?;
+    }
+    for t in &data.terminals {
+        s.insert_terminal(t)?;
+    }
+    for (fingerprint, terminal) in &data.pubkeys {
+        s.bind_key(fingerprint, terminal)?;
+    }
+    for (fingerprint, cert) in &data.compromised {
+        s.mark_compromised(fingerprint, cert)?;
+    }
+    for (id, result) in &data.requests {
+        s.insert_request(id, result)?;
+    }
+    for p in &data.principals {
+        s.insert_principal(p)?;
+    }
+    for a in &data.approvals {
+        s.insert_approval(a)?;
+    }
+    for a in &data.activations {
+        s.add_activation(a)?;
+    }
+    for (name, value) in &data.counters {
+        s.0.execute(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2",
+            &[name, &u(*value)],
+        )?;
+    }
+    for r in &data.revoked {
+        s.put_revoked(r)?;
+    }
+    for r in &data.released {
+        s.put_released(r)?;
+    }
+    for (seq, bytes) in &data.audit {
+        s.put_audit_raw(*seq, Some(bytes))?;
+    }
+    for (seq, bytes) in &data.checkpoints {
+        s.put_checkpoint_raw(*seq, bytes)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 struct PgTx<'a, 'b>(&'a mut Transaction<'b>);

@@ -208,6 +208,63 @@ impl RedbStore {
         Ok(())
     }
 
+    /// Every durable record, from one read snapshot (for `migrate --from`).
+    pub(crate) fn export(&self) -> Result<crate::store::Export> {
+        use crate::store::{Export, counter};
+        let txn = self.db.begin_read()?;
+        let mut r = RedbRead(&txn);
+        let pairs = |def: TableDefinition<&str, &str>| -> Result<Vec<(String, String)>> {
+            txn.open_table(def)?
+                .iter()?
+                .map(|item| item.map(|(k, v)| (k.value().to_owned(), v.value().to_owned())).map_err(Into::into))
+                .collect()
+        };
+        let mut certs = Vec::new();
+        for rec in r.certificates()? {
+            let der =
+                r.cert_der(&rec.serial)?.ok_or_else(|| RegistryError::Corrupt(format!("no DER for {}", rec.serial)))?;
+            certs.push((rec, der));
+        }
+        let requests = txn
+            .open_table(REQUESTS)?
+            .iter()?
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.value().to_owned(), from_json(v.value())?))
+            })
+            .collect::<Result<_>>()?;
+        let activations =
+            txn.open_table(ACTIVATIONS)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        let mut audit = Vec::new();
+        r.audit_scan(&mut |k, v| {
+            audit.push((k, v.to_vec()));
+            Ok(())
+        })?;
+        let counters = [counter::REVOCATION_SEQ, counter::CRL_NUMBER, counter::ORDINAL_HIGH_WATER]
+            .into_iter()
+            .map(|name| Ok((name.to_owned(), r.counter(name)?)))
+            .collect::<Result<_>>()?;
+        Ok(Export {
+            terminals: txn
+                .open_table(TERMINALS)?
+                .iter()?
+                .map(|item| from_json(item?.1.value()))
+                .collect::<Result<_>>()?,
+            certs,
+            pubkeys: pairs(PUBKEYS)?,
+            compromised: pairs(COMPROMISED_KEYS)?,
+            requests,
+            principals: r.principals()?,
+            approvals: r.approvals()?,
+            activations,
+            counters,
+            revoked: r.revoked()?,
+            released: r.released()?,
+            audit,
+            checkpoints: r.checkpoints_raw()?,
+        })
+    }
+
     /// Restores a backup to `target` (which must not exist) after verifying its audit chain.
     pub(crate) fn restore(backup: &Path, target: &Path) -> Result<ChainSummary> {
         if target.exists() {
