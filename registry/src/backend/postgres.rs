@@ -75,6 +75,14 @@ pub(crate) fn parse_url(url: &str) -> Result<postgres::Config> {
     Ok(config)
 }
 
+/// Runs `f` on a thread of its own: the blocking driver starts a runtime of its own, which
+/// panics on a thread that is driving a tokio runtime (an async test, a server's worker).
+fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(f).join().unwrap_or_else(|_| Err(RegistryError::Storage("PostgreSQL setup thread panicked".into())))
+    })
+}
+
 fn connect(config: &postgres::Config) -> Result<Client> {
     config.connect(NoTls).map_err(storage)
 }
@@ -91,6 +99,10 @@ fn schema_version(client: &mut Client) -> Result<i32> {
 /// Brings the schema at `url` up to [`SCHEMA_VERSION`]; returns the versions applied. Instances
 /// migrating at once are serialised by an advisory lock; each version commits with its record.
 pub(crate) fn migrate(url: &str) -> Result<Vec<i32>> {
+    off_runtime(|| migrate_here(url))
+}
+
+fn migrate_here(url: &str) -> Result<Vec<i32>> {
     let mut client = connect(&parse_url(url)?)?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])?;
     let result = (|| {
@@ -223,11 +235,14 @@ impl PgStore {
     /// `migrate` first).
     pub(crate) fn open(url: &str) -> Result<Self> {
         let config = parse_url(url)?;
-        let mut client = connect(&config)?;
-        let found = schema_version(&mut client)?;
-        if found != SCHEMA_VERSION {
-            return Err(RegistryError::SchemaMismatch { found, expected: SCHEMA_VERSION });
-        }
+        let client = off_runtime(|| {
+            let mut client = connect(&config)?;
+            let found = schema_version(&mut client)?;
+            if found != SCHEMA_VERSION {
+                return Err(RegistryError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+            }
+            Ok(client)
+        })?;
         let (writer, write_jobs) = std::sync::mpsc::channel::<WriteJob>();
         let (readers, read_jobs) = std::sync::mpsc::channel::<ReadJob>();
         let read_jobs = Arc::new(Mutex::new(read_jobs));
@@ -316,6 +331,10 @@ impl PgStore {
 /// Copies `data` into the registry at `url`, which must be current and empty, in one
 /// transaction (all or nothing). Records keep their bytes, so the audit chain is the same chain.
 pub(crate) fn import(url: &str, data: &crate::store::Export) -> Result<()> {
+    off_runtime(|| import_here(url, data))
+}
+
+fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
     let mut client = connect(&parse_url(url)?)?;
     let found = schema_version(&mut client)?;
     if found != SCHEMA_VERSION {
