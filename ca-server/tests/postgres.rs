@@ -102,7 +102,7 @@ async fn two_instances_serve_one_postgresql_registry() {
     // Principals are shared: B knows station-a, and refuses it a second time.
     let again = principal_answer(&dir_b, &admin_b, "station-a", "station", &["HSTM"]).await;
     assert_eq!(refused(again.map(|_| ())).0, Code::AlreadyExists);
-    let (station_b, _) = principal(&dir_b, &admin_b, "station-b", "station", &["HSTM"]).await;
+    let (station_b, station_b_cert) = principal(&dir_b, &admin_b, "station-b", "station", &["HSTM"]).await;
 
     let s1 = serial(1);
     let k1 = SoftwareSm2Key::generate(SignerId::default()).expect("key");
@@ -121,6 +121,25 @@ async fn two_instances_serve_one_postgresql_registry() {
     );
     let second = issue(&station_b, issue_req(&s2, v1::TerminalClass::ClassIi, csr_for(&k2, &s2))).await.expect("on B");
     assert_ne!(first.certificate_serial, second.certificate_serial);
+
+    // Revoked on A, refused on B at its next call.
+    let rv = v1::RevokeCertificateRequest {
+        request_id: proto::client::request_id(),
+        certificate_serial: station_b_cert,
+        terminal_serial: String::new(),
+        reason: 1,
+        invalidity_ms: 0,
+    };
+    v1::admin_client::AdminClient::new(admin_a.channel.clone())
+        .revoke_certificate(admin_a.signed("/hsca.v1.Admin/RevokeCertificate", rv).expect("sign"))
+        .await
+        .expect("A revokes station-b");
+    let s3 = serial(3);
+    let k3 = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    assert_eq!(
+        refused(issue(&station_b, issue_req(&s3, v1::TerminalClass::ClassIi, csr_for(&k3, &s3))).await).1,
+        Reason::CallerRevoked
+    );
 
     a.terminate();
     b.terminate();

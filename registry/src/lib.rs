@@ -306,6 +306,24 @@ impl Registry {
         Ok(after)
     }
 
+    /// Whether this instance should generate CRLs now: always on redb (one process per file);
+    /// on PostgreSQL, the one instance holding the leader lock, until its connection ends.
+    /// Call it before each run: leadership moves when the leader dies.
+    pub fn crl_leader(&self) -> Result<bool> {
+        self.backend.crl_leader()
+    }
+
+    /// Whether other instances may write to this registry (PostgreSQL): then changes made
+    /// elsewhere are seen only by reading, e.g. [`Registry::revocation_seq`].
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The commit-order number of the newest revocation or release (cheap: one counter).
+    pub fn revocation_seq(&self) -> Result<u64> {
+        self.read(|s| s.counter(store::counter::REVOCATION_SEQ))
+    }
+
     /// Runs `f` on a consistent read snapshot.
     fn read<T: Send + 'static>(&self, f: impl FnOnce(&mut dyn StoreRead) -> Result<T> + Send + 'static) -> Result<T> {
         self.backend.read(f)

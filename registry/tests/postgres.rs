@@ -213,3 +213,23 @@ fn a_redb_registry_is_copied_into_postgres_with_its_audit_chain_intact() {
     drop(source);
     assert!(matches!(Registry::copy_redb_to_postgres(&path, &pg.url()), Err(RegistryError::TargetExists(_))));
 }
+
+#[test]
+fn one_crl_leader_at_a_time_and_leadership_moves_when_the_leader_goes() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let a = Registry::open_postgres(&pg.url()).expect("A");
+    let b = Registry::open_postgres(&pg.url()).expect("B");
+    assert!(a.crl_leader().expect("A asks"), "the first to ask leads");
+    assert!(!b.crl_leader().expect("B asks"), "one leader at a time");
+    assert!(a.crl_leader().expect("A again"), "the leader keeps leading");
+    drop(a);
+    // PostgreSQL releases the lock when A's connection ends; B takes over within its next asks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b.crl_leader().expect("B asks") {
+        assert!(std::time::Instant::now() < deadline, "leadership did not move");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c = Registry::open_postgres(&pg.url()).expect("C");
+    assert!(!c.crl_leader().expect("C asks"));
+}

@@ -47,3 +47,13 @@ impl Backend {
         }
     }
 }
+
+impl Backend {
+    pub(crate) fn crl_leader(&self) -> Result<bool> {
+        match self {
+            // One process owns a redb file.
+            Self::Redb(_) => Ok(true),
+            Self::Postgres(p) => p.crl_leader(),
+        }
+    }
+}

@@ -33,6 +33,7 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// Advisory lock keys (one namespace for this application).
 const AUDIT_LOCK: i64 = 0x4853_4341_0001;
 const MIGRATE_LOCK: i64 = 0x4853_4341_0002;
+const CRL_LEADER_LOCK: i64 = 0x4853_4341_0003;
 
 const MAX_BATCH: usize = 256;
 const READERS: usize = 4;
@@ -135,6 +136,8 @@ type ReadJob = Box<dyn FnOnce(&mut Option<Client>) + Send>;
 pub(crate) struct PgStore {
     writer: Option<Sender<WriteJob>>,
     readers: Option<Sender<ReadJob>>,
+    /// One connection of its own that holds the CRL leader lock while it lives.
+    leader: Option<Sender<ReadJob>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -142,6 +145,7 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         drop(self.writer.take());
         drop(self.readers.take());
+        drop(self.leader.take());
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -261,7 +265,35 @@ impl PgStore {
                     .spawn(move || reader_loop(config, jobs))?,
             );
         }
-        Ok(Self { writer: Some(writer), readers: Some(readers), threads })
+        let (leader, leader_jobs) = std::sync::mpsc::channel::<ReadJob>();
+        let leader_jobs = Arc::new(Mutex::new(leader_jobs));
+        threads.push(
+            std::thread::Builder::new()
+                .name("registry-pg-leader".into())
+                .spawn(move || reader_loop(config, leader_jobs))?,
+        );
+        Ok(Self { writer: Some(writer), readers: Some(readers), leader: Some(leader), threads })
+    }
+
+    /// Whether this instance leads CRL generation: it holds a session advisory lock on a
+    /// connection of its own, released by PostgreSQL when that connection ends (the instance
+    /// stopped or died), so another instance's next call takes over.
+    pub(crate) fn crl_leader(&self) -> Result<bool> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<bool>>(1);
+        let job: ReadJob = Box::new(move |client| {
+            let result = match client.as_mut() {
+                None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
+                // Re-entrant for the session that holds it: true again while the connection lives.
+                Some(c) => c
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&CRL_LEADER_LOCK])
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(storage),
+            };
+            let _ = tx.send(result);
+        });
+        let leader = self.leader.as_ref().ok_or_else(|| RegistryError::Storage("registry stopped".into()))?;
+        leader.send(job).map_err(|_| RegistryError::Storage("registry stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("leader check abandoned".into()))?
     }
 
     /// Runs `f` in a read-only, repeatable-read transaction (one snapshot).
