@@ -15,7 +15,11 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
+
+/// Statements prepared on one connection, by their SQL: prepared once, then one round trip each.
+type Cache = std::collections::HashMap<&'static str, Statement>;
 
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
@@ -129,8 +133,8 @@ fn migrate_here(url: &str) -> Result<Vec<i32>> {
 }
 
 type Finish = Box<dyn FnOnce(Result<()>) + Send>;
-type WriteJob = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> (bool, Finish) + Send>;
-type ReadJob = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+type WriteJob = Box<dyn for<'a> FnOnce(&mut Transaction<'a>, &mut Cache) -> (bool, Finish) + Send>;
+type ReadJob = Box<dyn FnOnce(&mut Option<Client>, &mut Cache) + Send>;
 
 /// An open PostgreSQL registry.
 pub(crate) struct PgStore {
@@ -154,6 +158,7 @@ impl Drop for PgStore {
 
 fn writer_loop(config: postgres::Config, first_client: Client, jobs: Receiver<WriteJob>) {
     let mut client = Some(first_client);
+    let mut cache = Cache::new();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -162,7 +167,7 @@ fn writer_loop(config: postgres::Config, first_client: Client, jobs: Receiver<Wr
                 Err(_) => break,
             }
         }
-        let outcome = run_batch(&config, &mut client, batch);
+        let outcome = run_batch(&config, &mut client, &mut cache, batch);
         if outcome.is_err() && client.as_ref().is_some_and(Client::is_closed) {
             client = None;
         }
@@ -170,7 +175,12 @@ fn writer_loop(config: postgres::Config, first_client: Client, jobs: Receiver<Wr
 }
 
 /// Runs a batch in one transaction; answers every job after the commit.
-fn run_batch(config: &postgres::Config, client: &mut Option<Client>, batch: Vec<WriteJob>) -> Result<()> {
+fn run_batch(
+    config: &postgres::Config,
+    client: &mut Option<Client>,
+    cache: &mut Cache,
+    batch: Vec<WriteJob>,
+) -> Result<()> {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     let fail_all = |batch: Vec<WriteJob>, e: RegistryError| {
         // The jobs never ran: they are dropped, and their callers see the writer's error.
@@ -178,6 +188,7 @@ fn run_batch(config: &postgres::Config, client: &mut Option<Client>, batch: Vec<
         Err(e)
     };
     if client.as_ref().is_none_or(Client::is_closed) {
+        cache.clear();
         match connect(config) {
             Ok(c) => *client = Some(c),
             Err(e) => {
@@ -197,7 +208,7 @@ fn run_batch(config: &postgres::Config, client: &mut Option<Client>, batch: Vec<
     let mut finishes = Vec::with_capacity(batch.len());
     let mut broken = false;
     for job in batch {
-        match catch_unwind(AssertUnwindSafe(|| job(&mut tx))) {
+        match catch_unwind(AssertUnwindSafe(|| job(&mut tx, cache))) {
             Ok((fatal, finish)) => {
                 broken |= fatal;
                 finishes.push(finish);
@@ -219,6 +230,7 @@ fn run_batch(config: &postgres::Config, client: &mut Option<Client>, batch: Vec<
 
 fn reader_loop(config: postgres::Config, jobs: Arc<Mutex<Receiver<ReadJob>>>) {
     let mut client: Option<Client> = None;
+    let mut cache = Cache::new();
     loop {
         let job = match jobs.lock() {
             Ok(rx) => match rx.recv() {
@@ -228,9 +240,10 @@ fn reader_loop(config: postgres::Config, jobs: Arc<Mutex<Receiver<ReadJob>>>) {
             Err(_) => return,
         };
         if client.as_ref().is_none_or(Client::is_closed) {
+            cache.clear();
             client = connect(&config).ok();
         }
-        job(&mut client);
+        job(&mut client, &mut cache);
     }
 }
 
@@ -280,7 +293,7 @@ impl PgStore {
     /// stopped or died), so another instance's next call takes over.
     pub(crate) fn crl_leader(&self) -> Result<bool> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<bool>>(1);
-        let job: ReadJob = Box::new(move |client| {
+        let job: ReadJob = Box::new(move |client, _| {
             let result = match client.as_mut() {
                 None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
                 // Re-entrant for the session that holds it: true again while the connection lives.
@@ -302,7 +315,7 @@ impl PgStore {
         f: impl FnOnce(&mut dyn StoreRead) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx): (SyncSender<Result<T>>, _) = std::sync::mpsc::sync_channel(1);
-        let job: ReadJob = Box::new(move |client| {
+        let job: ReadJob = Box::new(move |client, cache| {
             let result = match client.as_mut() {
                 None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
                 Some(c) => (|| {
@@ -311,7 +324,7 @@ impl PgStore {
                         .isolation_level(postgres::IsolationLevel::RepeatableRead)
                         .read_only(true)
                         .start()?;
-                    let out = f(&mut PgTx(&mut t))?;
+                    let out = f(&mut PgTx(&mut t, cache))?;
                     t.commit()?;
                     Ok(out)
                 })(),
@@ -329,10 +342,10 @@ impl PgStore {
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
-        let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>| {
+        let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache| {
             let result = match txn.savepoint("job") {
                 Err(e) => Err(storage(e)),
-                Ok(mut sp) => match f(&mut PgTx(&mut sp)) {
+                Ok(mut sp) => match f(&mut PgTx(&mut sp, cache)) {
                     Ok(v) => sp.commit().map(|()| v).map_err(storage),
                     Err(e) => {
                         let rolled_back = sp.rollback();
@@ -383,7 +396,8 @@ fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
     if used {
         return Err(RegistryError::TargetExists("the PostgreSQL registry (it is not empty)".into()));
     }
-    let mut s = PgTx(&mut tx);
+    let mut cache = Cache::new();
+    let mut s = PgTx(&mut tx, &mut cache);
     // Certificates before terminals: a terminal names its active certificate.
     for (rec, der) in &data.certs {
         s.insert_cert(rec, der)?;
@@ -431,7 +445,22 @@ fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
     Ok(())
 }
 
-struct PgTx<'a, 'b>(&'a mut Transaction<'b>);
+/// An execute's failure: preparing it, or the statement itself (mapped by its constraint).
+enum ExecError {
+    Registry(RegistryError),
+    Db(postgres::Error),
+}
+
+impl From<ExecError> for RegistryError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Registry(r) => r,
+            ExecError::Db(e) => storage(e),
+        }
+    }
+}
+
+struct PgTx<'a, 'b>(&'a mut Transaction<'b>, &'a mut Cache);
 
 fn status_of(rec: &CertRecord) -> &'static str {
     match rec.status {
@@ -449,12 +478,42 @@ fn terminal_of(rec: &CertRecord) -> Option<&str> {
 }
 
 impl PgTx<'_, '_> {
-    fn one<T: serde::de::DeserializeOwned>(&mut self, sql: &str, key: &str) -> Result<Option<T>> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(st) = self.1.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.0.prepare(sql)?;
+        self.1.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    fn query_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let st = self.statement(sql)?;
+        Ok(self.0.query(&st, params)?)
+    }
+
+    fn query_opt_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+        let st = self.statement(sql)?;
+        Ok(self.0.query_opt(&st, params)?)
+    }
+
+    fn query_one_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+        let st = self.statement(sql)?;
+        Ok(self.0.query_one(&st, params)?)
+    }
+
+    /// Executes; the driver's error is kept for the caller to map (constraint names).
+    fn execute_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> std::result::Result<u64, ExecError> {
+        let st = self.statement(sql).map_err(ExecError::Registry)?;
+        self.0.execute(&st, params).map_err(ExecError::Db)
+    }
+
+    fn one<T: serde::de::DeserializeOwned>(&mut self, sql: &'static str, key: &str) -> Result<Option<T>> {
         let row = self.0.query_opt(sql, &[&key])?;
         row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()
     }
 
-    fn many<T: serde::de::DeserializeOwned>(&mut self, sql: &str) -> Result<Vec<T>> {
+    fn many<T: serde::de::DeserializeOwned>(&mut self, sql: &'static str) -> Result<Vec<T>> {
         self.0.query(sql, &[])?.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
     }
 }
@@ -471,7 +530,7 @@ impl StoreRead for PgTx<'_, '_> {
         limit: usize,
     ) -> Result<Vec<TerminalRecord>> {
         let state = filter.state.map(|s| s.as_str());
-        let rows = self.0.query(
+        let rows = self.query_c(
             "SELECT record FROM terminals
              WHERE ($1::text IS NULL OR serial > $1) AND ($2::text IS NULL OR state = $2)
                AND ($3::text IS NULL OR class = $3) AND ($4::text IS NULL OR manufacturer = $4)
@@ -483,7 +542,7 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {
-        let rows = self.0.query(
+        let rows = self.query_c(
             "SELECT record FROM terminals
              WHERE active_cert IS NOT NULL AND ($1::text IS NULL OR manufacturer = $1)
                AND ($2::text IS NULL OR model = $2) AND ($3::text IS NULL OR lot = $3)
@@ -498,7 +557,7 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn cert_der(&mut self, serial: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.query_opt("SELECT der FROM certs WHERE serial = $1", &[&serial])?.map(|r| r.get(0)))
+        Ok(self.query_opt_c("SELECT der FROM certs WHERE serial = $1", &[&serial])?.map(|r| r.get(0)))
     }
 
     fn certificates(&mut self) -> Result<Vec<CertRecord>> {
@@ -506,13 +565,12 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn key_owner(&mut self, fingerprint: &str) -> Result<Option<String>> {
-        Ok(self.0.query_opt("SELECT terminal FROM pubkeys WHERE fingerprint = $1", &[&fingerprint])?.map(|r| r.get(0)))
+        Ok(self.query_opt_c("SELECT terminal FROM pubkeys WHERE fingerprint = $1", &[&fingerprint])?.map(|r| r.get(0)))
     }
 
     fn compromised_by(&mut self, fingerprint: &str) -> Result<Option<String>> {
         Ok(self
-            .0
-            .query_opt("SELECT cert FROM compromised_keys WHERE fingerprint = $1", &[&fingerprint])?
+            .query_opt_c("SELECT cert FROM compromised_keys WHERE fingerprint = $1", &[&fingerprint])?
             .map(|r| r.get(0)))
     }
 
@@ -537,12 +595,12 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>> {
-        let rows = self.0.query("SELECT record FROM activations WHERE terminal = $1 ORDER BY n", &[&terminal])?;
+        let rows = self.query_c("SELECT record FROM activations WHERE terminal = $1 ORDER BY n", &[&terminal])?;
         rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
     }
 
     fn counter(&mut self, name: &str) -> Result<u64> {
-        let row = self.0.query_opt("SELECT value FROM counters WHERE name = $1", &[&name])?;
+        let row = self.query_opt_c("SELECT value FROM counters WHERE name = $1", &[&name])?;
         Ok(row.map_or(0, |r| from_i(r.get(0))))
     }
 
@@ -555,21 +613,21 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn audit_raw(&mut self, seq: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.query_opt("SELECT entry FROM audit WHERE seq = $1", &[&u(seq)])?.map(|r| r.get(0)))
+        Ok(self.query_opt_c("SELECT entry FROM audit WHERE seq = $1", &[&u(seq)])?.map(|r| r.get(0)))
     }
 
     fn audit_last_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
-        let row = self.0.query_opt("SELECT seq, entry FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
+        let row = self.query_opt_c("SELECT seq, entry FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
         Ok(row.map(|r| (from_i(r.get(0)), r.get(1))))
     }
 
     fn audit_newest_raw(&mut self, n: usize) -> Result<Vec<Vec<u8>>> {
-        let rows = self.0.query("SELECT entry FROM audit ORDER BY seq DESC LIMIT $1", &[&u(n as u64)])?;
+        let rows = self.query_c("SELECT entry FROM audit ORDER BY seq DESC LIMIT $1", &[&u(n as u64)])?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn audit_len(&mut self) -> Result<u64> {
-        Ok(from_i(self.0.query_one("SELECT count(*) FROM audit", &[])?.get(0)))
+        Ok(from_i(self.query_one_c("SELECT count(*) FROM audit", &[])?.get(0)))
     }
 
     fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
@@ -577,7 +635,7 @@ impl StoreRead for PgTx<'_, '_> {
         let mut after = 0i64;
         loop {
             let rows =
-                self.0.query("SELECT seq, entry FROM audit WHERE seq > $1 ORDER BY seq LIMIT 4096", &[&after])?;
+                self.query_c("SELECT seq, entry FROM audit WHERE seq > $1 ORDER BY seq LIMIT 4096", &[&after])?;
             let Some(last) = rows.last() else { return Ok(()) };
             after = last.get(0);
             for r in &rows {
@@ -587,19 +645,19 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn checkpoints_raw(&mut self) -> Result<Vec<(u64, Vec<u8>)>> {
-        let rows = self.0.query("SELECT seq, checkpoint FROM audit_checkpoints ORDER BY seq", &[])?;
+        let rows = self.query_c("SELECT seq, checkpoint FROM audit_checkpoints ORDER BY seq", &[])?;
         Ok(rows.iter().map(|r| (from_i(r.get(0)), r.get(1))).collect())
     }
 
     fn last_checkpoint_raw(&mut self) -> Result<Option<Vec<u8>>> {
-        let row = self.0.query_opt("SELECT checkpoint FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", &[])?;
+        let row = self.query_opt_c("SELECT checkpoint FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", &[])?;
         Ok(row.map(|r| r.get(0)))
     }
 }
 
 impl StoreWrite for PgTx<'_, '_> {
     fn insert_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
-        let done = self.0.execute(
+        let done = self.execute_c(
             "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, active_cert, record)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (serial) DO NOTHING",
             &[&t.serial, &t.class, &t.manufacturer, &t.model, &t.lot, &t.state.as_str(), &t.active_cert, &to_json(t)?],
@@ -611,68 +669,65 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn update_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
-        self.0
-            .execute(
-                "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, active_cert, record)
+        self.execute_c(
+            "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, active_cert, record)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (serial) DO UPDATE SET class = $2, manufacturer = $3, model = $4, lot = $5,
                    state = $6, active_cert = $7, record = $8",
-                &[
-                    &t.serial,
-                    &t.class,
-                    &t.manufacturer,
-                    &t.model,
-                    &t.lot,
-                    &t.state.as_str(),
-                    &t.active_cert,
-                    &to_json(t)?,
-                ],
-            )
-            .map_err(|e| match unique_violation(&e).as_deref() {
+            &[&t.serial, &t.class, &t.manufacturer, &t.model, &t.lot, &t.state.as_str(), &t.active_cert, &to_json(t)?],
+        )
+        .map_err(|e| match e {
+            ExecError::Registry(r) => r,
+            ExecError::Db(e) => match unique_violation(&e).as_deref() {
                 Some("terminals_active_cert_key") => {
                     RegistryError::CertSerialExists(t.active_cert.clone().unwrap_or_default())
                 }
                 _ => storage(e),
-            })?;
+            },
+        })?;
         Ok(())
     }
 
     fn insert_cert(&mut self, rec: &CertRecord, der: &[u8]) -> Result<()> {
         let terminal = terminal_of(rec);
-        self.0
-            .execute(
+        self.execute_c(
                 "INSERT INTO certs (serial, terminal, key_fingerprint, status, record, der) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&rec.serial, &terminal, &rec.key_fingerprint, &status_of(rec), &to_json(rec)?, &der],
             )
-            .map_err(|e| match unique_violation(&e).as_deref() {
+            .map_err(|e| match e {
+ ExecError::Registry(r) => r,
+ ExecError::Db(e) => match unique_violation(&e).as_deref() {
                 Some("certs_pkey") => RegistryError::CertSerialExists(rec.serial.clone()),
                 Some("certs_one_active_per_terminal") => RegistryError::AlreadyHasActiveCertificate {
                     terminal: terminal.unwrap_or_default().to_owned(),
                     cert: "another instance's".into(),
                 },
                 _ => storage(e),
+            },
             })?;
         Ok(())
     }
 
     fn update_cert(&mut self, rec: &CertRecord) -> Result<()> {
-        self.0
-            .execute(
-                "UPDATE certs SET status = $2, record = $3 WHERE serial = $1",
-                &[&rec.serial, &status_of(rec), &to_json(rec)?],
-            )
-            .map_err(|e| match unique_violation(&e).as_deref() {
+        self.execute_c(
+            "UPDATE certs SET status = $2, record = $3 WHERE serial = $1",
+            &[&rec.serial, &status_of(rec), &to_json(rec)?],
+        )
+        .map_err(|e| match e {
+            ExecError::Registry(r) => r,
+            ExecError::Db(e) => match unique_violation(&e).as_deref() {
                 Some("certs_one_active_per_terminal") => RegistryError::AlreadyHasActiveCertificate {
                     terminal: terminal_of(rec).unwrap_or_default().to_owned(),
                     cert: rec.serial.clone(),
                 },
                 _ => storage(e),
-            })?;
+            },
+        })?;
         Ok(())
     }
 
     fn bind_key(&mut self, fingerprint: &str, terminal: &str) -> Result<()> {
-        let done = self.0.execute(
+        let done = self.execute_c(
             "INSERT INTO pubkeys (fingerprint, terminal) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING",
             &[&fingerprint, &terminal],
         )?;
@@ -688,7 +743,7 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn mark_compromised(&mut self, fingerprint: &str, cert: &str) -> Result<()> {
-        self.0.execute(
+        self.execute_c(
             "INSERT INTO compromised_keys (fingerprint, cert) VALUES ($1, $2)
              ON CONFLICT (fingerprint) DO UPDATE SET cert = $2",
             &[&fingerprint, &cert],
@@ -697,7 +752,7 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn insert_request(&mut self, id: &str, result: &RequestResult) -> Result<()> {
-        let done = self.0.execute(
+        let done = self.execute_c(
             "INSERT INTO requests (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
             &[&id, &to_json(result)?],
         )?;
@@ -708,7 +763,7 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn insert_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
-        let done = self.0.execute(
+        let done = self.execute_c(
             "INSERT INTO principals (name, record) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             &[&p.name, &to_json(p)?],
         )?;
@@ -719,12 +774,12 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn update_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
-        self.0.execute("UPDATE principals SET record = $2 WHERE name = $1", &[&p.name, &to_json(p)?])?;
+        self.execute_c("UPDATE principals SET record = $2 WHERE name = $1", &[&p.name, &to_json(p)?])?;
         Ok(())
     }
 
     fn insert_approval(&mut self, a: &Approval) -> Result<()> {
-        let done = self.0.execute(
+        let done = self.execute_c(
             "INSERT INTO approvals (id, created_ms, record) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
             &[&a.id, &u(a.created_ms), &to_json(a)?],
         )?;
@@ -735,12 +790,12 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn update_approval(&mut self, a: &Approval) -> Result<()> {
-        self.0.execute("UPDATE approvals SET record = $2 WHERE id = $1", &[&a.id, &to_json(a)?])?;
+        self.execute_c("UPDATE approvals SET record = $2 WHERE id = $1", &[&a.id, &to_json(a)?])?;
         Ok(())
     }
 
     fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64> {
-        let row = self.0.query_one(
+        let row = self.query_one_c(
             "INSERT INTO activations (terminal, n, record)
              SELECT $1, coalesce(max(n), 0) + 1, $2 FROM activations WHERE terminal = $1 RETURNING n",
             &[&a.terminal, &to_json(a)?],
@@ -751,11 +806,11 @@ impl StoreWrite for PgTx<'_, '_> {
     fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
         let now = u(now_ms);
         // A bounded prune per use keeps the table to the nonces of one window.
-        self.0.execute(
+        self.execute_c(
             "DELETE FROM nonces WHERE nonce IN (SELECT nonce FROM nonces WHERE expires_ms <= $1 LIMIT 64)",
             &[&now],
         )?;
-        let done = self.0.execute(
+        let done = self.execute_c(
             "INSERT INTO nonces (nonce, expires_ms) VALUES ($1, $2)
              ON CONFLICT (nonce) DO UPDATE SET expires_ms = $2 WHERE nonces.expires_ms <= $3",
             &[&nonce, &u(expires_ms), &now],
@@ -767,7 +822,7 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn advance(&mut self, name: &str, n: u64) -> Result<u64> {
-        let row = self.0.query_one(
+        let row = self.query_one_c(
             "INSERT INTO counters (name, value) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET value = counters.value + $2 RETURNING value - $2",
             &[&name, &u(n)],
@@ -776,7 +831,7 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn put_revoked(&mut self, r: &RevokedCert) -> Result<()> {
-        self.0.execute(
+        self.execute_c(
             "INSERT INTO revoked (serial, record) VALUES ($1, $2) ON CONFLICT (serial) DO UPDATE SET record = $2",
             &[&r.serial, &to_json(r)?],
         )?;
@@ -784,12 +839,12 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn remove_revoked(&mut self, serial: &str) -> Result<()> {
-        self.0.execute("DELETE FROM revoked WHERE serial = $1", &[&serial])?;
+        self.execute_c("DELETE FROM revoked WHERE serial = $1", &[&serial])?;
         Ok(())
     }
 
     fn put_released(&mut self, r: &ReleasedCert) -> Result<()> {
-        self.0.execute(
+        self.execute_c(
             "INSERT INTO released (serial, record) VALUES ($1, $2) ON CONFLICT (serial) DO UPDATE SET record = $2",
             &[&r.serial, &to_json(r)?],
         )?;
@@ -797,23 +852,23 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn remove_released(&mut self, serial: &str) -> Result<()> {
-        self.0.execute("DELETE FROM released WHERE serial = $1", &[&serial])?;
+        self.execute_c("DELETE FROM released WHERE serial = $1", &[&serial])?;
         Ok(())
     }
 
     fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()> {
         match bytes {
-            Some(b) => self.0.execute(
+            Some(b) => self.execute_c(
                 "INSERT INTO audit (seq, entry) VALUES ($1, $2) ON CONFLICT (seq) DO UPDATE SET entry = $2",
                 &[&u(seq), &b],
             )?,
-            None => self.0.execute("DELETE FROM audit WHERE seq = $1", &[&u(seq)])?,
+            None => self.execute_c("DELETE FROM audit WHERE seq = $1", &[&u(seq)])?,
         };
         Ok(())
     }
 
     fn put_checkpoint_raw(&mut self, seq: u64, bytes: &[u8]) -> Result<()> {
-        self.0.execute(
+        self.execute_c(
             "INSERT INTO audit_checkpoints (seq, checkpoint) VALUES ($1, $2)
              ON CONFLICT (seq) DO UPDATE SET checkpoint = $2",
             &[&u(seq), &bytes],
@@ -822,12 +877,12 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn cut_checkpoints_after(&mut self, seq: u64) -> Result<()> {
-        self.0.execute("DELETE FROM audit_checkpoints WHERE seq > $1", &[&u(seq)])?;
+        self.execute_c("DELETE FROM audit_checkpoints WHERE seq > $1", &[&u(seq)])?;
         Ok(())
     }
 
     fn put_approval_raw(&mut self, id: &str, bytes: &[u8]) -> Result<()> {
-        self.0.execute(
+        self.execute_c(
             "INSERT INTO approvals (id, created_ms, record) VALUES ($1, 0, $2) ON CONFLICT (id) DO UPDATE SET record = $2",
             &[&id, &bytes],
         )?;
