@@ -201,6 +201,10 @@ pub struct RegistrySection {
     /// password in the file: use certificate/peer authentication or `PGPASSWORD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// This instance's number (1..=127) among those sharing the registry: the first octet of
+    /// every certificate serial it issues, so instances never collide (Boulder, XiPKI do alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u8>,
 }
 
 pub(crate) fn path_is_empty(p: &Path) -> bool {
@@ -239,8 +243,14 @@ impl Loaded {
         }
     }
 
-    /// Opens the configured registry (PostgreSQL: refused unless its schema is current).
+    /// Opens the configured registry (PostgreSQL: refused unless its schema is current), and
+    /// sets this process's serial prefix from `instance`.
     pub fn open_registry(&self) -> anyhow::Result<registry::Registry> {
+        if let Some(i) = self.config.registry.instance
+            && !crate::issuer::set_serial_instance(i)
+        {
+            anyhow::bail!("[registry] instance must be 1..=127 (and one per process), not {i}");
+        }
         Ok(match self.registry_location()? {
             RegistryLocation::Redb(path) => registry::Registry::open(&path)?,
             RegistryLocation::Postgres(url) => registry::Registry::open_postgres(&url)?,

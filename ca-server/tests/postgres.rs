@@ -32,7 +32,8 @@ fn use_postgres(dir: &Path, url: &str) {
     let path = dir.join("ca-server.toml");
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(text.contains("path = \"registry.redb\""), "init's registry line");
-    std::fs::write(&path, text.replace("path = \"registry.redb\"", &format!("url = \"{url}\""))).expect("write");
+    let registry = format!("url = \"{url}\"\ninstance = 1");
+    std::fs::write(&path, text.replace("path = \"registry.redb\"", &registry)).expect("write");
 }
 
 /// `serve` must exit with an error (it would otherwise run until killed).
@@ -92,6 +93,9 @@ async fn two_instances_serve_one_postgresql_registry() {
         ],
     );
     rewrite(&dir_b, &[(dir_a.display().to_string(), dir_b.display().to_string())]);
+    let config_b = dir_b.join("ca-server.toml");
+    let text = std::fs::read_to_string(&config_b).expect("read");
+    std::fs::write(&config_b, text.replace("instance = 1", "instance = 2")).expect("write");
 
     let a = Server::start(&dir_a, http_a);
     let b = Server::start(&dir_b, http_b);
@@ -120,7 +124,9 @@ async fn two_instances_serve_one_postgresql_registry() {
         (Code::FailedPrecondition, Reason::PublicKeyInUse)
     );
     let second = issue(&station_b, issue_req(&s2, v1::TerminalClass::ClassIi, csr_for(&k2, &s2))).await.expect("on B");
-    assert_ne!(first.certificate_serial, second.certificate_serial);
+    // Each instance's serials carry its number: they cannot collide.
+    assert!(first.certificate_serial.starts_with("01"), "{}", first.certificate_serial);
+    assert!(second.certificate_serial.starts_with("02"), "{}", second.certificate_serial);
 
     // Revoked on A, refused on B at its next call.
     let rv = v1::RevokeCertificateRequest {
