@@ -147,6 +147,27 @@ async fn two_instances_serve_one_postgresql_registry() {
         Reason::CallerRevoked
     );
 
+    // PostgreSQL restarted under the running instances: calls fail UNAVAILABLE, then issuance
+    // resumes without restarting ca-server.
+    pg.restart().expect("restart PostgreSQL");
+    let mut unavailable = 0;
+    let mut resumed = false;
+    for n in 10..30u32 {
+        let s = serial(n);
+        let k = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+        match issue(&station_a, issue_req(&s, v1::TerminalClass::ClassIi, csr_for(&k, &s))).await {
+            Ok(_) => {
+                resumed = true;
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(resumed, "issuance resumed after {unavailable} UNAVAILABLE answers");
+
     a.terminate();
     b.terminate();
     let reg = registry::Registry::open_postgres(&pg.url()).expect("open");
