@@ -12,6 +12,8 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 # google/pkcs11test is built from source (scripts/pkcs11test.sh).
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# registry and ca-server tests start their own PostgreSQL server (initdb + pg_ctl in a temp dir).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     echo "==> installing: ${need[*]}"
     SUDO=""

@@ -79,6 +79,9 @@ pub enum AuthFailure {
     /// after a restart (which empties the replay cache).
     #[error("request was signed before this server started; sign it again")]
     BeforeStart,
+    /// The registry could not be read (PostgreSQL away): retry.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
     /// An administrator waiting for a second administrator's approval.
     #[error("{name} is an administrator waiting for approval {approval} by a second administrator")]
     PendingApproval {
@@ -92,7 +95,7 @@ pub enum AuthFailure {
 impl AuthFailure {
     /// The gRPC code and stable reason for this failure.
     pub fn status(&self) -> (tonic::Code, Reason) {
-        use tonic::Code::{PermissionDenied, ResourceExhausted, Unauthenticated};
+        use tonic::Code::{PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable};
         match self {
             Self::Headers(_) => (Unauthenticated, Reason::MissingSignature),
             Self::CertInvalid(_) => (Unauthenticated, Reason::CallerCertInvalid),
@@ -105,6 +108,7 @@ impl AuthFailure {
             Self::RateLimited(_) => (ResourceExhausted, Reason::RateLimited),
             Self::BeforeStart => (Unauthenticated, Reason::StaleTimestamp),
             Self::PendingApproval { .. } => (PermissionDenied, Reason::CallerPendingApproval),
+            Self::Unavailable(_) => (Unavailable, Reason::StorageFailure),
         }
     }
 }
@@ -124,15 +128,20 @@ pub struct KnownCert {
 pub trait Directory {
     /// The principal holding certificate `serial` (hex), if the certificate is ours and the
     /// principal exists and holds it.
-    fn principal_for_cert(&self, serial: &str) -> Option<KnownCert>;
+    /// `Err` when the registry cannot be read (the caller is then neither known nor unknown).
+    fn principal_for_cert(&self, serial: &str) -> Result<Option<KnownCert>, String>;
 }
 
 impl Directory for Registry {
-    fn principal_for_cert(&self, serial: &str) -> Option<KnownCert> {
-        let (rec, der) = self.certificate(serial).ok()??;
-        let CertSubject::Principal { name } = rec.subject else { return None };
-        let p = self.principal(&name).ok()??;
-        (p.cert_serial == serial).then_some(KnownCert { principal: p, revoked: rec.status != CertStatus::Good, der })
+    fn principal_for_cert(&self, serial: &str) -> Result<Option<KnownCert>, String> {
+        let Some((rec, der)) = self.certificate(serial).map_err(|e| e.to_string())? else { return Ok(None) };
+        let CertSubject::Principal { name } = rec.subject else { return Ok(None) };
+        let Some(p) = self.principal(&name).map_err(|e| e.to_string())? else { return Ok(None) };
+        Ok((p.cert_serial == serial).then_some(KnownCert {
+            principal: p,
+            revoked: rec.status != CertStatus::Good,
+            der,
+        }))
     }
 }
 
@@ -483,6 +492,7 @@ impl<D: Directory> Gate<'_, D> {
             let known = self
                 .directory
                 .principal_for_cert(&v.serial_hex)
+                .map_err(AuthFailure::Unavailable)?
                 .ok_or_else(|| AuthFailure::CertInvalid("not the certificate of a principal of this CA".into()))?;
             return Ok((v, known));
         }
@@ -494,6 +504,7 @@ impl<D: Directory> Gate<'_, D> {
         let known = self
             .directory
             .principal_for_cert(&serial_hex)
+            .map_err(AuthFailure::Unavailable)?
             .filter(|k| k.der == cert_der)
             .ok_or_else(|| AuthFailure::CertInvalid("not the certificate of a principal of this CA".into()))?;
         validate_chain(&cert, std::slice::from_ref(&self.trust.issuing), &self.trust.root, now, &self.trust.signer_id)

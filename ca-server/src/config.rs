@@ -194,8 +194,68 @@ pub struct HsmSection {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrySection {
-    /// The redb file.
+    /// The redb file (the embedded default). Set this or `url`.
+    #[serde(default, skip_serializing_if = "crate::config::path_is_empty")]
     pub path: PathBuf,
+    /// A PostgreSQL registry shared by several instances (`postgres://user@host/db`). No
+    /// password in the file: use certificate/peer authentication or `PGPASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// This instance's number (1..=127) among those sharing the registry: the first octet of
+    /// every certificate serial it issues, so instances never collide (Boulder, XiPKI do alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u8>,
+}
+
+pub(crate) fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// Which registry a configuration names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryLocation {
+    /// A redb file (resolved against the configuration's directory).
+    Redb(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl Loaded {
+    /// The configured registry: exactly one of `path` and `url`; a URL with a password is
+    /// refused (a secret in a plain file).
+    pub fn registry_location(&self) -> anyhow::Result<RegistryLocation> {
+        let r = &self.config.registry;
+        match (&r.url, path_is_empty(&r.path)) {
+            (Some(_), false) => anyhow::bail!("[registry] sets both path and url: choose one"),
+            (None, true) => anyhow::bail!("[registry] needs path (redb) or url (postgres://…)"),
+            (None, false) => Ok(RegistryLocation::Redb(self.path(&r.path))),
+            (Some(url), true) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    anyhow::bail!("[registry] url must start with postgres://");
+                }
+                // userinfo with a colon carries a password
+                let authority = url.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+                if authority.split_once('@').is_some_and(|(user, _)| user.contains(':')) {
+                    anyhow::bail!("[registry] url holds a password: use PGPASSWORD or certificate authentication");
+                }
+                Ok(RegistryLocation::Postgres(url.clone()))
+            }
+        }
+    }
+
+    /// Opens the configured registry (PostgreSQL: refused unless its schema is current), and
+    /// sets this process's serial prefix from `instance`.
+    pub fn open_registry(&self) -> anyhow::Result<registry::Registry> {
+        if let Some(i) = self.config.registry.instance
+            && !crate::issuer::set_serial_instance(i)
+        {
+            anyhow::bail!("[registry] instance must be 1..=127 (and one per process), not {i}");
+        }
+        Ok(match self.registry_location()? {
+            RegistryLocation::Redb(path) => registry::Registry::open(&path)?,
+            RegistryLocation::Postgres(url) => registry::Registry::open_postgres(&url)?,
+        })
+    }
 }
 
 /// `[policy]`.
@@ -253,5 +313,26 @@ mod tests {
         assert!(c.policy.require_registration);
         assert_eq!(c.hsm.pin_file, None);
         assert_eq!(c.hsm.profile, "xipki");
+    }
+
+    #[test]
+    fn registry_is_a_path_or_a_password_free_url() {
+        let with = |registry: &str| {
+            let text = include_str!("../ca-server.production.example.toml");
+            let start = text.find("[registry]").expect("section");
+            let end = text[start + 1..].find("\n[").map_or(text.len(), |e| start + 1 + e);
+            let text = format!("{}{registry}\n{}", &text[..start], &text[end..]);
+            let config: Config = toml::from_str(&text).expect("parses");
+            Loaded { config, base: "/etc/hsca".into() }.registry_location().map_err(|e| e.to_string())
+        };
+        assert_eq!(with("[registry]\npath = \"r.redb\""), Ok(RegistryLocation::Redb("/etc/hsca/r.redb".into())));
+        assert_eq!(
+            with("[registry]\nurl = \"postgres://ca@db.lab/registry\""),
+            Ok(RegistryLocation::Postgres("postgres://ca@db.lab/registry".into()))
+        );
+        assert!(with("[registry]\nurl = \"postgres://ca:pw@db.lab/registry\"").is_err_and(|e| e.contains("password")));
+        assert!(with("[registry]\npath = \"r.redb\"\nurl = \"postgres://ca@db/r\"").is_err_and(|e| e.contains("both")));
+        assert!(with("[registry]").is_err_and(|e| e.contains("needs")));
+        assert!(with("[registry]\nurl = \"mysql://x\"").is_err_and(|e| e.contains("postgres://")));
     }
 }

@@ -346,7 +346,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
             profile: "softtoken".into(),
             env: [("SOFTTOKEN_CONF".to_string(), "softtoken.toml".to_string())].into_iter().collect(),
         },
-        registry: RegistrySection { path: "registry.redb".into() },
+        registry: RegistrySection { path: "registry.redb".into(), url: None, instance: None },
         policy: PolicySection { directory: "policies".into(), require_registration: false },
         ca: CaSection { root: "certs/root.pem".into(), issuing: "certs/issuing.pem".into() },
         audit: AuditSection { key_label: Some(AUDIT_KEY_LABEL.into()), ..Default::default() },

@@ -19,6 +19,26 @@ pub enum IssuerError {
     Random(String),
 }
 
+/// This process's instance number on a shared registry (`[registry] instance`), set once at
+/// load: the first octet of every serial it issues.
+static SERIAL_INSTANCE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+
+/// Sets the instance prefix of serials (1..=127); false when out of range or already set to
+/// another value.
+pub fn set_serial_instance(instance: u8) -> bool {
+    (1..=127).contains(&instance) && *SERIAL_INSTANCE.get_or_init(|| instance) == instance
+}
+
+fn new_serial() -> Result<CertSerial, IssuerError> {
+    let random = |e: getrandom::Error| IssuerError::Random(e.to_string());
+    match SERIAL_INSTANCE.get() {
+        Some(i) => CertSerial::generate_for_instance(*i)
+            .map_err(random)?
+            .ok_or_else(|| IssuerError::Random("instance prefix out of range".into())),
+        None => CertSerial::generate().map_err(random),
+    }
+}
+
 /// Signs certificates with the issuing CA's key.
 pub struct Issuer<'a> {
     signer: &'a dyn hsm::Signer,
@@ -44,7 +64,7 @@ impl<'a> Issuer<'a> {
         key: &Sm2PublicKey,
         now: SystemTime,
     ) -> Result<Certificate, IssuerError> {
-        let serial = CertSerial::generate().map_err(|e| IssuerError::Random(e.to_string()))?;
+        let serial = new_serial()?;
         let tbs = build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(self.info))?;
         let signature = self.signer.sign(tbs.to_be_signed())?;
         Ok(tbs.assemble(signature.as_der())?)

@@ -78,6 +78,18 @@ enum Command {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Bring the configured PostgreSQL registry's schema up to date (`serve` refuses any other
+    /// schema version). Safe to run while other instances serve, and from several at once.
+    /// With --from, then copy a redb registry (stopped) into it: the PostgreSQL registry must be
+    /// empty; the audit chain is verified before and after and must end at the same head.
+    Migrate {
+        /// The server's configuration file (`[registry] url = "postgres://…"`).
+        #[arg(long, env = "HSCA_CONFIG")]
+        config: PathBuf,
+        /// A redb registry (DIR/registry.redb) to copy in; its server must be stopped.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
     /// Serve gRPC over TLS and HTTP (health, readiness, metrics) until SIGTERM.
     Serve {
         /// The configuration file written by `init`.
@@ -142,7 +154,9 @@ fn main() -> Result<()> {
         }
         Command::Restore { config, from } => {
             let cfg = ca_server::config::Loaded::read(&config)?;
-            let target = cfg.path(&cfg.config.registry.path);
+            let ca_server::config::RegistryLocation::Redb(target) = cfg.registry_location()? else {
+                anyhow::bail!("a PostgreSQL registry is restored with pg_restore or point-in-time recovery");
+            };
             let summary = registry::Registry::restore(&from, &target)?;
             println!(
                 "restored {} to {}: audit chain verified, {} entries",
@@ -150,6 +164,27 @@ fn main() -> Result<()> {
                 target.display(),
                 summary.entries
             );
+            Ok(())
+        }
+        Command::Migrate { config, from } => {
+            let cfg = ca_server::config::Loaded::read(&config)?;
+            let ca_server::config::RegistryLocation::Postgres(url) = cfg.registry_location()? else {
+                anyhow::bail!("[registry] is a redb file: it needs no migration (only PostgreSQL registries do)");
+            };
+            let applied = registry::Registry::migrate_postgres(&url)?;
+            match applied.as_slice() {
+                [] => println!("registry schema is current (version {})", registry::POSTGRES_SCHEMA_VERSION),
+                _ => println!("registry schema migrated: applied versions {applied:?}"),
+            }
+            if let Some(from) = from {
+                let summary = registry::Registry::copy_redb_to_postgres(&from, &url)?;
+                println!(
+                    "copied {} into PostgreSQL: audit chain verified, {} entries, head {}",
+                    from.display(),
+                    summary.entries,
+                    summary.head
+                );
+            }
             Ok(())
         }
         Command::Serve { config, accept_audit_rollback } => {

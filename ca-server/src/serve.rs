@@ -166,7 +166,7 @@ pub struct LoadOptions {
 /// [`load`], with options.
 pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<Ca>)> {
     let (cfg, s) = load_signing(config_path)?;
-    let registry = Registry::open(&cfg.path(&cfg.config.registry.path))?;
+    let registry = cfg.open_registry()?;
     check_anchors(s.audit.as_ref(), &registry, opts.accept_audit_rollback)?;
     let terminal_dp = s
         .policy
@@ -423,9 +423,28 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
     publish_crls(ca.clone(), Some(true)).await;
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
     tick.tick().await;
+    // On a shared registry, revocations other instances made. Every instance still signs and
+    // serves its own CRLs (numbers come from the shared counter, so they never repeat): each
+    // serves CRLs from memory, so a leader-only signer (`Registry::crl_leader`) needs the CRLs
+    // stored in the registry first.
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut seen_seq: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => publish_crls(ca.clone(), Some(true)).await,
+            _ = poll.tick(), if ca.registry.is_shared() => {
+                let asking = ca.clone();
+                let seq = tokio::task::spawn_blocking(move || asking.registry.revocation_seq().ok())
+                    .await
+                    .ok()
+                    .flatten();
+                if seq.is_some() && seq != seen_seq {
+                    if seen_seq.is_some() {
+                        publish_crls(ca.clone(), Some(false)).await;
+                    }
+                    seen_seq = seq;
+                }
+            }
             () = ca.crls.changed.notified() => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 publish_crls(ca.clone(), None).await;

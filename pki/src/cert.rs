@@ -43,11 +43,28 @@ impl CertSerial {
         Self(bytes.to_vec())
     }
 
+    /// A 16-octet serial whose first octet is `instance` (1..=127; others are refused) and the
+    /// other 15 random (120 bits): CA instances sharing one registry never collide.
+    pub fn for_instance(instance: u8, random: [u8; 15]) -> Option<Self> {
+        (1..=127).contains(&instance).then(|| {
+            let mut bytes = vec![instance];
+            bytes.extend_from_slice(&random);
+            Self(bytes)
+        })
+    }
+
     /// A fresh random serial from the operating system's CSPRNG.
     pub fn generate() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)?;
         Ok(Self::from_random(bytes))
+    }
+
+    /// A fresh random serial with the instance prefix of [`CertSerial::for_instance`].
+    pub fn generate_for_instance(instance: u8) -> Result<Option<Self>, getrandom::Error> {
+        let mut random = [0u8; 15];
+        getrandom::fill(&mut random)?;
+        Ok(Self::for_instance(instance, random))
     }
 
     /// From the content octets of a DER INTEGER (as read from a certificate or typed by an operator).
@@ -440,4 +457,19 @@ pub fn status_urls(cert: &Certificate) -> StatusUrls {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod serial_tests {
+    use super::CertSerial;
+
+    #[test]
+    fn an_instance_prefix_is_the_first_octet_and_only_1_to_127_are_taken() {
+        let s = CertSerial::for_instance(7, [0xff; 15]).expect("in range");
+        assert_eq!(s.as_bytes().len(), 16);
+        assert!(s.to_hex().starts_with("07FF"));
+        assert_eq!(CertSerial::from_der_content(s.as_bytes()), Some(s), "a valid DER INTEGER");
+        assert_eq!(CertSerial::for_instance(0, [0; 15]), None, "0 would shorten the INTEGER");
+        assert_eq!(CertSerial::for_instance(128, [0; 15]), None, "would be negative");
+    }
 }

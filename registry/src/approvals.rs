@@ -4,17 +4,13 @@
 //! added at the requester's own request. The registry checks that inside the deciding
 //! transaction, whoever calls it.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-
-use crate::lifecycle::{check_new_key, install_certificate, read_cert, read_terminal};
+use crate::lifecycle::{check_new_key, install_certificate, read_cert};
 use crate::revocation::revoke_in;
+use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    Approval, ApprovalRequest, ApprovalState, AuditEvent, BulkFilter, CertRecord, CertStatus, PRINCIPALS,
-    PrincipalRecord, RegistryError, RekeyRequest, Result, RevocationReason, TERMINALS, TerminalRecord, TerminalState,
-    from_json, to_json,
+    Approval, ApprovalRequest, ApprovalState, AuditEvent, BulkFilter, CertRecord, CertStatus, PrincipalRecord,
+    RegistryError, RekeyRequest, Result, RevocationReason, TerminalRecord, TerminalState,
 };
-
-pub(crate) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 
 /// What the second administrator decides.
 #[derive(Clone, Debug)]
@@ -32,37 +28,14 @@ pub enum Decision {
     },
 }
 
-/// Approvals stored when every approval was a bulk revocation get their `kind` tag (at open;
-/// approvals are few).
-pub(crate) fn tag_kinds(txn: &WriteTransaction) -> Result<()> {
-    let mut table = txn.open_table(APPROVALS)?;
-    let mut retagged = Vec::new();
-    for item in table.iter()? {
-        let (k, v) = item?;
-        let mut value: serde_json::Value = from_json(v.value())?;
-        if let Some(obj) = value.as_object_mut().filter(|o| !o.contains_key("kind")) {
-            obj.insert("kind".into(), "bulk_revocation".into());
-            retagged.push((k.value().to_owned(), to_json(&value)?));
-        }
-    }
-    for (k, v) in retagged {
-        table.insert(k.as_str(), v.as_slice())?;
-    }
-    Ok(())
-}
-
-fn principal(txn: &WriteTransaction, name: &str) -> Result<Option<PrincipalRecord>> {
-    txn.open_table(PRINCIPALS)?.get(name)?.map(|v| from_json(v.value())).transpose()
-}
-
 /// Whether `by` may decide `a`: an active administrator, not the requester, and not added at
 /// the requester's request.
-fn check_approver(txn: &WriteTransaction, a: &Approval, by: &str) -> Result<()> {
+fn check_approver(s: &mut dyn StoreRead, a: &Approval, by: &str) -> Result<()> {
     if a.requested_by == by {
         return Err(RegistryError::SameApprover(by.to_owned()));
     }
     let not = |why: &str| RegistryError::ApproverNotEligible { approver: by.to_owned(), why: why.to_owned() };
-    let p = principal(txn, by)?.ok_or_else(|| not("no such principal"))?;
+    let p = s.principal(by)?.ok_or_else(|| not("no such principal"))?;
     if !p.is_active_admin() {
         return Err(not("not an active administrator"));
     }
@@ -77,8 +50,8 @@ fn check_approver(txn: &WriteTransaction, a: &Approval, by: &str) -> Result<()> 
 
 /// A re-key's preconditions, at request and again at decision: the terminal is in service or
 /// revoked, its certificate is what the request replaces and not on hold, the key is new.
-fn check_rekey(txn: &WriteTransaction, r: &RekeyRequest) -> Result<TerminalRecord> {
-    let t = read_terminal(txn, &r.terminal)?.ok_or_else(|| RegistryError::TerminalNotFound(r.terminal.clone()))?;
+fn check_rekey(s: &mut dyn StoreRead, r: &RekeyRequest) -> Result<TerminalRecord> {
+    let t = s.terminal(&r.terminal)?.ok_or_else(|| RegistryError::TerminalNotFound(r.terminal.clone()))?;
     if t.state == TerminalState::Registered {
         return Err(RegistryError::WrongState {
             terminal: t.serial.clone(),
@@ -96,38 +69,21 @@ fn check_rekey(txn: &WriteTransaction, r: &RekeyRequest) -> Result<TerminalRecor
         });
     }
     if let Some(c) = &t.active_cert {
-        let rec = read_cert(txn, c)?;
+        let rec = read_cert(s, c)?;
         if matches!(rec.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. }) {
             return Err(RegistryError::OnHold(c.clone()));
         }
     }
-    check_new_key(txn, &r.key_fingerprint, &t.serial)?;
+    check_new_key(s, &r.key_fingerprint, &t.serial)?;
     Ok(t)
-}
-
-fn active_matches(txn: &WriteTransaction, filter: &BulkFilter) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for item in txn.open_table(TERMINALS)?.iter()? {
-        let t: TerminalRecord = from_json(item?.1.value())?;
-        if let (true, Some(c)) = (filter.admits(&t), t.active_cert) {
-            out.push(c);
-        }
-    }
-    Ok(out)
 }
 
 impl crate::Registry {
     /// Active, unrevoked certificates of the terminals `filter` covers: (terminal, certificate).
     pub fn bulk_matches(&self, filter: &BulkFilter) -> Result<Vec<(String, String)>> {
-        let txn = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for item in txn.open_table(TERMINALS)?.iter()? {
-            let t: TerminalRecord = from_json(item?.1.value())?;
-            if let (true, Some(c)) = (filter.admits(&t), &t.active_cert) {
-                out.push((t.serial.clone(), c.clone()));
-            }
-        }
-        Ok(out)
+        let filter = filter.clone();
+        let terminals = self.read(move |s| s.terminals_with_active_cert(&filter))?;
+        Ok(terminals.into_iter().filter_map(|t| t.active_cert.map(|c| (t.serial, c))).collect())
     }
 
     /// Records a pending request; nothing happens until another administrator approves it. A
@@ -144,14 +100,13 @@ impl crate::Registry {
             _ => {}
         }
         let mut approval = approval.clone();
-        self.write(event, move |txn| {
+        self.write(event, move |s| {
             if let ApprovalRequest::Rekey(r) = &mut approval.request {
-                let t = read_terminal(txn, &r.terminal)?
-                    .ok_or_else(|| RegistryError::TerminalNotFound(r.terminal.clone()))?;
+                let t = s.terminal(&r.terminal)?.ok_or_else(|| RegistryError::TerminalNotFound(r.terminal.clone()))?;
                 r.replaces = t.active_cert;
-                check_rekey(txn, r)?;
+                check_rekey(s, r)?;
             }
-            insert_new(txn, &approval)?;
+            insert_new(s, &approval)?;
             Ok(approval)
         })
     }
@@ -168,20 +123,21 @@ impl crate::Registry {
         let mut p = p.clone();
         p.pending_approval = Some(approval.id.clone());
         let (cert, der, approval) = (cert.clone(), der.to_vec(), approval.clone());
-        self.write(event, move |txn| {
+        self.write(event, move |s| {
             if !matches!(&approval.request, ApprovalRequest::AddAdmin { name } if *name == p.name) {
                 return Err(RegistryError::Storage("the approval must name the new administrator".into()));
             }
-            crate::insert_principal(txn, &p, &cert, &der)?;
-            insert_new(txn, &approval)
+            if s.approval(&approval.id)?.is_some() {
+                return Err(RegistryError::ApprovalExists(approval.id.clone()));
+            }
+            crate::insert_principal(s, &p, &cert, &der)?;
+            insert_new(s, &approval)
         })
     }
 
     /// Requests under dual control, oldest first; only pending ones when `pending_only`.
     pub fn approvals(&self, pending_only: bool) -> Result<Vec<Approval>> {
-        let txn = self.db.begin_read()?;
-        let mut out: Vec<Approval> =
-            txn.open_table(APPROVALS)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        let mut out = self.read(|s| s.approvals())?;
         out.retain(|a| !pending_only || a.state == ApprovalState::Pending);
         out.sort_by_key(|a| a.created_ms);
         Ok(out)
@@ -193,11 +149,11 @@ impl crate::Registry {
         let id = id.to_owned();
         let by = by.to_owned();
         // A write transaction that writes nothing: the checks share their code with the decision.
-        self.submit(move |txn| {
-            let a = pending(txn, &id)?;
-            check_approver(txn, &a, &by)?;
+        self.read(move |s| {
+            let a = pending(s, &id)?;
+            check_approver(s, &a, &by)?;
             if let ApprovalRequest::Rekey(r) = &a.request {
-                check_rekey(txn, r)?;
+                check_rekey(s, r)?;
             }
             Ok(a)
         })
@@ -205,15 +161,8 @@ impl crate::Registry {
 
     /// Active administrators' names: dual control needs two.
     pub fn active_admins(&self) -> Result<Vec<String>> {
-        let txn = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for item in txn.open_table(PRINCIPALS)?.iter()? {
-            let p: PrincipalRecord = from_json(item?.1.value())?;
-            if p.is_active_admin() {
-                out.push(p.name);
-            }
-        }
-        Ok(out)
+        let principals = self.read(|s| s.principals())?;
+        Ok(principals.into_iter().filter(|p| p.is_active_admin()).map(|p| p.name).collect())
     }
 
     /// The second administrator's decision, carried out in the same transaction: a bulk
@@ -229,23 +178,24 @@ impl crate::Registry {
         event: &AuditEvent,
     ) -> Result<Approval> {
         let (id, by) = (id.to_owned(), by.to_owned());
-        self.write(event, move |txn| {
-            let mut a = pending(txn, &id)?;
-            check_approver(txn, &a, &by)?;
+        self.write(event, move |s| {
+            let mut a = pending(s, &id)?;
+            check_approver(s, &a, &by)?;
             a.state = match (&a.request, decision) {
                 (ApprovalRequest::AddAdmin { name }, Decision::Reject) => {
-                    let mut p = principal(txn, name)?.ok_or_else(|| RegistryError::PrincipalNotFound(name.clone()))?;
+                    let mut p = s.principal(name)?.ok_or_else(|| RegistryError::PrincipalNotFound(name.clone()))?;
                     p.enabled = false;
                     p.pending_approval = None;
-                    txn.open_table(PRINCIPALS)?.insert(name.as_str(), to_json(&p)?.as_slice())?;
-                    revoke_in(txn, &p.cert_serial, RevocationReason::PrivilegeWithdrawn, at_ms, None)?;
+                    s.update_principal(&p)?;
+                    revoke_in(s, &p.cert_serial, RevocationReason::PrivilegeWithdrawn, at_ms, None)?;
                     ApprovalState::Rejected { by: by.clone(), at_ms }
                 }
                 (_, Decision::Reject) => ApprovalState::Rejected { by: by.clone(), at_ms },
                 (ApprovalRequest::BulkRevocation { filter, reason, invalidity_ms, .. }, Decision::Approve) => {
                     let mut revoked = Vec::new();
-                    for c in active_matches(txn, filter)? {
-                        match revoke_in(txn, &c, *reason, at_ms, *invalidity_ms) {
+                    let lot = s.terminals_with_active_cert(filter)?;
+                    for c in lot.into_iter().filter_map(|t| t.active_cert) {
+                        match revoke_in(s, &c, *reason, at_ms, *invalidity_ms) {
                             Ok(_) => revoked.push(c),
                             // On hold already: it stays listed, with its original reason.
                             Err(RegistryError::AlreadyRevoked(_)) => {}
@@ -255,20 +205,20 @@ impl crate::Registry {
                     ApprovalState::Approved { by: by.clone(), at_ms, revoked, issued: None }
                 }
                 (ApprovalRequest::AddAdmin { name }, Decision::Approve) => {
-                    let mut p = principal(txn, name)?.ok_or_else(|| RegistryError::PrincipalNotFound(name.clone()))?;
+                    let mut p = s.principal(name)?.ok_or_else(|| RegistryError::PrincipalNotFound(name.clone()))?;
                     p.pending_approval = None;
-                    txn.open_table(PRINCIPALS)?.insert(name.as_str(), to_json(&p)?.as_slice())?;
+                    s.update_principal(&p)?;
                     ApprovalState::Approved { by: by.clone(), at_ms, revoked: Vec::new(), issued: None }
                 }
                 (ApprovalRequest::Rekey(r), Decision::ApproveRekey { mut cert, der }) => {
-                    let mut t = check_rekey(txn, r)?;
+                    let mut t = check_rekey(s, r)?;
                     if cert.key_fingerprint != r.key_fingerprint {
                         return Err(RegistryError::Storage(
                             "the re-key certificate is not for the approved key".into(),
                         ));
                     }
                     cert.station = Some(r.station.clone());
-                    let revoked = install_certificate(txn, &mut t, &cert, &der, r.reason)?;
+                    let revoked = install_certificate(s, &mut t, &cert, &der, r.reason)?;
                     ApprovalState::Approved {
                         by: by.clone(),
                         at_ms,
@@ -283,30 +233,20 @@ impl crate::Registry {
                     return Err(RegistryError::Storage("only a re-key is approved with a certificate".into()));
                 }
             };
-            txn.open_table(APPROVALS)?.insert(id.as_str(), to_json(&a)?.as_slice())?;
+            s.update_approval(&a)?;
             Ok(a)
         })
     }
 }
 
-fn pending(txn: &WriteTransaction, id: &str) -> Result<Approval> {
-    let a: Approval = txn
-        .open_table(APPROVALS)?
-        .get(id)?
-        .map(|v| from_json(v.value()))
-        .transpose()?
-        .ok_or_else(|| RegistryError::ApprovalNotFound(id.to_owned()))?;
+fn pending(s: &mut dyn StoreRead, id: &str) -> Result<Approval> {
+    let a = s.approval(id)?.ok_or_else(|| RegistryError::ApprovalNotFound(id.to_owned()))?;
     if a.state != ApprovalState::Pending {
         return Err(RegistryError::ApprovalDecided(id.to_owned()));
     }
     Ok(a)
 }
 
-fn insert_new(txn: &WriteTransaction, approval: &Approval) -> Result<()> {
-    let mut table = txn.open_table(APPROVALS)?;
-    if table.get(approval.id.as_str())?.is_some() {
-        return Err(RegistryError::ApprovalExists(approval.id.clone()));
-    }
-    table.insert(approval.id.as_str(), to_json(approval)?.as_slice())?;
-    Ok(())
+fn insert_new(s: &mut dyn StoreWrite, approval: &Approval) -> Result<()> {
+    s.insert_approval(approval)
 }

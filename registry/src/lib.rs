@@ -10,29 +10,25 @@
 pub mod anchor;
 mod approvals;
 pub mod audit;
+mod backend;
 mod lifecycle;
 pub mod records;
 mod revocation;
+mod store;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use backend::Backend;
+use store::{StoreRead, StoreWrite};
 
 pub use approvals::Decision;
 pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+/// The PostgreSQL schema version this build serves.
+pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use lifecycle::{StationIssue, check_station_issue};
 pub use records::*;
-
-pub(crate) const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
-pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
-pub(crate) const CERT_DER: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_der");
-pub(crate) const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
-pub(crate) const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
-pub(crate) const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
-const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
-const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
-const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-const AUDIT_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
 
 /// Why a registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,6 +170,15 @@ pub enum RegistryError {
     /// The audit chain is broken.
     #[error(transparent)]
     Audit(#[from] ChainBreak),
+    /// The database's schema is not the one this build serves (`ca-server migrate` brings it up
+    /// to date; a newer schema needs a newer build).
+    #[error("registry schema version {found}, this build serves {expected}: run `ca-server migrate`")]
+    SchemaMismatch {
+        /// Version found (0: no schema).
+        found: i32,
+        /// Version this build serves.
+        expected: i32,
+    },
     /// A backup or restore target exists already.
     #[error("{0} exists; refusing to overwrite")]
     TargetExists(String),
@@ -188,15 +193,7 @@ macro_rules! storage_from {
         }
     )*};
 }
-storage_from!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    std::io::Error
-);
+storage_from!(std::io::Error);
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
@@ -261,7 +258,7 @@ pub struct TerminalFilter {
 }
 
 impl TerminalFilter {
-    fn admits(&self, t: &TerminalRecord) -> bool {
+    pub(crate) fn admits(&self, t: &TerminalRecord) -> bool {
         self.state.is_none_or(|s| s == t.state)
             && self.class.as_ref().is_none_or(|c| *c == t.class)
             && self.manufacturer.as_ref().is_none_or(|m| *m == t.manufacturer)
@@ -269,134 +266,87 @@ impl TerminalFilter {
     }
 }
 
-/// The registry.
+/// The registry: the rules of this crate over one storage backend (see `store.rs`).
 pub struct Registry {
-    db: std::sync::Arc<Database>,
-    writer: Option<std::sync::mpsc::Sender<Job>>,
-    writer_thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // Closing the channel ends the writer after its last batch; joining it releases the
-        // database, so the file can be opened again at once.
-        drop(self.writer.take());
-        if let Some(t) = self.writer_thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Delivers a job's result once the batch it ran in is committed (or not).
-type Finish = Box<dyn FnOnce(Result<()>) + Send>;
-/// A write, run by the writer thread inside a batch transaction: says whether it broke the
-/// transaction (a storage error) and how to answer its caller after the commit.
-type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Finish) + Send>;
-
-/// Most writes committed together.
-const MAX_BATCH: usize = 256;
-
-/// Group commit: every write waiting when a commit starts goes into the next transaction, which
-/// is committed (fsynced) once; each caller is answered only after that commit. A write that is
-/// refused wrote nothing (every write checks before it inserts), so it cannot spoil the batch; a
-/// storage error aborts the whole batch and every caller in it gets the error.
-fn writer_loop(db: std::sync::Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        // If no transaction can be opened the jobs are dropped: their callers see an error.
-        let Ok(txn) = db.begin_write() else { continue };
-        let mut finishes = Vec::with_capacity(batch.len());
-        let mut broken = false;
-        for job in batch {
-            match catch_unwind(AssertUnwindSafe(|| job(&txn))) {
-                Ok((fatal, finish)) => {
-                    broken |= fatal;
-                    finishes.push(finish);
-                }
-                Err(_) => broken = true,
-            }
-        }
-        let outcome = if broken {
-            drop(txn);
-            Err(RegistryError::Storage("write batch aborted after a storage error".into()))
-        } else {
-            txn.commit().map_err(RegistryError::from)
-        };
-        for finish in finishes {
-            finish(outcome.clone());
-        }
-    }
+    backend: Backend,
 }
 
 impl Registry {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the embedded redb database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(TERMINALS)?;
-            txn.open_table(CERTS)?;
-            txn.open_table(CERT_DER)?;
-            txn.open_table(PUBKEYS)?;
-            txn.open_table(REQUESTS)?;
-            txn.open_table(PRINCIPALS)?;
-            txn.open_table(ACTIVATIONS)?;
-            txn.open_table(NONCES)?;
-            txn.open_table(AUDIT)?;
-            txn.open_table(AUDIT_CHECKPOINTS)?;
-            txn.open_table(revocation::REVOKED)?;
-            txn.open_table(revocation::RELEASED)?;
-            txn.open_table(revocation::META)?;
-            txn.open_table(approvals::APPROVALS)?;
-            txn.open_table(revocation::COMPROMISED_KEYS)?;
-            revocation::index_revoked_once(&txn)?;
-            approvals::tag_kinds(&txn)?;
-        }
-        txn.commit()?;
-        let db = std::sync::Arc::new(db);
-        let (writer, jobs) = std::sync::mpsc::channel::<Job>();
-        let for_writer = db.clone();
-        let thread =
-            std::thread::Builder::new().name("registry-writer".into()).spawn(move || writer_loop(for_writer, jobs))?;
-        Ok(Self { db, writer: Some(writer), writer_thread: Some(thread) })
+        Ok(Self { backend: Backend::Redb(backend::redb::RedbStore::open(path)?) })
     }
 
-    /// Runs `f` in the next batch transaction and returns its result once that is committed.
-    fn submit<T: Send + 'static>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
-        let job: Job = Box::new(move |txn| {
-            let result = f(txn);
-            let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
-            let finish: Finish = Box::new(move |commit| {
-                let _ = tx.send(match (result, commit) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
-                });
-            });
-            (fatal, finish)
-        });
-        let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
-        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
-        rx.recv().map_err(|_| RegistryError::Storage("write abandoned by the registry writer".into()))?
+    /// Connects to the PostgreSQL registry at `url` (`postgres://…`); refuses a database whose
+    /// schema is not the one this build serves ([`SchemaMismatch`](RegistryError::SchemaMismatch)).
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        Ok(Self { backend: Backend::Postgres(backend::postgres::PgStore::open(url)?) })
+    }
+
+    /// Brings the PostgreSQL schema at `url` up to date; returns the versions applied (none when
+    /// it was current). Safe to run from several instances at once.
+    pub fn migrate_postgres(url: &str) -> Result<Vec<i32>> {
+        backend::postgres::migrate(url)
+    }
+
+    /// Copies the redb registry at `from` (its audit chain verified first) into the empty
+    /// PostgreSQL registry at `url`, in one transaction, and verifies the copy's chain ends at
+    /// the same head. Returns the chain summary.
+    pub fn copy_redb_to_postgres(from: &Path, url: &str) -> Result<ChainSummary> {
+        let source = Registry::open(from)?;
+        let before = source.verify_audit_chain()?;
+        let Backend::Redb(store) = &source.backend else {
+            return Err(RegistryError::Storage("the source is not a redb registry".into()));
+        };
+        backend::postgres::import(url, &store.export()?)?;
+        let after = Registry::open_postgres(url)?.verify_audit_chain()?;
+        if after != before {
+            return Err(RegistryError::Storage("the copied audit chain differs from the source".into()));
+        }
+        Ok(after)
+    }
+
+    /// Whether this instance should generate CRLs now: always on redb (one process per file);
+    /// on PostgreSQL, the one instance holding the leader lock, until its connection ends.
+    /// Call it before each run: leadership moves when the leader dies.
+    pub fn crl_leader(&self) -> Result<bool> {
+        self.backend.crl_leader()
+    }
+
+    /// Whether other instances may write to this registry (PostgreSQL): then changes made
+    /// elsewhere are seen only by reading, e.g. [`Registry::revocation_seq`].
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The commit-order number of the newest revocation or release (cheap: one counter).
+    pub fn revocation_seq(&self) -> Result<u64> {
+        self.read(|s| s.counter(store::counter::REVOCATION_SEQ))
+    }
+
+    /// Runs `f` on a consistent read snapshot.
+    fn read<T: Send + 'static>(&self, f: impl FnOnce(&mut dyn StoreRead) -> Result<T> + Send + 'static) -> Result<T> {
+        self.backend.read(f)
+    }
+
+    /// Runs `f` in one write transaction and returns its result once that is committed.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.backend.write(f)
     }
 
     /// Runs `f` and appends `event` to the audit log in the same transaction, durably.
     fn write<T: Send + 'static>(
         &self,
         event: &AuditEvent,
-        f: impl FnOnce(&WriteTransaction) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let event = event.clone();
-        self.submit(move |txn| {
-            let out = f(txn)?;
-            append_audit(txn, &event)?;
+        self.submit(move |s| {
+            let out = f(s)?;
+            append_audit(s, &event)?;
             Ok(out)
         })
     }
@@ -404,7 +354,7 @@ impl Registry {
     /// Records an event alone (a refusal, a read that must be logged).
     pub fn audit(&self, event: &AuditEvent) -> Result<u64> {
         let event = event.clone();
-        self.submit(move |txn| append_audit(txn, &event))
+        self.submit(move |s| append_audit(s, &event))
     }
 
     /// Records several events in one transaction; returns the last sequence number written.
@@ -413,7 +363,7 @@ impl Registry {
             return Ok(None);
         }
         let events = events.to_vec();
-        self.submit(move |txn| events.iter().try_fold(None, |_, e| append_audit(txn, e).map(Some)))
+        self.submit(move |s| events.iter().try_fold(None, |_, e| append_audit(s, e).map(Some)))
     }
 
     // ---- terminals --------------------------------------------------------------------------
@@ -421,22 +371,13 @@ impl Registry {
     /// Registers a terminal.
     pub fn register_terminal(&self, t: &TerminalRecord, event: &AuditEvent) -> Result<()> {
         let t = t.clone();
-        self.write(event, move |txn| {
-            let t = &t;
-            let mut terminals = txn.open_table(TERMINALS)?;
-            if terminals.get(t.serial.as_str())?.is_some() {
-                return Err(RegistryError::TerminalExists(t.serial.clone()));
-            }
-            terminals.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
-            Ok(())
-        })
+        self.write(event, move |s| s.insert_terminal(&t))
     }
 
     /// A terminal by serial.
     pub fn terminal(&self, serial: &str) -> Result<Option<TerminalRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(TERMINALS)?;
-        table.get(serial)?.map(|v| from_json(v.value())).transpose()
+        let serial = serial.to_owned();
+        self.read(move |s| s.terminal(&serial))
     }
 
     /// Terminals matching `filter`, in serial order, after `after`, at most `limit`; with the
@@ -447,23 +388,12 @@ impl Registry {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<TerminalRecord>, Option<String>)> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(TERMINALS)?;
-        let mut out = Vec::new();
-        let range = match after {
-            Some(a) => table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
-            None => table.range::<&str>(..)?,
-        };
-        for item in range {
-            let (_, v) = item?;
-            let t: TerminalRecord = from_json(v.value())?;
-            if filter.admits(&t) {
-                if out.len() == limit {
-                    let next = out.last().map(|l: &TerminalRecord| l.serial.clone());
-                    return Ok((out, next));
-                }
-                out.push(t);
-            }
+        let (filter, after) = (filter.clone(), after.map(str::to_owned));
+        let mut out = self.read(move |s| s.list_terminals(&filter, after.as_deref(), limit))?;
+        if out.len() > limit {
+            out.truncate(limit);
+            let next = out.last().map(|l| l.serial.clone());
+            return Ok((out, next));
         }
         Ok((out, None))
     }
@@ -472,36 +402,20 @@ impl Registry {
 
     /// A certificate record and its DER.
     pub fn certificate(&self, serial: &str) -> Result<Option<(CertRecord, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let certs = txn.open_table(CERTS)?;
-        let ders = txn.open_table(CERT_DER)?;
-        let Some(rec) = certs.get(serial)? else { return Ok(None) };
-        let der = ders
-            .get(serial)?
-            .map(|v| v.value().to_vec())
-            .ok_or_else(|| RegistryError::Corrupt(format!("no DER for {serial}")))?;
-        Ok(Some((from_json(rec.value())?, der)))
+        let serial = serial.to_owned();
+        self.read(move |s| certificate_in(s, &serial))
     }
 
     /// Every certificate record (for CRLs and status), in serial order.
     pub fn certificates(&self) -> Result<Vec<CertRecord>> {
-        let txn = self.db.begin_read()?;
-        let certs = txn.open_table(CERTS)?;
-        certs.iter()?.map(|item| from_json(item?.1.value())).collect()
+        self.read(|s| s.certificates())
     }
 
     /// Records an activation; the terminal must be provisioned (or already active).
     pub fn activate(&self, a: &ActivationRecord, event: &AuditEvent) -> Result<u64> {
         let a = a.clone();
-        self.write(event, move |txn| {
-            let a = &a;
-            let mut terminals = txn.open_table(TERMINALS)?;
-            let mut activations = txn.open_table(ACTIVATIONS)?;
-            let mut t: TerminalRecord = terminals
-                .get(a.terminal.as_str())?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .ok_or_else(|| RegistryError::TerminalNotFound(a.terminal.clone()))?;
+        self.write(event, move |s| {
+            let mut t = s.terminal(&a.terminal)?.ok_or_else(|| RegistryError::TerminalNotFound(a.terminal.clone()))?;
             if !matches!(t.state, TerminalState::Provisioned | TerminalState::Active) {
                 return Err(RegistryError::WrongState {
                     terminal: a.terminal.clone(),
@@ -510,20 +424,18 @@ impl Registry {
                     wanted: "provisioned or active",
                 });
             }
-            let n = activations.range((a.terminal.as_str(), 0)..=(a.terminal.as_str(), u64::MAX))?.count() as u64 + 1;
-            activations.insert((a.terminal.as_str(), n), to_json(a)?.as_slice())?;
+            let n = s.add_activation(&a)?;
             t.state = TerminalState::Active;
             t.updated_ms = a.at_ms;
-            terminals.insert(a.terminal.as_str(), to_json(&t)?.as_slice())?;
+            s.update_terminal(&t)?;
             Ok(n)
         })
     }
 
     /// A terminal's activations, oldest first.
     pub fn activations(&self, serial: &str) -> Result<Vec<ActivationRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ACTIVATIONS)?;
-        table.range((serial, 0)..=(serial, u64::MAX))?.map(|item| from_json(item?.1.value())).collect()
+        let serial = serial.to_owned();
+        self.read(move |s| s.activations(&serial))
     }
 
     /// Revokes a certificate; a terminal whose active certificate it was becomes `revoked`.
@@ -536,7 +448,7 @@ impl Registry {
         event: &AuditEvent,
     ) -> Result<CertRecord> {
         let serial = serial.to_owned();
-        self.write(event, move |txn| revocation::revoke_in(txn, &serial, reason, at_ms, invalidity_ms))
+        self.write(event, move |s| revocation::revoke_in(s, &serial, reason, at_ms, invalidity_ms))
     }
 
     // ---- principals -------------------------------------------------------------------------
@@ -545,30 +457,22 @@ impl Registry {
     /// [`Registry::add_pending_admin`], waits for a second administrator).
     pub fn add_principal(&self, p: &PrincipalRecord, cert: &CertRecord, der: &[u8], event: &AuditEvent) -> Result<()> {
         let (p, cert, der) = (p.clone(), cert.clone(), der.to_vec());
-        self.write(event, move |txn| insert_principal(txn, &p, &cert, &der))
+        self.write(event, move |s| insert_principal(s, &p, &cert, &der))
     }
 
     /// A principal by name.
     pub fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PRINCIPALS)?;
-        table.get(name)?.map(|v| from_json(v.value())).transpose()
+        let name = name.to_owned();
+        self.read(move |s| s.principal(&name))
     }
 
     /// Enables or disables a principal.
     pub fn set_principal_enabled(&self, name: &str, enabled: bool, event: &AuditEvent) -> Result<()> {
         let name = name.to_owned();
-        self.write(event, move |txn| {
-            let name = name.as_str();
-            let mut principals = txn.open_table(PRINCIPALS)?;
-            let mut p: PrincipalRecord = principals
-                .get(name)?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .ok_or_else(|| RegistryError::PrincipalNotFound(name.into()))?;
+        self.write(event, move |s| {
+            let mut p = s.principal(&name)?.ok_or_else(|| RegistryError::PrincipalNotFound(name.clone()))?;
             p.enabled = enabled;
-            principals.insert(name, to_json(&p)?.as_slice())?;
-            Ok(())
+            s.update_principal(&p)
         })
     }
 
@@ -578,35 +482,23 @@ impl Registry {
     /// nonces are pruned in the same transaction.
     pub fn use_nonce(&self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
         let nonce = nonce.to_vec();
-        self.submit(move |txn| {
-            let mut nonces = txn.open_table(NONCES)?;
-            if nonces.get(nonce.as_slice())?.is_some_and(|v| v.value() > now_ms) {
-                return Err(RegistryError::NonceReplayed);
-            }
-            nonces.retain(|_, exp| exp > now_ms)?;
-            nonces.insert(nonce.as_slice(), expires_ms)?;
-            Ok(())
-        })
+        self.submit(move |s| s.use_nonce(&nonce, now_ms, expires_ms))
     }
 
     // ---- audit ------------------------------------------------------------------------------
 
     /// The last `n` audit entries, oldest first.
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
         let mut out: Vec<AuditEntry> =
-            table.iter()?.rev().take(n).map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+            self.read(move |s| s.audit_newest_raw(n))?.iter().map(|b| from_json(b)).collect::<Result<_>>()?;
         out.reverse();
         Ok(out)
     }
 
     /// The last entry's sequence number and hash, if any.
     pub fn audit_head(&self) -> Result<Option<(u64, String)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
-        match table.last()? {
-            Some((k, v)) => Ok(Some((k.value(), from_json::<AuditEntry>(v.value())?.hash))),
+        match self.read(|s| s.audit_last_raw())? {
+            Some((k, v)) => Ok(Some((k, from_json::<AuditEntry>(&v)?.hash))),
             None => Ok(None),
         }
     }
@@ -614,78 +506,70 @@ impl Registry {
     /// Audit entry `seq` (None when the chain ends before it) and the chain's length, read
     /// together; with [`anchor::check_contains`] this tells whether an anchored head is still there.
     pub fn audit_entry_at(&self, seq: u64) -> Result<(Option<AuditEntry>, u64)> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
-        let entry = table.get(seq)?.map(|v| from_json::<AuditEntry>(v.value())).transpose()?;
-        Ok((entry, table.len()?))
+        let (raw, len) = self.read(move |s| Ok((s.audit_raw(seq)?, s.audit_len()?)))?;
+        Ok((raw.map(|b| from_json::<AuditEntry>(&b)).transpose()?, len))
     }
 
     /// The newest signed checkpoint, if any.
     pub fn last_audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT_CHECKPOINTS)?;
-        table.last()?.map(|(_, v)| from_json(v.value())).transpose()
+        self.read(|s| s.last_checkpoint_raw())?.map(|b| from_json(&b)).transpose()
     }
 
     /// Stores a signed checkpoint, durably, after checking that it vouches for the entry the
     /// chain holds at its `seq`. The signature is the caller's (the registry holds no keys).
     pub fn add_audit_checkpoint(&self, cp: &AuditCheckpoint) -> Result<()> {
         let cp = cp.clone();
-        self.submit(move |txn| {
-            let audit = txn.open_table(AUDIT)?;
-            let entry: AuditEntry = match audit.get(cp.seq)? {
-                Some(v) => from_json(v.value())?,
-                None => return Err(ChainBreak::Truncated { seq: cp.seq, entries: audit.len()? }.into()),
+        self.submit(move |s| {
+            let entry: AuditEntry = match s.audit_raw(cp.seq)? {
+                Some(v) => from_json(&v)?,
+                None => return Err(ChainBreak::Truncated { seq: cp.seq, entries: s.audit_len()? }.into()),
             };
             if entry.hash != cp.head {
                 return Err(ChainBreak::CheckpointMismatch { seq: cp.seq }.into());
             }
-            txn.open_table(AUDIT_CHECKPOINTS)?.insert(cp.seq, to_json(&cp)?.as_slice())?;
-            Ok(())
+            s.put_checkpoint_raw(cp.seq, &to_json(&cp)?)
         })
     }
 
     /// Walks the whole audit chain: keys without gaps, each `prev` equal to the previous hash,
     /// each hash equal to its content's, each signed checkpoint equal to the entry it names.
     pub fn verify_audit_chain(&self) -> Result<ChainSummary> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(AUDIT)?;
-        let mut checkpoints = Vec::new();
-        for item in txn.open_table(AUDIT_CHECKPOINTS)?.iter()? {
-            let (k, v) = item?;
-            let cp: AuditCheckpoint = serde_json::from_slice(v.value())
-                .map_err(|e| ChainBreak::CheckpointUnreadable { seq: k.value(), why: e.to_string() })?;
-            checkpoints.push(cp);
-        }
-        let mut pending = checkpoints.iter().peekable();
-        let mut prev = audit::GENESIS.to_owned();
-        let mut expected = 1u64;
-        for item in table.iter()? {
-            let (k, v) = item?;
-            let key = k.value();
-            let entry: AuditEntry = serde_json::from_slice(v.value())
-                .map_err(|e| ChainBreak::Unreadable { seq: key, why: e.to_string() })?;
-            if key != expected || entry.seq != expected {
-                return Err(ChainBreak::Gap { key, expected, found: entry.seq }.into());
+        self.read(|s| {
+            let mut checkpoints = Vec::new();
+            for (k, v) in s.checkpoints_raw()? {
+                let cp: AuditCheckpoint = serde_json::from_slice(&v)
+                    .map_err(|e| ChainBreak::CheckpointUnreadable { seq: k, why: e.to_string() })?;
+                checkpoints.push(cp);
             }
-            if entry.prev != prev {
-                return Err(ChainBreak::BrokenLink { seq: entry.seq }.into());
-            }
-            if audit::entry_hash(entry.seq, &entry.event, &entry.prev) != entry.hash {
-                return Err(ChainBreak::Edited { seq: entry.seq }.into());
-            }
-            while let Some(cp) = pending.next_if(|cp| cp.seq <= entry.seq) {
-                if cp.seq != entry.seq || cp.head != entry.hash {
-                    return Err(ChainBreak::CheckpointMismatch { seq: cp.seq }.into());
+            let mut pending = checkpoints.iter().peekable();
+            let mut prev = audit::GENESIS.to_owned();
+            let mut expected = 1u64;
+            s.audit_scan(&mut |key, bytes| {
+                let entry: AuditEntry = serde_json::from_slice(bytes)
+                    .map_err(|e| ChainBreak::Unreadable { seq: key, why: e.to_string() })?;
+                if key != expected || entry.seq != expected {
+                    return Err(ChainBreak::Gap { key, expected, found: entry.seq }.into());
                 }
+                if entry.prev != prev {
+                    return Err(ChainBreak::BrokenLink { seq: entry.seq }.into());
+                }
+                if audit::entry_hash(entry.seq, &entry.event, &entry.prev) != entry.hash {
+                    return Err(ChainBreak::Edited { seq: entry.seq }.into());
+                }
+                while let Some(cp) = pending.next_if(|cp| cp.seq <= entry.seq) {
+                    if cp.seq != entry.seq || cp.head != entry.hash {
+                        return Err(ChainBreak::CheckpointMismatch { seq: cp.seq }.into());
+                    }
+                }
+                prev = entry.hash;
+                expected += 1;
+                Ok(())
+            })?;
+            if let Some(cp) = pending.next() {
+                return Err(ChainBreak::Truncated { seq: cp.seq, entries: expected - 1 }.into());
             }
-            prev = entry.hash;
-            expected += 1;
-        }
-        if let Some(cp) = pending.next() {
-            return Err(ChainBreak::Truncated { seq: cp.seq, entries: expected - 1 }.into());
-        }
-        Ok(ChainSummary { entries: expected - 1, head: prev, checkpoints })
+            Ok(ChainSummary { entries: expected - 1, head: prev, checkpoints })
+        })
     }
 
     // ---- backup -----------------------------------------------------------------------------
@@ -693,84 +577,44 @@ impl Registry {
     /// Writes a consistent copy (one read snapshot) of every table to a new database at `out`,
     /// while the registry keeps serving.
     pub fn backup(&self, out: &Path) -> Result<()> {
-        if out.exists() {
-            return Err(RegistryError::TargetExists(out.display().to_string()));
-        }
-        let snapshot = self.db.begin_read()?;
-        let copy = Database::create(out)?;
-        let txn = copy.begin_write()?;
-        copy_table(&snapshot, &txn, TERMINALS)?;
-        copy_table(&snapshot, &txn, CERTS)?;
-        copy_table(&snapshot, &txn, CERT_DER)?;
-        copy_table(&snapshot, &txn, PUBKEYS)?;
-        copy_table(&snapshot, &txn, REQUESTS)?;
-        copy_table(&snapshot, &txn, PRINCIPALS)?;
-        copy_table(&snapshot, &txn, ACTIVATIONS)?;
-        copy_table(&snapshot, &txn, NONCES)?;
-        copy_table(&snapshot, &txn, AUDIT)?;
-        copy_table(&snapshot, &txn, AUDIT_CHECKPOINTS)?;
-        copy_table(&snapshot, &txn, revocation::REVOKED)?;
-        copy_table(&snapshot, &txn, revocation::RELEASED)?;
-        copy_table(&snapshot, &txn, revocation::META)?;
-        copy_table(&snapshot, &txn, approvals::APPROVALS)?;
-        copy_table(&snapshot, &txn, revocation::COMPROMISED_KEYS)?;
-        txn.commit()?;
-        Ok(())
+        self.backend.backup(out)
     }
 
-    /// Restores a backup to `target` (which must not exist) after verifying its audit chain.
+    /// Restores a redb backup to `target` (which must not exist) after verifying its audit chain.
     pub fn restore(backup: &Path, target: &Path) -> Result<ChainSummary> {
-        if target.exists() {
-            return Err(RegistryError::TargetExists(target.display().to_string()));
-        }
-        let summary = Registry::open(backup)?.verify_audit_chain()?;
-        let tmp = target.with_extension("restoring");
-        std::fs::copy(backup, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, target)?;
-        Ok(summary)
+        backend::redb::RedbStore::restore(backup, target)
     }
 
     /// Number of audit entries.
     pub fn audit_len(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(AUDIT)?.len()?)
+        self.read(|s| s.audit_len())
     }
 
     /// Test hook: overwrite the stored bytes of audit entry `seq` (or delete it with `None`), to
     /// prove [`Registry::verify_audit_chain`] notices.
     #[cfg(feature = "test-hooks")]
     pub fn tamper_audit(&self, seq: u64, bytes: Option<Vec<u8>>) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(AUDIT)?;
-            match bytes {
-                Some(b) => {
-                    table.insert(seq, b.as_slice())?;
-                }
-                None => {
-                    table.remove(seq)?;
-                }
-            }
-        }
-        txn.commit()?;
-        Ok(())
+        self.submit(move |s| s.put_audit_raw(seq, bytes.as_deref()))
     }
 
     /// Test hook: a forger with write access to the file: replaces entry `seq`'s event and
     /// recomputes every hash from there on, so the chain alone still verifies.
     #[cfg(feature = "test-hooks")]
     pub fn rewrite_audit(&self, seq: u64, event: &AuditEvent) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(AUDIT)?;
-            let mut entries: Vec<AuditEntry> =
-                table.range(seq..)?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        let event = event.clone();
+        self.submit(move |s| {
+            let mut entries: Vec<AuditEntry> = Vec::new();
+            s.audit_scan(&mut |k, b| {
+                if k >= seq {
+                    entries.push(from_json(b)?);
+                }
+                Ok(())
+            })?;
             let mut prev = match seq {
                 1 => audit::GENESIS.to_owned(),
-                _ => table
-                    .get(seq - 1)?
-                    .map(|v| from_json::<AuditEntry>(v.value()))
+                _ => s
+                    .audit_raw(seq - 1)?
+                    .map(|b| from_json::<AuditEntry>(&b))
                     .transpose()?
                     .map(|e| e.hash)
                     .unwrap_or_default(),
@@ -782,20 +626,17 @@ impl Registry {
                 e.prev = prev.clone();
                 e.hash = audit::entry_hash(e.seq, &e.event, &e.prev);
                 prev = e.hash.clone();
-                table.insert(e.seq, to_json(e)?.as_slice())?;
+                s.put_audit_raw(e.seq, Some(&to_json(e)?))?;
             }
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Test hook: stores `bytes` as approval `id` as they are (records written by older versions).
     #[cfg(feature = "test-hooks")]
     pub fn put_raw_approval(&self, id: &str, bytes: &[u8]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(approvals::APPROVALS)?.insert(id, bytes)?;
-        txn.commit()?;
-        Ok(())
+        let (id, bytes) = (id.to_owned(), bytes.to_vec());
+        self.submit(move |s| s.put_approval_raw(&id, &bytes))
     }
 
     /// Test hook: an insider with write access to the file cuts the chain after entry `keep`,
@@ -803,78 +644,61 @@ impl Registry {
     /// verifies (only the anchor log tells).
     #[cfg(feature = "test-hooks")]
     pub fn truncate_audit(&self, keep: u64) -> Result<u64> {
-        let txn = self.db.begin_write()?;
-        let removed;
-        {
-            let mut table = txn.open_table(AUDIT)?;
-            let cut: Vec<u64> = table.range(keep + 1..)?.map(|item| Ok(item?.0.value())).collect::<Result<_>>()?;
+        self.submit(move |s| {
+            let mut cut = Vec::new();
+            s.audit_scan(&mut |k, _| {
+                if k > keep {
+                    cut.push(k);
+                }
+                Ok(())
+            })?;
             for k in &cut {
-                table.remove(k)?;
+                s.put_audit_raw(*k, None)?;
             }
-            removed = cut.len() as u64;
-            let mut cps = txn.open_table(AUDIT_CHECKPOINTS)?;
-            let cut: Vec<u64> = cps.range(keep + 1..)?.map(|item| Ok(item?.0.value())).collect::<Result<_>>()?;
-            for k in &cut {
-                cps.remove(k)?;
-            }
-        }
-        txn.commit()?;
-        Ok(removed)
+            s.cut_checkpoints_after(keep)?;
+            Ok(cut.len() as u64)
+        })
     }
 
     /// Test hook: the stored bytes of audit entry `seq`.
     #[cfg(feature = "test-hooks")]
     pub fn raw_audit(&self, seq: u64) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(AUDIT)?.get(seq)?.map(|v| v.value().to_vec()))
+        self.read(move |s| s.audit_raw(seq))
     }
 }
 
+pub(crate) fn certificate_in(s: &mut dyn StoreRead, serial: &str) -> Result<Option<(CertRecord, Vec<u8>)>> {
+    let Some(rec) = s.cert(serial)? else { return Ok(None) };
+    let der = s.cert_der(serial)?.ok_or_else(|| RegistryError::Corrupt(format!("no DER for {serial}")))?;
+    Ok(Some((rec, der)))
+}
+
 pub(crate) fn insert_principal(
-    txn: &WriteTransaction,
+    s: &mut dyn StoreWrite,
     p: &PrincipalRecord,
     cert: &CertRecord,
     der: &[u8],
 ) -> Result<()> {
-    let mut principals = txn.open_table(PRINCIPALS)?;
-    let mut certs = txn.open_table(CERTS)?;
-    if principals.get(p.name.as_str())?.is_some() {
+    // Every refusal before the first write: a refused write must write nothing (redb batches).
+    if s.principal(&p.name)?.is_some() {
         return Err(RegistryError::PrincipalExists(p.name.clone()));
     }
-    if certs.get(cert.serial.as_str())?.is_some() {
+    if s.cert(&cert.serial)?.is_some() {
         return Err(RegistryError::CertSerialExists(cert.serial.clone()));
     }
-    principals.insert(p.name.as_str(), to_json(p)?.as_slice())?;
-    certs.insert(cert.serial.as_str(), to_json(cert)?.as_slice())?;
-    txn.open_table(CERT_DER)?.insert(cert.serial.as_str(), der)?;
-    Ok(())
+    s.insert_principal(p)?;
+    s.insert_cert(cert, der)
 }
 
-fn append_audit(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
-    let mut table = txn.open_table(AUDIT)?;
-    let (seq, prev) = match table.last()? {
-        Some((k, v)) => {
-            let last: AuditEntry = from_json(v.value())?;
-            (k.value() + 1, last.hash)
-        }
+/// Appends `event` after the chain's last entry. Writers are serialised by the backend (redb's
+/// single writer; PostgreSQL's audit lock), and the key is unique, so the chain never forks.
+fn append_audit(s: &mut dyn StoreWrite, event: &AuditEvent) -> Result<u64> {
+    let (seq, prev) = match s.audit_last_raw()? {
+        Some((k, v)) => (k + 1, from_json::<AuditEntry>(&v)?.hash),
         None => (1, audit::GENESIS.to_owned()),
     };
     let hash = audit::entry_hash(seq, event, &prev);
     let entry = AuditEntry { seq, event: event.clone(), prev, hash };
-    table.insert(seq, to_json(&entry)?.as_slice())?;
+    s.put_audit_raw(seq, Some(&to_json(&entry)?))?;
     Ok(seq)
-}
-
-fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    from: &redb::ReadTransaction,
-    to: &WriteTransaction,
-    def: TableDefinition<K, V>,
-) -> Result<()> {
-    let src = from.open_table(def)?;
-    let mut dst = to.open_table(def)?;
-    for item in src.iter()? {
-        let (k, v) = item?;
-        dst.insert(k.value(), v.value())?;
-    }
-    Ok(())
 }

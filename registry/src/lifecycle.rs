@@ -5,13 +5,11 @@
 //! both pass). A terminal in service gets a new key only through an approved re-key
 //! (`approvals.rs`).
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
-
-use crate::revocation::{self, COMPROMISED_KEYS};
+use crate::revocation;
+use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    AuditEvent, CERT_DER, CERTS, CertRecord, CertStatus, IssueOutcome, PUBKEYS, Provisioning, REQUESTS, RegistryError,
-    RequestResult, Result, RevocationReason, TERMINALS, TerminalIssue, TerminalRecord, TerminalState, from_json,
-    to_json,
+    AuditEvent, CertRecord, CertStatus, IssueOutcome, Provisioning, RegistryError, RequestResult, Result,
+    RevocationReason, TerminalIssue, TerminalRecord, TerminalState,
 };
 
 /// What a station asks for, as the life-cycle rules see it.
@@ -66,12 +64,11 @@ pub fn check_station_issue(req: &StationIssue<'_>, t: &TerminalRecord, active: O
 /// Whether the key `fingerprint` may be certified for `terminal`: never a key revoked for
 /// compromise, never another terminal's key (clone defence), and never a key this terminal had
 /// before (a replacement is a new key).
-pub(crate) fn check_new_key(txn: &WriteTransaction, fingerprint: &str, terminal: &str) -> Result<()> {
-    if let Some(cert) = txn.open_table(COMPROMISED_KEYS)?.get(fingerprint)? {
-        return Err(RegistryError::KeyCompromised(cert.value().to_owned()));
+pub(crate) fn check_new_key(s: &mut dyn StoreRead, fingerprint: &str, terminal: &str) -> Result<()> {
+    if let Some(cert) = s.compromised_by(fingerprint)? {
+        return Err(RegistryError::KeyCompromised(cert));
     }
-    if let Some(owner) = txn.open_table(PUBKEYS)?.get(fingerprint)? {
-        let owner = owner.value().to_owned();
+    if let Some(owner) = s.key_owner(fingerprint)? {
         return Err(if owner == terminal {
             RegistryError::KeyReused { terminal: owner }
         } else {
@@ -81,48 +78,38 @@ pub(crate) fn check_new_key(txn: &WriteTransaction, fingerprint: &str, terminal:
     Ok(())
 }
 
-/// Makes `cert` the terminal's active certificate inside `txn`: the one it replaces is revoked
-/// with `replaced_reason`, the key is bound to the terminal, the terminal is `issued`. Returns the
+/// Makes `cert` the terminal's active certificate: the one it replaces is revoked with
+/// `replaced_reason`, the key is bound to the terminal, the terminal is `issued`. Returns the
 /// replaced certificate's serial.
 pub(crate) fn install_certificate(
-    txn: &WriteTransaction,
+    s: &mut dyn StoreWrite,
     terminal: &mut TerminalRecord,
     cert: &CertRecord,
     der: &[u8],
     replaced_reason: RevocationReason,
 ) -> Result<Option<String>> {
+    // Refused before anything is written (a refused write writes nothing).
+    if s.cert(&cert.serial)?.is_some() {
+        return Err(RegistryError::CertSerialExists(cert.serial.clone()));
+    }
     let mut superseded = None;
     if let Some(old) = terminal.active_cert.clone() {
         let invalidity = (replaced_reason == RevocationReason::KeyCompromise).then_some(cert.issued_ms);
         // Callers refuse a certificate on hold before this, so the old one is good.
-        revocation::revoke_in(txn, &old, replaced_reason, cert.issued_ms, invalidity)?;
+        revocation::revoke_in(s, &old, replaced_reason, cert.issued_ms, invalidity)?;
         superseded = Some(old);
     }
     terminal.state = TerminalState::Issued;
     terminal.active_cert = Some(cert.serial.clone());
     terminal.updated_ms = cert.issued_ms;
-    let serial = cert.serial.as_str();
-    let mut certs = txn.open_table(CERTS)?;
-    if certs.get(serial)?.is_some() {
-        return Err(RegistryError::CertSerialExists(serial.into()));
-    }
-    certs.insert(serial, to_json(cert)?.as_slice())?;
-    txn.open_table(CERT_DER)?.insert(serial, der)?;
-    txn.open_table(PUBKEYS)?.insert(cert.key_fingerprint.as_str(), terminal.serial.as_str())?;
-    txn.open_table(TERMINALS)?.insert(terminal.serial.as_str(), to_json(terminal)?.as_slice())?;
+    s.insert_cert(cert, der)?;
+    s.bind_key(&cert.key_fingerprint, &terminal.serial)?;
+    s.update_terminal(terminal)?;
     Ok(superseded)
 }
 
-pub(crate) fn read_terminal(txn: &WriteTransaction, serial: &str) -> Result<Option<TerminalRecord>> {
-    txn.open_table(TERMINALS)?.get(serial)?.map(|v| from_json(v.value())).transpose()
-}
-
-pub(crate) fn read_cert(txn: &WriteTransaction, serial: &str) -> Result<CertRecord> {
-    txn.open_table(CERTS)?
-        .get(serial)?
-        .map(|v| from_json(v.value()))
-        .transpose()?
-        .ok_or_else(|| RegistryError::CertNotFound(serial.into()))
+pub(crate) fn read_cert(s: &mut dyn StoreRead, serial: &str) -> Result<CertRecord> {
+    s.cert(serial)?.ok_or_else(|| RegistryError::CertNotFound(serial.into()))
 }
 
 impl crate::Registry {
@@ -130,21 +117,22 @@ impl crate::Registry {
     /// to refuse before it signs anything. `TerminalNotFound` when the terminal is unknown and
     /// `require_registration` holds.
     pub fn check_station_issue(&self, req: &StationIssue<'_>, require_registration: bool) -> Result<()> {
-        let txn = self.db.begin_read()?;
-        let terminals = txn.open_table(TERMINALS)?;
-        let Some(t) = terminals.get(req.terminal)?.map(|v| from_json::<TerminalRecord>(v.value())).transpose()? else {
-            return match require_registration {
-                true => Err(RegistryError::TerminalNotFound(req.terminal.to_owned())),
-                false => Ok(()),
+        let (terminal, class, station, reissue) =
+            (req.terminal.to_owned(), req.class.to_owned(), req.station.to_owned(), req.reissue);
+        self.read(move |s| {
+            let Some(t) = s.terminal(&terminal)? else {
+                return match require_registration {
+                    true => Err(RegistryError::TerminalNotFound(terminal)),
+                    false => Ok(()),
+                };
             };
-        };
-        let active = match &t.active_cert {
-            Some(c) => {
-                txn.open_table(CERTS)?.get(c.as_str())?.map(|v| from_json::<CertRecord>(v.value())).transpose()?
-            }
-            None => None,
-        };
-        check_station_issue(req, &t, active.as_ref())
+            let active = match &t.active_cert {
+                Some(c) => s.cert(c)?,
+                None => None,
+            };
+            let req = StationIssue { terminal: &terminal, class: &class, station: &station, reissue };
+            check_station_issue(&req, &t, active.as_ref())
+        })
     }
 
     /// Records a terminal certificate a station asked for, enforcing the invariants inside the
@@ -157,18 +145,18 @@ impl crate::Registry {
         }
         let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
         let issue = issue.clone();
-        let recorded = self.write(event, move |txn| {
+        let recorded = self.write(event, move |s| {
             let issue = &issue;
-            if txn.open_table(REQUESTS)?.get(issue.request_id.as_str())?.is_some() {
+            if s.request(&issue.request_id)?.is_some() {
                 // Raced with the same id since the check above.
                 return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
             }
-            let mut terminal = match read_terminal(txn, &issue.terminal.serial)? {
+            let mut terminal = match s.terminal(&issue.terminal.serial)? {
                 Some(t) => t,
                 None if issue.register_if_missing => issue.terminal.clone(),
                 None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
             };
-            let active = terminal.active_cert.as_deref().map(|c| read_cert(txn, c)).transpose()?;
+            let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
             let req = StationIssue {
                 terminal: &terminal.serial,
                 class: &issue.terminal.class,
@@ -176,16 +164,16 @@ impl crate::Registry {
                 reissue: issue.reissue,
             };
             check_station_issue(&req, &terminal, active.as_ref())?;
-            check_new_key(txn, &issue.cert.key_fingerprint, &terminal.serial)?;
+            check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
             let mut cert = issue.cert.clone();
             cert.station = Some(issue.station.clone());
-            let superseded = install_certificate(txn, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
+            let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
             let result = RequestResult {
                 kind: "terminal_issue".into(),
                 cert_serial: cert.serial.clone(),
                 request_hash: issue.request_hash.clone(),
             };
-            txn.open_table(REQUESTS)?.insert(issue.request_id.as_str(), to_json(&result)?.as_slice())?;
+            s.insert_request(&issue.request_id, &result)?;
             Ok(IssueOutcome::Issued { superseded })
         });
         match recorded {
@@ -201,21 +189,20 @@ impl crate::Registry {
     /// The stored outcome of `request_id`, if it was answered before (`RequestIdReused` if
     /// it was answered for different content).
     pub fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
-        let txn = self.db.begin_read()?;
-        let requests = txn.open_table(REQUESTS)?;
-        let Some(v) = requests.get(request_id)? else { return Ok(None) };
-        let result: RequestResult = from_json(v.value())?;
-        if result.request_hash != request_hash {
-            return Err(RegistryError::RequestIdReused(request_id.into()));
-        }
-        let (cert, der) = self
-            .certificate(&result.cert_serial)?
-            .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
-        // A station retrying must not be handed a certificate revoked meanwhile (and write it).
-        if cert.status != CertStatus::Good {
-            return Err(RegistryError::AlreadyRevoked(cert.serial));
-        }
-        Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
+        let (request_id, request_hash) = (request_id.to_owned(), request_hash.to_owned());
+        self.read(move |s| {
+            let Some(result) = s.request(&request_id)? else { return Ok(None) };
+            if result.request_hash != request_hash {
+                return Err(RegistryError::RequestIdReused(request_id));
+            }
+            let (cert, der) = crate::certificate_in(s, &result.cert_serial)?
+                .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
+            // A station retrying must not be handed a certificate revoked meanwhile (and write it).
+            if cert.status != CertStatus::Good {
+                return Err(RegistryError::AlreadyRevoked(cert.serial));
+            }
+            Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
+        })
     }
 
     /// Records the station's confirmation that `cert` is in terminal `serial`. Only the station
@@ -228,9 +215,9 @@ impl crate::Registry {
         event: &AuditEvent,
     ) -> Result<()> {
         let (serial, cert, provisioning) = (serial.to_owned(), cert.to_owned(), provisioning.clone());
-        self.write(event, move |txn| {
+        self.write(event, move |s| {
             let (serial, cert, provisioning) = (serial.as_str(), cert.as_str(), &provisioning);
-            let mut t = read_terminal(txn, serial)?.ok_or_else(|| RegistryError::TerminalNotFound(serial.into()))?;
+            let mut t = s.terminal(serial)?.ok_or_else(|| RegistryError::TerminalNotFound(serial.into()))?;
             if t.active_cert.as_deref() != Some(cert) {
                 return Err(RegistryError::WrongState {
                     terminal: serial.into(),
@@ -239,7 +226,7 @@ impl crate::Registry {
                     wanted: "issued with that certificate",
                 });
             }
-            let mut rec = read_cert(txn, cert)?;
+            let mut rec = read_cert(s, cert)?;
             if rec.station.as_deref() != Some(provisioning.station.as_str()) {
                 return Err(RegistryError::IssuedByAnotherStation {
                     cert: cert.into(),
@@ -256,9 +243,8 @@ impl crate::Registry {
                 t.state = TerminalState::Provisioned;
             }
             t.updated_ms = provisioning.at_ms;
-            txn.open_table(CERTS)?.insert(cert, to_json(&rec)?.as_slice())?;
-            txn.open_table(TERMINALS)?.insert(serial, to_json(&t)?.as_slice())?;
-            Ok(())
+            s.update_cert(&rec)?;
+            s.update_terminal(&t)
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use registry::*;
 
+#[macro_use]
 mod common;
 use common::*;
 
@@ -53,9 +54,8 @@ fn rekey_cert(serial: &str, key: &str) -> Decision {
     Decision::ApproveRekey { der: format!("DER of {serial}").into_bytes(), cert: Box::new(cert) }
 }
 
-#[test]
-fn a_station_replaces_only_its_own_unwritten_certificate() {
-    let (_d, reg) = open();
+fn a_station_replaces_only_its_own_unwritten_certificate(kind: Kind) {
+    let (_d, reg) = open(kind);
     reg.record_terminal_issue(&station_issue("r1", "station-1", "C1", "k1", false), &ev("issue", T)).expect("issue");
 
     // Another station of the same manufacturer cannot supersede it, nor confirm it.
@@ -94,9 +94,8 @@ fn a_station_replaces_only_its_own_unwritten_certificate() {
     assert_eq!(reg.terminal(T).expect("t").expect("t").active_cert.as_deref(), Some("C4"), "unchanged");
 }
 
-#[test]
-fn the_registered_class_holds_and_a_hold_stays_a_hold() {
-    let (_d, reg) = open();
+fn the_registered_class_holds_and_a_hold_stays_a_hold(kind: Kind) {
+    let (_d, reg) = open(kind);
     reg.register_terminal(&terminal(T), &ev("register", T)).expect("register");
     let mut wrong = station_issue("r1", "station-1", "C1", "k1", false);
     wrong.terminal.class = "III".into();
@@ -116,9 +115,8 @@ fn the_registered_class_holds_and_a_hold_stays_a_hold() {
     assert!(matches!(reg.certificate("C2").expect("c").expect("c").0.status, CertStatus::Revoked { .. }));
 }
 
-#[test]
-fn a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins() {
-    let (_d, reg) = open();
+fn a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins(kind: Kind) {
+    let (_d, reg) = open(kind);
     add_admin(&reg, "admin", "ca-server init");
     add_admin(&reg, "admin-2", "ca-server init");
     add_admin(&reg, "crony", "admin"); // added at admin's request
@@ -184,9 +182,8 @@ fn a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins() 
     assert_eq!(reg.terminal(T).expect("t").expect("t").active_cert.as_deref(), Some("C3"));
 }
 
-#[test]
-fn a_rekey_whose_certificate_changed_meanwhile_is_refused() {
-    let (_d, reg) = open();
+fn a_rekey_whose_certificate_changed_meanwhile_is_refused(kind: Kind) {
+    let (_d, reg) = open(kind);
     add_admin(&reg, "admin", "ca-server init");
     add_admin(&reg, "admin-2", "ca-server init");
     reg.record_terminal_issue(&station_issue("r1", "station-1", "C1", "k1", false), &ev("issue", T)).expect("issue");
@@ -226,9 +223,8 @@ fn pending_admin(reg: &Registry, name: &str, by: &str, approval: &str) -> Result
     reg.add_pending_admin(&p, &c, b"der", &a, &ev("principal_add", name))
 }
 
-#[test]
-fn a_new_admin_acts_only_after_a_second_admin_approves() {
-    let (_d, reg) = open();
+fn a_new_admin_acts_only_after_a_second_admin_approves(kind: Kind) {
+    let (_d, reg) = open(kind);
     add_admin(&reg, "admin", "ca-server init");
     pending_admin(&reg, "sock-puppet", "admin", "p1").expect("pending");
     let p = reg.principal("sock-puppet").expect("p").expect("p");
@@ -280,3 +276,11 @@ fn approvals_stored_before_kinds_existed_still_read_as_bulk_revocations() {
     assert!(matches!(&list[0].request, ApprovalRequest::BulkRevocation { matched: 3, .. }));
     assert!(matches!(&list[0].state, ApprovalState::Approved { issued: None, .. }));
 }
+
+on_both_backends!(
+    a_station_replaces_only_its_own_unwritten_certificate,
+    the_registered_class_holds_and_a_hold_stays_a_hold,
+    a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins,
+    a_rekey_whose_certificate_changed_meanwhile_is_refused,
+    a_new_admin_acts_only_after_a_second_admin_approves,
+);

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use registry::*;
 
+#[macro_use]
 mod common;
 use common::*;
 
-#[test]
-fn one_active_certificate_per_terminal_and_idempotent_retries() {
-    let (_d, reg) = open();
+fn one_active_certificate_per_terminal_and_idempotent_retries(kind: Kind) {
+    let (_d, reg) = open(kind);
     let first = issue("r1", "HSTM01261100000K", "AA01", "k1");
     assert_eq!(
         reg.record_terminal_issue(&first, &ev("issue", "HSTM01261100000K")).expect("issue"),
@@ -68,9 +68,8 @@ fn one_active_certificate_per_terminal_and_idempotent_retries() {
     assert_eq!(reg.terminal("HSTM01261100000K").expect("t").expect("t").active_cert.as_deref(), Some("AA06"));
 }
 
-#[test]
-fn life_cycle_confirm_activate_revoke() {
-    let (_d, reg) = open();
+fn life_cycle_confirm_activate_revoke(kind: Kind) {
+    let (_d, reg) = open(kind);
     let serial = "HSTM01261100000K";
     reg.register_terminal(&terminal(serial), &ev("register", serial)).expect("register");
     assert_eq!(
@@ -140,9 +139,8 @@ fn life_cycle_confirm_activate_revoke() {
     }
 }
 
-#[test]
-fn racing_issues_for_one_terminal_leave_exactly_one_certificate() {
-    let (_d, reg) = open();
+fn racing_issues_for_one_terminal_leave_exactly_one_certificate(kind: Kind) {
+    let (_d, reg) = open(kind);
     let reg = Arc::new(reg);
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -183,9 +181,8 @@ fn racing_issues_for_one_terminal_leave_exactly_one_certificate() {
     assert_eq!(reg.verify_audit_chain().expect("chain").entries, 33);
 }
 
-#[test]
-fn audit_chain_detects_edits_removals_and_reordering() {
-    let (_d, reg) = open();
+fn audit_chain_detects_edits_removals_and_reordering(kind: Kind) {
+    let (_d, reg) = open(kind);
     for i in 0..5 {
         reg.audit(&ev("auth_refused", &format!("p{i}"))).expect("audit");
     }
@@ -224,9 +221,8 @@ fn checkpoint(reg: &Registry) -> AuditCheckpoint {
     AuditCheckpoint { seq, head, time_ms: 7, key_id: "k".into(), signature: "00".into() }
 }
 
-#[test]
-fn checkpoints_catch_a_consistently_rewritten_chain_and_a_cut_tail() {
-    let (_d, reg) = open();
+fn checkpoints_catch_a_consistently_rewritten_chain_and_a_cut_tail(kind: Kind) {
+    let (_d, reg) = open(kind);
     assert_eq!(reg.audit_head().expect("head"), None);
     for i in 0..4 {
         reg.audit(&ev("issue", &format!("t{i}"))).expect("audit");
@@ -266,17 +262,15 @@ fn checkpoints_catch_a_consistently_rewritten_chain_and_a_cut_tail() {
     assert_eq!(reg.verify_audit_chain(), Err(RegistryError::Audit(ChainBreak::Truncated { seq: 4, entries: 3 })));
 }
 
-#[test]
-fn nonces_are_single_use_within_their_window() {
-    let (_d, reg) = open();
+fn nonces_are_single_use_within_their_window(kind: Kind) {
+    let (_d, reg) = open(kind);
     reg.use_nonce(b"n1", 1000, 2000).expect("first");
     assert_eq!(reg.use_nonce(b"n1", 1500, 2500), Err(RegistryError::NonceReplayed));
     reg.use_nonce(b"n1", 2001, 3000).expect("expired nonce may come back");
 }
 
-#[test]
-fn paging_and_filters() {
-    let (_d, reg) = open();
+fn paging_and_filters(kind: Kind) {
+    let (_d, reg) = open(kind);
     for i in 0..7 {
         let mut t = terminal(&format!("HSTM{i:012}"));
         if i % 2 == 0 {
@@ -355,9 +349,8 @@ fn lot_terminal(serial: &str, lot: &str) -> TerminalIssue {
     i
 }
 
-#[test]
-fn bulk_revocation_needs_a_second_administrator_and_revokes_exactly_the_lot() {
-    let (_d, reg) = open();
+fn bulk_revocation_needs_a_second_administrator_and_revokes_exactly_the_lot(kind: Kind) {
+    let (_d, reg) = open(kind);
     for name in ["admin-1", "admin-2", "admin-3"] {
         add_admin(&reg, name, "ca-server init");
     }
@@ -445,9 +438,8 @@ fn hold_is_lifted_only_for_certificate_hold_and_crl_numbers_survive_reopen() {
     assert_eq!(reg.next_crl_number().expect("n"), 3, "never reused after a restart");
 }
 
-#[test]
-fn holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused() {
-    let (_d, reg) = open();
+fn holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused(kind: Kind) {
+    let (_d, reg) = open(kind);
     let t = "HSTM01261100000K";
     let first = lot_terminal(t, "L1");
     reg.record_terminal_issue(&first, &ev("issue", t)).expect("issue");
@@ -482,9 +474,8 @@ fn holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused(
     reg.record_terminal_issue(&fresh, &ev("issue", t)).expect("a new key is fine");
 }
 
-#[test]
-fn a_released_certificate_superseded_later_is_listed_once() {
-    let (_d, reg) = open();
+fn a_released_certificate_superseded_later_is_listed_once(kind: Kind) {
+    let (_d, reg) = open(kind);
     let t = "HSTM01261100000K";
     let first = lot_terminal(t, "L1");
     reg.record_terminal_issue(&first, &ev("issue", t)).expect("issue");
@@ -503,9 +494,8 @@ fn a_released_certificate_superseded_later_is_listed_once() {
     );
 }
 
-#[test]
-fn retries_racing_their_first_call_all_get_its_certificate() {
-    let (_d, reg) = open();
+fn retries_racing_their_first_call_all_get_its_certificate(kind: Kind) {
+    let (_d, reg) = open(kind);
     let same = issue("r1", "HSTM01261100000K", "DD01", "k1");
     let barrier = std::sync::Barrier::new(8);
     let results: Vec<_> = std::thread::scope(|s| {
@@ -526,3 +516,17 @@ fn retries_racing_their_first_call_all_get_its_certificate() {
         .count();
     assert_eq!((issued, replayed), (1, 7), "{results:?}");
 }
+
+on_both_backends!(
+    one_active_certificate_per_terminal_and_idempotent_retries,
+    life_cycle_confirm_activate_revoke,
+    racing_issues_for_one_terminal_leave_exactly_one_certificate,
+    audit_chain_detects_edits_removals_and_reordering,
+    checkpoints_catch_a_consistently_rewritten_chain_and_a_cut_tail,
+    nonces_are_single_use_within_their_window,
+    paging_and_filters,
+    bulk_revocation_needs_a_second_administrator_and_revokes_exactly_the_lot,
+    holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused,
+    a_released_certificate_superseded_later_is_listed_once,
+    retries_racing_their_first_call_all_get_its_certificate,
+);

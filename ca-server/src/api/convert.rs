@@ -27,7 +27,7 @@ pub(super) fn record_of(
 pub fn registry_status(e: &RegistryError) -> Status {
     use RegistryError as E;
     let (code, reason) = match e {
-        E::Storage(_) | E::Corrupt(_) => (Code::Unavailable, Reason::StorageFailure),
+        E::Storage(_) | E::Corrupt(_) | E::SchemaMismatch { .. } => (Code::Unavailable, Reason::StorageFailure),
         E::TerminalExists(_) => (Code::AlreadyExists, Reason::TerminalExists),
         E::TerminalNotFound(_) => (Code::FailedPrecondition, Reason::TerminalNotRegistered),
         E::AlreadyHasActiveCertificate { .. } => (Code::FailedPrecondition, Reason::AlreadyHasActiveCertificate),

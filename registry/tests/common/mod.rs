@@ -68,8 +68,51 @@ pub fn add_admin(reg: &Registry, name: &str, created_by: &str) {
     reg.add_principal(&p, &c, b"der", &ev("principal_add", name)).expect("admin");
 }
 
-pub fn open() -> (tempfile::TempDir, Registry) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let reg = Registry::open(&dir.path().join("registry.redb")).expect("open");
-    (dir, reg)
+/// Which backend a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// A redb file in a temp dir.
+    Redb,
+    /// A fresh PostgreSQL server of its own (`registry::testing::PgServer`).
+    Postgres,
+}
+
+/// Keeps a test's storage alive; dropped after the registry (declared first).
+pub enum Guard {
+    Dir(tempfile::TempDir),
+    Pg(registry::testing::PgServer),
+}
+
+/// A fresh registry on `kind`.
+pub fn open(kind: Kind) -> (Guard, Registry) {
+    match kind {
+        Kind::Redb => {
+            let dir = tempfile::tempdir().expect("tmp");
+            let reg = Registry::open(&dir.path().join("registry.redb")).expect("open");
+            (Guard::Dir(dir), reg)
+        }
+        Kind::Postgres => {
+            let server = registry::testing::PgServer::start().expect("PostgreSQL test server");
+            Registry::migrate_postgres(&server.url()).expect("migrate");
+            let reg = Registry::open_postgres(&server.url()).expect("open");
+            (Guard::Pg(server), reg)
+        }
+    }
+}
+
+#[allow(unused_macros)]
+/// Runs each named test (a `fn(Kind)`) on both backends: `name::redb` and `name::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn redb() {
+                super::$name(super::Kind::Redb)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Kind::Postgres)
+            }
+        }
+    )*};
 }

@@ -1,0 +1,891 @@
+//! The PostgreSQL backend, for several CA instances over one database. Connections live on
+//! threads of their own (the registry's contract is synchronous and callers may sit inside a
+//! tokio runtime, where the blocking driver must not run): one writer thread that group-commits
+//! like the redb writer, and a few reader threads, each with one connection, reconnecting after
+//! the server went away (the call in flight gets `Storage`, which the CA answers `UNAVAILABLE`).
+//!
+//! Every write transaction first takes the audit advisory lock (`pg_advisory_xact_lock`), so the
+//! audit chain stays one chain across instances and a check and its write are not interleaved
+//! with another instance's; the unique constraints and the partial unique index of the schema
+//! hold the invariants even so (a violation is mapped to the registry's refusal). Each job of a
+//! batch runs under a savepoint, so a refused job writes nothing and spoils nothing.
+
+use std::str::FromStr;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
+
+/// Statements prepared on one connection, by their SQL: prepared once, then one round trip each.
+type Cache = std::collections::HashMap<&'static str, Statement>;
+
+use crate::store::{StoreRead, StoreWrite};
+use crate::{
+    ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, PrincipalRecord, RegistryError,
+    ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter, TerminalRecord, from_json,
+    to_json,
+};
+
+/// The schema versions this build knows, in order: (version, SQL).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_initial.sql"))];
+
+/// The schema version this build serves.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Advisory lock keys (one namespace for this application).
+const AUDIT_LOCK: i64 = 0x4853_4341_0001;
+const MIGRATE_LOCK: i64 = 0x4853_4341_0002;
+const CRL_LEADER_LOCK: i64 = 0x4853_4341_0003;
+
+const MAX_BATCH: usize = 256;
+const READERS: usize = 4;
+
+fn storage(e: postgres::Error) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+impl From<postgres::Error> for RegistryError {
+    fn from(e: postgres::Error) -> Self {
+        storage(e)
+    }
+}
+
+/// The constraint a unique violation hit, if that is what `e` is.
+fn unique_violation(e: &postgres::Error) -> Option<String> {
+    let db = e.as_db_error()?;
+    (*db.code() == SqlState::UNIQUE_VIOLATION).then(|| db.constraint().unwrap_or_default().to_owned())
+}
+
+fn u(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_i(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Parses the connection URL; the error never repeats it (it may hold a password).
+/// A password comes from `PGPASSWORD` (libpq's variable) when the URL has none, so it need not
+/// sit in a configuration file.
+pub(crate) fn parse_url(url: &str) -> Result<postgres::Config> {
+    let mut config =
+        postgres::Config::from_str(url).map_err(|_| RegistryError::Storage("invalid PostgreSQL URL".into()))?;
+    if config.get_password().is_none()
+        && let Ok(password) = std::env::var("PGPASSWORD")
+    {
+        config.password(password);
+    }
+    Ok(config)
+}
+
+/// Runs `f` on a thread of its own: the blocking driver starts a runtime of its own, which
+/// panics on a thread that is driving a tokio runtime (an async test, a server's worker).
+fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(f).join().unwrap_or_else(|_| Err(RegistryError::Storage("PostgreSQL setup thread panicked".into())))
+    })
+}
+
+fn connect(config: &postgres::Config) -> Result<Client> {
+    config.connect(NoTls).map_err(storage)
+}
+
+/// The schema version a database holds (0: none).
+fn schema_version(client: &mut Client) -> Result<i32> {
+    let exists: bool = client.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])?.get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])?.get(0))
+}
+
+/// Brings the schema at `url` up to [`SCHEMA_VERSION`]; returns the versions applied. Instances
+/// migrating at once are serialised by an advisory lock; each version commits with its record.
+pub(crate) fn migrate(url: &str) -> Result<Vec<i32>> {
+    off_runtime(|| migrate_here(url))
+}
+
+fn migrate_here(url: &str) -> Result<Vec<i32>> {
+    let mut client = connect(&parse_url(url)?)?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])?;
+    let result = (|| {
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )?;
+        let current = schema_version(&mut client)?;
+        if current > SCHEMA_VERSION {
+            return Err(RegistryError::SchemaMismatch { found: current, expected: SCHEMA_VERSION });
+        }
+        let mut applied = Vec::new();
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let mut tx = client.transaction()?;
+            tx.batch_execute(sql)?;
+            tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])?;
+            tx.commit()?;
+            applied.push(*version);
+        }
+        Ok(applied)
+    })();
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]);
+    result
+}
+
+type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+type WriteJob = Box<dyn for<'a> FnOnce(&mut Transaction<'a>, &mut Cache) -> (bool, Finish) + Send>;
+type ReadJob = Box<dyn FnOnce(&mut Option<Client>, &mut Cache) + Send>;
+
+/// An open PostgreSQL registry.
+pub(crate) struct PgStore {
+    writer: Option<Sender<WriteJob>>,
+    readers: Option<Sender<ReadJob>>,
+    /// One connection of its own that holds the CRL leader lock while it lives.
+    leader: Option<Sender<ReadJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        drop(self.readers.take());
+        drop(self.leader.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(config: postgres::Config, first_client: Client, jobs: Receiver<WriteJob>) {
+    let mut client = Some(first_client);
+    let mut cache = Cache::new();
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let outcome = run_batch(&config, &mut client, &mut cache, batch);
+        if outcome.is_err() && client.as_ref().is_some_and(Client::is_closed) {
+            client = None;
+        }
+    }
+}
+
+/// Runs a batch in one transaction; answers every job after the commit.
+fn run_batch(
+    config: &postgres::Config,
+    client: &mut Option<Client>,
+    cache: &mut Cache,
+    batch: Vec<WriteJob>,
+) -> Result<()> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let fail_all = |batch: Vec<WriteJob>, e: RegistryError| {
+        // The jobs never ran: they are dropped, and their callers see the writer's error.
+        drop(batch);
+        Err(e)
+    };
+    if client.as_ref().is_none_or(Client::is_closed) {
+        cache.clear();
+        match connect(config) {
+            Ok(c) => *client = Some(c),
+            Err(e) => {
+                *client = None;
+                return fail_all(batch, e);
+            }
+        }
+    }
+    let Some(c) = client.as_mut() else { return fail_all(batch, RegistryError::Storage("no connection".into())) };
+    let mut tx = match c.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch, storage(e)),
+    };
+    if let Err(e) = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]) {
+        return fail_all(batch, storage(e));
+    }
+    let mut finishes = Vec::with_capacity(batch.len());
+    let mut broken = false;
+    for job in batch {
+        match catch_unwind(AssertUnwindSafe(|| job(&mut tx, cache))) {
+            Ok((fatal, finish)) => {
+                broken |= fatal;
+                finishes.push(finish);
+            }
+            Err(_) => broken = true,
+        }
+    }
+    let outcome = if broken {
+        drop(tx);
+        Err(RegistryError::Storage("write batch aborted after a storage error".into()))
+    } else {
+        tx.commit().map_err(storage)
+    };
+    for finish in finishes {
+        finish(outcome.clone());
+    }
+    outcome
+}
+
+fn reader_loop(config: postgres::Config, jobs: Arc<Mutex<Receiver<ReadJob>>>) {
+    let mut client: Option<Client> = None;
+    let mut cache = Cache::new();
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        if client.as_ref().is_none_or(Client::is_closed) {
+            cache.clear();
+            client = connect(&config).ok();
+        }
+        job(&mut client, &mut cache);
+    }
+}
+
+impl PgStore {
+    /// Connects to `url`; refuses a database whose schema is not [`SCHEMA_VERSION`] (run
+    /// `migrate` first).
+    pub(crate) fn open(url: &str) -> Result<Self> {
+        let config = parse_url(url)?;
+        let client = off_runtime(|| {
+            let mut client = connect(&config)?;
+            let found = schema_version(&mut client)?;
+            if found != SCHEMA_VERSION {
+                return Err(RegistryError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+            }
+            Ok(client)
+        })?;
+        let (writer, write_jobs) = std::sync::mpsc::channel::<WriteJob>();
+        let (readers, read_jobs) = std::sync::mpsc::channel::<ReadJob>();
+        let read_jobs = Arc::new(Mutex::new(read_jobs));
+        let mut threads = Vec::new();
+        let for_writer = config.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("registry-pg-writer".into())
+                .spawn(move || writer_loop(for_writer, client, write_jobs))?,
+        );
+        for i in 0..READERS {
+            let (config, jobs) = (config.clone(), read_jobs.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("registry-pg-reader-{i}"))
+                    .spawn(move || reader_loop(config, jobs))?,
+            );
+        }
+        let (leader, leader_jobs) = std::sync::mpsc::channel::<ReadJob>();
+        let leader_jobs = Arc::new(Mutex::new(leader_jobs));
+        threads.push(
+            std::thread::Builder::new()
+                .name("registry-pg-leader".into())
+                .spawn(move || reader_loop(config, leader_jobs))?,
+        );
+        Ok(Self { writer: Some(writer), readers: Some(readers), leader: Some(leader), threads })
+    }
+
+    /// Whether this instance leads CRL generation: it holds a session advisory lock on a
+    /// connection of its own, released by PostgreSQL when that connection ends (the instance
+    /// stopped or died), so another instance's next call takes over.
+    pub(crate) fn crl_leader(&self) -> Result<bool> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<bool>>(1);
+        let job: ReadJob = Box::new(move |client, _| {
+            let result = match client.as_mut() {
+                None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
+                // Re-entrant for the session that holds it: true again while the connection lives.
+                Some(c) => c
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&CRL_LEADER_LOCK])
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(storage),
+            };
+            let _ = tx.send(result);
+        });
+        let leader = self.leader.as_ref().ok_or_else(|| RegistryError::Storage("registry stopped".into()))?;
+        leader.send(job).map_err(|_| RegistryError::Storage("registry stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("leader check abandoned".into()))?
+    }
+
+    /// Runs `f` in a read-only, repeatable-read transaction (one snapshot).
+    pub(crate) fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StoreRead) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx): (SyncSender<Result<T>>, _) = std::sync::mpsc::sync_channel(1);
+        let job: ReadJob = Box::new(move |client, cache| {
+            let result = match client.as_mut() {
+                None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
+                Some(c) => (|| {
+                    let mut t = c
+                        .build_transaction()
+                        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()?;
+                    let out = f(&mut PgTx(&mut t, cache))?;
+                    t.commit()?;
+                    Ok(out)
+                })(),
+            };
+            let _ = tx.send(result);
+        });
+        let readers = self.readers.as_ref().ok_or_else(|| RegistryError::Storage("registry readers stopped".into()))?;
+        readers.send(job).map_err(|_| RegistryError::Storage("registry readers stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("read abandoned by the registry reader".into()))?
+    }
+
+    /// Runs `f` in the next batch transaction under a savepoint; answers after the commit.
+    pub(crate) fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
+        let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache| {
+            let result = match txn.savepoint("job") {
+                Err(e) => Err(storage(e)),
+                Ok(mut sp) => match f(&mut PgTx(&mut sp, cache)) {
+                    Ok(v) => sp.commit().map(|()| v).map_err(storage),
+                    Err(e) => {
+                        let rolled_back = sp.rollback();
+                        match rolled_back {
+                            Ok(()) => Err(e),
+                            Err(r) => Err(storage(r)),
+                        }
+                    }
+                },
+            };
+            let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
+            let finish: Finish = Box::new(move |commit| {
+                let _ = tx.send(match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+                });
+            });
+            (fatal, finish)
+        });
+        let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
+        rx.recv().map_err(|_| {
+            RegistryError::Storage("write abandoned by the registry writer (PostgreSQL unreachable?)".into())
+        })?
+    }
+}
+
+/// Copies `data` into the registry at `url`, which must be current and empty, in one
+/// transaction (all or nothing). Records keep their bytes, so the audit chain is the same chain.
+pub(crate) fn import(url: &str, data: &crate::store::Export) -> Result<()> {
+    off_runtime(|| import_here(url, data))
+}
+
+fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
+    let mut client = connect(&parse_url(url)?)?;
+    let found = schema_version(&mut client)?;
+    if found != SCHEMA_VERSION {
+        return Err(RegistryError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+    }
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
+    let used: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM certs) OR EXISTS (SELECT 1 FROM principals)",
+            &[],
+        )?
+        .get(0);
+    if used {
+        return Err(RegistryError::TargetExists("the PostgreSQL registry (it is not empty)".into()));
+    }
+    let mut cache = Cache::new();
+    let mut s = PgTx(&mut tx, &mut cache);
+    // Certificates before terminals: a terminal names its active certificate.
+    for (rec, der) in &data.certs {
+        s.insert_cert(rec, der)?;
+    }
+    for t in &data.terminals {
+        s.insert_terminal(t)?;
+    }
+    for (fingerprint, terminal) in &data.pubkeys {
+        s.bind_key(fingerprint, terminal)?;
+    }
+    for (fingerprint, cert) in &data.compromised {
+        s.mark_compromised(fingerprint, cert)?;
+    }
+    for (id, result) in &data.requests {
+        s.insert_request(id, result)?;
+    }
+    for p in &data.principals {
+        s.insert_principal(p)?;
+    }
+    for a in &data.approvals {
+        s.insert_approval(a)?;
+    }
+    for a in &data.activations {
+        s.add_activation(a)?;
+    }
+    for (name, value) in &data.counters {
+        s.0.execute(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2",
+            &[name, &u(*value)],
+        )?;
+    }
+    for r in &data.revoked {
+        s.put_revoked(r)?;
+    }
+    for r in &data.released {
+        s.put_released(r)?;
+    }
+    for (seq, bytes) in &data.audit {
+        s.put_audit_raw(*seq, Some(bytes))?;
+    }
+    for (seq, bytes) in &data.checkpoints {
+        s.put_checkpoint_raw(*seq, bytes)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// An execute's failure: preparing it, or the statement itself (mapped by its constraint).
+enum ExecError {
+    Registry(RegistryError),
+    Db(postgres::Error),
+}
+
+impl From<ExecError> for RegistryError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Registry(r) => r,
+            ExecError::Db(e) => storage(e),
+        }
+    }
+}
+
+struct PgTx<'a, 'b>(&'a mut Transaction<'b>, &'a mut Cache);
+
+fn status_of(rec: &CertRecord) -> &'static str {
+    match rec.status {
+        CertStatus::Good => "good",
+        CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. } => "hold",
+        CertStatus::Revoked { .. } => "revoked",
+    }
+}
+
+fn terminal_of(rec: &CertRecord) -> Option<&str> {
+    match &rec.subject {
+        CertSubject::Terminal { serial } => Some(serial),
+        CertSubject::Principal { .. } => None,
+    }
+}
+
+impl PgTx<'_, '_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement> {
+        if let Some(st) = self.1.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.0.prepare(sql)?;
+        self.1.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    fn query_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let st = self.statement(sql)?;
+        Ok(self.0.query(&st, params)?)
+    }
+
+    fn query_opt_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+        let st = self.statement(sql)?;
+        Ok(self.0.query_opt(&st, params)?)
+    }
+
+    fn query_one_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+        let st = self.statement(sql)?;
+        Ok(self.0.query_one(&st, params)?)
+    }
+
+    /// Executes; the driver's error is kept for the caller to map (constraint names).
+    fn execute_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> std::result::Result<u64, ExecError> {
+        let st = self.statement(sql).map_err(ExecError::Registry)?;
+        self.0.execute(&st, params).map_err(ExecError::Db)
+    }
+
+    fn one<T: serde::de::DeserializeOwned>(&mut self, sql: &'static str, key: &str) -> Result<Option<T>> {
+        let row = self.0.query_opt(sql, &[&key])?;
+        row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    fn many<T: serde::de::DeserializeOwned>(&mut self, sql: &'static str) -> Result<Vec<T>> {
+        self.0.query(sql, &[])?.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+    }
+}
+
+impl StoreRead for PgTx<'_, '_> {
+    fn terminal(&mut self, serial: &str) -> Result<Option<TerminalRecord>> {
+        self.one("SELECT record FROM terminals WHERE serial = $1", serial)
+    }
+
+    fn list_terminals(
+        &mut self,
+        filter: &TerminalFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TerminalRecord>> {
+        let state = filter.state.map(|s| s.as_str());
+        let rows = self.query_c(
+            "SELECT record FROM terminals
+             WHERE ($1::text IS NULL OR serial > $1) AND ($2::text IS NULL OR state = $2)
+               AND ($3::text IS NULL OR class = $3) AND ($4::text IS NULL OR manufacturer = $4)
+               AND ($5::text IS NULL OR lot = $5)
+             ORDER BY serial LIMIT $6",
+            &[&after, &state, &filter.class, &filter.manufacturer, &filter.lot, &u(limit as u64 + 1)],
+        )?;
+        rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {
+        let rows = self.query_c(
+            "SELECT record FROM terminals
+             WHERE active_cert IS NOT NULL AND ($1::text IS NULL OR manufacturer = $1)
+               AND ($2::text IS NULL OR model = $2) AND ($3::text IS NULL OR lot = $3)
+             ORDER BY serial",
+            &[&filter.manufacturer, &filter.model, &filter.lot],
+        )?;
+        rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    fn cert(&mut self, serial: &str) -> Result<Option<CertRecord>> {
+        self.one("SELECT record FROM certs WHERE serial = $1", serial)
+    }
+
+    fn cert_der(&mut self, serial: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.query_opt_c("SELECT der FROM certs WHERE serial = $1", &[&serial])?.map(|r| r.get(0)))
+    }
+
+    fn certificates(&mut self) -> Result<Vec<CertRecord>> {
+        self.many("SELECT record FROM certs ORDER BY serial")
+    }
+
+    fn key_owner(&mut self, fingerprint: &str) -> Result<Option<String>> {
+        Ok(self.query_opt_c("SELECT terminal FROM pubkeys WHERE fingerprint = $1", &[&fingerprint])?.map(|r| r.get(0)))
+    }
+
+    fn compromised_by(&mut self, fingerprint: &str) -> Result<Option<String>> {
+        Ok(self
+            .query_opt_c("SELECT cert FROM compromised_keys WHERE fingerprint = $1", &[&fingerprint])?
+            .map(|r| r.get(0)))
+    }
+
+    fn request(&mut self, id: &str) -> Result<Option<RequestResult>> {
+        self.one("SELECT record FROM requests WHERE id = $1", id)
+    }
+
+    fn principal(&mut self, name: &str) -> Result<Option<PrincipalRecord>> {
+        self.one("SELECT record FROM principals WHERE name = $1", name)
+    }
+
+    fn principals(&mut self) -> Result<Vec<PrincipalRecord>> {
+        self.many("SELECT record FROM principals ORDER BY name")
+    }
+
+    fn approval(&mut self, id: &str) -> Result<Option<Approval>> {
+        self.one("SELECT record FROM approvals WHERE id = $1", id)
+    }
+
+    fn approvals(&mut self) -> Result<Vec<Approval>> {
+        self.many("SELECT record FROM approvals ORDER BY id")
+    }
+
+    fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>> {
+        let rows = self.query_c("SELECT record FROM activations WHERE terminal = $1 ORDER BY n", &[&terminal])?;
+        rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    fn counter(&mut self, name: &str) -> Result<u64> {
+        let row = self.query_opt_c("SELECT value FROM counters WHERE name = $1", &[&name])?;
+        Ok(row.map_or(0, |r| from_i(r.get(0))))
+    }
+
+    fn revoked(&mut self) -> Result<Vec<RevokedCert>> {
+        self.many("SELECT record FROM revoked ORDER BY serial")
+    }
+
+    fn released(&mut self) -> Result<Vec<ReleasedCert>> {
+        self.many("SELECT record FROM released ORDER BY serial")
+    }
+
+    fn audit_raw(&mut self, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.query_opt_c("SELECT entry FROM audit WHERE seq = $1", &[&u(seq)])?.map(|r| r.get(0)))
+    }
+
+    fn audit_last_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        let row = self.query_opt_c("SELECT seq, entry FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
+        Ok(row.map(|r| (from_i(r.get(0)), r.get(1))))
+    }
+
+    fn audit_newest_raw(&mut self, n: usize) -> Result<Vec<Vec<u8>>> {
+        let rows = self.query_c("SELECT entry FROM audit ORDER BY seq DESC LIMIT $1", &[&u(n as u64)])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn audit_len(&mut self) -> Result<u64> {
+        Ok(from_i(self.query_one_c("SELECT count(*) FROM audit", &[])?.get(0)))
+    }
+
+    fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        // Pages of entries, so a long chain is never held in memory at once.
+        let mut after = 0i64;
+        loop {
+            let rows =
+                self.query_c("SELECT seq, entry FROM audit WHERE seq > $1 ORDER BY seq LIMIT 4096", &[&after])?;
+            let Some(last) = rows.last() else { return Ok(()) };
+            after = last.get(0);
+            for r in &rows {
+                f(from_i(r.get(0)), r.get(1))?;
+            }
+        }
+    }
+
+    fn checkpoints_raw(&mut self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let rows = self.query_c("SELECT seq, checkpoint FROM audit_checkpoints ORDER BY seq", &[])?;
+        Ok(rows.iter().map(|r| (from_i(r.get(0)), r.get(1))).collect())
+    }
+
+    fn last_checkpoint_raw(&mut self) -> Result<Option<Vec<u8>>> {
+        let row = self.query_opt_c("SELECT checkpoint FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", &[])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+impl StoreWrite for PgTx<'_, '_> {
+    fn insert_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
+        let done = self.execute_c(
+            "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, active_cert, record)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (serial) DO NOTHING",
+            &[&t.serial, &t.class, &t.manufacturer, &t.model, &t.lot, &t.state.as_str(), &t.active_cert, &to_json(t)?],
+        )?;
+        match done {
+            0 => Err(RegistryError::TerminalExists(t.serial.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn update_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, active_cert, record)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (serial) DO UPDATE SET class = $2, manufacturer = $3, model = $4, lot = $5,
+                   state = $6, active_cert = $7, record = $8",
+            &[&t.serial, &t.class, &t.manufacturer, &t.model, &t.lot, &t.state.as_str(), &t.active_cert, &to_json(t)?],
+        )
+        .map_err(|e| match e {
+            ExecError::Registry(r) => r,
+            ExecError::Db(e) => match unique_violation(&e).as_deref() {
+                Some("terminals_active_cert_key") => {
+                    RegistryError::CertSerialExists(t.active_cert.clone().unwrap_or_default())
+                }
+                _ => storage(e),
+            },
+        })?;
+        Ok(())
+    }
+
+    fn insert_cert(&mut self, rec: &CertRecord, der: &[u8]) -> Result<()> {
+        let terminal = terminal_of(rec);
+        self.execute_c(
+                "INSERT INTO certs (serial, terminal, key_fingerprint, status, record, der) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&rec.serial, &terminal, &rec.key_fingerprint, &status_of(rec), &to_json(rec)?, &der],
+            )
+            .map_err(|e| match e {
+ ExecError::Registry(r) => r,
+ ExecError::Db(e) => match unique_violation(&e).as_deref() {
+                Some("certs_pkey") => RegistryError::CertSerialExists(rec.serial.clone()),
+                Some("certs_one_active_per_terminal") => RegistryError::AlreadyHasActiveCertificate {
+                    terminal: terminal.unwrap_or_default().to_owned(),
+                    cert: "another instance's".into(),
+                },
+                _ => storage(e),
+            },
+            })?;
+        Ok(())
+    }
+
+    fn update_cert(&mut self, rec: &CertRecord) -> Result<()> {
+        self.execute_c(
+            "UPDATE certs SET status = $2, record = $3 WHERE serial = $1",
+            &[&rec.serial, &status_of(rec), &to_json(rec)?],
+        )
+        .map_err(|e| match e {
+            ExecError::Registry(r) => r,
+            ExecError::Db(e) => match unique_violation(&e).as_deref() {
+                Some("certs_one_active_per_terminal") => RegistryError::AlreadyHasActiveCertificate {
+                    terminal: terminal_of(rec).unwrap_or_default().to_owned(),
+                    cert: rec.serial.clone(),
+                },
+                _ => storage(e),
+            },
+        })?;
+        Ok(())
+    }
+
+    fn bind_key(&mut self, fingerprint: &str, terminal: &str) -> Result<()> {
+        let done = self.execute_c(
+            "INSERT INTO pubkeys (fingerprint, terminal) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING",
+            &[&fingerprint, &terminal],
+        )?;
+        if done == 1 {
+            return Ok(());
+        }
+        let owner = self.key_owner(fingerprint)?.unwrap_or_default();
+        Err(if owner == terminal {
+            RegistryError::KeyReused { terminal: owner }
+        } else {
+            RegistryError::PublicKeyInUse { terminal: owner }
+        })
+    }
+
+    fn mark_compromised(&mut self, fingerprint: &str, cert: &str) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO compromised_keys (fingerprint, cert) VALUES ($1, $2)
+             ON CONFLICT (fingerprint) DO UPDATE SET cert = $2",
+            &[&fingerprint, &cert],
+        )?;
+        Ok(())
+    }
+
+    fn insert_request(&mut self, id: &str, result: &RequestResult) -> Result<()> {
+        let done = self.execute_c(
+            "INSERT INTO requests (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            &[&id, &to_json(result)?],
+        )?;
+        match done {
+            0 => Err(RegistryError::RequestIdReused(id.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    fn insert_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
+        let done = self.execute_c(
+            "INSERT INTO principals (name, record) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&p.name, &to_json(p)?],
+        )?;
+        match done {
+            0 => Err(RegistryError::PrincipalExists(p.name.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn update_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
+        self.execute_c("UPDATE principals SET record = $2 WHERE name = $1", &[&p.name, &to_json(p)?])?;
+        Ok(())
+    }
+
+    fn insert_approval(&mut self, a: &Approval) -> Result<()> {
+        let done = self.execute_c(
+            "INSERT INTO approvals (id, created_ms, record) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+            &[&a.id, &u(a.created_ms), &to_json(a)?],
+        )?;
+        match done {
+            0 => Err(RegistryError::ApprovalExists(a.id.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn update_approval(&mut self, a: &Approval) -> Result<()> {
+        self.execute_c("UPDATE approvals SET record = $2 WHERE id = $1", &[&a.id, &to_json(a)?])?;
+        Ok(())
+    }
+
+    fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64> {
+        let row = self.query_one_c(
+            "INSERT INTO activations (terminal, n, record)
+             SELECT $1, coalesce(max(n), 0) + 1, $2 FROM activations WHERE terminal = $1 RETURNING n",
+            &[&a.terminal, &to_json(a)?],
+        )?;
+        Ok(from_i(row.get(0)))
+    }
+
+    fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
+        let now = u(now_ms);
+        // A bounded prune per use keeps the table to the nonces of one window.
+        self.execute_c(
+            "DELETE FROM nonces WHERE nonce IN (SELECT nonce FROM nonces WHERE expires_ms <= $1 LIMIT 64)",
+            &[&now],
+        )?;
+        let done = self.execute_c(
+            "INSERT INTO nonces (nonce, expires_ms) VALUES ($1, $2)
+             ON CONFLICT (nonce) DO UPDATE SET expires_ms = $2 WHERE nonces.expires_ms <= $3",
+            &[&nonce, &u(expires_ms), &now],
+        )?;
+        match done {
+            0 => Err(RegistryError::NonceReplayed),
+            _ => Ok(()),
+        }
+    }
+
+    fn advance(&mut self, name: &str, n: u64) -> Result<u64> {
+        let row = self.query_one_c(
+            "INSERT INTO counters (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = counters.value + $2 RETURNING value - $2",
+            &[&name, &u(n)],
+        )?;
+        Ok(from_i(row.get(0)))
+    }
+
+    fn put_revoked(&mut self, r: &RevokedCert) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO revoked (serial, record) VALUES ($1, $2) ON CONFLICT (serial) DO UPDATE SET record = $2",
+            &[&r.serial, &to_json(r)?],
+        )?;
+        Ok(())
+    }
+
+    fn remove_revoked(&mut self, serial: &str) -> Result<()> {
+        self.execute_c("DELETE FROM revoked WHERE serial = $1", &[&serial])?;
+        Ok(())
+    }
+
+    fn put_released(&mut self, r: &ReleasedCert) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO released (serial, record) VALUES ($1, $2) ON CONFLICT (serial) DO UPDATE SET record = $2",
+            &[&r.serial, &to_json(r)?],
+        )?;
+        Ok(())
+    }
+
+    fn remove_released(&mut self, serial: &str) -> Result<()> {
+        self.execute_c("DELETE FROM released WHERE serial = $1", &[&serial])?;
+        Ok(())
+    }
+
+    fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()> {
+        match bytes {
+            Some(b) => self.execute_c(
+                "INSERT INTO audit (seq, entry) VALUES ($1, $2) ON CONFLICT (seq) DO UPDATE SET entry = $2",
+                &[&u(seq), &b],
+            )?,
+            None => self.execute_c("DELETE FROM audit WHERE seq = $1", &[&u(seq)])?,
+        };
+        Ok(())
+    }
+
+    fn put_checkpoint_raw(&mut self, seq: u64, bytes: &[u8]) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO audit_checkpoints (seq, checkpoint) VALUES ($1, $2)
+             ON CONFLICT (seq) DO UPDATE SET checkpoint = $2",
+            &[&u(seq), &bytes],
+        )?;
+        Ok(())
+    }
+
+    fn cut_checkpoints_after(&mut self, seq: u64) -> Result<()> {
+        self.execute_c("DELETE FROM audit_checkpoints WHERE seq > $1", &[&u(seq)])?;
+        Ok(())
+    }
+
+    fn put_approval_raw(&mut self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO approvals (id, created_ms, record) VALUES ($1, 0, $2) ON CONFLICT (id) DO UPDATE SET record = $2",
+            &[&id, &bytes],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,638 @@
+//! The embedded backend: one redb file, one writer thread that group-commits (every write
+//! waiting when a commit starts goes into the next transaction, fsynced once; each caller is
+//! answered only after that commit). redb serialises writers, so a check and the insert it
+//! guards run in one transaction that no other write interleaves with.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use crate::store::{StoreRead, StoreWrite};
+use crate::{
+    ActivationRecord, Approval, BulkFilter, CertRecord, ChainSummary, PrincipalRecord, RegistryError, ReleasedCert,
+    RequestResult, Result, RevokedCert, TerminalFilter, TerminalRecord, from_json, to_json,
+};
+
+const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+const CERT_DER: TableDefinition<&str, &[u8]> = TableDefinition::new("cert_der");
+const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
+const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
+const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const AUDIT_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
+const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+const RELEASED: TableDefinition<&str, &[u8]> = TableDefinition::new("released");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Keys whose certificate was revoked for key or CA compromise: never certified again.
+const COMPROMISED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("compromised_keys");
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+
+const REVOKED_INDEXED: &str = "revoked_indexed";
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for RegistryError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Delivers a job's result once the batch it ran in is committed (or not).
+type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+/// A write, run by the writer thread inside a batch transaction: says whether it broke the
+/// transaction (a storage error) and how to answer its caller after the commit.
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Finish) + Send>;
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 256;
+
+/// An open redb registry.
+pub(crate) struct RedbStore {
+    db: Arc<Database>,
+    writer: Option<std::sync::mpsc::Sender<Job>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its last batch; joining it releases the
+        // database, so the file can be opened again at once.
+        drop(self.writer.take());
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Group commit: a write that is refused wrote nothing (every write checks before it inserts),
+/// so it cannot spoil the batch; a storage error aborts the whole batch and every caller in it
+/// gets the error.
+fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        // If no transaction can be opened the jobs are dropped: their callers see an error.
+        let Ok(txn) = db.begin_write() else { continue };
+        let mut finishes = Vec::with_capacity(batch.len());
+        let mut broken = false;
+        for job in batch {
+            match catch_unwind(AssertUnwindSafe(|| job(&txn))) {
+                Ok((fatal, finish)) => {
+                    broken |= fatal;
+                    finishes.push(finish);
+                }
+                Err(_) => broken = true,
+            }
+        }
+        let outcome = if broken {
+            drop(txn);
+            Err(RegistryError::Storage("write batch aborted after a storage error".into()))
+        } else {
+            txn.commit().map_err(RegistryError::from)
+        };
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database at `path`.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(TERMINALS)?;
+            txn.open_table(CERTS)?;
+            txn.open_table(CERT_DER)?;
+            txn.open_table(PUBKEYS)?;
+            txn.open_table(REQUESTS)?;
+            txn.open_table(PRINCIPALS)?;
+            txn.open_table(ACTIVATIONS)?;
+            txn.open_table(NONCES)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_CHECKPOINTS)?;
+            txn.open_table(REVOKED)?;
+            txn.open_table(RELEASED)?;
+            txn.open_table(META)?;
+            txn.open_table(APPROVALS)?;
+            txn.open_table(COMPROMISED_KEYS)?;
+            index_revoked_once(&txn)?;
+            tag_kinds(&txn)?;
+        }
+        txn.commit()?;
+        let db = Arc::new(db);
+        let (writer, jobs) = std::sync::mpsc::channel::<Job>();
+        let for_writer = db.clone();
+        let thread =
+            std::thread::Builder::new().name("registry-writer".into()).spawn(move || writer_loop(for_writer, jobs))?;
+        Ok(Self { db, writer: Some(writer), writer_thread: Some(thread) })
+    }
+
+    /// Runs `f` on a read snapshot.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&mut dyn StoreRead) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_read()?;
+        f(&mut RedbRead(&txn))
+    }
+
+    /// Runs `f` in the next batch transaction and returns its result once that is committed.
+    pub(crate) fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
+        let job: Job = Box::new(move |txn| {
+            let result = f(&mut RedbWrite(txn));
+            let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
+            let finish: Finish = Box::new(move |commit| {
+                let _ = tx.send(match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+                });
+            });
+            (fatal, finish)
+        });
+        let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("write abandoned by the registry writer".into()))?
+    }
+
+    /// Writes a consistent copy (one read snapshot) of every table to a new database at `out`,
+    /// while the registry keeps serving.
+    pub(crate) fn backup(&self, out: &Path) -> Result<()> {
+        if out.exists() {
+            return Err(RegistryError::TargetExists(out.display().to_string()));
+        }
+        let snapshot = self.db.begin_read()?;
+        let copy = Database::create(out)?;
+        let txn = copy.begin_write()?;
+        copy_table(&snapshot, &txn, TERMINALS)?;
+        copy_table(&snapshot, &txn, CERTS)?;
+        copy_table(&snapshot, &txn, CERT_DER)?;
+        copy_table(&snapshot, &txn, PUBKEYS)?;
+        copy_table(&snapshot, &txn, REQUESTS)?;
+        copy_table(&snapshot, &txn, PRINCIPALS)?;
+        copy_table(&snapshot, &txn, ACTIVATIONS)?;
+        copy_table(&snapshot, &txn, NONCES)?;
+        copy_table(&snapshot, &txn, AUDIT)?;
+        copy_table(&snapshot, &txn, AUDIT_CHECKPOINTS)?;
+        copy_table(&snapshot, &txn, REVOKED)?;
+        copy_table(&snapshot, &txn, RELEASED)?;
+        copy_table(&snapshot, &txn, META)?;
+        copy_table(&snapshot, &txn, APPROVALS)?;
+        copy_table(&snapshot, &txn, COMPROMISED_KEYS)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every durable record, from one read snapshot (for `migrate --from`).
+    pub(crate) fn export(&self) -> Result<crate::store::Export> {
+        use crate::store::{Export, counter};
+        let txn = self.db.begin_read()?;
+        let mut r = RedbRead(&txn);
+        let pairs = |def: TableDefinition<&str, &str>| -> Result<Vec<(String, String)>> {
+            txn.open_table(def)?
+                .iter()?
+                .map(|item| item.map(|(k, v)| (k.value().to_owned(), v.value().to_owned())).map_err(Into::into))
+                .collect()
+        };
+        let mut certs = Vec::new();
+        for rec in r.certificates()? {
+            let der =
+                r.cert_der(&rec.serial)?.ok_or_else(|| RegistryError::Corrupt(format!("no DER for {}", rec.serial)))?;
+            certs.push((rec, der));
+        }
+        let requests = txn
+            .open_table(REQUESTS)?
+            .iter()?
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.value().to_owned(), from_json(v.value())?))
+            })
+            .collect::<Result<_>>()?;
+        let activations =
+            txn.open_table(ACTIVATIONS)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+        let mut audit = Vec::new();
+        r.audit_scan(&mut |k, v| {
+            audit.push((k, v.to_vec()));
+            Ok(())
+        })?;
+        let counters = [counter::REVOCATION_SEQ, counter::CRL_NUMBER, counter::ORDINAL_HIGH_WATER]
+            .into_iter()
+            .map(|name| Ok((name.to_owned(), r.counter(name)?)))
+            .collect::<Result<_>>()?;
+        Ok(Export {
+            terminals: txn
+                .open_table(TERMINALS)?
+                .iter()?
+                .map(|item| from_json(item?.1.value()))
+                .collect::<Result<_>>()?,
+            certs,
+            pubkeys: pairs(PUBKEYS)?,
+            compromised: pairs(COMPROMISED_KEYS)?,
+            requests,
+            principals: r.principals()?,
+            approvals: r.approvals()?,
+            activations,
+            counters,
+            revoked: r.revoked()?,
+            released: r.released()?,
+            audit,
+            checkpoints: r.checkpoints_raw()?,
+        })
+    }
+
+    /// Restores a backup to `target` (which must not exist) after verifying its audit chain.
+    pub(crate) fn restore(backup: &Path, target: &Path) -> Result<ChainSummary> {
+        if target.exists() {
+            return Err(RegistryError::TargetExists(target.display().to_string()));
+        }
+        let summary = crate::Registry::open(backup)?.verify_audit_chain()?;
+        let tmp = target.with_extension("restoring");
+        std::fs::copy(backup, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, target)?;
+        Ok(summary)
+    }
+}
+
+/// Registries made before the `revoked` index existed get it built from `certs`, once.
+fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(REVOKED_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let mut revoked = txn.open_table(REVOKED)?;
+    for item in txn.open_table(CERTS)?.iter()? {
+        let rec: CertRecord = from_json(item?.1.value())?;
+        if let Some(entry) = RevokedCert::of(&rec, 0) {
+            revoked.insert(rec.serial.as_str(), to_json(&entry)?.as_slice())?;
+        }
+    }
+    meta.insert(REVOKED_INDEXED, 1)?;
+    Ok(())
+}
+
+/// Approvals stored when every approval was a bulk revocation get their `kind` tag (at open;
+/// approvals are few).
+fn tag_kinds(txn: &WriteTransaction) -> Result<()> {
+    let mut table = txn.open_table(APPROVALS)?;
+    let mut retagged = Vec::new();
+    for item in table.iter()? {
+        let (k, v) = item?;
+        let mut value: serde_json::Value = from_json(v.value())?;
+        if let Some(obj) = value.as_object_mut().filter(|o| !o.contains_key("kind")) {
+            obj.insert("kind".into(), "bulk_revocation".into());
+            retagged.push((k.value().to_owned(), to_json(&value)?));
+        }
+    }
+    for (k, v) in retagged {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(())
+}
+
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<()> {
+    let src = from.open_table(def)?;
+    let mut dst = to.open_table(def)?;
+    for item in src.iter()? {
+        let (k, v) = item?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+struct RedbRead<'a>(&'a ReadTransaction);
+struct RedbWrite<'a>(&'a WriteTransaction);
+
+macro_rules! redb_reads {
+    ($t:ident) => {
+        impl StoreRead for $t<'_> {
+            fn terminal(&mut self, serial: &str) -> Result<Option<TerminalRecord>> {
+                self.0.open_table(TERMINALS)?.get(serial)?.map(|v| from_json(v.value())).transpose()
+            }
+
+            fn list_terminals(
+                &mut self,
+                filter: &TerminalFilter,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<TerminalRecord>> {
+                let table = self.0.open_table(TERMINALS)?;
+                let range = match after {
+                    Some(a) => table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+                    None => table.range::<&str>(..)?,
+                };
+                let mut out = Vec::new();
+                for item in range {
+                    let t: TerminalRecord = from_json(item?.1.value())?;
+                    if filter.admits(&t) {
+                        out.push(t);
+                        if out.len() > limit {
+                            break;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
+            fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {
+                let mut out = Vec::new();
+                for item in self.0.open_table(TERMINALS)?.iter()? {
+                    let t: TerminalRecord = from_json(item?.1.value())?;
+                    if filter.admits(&t) && t.active_cert.is_some() {
+                        out.push(t);
+                    }
+                }
+                Ok(out)
+            }
+
+            fn cert(&mut self, serial: &str) -> Result<Option<CertRecord>> {
+                self.0.open_table(CERTS)?.get(serial)?.map(|v| from_json(v.value())).transpose()
+            }
+
+            fn cert_der(&mut self, serial: &str) -> Result<Option<Vec<u8>>> {
+                Ok(self.0.open_table(CERT_DER)?.get(serial)?.map(|v| v.value().to_vec()))
+            }
+
+            fn certificates(&mut self) -> Result<Vec<CertRecord>> {
+                self.0.open_table(CERTS)?.iter()?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn key_owner(&mut self, fingerprint: &str) -> Result<Option<String>> {
+                Ok(self.0.open_table(PUBKEYS)?.get(fingerprint)?.map(|v| v.value().to_owned()))
+            }
+
+            fn compromised_by(&mut self, fingerprint: &str) -> Result<Option<String>> {
+                Ok(self.0.open_table(COMPROMISED_KEYS)?.get(fingerprint)?.map(|v| v.value().to_owned()))
+            }
+
+            fn request(&mut self, id: &str) -> Result<Option<RequestResult>> {
+                self.0.open_table(REQUESTS)?.get(id)?.map(|v| from_json(v.value())).transpose()
+            }
+
+            fn principal(&mut self, name: &str) -> Result<Option<PrincipalRecord>> {
+                self.0.open_table(PRINCIPALS)?.get(name)?.map(|v| from_json(v.value())).transpose()
+            }
+
+            fn principals(&mut self) -> Result<Vec<PrincipalRecord>> {
+                self.0.open_table(PRINCIPALS)?.iter()?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn approval(&mut self, id: &str) -> Result<Option<Approval>> {
+                self.0.open_table(APPROVALS)?.get(id)?.map(|v| from_json(v.value())).transpose()
+            }
+
+            fn approvals(&mut self) -> Result<Vec<Approval>> {
+                self.0.open_table(APPROVALS)?.iter()?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>> {
+                let table = self.0.open_table(ACTIVATIONS)?;
+                table.range((terminal, 0)..=(terminal, u64::MAX))?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn counter(&mut self, name: &str) -> Result<u64> {
+                Ok(self.0.open_table(META)?.get(name)?.map_or(0, |v| v.value()))
+            }
+
+            fn revoked(&mut self) -> Result<Vec<RevokedCert>> {
+                self.0.open_table(REVOKED)?.iter()?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn released(&mut self) -> Result<Vec<ReleasedCert>> {
+                self.0.open_table(RELEASED)?.iter()?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn audit_raw(&mut self, seq: u64) -> Result<Option<Vec<u8>>> {
+                Ok(self.0.open_table(AUDIT)?.get(seq)?.map(|v| v.value().to_vec()))
+            }
+
+            fn audit_last_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+                Ok(self.0.open_table(AUDIT)?.last()?.map(|(k, v)| (k.value(), v.value().to_vec())))
+            }
+
+            fn audit_newest_raw(&mut self, n: usize) -> Result<Vec<Vec<u8>>> {
+                let table = self.0.open_table(AUDIT)?;
+                table.iter()?.rev().take(n).map(|item| Ok(item?.1.value().to_vec())).collect()
+            }
+
+            fn audit_len(&mut self) -> Result<u64> {
+                Ok(self.0.open_table(AUDIT)?.len()?)
+            }
+
+            fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+                for item in self.0.open_table(AUDIT)?.iter()? {
+                    let (k, v) = item?;
+                    f(k.value(), v.value())?;
+                }
+                Ok(())
+            }
+
+            fn checkpoints_raw(&mut self) -> Result<Vec<(u64, Vec<u8>)>> {
+                let table = self.0.open_table(AUDIT_CHECKPOINTS)?;
+                table
+                    .iter()?
+                    .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())).map_err(Into::into))
+                    .collect()
+            }
+
+            fn last_checkpoint_raw(&mut self) -> Result<Option<Vec<u8>>> {
+                Ok(self.0.open_table(AUDIT_CHECKPOINTS)?.last()?.map(|(_, v)| v.value().to_vec()))
+            }
+        }
+    };
+}
+redb_reads!(RedbRead);
+redb_reads!(RedbWrite);
+
+impl StoreWrite for RedbWrite<'_> {
+    fn insert_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
+        let mut table = self.0.open_table(TERMINALS)?;
+        if table.get(t.serial.as_str())?.is_some() {
+            return Err(RegistryError::TerminalExists(t.serial.clone()));
+        }
+        table.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
+        Ok(())
+    }
+
+    fn update_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
+        self.0.open_table(TERMINALS)?.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
+        Ok(())
+    }
+
+    fn insert_cert(&mut self, rec: &CertRecord, der: &[u8]) -> Result<()> {
+        let mut certs = self.0.open_table(CERTS)?;
+        if certs.get(rec.serial.as_str())?.is_some() {
+            return Err(RegistryError::CertSerialExists(rec.serial.clone()));
+        }
+        certs.insert(rec.serial.as_str(), to_json(rec)?.as_slice())?;
+        self.0.open_table(CERT_DER)?.insert(rec.serial.as_str(), der)?;
+        Ok(())
+    }
+
+    fn update_cert(&mut self, rec: &CertRecord) -> Result<()> {
+        self.0.open_table(CERTS)?.insert(rec.serial.as_str(), to_json(rec)?.as_slice())?;
+        Ok(())
+    }
+
+    fn bind_key(&mut self, fingerprint: &str, terminal: &str) -> Result<()> {
+        let mut keys = self.0.open_table(PUBKEYS)?;
+        if let Some(owner) = keys.get(fingerprint)? {
+            let owner = owner.value().to_owned();
+            return Err(if owner == terminal {
+                RegistryError::KeyReused { terminal: owner }
+            } else {
+                RegistryError::PublicKeyInUse { terminal: owner }
+            });
+        }
+        keys.insert(fingerprint, terminal)?;
+        Ok(())
+    }
+
+    fn mark_compromised(&mut self, fingerprint: &str, cert: &str) -> Result<()> {
+        self.0.open_table(COMPROMISED_KEYS)?.insert(fingerprint, cert)?;
+        Ok(())
+    }
+
+    fn insert_request(&mut self, id: &str, result: &RequestResult) -> Result<()> {
+        let mut table = self.0.open_table(REQUESTS)?;
+        if table.get(id)?.is_some() {
+            return Err(RegistryError::RequestIdReused(id.to_owned()));
+        }
+        table.insert(id, to_json(result)?.as_slice())?;
+        Ok(())
+    }
+
+    fn insert_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
+        let mut table = self.0.open_table(PRINCIPALS)?;
+        if table.get(p.name.as_str())?.is_some() {
+            return Err(RegistryError::PrincipalExists(p.name.clone()));
+        }
+        table.insert(p.name.as_str(), to_json(p)?.as_slice())?;
+        Ok(())
+    }
+
+    fn update_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
+        self.0.open_table(PRINCIPALS)?.insert(p.name.as_str(), to_json(p)?.as_slice())?;
+        Ok(())
+    }
+
+    fn insert_approval(&mut self, a: &Approval) -> Result<()> {
+        let mut table = self.0.open_table(APPROVALS)?;
+        if table.get(a.id.as_str())?.is_some() {
+            return Err(RegistryError::ApprovalExists(a.id.clone()));
+        }
+        table.insert(a.id.as_str(), to_json(a)?.as_slice())?;
+        Ok(())
+    }
+
+    fn update_approval(&mut self, a: &Approval) -> Result<()> {
+        self.0.open_table(APPROVALS)?.insert(a.id.as_str(), to_json(a)?.as_slice())?;
+        Ok(())
+    }
+
+    fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64> {
+        let mut table = self.0.open_table(ACTIVATIONS)?;
+        let t = a.terminal.as_str();
+        let n = table.range((t, 0)..=(t, u64::MAX))?.count() as u64 + 1;
+        table.insert((t, n), to_json(a)?.as_slice())?;
+        Ok(n)
+    }
+
+    fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
+        let mut nonces = self.0.open_table(NONCES)?;
+        if nonces.get(nonce)?.is_some_and(|v| v.value() > now_ms) {
+            return Err(RegistryError::NonceReplayed);
+        }
+        nonces.retain(|_, exp| exp > now_ms)?;
+        nonces.insert(nonce, expires_ms)?;
+        Ok(())
+    }
+
+    fn advance(&mut self, name: &str, n: u64) -> Result<u64> {
+        let mut meta = self.0.open_table(META)?;
+        let before = meta.get(name)?.map_or(0, |v| v.value());
+        meta.insert(name, before + n)?;
+        Ok(before)
+    }
+
+    fn put_revoked(&mut self, r: &RevokedCert) -> Result<()> {
+        self.0.open_table(REVOKED)?.insert(r.serial.as_str(), to_json(r)?.as_slice())?;
+        Ok(())
+    }
+
+    fn remove_revoked(&mut self, serial: &str) -> Result<()> {
+        self.0.open_table(REVOKED)?.remove(serial)?;
+        Ok(())
+    }
+
+    fn put_released(&mut self, r: &ReleasedCert) -> Result<()> {
+        self.0.open_table(RELEASED)?.insert(r.serial.as_str(), to_json(r)?.as_slice())?;
+        Ok(())
+    }
+
+    fn remove_released(&mut self, serial: &str) -> Result<()> {
+        self.0.open_table(RELEASED)?.remove(serial)?;
+        Ok(())
+    }
+
+    fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()> {
+        let mut table = self.0.open_table(AUDIT)?;
+        match bytes {
+            Some(b) => {
+                table.insert(seq, b)?;
+            }
+            None => {
+                table.remove(seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put_checkpoint_raw(&mut self, seq: u64, bytes: &[u8]) -> Result<()> {
+        self.0.open_table(AUDIT_CHECKPOINTS)?.insert(seq, bytes)?;
+        Ok(())
+    }
+
+    fn cut_checkpoints_after(&mut self, seq: u64) -> Result<()> {
+        let mut cps = self.0.open_table(AUDIT_CHECKPOINTS)?;
+        let cut: Vec<u64> = cps.range(seq + 1..)?.map(|item| Ok(item?.0.value())).collect::<Result<_>>()?;
+        for k in cut {
+            cps.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn put_approval_raw(&mut self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.0.open_table(APPROVALS)?.insert(id, bytes)?;
+        Ok(())
+    }
+}

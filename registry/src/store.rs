@@ -1,0 +1,130 @@
+//! The storage contract: what a backend must offer so that every rule of the registry is written
+//! once, above it. A backend stores and fetches records inside one transaction and turns its own
+//! uniqueness constraints into the registry's refusals (`TerminalExists`, `CertSerialExists`,
+//! `PublicKeyInUse`, `RequestIdReused`, …); it decides nothing else. The life cycle, dual control
+//! and revocation logic (`lifecycle.rs`, `approvals.rs`, `revocation.rs`) run against these
+//! traits, whichever database is underneath.
+//!
+//! Why traits for the transaction and an enum for the backend: the rules must see one interface
+//! (a trait object keeps them free of generics and of any database type), while the set of
+//! backends is closed and each has its own way of running a transaction (redb's group-commit
+//! writer thread, PostgreSQL's connection threads), so `Registry` holds a `Backend` enum and
+//! hands the rules a `&mut dyn StoreWrite` inside the backend's transaction.
+
+use crate::{
+    ActivationRecord, Approval, BulkFilter, CertRecord, PrincipalRecord, ReleasedCert, RequestResult, Result,
+    RevokedCert, TerminalFilter, TerminalRecord,
+};
+
+/// Names of the durable counters (`StoreWrite::advance`).
+pub(crate) mod counter {
+    /// Commit order of revocations and releases (delta CRLs).
+    pub const REVOCATION_SEQ: &str = "revocation_seq";
+    /// The last CRL number taken.
+    pub const CRL_NUMBER: &str = "crl_number";
+    /// The first issuance ordinal never reserved.
+    pub const ORDINAL_HIGH_WATER: &str = "ordinal_high_water";
+}
+
+/// Reads, inside a read snapshot or a write transaction.
+pub(crate) trait StoreRead {
+    fn terminal(&mut self, serial: &str) -> Result<Option<TerminalRecord>>;
+    /// Terminals matching `filter` in serial order after `after`; at most `limit + 1` (so the
+    /// caller knows whether a next page exists).
+    fn list_terminals(
+        &mut self,
+        filter: &TerminalFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TerminalRecord>>;
+    /// Terminals a bulk filter covers that have an active certificate.
+    fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>>;
+    fn cert(&mut self, serial: &str) -> Result<Option<CertRecord>>;
+    fn cert_der(&mut self, serial: &str) -> Result<Option<Vec<u8>>>;
+    fn certificates(&mut self) -> Result<Vec<CertRecord>>;
+    /// The terminal a key (SM3 of its SPKI) was certified for.
+    fn key_owner(&mut self, fingerprint: &str) -> Result<Option<String>>;
+    /// The certificate whose revocation for compromise bars this key.
+    fn compromised_by(&mut self, fingerprint: &str) -> Result<Option<String>>;
+    fn request(&mut self, id: &str) -> Result<Option<RequestResult>>;
+    fn principal(&mut self, name: &str) -> Result<Option<PrincipalRecord>>;
+    fn principals(&mut self) -> Result<Vec<PrincipalRecord>>;
+    fn approval(&mut self, id: &str) -> Result<Option<Approval>>;
+    fn approvals(&mut self) -> Result<Vec<Approval>>;
+    fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>>;
+    fn counter(&mut self, name: &str) -> Result<u64>;
+    fn revoked(&mut self) -> Result<Vec<RevokedCert>>;
+    fn released(&mut self) -> Result<Vec<ReleasedCert>>;
+    /// The stored bytes of audit entry `seq`.
+    fn audit_raw(&mut self, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// The last audit entry's key and bytes.
+    fn audit_last_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>>;
+    /// The last `n` entries' bytes, newest first.
+    fn audit_newest_raw(&mut self, n: usize) -> Result<Vec<Vec<u8>>>;
+    fn audit_len(&mut self) -> Result<u64>;
+    /// Every audit entry in key order, handed to `f` one at a time.
+    fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()>;
+    /// Every checkpoint's key and bytes, in key order.
+    fn checkpoints_raw(&mut self) -> Result<Vec<(u64, Vec<u8>)>>;
+    fn last_checkpoint_raw(&mut self) -> Result<Option<Vec<u8>>>;
+}
+
+/// Writes, inside one transaction that commits (durably) or writes nothing.
+pub(crate) trait StoreWrite: StoreRead {
+    /// `TerminalExists` when the serial is taken.
+    fn insert_terminal(&mut self, t: &TerminalRecord) -> Result<()>;
+    /// Stores `t`, inserting it when new (a terminal registered by its first issue).
+    fn update_terminal(&mut self, t: &TerminalRecord) -> Result<()>;
+    /// `CertSerialExists` when the serial is taken; binds no key.
+    fn insert_cert(&mut self, rec: &CertRecord, der: &[u8]) -> Result<()>;
+    fn update_cert(&mut self, rec: &CertRecord) -> Result<()>;
+    /// Binds a key to a terminal; `PublicKeyInUse` (or `KeyReused`) when it is bound already.
+    fn bind_key(&mut self, fingerprint: &str, terminal: &str) -> Result<()>;
+    fn mark_compromised(&mut self, fingerprint: &str, cert: &str) -> Result<()>;
+    /// `RequestIdReused` when the id is taken.
+    fn insert_request(&mut self, id: &str, result: &RequestResult) -> Result<()>;
+    /// `PrincipalExists` when the name is taken.
+    fn insert_principal(&mut self, p: &PrincipalRecord) -> Result<()>;
+    fn update_principal(&mut self, p: &PrincipalRecord) -> Result<()>;
+    /// `ApprovalExists` when the id is taken.
+    fn insert_approval(&mut self, a: &Approval) -> Result<()>;
+    fn update_approval(&mut self, a: &Approval) -> Result<()>;
+    /// Appends an activation; returns its number for this terminal (1, 2, …).
+    fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64>;
+    /// `NonceReplayed` when `nonce` is stored and not expired at `now_ms`; prunes expired ones.
+    fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()>;
+    /// Adds `n` to counter `name`; returns the value before.
+    fn advance(&mut self, name: &str, n: u64) -> Result<u64>;
+    fn put_revoked(&mut self, r: &RevokedCert) -> Result<()>;
+    fn remove_revoked(&mut self, serial: &str) -> Result<()>;
+    fn put_released(&mut self, r: &ReleasedCert) -> Result<()>;
+    fn remove_released(&mut self, serial: &str) -> Result<()>;
+    /// Stores audit entry `seq` (`None` deletes it: test hooks only).
+    fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()>;
+    fn put_checkpoint_raw(&mut self, seq: u64, bytes: &[u8]) -> Result<()>;
+    /// Removes checkpoints after `seq` (test hooks only).
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    fn cut_checkpoints_after(&mut self, seq: u64) -> Result<()>;
+    /// Stores approval bytes as given (test hooks only).
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    fn put_approval_raw(&mut self, id: &str, bytes: &[u8]) -> Result<()>;
+}
+
+/// Every durable record of a registry, for copying it into another backend (nonces, which
+/// expire within minutes, are left behind).
+#[derive(Default)]
+pub(crate) struct Export {
+    pub terminals: Vec<TerminalRecord>,
+    pub certs: Vec<(CertRecord, Vec<u8>)>,
+    pub pubkeys: Vec<(String, String)>,
+    pub compromised: Vec<(String, String)>,
+    pub requests: Vec<(String, RequestResult)>,
+    pub principals: Vec<PrincipalRecord>,
+    pub approvals: Vec<Approval>,
+    pub activations: Vec<ActivationRecord>,
+    pub counters: Vec<(String, u64)>,
+    pub revoked: Vec<RevokedCert>,
+    pub released: Vec<ReleasedCert>,
+    pub audit: Vec<(u64, Vec<u8>)>,
+    pub checkpoints: Vec<(u64, Vec<u8>)>,
+}

@@ -1,0 +1,235 @@
+//! What only the PostgreSQL backend has: versioned schema, constraints that hold whatever a
+//! process checks, several instances on one database, a server that goes away and comes back.
+
+use std::sync::Arc;
+
+use registry::testing::PgServer;
+use registry::*;
+
+#[macro_use]
+mod common;
+use common::*;
+
+fn server() -> PgServer {
+    PgServer::start().expect("PostgreSQL test server")
+}
+
+#[test]
+fn serve_refuses_an_unknown_schema_and_migrate_is_idempotent() {
+    let pg = server();
+    assert!(matches!(Registry::open_postgres(&pg.url()), Err(RegistryError::SchemaMismatch { found: 0, expected: 1 })));
+    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("migrate"), vec![1]);
+    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("again"), Vec::<i32>::new());
+    Registry::open_postgres(&pg.url()).expect("current schema opens");
+    // A newer build migrated this database: this one neither serves nor "migrates" it.
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    c.execute("INSERT INTO schema_migrations (version) VALUES (2)", &[]).expect("newer");
+    assert!(matches!(Registry::open_postgres(&pg.url()), Err(RegistryError::SchemaMismatch { found: 2, .. })));
+    assert!(matches!(Registry::migrate_postgres(&pg.url()), Err(RegistryError::SchemaMismatch { found: 2, .. })));
+    // A bad URL is refused without being repeated (it may hold a password).
+    let e = Registry::open_postgres("postgres://u:s3cret@[::1").err().expect("bad url").to_string();
+    assert!(!e.contains("s3cret"), "{e}");
+}
+
+#[test]
+fn the_database_itself_refuses_a_second_active_certificate_a_reused_key_and_a_duplicate_serial() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    reg.record_terminal_issue(&issue("r1", "HSTM01261100000K", "AA01", "k1"), &ev("issue", "t")).expect("issue");
+    drop(reg);
+    // Writers that skip every check of this crate (a bug, another tool) still cannot break them.
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    let insert_cert = |c: &mut postgres::Client, serial: &str, terminal: &str| {
+        c.execute(
+            "INSERT INTO certs (serial, terminal, key_fingerprint, status, record, der) VALUES ($1, $2, 'kx', 'good', '\\x7b7d', '\\x00')",
+            &[&serial, &terminal],
+        )
+    };
+    let constraint = |e: postgres::Error| e.as_db_error().and_then(|d| d.constraint().map(str::to_owned));
+    let second = insert_cert(&mut c, "AA02", "HSTM01261100000K").expect_err("second active certificate");
+    assert_eq!(constraint(second).as_deref(), Some("certs_one_active_per_terminal"));
+    let dup = insert_cert(&mut c, "AA01", "HSTM01261100001I").expect_err("duplicate serial");
+    assert_eq!(constraint(dup).as_deref(), Some("certs_pkey"));
+    let key = c
+        .execute("INSERT INTO pubkeys (fingerprint, terminal) VALUES ('k1', 'HSTM01261100001I')", &[])
+        .expect_err("key certified for a second terminal");
+    assert_eq!(constraint(key).as_deref(), Some("pubkeys_pkey"));
+    let req = c.execute("INSERT INTO requests (id, record) VALUES ('r1', '\\x7b7d')", &[]).expect_err("request id");
+    assert_eq!(constraint(req).as_deref(), Some("requests_pkey"));
+    // A revoked certificate leaves room for the next one.
+    c.execute("UPDATE certs SET status = 'revoked' WHERE serial = 'AA01'", &[]).expect("revoke");
+    insert_cert(&mut c, "AA03", "HSTM01261100000K").expect("after revocation");
+}
+
+#[test]
+fn two_instances_on_one_database_share_invariants_nonces_counters_and_one_audit_chain() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let a = Arc::new(Registry::open_postgres(&pg.url()).expect("instance A"));
+    let b = Arc::new(Registry::open_postgres(&pg.url()).expect("instance B"));
+    // The same terminal raced from both instances, 8 requests each: exactly one certificate.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let reg = if i % 2 == 0 { a.clone() } else { b.clone() };
+                s.spawn(move || {
+                    reg.record_terminal_issue(
+                        &issue(&format!("r{i}"), "HSTM01261100000K", &format!("CC{i:02}"), &format!("k{i}")),
+                        &ev("issue", "t"),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(RegistryError::AlreadyHasActiveCertificate { .. })))
+    );
+    // Distinct terminals from both: all recorded, once.
+    std::thread::scope(|s| {
+        for i in 0..32 {
+            let reg = if i % 2 == 0 { a.clone() } else { b.clone() };
+            s.spawn(move || {
+                let serial = format!("T{i:015}");
+                reg.record_terminal_issue(
+                    &issue(&format!("q{i}"), &serial, &format!("DD{i:02}"), &format!("key{i}")),
+                    &ev("issue", &serial),
+                )
+                .expect("distinct terminals");
+            });
+        }
+    });
+    assert_eq!(b.certificates().expect("all").len(), 33);
+    // A nonce used on A is refused on B.
+    a.use_nonce(b"nonce-1", 1000, 2000).expect("first use on A");
+    assert_eq!(b.use_nonce(b"nonce-1", 1500, 2500), Err(RegistryError::NonceReplayed));
+    // A revocation on A is seen by B's next read.
+    a.revoke("DD00", RevocationReason::KeyCompromise, 5, None, &ev("revoke", "DD00")).expect("revoke on A");
+    assert!(b.revocation_snapshot().expect("B").revoked.iter().any(|r| r.serial == "DD00"));
+    // CRL numbers and ordinal blocks taken from both never repeat.
+    let mut numbers: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let reg = if i % 2 == 0 { a.clone() } else { b.clone() };
+                s.spawn(move || reg.next_crl_number().expect("crl number"))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
+    let first_a = a.reserve_ordinals(100).expect("A");
+    let first_b = b.reserve_ordinals(100).expect("B");
+    assert!(first_a.abs_diff(first_b) >= 100, "blocks overlap: {first_a} {first_b}");
+    // One chain for both: every entry, in order, verifies from either instance.
+    let summary = a.verify_audit_chain().expect("one chain");
+    assert_eq!(summary.entries, 34);
+    assert_eq!(b.verify_audit_chain().expect("same chain"), summary);
+}
+
+#[test]
+fn a_restarted_server_fails_the_calls_in_between_then_serves_again_without_reopening() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    reg.audit(&ev("before", "x")).expect("write");
+    reg.terminal("nothing").expect("read");
+    pg.restart().expect("restart");
+    // The connections the registry held died with the server: the first calls fail as storage
+    // errors (the CA answers UNAVAILABLE), later ones reconnect.
+    let mut wrote = false;
+    for _ in 0..5 {
+        match reg.audit(&ev("after", "x")) {
+            Ok(_) => {
+                wrote = true;
+                break;
+            }
+            Err(RegistryError::Storage(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(wrote, "the writer reconnects");
+    let mut read = false;
+    for _ in 0..10 {
+        if reg.audit_tail(10).is_ok() {
+            read = true;
+            break;
+        }
+    }
+    assert!(read, "readers reconnect");
+    assert_eq!(reg.verify_audit_chain().expect("chain").entries, 2);
+}
+
+#[test]
+fn a_redb_registry_is_copied_into_postgres_with_its_audit_chain_intact() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("registry.redb");
+    {
+        let reg = Registry::open(&path).expect("redb");
+        add_admin(&reg, "admin", "init");
+        for i in 0..5 {
+            let serial = format!("T{i:015}");
+            reg.record_terminal_issue(
+                &issue(&format!("q{i}"), &serial, &format!("DD{i:02}"), &format!("key{i}")),
+                &ev("issue", &serial),
+            )
+            .expect("issue");
+        }
+        reg.revoke("DD01", RevocationReason::KeyCompromise, 7, None, &ev("revoke", "DD01")).expect("revoke");
+        reg.next_crl_numbers(3).expect("crl numbers");
+        let (seq, head) = reg.audit_head().expect("head").expect("entries");
+        reg.add_audit_checkpoint(&AuditCheckpoint { seq, head, time_ms: 9, key_id: "k".into(), signature: "s".into() })
+            .expect("checkpoint");
+    }
+    let pg = server();
+    // Into a database without the schema: refused, nothing written.
+    assert!(matches!(
+        Registry::copy_redb_to_postgres(&path, &pg.url()),
+        Err(RegistryError::SchemaMismatch { found: 0, .. })
+    ));
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let summary = Registry::copy_redb_to_postgres(&path, &pg.url()).expect("copy");
+    let source = Registry::open(&path).expect("redb again");
+    assert_eq!(summary, source.verify_audit_chain().expect("source chain"));
+    assert_eq!(summary.checkpoints.len(), 1);
+    let copy = Registry::open_postgres(&pg.url()).expect("copy");
+    assert_eq!(copy.certificates().expect("certs"), source.certificates().expect("certs"));
+    assert_eq!(copy.revocation_snapshot().expect("snap"), source.revocation_snapshot().expect("snap"));
+    assert_eq!(copy.principal("admin").expect("p"), source.principal("admin").expect("p"));
+    // The invariants came along: the compromised key stays out, the CRL numbers go on.
+    let reuse = issue("q9", "T000000000000009", "DD09", "key1");
+    assert_eq!(
+        copy.record_terminal_issue(&reuse, &ev("issue", "x")),
+        Err(RegistryError::KeyCompromised("DD01".into()))
+    );
+    assert_eq!(copy.next_crl_number().expect("next"), 4);
+    // A second copy into the now used registry is refused (the redb file closed first: one
+    // process at a time).
+    drop(source);
+    assert!(matches!(Registry::copy_redb_to_postgres(&path, &pg.url()), Err(RegistryError::TargetExists(_))));
+}
+
+#[test]
+fn one_crl_leader_at_a_time_and_leadership_moves_when_the_leader_goes() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let a = Registry::open_postgres(&pg.url()).expect("A");
+    let b = Registry::open_postgres(&pg.url()).expect("B");
+    assert!(a.crl_leader().expect("A asks"), "the first to ask leads");
+    assert!(!b.crl_leader().expect("B asks"), "one leader at a time");
+    assert!(a.crl_leader().expect("A again"), "the leader keeps leading");
+    drop(a);
+    // PostgreSQL releases the lock when A's connection ends; B takes over within its next asks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b.crl_leader().expect("B asks") {
+        assert!(std::time::Instant::now() < deadline, "leadership did not move");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c = Registry::open_postgres(&pg.url()).expect("C");
+    assert!(!c.crl_leader().expect("C asks"));
+}
