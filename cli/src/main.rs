@@ -174,7 +174,7 @@ enum PrincipalCmd {
     /// Make a key here, send only a CSR, and write a new identity directory.
     Add {
         /// Role.
-        #[arg(long, value_parser = ["station", "operator", "admin", "auditor"])]
+        #[arg(long, value_parser = ["station", "operator", "admin", "auditor", "monitor"])]
         role: String,
         /// Unique name.
         #[arg(long)]
