@@ -139,7 +139,8 @@ struct Worker {
 enum Pending {
     Outcome(Reply<Outcome>, Result<Outcome, String>),
     Raised(Reply<Vec<Raised>>, Result<Vec<Raised>, String>),
-    Alert(Reply<AlertRecord>, Result<AlertRecord, String>),
+    // Boxed: an alert record is large beside the other answers.
+    Alert(Reply<AlertRecord>, Box<Result<AlertRecord, String>>),
     Unit(Reply<()>, Result<(), String>),
 }
 
@@ -158,7 +159,7 @@ impl Pending {
         let _ = match self {
             Self::Outcome(r, v) => r.send(v).map_err(drop),
             Self::Raised(r, v) => r.send(v).map_err(drop),
-            Self::Alert(r, v) => r.send(v).map_err(drop),
+            Self::Alert(r, v) => r.send(*v).map_err(drop),
             Self::Unit(r, v) => r.send(v).map_err(drop),
         };
     }
@@ -200,7 +201,7 @@ impl Worker {
                 Job::Findings(f, r) => Pending::Raised(r, self.raise_all(&mut b, &f).map_err(|e| e.to_string())),
                 Job::Sweep(now, r) => Pending::Raised(r, self.sweep(&mut b, now).map_err(|e| e.to_string())),
                 Job::Ack { id, by, note, now_ms, reply } => {
-                    Pending::Alert(reply, b.ack(id, &by, &note, now_ms).map_err(|e| e.to_string()))
+                    Pending::Alert(reply, Box::new(b.ack(id, &by, &note, now_ms).map_err(|e| e.to_string())))
                 }
                 Job::Action { id, action, retire, reply } => {
                     let r = (|| {
@@ -210,7 +211,7 @@ impl Worker {
                         }
                         b.set_action(id, &action)
                     })();
-                    Pending::Alert(reply, r.map_err(|e| e.to_string()))
+                    Pending::Alert(reply, Box::new(r.map_err(|e| e.to_string())))
                 }
                 Job::PutCert { serial, info, reply } => {
                     Pending::Unit(reply, b.put_cert(&serial, &info).map_err(|e| e.to_string()))
@@ -246,7 +247,7 @@ impl Worker {
         let p = match job {
             Job::Heartbeat(_, r) => Pending::Outcome(r, Err(String::new())),
             Job::Findings(_, r) | Job::Sweep(_, r) => Pending::Raised(r, Err(String::new())),
-            Job::Ack { reply, .. } | Job::Action { reply, .. } => Pending::Alert(reply, Err(String::new())),
+            Job::Ack { reply, .. } | Job::Action { reply, .. } => Pending::Alert(reply, Box::new(Err(String::new()))),
             Job::PutCert { reply, .. } => Pending::Unit(reply, Err(String::new())),
         };
         p.fail(why);

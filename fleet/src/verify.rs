@@ -218,3 +218,113 @@ fn const_oid_cn() -> der::asn1::ObjectIdentifier {
     // id-at-commonName (2.5.4.3)
     der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hsm::backend::memory::SoftwareSm2Key;
+    use terminal_sim::forge::Authority;
+
+    use super::*;
+
+    const SERIAL: &str = "HSTM01261100000K";
+    const SKEW: Duration = Duration::from_secs(300);
+
+    struct Setup {
+        trust: Trust,
+        key: SoftwareSm2Key,
+        cert_der: Vec<u8>,
+    }
+
+    fn setup() -> Setup {
+        let ca = Authority::new().expect("ca");
+        let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+        let cert = ca.terminal(SERIAL, key.sm2_public_key()).expect("cert");
+        let cert_der = der::Encode::to_der(&cert).expect("der");
+        Setup { trust: Trust { issuing: ca.issuing, root: ca.root, signer_id: SignerId::default() }, key, cert_der }
+    }
+
+    fn body(serial: &str, counter: u64) -> HeartbeatBody {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("time").as_millis() as u64;
+        HeartbeatBody { terminal_serial: serial.into(), counter, time_ms: now, ..Default::default() }
+    }
+
+    fn signed(s: &Setup, b: &HeartbeatBody) -> HeartbeatRequest {
+        proto::heartbeat::request(b, &s.key, &s.cert_der).expect("sign")
+    }
+
+    fn refusal(s: &Setup, req: &HeartbeatRequest) -> Refusal {
+        check(&s.trust, &KeyCache::default(), req, SystemTime::now(), SKEW).expect_err("refused")
+    }
+
+    #[test]
+    fn a_good_heartbeat_passes_and_its_certificate_is_remembered() {
+        let s = setup();
+        let cache = KeyCache::default();
+        let req = signed(&s, &body(SERIAL, 7));
+        let c = check(&s.trust, &cache, &req, SystemTime::now(), SKEW).expect("passes");
+        assert_eq!((c.body.counter, c.body_sm3.len()), (7, 64));
+        assert_eq!(cache.keys.lock().expect("lock").len(), 1);
+        // From the cache: the signature is still checked.
+        let mut forged = signed(&s, &body(SERIAL, 8));
+        forged.body = body(SERIAL, 9).encode_to_vec();
+        assert_eq!(
+            check(&s.trust, &cache, &forged, SystemTime::now(), SKEW).expect_err("refused"),
+            Refusal::BadSignature
+        );
+    }
+
+    #[test]
+    fn every_rejection_has_its_reason() {
+        let s = setup();
+        let good = signed(&s, &body(SERIAL, 1));
+        let mut r = good.clone();
+        r.body = vec![0xff, 0xff, 0xff];
+        assert!(matches!(refusal(&s, &r), Refusal::Malformed(m) if m.starts_with("body")));
+        let mut r = good.clone();
+        r.certificate_der = b"not a certificate".to_vec();
+        assert!(matches!(refusal(&s, &r), Refusal::Malformed(m) if m.starts_with("certificate")));
+        // A self-made CA's certificate, named exactly like ours.
+        let forger = Authority::new().expect("forger");
+        let fake = forger.terminal(SERIAL, s.key.sm2_public_key()).expect("fake");
+        let mut r = good.clone();
+        r.certificate_der = der::Encode::to_der(&fake).expect("der");
+        assert!(matches!(refusal(&s, &r), Refusal::NotOurs(_)));
+        // Signed by another key than the certified one.
+        let other = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+        let r = proto::heartbeat::request(&body(SERIAL, 1), &other, &s.cert_der).expect("sign");
+        assert_eq!(refusal(&s, &r), Refusal::BadSignature);
+        // Signed without the tag (a signature made for something else).
+        let mut r = good.clone();
+        r.signature_der = hsm::Signer::sign(&s.key, &r.body).expect("sign").as_der().to_vec();
+        assert_eq!(refusal(&s, &r), Refusal::BadSignature);
+        // The body names another terminal than the certificate.
+        let r = signed(&s, &body("HSTM01261100001I", 1));
+        assert!(matches!(refusal(&s, &r), Refusal::WrongTerminal { .. }));
+        // Too old or too new: stale, and not counted as a counterfeit.
+        let mut old = body(SERIAL, 1);
+        old.time_ms -= 301_000;
+        let e = refusal(&s, &signed(&s, &old));
+        assert!(matches!(e, Refusal::Stale { skew_s } if skew_s <= -300), "{e:?}");
+        assert!(!e.is_counterfeit());
+        let mut new = body(SERIAL, 1);
+        new.time_ms += 301_000;
+        assert!(matches!(refusal(&s, &signed(&s, &new)), Refusal::Stale { .. }));
+        // An expired certificate does not chain.
+        let later = SystemTime::now() + Duration::from_secs(20 * 365 * 86_400);
+        let e = check(&s.trust, &KeyCache::default(), &good, later, SKEW).expect_err("expired");
+        assert!(matches!(e, Refusal::NotOurs(_)), "{e:?}");
+    }
+
+    #[test]
+    fn refusals_map_to_stable_reasons() {
+        assert_eq!(Refusal::BadSignature.status(), (Code::Unauthenticated, Reason::HeartbeatBadSignature));
+        assert_eq!(
+            Refusal::Revoked { serial: "0A".into(), reason: "key_compromise".into() }.status(),
+            (Code::PermissionDenied, Reason::HeartbeatCertRevoked)
+        );
+        assert_eq!(Refusal::Unknown("0A".into()).name(), "HEARTBEAT_CERT_UNKNOWN");
+        assert!(Refusal::NotOurs(String::new()).is_counterfeit());
+    }
+}

@@ -226,8 +226,8 @@ async fn send(channel: Channel, req: v1::HeartbeatRequest, tally: &Tally) {
     }
 }
 
-/// Heartbeats of one terminal (or one clone of it) until `until` or it stops.
-async fn beat(
+/// One heartbeating SE: a terminal's own, a clone's or a counterfeit's.
+struct Beat {
     t: Arc<Terminal>,
     se: Arc<Mutex<CountingKey>>,
     channel: Channel,
@@ -236,8 +236,13 @@ async fn beat(
     until: Instant,
     tally: Arc<Tally>,
     firmware: Arc<Vec<u8>>,
+    /// The terminal's own SE (stops when the terminal is silenced; zeroises on tamper).
     original: bool,
-) {
+}
+
+/// Heartbeats of one SE until `until` or its terminal stops.
+async fn beat(b: Beat) {
+    let Beat { t, se, channel, interval, offset, until, tally, firmware, original } = b;
     tokio::time::sleep(offset).await;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,17 +296,17 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
     for (i, t) in terminals.iter().enumerate() {
         let se = ses[i].clone();
         let offset = plan.interval.mul_f64(i as f64 / n as f64);
-        tokio::spawn(beat(
-            t.clone(),
+        tokio::spawn(beat(Beat {
+            t: t.clone(),
             se,
-            channels[i % channels.len()].clone(),
-            plan.interval,
+            channel: channels[i % channels.len()].clone(),
+            interval: plan.interval,
             offset,
             until,
-            tally.clone(),
-            firmware.clone(),
-            true,
-        ));
+            tally: tally.clone(),
+            firmware: firmware.clone(),
+            original: true,
+        }));
     }
     tokio::time::sleep(plan.inject_after).await;
     let mut pick = 0usize;
@@ -317,17 +322,17 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
             json!({"event": "inject", "kind": "clone", "terminal": t.serial, "certificate": t.certificate_serial, "address": plan.clone_address.to_string()}),
         );
         let offset = plan.interval / 2;
-        tokio::spawn(beat(
-            t.clone(),
-            Arc::new(Mutex::new(copy)),
-            clone_channel.clone(),
-            plan.interval,
+        tokio::spawn(beat(Beat {
+            t: t.clone(),
+            se: Arc::new(Mutex::new(copy)),
+            channel: clone_channel.clone(),
+            interval: plan.interval,
             offset,
             until,
-            tally.clone(),
-            firmware.clone(),
-            false,
-        ));
+            tally: tally.clone(),
+            firmware: firmware.clone(),
+            original: false,
+        }));
     }
     for i in take(plan.relocations) {
         let t = &terminals[i];
@@ -369,17 +374,17 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
             emit(
                 json!({"event": "inject", "kind": "counterfeit", "terminal": victim.serial, "certificate": victim.certificate_serial}),
             );
-            tokio::spawn(beat(
-                fake,
-                Arc::new(Mutex::new(key)),
-                channels[i % channels.len()].clone(),
-                plan.interval,
-                Duration::ZERO,
+            tokio::spawn(beat(Beat {
+                t: fake,
+                se: Arc::new(Mutex::new(key)),
+                channel: channels[i % channels.len()].clone(),
+                interval: plan.interval,
+                offset: Duration::ZERO,
                 until,
-                tally.clone(),
-                firmware.clone(),
-                false,
-            ));
+                tally: tally.clone(),
+                firmware: firmware.clone(),
+                original: false,
+            }));
         }
     }
     tokio::time::sleep_until(until.into()).await;
