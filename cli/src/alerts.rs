@@ -17,19 +17,22 @@ use crate::revocation::time_text;
 #[derive(clap::Args)]
 pub struct FleetEndpoint {
     /// The fleet service's gRPC URL.
-    #[arg(long, env = "HSCA_FLEET_URL", default_value = "https://127.0.0.1:7543")]
+    #[arg(long, global = true, env = "HSCA_FLEET_URL", default_value = "https://127.0.0.1:7543")]
     pub fleet: String,
     /// Its TLS CA (`fleet-server init` writes DIR/tls/ca.pem).
-    #[arg(long, env = "HSCA_FLEET_TLS_CA")]
-    pub fleet_tls_ca: PathBuf,
+    #[arg(long, global = true, env = "HSCA_FLEET_TLS_CA")]
+    pub fleet_tls_ca: Option<PathBuf>,
 }
 
 /// Connects to the fleet service as `identity`.
 pub async fn connect(identity: &Identity, at: &FleetEndpoint) -> Result<Client> {
     let pass = identity.passphrase(proto::identity::prompt_passphrase)?;
     let signer = identity.signer(&pass)?;
-    let ca =
-        std::fs::read_to_string(&at.fleet_tls_ca).with_context(|| format!("reading {}", at.fleet_tls_ca.display()))?;
+    let path = at
+        .fleet_tls_ca
+        .as_ref()
+        .context("name the fleet service's TLS CA: --fleet-tls-ca FILE or HSCA_FLEET_TLS_CA")?;
+    let ca = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Client::connect_trusting(identity, &at.fleet, ca, Box::new(signer)).await?)
 }
 

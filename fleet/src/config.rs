@@ -20,6 +20,24 @@ pub struct Config {
     pub policy: PolicySection,
     /// How the service reaches the CA.
     pub ca: CaSection,
+    /// Where new alerts are POSTed, if anywhere.
+    #[serde(default)]
+    pub webhook: Option<WebhookSection>,
+}
+
+/// `[webhook]`: each new alert is POSTed as JSON (the `cactl alerts show --json` shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// `http://host:port/path` (plain HTTP: put a TLS-terminating relay in front for anything else).
+    pub url: String,
+    /// Attempts per alert, with doubling pauses from one second.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    5
 }
 
 /// `[server]`.
@@ -148,6 +166,7 @@ pub fn init(dir: &Path, identity: &Path, grpc: &str, http: &str) -> Result<Made>
         store: StoreSection { path: "fleet.redb".into() },
         policy: PolicySection { file: "policies/fleet.toml".into() },
         ca: CaSection { identity, status_ttl_seconds: default_status_ttl() },
+        webhook: None,
     };
     std::fs::write(&config, toml::to_string_pretty(&c)?)?;
     Ok(Made { config, tls_ca: dir.join("tls/ca.pem") })

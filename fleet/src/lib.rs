@@ -13,3 +13,4 @@ pub mod rules;
 pub mod server;
 pub mod store;
 pub mod verify;
+pub mod webhook;

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub ca_failures: AtomicU64,
     /// Refused signed requests (alerts API).
     pub auth_failures: AtomicU64,
+    /// Alerts the webhook gave up on.
+    pub webhook_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -64,6 +66,8 @@ impl Metrics {
         s.push_str(&format!("fleet_ca_failures_total {}\n", self.ca_failures.load(Ordering::Relaxed)));
         s.push_str("# TYPE fleet_auth_failures_total counter\n");
         s.push_str(&format!("fleet_auth_failures_total {}\n", self.auth_failures.load(Ordering::Relaxed)));
+        s.push_str("# TYPE fleet_webhook_failures_total counter\n");
+        s.push_str(&format!("fleet_webhook_failures_total {}\n", self.webhook_failures.load(Ordering::Relaxed)));
         s
     }
 }

@@ -45,6 +45,7 @@ pub struct Fleet {
     /// Nonces of signed requests seen, with their expiry.
     nonces: Mutex<HashMap<String, u64>>,
     started_ms: u64,
+    webhook: Option<crate::config::WebhookSection>,
 }
 
 fn refusal_status(r: &Refusal) -> Status {
@@ -77,6 +78,7 @@ impl Fleet {
             callers: Mutex::default(),
             nonces: Mutex::default(),
             started_ms,
+            webhook: c.webhook.clone(),
         }))
     }
 
@@ -144,7 +146,13 @@ impl Fleet {
 
     /// Records a refused heartbeat (a counterfeit finding, with the source address) and builds
     /// the answer.
-    async fn refused(&self, r: Refusal, req: &v1::HeartbeatRequest, address: &str, terminal: &str) -> Status {
+    async fn refused(
+        self: &Arc<Self>,
+        r: Refusal,
+        req: &v1::HeartbeatRequest,
+        address: &str,
+        terminal: &str,
+    ) -> Status {
         self.metrics.refused(r.name());
         if r.is_counterfeit() {
             let (cert_sm3, cert_serial) = certificate_names(&req.certificate_der);
@@ -167,8 +175,9 @@ impl Fleet {
                     "address": address,
                 }),
             };
-            if let Err(e) = self.engine.findings(vec![f]).await {
-                tracing::error!(error = %e, "recording a counterfeit failed");
+            match self.engine.findings(vec![f]).await {
+                Ok(raised) => self.act(&raised),
+                Err(e) => tracing::error!(error = %e, "recording a counterfeit failed"),
             }
         }
         refusal_status(&r)
@@ -242,8 +251,21 @@ impl Fleet {
     }
 
     /// Carries out the hold or revoke of new alerts, at the CA, in the background; the outcome
-    /// is written to the alert.
+    /// is written to the alert. New alerts also go to the webhook, if one is configured.
     fn act(self: &Arc<Self>, raised: &[Raised]) {
+        if let Some(hook) = &self.webhook {
+            for r in raised.iter().filter(|r| r.new) {
+                let (url, attempts) = (hook.url.clone(), hook.attempts);
+                let body = alert_json(&r.alert).to_string().into_bytes();
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::webhook::deliver(&url, &body, attempts, Duration::from_secs(1)).await {
+                        metrics.webhook_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(error = %e, "webhook gave up");
+                    }
+                });
+            }
+        }
         for r in raised.iter().filter(|r| r.new && r.action != Action::Alert) {
             let me = self.clone();
             let (id, serial, action) = (r.alert.id, r.alert.certificate_serial.clone(), r.action);
@@ -382,6 +404,12 @@ pub fn alert_msg(a: &AlertRecord) -> v1::Alert {
         acknowledged_ms: a.acknowledged_ms,
         note: a.note.clone(),
     }
+}
+
+/// An alert as JSON (the webhook's body).
+pub fn alert_json(a: &AlertRecord) -> serde_json::Value {
+    serde_json::json!({"id": a.id, "rule": a.rule, "terminal": a.terminal_serial, "certificate": a.certificate_serial,
+        "first_ms": a.first_ms, "address": a.source_address, "action": a.action, "evidence": a.evidence})
 }
 
 fn store_status(e: impl std::fmt::Display) -> Status {

@@ -118,6 +118,10 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     edit(&rules, "interval_seconds = 60", "interval_seconds = 1");
     edit(&rules, "sustained_heartbeats = 3", "sustained_heartbeats = 2");
     let config = fleet_dir.join("fleet-server.toml");
+    let (hook_url, delivered) = webhook_receiver();
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!("\n[webhook]\nurl = \"{hook_url}\"\n"));
+    std::fs::write(&config, text).expect("config");
     let mut fleet = Proc::serve(Path::new(FLEET), &config, http);
 
     let tls_ca = fleet_dir.join("tls/ca.pem");
@@ -151,6 +155,10 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     }
     assert!(sim.wait().expect("wait").success());
     assert!(restarted);
+    // The run is over: every terminal falls silent now. Restarted, the service gives them
+    // missed_intervals from its start, so what is read next is what the run raised.
+    fleet.terminate();
+    fleet = Proc::serve(Path::new(FLEET), &config, http);
     let injected: Vec<(String, String)> = events
         .iter()
         .filter(|e| e["event"] == "inject")
@@ -237,6 +245,11 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     assert_eq!((acked["acknowledged"].as_bool(), acked["acknowledged_by"].as_str()), (Some(true), Some("operator-1")));
     let open: Vec<serde_json::Value> = serde_json::from_str(&ok(alerts_cmd(&["list"]))).expect("json");
     assert!(open.iter().all(|a| a["id"].as_u64().map(|i| i.to_string()) != Some(first.clone())));
+    // Every new alert was POSTed to the webhook.
+    let posted = delivered.lock().expect("lock").clone();
+    for kind in ["clone", "relocation", "counterfeit", "tamper", "silent"] {
+        assert!(posted.iter().any(|b| b.contains(&format!("\"rule\":\"{kind}\""))), "{kind} not posted: {posted:?}");
+    }
     // /metrics counts them.
     let metrics = http_get(http, "/metrics");
     assert!(metrics.contains("fleet_alerts_total{rule=\"tamper\"}"), "{metrics}");
@@ -262,6 +275,43 @@ fn certificate_pem(identity: &Path, serial: &str) -> String {
             .into_inner();
         pki::pem::der_to_pem("CERTIFICATE", &info.certificate_der).expect("pem")
     })
+}
+
+/// A webhook receiver answering 204 to every POST; its URL and the bodies received.
+fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/alerts", listener.local_addr().expect("addr"));
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let Ok(n) = s.read(&mut chunk) else { break None };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let Some(end) = text.find("\r\n\r\n") else { continue };
+                let len = text
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break Some(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
+                }
+            };
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            if let (Some(b), Ok(mut v)) = (body, sink.lock()) {
+                v.push(b);
+            }
+        }
+    });
+    (url, bodies)
 }
 
 fn http_get(port: u16, path: &str) -> String {
