@@ -294,3 +294,89 @@ impl Worker {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Rule;
+
+    fn hb(counter: u64, address: &str) -> Verified {
+        Verified {
+            terminal_serial: "HSTM01261100000K".into(),
+            certificate_serial: "0A".into(),
+            counter,
+            time_ms: now_ms(),
+            position: Some((39.9, 116.4, "gnss".into())),
+            firmware_sm3: String::new(),
+            tamper: false,
+            uptime_s: counter,
+            body_sm3: format!("{counter}"),
+            address: address.into(),
+            received_ms: now_ms(),
+        }
+    }
+
+    fn start(path: &std::path::Path) -> Engine {
+        let policy = FleetPolicy::shipped().expect("policy");
+        Engine::start(Store::open(path).expect("store"), policy, Arc::new(Metrics::default()), now_ms())
+            .expect("engine")
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumes_the_counters_so_no_false_clone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("fleet.redb");
+        {
+            let e = start(&path);
+            for n in 1..=5 {
+                let o = e.heartbeat(hb(n, "10.0.0.1")).await.expect("beat");
+                assert_eq!(o.verdict, Verdict::Accepted);
+            }
+        }
+        // The engine thread ends with its handle; a new one reads the store.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let e = start(&path);
+        let o = e.heartbeat(hb(6, "10.0.0.1")).await.expect("beat");
+        assert_eq!(o.verdict, Verdict::Accepted);
+        assert!(o.raised.is_empty(), "{:?}", o.raised);
+        // The counter the store kept still catches a copy replaying an old one.
+        let mut copy = hb(4, "10.0.0.2");
+        copy.body_sm3 = "copy".into();
+        let o = e.heartbeat(copy).await.expect("beat");
+        assert_eq!(o.verdict, Verdict::CounterReused);
+        assert_eq!(o.raised.len(), 1);
+        assert!(o.raised[0].new && o.raised[0].alert.rule == Rule::Clone.name() && o.raised[0].action == Action::Hold);
+        assert_eq!(o.raised[0].alert.action, "hold: pending");
+        let done = e.action_done(o.raised[0].alert.id, "hold: done".into(), Some("0A".into())).await.expect("done");
+        assert_eq!(done.action, "hold: done");
+        // Retired by the hold: never silent, even long after.
+        let raised = e.sweep(now_ms() + 3_600_000).await.expect("sweep");
+        assert!(raised.is_empty(), "{raised:?}");
+    }
+
+    #[tokio::test]
+    async fn many_heartbeats_at_once_share_commits_and_all_answer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let e = start(&dir.path().join("fleet.redb"));
+        let mut set = tokio::task::JoinSet::new();
+        for t in 0..200u64 {
+            let e = e.clone();
+            set.spawn(async move {
+                let mut b = hb(1, "10.0.0.1");
+                b.certificate_serial = format!("{t:X}");
+                e.heartbeat(b).await.map(|o| o.verdict)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            assert_eq!(r.expect("task").expect("answer"), Verdict::Accepted);
+        }
+        assert_eq!(e.store.states().expect("states").len(), 200);
+        // Silence is counted per terminal from the last heartbeat (or the start).
+        let policy = FleetPolicy::shipped().expect("policy");
+        let later = now_ms() + policy.interval.as_millis() as u64 * (u64::from(policy.missed_intervals) + 1);
+        let raised = e.sweep(later).await.expect("sweep");
+        assert_eq!(raised.len(), 200);
+        assert!(raised.iter().all(|r| r.new && r.alert.rule == "silent"));
+        assert!(e.sweep(later + 1).await.expect("sweep").is_empty(), "once");
+    }
+}

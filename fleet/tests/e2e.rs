@@ -82,9 +82,12 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     let cactl = |args: &[&str]| Command::new(sibling("cactl")).args(args).output().expect("cactl");
     let admin = d.join("ca/cactl.toml");
     let admin = admin.to_str().expect("utf8");
-    for (role, name, extra) in
-        [("station", "station-1", Some("HSTM")), ("monitor", "fleet-1", None), ("operator", "operator-1", None)]
-    {
+    for (role, name, extra) in [
+        ("station", "station-1", Some("HSTM")),
+        ("monitor", "fleet-1", None),
+        ("operator", "operator-1", None),
+        ("auditor", "auditor-1", None),
+    ] {
         let out = d.join(name);
         let mut args = vec![
             "--config",
@@ -168,10 +171,10 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     let summary = events.iter().find(|e| e["event"] == "summary").expect("summary");
     assert!(summary["accepted"].as_u64().expect("n") > 150, "{summary}");
 
-    let alerts_cmd = |extra: &[&str]| {
+    let alerts_as = |who: &str, extra: &[&str]| {
         let mut args: Vec<String> = vec![
             "--identity".into(),
-            d.join("operator-1/identity.toml").to_str().expect("u").to_owned(),
+            d.join(format!("{who}/identity.toml")).to_str().expect("u").to_owned(),
             "--json".into(),
             "alerts".into(),
         ];
@@ -184,6 +187,7 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
         args.extend(extra.iter().map(|s| s.to_string()));
         Command::new(sibling("cactl")).args(&args).output().expect("cactl alerts")
     };
+    let alerts_cmd = |extra: &[&str]| alerts_as("operator-1", extra);
     let alerts: Vec<serde_json::Value> = serde_json::from_str(&ok(alerts_cmd(&["list", "--all"]))).expect("json");
     let rules_of = |terminal: &str| -> Vec<String> {
         alerts
@@ -245,6 +249,14 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     assert_eq!((acked["acknowledged"].as_bool(), acked["acknowledged_by"].as_str()), (Some(true), Some("operator-1")));
     let open: Vec<serde_json::Value> = serde_json::from_str(&ok(alerts_cmd(&["list"]))).expect("json");
     assert!(open.iter().all(|a| a["id"].as_u64().map(|i| i.to_string()) != Some(first.clone())));
+    // An auditor reads but cannot acknowledge; a station and the monitor cannot even read.
+    assert!(ok(alerts_as("auditor-1", &["show", &first])).contains("seen on site"));
+    for (who, args) in [("auditor-1", vec!["ack", "1"]), ("station-1", vec!["list"]), ("fleet-1", vec!["list"])] {
+        let out = alerts_as(who, &args);
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{who}: {text}");
+        assert!(text.contains("ROLE_FORBIDDEN"), "{who}: {text}");
+    }
     // Every new alert was POSTed to the webhook.
     let posted = delivered.lock().expect("lock").clone();
     for kind in ["clone", "relocation", "counterfeit", "tamper", "silent"] {
