@@ -4,6 +4,8 @@
 //! store ([`engine`], [`store`]), keeps deduplicated alerts, and asks the CA for holds and
 //! keyCompromise revocations as an ordinary `monitor` principal ([`ca`]). See README.md.
 
+#![warn(missing_docs)]
+
 pub mod ca;
 pub mod config;
 pub mod engine;
