@@ -52,5 +52,7 @@ cpu = ticks / hz
 print(f"terminals {s['terminals']}  heartbeats {s['sent']} in {s['seconds']:.0f} s = {s['heartbeats_per_s']:.0f}/s  "
       f"p50 {s['p50_ms']:.1f} ms  p99 {s['p99_ms']:.1f} ms")
 print(f"fleet-server CPU {cpu:.1f} s = {1e6 * cpu / max(s['sent'], 1):.0f} us per heartbeat")
-print(f"injections alerted with their rule: {hit}/{len(inj)}   alerts on other terminals: {len(false)}")
+from collections import Counter
+print(f"injections alerted with their rule: {hit}/{len(inj)}   alerts on other terminals: {len(false)} "
+      f"{dict(Counter(a['rule'] for a in false))}   refused: {s['refused']}")
 PY

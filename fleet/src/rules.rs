@@ -17,6 +17,9 @@ pub struct TerminalState {
     pub counter: u64,
     /// SM3 of the body accepted with that counter (a retry of it is a duplicate, not a clone).
     pub last_body_sm3: String,
+    /// The terminal's own time in the heartbeat accepted with that counter.
+    #[serde(default)]
+    pub last_time_ms: u64,
     /// When the last heartbeat was accepted (our clock, unix ms).
     pub last_seen_ms: u64,
     /// The address it came from.
@@ -101,6 +104,10 @@ pub enum Verdict {
     Duplicate,
     /// The counter did not increase and the body differs: refused (and a clone finding).
     CounterReused,
+    /// An earlier heartbeat of the same SE arriving after a later one (lower counter *and*
+    /// earlier time than the one accepted): refused as out of order, no finding. A copy of the
+    /// SE signs after the original, so its time is not earlier.
+    Late,
 }
 
 /// The outcome of [`evaluate`].
@@ -130,6 +137,7 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
             certificate_serial: hb.certificate_serial.clone(),
             counter: hb.counter,
             last_body_sm3: hb.body_sm3.clone(),
+            last_time_ms: hb.time_ms,
             last_seen_ms: hb.received_ms,
             address: hb.address.clone(),
             previous_address: None,
@@ -148,6 +156,9 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
         if hb.counter == prev.counter && hb.body_sm3 == prev.last_body_sm3 {
             return Evaluation { verdict: Verdict::Duplicate, state: None, findings };
         }
+        if hb.counter < prev.counter && hb.time_ms < prev.last_time_ms {
+            return Evaluation { verdict: Verdict::Late, state: None, findings };
+        }
         findings.push(Finding::about(
             Rule::Clone,
             hb,
@@ -165,6 +176,7 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
     let mut next = prev.clone();
     next.counter = hb.counter;
     next.last_body_sm3 = hb.body_sm3.clone();
+    next.last_time_ms = hb.time_ms;
     next.last_seen_ms = hb.received_ms;
     next.silent = false;
     if hb.address != prev.address {
@@ -326,6 +338,20 @@ mod tests {
         assert!(findings.iter().all(|f| f.rule == Rule::Clone && f.key == "clone:0A"));
         assert_eq!(findings[1].evidence["highest_counter"], 5);
         assert_eq!(state.expect("state").counter, 5, "a refused heartbeat changes nothing");
+    }
+
+    #[test]
+    fn a_late_earlier_heartbeat_is_out_of_order_not_a_clone() {
+        let p = policy();
+        // Counter 2 (signed at 2000) overtaken by counter 3 (signed at 3000) inside the network.
+        let (state, findings, verdicts) = run(&p, &[hb(1, 1000, "a"), hb(3, 3000, "a"), hb(2, 2000, "a")]);
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(verdicts[2], Verdict::Late);
+        assert_eq!(state.expect("state").counter, 3);
+        // A copy signs after the original: an old counter with a time not earlier is a clone.
+        let (_, findings, verdicts) = run(&p, &[hb(1, 1000, "a"), hb(3, 3000, "a"), hb(2, 3500, "b")]);
+        assert_eq!(verdicts[2], Verdict::CounterReused);
+        assert_eq!(findings[0].rule, Rule::Clone);
     }
 
     #[test]

@@ -133,6 +133,14 @@ impl Fleet {
                 self.metrics.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(v1::HeartbeatResponse { interval_s, duplicate: true })
             }
+            Verdict::Late => {
+                self.metrics.refused("HEARTBEAT_LATE");
+                Err(status(
+                    Code::InvalidArgument,
+                    Reason::HeartbeatStale,
+                    "a later heartbeat of this terminal arrived first; this one is out of date",
+                ))
+            }
             Verdict::CounterReused => {
                 self.metrics.refused(Reason::HeartbeatCounterReused.as_str_name());
                 Err(status(
