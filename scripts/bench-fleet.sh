@@ -4,12 +4,12 @@
 # one of each anomaly x5 injected half-way. Prints the simulator's summary (rate, p50/p99
 # latency), fleet-server CPU per heartbeat, and the score: injections alerted with their rule,
 # alerts on terminals nothing was injected into (false positives).
-# Usage: scripts/bench-fleet.sh [COUNT] [INTERVAL_MS]   (default 10000 6000: the rate of
-# 100,000 terminals at 60 s, 1,667 heartbeats/s)
+# Usage: scripts/bench-fleet.sh [COUNT] [INTERVAL_MS] [INTERVALS]   (default 10000 6000 10: the
+# rate of 100,000 terminals at 60 s, 1,667 heartbeats/s, for 10 intervals)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-COUNT="${1:-10000}"; INTERVAL="${2:-6000}"
+COUNT="${1:-10000}"; INTERVAL="${2:-6000}"; INTERVALS="${3:-10}"
 cargo build --release -q -p ca-server -p cli -p fleet -p terminal-sim
 BIN=target/release
 WORK="$(mktemp -d)"
@@ -33,7 +33,7 @@ ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 T0=$(ticks $FLEET)
 "$BIN/terminal-sim" fleet --station "$WORK/station/identity.toml" --fleet "https://127.0.0.1:$FGRPC" \
     --fleet-tls-ca "$WORK/fleet/tls/ca.pem" --count "$COUNT" --interval-ms "$INTERVAL" \
-    --duration-ms $((INTERVAL * 10)) --inject-after-ms $((INTERVAL * 5)) \
+    --duration-ms $((INTERVAL * INTERVALS)) --inject-after-ms $((INTERVAL * INTERVALS / 2)) \
     --clones 5 --relocations 5 --counterfeits 5 --tampers 5 --silences 5 > "$WORK/sim.jsonl"
 T1=$(ticks $FLEET)
 "$BIN/cactl" --identity "$WORK/operator/identity.toml" --json alerts --fleet "https://127.0.0.1:$FGRPC" \
