@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/hsca/v1/ca.proto",
         "proto/hsca/v1/registry.proto",
         "proto/hsca/v1/admin.proto",
+        "proto/hsca/v1/fleet.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

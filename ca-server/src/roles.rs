@@ -11,7 +11,7 @@ use toml::Spanned;
 pub const SHIPPED: &str = include_str!("../../policies/roles.toml");
 
 /// The roles a principal can have.
-pub const ROLES: [&str; 4] = ["station", "operator", "admin", "auditor"];
+pub const ROLES: [&str; 5] = ["station", "operator", "admin", "auditor", "monitor"];
 
 /// Loaded roles policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +118,23 @@ mod tests {
         assert!(r.allows("admin", "/hsca.v1.Admin/RevokeCertificate"));
         assert!(!r.allows("admin", "/hsca.v1.Admin/Unlisted"), "unlisted methods are refused");
         assert_eq!(r.clock_skew, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn shipped_monitor_reaches_holds_and_revocation_only() {
+        let r = Roles::embedded_default().expect("loads");
+        let allowed: Vec<&str> =
+            r.methods.iter().filter(|(_, roles)| roles.contains("monitor")).map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            allowed,
+            [
+                "/hsca.v1.Admin/RevokeCertificate",
+                "/hsca.v1.Admin/UnrevokeCertificate",
+                "/hsca.v1.CertificateAuthority/GetCaChain",
+                "/hsca.v1.CertificateAuthority/GetCertificate",
+                "/hsca.v1.CertificateAuthority/GetCertificateStatus",
+            ]
+        );
     }
 
     #[test]

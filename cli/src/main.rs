@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the CA refused (the stable reason is printed), or `verify` found the
 //! certificate not valid; 2 usage or local input error; 3 the CA could not be reached.
 
+mod alerts;
 mod approvals;
 mod audit;
 mod http;
@@ -162,6 +163,14 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The fleet service's alerts (clone, relocation, counterfeit, tamper, silent): list, show
+    /// with evidence, acknowledge. Operators and admins acknowledge; auditors may read.
+    Alerts {
+        #[command(flatten)]
+        at: alerts::FleetEndpoint,
+        #[command(subcommand)]
+        cmd: AlertsCmd,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -174,7 +183,7 @@ enum PrincipalCmd {
     /// Make a key here, send only a CSR, and write a new identity directory.
     Add {
         /// Role.
-        #[arg(long, value_parser = ["station", "operator", "admin", "auditor"])]
+        #[arg(long, value_parser = ["station", "operator", "admin", "auditor", "monitor"])]
         role: String,
         /// Unique name.
         #[arg(long)]
@@ -280,6 +289,35 @@ enum AuditCmd {
         /// How many.
         #[arg(long, default_value_t = 20)]
         last: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    /// Open alerts, newest first (--all: acknowledged ones too).
+    List {
+        /// Include acknowledged alerts.
+        #[arg(long)]
+        all: bool,
+        /// Only this rule: clone, relocation, counterfeit, tamper, silent.
+        #[arg(long)]
+        rule: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One alert with its evidence.
+    Show {
+        /// Alert id.
+        id: u64,
+    },
+    /// Acknowledge an alert; the next occurrence opens a new one.
+    Ack {
+        /// Alert id.
+        id: u64,
+        /// What was found or done.
+        #[arg(long, default_value = "")]
+        note: String,
     },
 }
 
@@ -796,6 +834,17 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Unrevoke { cert_serial } => {
             let (_, client) = connect(&cli).await?;
             revocation::unrevoke(&client, cli.json, &cert_serial.to_uppercase()).await
+        }
+        Cmd::Alerts { at, cmd } => {
+            let identity = Identity::load(&identity_path(&cli)?)?;
+            let client = alerts::connect(&identity, at).await?;
+            match cmd {
+                AlertsCmd::List { all, rule, limit } => {
+                    alerts::list(&client, cli.json, *all, rule.as_deref(), *limit).await
+                }
+                AlertsCmd::Show { id } => alerts::show(&client, cli.json, *id).await,
+                AlertsCmd::Ack { id, note } => alerts::ack(&client, cli.json, *id, note).await,
+            }
         }
         Cmd::Approvals(a) => {
             let (_, client) = connect(&cli).await?;

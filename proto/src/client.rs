@@ -47,6 +47,19 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let url = server.unwrap_or(&identity.file.server).to_owned();
         let ca = identity.read_named(&identity.file.tls_ca)?;
+        Self::connect_trusting(identity, &url, ca, signer).await
+    }
+
+    /// Connects to another service that takes this identity's signed requests (the fleet
+    /// service) at `url`, trusting `tls_ca_pem` for its TLS certificate.
+    pub async fn connect_trusting(
+        identity: &Identity,
+        url: &str,
+        tls_ca_pem: String,
+        signer: Box<dyn hsm::Signer>,
+    ) -> Result<Self, ClientError> {
+        let url = url.to_owned();
+        let ca = tls_ca_pem;
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
         let endpoint = Channel::from_shared(url.clone())
             .map_err(|_| {

@@ -11,6 +11,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hsca_v1_descriptor.bin"));
 
 pub mod client;
+pub mod heartbeat;
 pub mod identity;
 pub mod signing;
 

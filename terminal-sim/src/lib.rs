@@ -4,4 +4,6 @@
 //! behind a link.
 
 pub mod device;
+pub mod fleet;
+pub mod forge;
 pub mod se;

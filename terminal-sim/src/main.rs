@@ -40,6 +40,66 @@ enum Command {
         #[arg(long)]
         public_key_out: Option<PathBuf>,
     },
+    /// Simulate COUNT deployed terminals in this one process (one shared event loop), each with
+    /// its own SE key and counter and a certificate the CA issues through --station, sending
+    /// signed heartbeats to fleet-server; inject anomalies after --inject-after-ms. Prints JSON
+    /// lines: `enrolled`, one `inject` per anomaly (kind, terminal, certificate), `sign_refused`
+    /// when a tampered SE is asked to sign again, and a closing `summary` (sent, accepted,
+    /// refused by reason, heartbeats/s, p50/p99 latency).
+    Fleet(FleetArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Identity file of a station principal (its certificates are issued through it).
+    #[arg(long)]
+    station: PathBuf,
+    /// The fleet service's gRPC URL.
+    #[arg(long, default_value = "https://127.0.0.1:7543")]
+    fleet: String,
+    /// The fleet service's TLS CA (fleet-server init writes DIR/tls/ca.pem).
+    #[arg(long)]
+    fleet_tls_ca: PathBuf,
+    /// Terminals to simulate.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Serial prefix: manufacturer (4), model (2), production YYMM (4); a base-36 sequence of 5
+    /// and the check character follow.
+    #[arg(long, default_value = "HSTM012611")]
+    serial_prefix: String,
+    /// First sequence number (keep runs against one CA apart).
+    #[arg(long, default_value_t = 0)]
+    first_sequence: u64,
+    /// Heartbeat interval, ms.
+    #[arg(long, default_value_t = 60_000)]
+    interval_ms: u64,
+    /// How long to heartbeat, ms.
+    #[arg(long, default_value_t = 600_000)]
+    duration_ms: u64,
+    /// When to inject, ms after heartbeating starts.
+    #[arg(long, default_value_t = 120_000)]
+    inject_after_ms: u64,
+    /// Terminals cloned (a copy of the SE's key and counter heartbeating from --clone-address).
+    #[arg(long, default_value_t = 0)]
+    clones: usize,
+    /// Terminals moved 55 km away.
+    #[arg(long, default_value_t = 0)]
+    relocations: usize,
+    /// Counterfeits: a self-made CA certifies a fake terminal claiming a real one's serial.
+    #[arg(long, default_value_t = 0)]
+    counterfeits: usize,
+    /// Terminals opened: one last heartbeat with the tamper switch set, then the SE wipes its key.
+    #[arg(long, default_value_t = 0)]
+    tampers: usize,
+    /// Terminals that fall silent.
+    #[arg(long, default_value_t = 0)]
+    silences: usize,
+    /// Source address of the clones' connection (any 127.x address works on Linux loopback).
+    #[arg(long, default_value = "127.0.0.2")]
+    clone_address: std::net::IpAddr,
+    /// gRPC connections the terminals share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
 }
 
 #[derive(Args)]
@@ -103,8 +163,40 @@ fn main() -> Result<()> {
         Some(Command::Export { state_dir, cert_out, chain_out, public_key_out }) => {
             export(&state_dir, &cert_out, chain_out.as_deref(), public_key_out.as_deref())
         }
+        Some(Command::Fleet(a)) => fleet(a),
         None => run(&cli.run),
     }
+}
+
+fn fleet(a: FleetArgs) -> Result<()> {
+    let plan = terminal_sim::fleet::Plan {
+        count: a.count,
+        serial_prefix: a.serial_prefix,
+        first_sequence: a.first_sequence,
+        interval: Duration::from_millis(a.interval_ms.max(1)),
+        duration: Duration::from_millis(a.duration_ms),
+        inject_after: Duration::from_millis(a.inject_after_ms),
+        clones: a.clones,
+        relocations: a.relocations,
+        counterfeits: a.counterfeits,
+        tampers: a.tampers,
+        silences: a.silences,
+        clone_address: a.clone_address,
+        connections: a.connections,
+    };
+    let injected = plan.clones + plan.relocations + plan.counterfeits + plan.tampers + plan.silences;
+    if injected > plan.count {
+        bail!("{injected} injections need at least as many terminals (--count {})", plan.count);
+    }
+    let tls_ca =
+        std::fs::read_to_string(&a.fleet_tls_ca).with_context(|| format!("reading {}", a.fleet_tls_ca.display()))?;
+    let identity = proto::identity::Identity::load(&a.station)?;
+    let pass = identity.passphrase(proto::identity::prompt_passphrase)?;
+    let signer = identity.signer(&pass)?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let station = proto::client::Client::connect(&identity, None, Box::new(signer)).await?;
+        terminal_sim::fleet::run(plan, station, &a.fleet, &tls_ca).await
+    })
 }
 
 fn export(

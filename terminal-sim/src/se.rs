@@ -46,6 +46,10 @@ struct Flash {
     chain_hex: Option<String>,
     locked: bool,
     tampered: bool,
+    /// Signatures made with the SE key, ever (monotonic: heartbeats carry it, so a copy of the
+    /// SE running elsewhere shows up as a counter that does not increase).
+    #[serde(default)]
+    counter: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -155,6 +159,11 @@ impl SecureElement {
         pki::terminal::split_chain(&bytes).ok()
     }
 
+    /// Signatures the SE key has made, ever.
+    pub fn counter(&self) -> u64 {
+        self.flash.counter
+    }
+
     /// Bytes of the chain uploaded and not yet committed.
     pub fn pending_chain_len(&self) -> usize {
         self.upload.len()
@@ -183,7 +192,7 @@ impl SecureElement {
         self.upload.clear();
         self.upload_total = 0;
         let identity = self.flash.identity.take();
-        self.flash = Flash { identity, tampered: true, ..Flash::default() };
+        self.flash = Flash { identity, tampered: true, counter: self.flash.counter, ..Flash::default() };
         self.persist()
     }
 
@@ -254,6 +263,7 @@ impl SecureElement {
                     .map_err(|e| (ErrorCode::MalformedRequest, format!("subject: {e}")))?;
                 let info = pki::csr::build_csr_info(&subject, key.sm2_public_key()).map_err(internal)?;
                 let sig = key.sign(&info).map_err(internal)?;
+                self.flash.counter += 1;
                 let der = pki::csr::assemble_csr(&info, sig.as_der(), &SignerId::default()).map_err(internal)?;
                 self.flash.csr = Some(CachedCsr {
                     common_name: common_name.clone(),
@@ -319,6 +329,8 @@ impl SecureElement {
             Request::Challenge { nonce } => {
                 let key = self.key.as_ref().ok_or((ErrorCode::NoKey, String::new()))?;
                 let sig = key.sign(&challenge_message(nonce)).map_err(internal)?;
+                self.flash.counter += 1;
+                self.persist().map_err(internal)?;
                 Ok(Response::Signature { der: sig.as_der().to_vec() })
             }
             Request::Lock => {
@@ -412,4 +424,96 @@ fn error(code: ErrorCode, detail: String) -> Response {
 
 fn internal(e: impl std::fmt::Display) -> (ErrorCode, String) {
     (ErrorCode::Internal, e.to_string())
+}
+
+/// Why a [`CountingKey`] cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The key was wiped (tamper response): this SE can never sign again.
+    #[error("the SE key was zeroised (tamper); it can never sign again")]
+    Zeroised,
+    /// The signature failed.
+    #[error(transparent)]
+    Key(#[from] hsm::HsmError),
+}
+
+/// An SE key and its signature counter, in memory: the part of a secure element that
+/// `terminal-sim fleet` runs by the thousand. Every signature increments the counter first, and
+/// the signed message carries the new value.
+pub struct CountingKey {
+    key: Option<SoftwareSm2Key>,
+    counter: u64,
+}
+
+impl CountingKey {
+    /// A fresh key, counter 0.
+    pub fn generate() -> Result<Self, hsm::HsmError> {
+        Ok(Self { key: Some(SoftwareSm2Key::generate(SignerId::default())?), counter: 0 })
+    }
+
+    /// The public key, unless zeroised.
+    pub fn public_key(&self) -> Option<&pki::Sm2PublicKey> {
+        self.key.as_ref().map(|k| k.sm2_public_key())
+    }
+
+    /// The key as a signer (to sign a CSR), unless zeroised; counts the signature.
+    pub fn signer(&mut self) -> Result<&SoftwareSm2Key, SignError> {
+        let key = self.key.as_ref().ok_or(SignError::Zeroised)?;
+        self.counter += 1;
+        Ok(key)
+    }
+
+    /// Signs `message(counter)` with the next counter value; returns it and the DER signature.
+    pub fn sign(&mut self, message: impl FnOnce(u64) -> Vec<u8>) -> Result<(u64, Vec<u8>), SignError> {
+        let key = self.key.as_ref().ok_or(SignError::Zeroised)?;
+        let next = self.counter + 1;
+        let sig = key.sign(&message(next))?;
+        self.counter = next;
+        Ok((next, sig.as_der().to_vec()))
+    }
+
+    /// Signatures made so far.
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Tamper response: the key is wiped (overwritten in memory as it drops).
+    pub fn zeroise(&mut self) {
+        self.key = None;
+    }
+
+    /// Whether the key is gone.
+    pub fn is_zeroised(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// What a cloner extracts from a broken SE: the key and the counter as they are now.
+    pub fn extract(&self) -> Result<Self, SignError> {
+        let key = self.key.as_ref().ok_or(SignError::Zeroised)?;
+        let pem = key.to_pkcs8_pem()?;
+        Ok(Self { key: Some(SoftwareSm2Key::from_pkcs8_pem(&pem, SignerId::default())?), counter: self.counter })
+    }
+}
+
+#[cfg(test)]
+mod counting_tests {
+    use super::*;
+
+    #[test]
+    fn every_signature_counts_and_a_zeroised_key_never_signs() {
+        let mut k = CountingKey::generate().expect("key");
+        let (n1, _) = k.sign(|n| n.to_be_bytes().to_vec()).expect("sign");
+        let (n2, sig) = k.sign(|n| n.to_be_bytes().to_vec()).expect("sign");
+        assert_eq!((n1, n2, k.counter()), (1, 2, 2));
+        let pk = k.public_key().expect("key").clone();
+        pk.verify(&SignerId::default(), &2u64.to_be_bytes(), &sig).expect("the counter is in the signed message");
+        let mut copy = k.extract().expect("extract");
+        assert_eq!(copy.counter(), 2);
+        assert_eq!(copy.sign(|_| Vec::new()).expect("copy signs").0, 3, "a copy repeats the original's counters");
+        k.zeroise();
+        assert!(k.is_zeroised() && k.public_key().is_none());
+        assert!(matches!(k.sign(|_| Vec::new()), Err(SignError::Zeroised)));
+        assert!(matches!(k.signer(), Err(SignError::Zeroised)));
+        assert!(matches!(k.extract(), Err(SignError::Zeroised)));
+    }
 }

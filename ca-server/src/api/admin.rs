@@ -46,6 +46,7 @@ impl Ca {
                 _ => return Err(bad_request("give exactly one of certificate_serial and terminal_serial")),
             };
             let reason = reason_from_code(m.reason);
+            self.monitor_limits(&caller, &serial, Some(reason))?;
             let at = now_ms();
             let invalidity = invalidity_for(reason, m.invalidity_ms, at)?;
             let rec = self
@@ -64,10 +65,39 @@ impl Ca {
         result.map_err(|s| self.refuse(&caller, "revoke", &m.certificate_serial, s))
     }
 
+    /// The fleet service's principal (role `monitor`) may place and lift holds and revoke for key
+    /// compromise, of terminal certificates only: the roles file lets it call the methods, this
+    /// bounds what it may ask of them. `reason` is `None` for lifting a hold.
+    fn monitor_limits(
+        &self,
+        caller: &crate::auth::Caller,
+        serial: &str,
+        reason: Option<registry::RevocationReason>,
+    ) -> Result<(), Status> {
+        use registry::RevocationReason as R;
+        if caller.role != "monitor" {
+            return Ok(());
+        }
+        let forbidden = |what: String| status(Code::PermissionDenied, Reason::RoleForbidden, what);
+        if let Some(r) = reason
+            && !matches!(r, R::KeyCompromise | R::CertificateHold)
+        {
+            return Err(forbidden(format!(
+                "role monitor may revoke only for keyCompromise or certificateHold, not {r:?}"
+            )));
+        }
+        match self.registry.certificate(serial).map_err(|e| registry_status(&e))? {
+            Some((rec, _)) if matches!(rec.subject, CertSubject::Terminal { .. }) => Ok(()),
+            Some(_) => Err(forbidden(format!("role monitor may act on terminal certificates only, not {serial}"))),
+            None => Err(status(Code::NotFound, Reason::NotFound, format!("no certificate {serial}"))),
+        }
+    }
+
     /// `UnrevokeCertificate`: lifts a certificateHold.
     pub fn unrevoke(&self, req: Incoming<v1::UnrevokeCertificateRequest>) -> Result<v1::CertificateStatus, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.Admin/UnrevokeCertificate")?;
         let serial = normal_serial(&req.msg.certificate_serial)?;
+        self.monitor_limits(&caller, &serial, None).map_err(|s| self.refuse(&caller, "unrevoke", &serial, s))?;
         let event = Self::event(&caller, "unrevoke", &serial, String::new());
         let rec = self
             .registry

@@ -202,6 +202,7 @@ impl Ca {
             terminal_serial,
             principal,
             status: Some(status_msg(&rec.status)),
+            profile: rec.profile,
         })
     }
 

@@ -1,0 +1,347 @@
+//! The fleet service's own durable store (redb): each terminal certificate's state (counter,
+//! addresses, reference location), what the CA said of each certificate, and the alerts. One
+//! write transaction commits a whole batch of heartbeats (group commit); an answer goes out only
+//! after its batch is durable.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::TerminalState;
+
+const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
+const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open_alerts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb.
+    #[error("store: {0}")]
+    Db(String),
+    /// A record does not decode.
+    #[error("store record {0} is damaged: {1}")]
+    Damaged(String, String),
+    /// No such alert.
+    #[error("no alert {0}")]
+    NoAlert(u64),
+}
+
+fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// What the CA said of a certificate, remembered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    /// The terminal it certifies (empty: not a terminal certificate).
+    pub terminal_serial: String,
+    /// `good`, `revoked` or `unknown`.
+    pub status: String,
+    /// Revocation reason, when revoked.
+    pub reason: String,
+    /// When the CA was asked (unix ms).
+    pub checked_ms: u64,
+}
+
+/// An alert as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// Identifier (increasing).
+    pub id: u64,
+    /// Rule name.
+    pub rule: String,
+    /// Deduplication key.
+    pub key: String,
+    /// Terminal serial (claimed, for a counterfeit).
+    pub terminal_serial: String,
+    /// Certificate serial, when known.
+    pub certificate_serial: String,
+    /// First occurrence (unix ms).
+    pub first_ms: u64,
+    /// Latest occurrence.
+    pub last_ms: u64,
+    /// Occurrences folded into this alert.
+    pub occurrences: u64,
+    /// Source address of the first occurrence.
+    pub source_address: String,
+    /// What the rule saw first.
+    pub evidence: serde_json::Value,
+    /// What it saw most recently (after the first).
+    pub latest_evidence: Option<serde_json::Value>,
+    /// The rule's action and its outcome (`alert`, `hold: done`, `revoke: failed: …`).
+    pub action: String,
+    /// Acknowledged by an operator.
+    pub acknowledged: bool,
+    /// Who.
+    pub acknowledged_by: String,
+    /// When.
+    pub acknowledged_ms: u64,
+    /// The operator's note.
+    pub note: String,
+}
+
+/// The database.
+pub struct Store {
+    db: Database,
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Damaged(what.to_owned(), e.to_string()))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Db(e.to_string()))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = Database::create(path).map_err(db)?;
+        let tx = database.begin_write().map_err(db)?;
+        {
+            tx.open_table(STATES).map_err(db)?;
+            tx.open_table(CERTS).map_err(db)?;
+            tx.open_table(ALERTS).map_err(db)?;
+            tx.open_table(OPEN).map_err(db)?;
+            tx.open_table(META).map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(Self { db: database })
+    }
+
+    /// Every terminal state (at start).
+    pub fn states(&self) -> Result<Vec<TerminalState>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(STATES).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// What the CA said of certificate `serial`, if asked before.
+    pub fn cert(&self, serial: &str) -> Result<Option<CertInfo>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(CERTS).map_err(db)?;
+        t.get(serial).map_err(db)?.map(|v| decode(serial, v.value())).transpose()
+    }
+
+    /// Alerts, newest first: at most `limit`, only open ones or one rule's if asked.
+    pub fn alerts(&self, open_only: bool, rule: Option<&str>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(ALERTS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)?.rev() {
+            let (k, v) = row.map_err(db)?;
+            let a: AlertRecord = decode(&k.value().to_string(), v.value())?;
+            if (open_only && a.acknowledged) || rule.is_some_and(|r| r != a.rule) {
+                continue;
+            }
+            out.push(a);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One alert.
+    pub fn alert(&self, id: u64) -> Result<AlertRecord, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(ALERTS).map_err(db)?;
+        let v = t.get(id).map_err(db)?.ok_or(StoreError::NoAlert(id))?;
+        decode(&id.to_string(), v.value())
+    }
+
+    /// Alerts not yet acknowledged.
+    pub fn open_alerts(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        tx.open_table(OPEN).map_err(db)?.len().map_err(db)
+    }
+
+    /// Starts a write batch.
+    pub fn batch(&self) -> Result<Batch, StoreError> {
+        Ok(Batch { tx: self.db.begin_write().map_err(db)? })
+    }
+}
+
+/// One write transaction.
+pub struct Batch {
+    tx: WriteTransaction,
+}
+
+impl Batch {
+    /// Stores a terminal's state.
+    pub fn put_state(&mut self, s: &TerminalState) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(STATES).map_err(db)?;
+        t.insert(s.certificate_serial.as_str(), encode(s)?.as_slice()).map_err(db)?;
+        Ok(())
+    }
+
+    /// Stores what the CA said of a certificate.
+    pub fn put_cert(&mut self, serial: &str, info: &CertInfo) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(CERTS).map_err(db)?;
+        t.insert(serial, encode(info)?.as_slice()).map_err(db)?;
+        Ok(())
+    }
+
+    /// Records a finding: a new alert, or one more occurrence of the open alert with its key.
+    /// Returns the alert and whether it is new.
+    pub fn raise(
+        &mut self,
+        f: &crate::rules::Finding,
+        action: &str,
+        now_ms: u64,
+    ) -> Result<(AlertRecord, bool), StoreError> {
+        let mut open = self.tx.open_table(OPEN).map_err(db)?;
+        let mut alerts = self.tx.open_table(ALERTS).map_err(db)?;
+        let existing = open.get(f.key.as_str()).map_err(db)?.map(|v| v.value());
+        if let Some(id) = existing {
+            let mut a: AlertRecord = match alerts.get(id).map_err(db)? {
+                Some(v) => decode(&id.to_string(), v.value())?,
+                None => return Err(StoreError::NoAlert(id)),
+            };
+            a.occurrences += 1;
+            a.last_ms = now_ms;
+            a.latest_evidence = Some(f.evidence.clone());
+            alerts.insert(id, encode(&a)?.as_slice()).map_err(db)?;
+            return Ok((a, false));
+        }
+        let mut meta = self.tx.open_table(META).map_err(db)?;
+        let id = meta.get("next_alert_id").map_err(db)?.map_or(1, |v| v.value());
+        meta.insert("next_alert_id", id + 1).map_err(db)?;
+        let a = AlertRecord {
+            id,
+            rule: f.rule.name().into(),
+            key: f.key.clone(),
+            terminal_serial: f.terminal_serial.clone(),
+            certificate_serial: f.certificate_serial.clone(),
+            first_ms: now_ms,
+            last_ms: now_ms,
+            occurrences: 1,
+            source_address: f.address.clone(),
+            evidence: f.evidence.clone(),
+            latest_evidence: None,
+            action: action.into(),
+            acknowledged: false,
+            acknowledged_by: String::new(),
+            acknowledged_ms: 0,
+            note: String::new(),
+        };
+        alerts.insert(id, encode(&a)?.as_slice()).map_err(db)?;
+        open.insert(f.key.as_str(), id).map_err(db)?;
+        Ok((a, true))
+    }
+
+    /// Records what became of an alert's action.
+    pub fn set_action(&mut self, id: u64, action: &str) -> Result<AlertRecord, StoreError> {
+        self.update(id, |a| a.action = action.to_owned())
+    }
+
+    /// Acknowledges an alert: its key is free, so the next occurrence opens a new alert.
+    pub fn ack(&mut self, id: u64, by: &str, note: &str, now_ms: u64) -> Result<AlertRecord, StoreError> {
+        let a = self.update(id, |a| {
+            if !a.acknowledged {
+                a.acknowledged = true;
+                a.acknowledged_by = by.to_owned();
+                a.acknowledged_ms = now_ms;
+                a.note = note.to_owned();
+            }
+        })?;
+        let mut open = self.tx.open_table(OPEN).map_err(db)?;
+        if open.get(a.key.as_str()).map_err(db)?.is_some_and(|v| v.value() == id) {
+            open.remove(a.key.as_str()).map_err(db)?;
+        }
+        Ok(a)
+    }
+
+    fn update(&mut self, id: u64, f: impl FnOnce(&mut AlertRecord)) -> Result<AlertRecord, StoreError> {
+        let mut alerts = self.tx.open_table(ALERTS).map_err(db)?;
+        let mut a: AlertRecord = match alerts.get(id).map_err(db)? {
+            Some(v) => decode(&id.to_string(), v.value())?,
+            None => return Err(StoreError::NoAlert(id)),
+        };
+        f(&mut a);
+        alerts.insert(id, encode(&a)?.as_slice()).map_err(db)?;
+        Ok(a)
+    }
+
+    /// Commits durably (fsync).
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Rule;
+    use crate::rules::Finding;
+
+    fn finding(rule: Rule, key: &str) -> Finding {
+        Finding {
+            rule,
+            key: key.into(),
+            terminal_serial: "T".into(),
+            certificate_serial: "0A".into(),
+            address: "10.0.0.1".into(),
+            evidence: serde_json::json!({"n": 1}),
+        }
+    }
+
+    #[test]
+    fn alerts_are_durable_deduplicated_until_acknowledged() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("fleet.redb");
+        {
+            let store = Store::open(&path).expect("open");
+            let mut b = store.batch().expect("batch");
+            let (a, new) = b.raise(&finding(Rule::Clone, "clone:0A"), "hold", 10).expect("raise");
+            assert!(new);
+            let (again, new) = b.raise(&finding(Rule::Clone, "clone:0A"), "hold", 20).expect("raise");
+            assert!(!new);
+            assert_eq!((again.id, again.occurrences, again.last_ms), (a.id, 2, 20));
+            b.commit().expect("commit");
+        }
+        // Reopened: the alert and its dedup key survived.
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.open_alerts().expect("n"), 1);
+        let mut b = store.batch().expect("batch");
+        let (a, new) = b.raise(&finding(Rule::Clone, "clone:0A"), "hold", 30).expect("raise");
+        assert!(!new);
+        assert_eq!(a.occurrences, 3);
+        let acked = b.ack(a.id, "operator-1", "checked on site", 40).expect("ack");
+        assert!(acked.acknowledged && acked.acknowledged_by == "operator-1");
+        let (next, new) = b.raise(&finding(Rule::Clone, "clone:0A"), "hold", 50).expect("raise");
+        assert!(new, "after an acknowledgement the next occurrence is a new alert");
+        assert_ne!(next.id, a.id);
+        b.commit().expect("commit");
+        assert_eq!(
+            store.alerts(false, None, 10).expect("list").iter().map(|a| a.id).collect::<Vec<_>>(),
+            [next.id, a.id]
+        );
+        assert_eq!(store.alerts(true, None, 10).expect("open").len(), 1);
+        assert!(store.alerts(false, Some("tamper"), 10).expect("rule").is_empty());
+        assert!(matches!(store.alert(999), Err(StoreError::NoAlert(999))));
+        let mut b = store.batch().expect("batch");
+        assert!(matches!(b.ack(999, "x", "", 1), Err(StoreError::NoAlert(999))));
+    }
+
+    #[test]
+    fn an_uncommitted_batch_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("f.redb")).expect("open");
+        {
+            let mut b = store.batch().expect("batch");
+            b.raise(&finding(Rule::Tamper, "tamper:0A"), "revoke", 1).expect("raise");
+        }
+        assert_eq!(store.open_alerts().expect("n"), 0);
+        assert!(store.alerts(false, None, 10).expect("list").is_empty());
+    }
+}
