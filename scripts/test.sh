@@ -12,6 +12,10 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 # google/pkcs11test is built from source (scripts/pkcs11test.sh).
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# the console's browser test (cli/tests/console_browser.rs): headless Chromium over WebDriver
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
 if [ ${#need[@]} -gt 0 ]; then
     echo "==> installing: ${need[*]}"
     SUDO=""

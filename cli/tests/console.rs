@@ -57,7 +57,7 @@ fn console_gate_pages_and_roles() {
     let csp = header(&head, "content-security-policy").expect("CSP");
     assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe"), "{csp}");
     assert_eq!(header(&head, "x-frame-options"), Some("DENY"));
-    assert_eq!(header(&head, "referrer-policy"), Some("no-referrer"));
+    assert_eq!(header(&head, "referrer-policy"), Some("same-origin"));
     // A made-up session cookie is no session.
     assert_eq!(status(&c.get("/terminals", "Cookie: hsca_console=00ff\r\n").0), 401);
     // A wrong token opens nothing (and does not use up the right one).
@@ -118,6 +118,7 @@ fn console_gate_pages_and_roles() {
             403,
             "CROSS_ORIGIN",
         ),
+        (c.post("/revoke", &format!("{cookie}Origin: null\r\n"), &format!("{form}&csrf={csrf}")), 403, "CROSS_ORIGIN"),
         (
             c.post("/revoke", &format!("{cookie}Sec-Fetch-Site: cross-site\r\n"), &format!("{form}&csrf={csrf}")),
             403,
