@@ -95,6 +95,10 @@ fn console_gate_pages_and_roles() {
     assert!(page.contains(t1.serial) && page.contains(t2.serial) && page.contains("HSTM01261100002G"), "{page}");
     let (_, page) = c.get("/terminals?q=HSTM01261100001", &cookie);
     assert!(page.contains(t2.serial) && !page.contains(t1.serial), "{page}");
+    let (_, page) = c.get(&format!("/terminals?q={}", t1.serial), &cookie);
+    assert!(page.contains(t1.serial) && !page.contains(t2.serial), "the exact serial: {page}");
+    let (_, page) = c.get(&format!("/terminals?q={}&state=1", t1.serial), &cookie);
+    assert!(!page.contains(&format!(">{}<", t1.serial)), "filters hold for the exact serial too: {page}");
     let (_, page) = c.get("/terminals?state=1", &cookie);
     assert!(page.contains("HSTM01261100002G") && !page.contains(t1.serial), "{page}");
 

@@ -25,8 +25,6 @@ type C = State<Arc<Console>>;
 const AUDIT_WINDOW: u32 = 10_000;
 /// Terminals per page of the list.
 const PAGE: u32 = 50;
-/// Pages of 1,000 a serial-prefix search reads before it stops and offers "next page".
-const PREFIX_SCAN_PAGES: usize = 20;
 
 fn registry(c: &Console) -> RegistryClient<Channel> {
     RegistryClient::new(c.client.channel.clone())
@@ -62,10 +60,6 @@ fn seg(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn state_name(code: i32) -> String {
-    v1::TerminalState::try_from(code).map_or("?".into(), |s| s.as_str_name().to_lowercase())
 }
 
 /// A page with the navigation, in the session's language.
@@ -245,24 +239,20 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
     let body = async {
         let l = ctx.lang();
         let mut out = html! {};
-        if c.allowed.may("Registry/ListTerminals") {
-            let (mut by_state, mut by_class, mut by_maker) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-            let mut total = 0u64;
-            scan(&c, &v1::ListTerminalsRequest::default(), |t| {
-                total += 1;
-                *by_state.entry(state_name(t.state)).or_insert(0) += 1;
-                *by_class.entry(crate::row(t).class).or_insert(0) += 1;
-                *by_maker.entry(t.manufacturer.clone()).or_insert(0) += 1;
-                true
-            })
-            .await?;
+        if c.allowed.may("Registry/CountTerminals") {
+            let msg = v1::CountTerminalsRequest { request_id: request_id() };
+            let n = registry(&c)
+                .count_terminals(c.client.signed("/hsca.v1.Registry/CountTerminals", msg)?)
+                .await?
+                .into_inner();
+            let sorted = |m: std::collections::HashMap<String, u64>| m.into_iter().collect::<BTreeMap<_, _>>();
             out = html! {
                 (out)
-                p.total { (t(l, "total")) ": " strong #total { (total) } }
+                p.total { (t(l, "total")) ": " strong #total { (n.total) } }
                 div.grid {
-                    (counts_table(l, "by_state", "by-state", &by_state))
-                    (counts_table(l, "by_class", "by-class", &by_class))
-                    (counts_table(l, "by_manufacturer", "by-manufacturer", &by_maker))
+                    (counts_table(l, "by_state", "by-state", &sorted(n.by_state)))
+                    (counts_table(l, "by_class", "by-class", &sorted(n.by_class)))
+                    (counts_table(l, "by_manufacturer", "by-manufacturer", &sorted(n.by_manufacturer)))
                 }
             };
         }
@@ -332,13 +322,13 @@ pub async fn terminals(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Qu
             ..Default::default()
         };
         let prefix = q.q.trim();
-        let (rows, next, scanned) = if prefix.is_empty() {
+        let (rows, next) = if prefix.is_empty() {
             let msg = v1::ListTerminalsRequest { request_id: request_id(), page_size: PAGE, ..filter.clone() };
             let page = registry(&c)
                 .list_terminals(c.client.signed("/hsca.v1.Registry/ListTerminals", msg)?)
                 .await?
                 .into_inner();
-            (page.terminals, page.next_page_token, None)
+            (page.terminals, page.next_page_token)
         } else {
             prefix_search(&c, &filter, prefix).await?
         };
@@ -377,7 +367,6 @@ pub async fn terminals(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Qu
                 label { (t(l, "lot")) " " input name="lot" value=(q.lot) size="10"; }
                 button #search type="submit" { (t(l, "search")) }
             }
-            @if let Some(n) = scanned { p.note { (t(l, "scanned")) ": " (n) } }
             (terminal_table(l, &rows))
             @if !next.is_empty() { p { a #next href=(link(&next)) { (t(l, "next_page")) " →" } } }
         })
@@ -386,29 +375,40 @@ pub async fn terminals(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Qu
     respond(&c, &ctx, "terminals", "/terminals", body)
 }
 
-/// The registry lists in serial order with filters but no prefix: an exact serial is one lookup,
-/// otherwise up to [`PREFIX_SCAN_PAGES`] pages are read from the cursor.
+/// The registry lists in serial order from a cursor that is the last serial shown, so the
+/// terminals with a prefix are one contiguous run right after the prefix itself: the exact serial
+/// is one lookup, the rest a page from there, fast at millions. (Relies on the cursor being a
+/// serial; a `serial_prefix` filter in `ListTerminalsRequest` would make that explicit.)
 async fn prefix_search(
     c: &Console,
     filter: &v1::ListTerminalsRequest,
     prefix: &str,
-) -> Result<(Vec<v1::Terminal>, String, Option<u64>)> {
+) -> Result<(Vec<v1::Terminal>, String)> {
     let mut rows = Vec::new();
-    let mut token = filter.page_token.clone();
-    let mut scanned = 0u64;
-    for _ in 0..PREFIX_SCAN_PAGES {
-        let msg =
-            v1::ListTerminalsRequest { request_id: request_id(), page_size: 1000, page_token: token, ..filter.clone() };
-        let page =
-            registry(c).list_terminals(c.client.signed("/hsca.v1.Registry/ListTerminals", msg)?).await?.into_inner();
-        scanned += page.terminals.len() as u64;
-        rows.extend(page.terminals.into_iter().filter(|t| t.serial.starts_with(prefix)));
-        token = page.next_page_token;
-        if token.is_empty() || rows.len() >= PAGE as usize {
-            break;
+    if filter.page_token.is_empty() {
+        let msg = v1::GetTerminalRequest { request_id: request_id(), serial: prefix.to_owned() };
+        match registry(c).get_terminal(c.client.signed("/hsca.v1.Registry/GetTerminal", msg)?).await {
+            Ok(t) => rows.extend(Some(t.into_inner()).filter(|t| admits(filter, t))),
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s.into()),
         }
     }
-    Ok((rows, token, Some(scanned)))
+    let token = if filter.page_token.is_empty() { prefix.to_owned() } else { filter.page_token.clone() };
+    let msg =
+        v1::ListTerminalsRequest { request_id: request_id(), page_size: PAGE, page_token: token, ..filter.clone() };
+    let page = registry(c).list_terminals(c.client.signed("/hsca.v1.Registry/ListTerminals", msg)?).await?.into_inner();
+    let all_match = page.terminals.iter().all(|t| t.serial.starts_with(prefix));
+    rows.extend(page.terminals.into_iter().take_while(|t| t.serial.starts_with(prefix)));
+    let next = if all_match { page.next_page_token } else { String::new() };
+    Ok((rows, next))
+}
+
+/// Whether `t` passes the list's filters (for the exact-serial lookup, which has none).
+fn admits(f: &v1::ListTerminalsRequest, t: &v1::Terminal) -> bool {
+    (f.state == 0 || f.state == t.state)
+        && (f.class == 0 || f.class == t.class)
+        && (f.manufacturer.is_empty() || f.manufacturer == t.manufacturer)
+        && (f.lot.is_empty() || f.lot == t.lot)
 }
 
 fn terminal_table(l: Lang, rows: &[v1::Terminal]) -> Markup {

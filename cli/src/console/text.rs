@@ -75,7 +75,6 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("search", "查询", "Search"),
     ("next_page", "下一页", "Next page"),
     ("none", "（无）", "(none)"),
-    ("scanned", "已扫描终端数", "terminals scanned"),
     ("download_pem", "下载 PEM", "Download PEM"),
     ("cert_status", "证书状态", "Certificate status"),
     ("revoked_at", "吊销时间", "Revoked at"),
