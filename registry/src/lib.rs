@@ -789,6 +789,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Test hook (benchmarks): stores `terminals` in one transaction, unaudited, to fill a registry
+    /// with a fleet far faster than one audited registration each.
+    #[cfg(feature = "test-hooks")]
+    pub fn put_terminals_unaudited(&self, terminals: &[TerminalRecord]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TERMINALS)?;
+            for t in terminals {
+                table.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Test hook: stores `bytes` as approval `id` as they are (records written by older versions).
     #[cfg(feature = "test-hooks")]
     pub fn put_raw_approval(&self, id: &str, bytes: &[u8]) -> Result<()> {
