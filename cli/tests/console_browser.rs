@@ -66,40 +66,40 @@ fn console_in_headless_chromium() {
     assert_eq!(png_size(&dir.join("01-overview-zh.png")), (1366, 768));
 
     // Find a terminal by serial, open it, revoke it.
-    b.find("nav a[href='/terminals']").click();
+    b.click("nav a[href='/terminals']");
     b.wait_text("h1", "终端");
     b.screenshot(&dir.join("02-terminals.png"));
     b.find("#q").type_text(t1.serial);
-    b.find("#search").click();
-    b.find(&format!("#terminals a[href='/terminals/{}']", t1.serial)).click();
+    b.click("#search");
+    b.click(&format!("#terminals a[href='/terminals/{}']", t1.serial));
     b.wait_text("#state", "issued");
     b.screenshot(&dir.join("03-terminal.png"));
-    b.find("#revoke option[value='keyCompromise']").click();
-    b.find("#do-revoke").click();
+    b.click("#revoke option[value='keyCompromise']");
+    b.click("#do-revoke");
     b.wait_text("#state", "revoked");
     b.wait_text("#certificates td.status", "revoked");
     b.screenshot(&dir.join("04-terminal-revoked.png"));
 
     // A bulk revocation: how many it covers, then the request; its requester may not approve it.
-    b.find("nav a[href='/revocation']").click();
+    b.click("nav a[href='/revocation']");
     b.find("#preview input[name='lot']").type_text("L2");
-    b.find("#count").click();
+    b.click("#count");
     b.wait_text("#covers", "2");
-    b.find("#bulk option[value='superseded']").click();
-    b.find("#request").click();
+    b.click("#bulk option[value='superseded']");
+    b.click("#request");
     let row = b.find("#approvals tr[data-id]");
     let id = row.attr("data-id").expect("approval id");
     b.wait_text("#approvals tr[data-id] td.state", "pending");
     b.screenshot(&dir.join("05-revocation.png"));
-    b.find("#approvals button[value='approve']").click();
+    b.click("#approvals button[value='approve']");
     b.wait_text("#reason", "SAME_APPROVER");
     b.screenshot(&dir.join("06-refused-same-approver.png"));
 
     // The second administrator, in a browser of their own, approves it.
     let b2 = driver.browser(&d.join("profile-2"));
     b2.goto(&second.url);
-    b2.find("nav a[href='/revocation']").click();
-    b2.find(&format!("#approvals tr[data-id='{id}'] button[value='approve']")).click();
+    b2.click("nav a[href='/revocation']");
+    b2.click(&format!("#approvals tr[data-id='{id}'] button[value='approve']"));
     b2.wait_text(&format!("#approvals tr[data-id='{id}'] td.state"), "approved");
     b2.screenshot(&dir.join("07-approved-by-second-admin.png"));
     for t in [&t2, &t3] {
@@ -112,27 +112,27 @@ fn console_in_headless_chromium() {
     b2.screenshot(&dir.join("08-no-session.png"));
 
     // The rest of the pages, then English.
-    b.find("nav a[href='/audit']").click();
+    b.click("nav a[href='/audit']");
     b.wait_text("h1", "审计");
     assert!(b.try_find("#chain.ok").is_some(), "{}", b.source());
     b.screenshot(&dir.join("09-audit.png"));
-    b.find("nav a[href='/principals']").click();
+    b.click("nav a[href='/principals']");
     b.wait_text("h1", "主体");
     assert!(b.text("#admins").contains("admin-2"));
     b.screenshot(&dir.join("10-principals.png"));
-    b.find("nav a[href='/alerts']").click();
+    b.click("nav a[href='/alerts']");
     b.wait_text("h1", "告警");
     b.screenshot(&dir.join("11-alerts.png"));
-    b.find("nav a[href='/']").click();
+    b.click("nav a[href='/']");
     b.wait_text("h1", "概览");
-    b.find("#lang").click();
+    b.click("#lang");
     b.wait_text("h1", "Overview");
     assert_eq!(b.find("html").attr("lang").as_deref(), Some("en"));
     b.wait_text("h1", "Overview");
     b.wait_text("#by-state td[data-key='revoked']", "3");
     b.screenshot(&dir.join("12-overview-en.png"));
-    b.find("nav a[href='/terminals']").click();
-    b.find(&format!("#terminals a[href='/terminals/{}']", t1.serial)).click();
+    b.click("nav a[href='/terminals']");
+    b.click(&format!("#terminals a[href='/terminals/{}']", t1.serial));
     b.wait_text("h1", "Terminals");
     b.screenshot(&dir.join("13-terminal-en.png"));
 }

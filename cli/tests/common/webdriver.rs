@@ -120,10 +120,10 @@ impl Browser {
         Some(Element { b: self, id: v[ELEMENT].as_str()?.to_owned() })
     }
 
-    /// The element `css` selects, waiting up to 10 s for it (a click's navigation may still be
+    /// The element `css` selects, waiting up to 30 s for it (a click's navigation may still be
     /// under way); panics with the page when absent.
     pub fn find(&self, css: &str) -> Element<'_> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(e) = self.try_find(css) {
                 return e;
@@ -133,10 +133,27 @@ impl Browser {
         }
     }
 
-    /// The visible text of `css` once it equals `want` (waits up to 10 s; panics with the last
+    /// Clicks what `css` selects, again if the page was replaced between finding and clicking
+    /// (a stale element is not clicked, so nothing is submitted twice). Waits up to 30 s.
+    pub fn click(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let last = match self.try_find(css) {
+                Some(e) => match e.try_click() {
+                    Ok(_) => return,
+                    Err(m) => m,
+                },
+                None => "not found".to_owned(),
+            };
+            assert!(Instant::now() < deadline, "click {css}: {last} in {}", self.source());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The visible text of `css` once it equals `want` (waits up to 30 s; panics with the last
     /// text and the page otherwise).
     pub fn wait_text(&self, css: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.try_find(css).and_then(|e| e.try_text());
             if got.as_deref() == Some(want) {
@@ -149,7 +166,7 @@ impl Browser {
 
     /// The visible text of `css` (after any navigation in progress has replaced the page).
     pub fn text(&self, css: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(t) = self.try_find(css).and_then(|e| e.try_text()) {
                 return t;
@@ -182,8 +199,8 @@ impl Element<'_> {
     }
 
     /// Clicks it.
-    pub fn click(&self) {
-        self.b.cmd("POST", &format!("/element/{}/click", self.id), Some(json!({}))).expect("click");
+    pub fn try_click(&self) -> Result<Value, String> {
+        self.b.cmd("POST", &format!("/element/{}/click", self.id), Some(json!({})))
     }
 
     /// Replaces what is typed in it.
