@@ -4,11 +4,15 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sm3::Digest;
 use zeroize::Zeroizing;
 
 use super::text::Lang;
+
+/// A session unused this long is closed (an unattended browser stops acting for the identity).
+pub const IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// The session cookie's name.
 pub const COOKIE: &str = "hsca_console";
@@ -32,6 +36,8 @@ pub struct Session {
     pub csrf: String,
     /// The language pages are drawn in.
     pub lang: Lang,
+    /// When it was last used.
+    last_seen: Instant,
 }
 
 /// Why a login was refused.
@@ -74,20 +80,35 @@ impl Sessions {
         let open =
             || -> anyhow::Result<(Zeroizing<String>, Zeroizing<String>)> { Ok((random_token()?, random_token()?)) };
         Ok(open().map(|(id, csrf)| {
-            inner.sessions.insert(id.to_string(), Session { csrf: csrf.to_string(), lang: Lang::Zh });
+            inner
+                .sessions
+                .insert(id.to_string(), Session { csrf: csrf.to_string(), lang: Lang::Zh, last_seen: Instant::now() });
             id
         }))
     }
 
     /// The session a cookie header names, if it is open.
     pub fn find(&self, cookie_header: &str) -> Option<(String, Session)> {
+        self.find_at(cookie_header, Instant::now())
+    }
+
+    /// [`Self::find`] at `now`: a session idle for [`IDLE`] is closed instead.
+    fn find_at(&self, cookie_header: &str, now: Instant) -> Option<(String, Session)> {
         let id = cookie_header
             .split(';')
             .filter_map(|c| c.trim().split_once('='))
             .find(|(k, _)| *k == COOKIE)
             .map(|(_, v)| v.trim())?;
-        let inner = self.inner();
-        inner.sessions.iter().find(|(k, _)| same(k, id)).map(|(k, s)| (k.clone(), s.clone()))
+        let mut inner = self.inner();
+        let key = inner.sessions.keys().find(|k| same(k, id))?.clone();
+        let session = inner.sessions.get_mut(&key)?;
+        if now.saturating_duration_since(session.last_seen) > IDLE {
+            inner.sessions.remove(&key);
+            return None;
+        }
+        session.last_seen = now;
+        let session = session.clone();
+        Some((key, session))
     }
 
     /// Switches a session's language.
@@ -114,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_opens_one_session_once() {
+    fn a_token_opens_one_session_once_which_closes_when_idle() {
         let s = Sessions::new(Zeroizing::new("abc".into()));
         assert_eq!(s.login("abd").err(), Some(LoginRefused::Wrong));
         let id = s.login("abc").expect("first use").expect("random");
@@ -125,6 +146,14 @@ mod tests {
         assert!(csrf_matches(format!("a=1&csrf={}", session.csrf).as_bytes(), &session));
         assert!(!csrf_matches(b"a=1&csrf=00", &session));
         assert!(!csrf_matches(b"a=1", &session));
+        let later = Instant::now() + IDLE / 2;
+        assert!(s.find_at(&format!("{COOKIE}={}", id.as_str()), later).is_some(), "used within IDLE");
+        let idle = later + IDLE + Duration::from_secs(1);
+        assert!(s.find_at(&format!("{COOKIE}={}", id.as_str()), idle).is_none(), "idle too long");
+        assert!(s.find(&format!("{COOKIE}={}", id.as_str())).is_none(), "and closed for good");
+        let s = Sessions::new(Zeroizing::new("t".into()));
+        let id = s.login("t").expect("first use").expect("random");
+        let (found, _) = s.find(&format!("{COOKIE}={}", id.as_str())).expect("session");
         s.logout(&found);
         assert!(s.find(&format!("{COOKIE}={}", id.as_str())).is_none());
     }
