@@ -401,6 +401,29 @@ async fn registration_switch_and_life_cycle() {
             .len(),
         1
     );
+    // The overview's counts: the same terminals the list pages through; a station may not ask.
+    let all = v1::ListTerminalsRequest { request_id: request_id(), page_size: 1000, ..Default::default() };
+    let listed = reg
+        .list_terminals(operator.signed("/hsca.v1.Registry/ListTerminals", all).expect("s"))
+        .await
+        .expect("list")
+        .into_inner()
+        .terminals;
+    let count = || v1::CountTerminalsRequest { request_id: request_id() };
+    let counts = reg
+        .count_terminals(operator.signed("/hsca.v1.Registry/CountTerminals", count()).expect("s"))
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(counts.total, listed.len() as u64);
+    let active = listed.iter().filter(|t| t.state == v1::TerminalState::Active as i32).count() as u64;
+    assert_eq!(counts.by_state.get("active").copied().unwrap_or(0), active);
+    assert!(active >= 1);
+    assert_eq!(counts.by_state.values().sum::<u64>(), counts.total);
+    assert_eq!(counts.by_class.values().sum::<u64>(), counts.total);
+    assert_eq!(counts.by_manufacturer.get("HSTM").copied(), Some(counts.total));
+    let r = reg.count_terminals(station.signed("/hsca.v1.Registry/CountTerminals", count()).expect("s")).await;
+    assert_eq!(refused(r), (Code::PermissionDenied, Reason::RoleForbidden));
 
     // Revoking the terminal's certificate: status says so, and a plain re-issue is refused.
     let revoke = v1::RevokeCertificateRequest {

@@ -27,7 +27,7 @@ pub fn approval_json(a: &v1::Approval) -> serde_json::Value {
 }
 
 /// What the request would do, in a few words.
-fn what(a: &v1::Approval) -> String {
+pub(crate) fn what(a: &v1::Approval) -> String {
     match a.kind.as_str() {
         "add_admin" => format!("new administrator {}", a.principal),
         "rekey" => {

@@ -7,6 +7,7 @@
 mod alerts;
 mod approvals;
 mod audit;
+mod console;
 mod http;
 mod revocation;
 
@@ -170,6 +171,21 @@ enum Cmd {
         at: alerts::FleetEndpoint,
         #[command(subcommand)]
         cmd: AlertsCmd,
+    },
+    /// Serve the operator console (a web UI) on loopback; every call it makes is signed with this
+    /// identity, as the other commands' are. Prints a URL with a one-time token: open it in a
+    /// browser on this machine.
+    Console {
+        /// Where to listen; loopback only unless --allow-non-loopback.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Listen on a non-loopback address anyway (anyone who can reach it and steals the URL
+        /// acts with this identity).
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// The operator's time zone as an offset from UTC, e.g. +08:00 (China Standard Time).
+        #[arg(long, default_value = "+08:00", allow_hyphen_values = true)]
+        utc_offset: String,
     },
     /// Print shell completions.
     Completions {
@@ -393,6 +409,20 @@ fn parse_reason(s: &str) -> Result<Reason, String> {
     }
 }
 
+/// The wire code of a revocation reason.
+fn reason_code(reason: Reason) -> i32 {
+    (match reason {
+        Reason::Unspecified => v1::RevocationReason::Unspecified,
+        Reason::KeyCompromise => v1::RevocationReason::KeyCompromise,
+        Reason::CaCompromise => v1::RevocationReason::CaCompromise,
+        Reason::AffiliationChanged => v1::RevocationReason::AffiliationChanged,
+        Reason::Superseded => v1::RevocationReason::Superseded,
+        Reason::CessationOfOperation => v1::RevocationReason::CessationOfOperation,
+        Reason::CertificateHold => v1::RevocationReason::CertificateHold,
+        Reason::PrivilegeWithdrawn => v1::RevocationReason::PrivilegeWithdrawn,
+    }) as i32
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum RekeyReason {
     Superseded,
@@ -541,6 +571,12 @@ async fn run(cli: Cli) -> Result<()> {
                     )
                 },
             )
+        }
+        Cmd::Console { listen, allow_non_loopback, utc_offset } => {
+            let offset = console::parse_utc_offset(utc_offset)?;
+            console::check_listen(*listen, *allow_non_loopback)?;
+            let (identity, client) = connect(&cli).await?;
+            console::serve(client, &identity, *listen, offset).await
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "cactl", &mut std::io::stdout());
@@ -782,16 +818,7 @@ async fn run(cli: Cli) -> Result<()> {
             )
         }
         Cmd::Revoke { terminal, cert_serial, manufacturer, model, lot, reason, invalidity_date } => {
-            let code = (match reason {
-                Reason::Unspecified => v1::RevocationReason::Unspecified,
-                Reason::KeyCompromise => v1::RevocationReason::KeyCompromise,
-                Reason::CaCompromise => v1::RevocationReason::CaCompromise,
-                Reason::AffiliationChanged => v1::RevocationReason::AffiliationChanged,
-                Reason::Superseded => v1::RevocationReason::Superseded,
-                Reason::CessationOfOperation => v1::RevocationReason::CessationOfOperation,
-                Reason::CertificateHold => v1::RevocationReason::CertificateHold,
-                Reason::PrivilegeWithdrawn => v1::RevocationReason::PrivilegeWithdrawn,
-            }) as i32;
+            let code = reason_code(*reason);
             let invalidity_ms = match invalidity_date {
                 Some(d) if matches!(reason, Reason::KeyCompromise) => revocation::parse_time(d)?,
                 Some(_) => bail!("--invalidity-date applies to key-compromise only"),

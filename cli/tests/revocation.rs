@@ -8,38 +8,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{RunningCa, openssl, text};
+use common::{RunningCa, Terminal, issue, openssl, text};
 use pki::{CertSerial, IssuerInfo, SignerId};
-
-struct Terminal {
-    serial: &'static str,
-    pem: String,
-    cert_serial: String,
-}
-
-fn issue(ca: &RunningCa, d: &Path, station: &Path, serial: &'static str, lot: &str) -> Terminal {
-    let key = format!("{serial}.key");
-    let csr = format!("{serial}.csr");
-    let pem = format!("{serial}.pem");
-    assert!(openssl(d, &["genpkey", "-algorithm", "SM2", "-out", &key]).0);
-    let subj = format!("/CN={serial}/serialNumber={serial}");
-    let (ok, out) = openssl(
-        d,
-        &["req", "-new", "-key", &key, "-sm3", "-sigopt", "distid:1234567812345678", "-subj", &subj, "-out", &csr],
-    );
-    assert!(ok, "{out}");
-    let o = std::process::Command::new(common::CACTL)
-        .current_dir(d)
-        .arg("--identity")
-        .arg(station.join("identity.toml"))
-        .args(["issue", "--csr", &csr, "--serial", serial, "--class", "II", "--out", &pem, "--lot", lot])
-        .output()
-        .expect("cactl issue");
-    assert!(o.status.success(), "{}", text(&o));
-    let cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join(&pem)).expect("pem")).expect("cert");
-    let _ = ca;
-    Terminal { serial, pem, cert_serial: CertSerial::of(&cert).expect("serial").to_hex() }
-}
 
 fn ocsp(ca: &RunningCa, d: &Path, t: &Terminal, extra: &[&str]) -> String {
     let url = format!("http://127.0.0.1:{}/ocsp", ca.http);

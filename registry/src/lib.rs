@@ -632,6 +632,19 @@ impl Registry {
         })
     }
 
+    /// Test hook (benchmarks): stores `terminals` in one transaction, unaudited, to fill a registry
+    /// with a fleet far faster than one audited registration each.
+    #[cfg(feature = "test-hooks")]
+    pub fn put_terminals_unaudited(&self, terminals: &[TerminalRecord]) -> Result<()> {
+        let terminals = terminals.to_vec();
+        self.submit(move |s| {
+            for t in &terminals {
+                s.update_terminal(t)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Test hook: stores `bytes` as approval `id` as they are (records written by older versions).
     #[cfg(feature = "test-hooks")]
     pub fn put_raw_approval(&self, id: &str, bytes: &[u8]) -> Result<()> {

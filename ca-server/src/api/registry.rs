@@ -98,6 +98,30 @@ impl Ca {
         })
     }
 
+    /// `CountTerminals`: one pass over the registry in a few large pages (read-only, not audited,
+    /// like the other reads).
+    pub fn count_terminals(&self, req: Incoming<v1::CountTerminalsRequest>) -> Result<v1::TerminalCounts, Status> {
+        self.authenticate(&req, "/hsca.v1.Registry/CountTerminals")?;
+        let mut counts = v1::TerminalCounts::default();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, next) = self
+                .registry
+                .list_terminals(&registry::TerminalFilter::default(), after.as_deref(), 10_000)
+                .map_err(|e| registry_status(&e))?;
+            for t in &page {
+                counts.total += 1;
+                *counts.by_state.entry(t.state.as_str().to_owned()).or_default() += 1;
+                *counts.by_class.entry(t.class.clone()).or_default() += 1;
+                *counts.by_manufacturer.entry(t.manufacturer.clone()).or_default() += 1;
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(counts),
+            }
+        }
+    }
+
     /// `ActivateTerminal`.
     pub fn activate(&self, req: Incoming<v1::ActivateTerminalRequest>) -> Result<v1::Activation, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.Registry/ActivateTerminal")?;
@@ -163,4 +187,5 @@ handlers!(v1::registry_server::Registry;
     list_terminals(v1::ListTerminalsRequest) -> v1::ListTerminalsResponse => list_terminals;
     activate_terminal(v1::ActivateTerminalRequest) -> v1::Activation => activate;
     list_activations(v1::ListActivationsRequest) -> v1::ListActivationsResponse => list_activations;
+    count_terminals(v1::CountTerminalsRequest) -> v1::TerminalCounts => count_terminals;
 );

@@ -3,6 +3,7 @@
 
 #[cfg(unix)]
 pub mod pty;
+pub mod webdriver;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -143,14 +144,101 @@ impl RunningCa {
     }
 
     fn http_request(&self, req: &[u8]) -> (String, Vec<u8>) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("connect");
-        s.write_all(req).expect("write");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("read");
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        (head, raw[split + 4..].to_vec())
+        http(self.http, req)
+    }
+}
+
+/// Sends a raw HTTP/1.1 request (with `Connection: close`) to 127.0.0.1:`port`: (header, body).
+pub fn http(port: u16, req: &[u8]) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    s.write_all(req).expect("write");
+    // Up to Content-Length when there is one: some servers (chromedriver) keep the connection open.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+            let length = head.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            });
+            if let Some(n) = length.filter(|n| raw.len() >= split + 4 + n) {
+                return (head, raw[split + 4..split + 4 + n].to_vec());
+            }
+        }
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    (head, raw[split + 4..].to_vec())
+}
+
+/// A running `cactl console` and the one-time URL it printed.
+pub struct Console {
+    pub child: Serving,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Console {
+    /// Starts `cactl --identity IDENTITY console` on a free loopback port; waits for its URL.
+    pub fn start(identity: &Path) -> Self {
+        use std::io::BufRead;
+        let port = port();
+        let mut child = Command::new(CACTL)
+            .arg("--identity")
+            .arg(identity)
+            .args(["console", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cactl console");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let child = Serving(child);
+        let mut out = std::io::BufReader::new(stdout);
+        out.read_line(&mut line).expect("console prints its URL");
+        // Keep reading, so the console never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("URL in first line").to_owned();
+        assert!(url.starts_with(&format!("http://127.0.0.1:{port}/login?token=")), "{line}");
+        Console { child, port, url }
+    }
+
+    /// The path and query of the printed URL (`/login?token=…`).
+    pub fn login_path(&self) -> String {
+        self.url.trim_start_matches(&format!("http://127.0.0.1:{}", self.port)).to_owned()
+    }
+
+    /// GET `path` with `extra` header lines: (header, body as text).
+    pub fn get(&self, path: &str, extra: &str) -> (String, String) {
+        let (h, b) = http(
+            self.port,
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{extra}\r\n", self.port)
+                .as_bytes(),
+        );
+        (h, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// POST a form `body` to `path` with `extra` header lines: (header, body as text).
+    pub fn post(&self, path: &str, extra: &str, body: &str) -> (String, String) {
+        let (h, b) = http(
+            self.port,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+                self.port,
+                body.len()
+            )
+            .as_bytes(),
+        );
+        (h, String::from_utf8_lossy(&b).into_owned())
     }
 }
 
@@ -158,4 +246,36 @@ impl RunningCa {
 pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
     let o = run(Command::new("openssl").args(args).current_dir(dir));
     (o.status.success(), text(&o))
+}
+
+/// A terminal issued by [`issue`]: its serial, PEM file name (in the test dir) and certificate serial.
+pub struct Terminal {
+    pub serial: &'static str,
+    pub pem: String,
+    pub cert_serial: String,
+}
+
+/// Makes an SM2 key and CSR for `serial` with OpenSSL in `d` and issues it as `station` (in lot `lot`).
+pub fn issue(ca: &RunningCa, d: &Path, station: &Path, serial: &'static str, lot: &str) -> Terminal {
+    let key = format!("{serial}.key");
+    let csr = format!("{serial}.csr");
+    let pem = format!("{serial}.pem");
+    assert!(openssl(d, &["genpkey", "-algorithm", "SM2", "-out", &key]).0);
+    let subj = format!("/CN={serial}/serialNumber={serial}");
+    let (ok, out) = openssl(
+        d,
+        &["req", "-new", "-key", &key, "-sm3", "-sigopt", "distid:1234567812345678", "-subj", &subj, "-out", &csr],
+    );
+    assert!(ok, "{out}");
+    let o = std::process::Command::new(CACTL)
+        .current_dir(d)
+        .arg("--identity")
+        .arg(station.join("identity.toml"))
+        .args(["issue", "--csr", &csr, "--serial", serial, "--class", "II", "--out", &pem, "--lot", lot])
+        .output()
+        .expect("cactl issue");
+    assert!(o.status.success(), "{}", text(&o));
+    let cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(d.join(&pem)).expect("pem")).expect("cert");
+    let _ = ca;
+    Terminal { serial, pem, cert_serial: pki::CertSerial::of(&cert).expect("serial").to_hex() }
 }

@@ -1,0 +1,875 @@
+//! The console's pages. Each reads what it shows with signed gRPC calls and offers only the
+//! actions the identity's role may take; the CA decides every call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::extract::{Extension, Form, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use proto::client::request_id;
+use proto::v1;
+use proto::v1::admin_client::AdminClient;
+use proto::v1::certificate_authority_client::CertificateAuthorityClient;
+use proto::v1::registry_client::RegistryClient;
+use tonic::transport::Channel;
+
+use super::text::{Lang, t};
+use super::{Console, Ctx};
+
+type C = State<Arc<Console>>;
+
+/// Audit entries the pages look back over (the CA answers at most 10,000).
+const AUDIT_WINDOW: u32 = 10_000;
+/// Terminals per page of the list.
+const PAGE: u32 = 50;
+
+fn registry(c: &Console) -> RegistryClient<Channel> {
+    RegistryClient::new(c.client.channel.clone())
+}
+
+fn admin(c: &Console) -> AdminClient<Channel> {
+    AdminClient::new(c.client.channel.clone())
+}
+
+fn ca(c: &Console) -> CertificateAuthorityClient<Channel> {
+    CertificateAuthorityClient::new(c.client.channel.clone())
+}
+
+/// A time in the operator's zone: `2026-12-03 18:20:00 UTC+08:00`.
+fn when(c: &Console, ms: u64) -> String {
+    if ms == 0 {
+        return "—".into();
+    }
+    let shifted = (ms as i64 + i64::from(c.utc_offset_minutes) * 60_000).max(0) as u64;
+    let (sign, m) = if c.utc_offset_minutes < 0 { ('-', -c.utc_offset_minutes) } else { ('+', c.utc_offset_minutes) };
+    let text = crate::revocation::time_text(shifted);
+    format!("{} UTC{sign}{:02}:{:02}", text.trim_end_matches('Z').replace('T', " "), m / 60, m % 60)
+}
+
+/// A path segment: anything but unreserved characters percent-encoded.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A page with the navigation, in the session's language.
+fn layout(c: &Console, ctx: &Ctx, here: &'static str, back: &str, body: Markup) -> Response {
+    let l = ctx.lang();
+    let nav: [(&str, &'static str, bool); 6] = [
+        ("/", "overview", true),
+        ("/terminals", "terminals", c.allowed.may("Registry/ListTerminals")),
+        ("/revocation", "revocation", c.allowed.may("Admin/ListApprovals")),
+        ("/audit", "audit", c.allowed.may("Admin/ListAudit")),
+        ("/principals", "principals", c.allowed.may("Admin/ListAudit")),
+        ("/alerts", "alerts", true),
+    ];
+    let other = if l == Lang::Zh { "en" } else { "zh" };
+    let page = html! {
+        (maud::DOCTYPE)
+        html lang=(l.code()) {
+            head {
+                meta charset="utf-8";
+                title { (t(l, here)) " · " (t(l, "title")) }
+                link rel="stylesheet" href="/console.css";
+            }
+            body {
+                header {
+                    strong { (t(l, "title")) }
+                    nav {
+                        @for (href, key, shown) in nav {
+                            @if shown {
+                                a href=(href) class=[(key == here).then_some("here")] { (t(l, key)) }
+                            }
+                        }
+                    }
+                    span.who { (t(l, "signed_in_as")) ": " (c.name) " (" (c.role) ")" }
+                    form method="post" action="/lang" {
+                        input type="hidden" name="csrf" value=(ctx.session.csrf);
+                        input type="hidden" name="to" value=(other);
+                        input type="hidden" name="back" value=(back);
+                        button #lang type="submit" { (t(l, "switch_lang")) }
+                    }
+                    form method="post" action="/logout" {
+                        input type="hidden" name="csrf" value=(ctx.session.csrf);
+                        button type="submit" { (t(l, "logout")) }
+                    }
+                }
+                main { h1 { (t(l, here)) } (body) }
+            }
+        }
+    };
+    Html(page.into_string()).into_response()
+}
+
+/// A failed page: the CA's refusal (its stable reason) or a local error.
+fn failure(c: &Console, ctx: &Ctx, here: &'static str, back: &str, e: &anyhow::Error) -> Response {
+    let l = ctx.lang();
+    let (status, reason, message) = match e.downcast_ref::<tonic::Status>() {
+        Some(s) => {
+            let reason = proto::reason(s).map_or("UNSPECIFIED", |r| r.as_str_name());
+            let code = match s.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::Unavailable => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::FORBIDDEN,
+            };
+            (code, reason.to_owned(), s.message().to_owned())
+        }
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "ERROR".to_owned(), format!("{e:#}")),
+    };
+    let mut resp = layout(
+        c,
+        ctx,
+        here,
+        back,
+        html! { div.refused { h2 { (t(l, "refused")) } p { code #reason { (reason) } ": " (message) } } },
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+fn respond(c: &Console, ctx: &Ctx, here: &'static str, back: &str, r: Result<Markup>) -> Response {
+    match r {
+        Ok(body) => layout(c, ctx, here, back, body),
+        Err(e) => failure(c, ctx, here, back, &e),
+    }
+}
+
+fn csrf(ctx: &Ctx) -> Markup {
+    html! { input type="hidden" name="csrf" value=(ctx.session.csrf); }
+}
+
+/// Reads every terminal matching `filter`, 1,000 at a time, until `visit` says stop.
+async fn scan(
+    c: &Console,
+    filter: &v1::ListTerminalsRequest,
+    mut visit: impl FnMut(&v1::Terminal) -> bool,
+) -> Result<()> {
+    let mut token = filter.page_token.clone();
+    loop {
+        let msg =
+            v1::ListTerminalsRequest { request_id: request_id(), page_size: 1000, page_token: token, ..filter.clone() };
+        let page =
+            registry(c).list_terminals(c.client.signed("/hsca.v1.Registry/ListTerminals", msg)?).await?.into_inner();
+        for t in &page.terminals {
+            if !visit(t) {
+                return Ok(());
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn audit_tail(c: &Console, last: u32, verify: bool) -> Result<v1::ListAuditResponse> {
+    let msg = v1::ListAuditRequest { request_id: request_id(), last, verify };
+    Ok(admin(c).list_audit(c.client.signed("/hsca.v1.Admin/ListAudit", msg)?).await?.into_inner())
+}
+
+fn counts_table(l: Lang, title: &'static str, id: &str, counts: &BTreeMap<String, u64>) -> Markup {
+    html! {
+        section {
+            h2 { (t(l, title)) }
+            table id=(id) {
+                @for (k, n) in counts { tr { th { (k) } td.num data-key=(k) { (n) } } }
+                @if counts.is_empty() { tr { td { (t(l, "none")) } } }
+            }
+        }
+    }
+}
+
+/// Bars per hour for the last 48 hours: certificates issued and terminals provisioned.
+fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -> Markup {
+    const HOURS: u64 = 48;
+    const HOUR: u64 = 3_600_000;
+    let end = now_ms / HOUR * HOUR + HOUR;
+    let start = end - HOURS * HOUR;
+    let mut issued = [0u64; HOURS as usize];
+    let mut provisioned = [0u64; HOURS as usize];
+    for e in entries.iter().filter(|e| e.outcome == "ok" && (start..end).contains(&e.time_ms)) {
+        let i = ((e.time_ms - start) / HOUR) as usize;
+        match e.action.as_str() {
+            "issue" | "reissue" => issued[i] += 1,
+            "confirm" => provisioned[i] += 1,
+            _ => {}
+        }
+    }
+    let max = issued.iter().chain(&provisioned).copied().max().unwrap_or(0).max(1);
+    let (w, h, base) = (960u64, 200u64, 170u64);
+    let step = w / HOURS;
+    let bar = |n: u64| n * (base - 10) / max;
+    html! {
+        section {
+            h2 { (t(l, "per_hour")) }
+            p.legend { span.issued { "■ " (t(l, "issued")) " " (issued.iter().sum::<u64>()) } " "
+                       span.provisioned { "■ " (t(l, "provisioned")) " " (provisioned.iter().sum::<u64>()) } }
+            svg #hourly viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) role="img" {
+                line x1="0" y1=(base) x2=(w) y2=(base) stroke="#888" {}
+                text x="2" y="12" font-size="11" fill="#444" { (max) }
+                @for i in 0..HOURS as usize {
+                    @let x = i as u64 * step;
+                    rect x=(x + 2) y=(base - bar(issued[i])) width=(step / 2 - 2) height=(bar(issued[i])) fill="#2b6cb0" { title { (issued[i]) } }
+                    rect x=(x + step / 2) y=(base - bar(provisioned[i])) width=(step / 2 - 2) height=(bar(provisioned[i])) fill="#2f855a" { title { (provisioned[i]) } }
+                    @if i % 6 == 0 {
+                        text x=(x) y=(base + 18) font-size="11" fill="#444" { (when(c, start + i as u64 * HOUR).get(11..16).unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Overview: the fleet by state, class and manufacturer; the last two days per hour; the audit chain.
+pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
+    let body = async {
+        let l = ctx.lang();
+        let mut out = html! {};
+        if c.allowed.may("Registry/CountTerminals") {
+            let msg = v1::CountTerminalsRequest { request_id: request_id() };
+            let n = registry(&c)
+                .count_terminals(c.client.signed("/hsca.v1.Registry/CountTerminals", msg)?)
+                .await?
+                .into_inner();
+            let sorted = |m: std::collections::HashMap<String, u64>| m.into_iter().collect::<BTreeMap<_, _>>();
+            out = html! {
+                (out)
+                p.total { (t(l, "total")) ": " strong #total { (n.total) } }
+                div.grid {
+                    (counts_table(l, "by_state", "by-state", &sorted(n.by_state)))
+                    (counts_table(l, "by_class", "by-class", &sorted(n.by_class)))
+                    (counts_table(l, "by_manufacturer", "by-manufacturer", &sorted(n.by_manufacturer)))
+                }
+            };
+        }
+        if c.allowed.may("Admin/ListAudit") {
+            let a = audit_tail(&c, AUDIT_WINDOW, true).await?;
+            out = html! {
+                (out)
+                (hourly_chart(&c, l, &a.entries, now_ms()))
+                section {
+                    h2 { (t(l, "audit_status")) }
+                    (chain_summary(l, &a))
+                }
+            };
+        }
+        out = html! {
+            (out)
+            section { h2 { (t(l, "alerts")) } p.followup { (t(l, "alerts_follow_up")) } }
+        };
+        Ok(out)
+    }
+    .await;
+    respond(&c, &ctx, "overview", "/", body)
+}
+
+fn chain_summary(l: Lang, a: &v1::ListAuditResponse) -> Markup {
+    html! {
+        @if a.chain_verified {
+            p #chain.ok { (t(l, "chain_ok")) ": " (a.chain_length) " " (t(l, "entries")) }
+            @if !a.checkpoint_key_configured {
+                p { (t(l, "no_checkpoint_key")) }
+            } @else {
+                p { (t(l, "checkpoints")) ": " (a.checkpoints_verified) "; " (t(l, "last_checkpoint")) " " (a.last_checkpoint_seq) }
+            }
+        } @else {
+            p #chain.bad { (t(l, "chain_broken")) ": " (a.chain_error) }
+        }
+    }
+}
+
+/// The terminal list's filters.
+#[derive(serde::Deserialize, Default)]
+pub struct TerminalQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    state: i32,
+    #[serde(default)]
+    class: i32,
+    #[serde(default)]
+    manufacturer: String,
+    #[serde(default)]
+    lot: String,
+    #[serde(default)]
+    page: String,
+}
+
+/// Terminals: serial prefix, state/class/manufacturer/lot filters, paged by the registry's cursor.
+pub async fn terminals(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<TerminalQuery>) -> Response {
+    let body = async {
+        let l = ctx.lang();
+        let filter = v1::ListTerminalsRequest {
+            state: q.state,
+            class: q.class,
+            manufacturer: q.manufacturer.trim().to_owned(),
+            lot: q.lot.trim().to_owned(),
+            page_token: q.page.clone(),
+            ..Default::default()
+        };
+        let prefix = q.q.trim();
+        let (rows, next) = if prefix.is_empty() {
+            let msg = v1::ListTerminalsRequest { request_id: request_id(), page_size: PAGE, ..filter.clone() };
+            let page = registry(&c)
+                .list_terminals(c.client.signed("/hsca.v1.Registry/ListTerminals", msg)?)
+                .await?
+                .into_inner();
+            (page.terminals, page.next_page_token)
+        } else {
+            prefix_search(&c, &filter, prefix).await?
+        };
+        let states = ["registered", "issued", "provisioned", "active", "revoked"];
+        let link = |token: &str| {
+            format!(
+                "/terminals?q={}&state={}&class={}&manufacturer={}&lot={}&page={}",
+                seg(prefix),
+                q.state,
+                q.class,
+                seg(&q.manufacturer),
+                seg(&q.lot),
+                seg(token)
+            )
+        };
+        Ok(html! {
+            form.filters method="get" action="/terminals" {
+                label { (t(l, "serial_prefix")) " " input #q name="q" value=(prefix) autofocus; }
+                label { (t(l, "state")) " "
+                    select name="state" {
+                        option value="0" { (t(l, "any")) }
+                        @for (i, s) in states.iter().enumerate() {
+                            option value=(i + 1) selected[q.state == i as i32 + 1] { (s) }
+                        }
+                    }
+                }
+                label { (t(l, "class")) " "
+                    select name="class" {
+                        option value="0" { (t(l, "any")) }
+                        @for (i, s) in ["I", "II", "III"].iter().enumerate() {
+                            option value=(i + 1) selected[q.class == i as i32 + 1] { (s) }
+                        }
+                    }
+                }
+                label { (t(l, "manufacturer")) " " input name="manufacturer" value=(q.manufacturer) size="6"; }
+                label { (t(l, "lot")) " " input name="lot" value=(q.lot) size="10"; }
+                button #search type="submit" { (t(l, "search")) }
+            }
+            (terminal_table(l, &rows))
+            @if !next.is_empty() { p { a #next href=(link(&next)) { (t(l, "next_page")) " →" } } }
+        })
+    }
+    .await;
+    respond(&c, &ctx, "terminals", "/terminals", body)
+}
+
+/// The registry lists in serial order from a cursor that is the last serial shown, so the
+/// terminals with a prefix are one contiguous run right after the prefix itself: the exact serial
+/// is one lookup, the rest a page from there, fast at millions. (Relies on the cursor being a
+/// serial; a `serial_prefix` filter in `ListTerminalsRequest` would make that explicit.)
+async fn prefix_search(
+    c: &Console,
+    filter: &v1::ListTerminalsRequest,
+    prefix: &str,
+) -> Result<(Vec<v1::Terminal>, String)> {
+    let mut rows = Vec::new();
+    if filter.page_token.is_empty() {
+        let msg = v1::GetTerminalRequest { request_id: request_id(), serial: prefix.to_owned() };
+        match registry(c).get_terminal(c.client.signed("/hsca.v1.Registry/GetTerminal", msg)?).await {
+            Ok(t) => rows.extend(Some(t.into_inner()).filter(|t| admits(filter, t))),
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s.into()),
+        }
+    }
+    let token = if filter.page_token.is_empty() { prefix.to_owned() } else { filter.page_token.clone() };
+    let msg =
+        v1::ListTerminalsRequest { request_id: request_id(), page_size: PAGE, page_token: token, ..filter.clone() };
+    let page = registry(c).list_terminals(c.client.signed("/hsca.v1.Registry/ListTerminals", msg)?).await?.into_inner();
+    let all_match = page.terminals.iter().all(|t| t.serial.starts_with(prefix));
+    rows.extend(page.terminals.into_iter().take_while(|t| t.serial.starts_with(prefix)));
+    let next = if all_match { page.next_page_token } else { String::new() };
+    Ok((rows, next))
+}
+
+/// Whether `t` passes the list's filters (for the exact-serial lookup, which has none).
+fn admits(f: &v1::ListTerminalsRequest, t: &v1::Terminal) -> bool {
+    (f.state == 0 || f.state == t.state)
+        && (f.class == 0 || f.class == t.class)
+        && (f.manufacturer.is_empty() || f.manufacturer == t.manufacturer)
+        && (f.lot.is_empty() || f.lot == t.lot)
+}
+
+fn terminal_table(l: Lang, rows: &[v1::Terminal]) -> Markup {
+    html! {
+        table #terminals {
+            tr { th { (t(l, "serial")) } th { (t(l, "class")) } th { (t(l, "manufacturer")) } th { (t(l, "model")) }
+                 th { (t(l, "lot")) } th { (t(l, "state")) } th { (t(l, "certificate")) } }
+            @for r in rows.iter().map(crate::row) {
+                tr {
+                    td { a href=(format!("/terminals/{}", seg(&r.serial))) { (r.serial) } }
+                    td { (r.class) } td { (r.manufacturer) } td { (r.model) } td { (r.lot) }
+                    td.state { (r.state) } td { code { (r.active_certificate) } }
+                }
+            }
+            @if rows.is_empty() { tr { td colspan="7" { (t(l, "none")) } } }
+        }
+    }
+}
+
+/// A terminal: its record, certificates (from the audit log), activations, audit entries.
+pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial): Path<String>) -> Response {
+    let back = format!("/terminals/{}", seg(&serial));
+    let body = async {
+        let l = ctx.lang();
+        let msg = v1::GetTerminalRequest { request_id: request_id(), serial: serial.clone() };
+        let term = registry(&c).get_terminal(c.client.signed("/hsca.v1.Registry/GetTerminal", msg)?).await?.into_inner();
+        let r = crate::row(&term);
+        let tail = if c.allowed.may("Admin/ListAudit") {
+            audit_tail(&c, AUDIT_WINDOW, false).await?.entries
+        } else {
+            Vec::new()
+        };
+        // Every certificate the log says was issued for it, newest first, and the active one.
+        let mut certs: Vec<String> = tail
+            .iter()
+            .rev()
+            .filter(|e| e.target == serial && matches!(e.action.as_str(), "issue" | "reissue") && e.outcome == "ok")
+            .filter_map(|e| e.detail.strip_prefix("certificate ").map(str::to_owned))
+            .collect();
+        if !term.active_certificate_serial.is_empty() && !certs.contains(&term.active_certificate_serial) {
+            certs.insert(0, term.active_certificate_serial.clone());
+        }
+        // Entries about the terminal or any of its certificates (revocations name the certificate).
+        let entries: Vec<_> = tail.into_iter().filter(|e| e.target == serial || certs.contains(&e.target)).collect();
+        let mut statuses = Vec::new();
+        for s in &certs {
+            let msg = v1::GetCertificateStatusRequest { request_id: request_id(), certificate_serial: s.clone() };
+            let st = ca(&c)
+                .get_certificate_status(c.client.signed("/hsca.v1.CertificateAuthority/GetCertificateStatus", msg)?)
+                .await?
+                .into_inner();
+            statuses.push((s.clone(), st));
+        }
+        let activations = if c.allowed.may("Registry/ListActivations") {
+            let msg = v1::ListActivationsRequest { request_id: request_id(), serial: serial.clone() };
+            registry(&c)
+                .list_activations(c.client.signed("/hsca.v1.Registry/ListActivations", msg)?)
+                .await?
+                .into_inner()
+                .activations
+        } else {
+            Vec::new()
+        };
+        let may_revoke = c.allowed.may("Admin/RevokeCertificate") && !term.active_certificate_serial.is_empty();
+        Ok(html! {
+            table #record {
+                tr { th { (t(l, "serial")) } td #serial { (r.serial) } }
+                tr { th { (t(l, "state")) } td #state { (r.state) } }
+                tr { th { (t(l, "class")) } td { (r.class) } }
+                tr { th { (t(l, "manufacturer")) } td { (r.manufacturer) } }
+                tr { th { (t(l, "model")) } td { (r.model) } }
+                tr { th { (t(l, "lot")) } td { (r.lot) } }
+            }
+            h2 { (t(l, "certificate")) }
+            table #certificates {
+                tr { th { (t(l, "serial")) } th { (t(l, "cert_status")) } th { (t(l, "revoked_at")) } th { (t(l, "reason")) } th {} }
+                @for (s, st) in &statuses {
+                    tr {
+                        td { code { (s) } }
+                        td.status { (v1::certificate_status::State::try_from(st.state).map_or("?".into(), |x| x.as_str_name().to_lowercase())) }
+                        td { (when(&c, st.revoked_at_ms)) }
+                        td { @if st.revoked_at_ms > 0 { (v1::RevocationReason::try_from(st.reason).map_or("?".into(), |x| x.as_str_name().to_lowercase())) } }
+                        td { a href=(format!("/certificates/{}", seg(s))) download { (t(l, "download_pem")) } }
+                    }
+                }
+                @if statuses.is_empty() { tr { td colspan="5" { (t(l, "none")) } } }
+            }
+            @if may_revoke {
+                h2 { (t(l, "revoke_one")) }
+                form #revoke method="post" action="/revoke" {
+                    (csrf(&ctx))
+                    input type="hidden" name="terminal" value=(term.serial);
+                    label { (t(l, "reason")) " " (reason_select()) }
+                    button #do-revoke type="submit" { (t(l, "revoke")) " " (term.active_certificate_serial) }
+                }
+            }
+            h2 { (t(l, "provisioning")) }
+            (audit_table(&c, l, entries.iter().filter(|e| e.action == "confirm").collect()))
+            h2 { (t(l, "activations")) }
+            table #activations {
+                tr { th { (t(l, "time")) } th { (t(l, "operator")) } th { (t(l, "institution")) } th { (t(l, "position")) } }
+                @for a in &activations {
+                    tr { td { (when(&c, a.at_ms)) } td { (a.operator) } td { (a.institution) } td { (format!("{:.5}, {:.5}", a.latitude, a.longitude)) } }
+                }
+                @if activations.is_empty() { tr { td colspan="4" { (t(l, "none")) } } }
+            }
+            h2 { (t(l, "audit_of_terminal")) }
+            (audit_table(&c, l, entries.iter().rev().collect()))
+        })
+    }
+    .await;
+    respond(&c, &ctx, "terminals", &back, body)
+}
+
+fn reason_select() -> Markup {
+    html! {
+        select name="reason" {
+            @for (rfc, _, _) in crate::REASONS { option value=(rfc) { (rfc) } }
+        }
+    }
+}
+
+fn audit_table(c: &Console, l: Lang, entries: Vec<&v1::AuditEntry>) -> Markup {
+    html! {
+        table.audit {
+            tr { th { "#" } th { (t(l, "time")) } th { (t(l, "actor")) } th { (t(l, "action")) } th { (t(l, "target")) }
+                 th { (t(l, "outcome")) } th { (t(l, "detail")) } }
+            @for e in &entries {
+                tr { td { (e.seq) } td { (when(c, e.time_ms)) } td { (e.actor) } td { (e.action) } td { (e.target) }
+                     td { (e.outcome) } td { (e.detail) } }
+            }
+            @if entries.is_empty() { tr { td colspan="7" { (t(l, "none")) } } }
+        }
+    }
+}
+
+/// A certificate as a PEM download.
+pub async fn certificate_pem(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial): Path<String>) -> Response {
+    let r = async {
+        let msg = v1::GetCertificateRequest { request_id: request_id(), certificate_serial: serial.clone() };
+        let info = ca(&c)
+            .get_certificate(c.client.signed("/hsca.v1.CertificateAuthority/GetCertificate", msg)?)
+            .await?
+            .into_inner();
+        crate::pem("CERTIFICATE", &info.certificate_der)
+    }
+    .await;
+    match r {
+        Ok(pem) => (
+            [
+                (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}.pem\"", seg(&serial))),
+            ],
+            pem,
+        )
+            .into_response(),
+        Err(e) => failure(&c, &ctx, "terminals", "/terminals", &e),
+    }
+}
+
+/// The revoke-one form.
+#[derive(serde::Deserialize)]
+pub struct RevokeForm {
+    terminal: String,
+    reason: String,
+}
+
+/// Revokes a terminal's active certificate; back to its page.
+pub async fn revoke(State(c): C, Extension(ctx): Extension<Ctx>, Form(f): Form<RevokeForm>) -> Response {
+    let back = format!("/terminals/{}", seg(&f.terminal));
+    let r = async {
+        let reason = crate::parse_reason(&f.reason).map_err(|e| anyhow::anyhow!(e))?;
+        let msg = v1::RevokeCertificateRequest {
+            request_id: request_id(),
+            certificate_serial: String::new(),
+            terminal_serial: f.terminal.clone(),
+            reason: crate::reason_code(reason),
+            invalidity_ms: 0,
+        };
+        admin(&c).revoke_certificate(c.client.signed("/hsca.v1.Admin/RevokeCertificate", msg)?).await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Redirect::to(&back).into_response(),
+        Err(e) => failure(&c, &ctx, "terminals", &back, &e),
+    }
+}
+
+/// A bulk filter, as previewed and as requested.
+#[derive(serde::Deserialize, Default)]
+pub struct BulkForm {
+    #[serde(default)]
+    manufacturer: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    lot: String,
+    #[serde(default)]
+    reason: String,
+}
+
+impl BulkForm {
+    fn any(&self) -> bool {
+        [&self.manufacturer, &self.model, &self.lot].iter().any(|s| !s.trim().is_empty())
+    }
+}
+
+/// Revocation: the bulk request (with how many it covers) and the approvals queue.
+pub async fn revocation(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<BulkForm>) -> Response {
+    let body = async {
+        let l = ctx.lang();
+        let covers = if q.any() && c.allowed.may("Registry/ListTerminals") {
+            let filter = v1::ListTerminalsRequest {
+                manufacturer: q.manufacturer.trim().to_owned(),
+                lot: q.lot.trim().to_owned(),
+                ..Default::default()
+            };
+            let mut n = 0u64;
+            let model = q.model.trim();
+            scan(&c, &filter, |t| {
+                n += u64::from(!t.active_certificate_serial.is_empty() && (model.is_empty() || t.model == model));
+                true
+            })
+            .await?;
+            Some(n)
+        } else {
+            None
+        };
+        let msg = v1::ListApprovalsRequest { request_id: request_id(), pending_only: false };
+        let list = admin(&c).list_approvals(c.client.signed("/hsca.v1.Admin/ListApprovals", msg)?).await?.into_inner();
+        let may_decide = c.allowed.may("Admin/DecideApproval");
+        Ok(html! {
+            @if c.allowed.may("Admin/RequestBulkRevocation") {
+                h2 { (t(l, "bulk")) }
+                form #preview method="get" action="/revocation" {
+                    label { (t(l, "manufacturer")) " " input name="manufacturer" value=(q.manufacturer) size="6"; }
+                    label { (t(l, "model")) " " input name="model" value=(q.model) size="8"; }
+                    label { (t(l, "lot")) " " input name="lot" value=(q.lot) size="10"; }
+                    button #count type="submit" { (t(l, "preview")) }
+                }
+                @if let Some(n) = covers {
+                    p { (t(l, "covers")) ": " strong #covers { (n) } }
+                    form #bulk method="post" action="/revocation/bulk" {
+                        (csrf(&ctx))
+                        input type="hidden" name="manufacturer" value=(q.manufacturer);
+                        input type="hidden" name="model" value=(q.model);
+                        input type="hidden" name="lot" value=(q.lot);
+                        label { (t(l, "reason")) " " (reason_select()) }
+                        button #request type="submit" { (t(l, "request")) }
+                    }
+                }
+            }
+            h2 { (t(l, "approvals")) }
+            @if !list.dual_control_available { p.warn { (t(l, "dual_unavailable")) " (" (list.active_admins.join(", ")) ")" } }
+            table #approvals {
+                tr { th { (t(l, "id")) } th { (t(l, "state")) } th { (t(l, "what")) } th { (t(l, "requested_by")) } th { (t(l, "time")) } th {} }
+                @for a in &list.approvals {
+                    tr data-id=(a.id) {
+                        td { code { (a.id) } } td.state { (a.state) } td { (crate::approvals::what(a)) }
+                        td { (a.requested_by) } td { (when(&c, a.created_ms)) }
+                        td {
+                            @if may_decide && a.state == "pending" {
+                                form method="post" action="/approvals/decide" {
+                                    (csrf(&ctx))
+                                    input type="hidden" name="id" value=(a.id);
+                                    button name="decision" value="approve" type="submit" { (t(l, "approve")) }
+                                    " "
+                                    button name="decision" value="reject" type="submit" { (t(l, "reject")) }
+                                }
+                            } @else if !a.decided_by.is_empty() { (a.decided_by) }
+                        }
+                    }
+                }
+                @if list.approvals.is_empty() { tr { td colspan="6" { (t(l, "none")) } } }
+            }
+        })
+    }
+    .await;
+    respond(&c, &ctx, "revocation", "/revocation", body)
+}
+
+/// Asks for a bulk revocation; a second administrator decides in the queue.
+pub async fn bulk(State(c): C, Extension(ctx): Extension<Ctx>, Form(f): Form<BulkForm>) -> Response {
+    let r = async {
+        let reason = crate::parse_reason(&f.reason).map_err(|e| anyhow::anyhow!(e))?;
+        let msg = v1::RequestBulkRevocationRequest {
+            request_id: request_id(),
+            manufacturer: f.manufacturer.trim().to_owned(),
+            model: f.model.trim().to_owned(),
+            lot: f.lot.trim().to_owned(),
+            reason: crate::reason_code(reason),
+            invalidity_ms: 0,
+        };
+        admin(&c).request_bulk_revocation(c.client.signed("/hsca.v1.Admin/RequestBulkRevocation", msg)?).await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Redirect::to("/revocation").into_response(),
+        Err(e) => failure(&c, &ctx, "revocation", "/revocation", &e),
+    }
+}
+
+/// Approve or reject.
+#[derive(serde::Deserialize)]
+pub struct DecideForm {
+    id: String,
+    decision: String,
+}
+
+/// The second administrator's decision.
+pub async fn decide(State(c): C, Extension(ctx): Extension<Ctx>, Form(f): Form<DecideForm>) -> Response {
+    let r = async {
+        let approve = match f.decision.as_str() {
+            "approve" => true,
+            "reject" => false,
+            other => anyhow::bail!("decision {other:?}: approve or reject"),
+        };
+        let msg = v1::DecideApprovalRequest { request_id: request_id(), id: f.id.clone(), approve };
+        admin(&c).decide_approval(c.client.signed("/hsca.v1.Admin/DecideApproval", msg)?).await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Redirect::to("/revocation").into_response(),
+        Err(e) => failure(&c, &ctx, "revocation", "/revocation", &e),
+    }
+}
+
+/// Audit filters.
+#[derive(serde::Deserialize, Default)]
+pub struct AuditQuery {
+    #[serde(default)]
+    last: Option<u32>,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    target: String,
+}
+
+/// Audit: the newest entries with filters, and the chain's verification.
+pub async fn audit(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<AuditQuery>) -> Response {
+    let body = async {
+        let l = ctx.lang();
+        let last = q.last.unwrap_or(200).clamp(1, AUDIT_WINDOW);
+        let a = audit_tail(&c, last, true).await?;
+        let keep = |want: &str, have: &str| want.trim().is_empty() || have.contains(want.trim());
+        let shown: Vec<_> = a
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| keep(&q.actor, &e.actor) && keep(&q.action, &e.action) && keep(&q.target, &e.target))
+            .collect();
+        Ok(html! {
+            section { h2 { (t(l, "verify_result")) } (chain_summary(l, &a)) }
+            form.filters method="get" action="/audit" {
+                label { (t(l, "last_n")) " " input name="last" value=(last) size="6"; }
+                label { (t(l, "actor")) " " input name="actor" value=(q.actor) size="10"; }
+                label { (t(l, "action")) " " input name="action" value=(q.action) size="10"; }
+                label { (t(l, "target")) " " input name="target" value=(q.target) size="14"; }
+                button type="submit" { (t(l, "filter")) }
+            }
+            (audit_table(&c, l, shown))
+        })
+    }
+    .await;
+    respond(&c, &ctx, "audit", "/audit", body)
+}
+
+/// Principals: those seen in the audit log with their last activity, the active administrators,
+/// and disabling one.
+pub async fn principals(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
+    let body = async {
+        let l = ctx.lang();
+        let a = audit_tail(&c, AUDIT_WINDOW, false).await?;
+        let mut seen: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+        for e in &a.entries {
+            seen.insert(&e.actor, (e.time_ms, &e.action));
+        }
+        let msg = v1::ListApprovalsRequest { request_id: request_id(), pending_only: true };
+        let list = admin(&c).list_approvals(c.client.signed("/hsca.v1.Admin/ListApprovals", msg)?).await?.into_inner();
+        Ok(html! {
+            p.note { (t(l, "principals_note")) }
+            p { (t(l, "active_admins")) ": " span #admins { (list.active_admins.join(", ")) } }
+            table #principals {
+                tr { th { (t(l, "name")) } th { (t(l, "last_activity")) } th { (t(l, "action")) } }
+                @for (name, (ms, action)) in &seen {
+                    tr { td { (name) } td { (when(&c, *ms)) } td { (action) } }
+                }
+            }
+            @if c.allowed.may("Admin/DisablePrincipal") {
+                h2 { (t(l, "disable")) }
+                form #disable method="post" action="/principals/disable" {
+                    (csrf(&ctx))
+                    label { (t(l, "name")) " " input name="name" required; }
+                    button type="submit" { (t(l, "disable")) }
+                }
+            }
+        })
+    }
+    .await;
+    respond(&c, &ctx, "principals", "/principals", body)
+}
+
+/// The disable form.
+#[derive(serde::Deserialize)]
+pub struct DisableForm {
+    name: String,
+}
+
+/// Disables a principal.
+pub async fn disable(State(c): C, Extension(ctx): Extension<Ctx>, Form(f): Form<DisableForm>) -> Response {
+    let r = async {
+        let msg = v1::DisablePrincipalRequest { request_id: request_id(), name: f.name.clone() };
+        admin(&c).disable_principal(c.client.signed("/hsca.v1.Admin/DisablePrincipal", msg)?).await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Redirect::to("/principals").into_response(),
+        Err(e) => failure(&c, &ctx, "principals", "/principals", &e),
+    }
+}
+
+/// Alerts: a follow-up until the fleet service's API exists.
+pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
+    let l = ctx.lang();
+    layout(&c, &ctx, "alerts", "/alerts", html! { p #not-configured.followup { (t(l, "alerts_follow_up")) } })
+}
+
+/// The language switch.
+#[derive(serde::Deserialize)]
+pub struct LangForm {
+    to: String,
+    #[serde(default)]
+    back: String,
+}
+
+/// Switches the session's language and returns to the page it came from.
+pub async fn lang(State(c): C, Extension(ctx): Extension<Ctx>, Form(f): Form<LangForm>) -> Response {
+    if let Some(lang) = Lang::parse(&f.to) {
+        c.sessions.set_lang(&ctx.id, lang);
+    }
+    // Only a path on this console: never an open redirect.
+    let back = if f.back.starts_with('/') && !f.back.starts_with("//") && !f.back.contains('\\') {
+        f.back
+    } else {
+        "/".into()
+    };
+    Redirect::to(&back).into_response()
+}
+
+/// Ends the session.
+pub async fn logout(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
+    c.sessions.logout(&ctx.id);
+    (
+        [(header::SET_COOKIE, format!("{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0", super::COOKIE))],
+        Html(html! { (maud::DOCTYPE) html { head { meta charset="utf-8"; link rel="stylesheet" href="/console.css"; } body { main { p { "已退出 · Signed out" } } } } }.into_string()),
+    )
+        .into_response()
+}

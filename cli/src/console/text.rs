@@ -1,0 +1,153 @@
+//! The console's words in Chinese (the default) and English.
+
+/// A page language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    /// 简体中文.
+    Zh,
+    /// English.
+    En,
+}
+
+impl Lang {
+    /// `zh` or `en`, as `<html lang>` and the switch form spell it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh-CN",
+            Lang::En => "en",
+        }
+    }
+
+    /// The language a switch form names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "zh" | "zh-CN" => Some(Lang::Zh),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+}
+
+/// (key, 中文, English).
+const WORDS: &[(&str, &str, &str)] = &[
+    ("title", "终端证书管理控制台", "Terminal CA console"),
+    ("overview", "概览", "Overview"),
+    ("terminals", "终端", "Terminals"),
+    ("revocation", "吊销与审批", "Revocation"),
+    ("audit", "审计", "Audit"),
+    ("principals", "主体", "Principals"),
+    ("alerts", "告警", "Alerts"),
+    ("signed_in_as", "当前身份", "Signed in as"),
+    ("logout", "退出", "Sign out"),
+    ("switch_lang", "English", "中文"),
+    ("total", "终端总数", "Terminals in total"),
+    ("by_state", "按状态", "By state"),
+    ("by_class", "按类别", "By class"),
+    ("by_manufacturer", "按厂商", "By manufacturer"),
+    (
+        "per_hour",
+        "最近 48 小时每小时签发证书与完成写入的终端",
+        "Certificates issued and terminals provisioned per hour, last 48 hours",
+    ),
+    ("issued", "签发", "issued"),
+    ("provisioned", "写入", "provisioned"),
+    ("audit_status", "审计链", "Audit chain"),
+    ("chain_ok", "完整", "verified"),
+    ("chain_broken", "已损坏", "BROKEN"),
+    ("entries", "条记录", "entries"),
+    ("checkpoints", "已验证的签名检查点", "signed checkpoints verified"),
+    ("last_checkpoint", "最新检查点覆盖到第", "newest checkpoint covers entries up to"),
+    ("no_checkpoint_key", "服务器未配置审计密钥：仅哈希链", "the server has no audit key: hash chain only"),
+    (
+        "alerts_follow_up",
+        "未配置：告警来自车队服务（fleet service），其接口尚未提供；此页为后续工作。",
+        "Not configured: alerts come from the fleet service, whose API is not available yet; this page is a follow-up.",
+    ),
+    ("state", "状态", "State"),
+    ("class", "类别", "Class"),
+    ("manufacturer", "厂商", "Manufacturer"),
+    ("model", "型号", "Model"),
+    ("lot", "批次", "Lot"),
+    ("serial", "序列号", "Serial"),
+    ("serial_prefix", "序列号前缀", "Serial prefix"),
+    ("certificate", "证书", "Certificate"),
+    ("any", "全部", "any"),
+    ("search", "查询", "Search"),
+    ("next_page", "下一页", "Next page"),
+    ("none", "（无）", "(none)"),
+    ("download_pem", "下载 PEM", "Download PEM"),
+    ("cert_status", "证书状态", "Certificate status"),
+    ("revoked_at", "吊销时间", "Revoked at"),
+    ("reason", "原因", "Reason"),
+    ("activations", "激活记录", "Activations"),
+    ("institution", "机构", "Institution"),
+    ("position", "位置", "Position"),
+    ("operator", "操作员", "Operator"),
+    ("time", "时间", "Time"),
+    ("audit_of_terminal", "该终端的审计记录（最近 10000 条内）", "Its audit entries (within the newest 10,000)"),
+    ("provisioning", "写入记录", "Provisioning record"),
+    ("revoke_one", "吊销证书", "Revoke the certificate"),
+    ("revoke", "吊销", "Revoke"),
+    ("bulk", "批量吊销申请（需第二位管理员批准）", "Bulk revocation request (a second administrator approves)"),
+    ("covers", "该条件当前覆盖的有效证书数", "Active certificates this filter covers now"),
+    ("preview", "计算覆盖数量", "Count what it covers"),
+    ("request", "提交申请", "Submit the request"),
+    ("approvals", "待审批队列", "Approvals queue"),
+    ("approve", "批准", "Approve"),
+    ("reject", "拒绝", "Reject"),
+    ("requested_by", "申请人", "Requested by"),
+    ("what", "内容", "What"),
+    ("id", "编号", "ID"),
+    (
+        "dual_unavailable",
+        "双人控制不可用：有效管理员不足两位",
+        "Dual control unavailable: fewer than two active administrators",
+    ),
+    ("verify_result", "验证结果", "Verification"),
+    ("actor", "主体", "Actor"),
+    ("action", "操作", "Action"),
+    ("target", "对象", "Target"),
+    ("outcome", "结果", "Outcome"),
+    ("detail", "详情", "Detail"),
+    ("filter", "筛选", "Filter"),
+    ("last_n", "最近条数", "Newest entries"),
+    ("name", "名称", "Name"),
+    ("role", "角色", "Role"),
+    ("last_activity", "最近活动", "Last activity"),
+    ("active_admins", "有效管理员", "Active administrators"),
+    (
+        "principals_note",
+        "CA 未提供主体列表接口：此处列出审计记录中出现的主体及其最近活动。",
+        "The CA offers no principal list: these are the principals seen in the audit log, with their last activity.",
+    ),
+    ("disable", "停用主体", "Disable a principal"),
+    ("done", "已完成", "Done"),
+    ("refused", "CA 拒绝了该请求", "The CA refused the request"),
+    ("not_offered", "当前角色无权查看此内容", "This identity's role may not see this"),
+    ("times_in", "时间按", "Times in UTC"),
+];
+
+/// The word for `key` in `lang` (the key itself when missing, so a gap shows rather than hides).
+pub fn t(lang: Lang, key: &'static str) -> &'static str {
+    WORDS.iter().find(|(k, _, _)| *k == key).map_or(key, |(_, zh, en)| if lang == Lang::Zh { zh } else { en })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_unique_and_translated() {
+        let mut keys: Vec<_> = WORDS.iter().map(|(k, _, _)| *k).collect();
+        keys.sort_unstable();
+        let n = keys.len();
+        keys.dedup();
+        assert_eq!(n, keys.len(), "duplicate key");
+        for (k, zh, en) in WORDS {
+            assert!(!zh.is_empty() && !en.is_empty(), "{k}");
+        }
+        assert_eq!(t(Lang::Zh, "overview"), "概览");
+        assert_eq!(t(Lang::En, "overview"), "Overview");
+        assert_eq!(t(Lang::En, "no-such-key"), "no-such-key");
+    }
+}

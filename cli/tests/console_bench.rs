@@ -1,0 +1,90 @@
+//! Console page times with a large fleet in the registry — a measurement, not a check: ignored by
+//! default (and so by CI); it asserts only that each page answers 200, and prints a table.
+//!
+//! `cargo test -p cli --test console_bench -- --ignored --nocapture`
+//! (`CONSOLE_BENCH_TERMINALS`, default 1,000,000). Built in the dev profile like the other tests:
+//! dependencies at opt-level 2, workspace crates (ca-server, cactl) unoptimised.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Console, RunningCa};
+use registry::{Registry, TerminalRecord, TerminalState};
+
+const STATES: [TerminalState; 5] = [
+    TerminalState::Registered,
+    TerminalState::Issued,
+    TerminalState::Provisioned,
+    TerminalState::Active,
+    TerminalState::Revoked,
+];
+
+fn fill(ca: &RunningCa, n: usize) -> Duration {
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(ca.dir.join("ca-server.toml")).expect("config")).expect("toml");
+    let path = config["registry"]["path"].as_str().expect("[registry] path");
+    let reg = Registry::open(&ca.dir.join(path)).expect("registry");
+    let started = Instant::now();
+    let makers = ["HSTM", "HSTA", "HSTB", "HSTC"];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
+        let batch: Vec<TerminalRecord> = chunk
+            .iter()
+            .map(|&i| TerminalRecord {
+                serial: format!("{}01{:010}", makers[i % 4], i),
+                class: ["I", "II", "III"][i % 3].into(),
+                manufacturer: makers[i % 4].into(),
+                model: "01".into(),
+                lot: Some(format!("L{}", i / 10_000)),
+                state: STATES[i % 5],
+                active_cert: None,
+                updated_ms: 0,
+            })
+            .collect();
+        reg.put_terminals_unaudited(&batch).expect("put");
+    }
+    started.elapsed()
+}
+
+#[test]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+fn console_pages_with_a_large_fleet() {
+    let n: usize = std::env::var("CONSOLE_BENCH_TERMINALS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut ca = RunningCa::init(tmp.path());
+    ca.stop();
+    let filled = fill(&ca, n);
+    ca.start();
+    let c = Console::start(&ca.dir.join("identities/admin/identity.toml"));
+    let (head, _) = c.get(&c.login_path(), "");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|v| v.split(';').next())
+        .map(|pair| format!("Cookie: {pair}\r\n"))
+        .expect("session cookie");
+    let some = format!("HSTB01{:010}", n / 2 + 2);
+    let pages = [
+        ("/terminals", "first page of 50"),
+        ("/terminals?page=HSTA010000500001", "a page deep in the cursor"),
+        ("/terminals?q=HSTB010000", "serial prefix"),
+        (&*format!("/terminals/{some}"), "one terminal"),
+        ("/terminals?state=4&manufacturer=HSTC", "filtered page (state + maker)"),
+        ("/audit", "audit, 200 newest, chain verified"),
+        ("/", "overview (CountTerminals: full scan)"),
+    ];
+    println!("\n{n} terminals in the registry (filled in {:.1} s)\n", filled.as_secs_f64());
+    println!("{:<44} {:>10} {:>10} {:>10}", "page", "min ms", "median ms", "max ms");
+    for (path, what) in pages {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let (head, body) = c.get(path, &cookie);
+            times.push(t.elapsed());
+            assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!("{:<44} {:>10.1} {:>10.1} {:>10.1}", what, ms(times[0]), ms(times[2]), ms(times[4]));
+    }
+}
