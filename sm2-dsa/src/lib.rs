@@ -12,6 +12,7 @@
 //! crate (`tests/differential.rs`). Signatures are the `sm2` crate's [`Signature`] (`r ‖ s`).
 //! Messages go in as `e = SM3(Z ‖ M)`; [`z`] and [`digest`] compute them.
 
+mod field;
 mod point;
 
 use std::sync::{Arc, LazyLock};
@@ -134,7 +135,7 @@ impl SigningKey {
             let mut blind_bytes = FieldBytes::default();
             blind_bytes.copy_from_slice(&random[32..]);
             let k = Scalar::from_repr(k_bytes);
-            let blind = Fe::from_bytes(&blind_bytes);
+            let blind = Fe::from_bytes(&blind_bytes.into());
             k_bytes.zeroize();
             // Rejection (probability ~2^-31 each) only says a draw was out of range.
             let (Some(mut k), Some(blind)) = (Option::<Scalar>::from(k), Option::<Fe>::from(blind)) else {
@@ -156,7 +157,7 @@ impl SigningKey {
     fn sign_with_nonce(&self, e: &[u8; 32], k: &Scalar, blind: &Fe) -> Option<Signature> {
         let e = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(*e));
         let x1 = GENERATOR.mul_ct(k).x_blinded(blind)?;
-        let r = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_repr());
+        let r = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_bytes().into());
         if bool::from(r.is_zero() | (r + k).is_zero()) {
             return None;
         }
@@ -255,7 +256,7 @@ impl VerifyingKey {
         let sum = GENERATOR.mul_add_vartime(&s, tp);
         let x1 = sum.x_vartime().ok_or(Error::Invalid)?;
         // B7
-        let expected = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_repr());
+        let expected = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_bytes().into());
         if bool::from(expected.ct_eq(&r)) { Ok(()) } else { Err(Error::Invalid) }
     }
 
@@ -342,6 +343,17 @@ mod tests {
                 assert_eq!(vk.verify(b"1234567812345678", b"message digesT", &sig), Err(Error::Invalid));
             }
         }
+    }
+
+    #[test]
+    fn the_field_matches_the_sm2_crate() {
+        field::check_against_sm2_crate(count("SM2_DSA_FIELD_CASES", 20_000));
+    }
+
+    /// How many random cases a differential test runs: `var` from the environment (100,000 or
+    /// more for the full run), else `default`.
+    fn count(var: &str, default: usize) -> usize {
+        std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
     }
 
     #[test]

@@ -8,15 +8,12 @@
 //! (see [`FixedBaseTable::mul_ct`]); the variable-time path branches on them.
 
 use sm2::elliptic_curve::BatchNormalize;
-use sm2::elliptic_curve::hazmat::FieldArithmetic;
-use sm2::elliptic_curve::ops::Invert;
 use sm2::elliptic_curve::point::AffineCoordinates;
 use sm2::elliptic_curve::subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use sm2::elliptic_curve::{Group, PrimeField};
-use sm2::{AffinePoint, ProjectivePoint, Scalar, Sm2};
+use sm2::{AffinePoint, ProjectivePoint, Scalar};
 
-/// An element of the SM2 base field (Montgomery form, fiat-crypto arithmetic).
-pub(crate) type Fe = <Sm2 as FieldArithmetic>::FieldElement;
+pub(crate) use crate::field::Fe;
 
 /// Bits per signed digit of a scalar in the fixed-base tables.
 pub(crate) const WINDOW: usize = 6;
@@ -44,8 +41,8 @@ impl Affine {
         if bool::from(p.is_identity()) {
             return None;
         }
-        let x = Option::from(Fe::from_bytes(&p.x()))?;
-        let y = Option::from(Fe::from_bytes(&p.y()))?;
+        let x = Option::from(Fe::from_bytes(&p.x().into()))?;
+        let y = Option::from(Fe::from_bytes(&p.y().into()))?;
         Some(Self { x, y })
     }
 
@@ -165,7 +162,7 @@ impl Jacobian {
 
     /// The affine x coordinate in variable time; `None` for the identity.
     pub(crate) fn x_vartime(&self) -> Option<Fe> {
-        let zinv = Option::<Fe>::from(self.z.invert_vartime())?;
+        let zinv = self.z.invert_vartime()?;
         Some(self.x * zinv.square())
     }
 
@@ -173,8 +170,8 @@ impl Jacobian {
     /// variable time on `Z·β` for a uniformly random nonzero `β`, which says nothing about `Z`:
     /// ~10× cheaper than the constant-time inversion.
     pub(crate) fn x_blinded(&self, blind: &Fe) -> Option<Fe> {
-        let inv = Option::<Fe>::from((self.z * blind).invert_vartime())?;
-        let zinv = inv * blind;
+        let inv = (self.z * *blind).invert_vartime()?;
+        let zinv = inv * *blind;
         Some(self.x * zinv.square())
     }
 
@@ -187,8 +184,8 @@ impl Jacobian {
                 let y = self.y * zinv.square() * zinv;
                 let mut bytes = [0u8; 65];
                 bytes[0] = 4;
-                bytes[1..33].copy_from_slice(&x.to_repr());
-                bytes[33..].copy_from_slice(&y.to_repr());
+                bytes[1..33].copy_from_slice(&x.to_bytes());
+                bytes[33..].copy_from_slice(&y.to_bytes());
                 sm2::PublicKey::from_sec1_bytes(&bytes).map(|p| p.to_projective()).unwrap_or(ProjectivePoint::IDENTITY)
             }
         }
