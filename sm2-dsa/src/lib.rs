@@ -371,4 +371,97 @@ mod tests {
             Some(Error::SignerIdTooLong)
         );
     }
+
+    /// Welch's t statistic of two samples.
+    fn welch_t(a: &[f64], b: &[f64]) -> f64 {
+        let stats = |v: &[f64]| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            (mean, var, n)
+        };
+        let (ma, va, na) = stats(a);
+        let (mb, vb, nb) = stats(b);
+        (ma - mb) / (va / na + vb / nb).sqrt()
+    }
+
+    /// dudect (Reparaz, Balasch, Verbauwhede 2017): signing times of two input classes,
+    /// interleaved at random, compared with Welch's t-test on the full sample and below several
+    /// percentiles. |t| above 4.5 says the classes are told apart by time.
+    fn dudect(name: &str, samples: usize, mut sign: impl FnMut(bool)) -> f64 {
+        let mut times: [Vec<f64>; 2] = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
+        let mut coins = [0u8; 4096];
+        for i in 0..samples * 2 {
+            if i % (coins.len() * 8) == 0 {
+                getrandom::fill(&mut coins).expect("random");
+            }
+            let class = (coins[(i / 8) % coins.len()] >> (i % 8)) & 1 == 1;
+            let start = std::time::Instant::now();
+            sign(class);
+            times[usize::from(class)].push(start.elapsed().as_nanos() as f64);
+        }
+        let mut pooled: Vec<f64> = times.iter().flatten().copied().collect();
+        pooled.sort_by(f64::total_cmp);
+        let mut worst = 0f64;
+        for pct in [100usize, 90, 75, 50] {
+            let cut = pooled[(pooled.len() - 1) * pct / 100];
+            let keep = |v: &Vec<f64>| v.iter().copied().filter(|&t| t <= cut).collect::<Vec<_>>();
+            let t = welch_t(&keep(&times[0]), &keep(&times[1]));
+            println!("{name}: below percentile {pct:>3}: t = {t:+.2}");
+            worst = worst.max(t.abs());
+        }
+        worst
+    }
+
+    /// `cargo test --release -p sm2-dsa --lib -- --ignored dudect --nocapture` (samples per class
+    /// from `SM2_DSA_DUDECT_SAMPLES`, default 100,000): signing with a fixed nonce with mostly zero
+    /// digits (k = 1) against random nonces, and with one fixed key against random keys.
+    #[test]
+    #[ignore = "a timing measurement: run by hand, on a quiet machine"]
+    fn dudect_signing_time_does_not_depend_on_nonce_or_key() {
+        let samples = count("SM2_DSA_DUDECT_SAMPLES", 100_000);
+        let e = [0x42u8; 32];
+        let random_scalar = || loop {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).expect("random");
+            if let Some(k) = Option::<Scalar>::from(Scalar::from_repr(b.into())) {
+                return k;
+            }
+        };
+        let random_blind = || loop {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).expect("random");
+            if let Some(f) = Option::<Fe>::from(Fe::from_bytes(&b)) {
+                return f;
+            }
+        };
+        let key = SigningKey::generate().expect("key");
+        let pool: Vec<(Scalar, Fe)> = (0..1024).map(|_| (random_scalar(), random_blind())).collect();
+        let mut i = 0;
+        let nonce = dudect("fixed k = 1 vs random k", samples, |random| {
+            i = (i + 1) % pool.len();
+            let (k, blind) = &pool[i];
+            let k = if random { *k } else { Scalar::ONE };
+            std::hint::black_box(key.sign_with_nonce(&e, &k, blind));
+        });
+        // as many copies of the fixed key as random keys, so that both classes touch memory alike
+        let keys: Vec<SigningKey> = (0..256).map(|_| SigningKey::generate().expect("key")).collect();
+        let fixed: Vec<SigningKey> = (0..256).map(|_| SigningKey::from_bytes(&[0x11u8; 32]).expect("key")).collect();
+        let mut j = 0;
+        let keyed = dudect("fixed key vs random keys", samples, |random| {
+            j = (j + 1) % pool.len();
+            let (k, blind) = &pool[j];
+            let signer = if random { &keys[j % keys.len()] } else { &fixed[j % fixed.len()] };
+            std::hint::black_box(signer.sign_with_nonce(&e, k, blind));
+        });
+        // The harness must see a leak where there is one: the variable-time multiplication.
+        let mut m = 0;
+        let control = dudect("control: variable-time [k]G, k = 1 vs random", samples / 4, |random| {
+            m = (m + 1) % pool.len();
+            let k = if random { pool[m].0 } else { Scalar::ONE };
+            std::hint::black_box(GENERATOR.mul_add_vartime(&k, Jacobian::IDENTITY));
+        });
+        assert!(control > 4.5, "the harness did not see the variable-time code's leak (|t| = {control:.2})");
+        assert!(nonce < 4.5 && keyed < 4.5, "timing tells the classes apart: |t| = {nonce:.2}, {keyed:.2}");
+    }
 }
