@@ -30,7 +30,6 @@ pub mod ocsp;
 pub mod pem;
 pub mod policy;
 pub mod serial;
-mod sm2_tables;
 pub mod terminal;
 pub mod time;
 

@@ -1,13 +1,9 @@
 //! The cryptography behind the mechanisms, and the sealing of the token store.
 
-use std::mem::ManuallyDrop;
-
 use cbc::cipher::block_padding::{NoPadding, Pkcs7};
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use ecb::cipher::KeyInit;
 use hmac::{Hmac, Mac};
-use sm2::dsa::SigningKey;
-use sm2::dsa::signature::hazmat::{PrehashVerifier, RandomizedPrehashSigner};
 use sm3::{Digest, Sm3};
 use sm4::Sm4;
 use zeroize::Zeroizing;
@@ -30,26 +26,18 @@ pub fn random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|_| CryptoError::Random)
 }
 
-/// An SM2 private key in memory, wiped when dropped.
+/// An SM2 private key in memory, prepared for signing (`sm2_dsa::SigningKey`, which wipes its
+/// scalars when dropped).
 pub struct Sm2Secret {
-    // sm2's SigningKey does not zeroize itself and hides its scalar: Drop wipes it in place.
-    key: ManuallyDrop<SigningKey>,
-    public: sm2::PublicKey,
-}
-
-impl Drop for Sm2Secret {
-    fn drop(&mut self) {
-        // SAFETY: `key` is never used or dropped again; wiping it only leaks the signer-ID string.
-        unsafe { zeroize::zeroize_flat_type(&mut *self.key as *mut SigningKey) }
-    }
+    key: sm2_dsa::SigningKey,
 }
 
 impl Sm2Secret {
     /// From a 32-byte big-endian scalar.
     pub fn from_scalar(bytes: &[u8]) -> Result<Self, CryptoError> {
-        let key = SigningKey::from_slice("", bytes).map_err(|_| CryptoError::BadKey)?;
-        let public = sm2::PublicKey::from(key.verifying_key().clone());
-        Ok(Self { key: ManuallyDrop::new(key), public })
+        let bytes: &[u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
+        let key = sm2_dsa::SigningKey::from_bytes(bytes).map_err(|_| CryptoError::BadKey)?;
+        Ok(Self { key })
     }
 
     /// A fresh key; returns it with its scalar (for storage) and uncompressed public point.
@@ -65,7 +53,7 @@ impl Sm2Secret {
 
     /// The uncompressed public point `04 ‖ X ‖ Y`.
     pub fn public_point(&self) -> Vec<u8> {
-        public_point(&self.public)
+        self.key.verifying_key().to_sec1_uncompressed().to_vec()
     }
 
     /// Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA) for this key.
@@ -75,17 +63,14 @@ impl Sm2Secret {
 
     /// Signs a 32-byte e = SM3(Z ‖ M); returns r ‖ s.
     pub fn sign_digest(&self, e: &[u8]) -> Result<[u8; 64], CryptoError> {
-        if e.len() != 32 {
-            return Err(CryptoError::BadLength);
-        }
-        let sig: sm2::dsa::Signature =
-            self.key.sign_prehash_with_rng(&mut getrandom::SysRng, e).map_err(|_| CryptoError::Random)?;
+        let e: &[u8; 32] = e.try_into().map_err(|_| CryptoError::BadLength)?;
+        let sig = self.key.sign_digest(e).map_err(|_| CryptoError::Random)?;
         Ok(sig.to_bytes().into())
     }
 
     /// Decrypts C1 ‖ C3 ‖ C2.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let scalar = Zeroizing::new(self.key.to_bytes());
+        let scalar = self.key.to_bytes();
         let dk = sm2::pke::DecryptingKey::from_slice(&scalar[..]).map_err(|_| CryptoError::BadKey)?;
         dk.decrypt(ciphertext).map_err(|_| CryptoError::Invalid)
     }
@@ -107,12 +92,10 @@ pub fn sm2_verify_digest(point: &[u8], e: &[u8], sig: &[u8]) -> Result<(), Crypt
     if sig.len() != 64 {
         return Err(CryptoError::BadLength);
     }
-    if e.len() != 32 {
-        return Err(CryptoError::BadLength);
-    }
-    let vk = sm2::dsa::VerifyingKey::from_sec1_bytes("", point).map_err(|_| CryptoError::BadKey)?;
-    let sig = sm2::dsa::Signature::from_slice(sig).map_err(|_| CryptoError::Invalid)?;
-    vk.verify_prehash(e, &sig).map_err(|_| CryptoError::Invalid)
+    let e: &[u8; 32] = e.try_into().map_err(|_| CryptoError::BadLength)?;
+    let vk = sm2_dsa::VerifyingKey::from_sec1(point).map_err(|_| CryptoError::BadKey)?;
+    let sig = sm2_dsa::Signature::from_slice(sig).map_err(|_| CryptoError::Invalid)?;
+    vk.verify_digest(e, &sig).map_err(|_| CryptoError::Invalid)
 }
 
 /// Whether `point` is an uncompressed `04 ‖ X ‖ Y` on the SM2 curve (and not the identity).

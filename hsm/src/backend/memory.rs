@@ -1,10 +1,7 @@
 //! An SM2 private key held in process memory.
 
-use std::mem::ManuallyDrop;
-
 use der::pem::LineEnding;
 use pki::{SignerId, Sm2PublicKey};
-use sm2::dsa::SigningKey;
 use sm2::elliptic_curve::Generate;
 use sm2::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
@@ -12,11 +9,12 @@ use zeroize::Zeroizing;
 
 use crate::{HsmError, Signature, Signer};
 
-/// An SM2 key pair in memory. The private scalar is overwritten when the value is dropped.
+/// An SM2 key pair in memory. The private scalar is overwritten when the value is dropped
+/// (`sm2_dsa::SigningKey` wipes itself).
 pub struct SoftwareSm2Key {
-    // sm2's SigningKey neither zeroizes itself nor lets us reach its scalar, so Drop wipes the
-    // whole value in place instead of dropping it.
-    key: ManuallyDrop<SigningKey>,
+    key: sm2_dsa::SigningKey,
+    /// Z = SM3(ENTL ‖ ID ‖ curve ‖ key) for `signer_id`: fixed for the key's life.
+    z: [u8; 32],
     public: Sm2PublicKey,
     signer_id: SignerId,
 }
@@ -49,15 +47,17 @@ impl SoftwareSm2Key {
 
     /// The `sm2` crate's secret key (zeroized on drop).
     pub(crate) fn secret_key(&self) -> Result<sm2::SecretKey, HsmError> {
-        let bytes = Zeroizing::new(self.key.to_bytes());
+        let bytes = self.key.to_bytes();
         sm2::SecretKey::from_slice(&bytes[..]).map_err(|e| HsmError::BadKey(e.to_string()))
     }
 
     fn from_secret(secret: &sm2::SecretKey, signer_id: SignerId) -> Result<Self, HsmError> {
-        let key = SigningKey::new(signer_id.as_str(), secret).map_err(|e| HsmError::BadKey(e.to_string()))?;
-        let public = Sm2PublicKey::from_sec1(&key.verifying_key().to_sec1_bytes())
+        let key = sm2_dsa::SigningKey::from_secret_key(secret).map_err(|e| HsmError::BadKey(e.to_string()))?;
+        let public = Sm2PublicKey::from_sec1(&key.verifying_key().to_sec1_uncompressed())
             .map_err(|e| HsmError::BadKey(e.to_string()))?;
-        Ok(Self { key: ManuallyDrop::new(key), public, signer_id })
+        let z = sm2_dsa::z(signer_id.as_str().as_bytes(), key.verifying_key())
+            .map_err(|e| HsmError::BadKey(e.to_string()))?;
+        Ok(Self { key, z, public, signer_id })
     }
 
     /// The private key as unencrypted PKCS#8 PEM, zeroized when dropped. Only for tests and
@@ -71,14 +71,6 @@ impl SoftwareSm2Key {
     /// The checked public key.
     pub fn sm2_public_key(&self) -> &Sm2PublicKey {
         &self.public
-    }
-}
-
-impl Drop for SoftwareSm2Key {
-    fn drop(&mut self) {
-        // SAFETY: `key` is never used again and never dropped (ManuallyDrop); overwriting its
-        // bytes only leaks its one heap allocation, the signer-ID string, which is public.
-        unsafe { zeroize::zeroize_flat_type(&mut *self.key as *mut SigningKey) }
     }
 }
 
@@ -105,10 +97,8 @@ impl Signer for SoftwareSm2Key {
     }
 
     fn sign(&self, tbs: &[u8]) -> Result<Signature, HsmError> {
-        use sm2::dsa::signature::RandomizedSigner;
-        // Hedged: RFC 6979 nonce mixed with fresh randomness.
-        let sig: sm2::dsa::Signature =
-            self.key.try_sign_with_rng(&mut getrandom::SysRng, tbs).map_err(|e| HsmError::Signing(e.to_string()))?;
+        // Nonce from the operating system (GB/T 32918.2 A3), constant-time [k]G: see sm2-dsa.
+        let sig = self.key.sign_digest(&sm2_dsa::digest(&self.z, tbs)).map_err(|e| HsmError::Signing(e.to_string()))?;
         Ok(Signature::from_der(sig.to_der().to_vec()))
     }
 }

@@ -1,0 +1,467 @@
+//! SM2 signatures (GB/T 32918.2) for keys that sign or verify many times.
+//!
+//! - [`SigningKey`]: the private scalar `d` with `(1 + d)⁻¹` computed once, a nonce from the
+//!   operating system per signature (GB/T 32918.2 §6.1 A3 asks for a random `k`), `[k]G` from a
+//!   table of the generator's multiples read in constant time, and the affine conversion's
+//!   inversion blinded by a random factor. Both scalars are wiped on drop.
+//! - [`VerifyingKey`]: a checked public point; [`VerifyingKey::precomputed`] adds a table of its
+//!   multiples (88 KB, built once) for keys that verify many signatures.
+//!
+//! Field and scalar arithmetic are the `sm2` crate's (fiat-crypto, formally verified); this crate
+//! adds the point formulas, tables and recodings, each differential-tested against the `sm2`
+//! crate (`tests/differential.rs`). Signatures are the `sm2` crate's [`Signature`] (`r ‖ s`).
+//! Messages go in as `e = SM3(Z ‖ M)`; [`z`] and [`digest`] compute them.
+
+mod field;
+mod point;
+
+use std::sync::{Arc, LazyLock};
+
+use sm2::elliptic_curve::PrimeField;
+use sm2::elliptic_curve::ops::Reduce;
+use sm2::elliptic_curve::subtle::ConstantTimeEq;
+use sm2::{FieldBytes, ProjectivePoint, Scalar};
+use sm3::{Digest, Sm3};
+use zeroize::Zeroize;
+
+use point::{Affine, Fe, FixedBaseTable, Jacobian};
+
+pub use sm2::dsa::Signature;
+
+/// Why a key could not be made or a signature could not be made or checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The private scalar is 0, not below `n`, or `n - 1` (for which `1 + d` has no inverse).
+    #[error("private key is not in [1, n-2]")]
+    BadPrivateKey,
+    /// The bytes are not an uncompressed or compressed point on the curve, or are the identity.
+    #[error("public key is not a finite point on the SM2 curve")]
+    BadPublicKey,
+    /// The operating system's random number generator failed.
+    #[error("the operating system's random number generator failed")]
+    Random,
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    Invalid,
+    /// The signer ID is longer than 8191 bytes (its bit length must fit ENTL's 16 bits).
+    #[error("signer ID is longer than 8191 bytes")]
+    SignerIdTooLong,
+}
+
+/// The generator's multiples, built on first use (~2 ms).
+static GENERATOR: LazyLock<FixedBaseTable> = LazyLock::new(|| {
+    FixedBaseTable::new(&ProjectivePoint::GENERATOR).unwrap_or_else(|| unreachable!("the generator is finite"))
+});
+
+/// Builds the generator's table now rather than in the first signature or verification.
+pub fn warm_up() {
+    LazyLock::force(&GENERATOR);
+}
+
+/// An SM2 private key prepared for signing: `d` and `(1 + d)⁻¹`, both wiped on drop.
+pub struct SigningKey {
+    d: Scalar,
+    d_plus_1_inv: Scalar,
+    public: VerifyingKey,
+}
+
+impl Drop for SigningKey {
+    fn drop(&mut self) {
+        self.d.zeroize();
+        self.d_plus_1_inv.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// From a 32-byte big-endian private scalar in `[1, n-2]`.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
+        let d = Option::<Scalar>::from(Scalar::from_repr((*bytes).into())).ok_or(Error::BadPrivateKey)?;
+        Self::from_scalar(d)
+    }
+
+    /// From the `sm2` crate's secret key.
+    pub fn from_secret_key(secret: &sm2::SecretKey) -> Result<Self, Error> {
+        Self::from_scalar(*secret.to_nonzero_scalar())
+    }
+
+    fn from_scalar(mut d: Scalar) -> Result<Self, Error> {
+        let inverse = (d + Scalar::ONE).invert();
+        if bool::from(d.is_zero() | inverse.is_none()) {
+            d.zeroize();
+            return Err(Error::BadPrivateKey);
+        }
+        let d_plus_1_inv = inverse.unwrap_or(Scalar::ZERO);
+        let public = GENERATOR.mul_ct(&d);
+        let point = public.to_sm2();
+        Ok(Self { d, d_plus_1_inv, public: VerifyingKey::from_point(point).ok_or(Error::BadPrivateKey)? })
+    }
+
+    /// A fresh key from the operating system's random number generator.
+    pub fn generate() -> Result<Self, Error> {
+        loop {
+            let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+            getrandom::fill(&mut bytes[..]).map_err(|_| Error::Random)?;
+            match Self::from_bytes(&bytes) {
+                Err(Error::BadPrivateKey) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The private scalar, big-endian (to store it; wiped when the returned value drops).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.d.to_repr().into())
+    }
+
+    /// The public key.
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.public
+    }
+
+    /// Signs `e = SM3(Z ‖ M)` (GB/T 32918.2 §6.1, A2–A7) with a nonce from the operating system.
+    pub fn sign_digest(&self, e: &[u8; 32]) -> Result<Signature, Error> {
+        loop {
+            // k from 32 random bytes, the inversion's blinding factor from 32 more
+            let mut random = zeroize::Zeroizing::new([0u8; 64]);
+            getrandom::fill(&mut random[..]).map_err(|_| Error::Random)?;
+            let mut k_bytes = FieldBytes::default();
+            k_bytes.copy_from_slice(&random[..32]);
+            let mut blind_bytes = FieldBytes::default();
+            blind_bytes.copy_from_slice(&random[32..]);
+            let k = Scalar::from_repr(k_bytes);
+            let blind = Fe::from_bytes(&blind_bytes.into());
+            k_bytes.zeroize();
+            // Rejection (probability ~2^-31 each) only says a draw was out of range.
+            let (Some(mut k), Some(blind)) = (Option::<Scalar>::from(k), Option::<Fe>::from(blind)) else {
+                continue;
+            };
+            if bool::from(k.is_zero() | blind.is_zero()) {
+                continue;
+            }
+            let signature = self.sign_with_nonce(e, &k, &blind);
+            k.zeroize();
+            if let Some(signature) = signature {
+                return Ok(signature);
+            }
+        }
+    }
+
+    /// A6 as `s = (1 + d)⁻¹·(k + r) - r`, equal to `(1 + d)⁻¹·(k - r·d)`; `None` where A5 or A6
+    /// says to draw another `k`.
+    fn sign_with_nonce(&self, e: &[u8; 32], k: &Scalar, blind: &Fe) -> Option<Signature> {
+        let e = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(*e));
+        let x1 = GENERATOR.mul_ct(k).x_blinded(blind)?;
+        let r = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_bytes().into());
+        if bool::from(r.is_zero() | (r + k).is_zero()) {
+            return None;
+        }
+        let s = self.d_plus_1_inv * (*k + r) - r;
+        Signature::from_scalars(r, s).ok()
+    }
+
+    /// Signs `msg` for signer ID `id`: `e = SM3(Z ‖ msg)`, then [`SigningKey::sign_digest`].
+    pub fn sign(&self, id: &[u8], msg: &[u8]) -> Result<Signature, Error> {
+        let z = z(id, &self.public)?;
+        self.sign_digest(&digest(&z, msg))
+    }
+}
+
+/// A checked SM2 public key; with [`VerifyingKey::precomputed`], also its multiples (shared by
+/// clones).
+#[derive(Clone)]
+pub struct VerifyingKey {
+    point: sm2::PublicKey,
+    affine: Affine,
+    table: Option<Arc<FixedBaseTable>>,
+}
+
+impl PartialEq for VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.point == other.point
+    }
+}
+
+impl Eq for VerifyingKey {}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey").field("point", &self.point).field("precomputed", &self.table.is_some()).finish()
+    }
+}
+
+impl VerifyingKey {
+    fn from_point(point: ProjectivePoint) -> Option<Self> {
+        let point = sm2::PublicKey::from_affine(point.to_affine()).ok()?;
+        Some(Self::from_public_key(point))
+    }
+
+    /// From the `sm2` crate's public key (already checked to be a finite curve point).
+    pub fn from_public_key(point: sm2::PublicKey) -> Self {
+        let affine = Affine::from_sm2(point.as_affine())
+            .unwrap_or_else(|| unreachable!("an sm2::PublicKey is never the identity"));
+        Self { point, affine, table: None }
+    }
+
+    /// From a SEC1 encoding (`04 ‖ X ‖ Y` or compressed).
+    pub fn from_sec1(bytes: &[u8]) -> Result<Self, Error> {
+        let point = sm2::PublicKey::from_sec1_bytes(bytes).map_err(|_| Error::BadPublicKey)?;
+        Ok(Self::from_public_key(point))
+    }
+
+    /// This key with its multiples precomputed (88 KB, ~2 ms once); each verification then
+    /// costs about half. Clones share the table.
+    pub fn precomputed(self) -> Self {
+        let table = self.table.clone().or_else(|| FixedBaseTable::new(&self.point.to_projective()).map(Arc::new));
+        Self { table, ..self }
+    }
+
+    /// Whether [`VerifyingKey::precomputed`] made this key's multiples.
+    pub fn is_precomputed(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// The `sm2` crate's public key.
+    pub fn as_public_key(&self) -> &sm2::PublicKey {
+        &self.point
+    }
+
+    /// The uncompressed SEC1 encoding `04 ‖ X ‖ Y`.
+    pub fn to_sec1_uncompressed(&self) -> [u8; 65] {
+        use sm2::elliptic_curve::sec1::ToSec1Point;
+        let mut out = [0u8; 65];
+        out.copy_from_slice(self.point.to_sec1_point(false).as_bytes());
+        out
+    }
+
+    /// Checks `(r, s)` over `e = SM3(Z ‖ M)` (GB/T 32918.2 §7.1, B1–B7), in variable time: every
+    /// input is public.
+    pub fn verify_digest(&self, e: &[u8; 32], sig: &Signature) -> Result<(), Error> {
+        let (r, s) = (*sig.r(), *sig.s()); // B1, B2: in [1, n-1] by construction of Signature
+        let e = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(*e)); // B4
+        let t = r + s; // B5
+        if bool::from(t.is_zero()) {
+            return Err(Error::Invalid);
+        }
+        // B6: (x1, y1) = [s]G + [t]P, never the identity
+        let tp = match &self.table {
+            Some(table) => table.mul_add_vartime(&t, Jacobian::IDENTITY),
+            None => point::mul_vartime(&self.affine, &t),
+        };
+        let sum = GENERATOR.mul_add_vartime(&s, tp);
+        let x1 = sum.x_vartime().ok_or(Error::Invalid)?;
+        // B7
+        let expected = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_bytes().into());
+        if bool::from(expected.ct_eq(&r)) { Ok(()) } else { Err(Error::Invalid) }
+    }
+
+    /// Checks a signature over `msg` for signer ID `id`.
+    pub fn verify(&self, id: &[u8], msg: &[u8], sig: &Signature) -> Result<(), Error> {
+        let z = z(id, self)?;
+        self.verify_digest(&digest(&z, msg), sig)
+    }
+}
+
+/// The curve parameters `a, b, xG, yG` as they enter Z (GB/T 32918.2 §5.5).
+const CURVE_FOR_Z: [u8; 128] = {
+    let hex = b"FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC\
+                28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93\
+                32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7\
+                BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0";
+    let mut out = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        out[i] = (nibble(hex[2 * i]) << 4) | nibble(hex[2 * i + 1]);
+        i += 1;
+    }
+    out
+};
+
+const fn nibble(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        _ => c - b'A' + 10,
+    }
+}
+
+/// `Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA)` for signer ID `id` and key `key`.
+pub fn z(id: &[u8], key: &VerifyingKey) -> Result<[u8; 32], Error> {
+    let entl = u16::try_from(id.len() * 8).map_err(|_| Error::SignerIdTooLong)?;
+    let mut h = Sm3::new();
+    h.update(entl.to_be_bytes());
+    h.update(id);
+    h.update(CURVE_FOR_Z);
+    h.update(&key.to_sec1_uncompressed()[1..]);
+    Ok(h.finalize().into())
+}
+
+/// `e = SM3(Z ‖ msg)`, what [`SigningKey::sign_digest`] signs.
+pub fn digest(z: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let mut h = Sm3::new_with_prefix(z);
+    h.update(msg);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex32(s: &str) -> [u8; 32] {
+        hex::decode(s).expect("hex").try_into().expect("32 bytes")
+    }
+
+    /// GB/T 32918.2-2016 Annex A (also GM/T 0003.5-2012): key, nonce and signature on the
+    /// recommended curve, signer ID "1234567812345678", message "message digest".
+    #[test]
+    fn the_standard_example_signs_as_published() {
+        let key = SigningKey::from_bytes(&hex32("3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8"))
+            .expect("key");
+        let point = key.verifying_key().to_sec1_uncompressed();
+        assert_eq!(
+            hex::encode_upper(&point[1..]),
+            "09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020\
+             CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13"
+        );
+        let e = digest(&z(b"1234567812345678", key.verifying_key()).expect("z"), b"message digest");
+        let k = Scalar::from_repr(hex32("59276E27D506861A16680F3AD9C02DCCEF3CC1FA3CDBE4CE6D54B80DEAC1BC21").into())
+            .expect("k");
+        for blind in [Fe::ONE, Fe::from_u64(0x1234_5678)] {
+            let sig = key.sign_with_nonce(&e, &k, &blind).expect("signature");
+            assert_eq!(
+                hex::encode_upper(sig.to_bytes()),
+                "F5A03B0648D2C4630EEAC513E1BB81A15944DA3827D5B74143AC7EACEEE720B3\
+                 B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA"
+            );
+            for vk in [key.verifying_key().clone(), key.verifying_key().clone().precomputed()] {
+                assert_eq!(vk.verify_digest(&e, &sig), Ok(()));
+                assert_eq!(vk.verify(b"1234567812345678", b"message digest", &sig), Ok(()));
+                assert_eq!(vk.verify(b"1234567812345678", b"message digesT", &sig), Err(Error::Invalid));
+            }
+        }
+    }
+
+    #[test]
+    fn the_field_matches_the_sm2_crate() {
+        field::check_against_sm2_crate(count("SM2_DSA_FIELD_CASES", 20_000));
+    }
+
+    /// How many random cases a differential test runs: `var` from the environment (100,000 or
+    /// more for the full run), else `default`.
+    fn count(var: &str, default: usize) -> usize {
+        std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    #[test]
+    fn keys_outside_the_range_are_refused() {
+        let n_minus_1 = (-Scalar::ONE).to_repr();
+        assert_eq!(SigningKey::from_bytes(&[0u8; 32]).err(), Some(Error::BadPrivateKey));
+        assert_eq!(SigningKey::from_bytes(&[0xffu8; 32]).err(), Some(Error::BadPrivateKey));
+        assert_eq!(SigningKey::from_bytes(&n_minus_1.into()).err(), Some(Error::BadPrivateKey));
+        assert_eq!(VerifyingKey::from_sec1(&[0u8]).err(), Some(Error::BadPublicKey));
+        let mut off_curve = SigningKey::generate().expect("key").verifying_key().to_sec1_uncompressed();
+        off_curve[64] ^= 1;
+        assert_eq!(VerifyingKey::from_sec1(&off_curve).err(), Some(Error::BadPublicKey));
+        assert_eq!(
+            z(&[0u8; 8192], SigningKey::generate().expect("key").verifying_key()).err(),
+            Some(Error::SignerIdTooLong)
+        );
+    }
+
+    /// Welch's t statistic of two samples.
+    fn welch_t(a: &[f64], b: &[f64]) -> f64 {
+        let stats = |v: &[f64]| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            (mean, var, n)
+        };
+        let (ma, va, na) = stats(a);
+        let (mb, vb, nb) = stats(b);
+        (ma - mb) / (va / na + vb / nb).sqrt()
+    }
+
+    /// dudect (Reparaz, Balasch, Verbauwhede 2017): signing times of two input classes,
+    /// interleaved at random, compared with Welch's t-test on the full sample and below several
+    /// percentiles. |t| above 4.5 says the classes are told apart by time.
+    fn dudect(name: &str, samples: usize, mut sign: impl FnMut(bool)) -> f64 {
+        let mut times: [Vec<f64>; 2] = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
+        let mut coins = [0u8; 4096];
+        for i in 0..samples * 2 {
+            if i % (coins.len() * 8) == 0 {
+                getrandom::fill(&mut coins).expect("random");
+            }
+            let class = (coins[(i / 8) % coins.len()] >> (i % 8)) & 1 == 1;
+            let start = std::time::Instant::now();
+            sign(class);
+            times[usize::from(class)].push(start.elapsed().as_nanos() as f64);
+        }
+        let mut pooled: Vec<f64> = times.iter().flatten().copied().collect();
+        pooled.sort_by(f64::total_cmp);
+        let mut worst = 0f64;
+        for pct in [100usize, 90, 75, 50] {
+            let cut = pooled[(pooled.len() - 1) * pct / 100];
+            let keep = |v: &Vec<f64>| v.iter().copied().filter(|&t| t <= cut).collect::<Vec<_>>();
+            let t = welch_t(&keep(&times[0]), &keep(&times[1]));
+            println!("{name}: below percentile {pct:>3}: t = {t:+.2}");
+            worst = worst.max(t.abs());
+        }
+        worst
+    }
+
+    /// `cargo test --release -p sm2-dsa --lib -- --ignored dudect --nocapture` (samples per class
+    /// from `SM2_DSA_DUDECT_SAMPLES`, default 100,000): signing with a fixed nonce with mostly zero
+    /// digits (k = 1) against random nonces, and with one fixed key against random keys.
+    #[test]
+    #[ignore = "a timing measurement: run by hand, on a quiet machine"]
+    fn dudect_signing_time_does_not_depend_on_nonce_or_key() {
+        let samples = count("SM2_DSA_DUDECT_SAMPLES", 100_000);
+        let e = [0x42u8; 32];
+        let random_scalar = || loop {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).expect("random");
+            if let Some(k) = Option::<Scalar>::from(Scalar::from_repr(b.into())) {
+                return k;
+            }
+        };
+        let random_blind = || loop {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).expect("random");
+            if let Some(f) = Option::<Fe>::from(Fe::from_bytes(&b)) {
+                return f;
+            }
+        };
+        let key = SigningKey::generate().expect("key");
+        let pool: Vec<(Scalar, Fe)> = (0..1024).map(|_| (random_scalar(), random_blind())).collect();
+        let mut i = 0;
+        let nonce = dudect("fixed k = 1 vs random k", samples, |random| {
+            i = (i + 1) % pool.len();
+            let (k, blind) = &pool[i];
+            let k = if random { *k } else { Scalar::ONE };
+            std::hint::black_box(key.sign_with_nonce(&e, &k, blind));
+        });
+        // as many copies of the fixed key as random keys, so that both classes touch memory alike
+        let keys: Vec<SigningKey> = (0..256).map(|_| SigningKey::generate().expect("key")).collect();
+        let fixed: Vec<SigningKey> = (0..256).map(|_| SigningKey::from_bytes(&[0x11u8; 32]).expect("key")).collect();
+        let mut j = 0;
+        let keyed = dudect("fixed key vs random keys", samples, |random| {
+            j = (j + 1) % pool.len();
+            let (k, blind) = &pool[j];
+            let signer = if random { &keys[j % keys.len()] } else { &fixed[j % fixed.len()] };
+            std::hint::black_box(signer.sign_with_nonce(&e, k, blind));
+        });
+        // The harness must see a leak where there is one: the variable-time multiplication.
+        let mut m = 0;
+        let control = dudect("control: variable-time [k]G, k = 1 vs random", samples / 4, |random| {
+            m = (m + 1) % pool.len();
+            let k = if random { pool[m].0 } else { Scalar::ONE };
+            std::hint::black_box(GENERATOR.mul_add_vartime(&k, Jacobian::IDENTITY));
+        });
+        assert!(control > 4.5, "the harness did not see the variable-time code's leak (|t| = {control:.2})");
+        assert!(nonce < 4.5 && keyed < 4.5, "timing tells the classes apart: |t| = {nonce:.2}, {keyed:.2}");
+    }
+}

@@ -1,0 +1,452 @@
+//! Points on the SM2 curve in Jacobian coordinates, over the `sm2` crate's field arithmetic
+//! (fiat-crypto), and the fixed-base tables the signing and verifying keys use.
+//!
+//! The `sm2` crate's points use complete projective formulas (12 multiplications per addition);
+//! the tables here hold affine points, so an addition costs 7 multiplications and 4 squarings
+//! (`madd-2007-bl`) and a doubling 3 and 5 (`dbl-2001-b`, a = -3). Those formulas are incomplete:
+//! the constant-time path handles the identity cases by selection and never meets the others
+//! (see [`FixedBaseTable::mul_ct`]); the variable-time path branches on them.
+
+use sm2::elliptic_curve::BatchNormalize;
+use sm2::elliptic_curve::point::AffineCoordinates;
+use sm2::elliptic_curve::subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use sm2::elliptic_curve::{Group, PrimeField};
+use sm2::{AffinePoint, ProjectivePoint, Scalar};
+
+pub(crate) use crate::field::Fe;
+
+/// Bits per signed digit of a scalar in the fixed-base tables.
+pub(crate) const WINDOW: usize = 6;
+/// Digit positions in a scalar below 2^256, plus one for the final carry.
+const POSITIONS: usize = 256 / WINDOW + 1;
+/// Multiples per position: `1..=2^(WINDOW-1)` (negative digits negate the point).
+const MULTIPLES: usize = 1 << (WINDOW - 1);
+
+/// A finite point `(x, y)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Affine {
+    x: Fe,
+    y: Fe,
+}
+
+impl ConditionallySelectable for Affine {
+    fn conditional_select(a: &Self, b: &Self, choice: Choice) -> Self {
+        Self { x: Fe::conditional_select(&a.x, &b.x, choice), y: Fe::conditional_select(&a.y, &b.y, choice) }
+    }
+}
+
+impl Affine {
+    /// From the `sm2` crate's affine point; `None` for the identity.
+    pub(crate) fn from_sm2(p: &AffinePoint) -> Option<Self> {
+        if bool::from(p.is_identity()) {
+            return None;
+        }
+        let x = Option::from(Fe::from_bytes(&p.x().into()))?;
+        let y = Option::from(Fe::from_bytes(&p.y().into()))?;
+        Some(Self { x, y })
+    }
+
+    fn neg(&self) -> Self {
+        Self { x: self.x, y: -self.y }
+    }
+}
+
+/// `(X : Y : Z)` standing for `(X/Z², Y/Z³)`; `Z = 0` is the identity.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Jacobian {
+    x: Fe,
+    y: Fe,
+    z: Fe,
+}
+
+impl ConditionallySelectable for Jacobian {
+    fn conditional_select(a: &Self, b: &Self, choice: Choice) -> Self {
+        Self {
+            x: Fe::conditional_select(&a.x, &b.x, choice),
+            y: Fe::conditional_select(&a.y, &b.y, choice),
+            z: Fe::conditional_select(&a.z, &b.z, choice),
+        }
+    }
+}
+
+impl From<&Affine> for Jacobian {
+    fn from(p: &Affine) -> Self {
+        Self { x: p.x, y: p.y, z: Fe::ONE }
+    }
+}
+
+impl Jacobian {
+    pub(crate) const IDENTITY: Self = Self { x: Fe::ONE, y: Fe::ONE, z: Fe::ZERO };
+
+    pub(crate) fn is_identity(&self) -> Choice {
+        self.z.is_zero()
+    }
+
+    /// `2P`, `dbl-2001-b` (a = -3); the identity doubles to itself.
+    pub(crate) fn double(&self) -> Self {
+        let delta = self.z.square();
+        let gamma = self.y.square();
+        let beta = self.x * gamma;
+        let t = (self.x - delta) * (self.x + delta);
+        let alpha = t.double() + t;
+        let beta4 = beta.double().double();
+        let x3 = alpha.square() - beta4.double();
+        let z3 = (self.y + self.z).square() - gamma - delta;
+        let gamma2 = gamma.square();
+        let y3 = alpha * (beta4 - x3) - gamma2.double().double().double();
+        Self { x: x3, y: y3, z: z3 }
+    }
+
+    /// `P + Q`, `madd-2007-bl`, assuming `P` finite and `P ≠ ±Q` (callers guarantee or check it).
+    /// Also returns `H = x(Q)·Z² - X` and `R = 2(y(Q)·Z³ - Y)` so that the variable-time caller
+    /// can tell the excluded cases (`H = 0`).
+    fn add_affine_unchecked(&self, q: &Affine) -> (Self, Fe, Fe) {
+        let z1z1 = self.z.square();
+        let u2 = q.x * z1z1;
+        let s2 = q.y * self.z * z1z1;
+        let h = u2 - self.x;
+        let hh = h.square();
+        let i = hh.double().double();
+        let j = h * i;
+        let r = (s2 - self.y).double();
+        let v = self.x * i;
+        let x3 = r.square() - j - v.double();
+        let y3 = r * (v - x3) - (self.y * j).double();
+        let z3 = (self.z + h).square() - z1z1 - hh;
+        (Self { x: x3, y: y3, z: z3 }, h, r)
+    }
+
+    /// `P + Q` in variable time, correct for every input.
+    pub(crate) fn add_affine_vartime(&self, q: &Affine) -> Self {
+        if bool::from(self.is_identity()) {
+            return Self::from(q);
+        }
+        let (sum, h, r) = self.add_affine_unchecked(q);
+        if bool::from(h.is_zero()) {
+            return if bool::from(r.is_zero()) { Self::from(q).double() } else { Self::IDENTITY };
+        }
+        sum
+    }
+
+    /// `P + Q` in variable time, correct for every input (`add-2007-bl`).
+    pub(crate) fn add_vartime(&self, q: &Self) -> Self {
+        if bool::from(self.is_identity()) {
+            return *q;
+        }
+        if bool::from(q.is_identity()) {
+            return *self;
+        }
+        let z1z1 = self.z.square();
+        let z2z2 = q.z.square();
+        let u1 = self.x * z2z2;
+        let u2 = q.x * z1z1;
+        let s1 = self.y * q.z * z2z2;
+        let s2 = q.y * self.z * z1z1;
+        let h = u2 - u1;
+        let r = (s2 - s1).double();
+        if bool::from(h.is_zero()) {
+            return if bool::from(r.is_zero()) { self.double() } else { Self::IDENTITY };
+        }
+        let i = h.double().square();
+        let j = h * i;
+        let v = u1 * i;
+        let x3 = r.square() - j - v.double();
+        let y3 = r * (v - x3) - (s1 * j).double();
+        let z3 = ((self.z + q.z).square() - z1z1 - z2z2) * h;
+        Self { x: x3, y: y3, z: z3 }
+    }
+
+    fn neg(&self) -> Self {
+        Self { x: self.x, y: -self.y, z: self.z }
+    }
+
+    /// The affine x coordinate in variable time; `None` for the identity.
+    pub(crate) fn x_vartime(&self) -> Option<Fe> {
+        let zinv = self.z.invert_vartime()?;
+        Some(self.x * zinv.square())
+    }
+
+    /// The affine x coordinate of a finite point whose `Z` is secret. The inversion runs in
+    /// variable time on `Z·β` for a uniformly random nonzero `β`, which says nothing about `Z`:
+    /// ~10× cheaper than the constant-time inversion.
+    pub(crate) fn x_blinded(&self, blind: &Fe) -> Option<Fe> {
+        let inv = (self.z * *blind).invert_vartime()?;
+        let zinv = inv * *blind;
+        Some(self.x * zinv.square())
+    }
+
+    /// The `sm2` crate's view of this point (for tests and table building).
+    pub(crate) fn to_sm2(self) -> ProjectivePoint {
+        match self.x_vartime() {
+            None => ProjectivePoint::IDENTITY,
+            Some(x) => {
+                let zinv = self.z.invert_vartime().unwrap_or(Fe::ZERO);
+                let y = self.y * zinv.square() * zinv;
+                let mut bytes = [0u8; 65];
+                bytes[0] = 4;
+                bytes[1..33].copy_from_slice(&x.to_bytes());
+                bytes[33..].copy_from_slice(&y.to_bytes());
+                sm2::PublicKey::from_sec1_bytes(&bytes).map(|p| p.to_projective()).unwrap_or(ProjectivePoint::IDENTITY)
+            }
+        }
+    }
+}
+
+/// `k` in signed base `2^WINDOW`, least significant first: digits in `[-2^(W-1), 2^(W-1)]`,
+/// computed without a branch or an index that depends on `k`.
+pub(crate) fn signed_digits(k: &Scalar) -> [i8; POSITIONS] {
+    let be = k.to_repr();
+    let mut le = [0u8; 34];
+    for (dst, src) in le.iter_mut().zip(be.iter().rev()) {
+        *dst = *src;
+    }
+    let mut out = [0i8; POSITIONS];
+    let mut carry = 0u32;
+    for (i, digit) in out.iter_mut().enumerate() {
+        let bit = i * WINDOW;
+        let pair = u32::from(le[bit / 8]) | (u32::from(le[bit / 8 + 1]) << 8);
+        let v = ((pair >> (bit % 8)) & ((1 << WINDOW) - 1)) + carry;
+        // 1 when v > 2^(W-1): then the digit is v - 2^W and one carries into the next position.
+        carry = ((MULTIPLES as u32).wrapping_sub(v) >> 31) & 1;
+        *digit = (v as i32 - ((carry as i32) << WINDOW)) as i8;
+    }
+    out
+}
+
+/// `j · 2^(WINDOW·i) · P` for every position `i` and `j` in `1..=MULTIPLES`, affine
+/// (1,376 points, 88 KB).
+pub(crate) struct FixedBaseTable {
+    points: Vec<Affine>,
+}
+
+impl FixedBaseTable {
+    /// Precomputes the multiples of a point of the prime-order group; `None` for the identity.
+    pub(crate) fn new(p: &ProjectivePoint) -> Option<Self> {
+        if bool::from(p.is_identity()) {
+            return None;
+        }
+        let mut projective = Vec::with_capacity(POSITIONS * MULTIPLES);
+        let mut base = *p;
+        for _ in 0..POSITIONS {
+            let mut multiple = base;
+            for _ in 0..MULTIPLES {
+                projective.push(multiple);
+                multiple += base;
+            }
+            for _ in 0..WINDOW {
+                base = base.double();
+            }
+        }
+        // No multiple is the identity: n is prime and divides no j·2^(6i).
+        let affine = <ProjectivePoint as BatchNormalize<[ProjectivePoint]>>::batch_normalize(&projective);
+        let points = affine.iter().map(Affine::from_sm2).collect::<Option<Vec<_>>>()?;
+        Some(Self { points })
+    }
+
+    fn row(&self, position: usize) -> &[Affine] {
+        &self.points[position * MULTIPLES..(position + 1) * MULTIPLES]
+    }
+
+    /// `[k]P` in constant time: every row is scanned in full and every addition is made.
+    ///
+    /// The formula's excluded case `acc = ±T` cannot occur for `k` in `[0, n)`. Before position
+    /// `i` the accumulator is `[a]P` with `|a| < 2^(6i)` and the entry is `[d·2^(6i)]P` with
+    /// `1 ≤ |d| ≤ 32`, so `0 < |a ∓ d·2^(6i)| < 33·2^(6i)`, below `n` for `i ≤ 41`. At the last
+    /// position (`i = 42`, `0 ≤ d ≤ 16`) `a = k - d·2^252`, and `a ≡ ±d·2^252` needs `k ≡ 0` or
+    /// `k ≡ 2d·2^252 (mod n)`, whose top digit is `2d`, `2d - 16` or 0, never `d ≥ 1`.
+    /// The identity cases (`acc = O` at the start, digit 0) are handled by selection.
+    pub(crate) fn mul_ct(&self, k: &Scalar) -> Jacobian {
+        let digits = signed_digits(k);
+        let mut acc = Jacobian::IDENTITY;
+        for (i, &d) in digits.iter().enumerate() {
+            let mask = d >> 7; // all ones when negative
+            let abs = ((d ^ mask).wrapping_sub(mask)) as u8;
+            let mut entry = self.row(i)[0];
+            for (j, candidate) in self.row(i).iter().enumerate().skip(1) {
+                entry.conditional_assign(candidate, abs.ct_eq(&(j as u8 + 1)));
+            }
+            let entry = Affine::conditional_select(&entry, &entry.neg(), Choice::from((mask & 1) as u8));
+            let (sum, _, _) = acc.add_affine_unchecked(&entry);
+            let sum = Jacobian::conditional_select(&sum, &Jacobian::from(&entry), acc.is_identity());
+            acc = Jacobian::conditional_select(&sum, &acc, abs.ct_eq(&0));
+        }
+        acc
+    }
+
+    /// `acc + [k]P` in variable time (public `k` only).
+    pub(crate) fn mul_add_vartime(&self, k: &Scalar, mut acc: Jacobian) -> Jacobian {
+        for (i, d) in signed_digits(k).into_iter().enumerate() {
+            let row = self.row(i);
+            match d {
+                1.. => acc = acc.add_affine_vartime(&row[d as usize - 1]),
+                ..0 => acc = acc.add_affine_vartime(&row[d.unsigned_abs() as usize - 1].neg()),
+                0 => {}
+            }
+        }
+        acc
+    }
+}
+
+/// Width of the w-NAF used for a point without a table.
+const NAF_WIDTH: u32 = 5;
+
+/// `k` in width-5 non-adjacent form, least significant first: odd digits in `[-15, 15]` or 0.
+fn wnaf(k: &Scalar) -> [i8; 257] {
+    let be = k.to_repr();
+    // little-endian 64-bit limbs with one spare for the carries of negative digits
+    let mut n = [0u64; 5];
+    for (i, limb) in n.iter_mut().take(4).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&be[32 - 8 * (i + 1)..32 - 8 * i]);
+        *limb = u64::from_be_bytes(bytes);
+    }
+    let mut out = [0i8; 257];
+    let width = 1i64 << NAF_WIDTH;
+    for digit in out.iter_mut() {
+        if n.iter().all(|&l| l == 0) {
+            break;
+        }
+        if n[0] & 1 == 1 {
+            let mut d = (n[0] & (width as u64 - 1)) as i64;
+            if d >= width / 2 {
+                d -= width;
+            }
+            *digit = d as i8;
+            // n -= d
+            if d > 0 {
+                sub_small(&mut n, d as u64);
+            } else {
+                add_small(&mut n, d.unsigned_abs());
+            }
+        }
+        shr1(&mut n);
+    }
+    out
+}
+
+fn sub_small(n: &mut [u64; 5], v: u64) {
+    let mut borrow = v;
+    for limb in n.iter_mut() {
+        let (r, b) = limb.overflowing_sub(borrow);
+        *limb = r;
+        borrow = u64::from(b);
+        if borrow == 0 {
+            break;
+        }
+    }
+}
+
+fn add_small(n: &mut [u64; 5], v: u64) {
+    let mut carry = v;
+    for limb in n.iter_mut() {
+        let (r, c) = limb.overflowing_add(carry);
+        *limb = r;
+        carry = u64::from(c);
+        if carry == 0 {
+            break;
+        }
+    }
+}
+
+fn shr1(n: &mut [u64; 5]) {
+    for i in 0..5 {
+        let next = if i + 1 < 5 { n[i + 1] << 63 } else { 0 };
+        n[i] = (n[i] >> 1) | next;
+    }
+}
+
+/// `[k]P` in variable time with a width-5 w-NAF (public `k` and `P` only).
+pub(crate) fn mul_vartime(p: &Affine, k: &Scalar) -> Jacobian {
+    let digits = wnaf(k);
+    // P, 3P, 5P, …, 15P
+    let base = Jacobian::from(p);
+    let twice = base.double();
+    let mut odd = [base; 8];
+    for i in 1..8 {
+        odd[i] = odd[i - 1].add_vartime(&twice);
+    }
+    let mut acc = Jacobian::IDENTITY;
+    let top = digits.iter().rposition(|&d| d != 0);
+    if let Some(top) = top {
+        for &d in digits[..=top].iter().rev() {
+            acc = acc.double();
+            match d {
+                1.. => acc = acc.add_vartime(&odd[d as usize / 2]),
+                ..0 => acc = acc.add_vartime(&odd[d.unsigned_abs() as usize / 2].neg()),
+                0 => {}
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sm2::elliptic_curve::Generate;
+
+    fn scalar_of_digits(digits: &[i8], radix_bits: u32) -> Scalar {
+        let radix = Scalar::from(1u64 << radix_bits);
+        digits.iter().rev().fold(Scalar::ZERO, |acc, d| {
+            let mag = Scalar::from(u64::from(d.unsigned_abs()));
+            acc * radix + if *d < 0 { -mag } else { mag }
+        })
+    }
+
+    fn edge_scalars() -> Vec<Scalar> {
+        let mut v = vec![Scalar::ONE, -Scalar::ONE, Scalar::from(32u64), Scalar::from(33u64), -Scalar::from(33u64)];
+        v.extend((0..64).map(|i| Scalar::from(1u64 << i)));
+        // k = 2d·2^252 mod n: where the last position's accumulator comes closest to its entry
+        let top = (0..252).fold(Scalar::ONE, |acc, _| acc.double());
+        v.extend((1..=16u64).map(|d| top * Scalar::from(2 * d)));
+        v.extend((1..=16u64).map(|d| top * Scalar::from(d)));
+        v.extend((0..200).map(|_| Scalar::generate()));
+        v
+    }
+
+    #[test]
+    fn digits_recompose_the_scalar_and_stay_in_range() {
+        for k in edge_scalars().into_iter().chain([Scalar::ZERO]) {
+            let d = signed_digits(&k);
+            assert!(d.iter().all(|d| d.unsigned_abs() as usize <= MULTIPLES), "{d:?}");
+            assert_eq!(scalar_of_digits(&d, WINDOW as u32), k);
+            let naf = wnaf(&k);
+            assert!(naf.iter().all(|d| *d == 0 || (d % 2 != 0 && d.unsigned_abs() < 16)), "{naf:?}");
+            assert_eq!(scalar_of_digits(&naf, 1), k);
+        }
+    }
+
+    #[test]
+    fn every_multiplication_matches_the_sm2_crate() {
+        let g = FixedBaseTable::new(&ProjectivePoint::GENERATOR).expect("table");
+        let p = ProjectivePoint::GENERATOR * Scalar::generate();
+        let p_affine = Affine::from_sm2(&p.to_affine()).expect("finite");
+        let p_table = FixedBaseTable::new(&p).expect("table");
+        for k in edge_scalars() {
+            let expect_g = ProjectivePoint::GENERATOR * k;
+            let expect_p = p * k;
+            assert_eq!(g.mul_ct(&k).to_sm2(), expect_g);
+            assert_eq!(g.mul_add_vartime(&k, Jacobian::IDENTITY).to_sm2(), expect_g);
+            assert_eq!(p_table.mul_ct(&k).to_sm2(), expect_p);
+            assert_eq!(mul_vartime(&p_affine, &k).to_sm2(), expect_p);
+        }
+        assert!(bool::from(g.mul_ct(&Scalar::ZERO).is_identity()));
+        assert!(bool::from(mul_vartime(&p_affine, &Scalar::ZERO).is_identity()));
+    }
+
+    #[test]
+    fn variable_time_additions_handle_the_exceptional_cases() {
+        let p = ProjectivePoint::GENERATOR * Scalar::generate();
+        let a = Affine::from_sm2(&p.to_affine()).expect("finite");
+        let j = Jacobian::from(&a);
+        assert_eq!(j.add_affine_vartime(&a).to_sm2(), p.double());
+        assert!(bool::from(j.add_affine_vartime(&a.neg()).is_identity()));
+        assert_eq!(Jacobian::IDENTITY.add_affine_vartime(&a).to_sm2(), p);
+        assert_eq!(j.add_vartime(&j).to_sm2(), p.double());
+        assert!(bool::from(j.add_vartime(&j.neg()).is_identity()));
+        assert_eq!(Jacobian::IDENTITY.add_vartime(&j).to_sm2(), p);
+        assert_eq!(j.add_vartime(&Jacobian::IDENTITY).to_sm2(), p);
+        assert!(bool::from(Jacobian::IDENTITY.double().is_identity()));
+        assert!(FixedBaseTable::new(&ProjectivePoint::IDENTITY).is_none());
+    }
+}
