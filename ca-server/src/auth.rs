@@ -130,6 +130,13 @@ pub trait Directory {
     /// principal exists and holds it.
     /// `Err` when the registry cannot be read (the caller is then neither known nor unknown).
     fn principal_for_cert(&self, serial: &str) -> Result<Option<KnownCert>, String>;
+
+    /// Spends `nonce` in a store that several CA instances share, when there is one (so a nonce
+    /// used on one instance is refused on the others): `Ok(false)` when it was spent already.
+    /// Without a shared store the process's [`NonceCache`] is the whole check.
+    fn spend_shared_nonce(&self, _nonce: &[u8], _now_ms: u64, _expires_ms: u64) -> Result<bool, String> {
+        Ok(true)
+    }
 }
 
 impl Directory for Registry {
@@ -142,6 +149,17 @@ impl Directory for Registry {
             revoked: rec.status != CertStatus::Good,
             der,
         }))
+    }
+
+    fn spend_shared_nonce(&self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<bool, String> {
+        if !self.is_shared() {
+            return Ok(true);
+        }
+        match self.use_nonce(nonce, now_ms, expires_ms) {
+            Ok(()) => Ok(true),
+            Err(registry::RegistryError::NonceReplayed) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -543,6 +561,13 @@ impl<D: Directory> Gate<'_, D> {
             NonceUse::Fresh => {}
             NonceUse::Replayed => return Err(AuthFailure::Replayed),
             NonceUse::Full => return Err(AuthFailure::RateLimited("the replay cache (full)".into())),
+        }
+        if !self
+            .directory
+            .spend_shared_nonce(s.nonce_hex.as_bytes(), now_ms, expires.max(now_ms + 1))
+            .map_err(AuthFailure::Unavailable)?
+        {
+            return Err(AuthFailure::Replayed);
         }
         if !self.roles.allows(&p.role, method) {
             return Err(AuthFailure::Forbidden { role: p.role, method: method.to_owned() });

@@ -124,6 +124,23 @@ async fn two_instances_serve_one_postgresql_registry() {
         (Code::FailedPrecondition, Reason::PublicKeyInUse)
     );
     let second = issue(&station_b, issue_req(&s2, v1::TerminalClass::ClassIi, csr_for(&k2, &s2))).await.expect("on B");
+    // A request signed once and spent on A is refused when replayed on B: nonces are shared.
+    let s5 = serial(5);
+    let k5 = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let (meta, _, body) = station_a
+        .signed(
+            "/hsca.v1.CertificateAuthority/IssueTerminalCertificate",
+            issue_req(&s5, v1::TerminalClass::ClassIi, csr_for(&k5, &s5)),
+        )
+        .expect("sign")
+        .into_parts();
+    let send = |channel: &tonic::transport::Channel| {
+        let request = tonic::Request::from_parts(meta.clone(), tonic::Extensions::default(), body.clone());
+        let mut client = v1::certificate_authority_client::CertificateAuthorityClient::new(channel.clone());
+        async move { client.issue_terminal_certificate(request).await }
+    };
+    send(&station_a.channel).await.expect("first use, on A");
+    assert_eq!(refused(send(&station_b.channel).await), (Code::Unauthenticated, Reason::ReplayedNonce));
     // Each instance's serials carry its number: they cannot collide.
     assert!(first.certificate_serial.starts_with("01"), "{}", first.certificate_serial);
     assert!(second.certificate_serial.starts_with("02"), "{}", second.certificate_serial);
