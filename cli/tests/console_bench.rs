@@ -47,7 +47,6 @@ fn fill(ca: &RunningCa, n: usize) -> Duration {
 }
 
 #[test]
-#[ignore = "a benchmark: run with --ignored --nocapture"]
 fn console_pages_with_a_large_fleet() {
     let n: usize = std::env::var("CONSOLE_BENCH_TERMINALS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let tmp = tempfile::tempdir().expect("tmp");

@@ -1,11 +1,24 @@
-//! `registry`: the CA's durable state in an embedded redb database.
+//! `registry`: the CA's durable state, in an embedded redb database (the default) or a PostgreSQL
+//! database that several CA instances share (`backend/`, one contract in `store.rs`).
 //!
 //! Every state change is one write transaction that writes the record, its indexes and an audit
-//! entry together, and returns only after the commit is durable (redb fsyncs on commit). The
+//! entry together, and returns only after the commit is durable. The
 //! invariants that must never break — one active certificate per terminal, unique certificate
 //! serials, a public key never reused by another terminal, one result per request id — are
 //! checked inside that transaction, so two racing requests cannot both pass. Policy (may this
 //! caller issue for this serial?) is decided elsewhere; this crate only stores.
+
+// Before the modules: backends convert their engines' errors with it.
+/// `impl From<E> for RegistryError` as `Storage(e.to_string())`, for each `E`.
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for RegistryError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.to_string())
+            }
+        }
+    )*};
+}
 
 pub mod anchor;
 mod approvals;
@@ -184,15 +197,6 @@ pub enum RegistryError {
     TargetExists(String),
 }
 
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for RegistryError {
-            fn from(e: $t) -> Self {
-                Self::Storage(e.to_string())
-            }
-        }
-    )*};
-}
 storage_from!(std::io::Error);
 
 type Result<T> = std::result::Result<T, RegistryError>;

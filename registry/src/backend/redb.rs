@@ -36,15 +36,6 @@ const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals"
 
 const REVOKED_INDEXED: &str = "revoked_indexed";
 
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for RegistryError {
-            fn from(e: $t) -> Self {
-                Self::Storage(e.to_string())
-            }
-        }
-    )*};
-}
 storage_from!(
     redb::Error,
     redb::DatabaseError,
