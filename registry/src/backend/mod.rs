@@ -5,8 +5,35 @@ pub(crate) mod redb;
 
 use std::path::Path;
 
-use crate::Result;
 use crate::store::{StoreRead, StoreWrite};
+use crate::{RegistryError, Result};
+
+/// Delivers a job's result once the batch it ran in is committed (or not).
+pub(crate) type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Runs a group-commit batch's jobs inside one open transaction (`run` hands a job the
+/// transaction): says whether one broke it — a storage error or a panic, after which the batch
+/// must not commit — and collects the jobs' finishers.
+pub(crate) fn run_batch<J>(batch: Vec<J>, mut run: impl FnMut(J) -> (bool, Finish)) -> (bool, Vec<Finish>) {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mut finishes = Vec::with_capacity(batch.len());
+    let mut broken = false;
+    for job in batch {
+        match catch_unwind(AssertUnwindSafe(|| run(job))) {
+            Ok((fatal, finish)) => {
+                broken |= fatal;
+                finishes.push(finish);
+            }
+            Err(_) => broken = true,
+        }
+    }
+    (broken, finishes)
+}
+
+/// What every job of a batch that one of them broke is told.
+pub(crate) fn batch_aborted() -> RegistryError {
+    RegistryError::Storage("write batch aborted after a storage error".into())
+}
 
 /// The backend a registry was opened on.
 pub(crate) enum Backend {

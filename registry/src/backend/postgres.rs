@@ -132,7 +132,7 @@ fn migrate_here(url: &str) -> Result<Vec<i32>> {
     result
 }
 
-type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+use super::Finish;
 type WriteJob = Box<dyn for<'a> FnOnce(&mut Transaction<'a>, &mut Cache) -> (bool, Finish) + Send>;
 type ReadJob = Box<dyn FnOnce(&mut Option<Client>, &mut Cache) + Send>;
 
@@ -181,7 +181,6 @@ fn run_batch(
     cache: &mut Cache,
     batch: Vec<WriteJob>,
 ) -> Result<()> {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
     let fail_all = |batch: Vec<WriteJob>, e: RegistryError| {
         // The jobs never ran: they are dropped, and their callers see the writer's error.
         drop(batch);
@@ -205,20 +204,10 @@ fn run_batch(
     if let Err(e) = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]) {
         return fail_all(batch, storage(e));
     }
-    let mut finishes = Vec::with_capacity(batch.len());
-    let mut broken = false;
-    for job in batch {
-        match catch_unwind(AssertUnwindSafe(|| job(&mut tx, cache))) {
-            Ok((fatal, finish)) => {
-                broken |= fatal;
-                finishes.push(finish);
-            }
-            Err(_) => broken = true,
-        }
-    }
+    let (broken, finishes) = super::run_batch(batch, |job| job(&mut tx, cache));
     let outcome = if broken {
         drop(tx);
-        Err(RegistryError::Storage("write batch aborted after a storage error".into()))
+        Err(super::batch_aborted())
     } else {
         tx.commit().map_err(storage)
     };

@@ -45,8 +45,7 @@ storage_from!(
     redb::CommitError
 );
 
-/// Delivers a job's result once the batch it ran in is committed (or not).
-type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+use super::Finish;
 /// A write, run by the writer thread inside a batch transaction: says whether it broke the
 /// transaction (a storage error) and how to answer its caller after the commit.
 type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Finish) + Send>;
@@ -76,7 +75,6 @@ impl Drop for RedbStore {
 /// so it cannot spoil the batch; a storage error aborts the whole batch and every caller in it
 /// gets the error.
 fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
-    use std::panic::{AssertUnwindSafe, catch_unwind};
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -87,20 +85,10 @@ fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
         }
         // If no transaction can be opened the jobs are dropped: their callers see an error.
         let Ok(txn) = db.begin_write() else { continue };
-        let mut finishes = Vec::with_capacity(batch.len());
-        let mut broken = false;
-        for job in batch {
-            match catch_unwind(AssertUnwindSafe(|| job(&txn))) {
-                Ok((fatal, finish)) => {
-                    broken |= fatal;
-                    finishes.push(finish);
-                }
-                Err(_) => broken = true,
-            }
-        }
+        let (broken, finishes) = super::run_batch(batch, |job| job(&txn));
         let outcome = if broken {
             drop(txn);
-            Err(RegistryError::Storage("write batch aborted after a storage error".into()))
+            Err(super::batch_aborted())
         } else {
             txn.commit().map_err(RegistryError::from)
         };
