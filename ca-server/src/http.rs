@@ -26,6 +26,8 @@ pub struct Metrics {
     pub ocsp_requests: AtomicU64,
     /// Of those, answered from pre-signed responses.
     pub ocsp_cached: AtomicU64,
+    /// 1 while this instance holds the CRL leader lock of a shared registry (always 1 on redb).
+    pub crl_leader: AtomicU64,
 }
 
 /// The HTTP routes.
@@ -161,11 +163,13 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> String {
          # HELP hsca_issue_replays_total Issue requests answered from an earlier identical request.\n# TYPE hsca_issue_replays_total counter\nhsca_issue_replays_total {}\n\
          # HELP hsca_auth_failures_total Refused request authentications.\n# TYPE hsca_auth_failures_total counter\nhsca_auth_failures_total {}\n\
          # HELP hsca_ocsp_requests_total OCSP requests answered.\n# TYPE hsca_ocsp_requests_total counter\nhsca_ocsp_requests_total {}\n\
-         # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n",
+         # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n\
+         # HELP hsca_crl_leader 1 while this instance is the CRL leader of its registry.\n# TYPE hsca_crl_leader gauge\nhsca_crl_leader {}\n",
         m.issued.load(Ordering::Relaxed),
         m.replays.load(Ordering::Relaxed),
         m.auth_failures.load(Ordering::Relaxed),
         m.ocsp_requests.load(Ordering::Relaxed),
-        m.ocsp_cached.load(Ordering::Relaxed)
+        m.ocsp_cached.load(Ordering::Relaxed),
+        m.crl_leader.load(Ordering::Relaxed)
     )
 }

@@ -421,12 +421,16 @@ async fn publish_crls(ca: Arc<Ca>, all: Option<bool>) {
 /// coalesced over 100 ms).
 async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
     publish_crls(ca.clone(), Some(true)).await;
+    if !ca.registry.is_shared() {
+        ca.metrics.crl_leader.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
     tick.tick().await;
-    // On a shared registry, revocations other instances made. Every instance still signs and
-    // serves its own CRLs (numbers come from the shared counter, so they never repeat): each
-    // serves CRLs from memory, so a leader-only signer (`Registry::crl_leader`) needs the CRLs
-    // stored in the registry first.
+    // On a shared registry, revocations other instances made, and the CRL leader lock (taken
+    // here, shown at /metrics, moving within one poll when the leader dies). Every instance
+    // still signs and serves its own CRLs (numbers come from the shared counter, so they never
+    // repeat): each serves CRLs from memory, so a leader-only signer needs the CRLs stored in
+    // the registry first.
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
     let mut seen_seq: Option<u64> = None;
     loop {
@@ -434,10 +438,12 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
             _ = tick.tick() => publish_crls(ca.clone(), Some(true)).await,
             _ = poll.tick(), if ca.registry.is_shared() => {
                 let asking = ca.clone();
-                let seq = tokio::task::spawn_blocking(move || asking.registry.revocation_seq().ok())
-                    .await
-                    .ok()
-                    .flatten();
+                let (seq, leader) = tokio::task::spawn_blocking(move || {
+                    (asking.registry.revocation_seq().ok(), asking.registry.crl_leader().unwrap_or(false))
+                })
+                .await
+                .unwrap_or((None, false));
+                ca.metrics.crl_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
                 if seq.is_some() && seq != seen_seq {
                     if seen_seq.is_some() {
                         publish_crls(ca.clone(), Some(false)).await;

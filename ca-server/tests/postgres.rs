@@ -4,6 +4,8 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hsm::backend::memory::SoftwareSm2Key;
@@ -34,6 +36,38 @@ fn use_postgres(dir: &Path, url: &str) {
     assert!(text.contains("path = \"registry.redb\""), "init's registry line");
     let registry = format!("url = \"{url}\"\ninstance = 1");
     std::fs::write(&path, text.replace("path = \"registry.redb\"", &registry)).expect("write");
+}
+
+/// `ca-server migrate --from` the redb registry `init` made into the configured PostgreSQL one.
+fn migrate_from_init(dir: &Path) {
+    let out = Command::new(EXE)
+        .args(["migrate", "--config"])
+        .arg(dir.join("ca-server.toml"))
+        .arg("--from")
+        .arg(dir.join("registry.redb"))
+        .output()
+        .expect("migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain verified"));
+}
+
+/// Instance B: a copy of A's directory (token, keys, configuration) on other ports, instance 2.
+/// Returns B's HTTP port.
+fn copy_instance(dir_a: &Path, dir_b: &Path, grpc_a: u16, http_a: u16) -> u16 {
+    assert!(Command::new("cp").arg("-a").arg(dir_a).arg(dir_b).status().expect("cp").success());
+    let (grpc_b, http_b) = (free_port(), free_port());
+    rewrite(
+        dir_b,
+        &[
+            (format!("127.0.0.1:{grpc_a}"), format!("127.0.0.1:{grpc_b}")),
+            (format!("127.0.0.1:{http_a}"), format!("127.0.0.1:{http_b}")),
+        ],
+    );
+    rewrite(dir_b, &[(dir_a.display().to_string(), dir_b.display().to_string())]);
+    let config_b = dir_b.join("ca-server.toml");
+    let text = std::fs::read_to_string(&config_b).expect("read");
+    std::fs::write(&config_b, text.replace("instance = 1", "instance = 2")).expect("write");
+    http_b
 }
 
 /// `serve` must exit with an error (it would otherwise run until killed).
@@ -71,31 +105,9 @@ async fn two_instances_serve_one_postgresql_registry() {
 
     let err = serve_fails(&dir_a);
     assert!(err.contains("schema version 0"), "{err}");
-    let out = Command::new(EXE)
-        .args(["migrate", "--config"])
-        .arg(dir_a.join("ca-server.toml"))
-        .arg("--from")
-        .arg(dir_a.join("registry.redb"))
-        .output()
-        .expect("migrate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain verified"));
-
-    // Instance B: a copy of A's directory (token, keys, configuration) on other ports.
+    migrate_from_init(&dir_a);
     let dir_b = tmp.path().join("b");
-    assert!(Command::new("cp").arg("-a").arg(&dir_a).arg(&dir_b).status().expect("cp").success());
-    let (grpc_b, http_b) = (free_port(), free_port());
-    rewrite(
-        &dir_b,
-        &[
-            (format!("127.0.0.1:{grpc_a}"), format!("127.0.0.1:{grpc_b}")),
-            (format!("127.0.0.1:{http_a}"), format!("127.0.0.1:{http_b}")),
-        ],
-    );
-    rewrite(&dir_b, &[(dir_a.display().to_string(), dir_b.display().to_string())]);
-    let config_b = dir_b.join("ca-server.toml");
-    let text = std::fs::read_to_string(&config_b).expect("read");
-    std::fs::write(&config_b, text.replace("instance = 1", "instance = 2")).expect("write");
+    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
 
     let a = Server::start(&dir_a, http_a);
     let b = Server::start(&dir_b, http_b);
@@ -190,5 +202,197 @@ async fn two_instances_serve_one_postgresql_registry() {
     let reg = registry::Registry::open_postgres(&pg.url()).expect("open");
     assert!(reg.certificate(&first.certificate_serial).expect("read").is_some());
     assert!(reg.certificate(&second.certificate_serial).expect("read").is_some());
+    reg.verify_audit_chain().expect("one audit chain for both instances");
+}
+
+/// Client tasks per instance in the load test.
+const CLIENTS: usize = 16;
+
+/// One issue for a fresh key: the certificate's serial, or the refusal.
+async fn issue_one(c: &proto::client::Client, terminal: &str) -> Result<String, tonic::Status> {
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    issue(c, issue_req(terminal, v1::TerminalClass::ClassIi, csr_for(&key, terminal)))
+        .await
+        .map(|r| r.certificate_serial)
+}
+
+/// `hsca_crl_leader` from an instance's /metrics (None when it does not answer).
+fn crl_leader(http: u16) -> Option<bool> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+    use std::io::{Read, Write};
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().find_map(|l| l.strip_prefix("hsca_crl_leader ")).map(|v| v.trim() == "1")
+}
+
+/// Issues terminals `first..` one after another until `stop`, or until the instance fails it
+/// (then the error's code): every acknowledged (terminal, certificate serial).
+async fn issue_until(
+    c: Arc<proto::client::Client>,
+    first: u32,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> (Vec<(String, String)>, Option<Code>) {
+    let mut done = Vec::new();
+    for n in first.. {
+        if stop.load(Ordering::Relaxed) {
+            return (done, None);
+        }
+        let terminal = serial(n);
+        match issue_one(&c, &terminal).await {
+            Ok(cert) => {
+                done.push((terminal, cert));
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(status) => return (done, Some(status.code())),
+        }
+    }
+    (done, None)
+}
+
+/// The acceptance test of several instances: two `ca-server`s on one PostgreSQL, 16 clients
+/// each (each its own principal and connection). Distinct terminals: all issued, no serial twice.
+/// The same terminals raced on both: exactly one active certificate each. The CRL leader
+/// SIGKILLed mid-run: every acknowledged certificate is in the database, the survivor keeps
+/// issuing and takes the leadership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_with_16_clients_each_race_and_survive_a_sigkill() {
+    let pg = PgServer::start().expect("PostgreSQL test server");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_a = tmp.path().join("a");
+    let (grpc_a, http_a) = init(&dir_a);
+    use_postgres(&dir_a, &pg.url());
+    migrate_from_init(&dir_a);
+    let dir_b = tmp.path().join("b");
+    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let mut servers = [Some(Server::start(&dir_a, http_a)), Some(Server::start(&dir_b, http_b))];
+    let https = [http_a, http_b];
+    let admin_a = admin(&dir_a).await;
+    let mut clients: [Vec<Arc<proto::client::Client>>; 2] = [Vec::new(), Vec::new()];
+    for (side, dir) in [&dir_a, &dir_b].into_iter().enumerate() {
+        for i in 0..CLIENTS {
+            let name = format!("station-{side}-{i}");
+            clients[side].push(Arc::new(principal(dir, &admin_a, &name, "station", &["HSTM"]).await.0));
+        }
+    }
+    // Every acknowledged (terminal, certificate serial), from every phase.
+    let mut acknowledged = Vec::new();
+
+    // Distinct terminals, 4 per client: every one issued, each serial once, with its instance's prefix.
+    let mut tasks = Vec::new();
+    for (side, list) in clients.iter().enumerate() {
+        for (i, c) in list.iter().enumerate() {
+            let c = c.clone();
+            let base = 1000 + (side * CLIENTS + i) as u32 * 4;
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for n in base..base + 4 {
+                    out.push((side, serial(n), issue_one(&c, &serial(n)).await.expect("distinct terminal issued")));
+                }
+                out
+            }));
+        }
+    }
+    let mut distinct = 0;
+    for t in tasks {
+        for (side, terminal, cert) in t.await.expect("task") {
+            assert!(cert.starts_with(["01", "02"][side]), "instance {} serial {cert}", side + 1);
+            acknowledged.push((terminal, cert));
+            distinct += 1;
+        }
+    }
+    assert_eq!(distinct, 2 * CLIENTS * 4);
+
+    // The same 32 terminals raced on both instances at once: exactly one wins each.
+    let mut tasks = Vec::new();
+    for t in 0..2 * CLIENTS as u32 {
+        for side in &clients {
+            let c = side[t as usize % CLIENTS].clone();
+            tasks.push(tokio::spawn(async move { (t, issue_one(&c, &serial(5000 + t)).await) }));
+        }
+    }
+    let mut winners = std::collections::BTreeMap::new();
+    for task in tasks {
+        let (t, result) = task.await.expect("task");
+        match result {
+            Ok(cert) => {
+                assert!(winners.insert(t, cert.clone()).is_none(), "terminal {t} certified twice");
+                acknowledged.push((serial(5000 + t), cert));
+            }
+            Err(status) => assert_eq!(
+                (status.code(), proto::reason(&status)),
+                (Code::FailedPrecondition, Some(Reason::AlreadyHasActiveCertificate)),
+                "{status:?}"
+            ),
+        }
+    }
+    assert_eq!(winners.len(), 2 * CLIENTS, "every raced terminal has one winner");
+
+    // Exactly one instance leads CRL generation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let l = [crl_leader(http_a), crl_leader(http_b)];
+        assert!(l != [Some(true), Some(true)], "two CRL leaders");
+        if let Some(side) = l.iter().position(|x| *x == Some(true)) {
+            break side;
+        }
+        assert!(Instant::now() < deadline, "no CRL leader: {l:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let survivor = 1 - leader;
+
+    // Everyone issues; the leader is SIGKILLed mid-run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut running: [Vec<_>; 2] = [Vec::new(), Vec::new()];
+    for side in 0..2 {
+        for (i, c) in clients[side].iter().enumerate() {
+            let first = 10_000 + (side * CLIENTS + i) as u32 * 1000;
+            running[side].push(tokio::spawn(issue_until(c.clone(), first, stop.clone(), acked[side].clone())));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked[leader].load(Ordering::Relaxed) < 32 || acked[survivor].load(Ordering::Relaxed) < 32 {
+        assert!(Instant::now() < deadline, "issuance under load stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[leader].take().expect("leader").kill();
+    let at_kill = acked[survivor].load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked[survivor].load(Ordering::Relaxed) < at_kill + 64 || crl_leader(https[survivor]) != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "survivor issued {} after the kill; leader: {:?}",
+            acked[survivor].load(Ordering::Relaxed) - at_kill,
+            crl_leader(https[survivor])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let before_kill_phase = acknowledged.len();
+    for (side, tasks) in running.iter_mut().enumerate() {
+        for task in tasks.drain(..) {
+            let (done, error) = task.await.expect("task");
+            if side == survivor {
+                assert_eq!(error, None, "the survivor failed a client");
+            } else {
+                assert!(error.is_some(), "a client of the killed instance saw no failure");
+            }
+            acknowledged.extend(done);
+        }
+    }
+    assert!(acknowledged.len() - before_kill_phase >= 2 * 32 + 64);
+    servers[survivor].take().expect("survivor").terminate();
+
+    // Every acknowledged certificate is in the database, as its terminal's one active certificate.
+    let reg = registry::Registry::open_postgres(&pg.url()).expect("open");
+    let mut serials = std::collections::BTreeSet::new();
+    for (terminal, cert) in &acknowledged {
+        assert!(serials.insert(cert.clone()), "serial {cert} issued twice");
+        assert!(reg.certificate(cert).expect("read").is_some(), "acknowledged {cert} lost");
+        let t = reg.terminal(terminal).expect("read").expect("terminal");
+        assert_eq!(t.active_cert.as_deref(), Some(cert.as_str()), "{terminal}");
+    }
     reg.verify_audit_chain().expect("one audit chain for both instances");
 }
