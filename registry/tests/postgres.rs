@@ -233,3 +233,58 @@ fn one_crl_leader_at_a_time_and_leadership_moves_when_the_leader_goes() {
     let c = Registry::open_postgres(&pg.url()).expect("C");
     assert!(!c.crl_leader().expect("C asks"));
 }
+
+#[test]
+fn a_backup_taken_under_concurrent_issuance_is_one_snapshot_whose_chain_verifies() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let reg = Arc::new(Registry::open_postgres(&pg.url()).expect("open"));
+    for i in 0..8 {
+        reg.record_terminal_issue(
+            &issue(&format!("pre{i}"), &format!("P{i:015}"), &format!("PP{i:02}"), &format!("pk{i}")),
+            &ev("issue", "t"),
+        )
+        .expect("issue");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let backup = dir.path().join("backup.redb");
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let reg = reg.clone();
+            s.spawn(move || {
+                for i in 0..25 {
+                    let n = w * 100 + i;
+                    reg.record_terminal_issue(
+                        &issue(&format!("w{n}"), &format!("W{n:015}"), &format!("WW{n:04}"), &format!("wk{n}")),
+                        &ev("issue", "t"),
+                    )
+                    .expect("issue while backing up");
+                }
+            });
+        }
+        reg.backup(&backup).expect("backup");
+    });
+    assert!(matches!(reg.backup(&backup), Err(RegistryError::TargetExists(_))));
+
+    // The copy is a redb registry whose chain verifies and is a prefix of the live one.
+    let copy = Registry::open(&backup).expect("open the backup");
+    let summary = copy.verify_audit_chain().expect("the backup's chain verifies");
+    let live = reg.audit_tail(usize::MAX).expect("live chain");
+    assert!(summary.entries >= 8 && summary.entries <= live.len() as u64, "{summary:?}");
+    let copied = copy.audit_tail(usize::MAX).expect("copied chain");
+    assert_eq!(copied[..], live[..copied.len()], "the backup's chain is the live chain up to its snapshot");
+    // One snapshot: exactly the certificates whose issue entries it holds, each with its DER.
+    let certs = copy.certificates().expect("certificates");
+    assert_eq!(certs.len(), copied.iter().filter(|e| e.event.action == "issue").count());
+    for c in &certs {
+        let (_, der) = copy.certificate(&c.serial).expect("read").expect("cert");
+        assert_eq!(der, format!("DER of {}", c.serial).into_bytes());
+        let CertSubject::Terminal { serial } = &c.subject else { panic!("only terminals were issued") };
+        let t = copy.terminal(serial).expect("read").expect("terminal");
+        assert_eq!(t.active_cert.as_deref(), Some(c.serial.as_str()));
+    }
+    // It restores like any redb backup.
+    drop(copy);
+    let restored = dir.path().join("restored.redb");
+    assert_eq!(Registry::restore(&backup, &restored).expect("restore"), summary);
+}

@@ -67,10 +67,14 @@ impl Backend {
     pub(crate) fn backup(&self, out: &Path) -> Result<()> {
         match self {
             Self::Redb(r) => r.backup(out),
-            // A consistent copy of a PostgreSQL registry is the database's own business.
-            Self::Postgres(_) => Err(crate::RegistryError::Storage(
-                "a PostgreSQL registry is backed up with pg_dump or continuous archiving (PITR)".into(),
-            )),
+            // One repeatable-read snapshot copied into a redb file (held in memory on the way:
+            // for large registries pg_dump or continuous archiving is the production way).
+            Self::Postgres(p) => {
+                if out.exists() {
+                    return Err(RegistryError::TargetExists(out.display().to_string()));
+                }
+                redb::RedbStore::create_from(out, p.export()?)
+            }
         }
     }
 }

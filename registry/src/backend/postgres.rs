@@ -325,6 +325,30 @@ impl PgStore {
         rx.recv().map_err(|_| RegistryError::Storage("read abandoned by the registry reader".into()))?
     }
 
+    /// Every durable record from one repeatable-read, read-only snapshot (for a backup).
+    pub(crate) fn export(&self) -> Result<crate::store::Export> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<crate::store::Export>>(1);
+        let job: ReadJob = Box::new(move |client, _| {
+            let result = match client.as_mut() {
+                None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
+                Some(c) => (|| {
+                    let mut t = c
+                        .build_transaction()
+                        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()?;
+                    let out = export_in(&mut t)?;
+                    t.commit()?;
+                    Ok(out)
+                })(),
+            };
+            let _ = tx.send(result);
+        });
+        let readers = self.readers.as_ref().ok_or_else(|| RegistryError::Storage("registry readers stopped".into()))?;
+        readers.send(job).map_err(|_| RegistryError::Storage("registry readers stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("backup abandoned by the registry reader".into()))?
+    }
+
     /// Runs `f` in the next batch transaction under a savepoint; answers after the commit.
     pub(crate) fn write<T: Send + 'static>(
         &self,
@@ -360,6 +384,51 @@ impl PgStore {
             RegistryError::Storage("write abandoned by the registry writer (PostgreSQL unreachable?)".into())
         })?
     }
+}
+
+/// Every durable record, read in the one repeatable-read snapshot of `t` (the copy a backup
+/// makes: what one instant of the database held, whatever commits meanwhile).
+fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
+    use crate::store::Export;
+    fn records<T: serde::de::DeserializeOwned>(t: &mut Transaction<'_>, sql: &str) -> Result<Vec<T>> {
+        t.query(sql, &[])?.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+    }
+    fn pairs(t: &mut Transaction<'_>, sql: &str) -> Result<Vec<(String, String)>> {
+        Ok(t.query(sql, &[])?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+    fn numbered(t: &mut Transaction<'_>, sql: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(t.query(sql, &[])?.iter().map(|r| (from_i(r.get(0)), r.get(1))).collect())
+    }
+    let certs = t
+        .query("SELECT record, der FROM certs ORDER BY serial", &[])?
+        .iter()
+        .map(|r| Ok((from_json(r.get::<_, &[u8]>(0))?, r.get(1))))
+        .collect::<Result<_>>()?;
+    let requests = t
+        .query("SELECT id, record FROM requests ORDER BY id", &[])?
+        .iter()
+        .map(|r| Ok((r.get(0), from_json(r.get::<_, &[u8]>(1))?)))
+        .collect::<Result<_>>()?;
+    let counters = t
+        .query("SELECT name, value FROM counters ORDER BY name", &[])?
+        .iter()
+        .map(|r| (r.get(0), from_i(r.get(1))))
+        .collect();
+    Ok(Export {
+        terminals: records(t, "SELECT record FROM terminals ORDER BY serial")?,
+        certs,
+        pubkeys: pairs(t, "SELECT fingerprint, terminal FROM pubkeys ORDER BY fingerprint")?,
+        compromised: pairs(t, "SELECT fingerprint, cert FROM compromised_keys ORDER BY fingerprint")?,
+        requests,
+        principals: records(t, "SELECT record FROM principals ORDER BY name")?,
+        approvals: records(t, "SELECT record FROM approvals ORDER BY id")?,
+        activations: records(t, "SELECT record FROM activations ORDER BY terminal, n")?,
+        counters,
+        revoked: records(t, "SELECT record FROM revoked ORDER BY serial")?,
+        released: records(t, "SELECT record FROM released ORDER BY serial")?,
+        audit: numbered(t, "SELECT seq, entry FROM audit ORDER BY seq")?,
+        checkpoints: numbered(t, "SELECT seq, checkpoint FROM audit_checkpoints ORDER BY seq")?,
+    })
 }
 
 /// Copies `data` into the registry at `url`, which must be current and empty, in one

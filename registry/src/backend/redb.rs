@@ -244,6 +244,66 @@ impl RedbStore {
         })
     }
 
+    /// Writes `data` (another backend's records, bytes unchanged) into a new redb registry at
+    /// `out`, in one transaction: the backup of a PostgreSQL registry, which `restore`,
+    /// `cactl audit verify --registry` and [`crate::Registry::open`] read like any other.
+    pub(crate) fn create_from(out: &Path, data: crate::store::Export) -> Result<()> {
+        if out.exists() {
+            return Err(RegistryError::TargetExists(out.display().to_string()));
+        }
+        let store = Self::open(out)?;
+        let written = store.write(move |s| {
+            // Certificates before terminals: a terminal names its active certificate.
+            for (rec, der) in &data.certs {
+                s.insert_cert(rec, der)?;
+            }
+            for t in &data.terminals {
+                s.insert_terminal(t)?;
+            }
+            for (fingerprint, terminal) in &data.pubkeys {
+                s.bind_key(fingerprint, terminal)?;
+            }
+            for (fingerprint, cert) in &data.compromised {
+                s.mark_compromised(fingerprint, cert)?;
+            }
+            for (id, result) in &data.requests {
+                s.insert_request(id, result)?;
+            }
+            for p in &data.principals {
+                s.insert_principal(p)?;
+            }
+            for a in &data.approvals {
+                s.insert_approval(a)?;
+            }
+            for a in &data.activations {
+                s.add_activation(a)?;
+            }
+            // A new file's counters are 0: advancing by the value sets it.
+            for (name, value) in &data.counters {
+                s.advance(name, *value)?;
+            }
+            for r in &data.revoked {
+                s.put_revoked(r)?;
+            }
+            for r in &data.released {
+                s.put_released(r)?;
+            }
+            for (seq, bytes) in &data.audit {
+                s.put_audit_raw(*seq, Some(bytes))?;
+            }
+            for (seq, bytes) in &data.checkpoints {
+                s.put_checkpoint_raw(*seq, bytes)?;
+            }
+            Ok(())
+        });
+        drop(store);
+        if written.is_err() {
+            // A refusal commits what came before it here: leave no half a backup behind.
+            let _ = std::fs::remove_file(out);
+        }
+        written
+    }
+
     /// Restores a backup to `target` (which must not exist) after verifying its audit chain.
     pub(crate) fn restore(backup: &Path, target: &Path) -> Result<ChainSummary> {
         if target.exists() {
