@@ -161,11 +161,13 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> String {
          # HELP hsca_issue_replays_total Issue requests answered from an earlier identical request.\n# TYPE hsca_issue_replays_total counter\nhsca_issue_replays_total {}\n\
          # HELP hsca_auth_failures_total Refused request authentications.\n# TYPE hsca_auth_failures_total counter\nhsca_auth_failures_total {}\n\
          # HELP hsca_ocsp_requests_total OCSP requests answered.\n# TYPE hsca_ocsp_requests_total counter\nhsca_ocsp_requests_total {}\n\
-         # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n",
+         # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n\
+         # HELP hsca_ocsp_nonces_ignored_total OCSP nonces ignored because the fresh-signature budget was spent.\n# TYPE hsca_ocsp_nonces_ignored_total counter\nhsca_ocsp_nonces_ignored_total {}\n",
         m.issued.load(Ordering::Relaxed),
         m.replays.load(Ordering::Relaxed),
         m.auth_failures.load(Ordering::Relaxed),
         m.ocsp_requests.load(Ordering::Relaxed),
-        m.ocsp_cached.load(Ordering::Relaxed)
+        m.ocsp_cached.load(Ordering::Relaxed),
+        ca.ocsp.nonces_ignored()
     )
 }
