@@ -47,6 +47,31 @@ pub struct OcspSection {
     /// `nextUpdate` − `thisUpdate` of each response, minutes; cached answers are re-signed at half.
     #[serde(default = "default_ocsp_validity_minutes")]
     pub validity_minutes: u64,
+    /// Fresh signatures per second for answers that cannot be pre-signed (a request with a
+    /// nonce, a serial the CA never issued), 0..=1,000,000. Past it a nonce is ignored (the
+    /// pre-signed answer, RFC 8954) and an unknown serial gets `tryLater`.
+    #[serde(default = "default_fresh_signatures_per_second")]
+    pub fresh_signatures_per_second: u32,
+}
+
+/// Above any HSM's signing rate: a larger value is a typo, not a budget.
+pub const MAX_FRESH_SIGNATURES_PER_SECOND: u32 = 1_000_000;
+
+fn default_fresh_signatures_per_second() -> u32 {
+    crate::ocsp::UNCACHED_SIGNATURES_PER_SECOND
+}
+
+impl OcspSection {
+    /// Refuses values no deployment means.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.fresh_signatures_per_second > MAX_FRESH_SIGNATURES_PER_SECOND {
+            anyhow::bail!(
+                "[ocsp] fresh_signatures_per_second must be 0..={MAX_FRESH_SIGNATURES_PER_SECOND}, not {}",
+                self.fresh_signatures_per_second
+            );
+        }
+        Ok(())
+    }
 }
 
 fn default_ocsp_certificate() -> PathBuf {
@@ -63,6 +88,7 @@ impl Default for OcspSection {
             key_label: None,
             certificate: default_ocsp_certificate(),
             validity_minutes: default_ocsp_validity_minutes(),
+            fresh_signatures_per_second: default_fresh_signatures_per_second(),
         }
     }
 }
@@ -293,6 +319,7 @@ impl Loaded {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: Config = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.ocsp.validate().with_context(|| format!("checking {}", path.display()))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         Ok(Self { config, base })
     }
@@ -334,5 +361,25 @@ mod tests {
         assert!(with("[registry]\npath = \"r.redb\"\nurl = \"postgres://ca@db/r\"").is_err_and(|e| e.contains("both")));
         assert!(with("[registry]").is_err_and(|e| e.contains("needs")));
         assert!(with("[registry]\nurl = \"mysql://x\"").is_err_and(|e| e.contains("postgres://")));
+    }
+
+    #[test]
+    fn the_ocsp_fresh_signature_budget_is_a_checked_setting() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let read = |ocsp: &str| {
+            let text = format!("{}\n[ocsp]\n{ocsp}\n", include_str!("../ca-server.production.example.toml"));
+            let path = dir.path().join("ca-server.toml");
+            std::fs::write(&path, text).expect("write");
+            Loaded::read(&path).map(|l| l.config.ocsp.fresh_signatures_per_second).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(read(""), Ok(crate::ocsp::UNCACHED_SIGNATURES_PER_SECOND));
+        assert_eq!(read("fresh_signatures_per_second = 5"), Ok(5));
+        assert_eq!(read("fresh_signatures_per_second = 0"), Ok(0), "0: every nonce is ignored");
+        assert_eq!(read("fresh_signatures_per_second = 1000000"), Ok(1_000_000));
+        assert!(read("fresh_signatures_per_second = -5").is_err_and(|e| e.contains("fresh_signatures_per_second")));
+        assert!(read("fresh_signatures_per_second = 2.5").is_err_and(|e| e.contains("fresh_signatures_per_second")));
+        assert!(read("fresh_signatures_per_second = \"many\"").is_err());
+        assert!(read("fresh_signatures_per_second = 1000001").is_err_and(|e| e.contains("0..=1000000")));
+        assert!(read("fresh_signature_per_second = 5").is_err(), "a misspelt key is refused, not ignored");
     }
 }

@@ -164,12 +164,14 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> String {
          # HELP hsca_auth_failures_total Refused request authentications.\n# TYPE hsca_auth_failures_total counter\nhsca_auth_failures_total {}\n\
          # HELP hsca_ocsp_requests_total OCSP requests answered.\n# TYPE hsca_ocsp_requests_total counter\nhsca_ocsp_requests_total {}\n\
          # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n\
+         # HELP hsca_ocsp_nonces_ignored_total OCSP nonces ignored because the fresh-signature budget was spent.\n# TYPE hsca_ocsp_nonces_ignored_total counter\nhsca_ocsp_nonces_ignored_total {}\n\
          # HELP hsca_crl_leader 1 while this instance is the CRL leader of its registry.\n# TYPE hsca_crl_leader gauge\nhsca_crl_leader {}\n",
         m.issued.load(Ordering::Relaxed),
         m.replays.load(Ordering::Relaxed),
         m.auth_failures.load(Ordering::Relaxed),
         m.ocsp_requests.load(Ordering::Relaxed),
         m.ocsp_cached.load(Ordering::Relaxed),
+        ca.ocsp.nonces_ignored(),
         m.crl_leader.load(Ordering::Relaxed)
     )
 }

@@ -1,8 +1,8 @@
 //! The RFC 6960 responder at the AIA URL (DESIGN §7). Answers are pre-signed and cached per
 //! certificate and CertID shape, so a status query costs a hash lookup, not a signature; an
 //! answer is re-signed when its certificate is revoked (before the revocation is acknowledged)
-//! and before its `nextUpdate`. A request with a nonce gets a fresh signature (the nonce must be
-//! echoed, RFC 8954).
+//! and before its `nextUpdate`. A request with a nonce gets a fresh signature echoing it within a
+//! budget per second; past it, the pre-signed answer without the nonce (RFC 8954 §2.1).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,9 +53,10 @@ struct Cached {
     used: std::sync::atomic::AtomicBool,
 }
 
-/// Signatures per second the responder makes for answers it cannot pre-sign (a nonce, a serial
-/// the CA never issued): beyond this it answers `tryLater`, so no client can make it spend the
-/// HSM (or memory) at will.
+/// Default of `[ocsp] fresh_signatures_per_second`: signatures per second the responder makes
+/// for answers it cannot pre-sign (a nonce, a serial the CA never issued), so no client can make
+/// it spend the HSM (or memory) at will. Beyond it a nonce is ignored (the pre-signed answer is
+/// sent) and an unknown serial or a request about several certificates gets `tryLater`.
 pub const UNCACHED_SIGNATURES_PER_SECOND: u32 = 500;
 
 /// The responder.
@@ -73,6 +74,7 @@ pub struct Responder {
     /// (window start, signatures in it), against `budget_per_second`.
     budget: std::sync::Mutex<(std::time::Instant, u32)>,
     budget_per_second: u32,
+    nonces_ignored: AtomicU64,
 }
 
 /// What a request came to.
@@ -88,7 +90,9 @@ pub struct Answer {
 impl Responder {
     /// A responder for certificates of `issuing`, answers valid for `validity`.
     pub fn new(key: ResponderKey, issuing: &Certificate, validity: Duration) -> anyhow::Result<Self> {
-        let public = Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?;
+        // Every answer is checked against it before it leaves: precomputed, that costs a third.
+        let public =
+            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
         if key.signer.public_key() != *key.certificate.tbs_certificate().subject_public_key_info() {
             anyhow::bail!("the OCSP signing key in the HSM is not the key of its certificate");
         }
@@ -102,6 +106,7 @@ impl Responder {
             marks: Default::default(),
             budget: std::sync::Mutex::new((std::time::Instant::now(), 0)),
             budget_per_second: UNCACHED_SIGNATURES_PER_SECOND,
+            nonces_ignored: AtomicU64::new(0),
         })
     }
 
@@ -130,35 +135,16 @@ impl Responder {
         if !req.cert_ids.iter().all(|id| self.issuer.matches(id)) {
             return unsigned(OcspResponseStatus::Unauthorized);
         }
-        if let ([id], None) = (req.cert_ids.as_slice(), &req.nonce) {
-            let key = key_of(id);
-            let now = SystemTime::now();
-            let hit = self.cache.read().ok().and_then(|c| {
-                c.get(&key).filter(|c| c.refresh_at > now).map(|c| {
-                    c.used.store(true, Ordering::Relaxed);
-                    (c.der.clone(), c.refresh_at)
-                })
-            });
-            if let Some((der, refresh_at)) = hit {
-                return Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() };
+        if let [id] = req.cert_ids.as_slice() {
+            // Past the budget a nonce is ignored (RFC 8954 §2.1 allows it): the client gets the
+            // pre-signed answer, which stock clients accept with a warning, not `tryLater`.
+            if req.nonce.is_none() || !self.spend() {
+                if req.nonce.is_some() {
+                    self.nonces_ignored.fetch_add(1, Ordering::Relaxed);
+                }
+                return self.presigned(registry, id);
             }
-            let epoch = self.epoch.load(Ordering::SeqCst);
-            return match self.sign(registry, std::slice::from_ref(id), None) {
-                Ok((der, true)) => {
-                    let der = Arc::new(der);
-                    self.insert_unless_refreshed(id, der.clone(), epoch);
-                    Answer { der, cached: false, max_age: Some(self.validity / 2) }
-                }
-                // A serial the CA never issued: answered, never cached, and rate-limited.
-                Ok((der, false)) if self.spend() => Answer { der: Arc::new(der), cached: false, max_age: None },
-                Ok(_) => unsigned(OcspResponseStatus::TryLater),
-                Err(e) => {
-                    tracing::error!(error = %e, "signing an OCSP response failed");
-                    unsigned(OcspResponseStatus::InternalError)
-                }
-            };
-        }
-        if !self.spend() {
+        } else if !self.spend() {
             return unsigned(OcspResponseStatus::TryLater);
         }
         match self.sign(registry, &req.cert_ids, req.nonce.as_deref()) {
@@ -168,6 +154,41 @@ impl Responder {
                 unsigned(OcspResponseStatus::InternalError)
             }
         }
+    }
+
+    /// The cached answer about `id`, signed and cached now if there is none.
+    fn presigned(&self, registry: &Registry, id: &CertId) -> Answer {
+        let key = key_of(id);
+        let now = SystemTime::now();
+        let hit = self.cache.read().ok().and_then(|c| {
+            c.get(&key).filter(|c| c.refresh_at > now).map(|c| {
+                c.used.store(true, Ordering::Relaxed);
+                (c.der.clone(), c.refresh_at)
+            })
+        });
+        if let Some((der, refresh_at)) = hit {
+            return Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() };
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        match self.sign(registry, std::slice::from_ref(id), None) {
+            Ok((der, true)) => {
+                let der = Arc::new(der);
+                self.insert_unless_refreshed(id, der.clone(), epoch);
+                Answer { der, cached: false, max_age: Some(self.validity / 2) }
+            }
+            // A serial the CA never issued: answered, never cached, and rate-limited.
+            Ok((der, false)) if self.spend() => Answer { der: Arc::new(der), cached: false, max_age: None },
+            Ok(_) => unsigned(OcspResponseStatus::TryLater),
+            Err(e) => {
+                tracing::error!(error = %e, "signing an OCSP response failed");
+                unsigned(OcspResponseStatus::InternalError)
+            }
+        }
+    }
+
+    /// Nonces ignored because the budget was spent, since start.
+    pub fn nonces_ignored(&self) -> u64 {
+        self.nonces_ignored.load(Ordering::Relaxed)
     }
 
     /// Takes one uncached signature from this second's budget.
@@ -268,7 +289,8 @@ impl Responder {
     /// Switches to a renewed responder certificate (same or new key); cached answers are dropped
     /// so that none names the old certificate.
     pub fn replace_key(&self, key: ResponderKey) -> anyhow::Result<()> {
-        let public = Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?;
+        let public =
+            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
         if let (Ok(mut k), Ok(mut p), Ok(mut c)) = (self.key.write(), self.public.write(), self.cache.write()) {
             *k = Arc::new(key);
             *p = public;

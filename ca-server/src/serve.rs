@@ -193,7 +193,8 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         crate::ocsp::ResponderKey { signer: ocsp_signer, certificate, delegated },
         &s.trust.issuing,
         std::time::Duration::from_secs(cfg.config.ocsp.validity_minutes.max(2) * 60),
-    )?;
+    )?
+    .with_uncached_budget(cfg.config.ocsp.fresh_signatures_per_second);
     let chain_der = [&s.trust.issuing, &s.trust.root]
         .iter()
         .map(|c| der::Encode::to_der(*c))

@@ -30,8 +30,17 @@ fn ev() -> AuditEvent {
 /// Small, so the test does not depend on how fast this machine signs.
 const BUDGET: u32 = 5;
 
-#[test]
-fn cache_rules_revocation_refresh_and_budget() {
+/// A registry holding one issued terminal certificate, and a responder with `budget`.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    reg: Registry,
+    responder: Responder,
+    issuing: support::Ca,
+    cert: pki::Certificate,
+    rec: registry::CertRecord,
+}
+
+fn fixture(budget: u32) -> Fixture {
     let policy = support::policy();
     let now = SystemTime::now();
     let root = support::make_root(&policy, now);
@@ -76,7 +85,13 @@ fn cache_rules_revocation_refresh_and_budget() {
         Duration::from_secs(3600),
     )
     .expect("responder")
-    .with_uncached_budget(BUDGET);
+    .with_uncached_budget(budget);
+    Fixture { _dir: dir, reg, responder, issuing, cert, rec }
+}
+
+#[test]
+fn cache_rules_revocation_refresh_and_budget() {
+    let Fixture { reg, responder, issuing, cert, rec, .. } = &fixture(BUDGET);
     let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
     let ask = |serial: &CertSerial, nonce: Option<&[u8]>| {
         let req = build_request(&[hashes.cert_id(CertIdHash::Sha1, serial)], nonce).expect("request");
@@ -108,11 +123,53 @@ fn cache_rules_revocation_refresh_and_budget() {
     assert!(after.cached, "re-signed at the revocation, before anyone asked");
     assert!(matches!(status(&after.der), CertStatus::Revoked { .. }));
 
-    // Uncached signatures (nonces, unknown serials) have a budget per second.
+    // Fresh signatures (nonces, unknown serials) have a budget per second; past it a nonce is
+    // ignored (RFC 8954): the pre-signed answer, still `successful`, not `tryLater`.
     std::thread::sleep(Duration::from_millis(1100));
+    let presigned = ask(&known, None);
+    assert!(presigned.cached);
+    let burst: Vec<_> = (0..BUDGET * 3).map(|i| (i, ask(&known, Some(&i.to_be_bytes())))).collect();
+    let mut echoed = 0;
+    for (i, a) in &burst {
+        let v = pki::ocsp::verify_response(&a.der, &issuing.cert, &SignerId::default(), SystemTime::now())
+            .expect("every answer in the burst is a successful, verifying response");
+        assert!(matches!(v.responses[0].status, CertStatus::Revoked { .. }));
+        match &v.nonce {
+            Some(n) => {
+                assert_eq!(n.as_slice(), i.to_be_bytes(), "a fresh answer echoes its own nonce");
+                assert!(!a.cached);
+                echoed += 1;
+            }
+            None => assert!(a.cached && a.der == presigned.der, "past the budget: the pre-signed answer"),
+        }
+    }
+    assert!(burst[0].1.der != presigned.der, "the first request of the window gets its nonce echoed");
+    assert!((1..=BUDGET as usize * 2).contains(&echoed), "{echoed} fresh answers for a budget of {BUDGET}/s");
+    assert_eq!(responder.nonces_ignored(), burst.len() as u64 - echoed as u64);
+    // An unknown serial has no pre-signed answer: past the budget it still gets tryLater.
     let try_later = error_response(OcspResponseStatus::TryLater);
-    let refused =
-        (0..BUDGET + 5).filter(|i| ask(&known, Some(&i.to_be_bytes())).der.as_slice() == try_later.as_slice()).count();
-    assert!(refused >= 1, "past the budget the responder says tryLater");
+    let refused = (0..BUDGET + 5).filter(|_| ask(&never, Some(b"n")).der.as_slice() == try_later.as_slice()).count();
+    assert!(refused >= 1, "unknown serials past the budget: tryLater");
     assert!(ask(&known, None).cached, "pre-signed answers are not limited");
+}
+
+/// A budget of 0: every nonce is ignored, every answer is the pre-signed one.
+#[test]
+fn a_zero_budget_ignores_every_nonce() {
+    let Fixture { reg, responder, issuing, cert, .. } = &fixture(0);
+    let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
+    let ask = |serial: &CertSerial, nonce: &[u8]| {
+        let req = build_request(&[hashes.cert_id(CertIdHash::Sha1, serial)], Some(nonce)).expect("request");
+        responder.answer(reg, &parse_request(&req).expect("parse"))
+    };
+    let known = CertSerial::of(cert).expect("serial");
+    let first = ask(&known, b"one");
+    let v = pki::ocsp::verify_response(&first.der, &issuing.cert, &SignerId::default(), SystemTime::now())
+        .expect("a successful answer");
+    assert_eq!((v.responses[0].status, v.nonce), (CertStatus::Good, None));
+    assert!(ask(&known, b"two").cached, "the pre-signed answer, whatever the nonce");
+    let never = CertSerial::generate().expect("rng");
+    let a = ask(&never, b"three");
+    assert_eq!(a.der.as_slice(), error_response(OcspResponseStatus::TryLater).as_slice(), "nothing to fall back to");
+    assert_eq!(responder.nonces_ignored(), 3);
 }

@@ -223,6 +223,82 @@ fn base64_url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes).replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
 }
 
+/// Stock `openssl ocsp` sends a nonce. Past `[ocsp] fresh_signatures_per_second` the responder
+/// ignores it (RFC 8954) and sends the pre-signed answer: `successful`, never `tryLater`.
+#[test]
+fn nonce_requests_past_the_budget_get_the_presigned_answer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ca = RunningCa::init_with(d, |toml| {
+        let ocsp = toml.find("[ocsp]").expect("an [ocsp] section");
+        let line = toml[ocsp..].find("fresh_signatures_per_second = 500").map(|i| ocsp + i).expect("the default");
+        toml.replace_range(line..line + "fresh_signatures_per_second = 500".len(), "fresh_signatures_per_second = 5");
+    });
+    let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
+    let t = issue(&ca, d, &station, "HSTM01261100000K", "L1");
+    let url = format!("http://127.0.0.1:{}/ocsp", ca.http);
+    let issuing = ca.dir.join("certs/issuing.pem");
+    let args =
+        ["ocsp", "-issuer", issuing.to_str().expect("p"), "-cert", &t.pem, "-url", &url, "-noverify", "-resp_text"];
+    // A burst of 40 stock clients at once, each with its own nonce (OpenSSL's default).
+    let children: Vec<_> = (0..40)
+        .map(|_| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl")
+        })
+        .collect();
+    let (mut echoed, mut presigned) = (0, 0);
+    for c in children {
+        let o = c.wait_with_output().expect("openssl");
+        let out = text(&o);
+        assert!(o.status.success() && out.contains("OCSP Response Status: successful (0x0)"), "{out}");
+        assert!(out.contains("Cert Status: good") && !out.contains("tryLater"), "{out}");
+        if out.contains("OCSP Nonce") { echoed += 1 } else { presigned += 1 }
+    }
+    assert!(echoed >= 1 && presigned >= 1, "{echoed} echoed, {presigned} pre-signed");
+    // Without -noverify OpenSSL checks the nonce first: a missing one is a warning, not an error
+    // (its SM2 signature check then fails on the distinguishing ID, see NOTES-crates; ours verifies).
+    let verifying = [
+        "ocsp",
+        "-issuer",
+        issuing.to_str().expect("p"),
+        "-cert",
+        &t.pem,
+        "-url",
+        &url,
+        "-CAfile",
+        issuing.to_str().expect("p"),
+    ];
+    let issuing_cert = pki::pem::certificate_from_pem(&std::fs::read_to_string(&issuing).expect("pem")).expect("cert");
+    let id = pki::ocsp::IssuerHashes::new(&issuing_cert)
+        .expect("hashes")
+        .cert_id(pki::ocsp::CertIdHash::Sha1, &CertSerial::from_hex(&t.cert_serial).expect("serial"));
+    let mut warned = String::new();
+    for _ in 0..5 {
+        // Spend this second's budget, then ask.
+        for i in 0..10u32 {
+            ca.post("/ocsp", &pki::ocsp::build_request(&[id.clone()], Some(&i.to_be_bytes())).expect("request"));
+        }
+        let (_, out) = openssl(d, &verifying);
+        if out.contains("WARNING: no nonce in response") {
+            warned = out;
+            break;
+        }
+    }
+    assert!(warned.contains(&format!("{}: good", t.pem)) && !warned.contains("Nonce Verify error"), "{warned}");
+    let (_, metrics) = ca.get("/metrics");
+    let ignored = String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|l| l.strip_prefix("hsca_ocsp_nonces_ignored_total ").map(|n| n.parse::<u64>().expect("count")))
+        .expect("the counter");
+    assert!(ignored >= presigned, "{ignored}");
+}
+
 #[test]
 fn without_a_delegated_responder_the_ca_signs_ocsp_itself() {
     let tmp = tempfile::tempdir().expect("tmp");
