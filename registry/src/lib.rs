@@ -270,6 +270,53 @@ impl TerminalFilter {
     }
 }
 
+/// How many terminals there are, by state, class and manufacturer: running counts kept by every
+/// write transaction that stores a terminal, so reading them costs the number of groups, not the
+/// number of terminals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TerminalCounts {
+    /// Every terminal.
+    pub total: u64,
+    /// By life-cycle state (`TerminalState::as_str`); empty groups left out.
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    /// By class; empty groups left out.
+    pub by_class: std::collections::BTreeMap<String, u64>,
+    /// By manufacturer code; empty groups left out.
+    pub by_manufacturer: std::collections::BTreeMap<String, u64>,
+}
+
+impl TerminalCounts {
+    /// Adds one group's count as stored (`dimension` is `state`, `class` or `manufacturer`).
+    pub(crate) fn add(&mut self, dimension: &str, value: &str, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let map = match dimension {
+            store::dimension::STATE => {
+                self.total += n;
+                &mut self.by_state
+            }
+            store::dimension::CLASS => &mut self.by_class,
+            store::dimension::MANUFACTURER => &mut self.by_manufacturer,
+            other => return Err(RegistryError::Corrupt(format!("unknown terminal count dimension {other}"))),
+        };
+        *map.entry(value.to_owned()).or_default() += n;
+        Ok(())
+    }
+
+    /// The counts of `terminals`, by going through every one (what the running counts must equal).
+    pub fn of<'a>(terminals: impl IntoIterator<Item = &'a TerminalRecord>) -> Self {
+        let mut c = Self::default();
+        for t in terminals {
+            c.total += 1;
+            *c.by_state.entry(t.state.as_str().to_owned()).or_default() += 1;
+            *c.by_class.entry(t.class.clone()).or_default() += 1;
+            *c.by_manufacturer.entry(t.manufacturer.clone()).or_default() += 1;
+        }
+        c
+    }
+}
+
 /// The registry: the rules of this crate over one storage backend (see `store.rs`).
 pub struct Registry {
     backend: Backend,
@@ -400,6 +447,12 @@ impl Registry {
             return Ok((out, next));
         }
         Ok((out, None))
+    }
+
+    /// Terminals by state, class and manufacturer, from the running counts (one read of a few
+    /// rows, whatever the fleet's size).
+    pub fn terminal_counts(&self) -> Result<TerminalCounts> {
+        self.read(|s| s.terminal_counts())
     }
 
     // ---- certificates -----------------------------------------------------------------------

@@ -26,6 +26,16 @@ pub(crate) mod counter {
     pub const ORDINAL_HIGH_WATER: &str = "ordinal_high_water";
 }
 
+/// The dimensions terminals are counted by (`TerminalCounts`) and indexed by for filtered lists.
+pub(crate) mod dimension {
+    /// `TerminalState::as_str`.
+    pub const STATE: &str = "state";
+    /// Class I, II or III.
+    pub const CLASS: &str = "class";
+    /// Manufacturer code.
+    pub const MANUFACTURER: &str = "manufacturer";
+}
+
 /// Reads, inside a read snapshot or a write transaction.
 pub(crate) trait StoreRead {
     fn terminal(&mut self, serial: &str) -> Result<Option<TerminalRecord>>;
@@ -37,6 +47,8 @@ pub(crate) trait StoreRead {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<TerminalRecord>>;
+    /// The running counts of terminals (kept by `insert_terminal`/`update_terminal`).
+    fn terminal_counts(&mut self) -> Result<crate::TerminalCounts>;
     /// Terminals a bulk filter covers that have an active certificate.
     fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>>;
     fn cert(&mut self, serial: &str) -> Result<Option<CertRecord>>;
@@ -71,7 +83,8 @@ pub(crate) trait StoreRead {
 
 /// Writes, inside one transaction that commits (durably) or writes nothing.
 pub(crate) trait StoreWrite: StoreRead {
-    /// `TerminalExists` when the serial is taken.
+    /// `TerminalExists` when the serial is taken. This and `update_terminal` keep the running
+    /// counts and the filter indexes in the same transaction.
     fn insert_terminal(&mut self, t: &TerminalRecord) -> Result<()>;
     /// Stores `t`, inserting it when new (a terminal registered by its first issue).
     fn update_terminal(&mut self, t: &TerminalRecord) -> Result<()>;

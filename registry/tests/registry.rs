@@ -291,6 +291,216 @@ fn paging_and_filters(kind: Kind) {
     assert!(reg.list_terminals(&issued, None, 100).expect("none").0.is_empty());
 }
 
+/// Every page of `filter`, `size` at a time.
+fn all_pages(reg: &Registry, filter: &TerminalFilter, size: usize) -> Vec<TerminalRecord> {
+    let (mut out, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let (page, next) = reg.list_terminals(filter, after.as_deref(), size).expect("page");
+        out.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+/// The running counts equal a full scan, and every filter combination (through the indexes)
+/// lists exactly what a scan admits, in serial order, across pages.
+fn assert_counts_and_filters_match_a_scan(reg: &Registry) {
+    let everything = all_pages(reg, &TerminalFilter::default(), 1000);
+    assert_eq!(reg.terminal_counts().expect("counts"), TerminalCounts::of(&everything));
+    let states = [
+        None,
+        Some(TerminalState::Registered),
+        Some(TerminalState::Issued),
+        Some(TerminalState::Provisioned),
+        Some(TerminalState::Active),
+        Some(TerminalState::Revoked),
+    ];
+    let classes = [None, Some("I"), Some("II"), Some("III")];
+    let makers = [None, Some("HSTA"), Some("HSTB"), Some("HSTM"), Some("NONE")];
+    let lots = [None, Some("L0"), Some("L1"), Some("L2")];
+    for state in states {
+        for class in classes {
+            for maker in makers {
+                for lot in lots {
+                    let filter = TerminalFilter {
+                        state,
+                        class: class.map(Into::into),
+                        manufacturer: maker.map(Into::into),
+                        lot: lot.map(Into::into),
+                    };
+                    let expected: Vec<&TerminalRecord> = everything
+                        .iter()
+                        .filter(|t| {
+                            state.is_none_or(|s| s == t.state)
+                                && class.is_none_or(|c| c == t.class)
+                                && maker.is_none_or(|m| m == t.manufacturer)
+                                && lot.is_none_or(|l| t.lot.as_deref() == Some(l))
+                        })
+                        .collect();
+                    let listed = all_pages(reg, &filter, 2);
+                    assert_eq!(listed.iter().collect::<Vec<_>>(), expected, "{filter:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A fleet of 30 terminals over three makers, three classes and three lots (one without a lot),
+/// taken through register, issue (registering on the fly), provisioning, activation, a refused
+/// write, a single and a bulk revocation; counts and filtered pages checked after each step.
+fn running_counts_and_filter_indexes_match_a_full_scan(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let makers = ["HSTM", "HSTA", "HSTB"];
+    let serial = |i: usize| format!("{}01{:010}", makers[i % 3], i);
+    let shape = |i: usize, t: &mut TerminalRecord| {
+        t.class = ["I", "II", "III"][i % 3 / 2 + i % 2].into();
+        t.lot = [Some("L0".to_owned()), Some("L1".to_owned()), None][i % 4 % 3].clone();
+    };
+    for i in 0..12 {
+        let mut t = terminal(&serial(i));
+        shape(i, &mut t);
+        reg.register_terminal(&t, &ev("register", &t.serial)).expect("register");
+    }
+    assert_counts_and_filters_match_a_scan(&reg);
+    // Refused writes change nothing.
+    let t = terminal(&serial(0));
+    assert_eq!(reg.register_terminal(&t, &ev("register", &t.serial)), Err(RegistryError::TerminalExists(serial(0))));
+    for i in 6..30 {
+        let mut issue = issue(&format!("r{i}"), &serial(i), &format!("C{i:03}"), &format!("k{i}"));
+        shape(i, &mut issue.terminal);
+        reg.record_terminal_issue(&issue, &ev("issue", &serial(i))).expect("issue");
+    }
+    assert_counts_and_filters_match_a_scan(&reg);
+    let prov = Provisioning { station: "station-1".into(), duration_ms: 1, firmware: "1".into(), at_ms: 4 };
+    for i in 10..24 {
+        reg.confirm_provisioning(&serial(i), &format!("C{i:03}"), &prov, &ev("confirm", &serial(i))).expect("confirm");
+    }
+    for i in 14..20 {
+        let a = ActivationRecord {
+            terminal: serial(i),
+            operator: "op".into(),
+            institution: "H".into(),
+            latitude: 31.2,
+            longitude: 121.5,
+            at_ms: 5,
+        };
+        reg.activate(&a, &ev("activate", &serial(i))).expect("activate");
+    }
+    for i in [8, 12, 16] {
+        reg.revoke(&format!("C{i:03}"), RevocationReason::KeyCompromise, 9, None, &ev("revoke", "c")).expect("revoke");
+    }
+    assert_counts_and_filters_match_a_scan(&reg);
+    add_admin(&reg, "admin-1", "init");
+    add_admin(&reg, "admin-2", "init");
+    let filter = BulkFilter { lot: Some("L1".into()), ..Default::default() };
+    let bulk = Approval {
+        id: "bulk-1".into(),
+        requested_by: "admin-1".into(),
+        created_ms: 10,
+        request: ApprovalRequest::BulkRevocation {
+            matched: reg.bulk_matches(&filter).expect("matches").len() as u64,
+            filter,
+            reason: RevocationReason::Superseded,
+            invalidity_ms: None,
+        },
+        state: ApprovalState::Pending,
+    };
+    reg.request_approval(&bulk, &ev("bulk", "L1")).expect("request");
+    let done = reg.decide_approval("bulk-1", "admin-2", Decision::Approve, 11, &ev("approve", "bulk-1")).expect("ok");
+    assert!(matches!(&done.state, ApprovalState::Approved { revoked, .. } if !revoked.is_empty()));
+    let counts = reg.terminal_counts().expect("counts");
+    assert_eq!((counts.total, counts.by_manufacturer.values().sum::<u64>()), (30, 30));
+    assert_counts_and_filters_match_a_scan(&reg);
+}
+
+/// Terminals of every state, class, maker and lot, as an older build stored them.
+fn older_fleet() -> Vec<TerminalRecord> {
+    let states = [TerminalState::Registered, TerminalState::Issued, TerminalState::Active, TerminalState::Revoked];
+    (0..23)
+        .map(|i| {
+            let mut t = terminal(&format!("{}01{:010}", ["HSTM", "HSTA", "HSTB"][i % 3], i));
+            t.state = states[i % 4];
+            t.class = ["I", "II", "III"][i % 3 / 2 + i % 2].into();
+            t.lot = [Some("L0".to_owned()), Some("L2".to_owned()), None][i % 5 % 3].clone();
+            t
+        })
+        .collect()
+}
+
+/// A redb registry written before the counts and filter indexes existed gets them on open.
+#[test]
+fn an_older_redb_registry_gets_its_counts_and_indexes_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("old.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("txn");
+        {
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("terminals");
+            let mut table = txn.open_table(def).expect("terminals");
+            for t in older_fleet() {
+                table.insert(t.serial.as_str(), serde_json::to_vec(&t).expect("json").as_slice()).expect("put");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let reg = Registry::open(&path).expect("open");
+    assert_eq!(reg.terminal_counts().expect("counts").total, 23);
+    assert_counts_and_filters_match_a_scan(&reg);
+    drop(reg);
+    // Built once; the counts then follow writes, across a reopen.
+    let reg = Registry::open(&path).expect("reopen");
+    let t = terminal("HSTC010000000099");
+    reg.register_terminal(&t, &ev("register", &t.serial)).expect("register");
+    assert_eq!(reg.terminal_counts().expect("counts").by_manufacturer.get("HSTC"), Some(&1));
+    assert_counts_and_filters_match_a_scan(&reg);
+}
+
+/// A PostgreSQL registry at schema version 1 gets its counts computed by the migration to 2.
+#[test]
+fn an_older_postgres_registry_gets_its_counts_from_the_migration() {
+    let pg = registry::testing::PgServer::start().expect("PostgreSQL test server");
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .expect("migrations table");
+    c.batch_execute(include_str!("../migrations/postgres/0001_initial.sql")).expect("version 1");
+    c.execute("INSERT INTO schema_migrations (version) VALUES (1)", &[]).expect("v1");
+    for t in older_fleet() {
+        c.execute(
+            "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, record) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&t.serial, &t.class, &t.manufacturer, &t.model, &t.lot, &t.state.as_str(), &serde_json::to_vec(&t).expect("json")],
+        )
+        .expect("old row");
+    }
+    let applied = Registry::migrate_postgres(&pg.url()).expect("migrate");
+    assert_eq!(applied.first(), Some(&2));
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    assert_eq!(reg.terminal_counts().expect("counts").total, 23);
+    assert_counts_and_filters_match_a_scan(&reg);
+    // From then on the trigger keeps them, whoever writes: a raw state change is counted too.
+    c.execute("UPDATE terminals SET state = 'revoked' WHERE serial = 'HSTM010000000000'", &[]).expect("raw");
+    c.execute("DELETE FROM terminals WHERE serial = 'HSTA010000000001'", &[]).expect("raw delete");
+    let mut by_columns = TerminalCounts::default();
+    for (dimension, column) in [("state", "state"), ("class", "class"), ("manufacturer", "manufacturer")] {
+        let sql = format!("SELECT {column}, count(*) FROM terminals GROUP BY {column}");
+        for row in c.query(&sql, &[]).expect("group") {
+            let n: i64 = row.get(1);
+            let map = match dimension {
+                "state" => &mut by_columns.by_state,
+                "class" => &mut by_columns.by_class,
+                _ => &mut by_columns.by_manufacturer,
+            };
+            map.insert(row.get(0), n as u64);
+        }
+    }
+    by_columns.total = 22;
+    assert_eq!(reg.terminal_counts().expect("counts"), by_columns);
+}
+
 #[test]
 fn state_survives_reopen_and_backup_restores_under_load() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -529,4 +739,5 @@ on_both_backends!(
     holds_become_final_compromised_keys_stay_out_and_revoked_replays_are_refused,
     a_released_certificate_superseded_later_is_listed_once,
     retries_racing_their_first_call_all_get_its_certificate,
+    running_counts_and_filter_indexes_match_a_full_scan,
 );

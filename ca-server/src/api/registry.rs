@@ -98,28 +98,17 @@ impl Ca {
         })
     }
 
-    /// `CountTerminals`: one pass over the registry in a few large pages (read-only, not audited,
-    /// like the other reads).
+    /// `CountTerminals`: the registry's running counts (a few rows, whatever the fleet's size;
+    /// read-only, not audited, like the other reads).
     pub fn count_terminals(&self, req: Incoming<v1::CountTerminalsRequest>) -> Result<v1::TerminalCounts, Status> {
         self.authenticate(&req, "/hsca.v1.Registry/CountTerminals")?;
-        let mut counts = v1::TerminalCounts::default();
-        let mut after: Option<String> = None;
-        loop {
-            let (page, next) = self
-                .registry
-                .list_terminals(&registry::TerminalFilter::default(), after.as_deref(), 10_000)
-                .map_err(|e| registry_status(&e))?;
-            for t in &page {
-                counts.total += 1;
-                *counts.by_state.entry(t.state.as_str().to_owned()).or_default() += 1;
-                *counts.by_class.entry(t.class.clone()).or_default() += 1;
-                *counts.by_manufacturer.entry(t.manufacturer.clone()).or_default() += 1;
-            }
-            match next {
-                Some(n) => after = Some(n),
-                None => return Ok(counts),
-            }
-        }
+        let c = self.registry.terminal_counts().map_err(|e| registry_status(&e))?;
+        Ok(v1::TerminalCounts {
+            total: c.total,
+            by_state: c.by_state.into_iter().collect(),
+            by_class: c.by_class.into_iter().collect(),
+            by_manufacturer: c.by_manufacturer.into_iter().collect(),
+        })
     }
 
     /// `ActivateTerminal`.

@@ -29,10 +29,13 @@ use crate::{
 };
 
 /// The schema versions this build knows, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../../migrations/postgres/0002_terminal_counts.sql")),
+];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Advisory lock keys (one namespace for this application).
 const AUDIT_LOCK: i64 = 0x4853_4341_0001;
@@ -545,6 +548,23 @@ impl PgTx<'_, '_> {
         Ok(st)
     }
 
+    /// A statement built at run time from a few fixed shapes, cached like the `'static` ones: each
+    /// shape's text is interned once per process (there are 32), so nothing grows.
+    fn statement_owned(&mut self, sql: String) -> Result<Statement> {
+        static SHAPES: std::sync::OnceLock<Mutex<std::collections::HashSet<&'static str>>> = std::sync::OnceLock::new();
+        let mut shapes = SHAPES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        let sql: &'static str = match shapes.get(sql.as_str()) {
+            Some(s) => s,
+            None => {
+                let s: &'static str = Box::leak(sql.into_boxed_str());
+                shapes.insert(s);
+                s
+            }
+        };
+        drop(shapes);
+        self.statement(sql)
+    }
+
     fn query_c(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let st = self.statement(sql)?;
         Ok(self.0.query(&st, params)?)
@@ -587,16 +607,38 @@ impl StoreRead for PgTx<'_, '_> {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<TerminalRecord>> {
+        // Only the conditions that are set: `$n IS NULL OR …` would keep the planner off the
+        // indexes in a generic plan. The statement is one of 32 shapes, each cached.
         let state = filter.state.map(|s| s.as_str());
-        let rows = self.query_c(
-            "SELECT record FROM terminals
-             WHERE ($1::text IS NULL OR serial > $1) AND ($2::text IS NULL OR state = $2)
-               AND ($3::text IS NULL OR class = $3) AND ($4::text IS NULL OR manufacturer = $4)
-               AND ($5::text IS NULL OR lot = $5)
-             ORDER BY serial LIMIT $6",
-            &[&after, &state, &filter.class, &filter.manufacturer, &filter.lot, &u(limit as u64 + 1)],
-        )?;
+        let limit = u(limit as u64 + 1);
+        let conditions: Vec<(&str, &str)> = [
+            ("serial >", after),
+            ("state =", state),
+            ("class =", filter.class.as_deref()),
+            ("manufacturer =", filter.manufacturer.as_deref()),
+            ("lot =", filter.lot.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(column, value)| value.map(|v| (column, v)))
+        .collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+        let mut sql = String::from("SELECT record FROM terminals WHERE true");
+        for (column, value) in &conditions {
+            params.push(value);
+            sql.push_str(&format!(" AND {column} ${}", params.len()));
+        }
+        sql.push_str(" ORDER BY serial LIMIT $1");
+        let st = self.statement_owned(sql)?;
+        let rows = self.0.query(&st, &params)?;
         rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    fn terminal_counts(&mut self) -> Result<crate::TerminalCounts> {
+        let mut counts = crate::TerminalCounts::default();
+        for r in self.query_c("SELECT dimension, value, n FROM terminal_counts WHERE n > 0", &[])? {
+            counts.add(r.get(0), r.get(1), from_i(r.get(2)))?;
+        }
+        Ok(counts)
     }
 
     fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {

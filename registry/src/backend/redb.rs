@@ -36,6 +36,140 @@ const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals"
 
 const REVOKED_INDEXED: &str = "revoked_indexed";
 
+// Filter indexes: (value, terminal serial) → (), so a filtered page walks only matching serials,
+// in serial order; several filters are intersected by leapfrogging (`list_filtered`).
+const TERMINALS_BY_STATE: TableDefinition<(&str, &str), ()> = TableDefinition::new("terminals_by_state");
+const TERMINALS_BY_CLASS: TableDefinition<(&str, &str), ()> = TableDefinition::new("terminals_by_class");
+const TERMINALS_BY_MANUFACTURER: TableDefinition<(&str, &str), ()> = TableDefinition::new("terminals_by_manufacturer");
+const TERMINALS_BY_LOT: TableDefinition<(&str, &str), ()> = TableDefinition::new("terminals_by_lot");
+/// Running counts: (dimension, value) → terminals; a group that falls to 0 is removed.
+const TERMINAL_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("terminal_counts");
+/// Set once the indexes and counts above were built from `terminals` (older registries lack them).
+const TERMINALS_INDEXED: &str = "terminals_indexed";
+
+type Index = TableDefinition<'static, (&'static str, &'static str), ()>;
+
+/// A terminal's entries in each filter index, and the count dimension each feeds (lot: none).
+fn index_entries(t: &TerminalRecord) -> [(Index, Option<&str>, Option<&'static str>); 4] {
+    use crate::store::dimension;
+    [
+        (TERMINALS_BY_STATE, Some(t.state.as_str()), Some(dimension::STATE)),
+        (TERMINALS_BY_CLASS, Some(t.class.as_str()), Some(dimension::CLASS)),
+        (TERMINALS_BY_MANUFACTURER, Some(t.manufacturer.as_str()), Some(dimension::MANUFACTURER)),
+        (TERMINALS_BY_LOT, t.lot.as_deref(), None),
+    ]
+}
+
+/// Moves `serial`'s index entries and counts from `old` to `new` (either absent), inside the
+/// transaction that stores the record.
+fn reindex_terminal(txn: &WriteTransaction, old: Option<&TerminalRecord>, new: &TerminalRecord) -> Result<()> {
+    let serial = new.serial.as_str();
+    let before = old.map(index_entries);
+    let mut counts = txn.open_table(TERMINAL_COUNTS)?;
+    for (i, (table, value, counted)) in index_entries(new).into_iter().enumerate() {
+        let was = before.as_ref().and_then(|b| b[i].1);
+        if old.is_some() && was == value {
+            continue;
+        }
+        let mut index = txn.open_table(table)?;
+        if let Some(was) = was {
+            index.remove((was, serial))?;
+            if let Some(dim) = counted {
+                let n = counts.get((dim, was))?.map_or(0, |v| v.value());
+                if n <= 1 {
+                    counts.remove((dim, was))?;
+                } else {
+                    counts.insert((dim, was), n - 1)?;
+                }
+            }
+        }
+        if let Some(value) = value {
+            index.insert((value, serial), ())?;
+            if let Some(dim) = counted {
+                let n = counts.get((dim, value))?.map_or(0, |v| v.value());
+                counts.insert((dim, value), n + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Registries made before the filter indexes and running counts existed get them built from
+/// `terminals`, once (a few seconds per million terminals).
+fn index_terminals_once(txn: &WriteTransaction) -> Result<()> {
+    if txn.open_table(META)?.get(TERMINALS_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    for table in [TERMINALS_BY_STATE, TERMINALS_BY_CLASS, TERMINALS_BY_MANUFACTURER, TERMINALS_BY_LOT] {
+        txn.open_table(table)?.retain(|_, _| false)?;
+    }
+    txn.open_table(TERMINAL_COUNTS)?.retain(|_, _| false)?;
+    let terminals = txn.open_table(TERMINALS)?;
+    for item in terminals.iter()? {
+        let t: TerminalRecord = from_json(item?.1.value())?;
+        reindex_terminal(txn, None, &t)?;
+    }
+    txn.open_table(META)?.insert(TERMINALS_INDEXED, 1)?;
+    Ok(())
+}
+
+/// The first serial at or after (`inclusive`) or after `from` in `value`'s part of an index.
+fn seek(
+    index: &impl ReadableTable<(&'static str, &'static str), ()>,
+    value: &str,
+    from: &str,
+    inclusive: bool,
+) -> Result<Option<String>> {
+    use std::ops::Bound;
+    let lower = if inclusive { Bound::Included((value, from)) } else { Bound::Excluded((value, from)) };
+    let Some(item) = index.range::<(&str, &str)>((lower, Bound::Unbounded))?.next() else { return Ok(None) };
+    let key = item?.0;
+    let (v, serial) = key.value();
+    Ok((v == value).then(|| serial.to_owned()))
+}
+
+/// The terminals in every one of `indexes` (table, value), in serial order after `after`, at most
+/// `limit + 1`: leapfrogging — each index seeks to the largest serial another proposed, until
+/// all agree — so a page costs seeks near its matches, not a scan of everything before them.
+fn list_filtered<T, I>(
+    terminals: &T,
+    indexes: &[(I, &str)],
+    filter: &TerminalFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<TerminalRecord>>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+    I: ReadableTable<(&'static str, &'static str), ()>,
+{
+    let mut out = Vec::new();
+    let n = indexes.len();
+    let Some((first, first_value)) = indexes.first() else { return Ok(out) };
+    let (mut from, mut inclusive) = (after.unwrap_or("").to_owned(), after.is_none());
+    'page: while out.len() <= limit {
+        let Some(mut candidate) = seek(first, first_value, &from, inclusive)? else { break };
+        let (mut agreed, mut i) = (1, 1 % n);
+        while agreed < n {
+            let (index, value) = &indexes[i];
+            match seek(index, value, &candidate, true)? {
+                None => break 'page,
+                Some(s) if s == candidate => agreed += 1,
+                Some(s) => (candidate, agreed) = (s, 1),
+            }
+            i = (i + 1) % n;
+        }
+        let record = terminals
+            .get(candidate.as_str())?
+            .ok_or_else(|| RegistryError::Corrupt(format!("index names unknown terminal {candidate}")))?;
+        let t: TerminalRecord = from_json(record.value())?;
+        if filter.admits(&t) {
+            out.push(t);
+        }
+        (from, inclusive) = (candidate, false);
+    }
+    Ok(out)
+}
+
 storage_from!(
     redb::Error,
     redb::DatabaseError,
@@ -119,7 +253,13 @@ impl RedbStore {
             txn.open_table(META)?;
             txn.open_table(APPROVALS)?;
             txn.open_table(COMPROMISED_KEYS)?;
+            txn.open_table(TERMINALS_BY_STATE)?;
+            txn.open_table(TERMINALS_BY_CLASS)?;
+            txn.open_table(TERMINALS_BY_MANUFACTURER)?;
+            txn.open_table(TERMINALS_BY_LOT)?;
+            txn.open_table(TERMINAL_COUNTS)?;
             index_revoked_once(&txn)?;
+            index_terminals_once(&txn)?;
             tag_kinds(&txn)?;
         }
         txn.commit()?;
@@ -183,6 +323,11 @@ impl RedbStore {
         copy_table(&snapshot, &txn, META)?;
         copy_table(&snapshot, &txn, APPROVALS)?;
         copy_table(&snapshot, &txn, COMPROMISED_KEYS)?;
+        copy_table(&snapshot, &txn, TERMINALS_BY_STATE)?;
+        copy_table(&snapshot, &txn, TERMINALS_BY_CLASS)?;
+        copy_table(&snapshot, &txn, TERMINALS_BY_MANUFACTURER)?;
+        copy_table(&snapshot, &txn, TERMINALS_BY_LOT)?;
+        copy_table(&snapshot, &txn, TERMINAL_COUNTS)?;
         txn.commit()?;
         Ok(())
     }
@@ -385,6 +530,21 @@ macro_rules! redb_reads {
                 limit: usize,
             ) -> Result<Vec<TerminalRecord>> {
                 let table = self.0.open_table(TERMINALS)?;
+                let mut indexes = Vec::new();
+                let state = filter.state.map(|s| s.as_str());
+                for (index, value) in [
+                    (TERMINALS_BY_STATE, state),
+                    (TERMINALS_BY_CLASS, filter.class.as_deref()),
+                    (TERMINALS_BY_MANUFACTURER, filter.manufacturer.as_deref()),
+                    (TERMINALS_BY_LOT, filter.lot.as_deref()),
+                ] {
+                    if let Some(value) = value {
+                        indexes.push((self.0.open_table(index)?, value));
+                    }
+                }
+                if !indexes.is_empty() {
+                    return list_filtered(&table, &indexes, filter, after, limit);
+                }
                 let range = match after {
                     Some(a) => table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
                     None => table.range::<&str>(..)?,
@@ -400,6 +560,16 @@ macro_rules! redb_reads {
                     }
                 }
                 Ok(out)
+            }
+
+            fn terminal_counts(&mut self) -> Result<crate::TerminalCounts> {
+                let mut counts = crate::TerminalCounts::default();
+                for item in self.0.open_table(TERMINAL_COUNTS)?.iter()? {
+                    let (k, v) = item?;
+                    let (dimension, value) = k.value();
+                    counts.add(dimension, value, v.value())?;
+                }
+                Ok(counts)
             }
 
             fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {
@@ -519,12 +689,16 @@ impl StoreWrite for RedbWrite<'_> {
             return Err(RegistryError::TerminalExists(t.serial.clone()));
         }
         table.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
-        Ok(())
+        reindex_terminal(self.0, None, t)
     }
 
     fn update_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
-        self.0.open_table(TERMINALS)?.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
-        Ok(())
+        let old = {
+            let mut table = self.0.open_table(TERMINALS)?;
+            let old = table.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
+            old.map(|v| from_json::<TerminalRecord>(v.value())).transpose()?
+        };
+        reindex_terminal(self.0, old.as_ref(), t)
     }
 
     fn insert_cert(&mut self, rec: &CertRecord, der: &[u8]) -> Result<()> {
