@@ -31,6 +31,8 @@ pub enum CaError {
 /// A connected client acting as the monitor principal.
 pub struct Ca {
     client: Client,
+    /// The full CRL's URL, from the monitor certificate's CRL distribution point.
+    pub crl_url: Option<String>,
 }
 
 /// What the CA says of a certificate.
@@ -72,7 +74,11 @@ impl Ca {
         let signer_id = SignerId::default();
         pki::validate_chain(&issuing, &[], &root, SystemTime::now(), &signer_id)
             .map_err(|e| CaError::Chain(e.to_string()))?;
-        Ok((Self { client }, Trust { issuing, root, signer_id }))
+        // Principal certificates name the full CRL (terminals may name a partition of it).
+        let crl_url = Certificate::from_der(&identity.certificate_der()?)
+            .ok()
+            .and_then(|c| pki::cert::status_urls(&c).crl.first().map(|u| pki::cert::full_crl_url(u)));
+        Ok((Self { client, crl_url }, Trust { issuing, root, signer_id }))
     }
 
     /// What the CA says of certificate `serial`.

@@ -86,13 +86,25 @@ pub struct CaSection {
     /// --role monitor`): CA URL, TLS CA, pinned root, certificate, encrypted key, passphrase file.
     pub identity: PathBuf,
     /// How long what the CA said of a terminal certificate (good, revoked) is trusted before it
-    /// is asked again, seconds.
+    /// is asked again, seconds (only without a fresh CRL: see `crl_url`).
     #[serde(default = "default_status_ttl")]
     pub status_ttl_seconds: u64,
+    /// The CA's full CRL (`http://…/crl/issuing.crl`), the source of revocation status for all
+    /// terminals at once; default: the CRL distribution point of the monitor's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_url: Option<String>,
+    /// How often the CRL is fetched again, seconds: a revocation made by someone else than this
+    /// service is seen within this long (its own holds and revocations count at once).
+    #[serde(default = "default_crl_refresh")]
+    pub crl_refresh_seconds: u64,
 }
 
 fn default_status_ttl() -> u64 {
     300
+}
+
+fn default_crl_refresh() -> u64 {
+    30
 }
 
 /// A configuration and the directory its paths start from.
@@ -165,7 +177,12 @@ pub fn init(dir: &Path, identity: &Path, grpc: &str, http: &str) -> Result<Made>
         },
         store: StoreSection { path: "fleet.redb".into() },
         policy: PolicySection { file: "policies/fleet.toml".into() },
-        ca: CaSection { identity, status_ttl_seconds: default_status_ttl() },
+        ca: CaSection {
+            identity,
+            status_ttl_seconds: default_status_ttl(),
+            crl_url: None,
+            crl_refresh_seconds: default_crl_refresh(),
+        },
         webhook: None,
     };
     std::fs::write(&config, toml::to_string_pretty(&c)?)?;

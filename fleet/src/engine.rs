@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use tokio::sync::oneshot;
@@ -50,6 +51,8 @@ pub struct Engine {
     jobs: Sender<Job>,
     /// The store, for reads (MVCC: reads never wait for the engine).
     pub store: Arc<Store>,
+    /// When the service last failed to answer a heartbeat itself (unix ms).
+    impaired_ms: Arc<AtomicU64>,
 }
 
 /// Why a job failed.
@@ -76,12 +79,21 @@ impl Engine {
         let states: HashMap<String, TerminalState> =
             store.states()?.into_iter().map(|s| (s.certificate_serial.clone(), s)).collect();
         let (jobs, rx) = channel();
-        let worker = Worker { store: store.clone(), policy, metrics, states, started_ms };
+        let impaired_ms = Arc::new(AtomicU64::new(0));
+        let worker =
+            Worker { store: store.clone(), policy, metrics, states, started_ms, impaired_ms: impaired_ms.clone() };
         std::thread::Builder::new()
             .name("fleet-rules".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| StoreError::Db(e.to_string()))?;
-        Ok(Self { jobs, store })
+        Ok(Self { jobs, store, impaired_ms })
+    }
+
+    /// The service itself failed to answer a heartbeat at `at_ms` (overloaded, the CA or the
+    /// store unavailable, the caller gave up waiting): the silent rule counts from then at the
+    /// latest, since a terminal the service could not hear is not silent.
+    pub fn service_failed(&self, at_ms: u64) {
+        self.impaired_ms.fetch_max(at_ms, Ordering::Relaxed);
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, EngineError> {
@@ -133,6 +145,7 @@ struct Worker {
     metrics: Arc<Metrics>,
     states: HashMap<String, TerminalState>,
     started_ms: u64,
+    impaired_ms: Arc<AtomicU64>,
 }
 
 /// A reply waiting for its batch's commit.
@@ -280,8 +293,9 @@ impl Worker {
 
     fn sweep(&mut self, b: &mut crate::store::Batch, now: u64) -> Result<Vec<Raised>, StoreError> {
         let mut found = Vec::new();
+        let heard_from = self.started_ms.max(self.impaired_ms.load(Ordering::Relaxed));
         for s in self.states.values_mut() {
-            if let Some(f) = silent(&self.policy, s, now, self.started_ms) {
+            if let Some(f) = silent(&self.policy, s, now, heard_from) {
                 b.put_state(s)?;
                 found.push(f);
             }
@@ -307,6 +321,7 @@ mod tests {
             counter,
             time_ms: now_ms(),
             position: Some((39.9, 116.4, "gnss".into())),
+            class: "II".into(),
             firmware_sm3: String::new(),
             tamper: false,
             uptime_s: counter,
@@ -378,5 +393,29 @@ mod tests {
         assert_eq!(raised.len(), 200);
         assert!(raised.iter().all(|r| r.new && r.alert.rule == "silent"));
         assert!(e.sweep(later + 1).await.expect("sweep").is_empty(), "once");
+    }
+
+    #[tokio::test]
+    async fn intervals_the_service_failed_in_are_not_silence() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let e = start(&dir.path().join("fleet.redb"));
+        for t in 0..3u64 {
+            let mut b = hb(1, "10.0.0.1");
+            b.certificate_serial = format!("{t:X}");
+            e.heartbeat(b).await.expect("beat");
+        }
+        let policy = FleetPolicy::shipped().expect("policy");
+        let limit = policy.interval.as_millis() as u64 * u64::from(policy.missed_intervals);
+        // The service could not answer someone a while later (overload, the CA away): every
+        // terminal's silence counts from then, so nobody is silent where it would have been.
+        let failed_at = now_ms() + limit / 2;
+        e.service_failed(failed_at);
+        e.service_failed(failed_at - 1_000);
+        assert!(e.sweep(now_ms() + limit + 5_000).await.expect("sweep").is_empty());
+        assert!(e.sweep(failed_at + limit).await.expect("sweep").is_empty());
+        // Heard from nobody for the whole limit after the failure: silent, all of them.
+        let raised = e.sweep(failed_at + limit + 1).await.expect("sweep");
+        assert_eq!(raised.len(), 3);
+        assert!(raised.iter().all(|r| r.alert.rule == "silent"));
     }
 }

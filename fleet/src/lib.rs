@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod policy;
+pub mod revocation;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -19,6 +19,12 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Alerts the webhook gave up on.
     pub webhook_failures: AtomicU64,
+    /// Heartbeats the service itself failed to answer (overload, CA or store away, deadline).
+    pub service_failures: AtomicU64,
+    /// Number of the CRL in use (0: none).
+    pub crl_number: AtomicU64,
+    /// CRLs fetched but not taken (or not fetched).
+    pub crl_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -68,6 +74,13 @@ impl Metrics {
         s.push_str(&format!("fleet_auth_failures_total {}\n", self.auth_failures.load(Ordering::Relaxed)));
         s.push_str("# TYPE fleet_webhook_failures_total counter\n");
         s.push_str(&format!("fleet_webhook_failures_total {}\n", self.webhook_failures.load(Ordering::Relaxed)));
+        s.push_str("# HELP fleet_service_failures_total Heartbeats the service failed to answer itself.\n");
+        s.push_str("# TYPE fleet_service_failures_total counter\n");
+        s.push_str(&format!("fleet_service_failures_total {}\n", self.service_failures.load(Ordering::Relaxed)));
+        s.push_str("# TYPE fleet_crl_number gauge\n");
+        s.push_str(&format!("fleet_crl_number {}\n", self.crl_number.load(Ordering::Relaxed)));
+        s.push_str("# TYPE fleet_crl_refused_total counter\n");
+        s.push_str(&format!("fleet_crl_refused_total {}\n", self.crl_refused.load(Ordering::Relaxed)));
         s
     }
 }

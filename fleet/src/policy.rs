@@ -1,5 +1,6 @@
 //! `policies/fleet.toml`: heartbeat timing, rule thresholds and the action of each rule.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -95,8 +96,10 @@ pub struct FleetPolicy {
     pub interleave_window: Duration,
     /// Relocation rule: action.
     pub relocation_action: Action,
-    /// Relocation rule: radius around the reference location.
+    /// Relocation rule: radius around the reference location, for classes not named below.
     pub radius_km: f64,
+    /// Relocation rule: radius by terminal class (`I`, `II`, `III`: the certificate's OU).
+    pub radius_km_by_class: BTreeMap<String, f64>,
     /// Relocation rule: heartbeats in a row outside the radius.
     pub sustained_heartbeats: u32,
     /// Counterfeit rule: action.
@@ -146,6 +149,8 @@ struct RawRelocation {
     action: Action,
     radius_km: f64,
     sustained_heartbeats: u32,
+    #[serde(default)]
+    radius_km_by_class: BTreeMap<String, f64>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +182,16 @@ impl FleetPolicy {
         if !(r.relocation.radius_km.is_finite() && r.relocation.radius_km > 0.0) {
             return invalid("rules.relocation.radius_km must be a positive number");
         }
+        for (class, km) in &r.relocation.radius_km_by_class {
+            if !["I", "II", "III"].contains(&class.as_str()) {
+                return invalid(&format!(
+                    "rules.relocation.radius_km_by_class: unknown class {class:?} (I, II or III)"
+                ));
+            }
+            if !(km.is_finite() && *km > 0.0) {
+                return invalid(&format!("rules.relocation.radius_km_by_class.{class} must be a positive number"));
+            }
+        }
         if r.relocation.sustained_heartbeats == 0 {
             return invalid("rules.relocation.sustained_heartbeats must be at least 1");
         }
@@ -195,6 +210,7 @@ impl FleetPolicy {
             interleave_window: Duration::from_secs(r.clone.interleave_window_seconds),
             relocation_action: r.relocation.action,
             radius_km: r.relocation.radius_km,
+            radius_km_by_class: r.relocation.radius_km_by_class,
             sustained_heartbeats: r.relocation.sustained_heartbeats,
             counterfeit_action: r.counterfeit.action,
             tamper_action: r.tamper.action,
@@ -206,6 +222,11 @@ impl FleetPolicy {
     /// The shipped policy.
     pub fn shipped() -> Result<Self, PolicyError> {
         Self::parse("policies/fleet.toml", SHIPPED)
+    }
+
+    /// The relocation radius for a terminal of `class`.
+    pub fn radius_km_for(&self, class: &str) -> f64 {
+        self.radius_km_by_class.get(class).copied().unwrap_or(self.radius_km)
     }
 
     /// The action of `rule`.
@@ -231,6 +252,9 @@ mod tests {
         assert_eq!(p.action(Rule::Tamper), Action::Revoke);
         assert_eq!(p.action(Rule::Clone), Action::Hold);
         assert_eq!(p.sustained_heartbeats, 3);
+        // Class I (fixed in a hospital) is held closest; other classes get the default.
+        assert_eq!((p.radius_km_for("I"), p.radius_km_for("III")), (1.0, 20.0));
+        assert_eq!(p.radius_km_for(""), p.radius_km);
     }
 
     #[test]
@@ -247,6 +271,8 @@ mod tests {
         assert!(bad("missed_intervals = 3", "missed_intervals = 1").contains("missed_intervals"));
         assert!(bad("action = \"hold\"", "action = \"ban\"").contains("unknown variant"));
         assert!(bad("missed_intervals = 3", "missed_intervals = 3\nextra = 1").contains("unknown field"));
+        assert!(bad("I = 1.0", "IV = 1.0").contains("unknown class"));
+        assert!(bad("I = 1.0", "I = 0.0").contains("radius_km_by_class.I"));
         let counterfeit = "[rules.counterfeit]\naction = \"alert\"";
         assert!(bad(counterfeit, "[rules.counterfeit]\naction = \"revoke\"").contains("counterfeit"));
     }

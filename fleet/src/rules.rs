@@ -51,6 +51,8 @@ pub struct Verified {
     pub time_ms: u64,
     /// Position and its source name, if reported.
     pub position: Option<(f64, f64, String)>,
+    /// Terminal class (`I`, `II`, `III`, from the certificate; empty if it names none).
+    pub class: String,
     /// Firmware digest (hex).
     pub firmware_sm3: String,
     /// Tamper switch.
@@ -204,7 +206,8 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
             None => next.reference = Some((*lat, *lon)),
             Some(reference) => {
                 let d = distance_km(reference, (*lat, *lon));
-                if d > policy.radius_km {
+                let radius_km = policy.radius_km_for(&hb.class);
+                if d > radius_km {
                     next.far_streak = prev.far_streak.saturating_add(1);
                     if next.far_streak == policy.sustained_heartbeats {
                         findings.push(Finding::about(
@@ -212,7 +215,7 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
                             hb,
                             json!({
                                 "distance_km": (d * 10.0).round() / 10.0,
-                                "radius_km": policy.radius_km,
+                                "radius_km": radius_km,
                                 "position": [lat, lon],
                                 "source": source,
                                 "reference": [reference.0, reference.1],
@@ -241,13 +244,14 @@ fn tamper_finding(hb: &Verified) -> Finding {
 }
 
 /// The silent rule for one terminal at `now_ms`: fires once when no heartbeat came for the
-/// policy's missed intervals, counting from `started_ms` at the latest (the service itself being
-/// down is not the terminals' silence). Marks the state silent when it fires.
-pub fn silent(policy: &FleetPolicy, state: &mut TerminalState, now_ms: u64, started_ms: u64) -> Option<Finding> {
+/// policy's missed intervals, counting from `heard_from_ms` at the latest: the service's start
+/// or the last time it failed to answer a heartbeat itself (the service being down or
+/// overloaded is not the terminals' silence). Marks the state silent when it fires.
+pub fn silent(policy: &FleetPolicy, state: &mut TerminalState, now_ms: u64, heard_from_ms: u64) -> Option<Finding> {
     if state.silent || state.retired {
         return None;
     }
-    let since = state.last_seen_ms.max(started_ms);
+    let since = state.last_seen_ms.max(heard_from_ms);
     let allowed = policy.interval.as_millis() as u64 * u64::from(policy.missed_intervals);
     if now_ms.saturating_sub(since) <= allowed {
         return None;
@@ -285,6 +289,7 @@ mod tests {
             counter,
             time_ms: at_ms,
             position: Some((HOME.0, HOME.1, "gnss".into())),
+            class: "II".into(),
             firmware_sm3: "00".into(),
             tamper: false,
             uptime_s: at_ms / 1000,
@@ -391,7 +396,21 @@ mod tests {
         // Within the radius (1 km away) is home.
         let mut near = hb(2, 2000, "a");
         near.position = Some((HOME.0 + 0.009, HOME.1, "base_station".into()));
-        assert!(run(&p, &[hb(1, 1000, "a"), near]).1.is_empty());
+        assert!(run(&p, &[hb(1, 1000, "a"), near.clone()]).1.is_empty());
+        // A class I terminal (1 km radius) 2 km away has moved; class III (20 km) 10 km away not.
+        let class = |c: &str, n: u64, dlat: f64| {
+            let mut b = hb(n, n * 1000, "a");
+            b.class = c.into();
+            b.position = Some((HOME.0 + dlat, HOME.1, "gnss".into()));
+            b
+        };
+        let two_km = 0.018;
+        let beats: Vec<Verified> = (2..=4).map(|n| class("I", n, two_km)).collect();
+        let (_, findings, _) = run(&p, &[&[class("I", 1, 0.0)][..], &beats].concat());
+        assert_eq!(findings.len(), 1, "class I");
+        assert_eq!(findings[0].evidence["radius_km"], 1.0);
+        let beats: Vec<Verified> = (2..=4).map(|n| class("III", n, 5.0 * two_km)).collect();
+        assert!(run(&p, &[&[class("III", 1, 0.0)][..], &beats].concat()).1.is_empty(), "class III");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::config::Loaded;
 use crate::engine::{Engine, Raised, now_ms};
 use crate::metrics::Metrics;
 use crate::policy::{Action, FleetPolicy, Rule};
+use crate::revocation::{CrlRefusal, Fetched, Revocations, Standing};
 use crate::rules::{Finding, Verdict, Verified};
 use crate::store::{AlertRecord, CertInfo, Store};
 use crate::verify::{KeyCache, Refusal, Trust, certificate_names, check, source_name};
@@ -37,7 +38,11 @@ pub struct Fleet {
     pub policy: FleetPolicy,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// What the CA said of terminal certificates (also stored).
+    /// Revocation status of all certificates: the CA's CRL and our own holds and revocations.
+    pub revocations: Revocations,
+    crl_url: Option<String>,
+    crl_refresh: Duration,
+    /// What the CA said of terminal certificates when asked one by one (no fresh CRL).
     certs: Mutex<HashMap<String, CertInfo>>,
     status_ttl_ms: u64,
     /// Callers of the alerts API: certificate serial → (name, role, until ms).
@@ -66,7 +71,16 @@ impl Fleet {
         let started_ms = now_ms();
         let engine = Engine::start(store, policy.clone(), metrics.clone(), started_ms)?;
         let (ca, trust) = Ca::connect(&cfg.path(&c.ca.identity)).await.context("connecting to the CA")?;
+        let issuer = pki::IssuerInfo::from_certificate(&trust.issuing, trust.signer_id.clone())
+            .context("reading the issuing CA certificate")?;
+        let crl_url = c.ca.crl_url.clone().or_else(|| ca.crl_url.clone());
+        if crl_url.is_none() {
+            tracing::warn!("no CRL URL: every certificate's status is asked of the CA");
+        }
         Ok(Arc::new(Self {
+            revocations: Revocations::new(issuer),
+            crl_url,
+            crl_refresh: Duration::from_secs(c.ca.crl_refresh_seconds.max(1)),
             trust,
             keys: KeyCache::default(),
             engine,
@@ -110,6 +124,7 @@ impl Fleet {
             counter: b.counter,
             time_ms: b.time_ms,
             position: b.position.as_ref().map(|p| (p.lat, p.lon, source_name(p.source))),
+            class: checked.class.clone(),
             firmware_sm3: hex::encode(&b.firmware_sm3),
             tamper: b.tamper,
             uptime_s: b.uptime_s,
@@ -191,9 +206,20 @@ impl Fleet {
         refusal_status(&r)
     }
 
-    /// Whether the CA issued this terminal certificate and has not revoked it: remembered for
-    /// the status TTL; when the CA cannot be reached, the last answer stands.
+    /// Whether this terminal certificate (already checked to chain to our issuing CA and name
+    /// the terminal: one we issued) is revoked or on hold: from the CRL and our own actions;
+    /// without a fresh CRL, asked of the CA ([`Self::ask_ca`]).
     async fn certificate_standing(&self, serial: &str, terminal: &str) -> Result<Result<(), Refusal>, Status> {
+        match self.revocations.standing(serial, SystemTime::now()) {
+            Standing::Good => Ok(Ok(())),
+            Standing::Revoked(reason) => Ok(Err(Refusal::Revoked { serial: serial.to_owned(), reason })),
+            Standing::NoFreshCrl => self.ask_ca(serial, terminal).await,
+        }
+    }
+
+    /// What the CA says of a certificate, remembered for the status TTL; when the CA cannot be
+    /// reached, the last answer stands.
+    async fn ask_ca(&self, serial: &str, terminal: &str) -> Result<Result<(), Refusal>, Status> {
         let now = now_ms();
         let mut known = self.certs.lock().ok().and_then(|m| m.get(serial).cloned());
         if known.is_none() {
@@ -293,6 +319,7 @@ impl Fleet {
                 tracing::info!(alert = id, certificate = %serial, outcome = %label, "rule action");
                 if done.is_ok() {
                     let reason = if action == Action::Revoke { "key_compromise" } else { "certificate_hold" };
+                    me.revocations.ours(&serial, reason, now_ms());
                     let info = CertInfo {
                         terminal_serial: String::new(),
                         status: "revoked".into(),
@@ -390,6 +417,64 @@ impl Fleet {
     }
 }
 
+/// Marks the service as having failed a terminal if a heartbeat is dropped before its answer
+/// (the caller's deadline passed or its connection went: the service was too slow).
+struct Answering<'a> {
+    fleet: &'a Fleet,
+    answered: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.fleet.service_failed();
+        }
+    }
+}
+
+impl Fleet {
+    /// The service failed to answer a heartbeat itself: not the terminal's silence.
+    fn service_failed(&self) {
+        self.metrics.service_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.engine.service_failed(now_ms());
+    }
+
+    /// Fetches the CRL and uses it if it verifies; its ETag for the next fetch.
+    async fn refresh_crl(&self, etag: Option<String>) -> Option<String> {
+        let url = self.crl_url.clone()?;
+        let sent = etag.clone();
+        let fetched = tokio::task::spawn_blocking(move || crate::revocation::fetch(&url, sent.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(CrlRefusal::Fetch(e.to_string())));
+        let installed = match fetched {
+            Ok(Fetched::NotModified) => return etag,
+            Ok(Fetched::Crl { der, etag: new }) => self.revocations.install(&der, SystemTime::now()).map(|n| (n, new)),
+            Err(e) => Err(e),
+        };
+        match installed {
+            Ok((number, new)) => {
+                self.metrics.crl_number.store(number, std::sync::atomic::Ordering::Relaxed);
+                new
+            }
+            Err(e) => {
+                self.metrics.crl_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "CRL not taken; the one in use stays");
+                etag
+            }
+        }
+    }
+}
+
+async fn crl_loop(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>, mut etag: Option<String>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(fleet.crl_refresh) => {}
+            _ = stop.changed() => return,
+        }
+        etag = fleet.refresh_crl(etag).await;
+    }
+}
+
 /// An alert as the API shows it.
 pub fn alert_msg(a: &AlertRecord) -> v1::Alert {
     let evidence = match &a.latest_evidence {
@@ -435,7 +520,15 @@ const ACKERS: [&str; 2] = ["operator", "admin"];
 impl v1::fleet_server::Fleet for FleetService {
     async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let address = req.remote_addr().map_or_else(|| "unknown".into(), |a| a.ip().to_string());
-        self.0.heartbeat(req.into_inner(), address).await.map(Response::new)
+        let mut answering = Answering { fleet: &self.0, answered: false };
+        let answer = self.0.heartbeat(req.into_inner(), address).await;
+        answering.answered = true;
+        if let Err(s) = &answer
+            && matches!(s.code(), Code::Unavailable | Code::Internal | Code::ResourceExhausted)
+        {
+            self.0.service_failed();
+        }
+        answer.map(Response::new)
     }
 
     async fn list_alerts(
@@ -508,7 +601,11 @@ fn router(fleet: Arc<Fleet>) -> axum::Router {
             "/metrics",
             get(|State(f): State<Arc<Fleet>>| async move {
                 let open = f.engine.store.open_alerts().unwrap_or(0);
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], f.metrics.render(open))
+                let mut text = f.metrics.render(open);
+                // 1 while no CRL is fresh: status is then asked of the CA per certificate.
+                let fresh = f.revocations.current().is_some_and(|(_, _, next)| SystemTime::now() <= next);
+                text.push_str(&format!("# TYPE fleet_crl_stale gauge\nfleet_crl_stale {}\n", u8::from(!fresh)));
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
             }),
         )
         .with_state(fleet)
@@ -554,6 +651,12 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
                 .await
         }
     });
+    // The first CRL before the first heartbeat, so no burst of per-certificate CA calls.
+    let etag = fleet.refresh_crl(None).await;
+    if fleet.revocations.current().is_none() {
+        tracing::warn!("no CRL yet: asking the CA per certificate until one verifies");
+    }
+    let crls = tokio::spawn(crl_loop(fleet.clone(), stop_rx.clone(), etag));
     let sweeper = tokio::spawn(sweep_loop(fleet.clone(), stop_rx));
     let result = tonic::transport::Server::builder()
         .tls_config(tls)?
@@ -563,6 +666,7 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
     let _ = stop_tx.send(true);
     http_task.await??;
     let _ = sweeper.await;
+    let _ = crls.await;
     result?;
     Ok(())
 }

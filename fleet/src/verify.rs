@@ -96,6 +96,7 @@ struct KnownKey {
     key: Sm2PublicKey,
     serial: String,
     terminal_serial: String,
+    class: String,
     not_after: SystemTime,
 }
 
@@ -122,6 +123,8 @@ pub struct Checked {
     pub certificate_sm3: String,
     /// SM3 of the signed body (hex).
     pub body_sm3: String,
+    /// Terminal class from the certificate's OU (`Terminal Class II` → `II`), or empty.
+    pub class: String,
 }
 
 /// SM3 of `bytes`, hex.
@@ -190,6 +193,7 @@ pub fn check(
         certificate_serial: known.serial,
         certificate_sm3: hex::encode(fingerprint),
         body_sm3: sm3_hex(&req.body),
+        class: known.class,
     })
 }
 
@@ -211,7 +215,12 @@ fn validate(trust: &Trust, der: &[u8], now: SystemTime) -> Result<KnownKey, Refu
     pki::terminal::check_binding(&cert, &terminal_serial, &spki).map_err(|_| Refusal::Unknown(serial.clone()))?;
     let key = Sm2PublicKey::from_spki(&spki).map_err(|e| Refusal::Malformed(format!("certificate key: {e}")))?;
     let not_after = pki::time::from_x509(&cert.tbs_certificate().validity().not_after);
-    Ok(KnownKey { key, serial, terminal_serial, not_after })
+    let ou = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.11");
+    let class = pki::name::attribute_values(subject, ou)
+        .iter()
+        .find_map(|v| v.strip_prefix("Terminal Class ").map(str::to_owned))
+        .unwrap_or_default();
+    Ok(KnownKey { key, serial, terminal_serial, class, not_after })
 }
 
 fn const_oid_cn() -> der::asn1::ObjectIdentifier {
@@ -264,7 +273,7 @@ mod tests {
         let cache = KeyCache::default();
         let req = signed(&s, &body(SERIAL, 7));
         let c = check(&s.trust, &cache, &req, SystemTime::now(), SKEW).expect("passes");
-        assert_eq!((c.body.counter, c.body_sm3.len()), (7, 64));
+        assert_eq!((c.body.counter, c.body_sm3.len(), c.class.as_str()), (7, 64, "II"));
         assert_eq!(cache.keys.lock().expect("lock").len(), 1);
         // From the cache: the signature is still checked.
         let mut forged = signed(&s, &body(SERIAL, 8));

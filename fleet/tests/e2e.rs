@@ -122,6 +122,8 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     edit(&rules, "sustained_heartbeats = 3", "sustained_heartbeats = 2");
     let config = fleet_dir.join("fleet-server.toml");
     let (hook_url, delivered) = webhook_receiver();
+    // The CA's CRL again every 2 s (revocation status for all terminals at once).
+    edit(&config, "crl_refresh_seconds = 30", "crl_refresh_seconds = 2");
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str(&format!("\n[webhook]\nurl = \"{hook_url}\"\n"));
     std::fs::write(&config, text).expect("config");
@@ -265,6 +267,11 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
     // /metrics counts them.
     let metrics = http_get(http, "/metrics");
     assert!(metrics.contains("fleet_alerts_total{rule=\"tamper\"}"), "{metrics}");
+    // The real CA's CRL verified and is in use: no per-certificate calls to the CA.
+    assert!(metrics.contains("fleet_crl_stale 0"), "{metrics}");
+    let crl_number = metrics.lines().find_map(|l| l.strip_prefix("fleet_crl_number ")).expect("crl number");
+    assert!(crl_number.parse::<u64>().expect("number") > 0, "{metrics}");
+    assert!(metrics.contains("fleet_ca_failures_total 0"), "{metrics}");
     fleet.terminate();
 }
 

@@ -73,6 +73,39 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A full CRL (DER) of this issuing CA: number `number`, valid from `this_update` to
+    /// `next_update`, listing `revoked` (certificate serial, reason).
+    pub fn crl(
+        &self,
+        number: u64,
+        this_update: SystemTime,
+        next_update: SystemTime,
+        revoked: &[(CertSerial, pki::CrlReason)],
+    ) -> Result<Vec<u8>, ForgeError> {
+        let entries: Vec<pki::RevokedEntry> = revoked
+            .iter()
+            .map(|(serial, reason)| pki::RevokedEntry {
+                serial: serial.clone(),
+                revoked_at: this_update,
+                reason: Some(*reason),
+                invalidity_date: None,
+            })
+            .collect();
+        let req = pki::CrlRequest {
+            number,
+            this_update,
+            next_update,
+            entries: &entries,
+            delta_base: None,
+            distribution_point: None,
+        };
+        let tbs = pki::build_crl_tbs(&self.issuing_info, &req).map_err(build)?;
+        let sig = self.issuing_key.sign(tbs.to_be_signed())?;
+        der::Encode::to_der(&tbs.assemble(sig.as_der()).map_err(build)?).map_err(build)
+    }
+}
+
 fn named(name: &str) -> SubjectVars {
     SubjectVars { name: Some(name.into()), ..Default::default() }
 }
