@@ -186,6 +186,10 @@ enum Cmd {
         /// The operator's time zone as an offset from UTC, e.g. +08:00 (China Standard Time).
         #[arg(long, default_value = "+08:00", allow_hyphen_values = true)]
         utc_offset: String,
+        /// The alerts page reads the fleet service (fleet-server) named here, signed with the same
+        /// identity; without --fleet-tls-ca (or HSCA_FLEET_TLS_CA) alerts are not configured.
+        #[command(flatten)]
+        fleet: alerts::FleetEndpoint,
     },
     /// Print shell completions.
     Completions {
@@ -572,11 +576,15 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             )
         }
-        Cmd::Console { listen, allow_non_loopback, utc_offset } => {
+        Cmd::Console { listen, allow_non_loopback, utc_offset, fleet } => {
             let offset = console::parse_utc_offset(utc_offset)?;
             console::check_listen(*listen, *allow_non_loopback)?;
             let (identity, client) = connect(&cli).await?;
-            console::serve(client, &identity, *listen, offset).await
+            let fleet = match fleet.fleet_tls_ca {
+                Some(_) => Some(alerts::connect(&identity, fleet).await?),
+                None => None,
+            };
+            console::serve(client, fleet, &identity, *listen, offset).await
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "cactl", &mut std::io::stdout());

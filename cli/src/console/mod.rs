@@ -96,10 +96,25 @@ pub struct Console {
     pub allowed: Allowed,
     /// Login token and sessions.
     pub sessions: Sessions,
+    /// The fleet service's client (same identity), when the console was given one.
+    pub fleet: Option<Client>,
     /// The operator's zone, minutes east of UTC.
     pub utc_offset_minutes: i32,
     /// `Host` values this server answers (its own address, as loopback names).
     hosts: Vec<String>,
+}
+
+impl Console {
+    /// Whether the role may read alerts: the fleet service's rule (its `READERS`), which the
+    /// CA's role policy does not cover.
+    pub fn may_read_alerts(&self) -> bool {
+        ["operator", "admin", "auditor"].contains(&self.role.as_str())
+    }
+
+    /// Whether the role may acknowledge alerts (the fleet service's `ACKERS`).
+    pub fn may_ack_alerts(&self) -> bool {
+        ["operator", "admin"].contains(&self.role.as_str())
+    }
 }
 
 /// The session a request came with (put there by [`gate`]).
@@ -119,12 +134,18 @@ impl Ctx {
 }
 
 /// Serves the console on `listen` until interrupted.
-pub async fn serve(client: Client, identity: &Identity, listen: SocketAddr, utc_offset_minutes: i32) -> Result<()> {
+pub async fn serve(
+    client: Client,
+    fleet: Option<Client>,
+    identity: &Identity,
+    listen: SocketAddr,
+    utc_offset_minutes: i32,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let token = session::random_token()?;
     let url = format!("http://{addr}/login?token={}", token.as_str());
-    let state = Arc::new(Console::new(client, identity, addr, utc_offset_minutes, token)?);
+    let state = Arc::new(Console::new(client, fleet, identity, addr, utc_offset_minutes, token)?);
     println!("console for {} ({}): open {url}\nthe URL works once; stop with Ctrl-C", state.name, state.role);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown()).await?;
     Ok(())
@@ -137,6 +158,7 @@ async fn shutdown() {
 impl Console {
     fn new(
         client: Client,
+        fleet: Option<Client>,
         identity: &Identity,
         addr: SocketAddr,
         utc_offset_minutes: i32,
@@ -153,6 +175,7 @@ impl Console {
             role: identity.file.role.clone(),
             allowed: Allowed::for_role(&identity.file.role)?,
             sessions: Sessions::new(token),
+            fleet,
             utc_offset_minutes,
             hosts,
         })
@@ -174,6 +197,8 @@ fn router(state: Arc<Console>) -> axum::Router {
         .route("/principals", get(pages::principals))
         .route("/principals/disable", post(pages::disable))
         .route("/alerts", get(pages::alerts))
+        .route("/alerts/{id}", get(pages::alert))
+        .route("/alerts/{id}/ack", post(pages::ack_alert))
         .route("/lang", post(pages::lang))
         .route("/logout", post(pages::logout))
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))

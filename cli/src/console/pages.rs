@@ -13,6 +13,7 @@ use proto::client::request_id;
 use proto::v1;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::certificate_authority_client::CertificateAuthorityClient;
+use proto::v1::fleet_client::FleetClient;
 use proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 
@@ -71,7 +72,7 @@ fn layout(c: &Console, ctx: &Ctx, here: &'static str, back: &str, body: Markup) 
         ("/revocation", "revocation", c.allowed.may("Admin/ListApprovals")),
         ("/audit", "audit", c.allowed.may("Admin/ListAudit")),
         ("/principals", "principals", c.allowed.may("Admin/ListAudit")),
-        ("/alerts", "alerts", true),
+        ("/alerts", "alerts", c.may_read_alerts()),
     ];
     let other = if l == Lang::Zh { "en" } else { "zh" };
     let page = html! {
@@ -267,10 +268,18 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
                 }
             };
         }
-        out = html! {
-            (out)
-            section { h2 { (t(l, "alerts")) } p.followup { (t(l, "alerts_follow_up")) } }
-        };
+        if let Some(fleet) = fleet(&c).filter(|_| c.may_read_alerts()) {
+            let msg =
+                v1::ListAlertsRequest { request_id: request_id(), open_only: true, rule: String::new(), limit: 1000 };
+            let open = fleet.clone().list_alerts(fleet_client(&c)?.signed("/hsca.v1.Fleet/ListAlerts", msg)?).await?;
+            let mut by_rule = BTreeMap::new();
+            for a in &open.into_inner().alerts {
+                *by_rule.entry(a.rule.clone()).or_insert(0u64) += 1;
+            }
+            out = html! { (out) (counts_table(l, "open_alerts_by_rule", "alerts-by-rule", &by_rule)) };
+        } else if c.fleet.is_none() {
+            out = html! { (out) section { h2 { (t(l, "alerts")) } p.followup { (t(l, "alerts_not_configured")) } } };
+        }
         Ok(out)
     }
     .await;
@@ -836,10 +845,217 @@ pub async fn disable(State(c): C, Extension(ctx): Extension<Ctx>, Form(f): Form<
     }
 }
 
-/// Alerts: a follow-up until the fleet service's API exists.
-pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
+fn fleet_client(c: &Console) -> Result<&proto::client::Client> {
+    c.fleet.as_ref().ok_or_else(|| anyhow::anyhow!("the fleet service is not configured"))
+}
+
+fn fleet(c: &Console) -> Option<FleetClient<Channel>> {
+    c.fleet.as_ref().map(|f| FleetClient::new(f.channel.clone()))
+}
+
+/// The alerts list's filters.
+#[derive(serde::Deserialize, Default)]
+pub struct AlertsQuery {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    rule: String,
+}
+
+/// Alerts from the fleet service, newest first: open ones, or all.
+pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<AlertsQuery>) -> Response {
     let l = ctx.lang();
-    layout(&c, &ctx, "alerts", "/alerts", html! { p #not-configured.followup { (t(l, "alerts_follow_up")) } })
+    let Some(mut fleet) = fleet(&c) else {
+        return layout(
+            &c,
+            &ctx,
+            "alerts",
+            "/alerts",
+            html! { p #not-configured.followup { (t(l, "alerts_not_configured")) } },
+        );
+    };
+    let body = async {
+        let rule = q.rule.trim().to_owned();
+        let msg = v1::ListAlertsRequest { request_id: request_id(), open_only: !q.all, rule: rule.clone(), limit: 500 };
+        let list = fleet.list_alerts(fleet_client(&c)?.signed("/hsca.v1.Fleet/ListAlerts", msg)?).await?.into_inner();
+        let rules = ["clone", "relocation", "counterfeit", "tamper", "silent"];
+        Ok(html! {
+            form.filters method="get" action="/alerts" {
+                label { (t(l, "rule")) " "
+                    select name="rule" {
+                        option value="" { (t(l, "any")) }
+                        @for r in rules { option value=(r) selected[rule == r] { (r) } }
+                    }
+                }
+                label { input type="checkbox" name="all" value="true" checked[q.all]; " " (t(l, "show_all")) }
+                button type="submit" { (t(l, "filter")) }
+            }
+            table #alerts {
+                tr { th { (t(l, "id")) } th { (t(l, "rule")) } th { (t(l, "serial")) } th { (t(l, "last_seen")) }
+                     th { (t(l, "occurrences")) } th { (t(l, "alert_action")) } th { (t(l, "state")) } }
+                @for a in &list.alerts {
+                    tr data-id=(a.id) {
+                        td { a href=(format!("/alerts/{}", a.id)) { (a.id) } }
+                        td { (a.rule) }
+                        td { @if a.terminal_serial.is_empty() { "—" } @else {
+                            a href=(format!("/terminals/{}", seg(&a.terminal_serial))) { (a.terminal_serial) } } }
+                        td { (when(&c, a.last_ms)) }
+                        td.num { (a.occurrences) }
+                        td { (a.action) }
+                        td { (alert_state(l, a)) }
+                    }
+                }
+                @if list.alerts.is_empty() { tr { td colspan="7" { (t(l, "none")) } } }
+            }
+        })
+    }
+    .await;
+    respond(&c, &ctx, "alerts", "/alerts", body)
+}
+
+fn alert_state(l: Lang, a: &v1::Alert) -> String {
+    if a.acknowledged { format!("{} {}", t(l, "acknowledged_by"), a.acknowledged_by) } else { t(l, "open").into() }
+}
+
+/// One alert: its fields, its evidence, a relocation's positions drawn, and acknowledging it.
+pub async fn alert(State(c): C, Extension(ctx): Extension<Ctx>, Path(id): Path<u64>) -> Response {
+    let l = ctx.lang();
+    let Some(mut fleet) = fleet(&c) else {
+        return layout(
+            &c,
+            &ctx,
+            "alerts",
+            "/alerts",
+            html! { p #not-configured.followup { (t(l, "alerts_not_configured")) } },
+        );
+    };
+    let back = format!("/alerts/{id}");
+    let body = async {
+        let msg = v1::GetAlertRequest { request_id: request_id(), id };
+        let a = fleet.get_alert(fleet_client(&c)?.signed("/hsca.v1.Fleet/GetAlert", msg)?).await?.into_inner();
+        let evidence: serde_json::Value = serde_json::from_str(&a.evidence_json)
+            .unwrap_or_else(|_| serde_json::Value::String(a.evidence_json.clone()));
+        let pretty = serde_json::to_string_pretty(&evidence).unwrap_or_default();
+        Ok(html! {
+            table #alert {
+                tr { th { (t(l, "id")) } td { (a.id) } }
+                tr { th { (t(l, "rule")) } td #rule { (a.rule) } }
+                tr { th { (t(l, "serial")) } td { @if a.terminal_serial.is_empty() { "—" } @else {
+                    a href=(format!("/terminals/{}", seg(&a.terminal_serial))) { (a.terminal_serial) } } } }
+                tr { th { (t(l, "certificate")) } td { (a.certificate_serial) } }
+                tr { th { (t(l, "first_seen")) } td { (when(&c, a.first_ms)) } }
+                tr { th { (t(l, "last_seen")) } td { (when(&c, a.last_ms)) } }
+                tr { th { (t(l, "occurrences")) } td { (a.occurrences) } }
+                tr { th { (t(l, "source_address")) } td { (a.source_address) } }
+                tr { th { (t(l, "alert_action")) } td { (a.action) } }
+                tr { th { (t(l, "state")) } td #alert-state { (alert_state(l, &a)) } }
+                @if !a.note.is_empty() { tr { th { (t(l, "note")) } td { (a.note) } } }
+            }
+            @if a.rule == "relocation" { @if let Some(map) = relocation_map(l, &evidence) { (map) } }
+            h2 { (t(l, "evidence")) }
+            pre #evidence { (pretty) }
+            @if c.may_ack_alerts() && !a.acknowledged {
+                form #ack method="post" action=(format!("/alerts/{id}/ack")) {
+                    (csrf(&ctx))
+                    label { (t(l, "note")) " " input name="note" size="40"; }
+                    button type="submit" { (t(l, "acknowledge")) }
+                }
+            }
+        })
+    }
+    .await;
+    respond(&c, &ctx, "alerts", &back, body)
+}
+
+/// The acknowledge form.
+#[derive(serde::Deserialize)]
+pub struct AckForm {
+    #[serde(default)]
+    note: String,
+}
+
+/// Acknowledges an alert (the fleet service decides whether this identity may).
+pub async fn ack_alert(
+    State(c): C,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<u64>,
+    Form(f): Form<AckForm>,
+) -> Response {
+    let r = async {
+        let mut fleet = fleet(&c).ok_or_else(|| anyhow::anyhow!("the fleet service is not configured"))?;
+        let msg = v1::AckAlertRequest { request_id: request_id(), id, note: f.note.trim().to_owned() };
+        fleet.ack_alert(fleet_client(&c)?.signed("/hsca.v1.Fleet/AckAlert", msg)?).await?;
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => Redirect::to(&format!("/alerts/{id}")).into_response(),
+        Err(e) => failure(&c, &ctx, "alerts", &format!("/alerts/{id}"), &e),
+    }
+}
+
+/// A relocation's reported position against its reference and radius, as SVG: a local
+/// equirectangular projection around the reference (distances of tens to hundreds of km, where
+/// its error is small), north up, with a scale bar — no map service, no tiles.
+fn relocation_map(l: Lang, evidence: &serde_json::Value) -> Option<Markup> {
+    // One occurrence's evidence, or {first, latest} once the alert repeated: every position shown.
+    let occurrences: Vec<&serde_json::Value> = match (evidence.get("first"), evidence.get("latest")) {
+        (Some(first), Some(latest)) => vec![first, latest],
+        _ => vec![evidence],
+    };
+    let pair = |e: &serde_json::Value, k: &str| Some((e[k][0].as_f64()?, e[k][1].as_f64()?));
+    let reference = pair(occurrences[0], "reference")?;
+    let radius_km = occurrences[0]["radius_km"].as_f64().filter(|r| r.is_finite() && *r > 0.0)?;
+    let km = |(lat, lon): (f64, f64)| {
+        let x = (lon - reference.1) * 111.32 * reference.0.to_radians().cos();
+        let y = (lat - reference.0) * 110.57;
+        (x, y)
+    };
+    let reported: Vec<((f64, f64), (f64, f64), f64)> = occurrences
+        .iter()
+        .filter_map(|e| {
+            let p = pair(e, "position")?;
+            Some((p, km(p), e["distance_km"].as_f64().unwrap_or(f64::NAN)))
+        })
+        .collect();
+    let extent = reported.iter().map(|(_, (x, y), _)| x.hypot(*y)).fold(radius_km, f64::max) * 1.25;
+    if reported.is_empty() || !extent.is_finite() {
+        return None;
+    }
+    let (size, mid) = (420.0, 210.0);
+    let scale = mid / extent;
+    let at = |(x, y): (f64, f64)| (mid + x * scale, mid - y * scale);
+    // A round scale bar: the largest 1/2/5 × 10^n km under a quarter of the width.
+    let target = extent / 2.0;
+    let magnitude = 10f64.powf(target.log10().floor());
+    let bar_km = [5.0, 2.0, 1.0].into_iter().map(|m| m * magnitude).find(|b| *b <= target).unwrap_or(magnitude);
+    let f1 = |v: f64| format!("{v:.1}");
+    Some(html! {
+        section {
+            h2 { (t(l, "relocation_map")) }
+            svg #relocation viewBox=(format!("0 0 {size} {size}")) width=(size) height=(size) role="img" {
+                rect x="0" y="0" width=(size) height=(size) fill="#f7fafc" stroke="#cbd5e0" {}
+                text x=(mid - 4.0) y="16" font-size="13" fill="#444" { "N" }
+                line x1=(mid) y1="20" x2=(mid) y2="34" stroke="#444" {}
+                circle #radius cx=(f1(mid)) cy=(f1(mid)) r=(f1(radius_km * scale)) fill="#c6f6d5" fill-opacity="0.5" stroke="#2f855a" {}
+                circle #reference cx=(f1(mid)) cy=(f1(mid)) r="5" fill="#2f855a" { title { (t(l, "reference")) } }
+                text x=(f1(mid + 8.0)) y=(f1(mid - 8.0)) font-size="12" fill="#2f855a" { (t(l, "reference")) }
+                @for (_, xy, distance_km) in &reported {
+                    @let (rx, ry) = at(*xy);
+                    line x1=(f1(mid)) y1=(f1(mid)) x2=(f1(rx)) y2=(f1(ry)) stroke="#c53030" stroke-dasharray="4 3" {}
+                    circle.reported cx=(f1(rx)) cy=(f1(ry)) r="6" fill="#c53030" { title { (t(l, "reported")) } }
+                    text x=(f1(rx + 8.0)) y=(f1(ry - 8.0)) font-size="12" fill="#c53030" { (t(l, "reported")) " " (f1(*distance_km)) " km" }
+                }
+                line x1="16" y1=(size - 20.0) x2=(f1(16.0 + bar_km * scale)) y2=(size - 20.0) stroke="#444" stroke-width="3" {}
+                text x="16" y=(size - 26.0) font-size="12" fill="#444" { (bar_km) " km" }
+            }
+            p.legend {
+                (t(l, "reference")) " " (format!("{:.5}, {:.5}", reference.0, reference.1)) "; "
+                @for (p, _, _) in &reported { (t(l, "reported")) " " (format!("{:.5}, {:.5}", p.0, p.1)) "; " }
+                (t(l, "radius")) " " (radius_km) " km"
+            }
+        }
+    })
 }
 
 /// The language switch.

@@ -190,12 +190,18 @@ pub struct Console {
 impl Console {
     /// Starts `cactl --identity IDENTITY console` on a free loopback port; waits for its URL.
     pub fn start(identity: &Path) -> Self {
+        Self::start_with(identity, &[])
+    }
+
+    /// `start`, with more `console` arguments (e.g. `--fleet URL --fleet-tls-ca PEM`).
+    pub fn start_with(identity: &Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
         let port = port();
         let mut child = Command::new(CACTL)
             .arg("--identity")
             .arg(identity)
             .args(["console", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
