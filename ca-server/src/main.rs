@@ -155,7 +155,9 @@ fn main() -> Result<()> {
         Command::Restore { config, from } => {
             let cfg = ca_server::config::Loaded::read(&config)?;
             let ca_server::config::RegistryLocation::Redb(target) = cfg.registry_location()? else {
-                anyhow::bail!("a PostgreSQL registry is restored with pg_restore or point-in-time recovery");
+                anyhow::bail!(
+                    "a PostgreSQL registry is restored with pg_restore, point-in-time recovery, or `ca-server migrate --from BACKUP` into an empty database"
+                );
             };
             let summary = registry::Registry::restore(&from, &target)?;
             println!(

@@ -4,7 +4,6 @@
 //! growing the audit log, and a request replayed across a restart. Each is refused with a named
 //! reason (SECURITY.md names these tests).
 
-use std::path::Path;
 use std::time::Duration;
 
 use hsm::backend::memory::SoftwareSm2Key;
@@ -15,6 +14,11 @@ use tonic::Code;
 
 mod common;
 use common::*;
+
+on_both_backends!(
+    a_station_cannot_move_a_deployed_terminal_onto_a_key_of_its_choosing,
+    an_admin_cannot_approve_their_own_request_through_an_admin_they_made
+);
 
 async fn confirm(c: &Client, terminal: &str, cert: &str) -> Result<v1::ConfirmProvisioningResponse, tonic::Status> {
     let msg = v1::ConfirmProvisioningRequest {
@@ -65,17 +69,17 @@ async fn get_terminal(c: &Client, serial: &str) -> Result<v1::Terminal, tonic::S
         .map(|r| r.into_inner())
 }
 
-/// The audit log's entries with `action`, read from the registry file of a stopped server.
-fn audited(dir: &Path, action: &str) -> Vec<registry::AuditEntry> {
-    let reg = registry::Registry::open(&dir.join("registry.redb")).expect("registry");
+/// The audit log's entries with `action`, read from the registry of a stopped server.
+fn audited(store: &Store, action: &str) -> Vec<registry::AuditEntry> {
+    let reg = store.open();
     reg.audit_tail(1_000_000).expect("audit").into_iter().filter(|e| e.event.action == action).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_station_cannot_move_a_deployed_terminal_onto_a_key_of_its_choosing() {
+async fn a_station_cannot_move_a_deployed_terminal_onto_a_key_of_its_choosing(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
+    let store = use_backend(backend, &dir);
     let server = Server::start(&dir, http);
     let admin = admin(&dir).await;
     let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
@@ -158,9 +162,9 @@ async fn a_station_cannot_move_a_deployed_terminal_onto_a_key_of_its_choosing() 
     assert_eq!(refused(reuse).1, Reason::KeyReused);
 
     drop(server);
-    let refusals: Vec<_> = audited(&dir, "issue")
+    let refusals: Vec<_> = audited(&store, "issue")
         .into_iter()
-        .chain(audited(&dir, "confirm"))
+        .chain(audited(&store, "confirm"))
         .filter(|e| e.event.outcome != "ok")
         .map(|e| e.event.outcome)
         .collect();
@@ -169,11 +173,11 @@ async fn a_station_cannot_move_a_deployed_terminal_onto_a_key_of_its_choosing() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_cannot_approve_their_own_request_through_an_admin_they_made() {
+async fn an_admin_cannot_approve_their_own_request_through_an_admin_they_made(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
+    let _store = use_backend(backend, &dir);
     let _server = Server::start(&dir, http);
     let admin = admin(&dir).await;
     let admin2 = admin_named(&dir, "admin-2").await;
@@ -305,7 +309,7 @@ async fn forged_and_anonymous_requests_neither_lock_out_a_station_nor_grow_the_a
         .expect("the station still works behind the same address");
     // SIGTERM flushes the tally; every refusal is counted in a handful of entries.
     server.terminate();
-    let entries = audited(&dir, "auth_refused");
+    let entries = audited(&use_backend(Backend::Redb, &dir), "auth_refused");
     assert!(entries.len() <= 10, "{} entries for 10,010 refusals", entries.len());
     let counted: u64 =
         entries.iter().filter_map(|e| e.event.detail.split_whitespace().next()?.parse::<u64>().ok()).sum();

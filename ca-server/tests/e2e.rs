@@ -13,11 +13,18 @@ use tonic::Code;
 mod common;
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_ca_end_to_end() {
+on_both_backends!(
+    the_ca_end_to_end,
+    registration_switch_and_life_cycle,
+    online_backup_and_restore,
+    audit_checkpoints_are_signed_by_the_hsm_audit_key
+);
+
+async fn the_ca_end_to_end(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
+    let store = use_backend(backend, &dir);
     let server = Server::start(&dir, http);
     assert!(http_get(http, "/healthz").contains("200 OK"));
     assert!(http_get(http, "/readyz").contains("ready"));
@@ -253,7 +260,7 @@ async fn the_ca_end_to_end() {
     let dir_path = server.dir.clone();
     drop(admin);
     server.kill();
-    let reg = registry::Registry::open(&dir_path.join("registry.redb")).expect("open");
+    let reg = store.open();
     reg.verify_audit_chain().expect("intact");
     let raw = reg.raw_audit(3).expect("raw").expect("entry 3");
     let mut edited = raw.clone();
@@ -276,11 +283,11 @@ async fn the_ca_end_to_end() {
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_switch_and_life_cycle() {
+async fn registration_switch_and_life_cycle(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
+    let _store = use_backend(backend, &dir);
     // Turn the production switch on.
     let cfg = std::fs::read_to_string(dir.join("ca-server.toml")).expect("config");
     assert!(cfg.contains("require_registration = false"), "development default is off");
@@ -464,12 +471,12 @@ async fn registration_switch_and_life_cycle() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn online_backup_and_restore() {
+async fn online_backup_and_restore(backend: Backend) {
     use sm3::Digest;
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
+    let store = use_backend(backend, &dir);
     let server = Server::start(&dir, http);
     let admin = admin(&dir).await;
     let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
@@ -510,9 +517,23 @@ async fn online_backup_and_restore() {
         .output()
         .expect("restore");
     assert!(!out.status.success(), "restore over an existing registry must be refused");
-    std::fs::rename(dir.join("registry.redb"), tmp.path().join("lost.redb")).expect("move away");
+    // On PostgreSQL the backup (a redb file) goes into a new, empty database with migrate --from.
+    let _fresh = match &store.pg {
+        None => {
+            std::fs::rename(dir.join("registry.redb"), tmp.path().join("lost.redb")).expect("move away");
+            None
+        }
+        Some(lost) => {
+            let fresh = registry::testing::PgServer::start().expect("a new PostgreSQL server");
+            let config = dir.join("ca-server.toml");
+            let text = std::fs::read_to_string(&config).expect("read");
+            std::fs::write(&config, text.replace(&lost.url(), &fresh.url())).expect("write");
+            Some(fresh)
+        }
+    };
+    let verb = if store.pg.is_some() { "migrate" } else { "restore" };
     let out = Command::new(EXE)
-        .args(["restore", "--config"])
+        .args([verb, "--config"])
         .arg(dir.join("ca-server.toml"))
         .arg("--from")
         .arg(&backup)
@@ -520,6 +541,7 @@ async fn online_backup_and_restore() {
         .expect("restore");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain verified"));
+    drop(store);
     let _server = Server::start(&dir, http);
     let admin = self::admin(&dir).await;
     let req =
@@ -542,11 +564,11 @@ async fn verify_audit(client: &Client, last: u32) -> v1::ListAuditResponse {
         .into_inner()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_checkpoints_are_signed_by_the_hsm_audit_key() {
+async fn audit_checkpoints_are_signed_by_the_hsm_audit_key(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
+    let store = use_backend(backend, &dir);
     let config = dir.join("ca-server.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     assert!(text.contains("key_label = \"hsca-audit\""), "init configures the audit key:\n{text}");
@@ -571,7 +593,7 @@ async fn audit_checkpoints_are_signed_by_the_hsm_audit_key() {
 
     // A forger with the database file rewrites entry 2 and re-chains every later hash: the
     // hash chain alone holds, the signed checkpoint does not.
-    let reg = registry::Registry::open(&dir.join("registry.redb")).expect("open");
+    let reg = store.open();
     let mut entry = reg.audit_tail(usize::MAX).expect("tail").into_iter().nth(1).expect("entry 2");
     entry.event.actor = "nobody".into();
     reg.rewrite_audit(2, &entry.event).expect("rewrite");

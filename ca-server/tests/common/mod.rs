@@ -189,3 +189,72 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The registry backend an end-to-end test runs on (`on_both_backends!` runs a test on each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The redb file `init` made (the default).
+    Redb,
+    /// A PostgreSQL server of the test's own.
+    Postgres,
+}
+
+/// The registry a test's CA uses; keeps its PostgreSQL server running while it lives.
+pub struct Store {
+    /// The test's PostgreSQL server, on that backend.
+    pub pg: Option<registry::testing::PgServer>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the registry directly (the server must be stopped for redb).
+    pub fn open(&self) -> registry::Registry {
+        match &self.pg {
+            Some(pg) => registry::Registry::open_postgres(&pg.url()).expect("open the PostgreSQL registry"),
+            None => registry::Registry::open(&self.path).expect("open the redb registry"),
+        }
+    }
+}
+
+/// Puts the CA that `init` just made in `dir` on `backend`: for PostgreSQL, a server of the
+/// test's own, `[registry] url` in the configuration, `ca-server migrate --from` the redb
+/// registry `init` made, which is then deleted (so nothing can still read it by mistake).
+pub fn use_backend(backend: Backend, dir: &Path) -> Store {
+    let path = dir.join("registry.redb");
+    if backend == Backend::Redb {
+        return Store { pg: None, path };
+    }
+    let pg = registry::testing::PgServer::start().expect("PostgreSQL test server");
+    let config = dir.join("ca-server.toml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    assert!(text.contains("path = \"registry.redb\""), "init's registry line");
+    let url = format!("url = \"{}\"\ninstance = 1", pg.url());
+    std::fs::write(&config, text.replace("path = \"registry.redb\"", &url)).expect("write");
+    let out = Command::new(EXE)
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .arg("--from")
+        .arg(&path)
+        .output()
+        .expect("ca-server migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(&path).expect("remove the migrated redb file");
+    Store { pg: Some(pg), path }
+}
+
+/// Runs each named `async fn(Backend)` as two tests, `name::redb` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redb() {
+                super::$name(super::Backend::Redb).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
