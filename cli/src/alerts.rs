@@ -40,7 +40,7 @@ pub async fn connect(identity: &Identity, at: &FleetEndpoint) -> Result<Client> 
 pub fn alert_json(a: &v1::Alert) -> serde_json::Value {
     let evidence: serde_json::Value = serde_json::from_str(&a.evidence_json).unwrap_or(json!(a.evidence_json));
     json!({"id": a.id, "rule": a.rule, "terminal": a.terminal_serial, "certificate": a.certificate_serial,
-        "first": time_text(a.first_ms), "last": time_text(a.last_ms), "occurrences": a.occurrences,
+        "first": time_text(a.first_ms), "first_ms": a.first_ms, "last": time_text(a.last_ms), "occurrences": a.occurrences,
         "address": a.source_address, "action": a.action, "acknowledged": a.acknowledged,
         "acknowledged_by": a.acknowledged_by, "note": a.note, "evidence": evidence})
 }

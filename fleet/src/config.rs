@@ -48,6 +48,10 @@ pub struct Server {
     pub grpc: String,
     /// HTTP: /healthz, /readyz, /metrics.
     pub http: String,
+    /// Terminal keys to keep with precomputed multiples (88 KB each; their heartbeats verify in
+    /// about a third of the CPU time): the first this many certificates seen. 0: none.
+    #[serde(default)]
+    pub precomputed_keys: usize,
 }
 
 /// `[tls]`.
@@ -169,7 +173,7 @@ pub fn init(dir: &Path, identity: &Path, grpc: &str, http: &str) -> Result<Made>
     proto::identity::write_private(&dir.join("secrets/tls-server.key"), key.serialize_pem().as_bytes())?;
     std::fs::write(dir.join("policies/fleet.toml"), crate::policy::SHIPPED)?;
     let c = Config {
-        server: Server { grpc: grpc.into(), http: http.into() },
+        server: Server { grpc: grpc.into(), http: http.into(), precomputed_keys: 0 },
         tls: Tls {
             certificate: "tls/server.pem".into(),
             key: "secrets/tls-server.key".into(),

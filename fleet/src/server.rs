@@ -82,7 +82,7 @@ impl Fleet {
             crl_url,
             crl_refresh: Duration::from_secs(c.ca.crl_refresh_seconds.max(1)),
             trust,
-            keys: KeyCache::default(),
+            keys: KeyCache::with_precomputed(c.server.precomputed_keys),
             engine,
             ca,
             policy,

@@ -101,15 +101,28 @@ struct KnownKey {
 }
 
 /// Validated terminal certificates (a key without precomputed tables is ~100 bytes, so a million
-/// terminals fit).
+/// terminals fit). The first `precomputed` keys get their multiples precomputed (88 KB and ~2 ms
+/// each, once): each of their heartbeats then verifies in about a third of the time.
 #[derive(Default)]
 pub struct KeyCache {
     keys: Mutex<HashMap<[u8; 32], KnownKey>>,
+    precomputed: usize,
+    tables: std::sync::atomic::AtomicUsize,
 }
 
 impl KeyCache {
     /// Entries at most; beyond, the cache starts again.
     pub const CAPACITY: usize = 2_000_000;
+
+    /// A cache that precomputes the keys of the first `precomputed` certificates it validates.
+    pub fn with_precomputed(precomputed: usize) -> Self {
+        Self { precomputed, ..Self::default() }
+    }
+
+    /// How many keys carry precomputed multiples.
+    pub fn precomputed_keys(&self) -> usize {
+        self.tables.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A heartbeat that passed [`check`].
@@ -163,7 +176,12 @@ pub fn check(
     let known = match cached {
         Some(k) => k,
         None => {
-            let k = validate(trust, &req.certificate_der, now)?;
+            let mut k = validate(trust, &req.certificate_der, now)?;
+            let tables = &cache.tables;
+            let ordering = std::sync::atomic::Ordering::Relaxed;
+            if tables.fetch_update(ordering, ordering, |n| (n < cache.precomputed).then_some(n + 1)).is_ok() {
+                k.key = k.key.precomputed();
+            }
             if let Ok(mut m) = cache.keys.lock() {
                 if m.len() >= KeyCache::CAPACITY {
                     m.clear();
@@ -274,7 +292,7 @@ mod tests {
         let req = signed(&s, &body(SERIAL, 7));
         let c = check(&s.trust, &cache, &req, SystemTime::now(), SKEW).expect("passes");
         assert_eq!((c.body.counter, c.body_sm3.len(), c.class.as_str()), (7, 64, "II"));
-        assert_eq!(cache.keys.lock().expect("lock").len(), 1);
+        assert_eq!((cache.keys.lock().expect("lock").len(), cache.precomputed_keys()), (1, 0));
         // From the cache: the signature is still checked.
         let mut forged = signed(&s, &body(SERIAL, 8));
         forged.body = body(SERIAL, 9).encode_to_vec();
@@ -282,6 +300,25 @@ mod tests {
             check(&s.trust, &cache, &forged, SystemTime::now(), SKEW).expect_err("refused"),
             Refusal::BadSignature
         );
+    }
+
+    #[test]
+    fn precomputed_keys_stop_at_their_budget_and_verify_alike() {
+        let s = setup();
+        let cache = KeyCache::with_precomputed(1);
+        let req = signed(&s, &body(SERIAL, 1));
+        check(&s.trust, &cache, &req, SystemTime::now(), SKEW).expect("passes");
+        assert_eq!(cache.precomputed_keys(), 1);
+        let mut forged = signed(&s, &body(SERIAL, 2));
+        forged.body = body(SERIAL, 3).encode_to_vec();
+        assert_eq!(
+            check(&s.trust, &cache, &forged, SystemTime::now(), SKEW).expect_err("refused"),
+            Refusal::BadSignature
+        );
+        // A second certificate is over the budget: verified without tables.
+        let other = setup();
+        check(&other.trust, &cache, &signed(&other, &body(SERIAL, 1)), SystemTime::now(), SKEW).expect("passes");
+        assert_eq!(cache.precomputed_keys(), 1);
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct Tally {
     refused: Mutex<BTreeMap<String, u64>>,
     transport_errors: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// Latencies of heartbeats sent after the first interval (every certificate seen once).
+    steady_latencies_us: Mutex<Vec<u32>>,
+    steady_after: std::sync::OnceLock<Instant>,
 }
 
 /// A base-36 sequence of 5 characters.
@@ -90,7 +93,11 @@ pub fn serial(prefix: &str, n: u64) -> Option<String> {
     Some(format!("{body}{check}"))
 }
 
-fn emit(v: serde_json::Value) {
+fn emit(mut v: serde_json::Value) {
+    // When it happened, so a score can measure detection delays against the service's alerts.
+    if let Some(o) = v.as_object_mut() {
+        o.insert("at_ms".into(), now_ms().into());
+    }
     println!("{v}");
 }
 
@@ -213,6 +220,11 @@ async fn send(channel: Channel, req: v1::HeartbeatRequest, tally: &Tally) {
             if let Ok(mut l) = tally.latencies_us.lock() {
                 l.push(us);
             }
+            if tally.steady_after.get().is_some_and(|t| started >= *t)
+                && let Ok(mut l) = tally.steady_latencies_us.lock()
+            {
+                l.push(us);
+            }
         }
         Err(s) => {
             let name = proto::reason(&s).map_or_else(|| format!("{:?}", s.code()), |r| r.as_str_name().to_owned());
@@ -291,6 +303,7 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
     let firmware = Arc::new(sm3_of(b"terminal firmware 1.0.0"));
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
+    let _ = tally.steady_after.set(start + plan.interval);
     let until = start + plan.duration;
     let n = terminals.len().max(1);
     for (i, t) in terminals.iter().enumerate() {
@@ -390,11 +403,16 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
     tokio::time::sleep_until(until.into()).await;
     // Let the last heartbeats of the run finish.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut lat = tally.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
-    lat.sort_unstable();
-    let pct = |p: f64| {
+    let sorted = |l: &Mutex<Vec<u32>>| {
+        let mut v = l.lock().map(|l| l.clone()).unwrap_or_default();
+        v.sort_unstable();
+        v
+    };
+    let (lat, steady) = (sorted(&tally.latencies_us), sorted(&tally.steady_latencies_us));
+    let pct_of = |lat: &[u32], p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, |v| *v as f64 / 1000.0)
     };
+    let pct = |p: f64| pct_of(&lat, p);
     let refused = tally.refused.lock().map(|m| m.clone()).unwrap_or_default();
     let secs = start.elapsed().as_secs_f64();
     emit(json!({
@@ -408,6 +426,7 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
         "heartbeats_per_s": tally.sent.load(Ordering::Relaxed) as f64 / secs,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
+        "p99_after_first_interval_ms": pct_of(&steady, 0.99),
     }));
     Ok(())
 }
