@@ -113,12 +113,15 @@ fn truncated_and_overlong_payloads_are_refused() {
         for cut in 0..payload.len() {
             if let Ok(other) = Request::decode(req.msg_type(), &payload[..cut]) {
                 // Only a trailing "rest" field may shrink and still parse.
-                assert!(matches!(other, Request::PutRoot { .. } | Request::PutChain { .. }), "{req:?} cut {cut}");
+                assert!(
+                    matches!(other, Request::PutRoot { .. } | Request::PutChain { .. } | Request::Activate { .. }),
+                    "{req:?} cut {cut}"
+                );
             }
         }
         let mut longer = payload.clone();
         longer.push(0);
-        if !matches!(req, Request::PutRoot { .. } | Request::PutChain { .. }) {
+        if !matches!(req, Request::PutRoot { .. } | Request::PutChain { .. } | Request::Activate { .. }) {
             assert!(matches!(
                 Request::decode(req.msg_type(), &longer),
                 Err(MessageError::TrailingBytes { extra: 1, .. })

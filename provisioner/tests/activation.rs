@@ -145,7 +145,10 @@ fn provisioned_on_hold_activated_by_presence_then_good_and_a_replay_is_refused()
     assert!(out.status.success(), "{}", text(&out));
     let issuing = ca.join("certs/issuing.pem");
     let before = ocsp(d, http, &issuing, &cert);
-    assert!(before.contains("Cert Status: revoked") && before.contains("Revocation Reason: certificateHold"), "{before}");
+    assert!(
+        before.contains("Cert Status: revoked") && before.contains("Revocation Reason: certificateHold"),
+        "{before}"
+    );
 
     // The operator activates it with the terminal at hand.
     let op_identity = d.join("operator-1/identity.toml");
@@ -202,6 +205,30 @@ fn provisioned_on_hold_activated_by_presence_then_good_and_a_replay_is_refused()
         else {
             panic!("no signature")
         };
+        // The SE signs statements about itself only.
+        let st = proto::activation::decode(&statement).expect("statement");
+        for other in [
+            v1::ActivationStatement { terminal_serial: "HSTM01261100000K".into(), ..st.clone() },
+            v1::ActivationStatement { certificate_serial: "0A".into(), ..st.clone() },
+        ] {
+            let refused = dev.call(&Request::Activate { statement: proto::activation::encode(&other) });
+            assert!(
+                matches!(
+                    refused,
+                    Err(device_protocol::LinkError::Device { code: device_protocol::ErrorCode::NotForThisDevice, .. })
+                ),
+                "{refused:?}"
+            );
+        }
+        let short = v1::ActivationStatement { challenge: vec![1; 8], ..st.clone() };
+        let refused = dev.call(&Request::Activate { statement: proto::activation::encode(&short) });
+        assert!(
+            matches!(
+                refused,
+                Err(device_protocol::LinkError::Device { code: device_protocol::ErrorCode::MalformedRequest, .. })
+            ),
+            "{refused:?}"
+        );
         let msg = v1::ActivateTerminalRequest {
             request_id: request_id(),
             serial: serial.clone(),
