@@ -292,6 +292,17 @@ pub struct PolicySection {
     pub directory: PathBuf,
     /// Whether a terminal must be registered before a station may issue for it.
     pub require_registration: bool,
+    /// Whether terminal certificates are issued on the activation hold (certificateHold until a
+    /// proof-of-presence activation, or an administrator's manual one, lifts it: REQUIREMENTS T4).
+    #[serde(default)]
+    pub hold_until_activation: bool,
+    /// How long an activation challenge may be used, in seconds (1 to 3600).
+    #[serde(default = "default_challenge_seconds")]
+    pub activation_challenge_seconds: u64,
+}
+
+fn default_challenge_seconds() -> u64 {
+    300
 }
 
 /// `[ca]`.
@@ -338,6 +349,7 @@ mod tests {
     fn production_example_parses_and_requires_registration() {
         let c: Config = toml::from_str(include_str!("../ca-server.production.example.toml")).expect("parses");
         assert!(c.policy.require_registration);
+        assert!(c.policy.hold_until_activation, "production holds certificates until activation");
         assert_eq!(c.hsm.pin_file, None);
         assert_eq!(c.hsm.profile, "xipki");
     }

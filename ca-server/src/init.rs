@@ -347,7 +347,12 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
             env: [("SOFTTOKEN_CONF".to_string(), "softtoken.toml".to_string())].into_iter().collect(),
         },
         registry: RegistrySection { path: "registry.redb".into(), url: None, instance: None },
-        policy: PolicySection { directory: "policies".into(), require_registration: false },
+        policy: PolicySection {
+            directory: "policies".into(),
+            require_registration: false,
+            hold_until_activation: false,
+            activation_challenge_seconds: 300,
+        },
         ca: CaSection { root: "certs/root.pem".into(), issuing: "certs/issuing.pem".into() },
         audit: AuditSection { key_label: Some(AUDIT_KEY_LABEL.into()), ..Default::default() },
         crl: Default::default(),

@@ -40,5 +40,6 @@ pub fn new_cert_record(
         provisioning: None,
         crl_partition: None,
         station: None,
+        activation_hold: false,
     })
 }

@@ -105,6 +105,7 @@ impl World {
             provisioning: None,
             crl_partition: None,
             station: None,
+            activation_hold: false,
         };
         self.reg.add_principal(&p, &rec, &der, &ev("principal_add")).expect("add");
         (key, der, serial)

@@ -327,17 +327,22 @@ async fn registration_switch_and_life_cycle(backend: Backend) {
     );
 
     let resp = issue(&station, req).await.expect("issued once registered");
-    // Activation needs the device to have confirmed the write first.
+    // Activation needs the device to have confirmed the write first. (The administrator's manual
+    // override here; proof of presence is in tests/activation.rs.)
     let activate = v1::ActivateTerminalRequest {
         request_id: request_id(),
         serial: s.clone(),
         institution: "No. 1 Hospital".into(),
         latitude: 31.23,
         longitude: 121.47,
+        manual: true,
+        ..Default::default()
     };
+    let mut admin_reg = v1::registry_client::RegistryClient::new(admin.channel.clone());
     assert_eq!(
         refused(
-            reg.activate_terminal(operator.signed("/hsca.v1.Registry/ActivateTerminal", activate.clone()).expect("s"))
+            admin_reg
+                .activate_terminal(admin.signed("/hsca.v1.Registry/ActivateTerminal", activate.clone()).expect("s"))
                 .await
         )
         .1,
@@ -354,18 +359,19 @@ async fn registration_switch_and_life_cycle(backend: Backend) {
         .confirm_provisioning(station.signed("/hsca.v1.CertificateAuthority/ConfirmProvisioning", confirm).expect("s"))
         .await
         .expect("confirm");
-    let a = reg
-        .activate_terminal(operator.signed("/hsca.v1.Registry/ActivateTerminal", activate).expect("s"))
+    let a = admin_reg
+        .activate_terminal(admin.signed("/hsca.v1.Registry/ActivateTerminal", activate).expect("s"))
         .await
         .expect("activate")
         .into_inner();
-    assert_eq!((a.operator.as_str(), a.institution.as_str()), ("operator-1", "No. 1 Hospital"));
+    assert_eq!((a.method.as_str(), a.institution.as_str()), ("manual", "No. 1 Hospital"));
     let bad = v1::ActivateTerminalRequest {
         request_id: request_id(),
         serial: s.clone(),
         institution: "x".into(),
         latitude: 120.0,
         longitude: 0.0,
+        ..Default::default()
     };
     assert_eq!(
         refused(reg.activate_terminal(operator.signed("/hsca.v1.Registry/ActivateTerminal", bad).expect("s")).await).1,

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the CA refused (the stable reason is printed), or `verify` found the
 //! certificate not valid; 2 usage or local input error; 3 the CA could not be reached.
 
+mod activation;
 mod alerts;
 mod approvals;
 mod audit;
@@ -268,17 +269,27 @@ enum TerminalCmd {
         #[arg(long, default_value_t = 100)]
         page_size: u32,
     },
-    /// Record an activation (HSTS 7.4.5/7.4.6).
+    /// Activate a terminal in the field (HSTS 7.4.5/7.4.6): proof of presence through the
+    /// terminal at --device (its SE signs the CA's fresh challenge, institution and position; you,
+    /// an operator, countersign), or an administrator's audited --manual override.
+    #[command(group = clap::ArgGroup::new("how").required(true).args(["device", "manual"]))]
     Activate {
-        /// Serial.
+        /// The terminal's serial port (USB CDC-ACM, e.g. /dev/ttyACM0), as the station reaches it.
         #[arg(long)]
-        serial: String,
-        /// Institution.
+        device: Option<PathBuf>,
+        /// Administrators only: record the activation without the terminal's signature (audited
+        /// as activate_manual; lifts only the activation hold).
+        #[arg(long, requires = "serial")]
+        manual: bool,
+        /// Serial (with --device: checked against the terminal's own).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Institution where it is installed.
         #[arg(long)]
         institution: String,
-        /// LAT,LON in degrees.
-        #[arg(long, allow_hyphen_values = true)]
-        location: String,
+        /// LAT,LON in degrees: the terminal's reference location from now on.
+        #[arg(long, alias = "location", allow_hyphen_values = true)]
+        position: String,
     },
     /// A terminal's activation log.
     Activations {
@@ -749,23 +760,23 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     print(cli.json, &rows, || table(&rows))
                 }
-                TerminalCmd::Activate { serial, institution, location } => {
-                    let (lat, lon) = location.split_once(',').context("--location is LAT,LON")?;
-                    let msg = v1::ActivateTerminalRequest {
-                        request_id: request_id(),
-                        serial: serial.clone(),
-                        institution: institution.clone(),
-                        latitude: lat.trim().parse().context("latitude")?,
-                        longitude: lon.trim().parse().context("longitude")?,
+                TerminalCmd::Activate { device, manual, serial, institution, position } => {
+                    let (latitude, longitude) = activation::parse_position(position)?;
+                    let place = activation::Place { institution, latitude, longitude };
+                    let a = match (device, serial) {
+                        (Some(d), s) if !*manual => activation::with_device(&client, d, s.as_deref(), &place).await?,
+                        (_, Some(s)) => activation::manual(&client, s, &place).await?,
+                        _ => bail!("give --device PATH, or --manual --serial SERIAL"),
                     };
-                    let a = reg
-                        .activate_terminal(client.signed("/hsca.v1.Registry/ActivateTerminal", msg)?)
-                        .await?
-                        .into_inner();
                     print(
                         cli.json,
-                        &serde_json::json!({"terminal": a.terminal_serial, "operator": a.operator, "institution": a.institution, "at_ms": a.at_ms}),
-                        || format!("activated {} at {} by {}", a.terminal_serial, a.institution, a.operator),
+                        &serde_json::json!({"terminal": a.terminal_serial, "operator": a.operator, "institution": a.institution, "latitude": a.latitude, "longitude": a.longitude, "method": a.method, "certificate": a.certificate_serial, "at_ms": a.at_ms}),
+                        || {
+                            format!(
+                                "activated {} at {} ({}, {}) by {} [{}]",
+                                a.terminal_serial, a.institution, a.latitude, a.longitude, a.operator, a.method
+                            )
+                        },
                     )
                 }
                 TerminalCmd::Activations { serial } => {
@@ -777,14 +788,14 @@ async fn run(cli: Cli) -> Result<()> {
                         .activations;
                     let rows: Vec<_> = list
                         .iter()
-                        .map(|a| serde_json::json!({"operator": a.operator, "institution": a.institution, "latitude": a.latitude, "longitude": a.longitude, "at_ms": a.at_ms}))
+                        .map(|a| serde_json::json!({"operator": a.operator, "institution": a.institution, "latitude": a.latitude, "longitude": a.longitude, "at_ms": a.at_ms, "method": a.method, "certificate": a.certificate_serial}))
                         .collect();
                     print(cli.json, &rows, || {
                         list.iter()
                             .map(|a| {
                                 format!(
-                                    "{}  {}  {} ({}, {})",
-                                    a.at_ms, a.operator, a.institution, a.latitude, a.longitude
+                                    "{}  {}  {} ({}, {})  {}",
+                                    a.at_ms, a.operator, a.institution, a.latitude, a.longitude, a.method
                                 )
                             })
                             .collect::<Vec<_>>()

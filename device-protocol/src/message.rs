@@ -30,6 +30,8 @@ pub mod msg_type {
     pub const LOCK: u8 = 0x09;
     /// STATUS request: empty.
     pub const STATUS: u8 = 0x0A;
+    /// ACTIVATE request: `statement rest` (an encoded activation statement).
+    pub const ACTIVATE: u8 = 0x0B;
 
     /// HELLO response.
     pub const R_HELLO: u8 = 0x81;
@@ -316,6 +318,12 @@ pub enum Request {
     Lock,
     /// Report state and upload progress.
     Status,
+    /// Sign an activation statement (proof of presence) with the SE key; the SE refuses one that
+    /// names another terminal or certificate. Answered with SIGNATURE.
+    Activate {
+        /// The encoded statement (opaque here; see PROTOCOL.md §6.10).
+        statement: Vec<u8>,
+    },
 }
 
 /// A device → host answer.
@@ -399,6 +407,7 @@ impl Request {
             Request::Challenge { .. } => "CHALLENGE",
             Request::Lock => "LOCK",
             Request::Status => "STATUS",
+            Request::Activate { .. } => "ACTIVATE",
         }
     }
 
@@ -415,6 +424,7 @@ impl Request {
             Request::Challenge { .. } => msg_type::CHALLENGE,
             Request::Lock => msg_type::LOCK,
             Request::Status => msg_type::STATUS,
+            Request::Activate { .. } => msg_type::ACTIVATE,
         }
     }
 
@@ -431,6 +441,7 @@ impl Request {
             msg_type::CHALLENGE => "CHALLENGE",
             msg_type::LOCK => "LOCK",
             msg_type::STATUS => "STATUS",
+            msg_type::ACTIVATE => "ACTIVATE",
             _ => return None,
         })
     }
@@ -455,6 +466,7 @@ impl Request {
             }
             Request::ReadCert { offset } => w.extend_from_slice(&offset.to_be_bytes()),
             Request::Challenge { nonce } => w.extend_from_slice(nonce),
+            Request::Activate { statement } => w.extend_from_slice(statement),
         }
         Ok(w)
     }
@@ -478,6 +490,7 @@ impl Request {
             msg_type::CHALLENGE => Request::Challenge { nonce: r.array()? },
             msg_type::LOCK => Request::Lock,
             msg_type::STATUS => Request::Status,
+            msg_type::ACTIVATE => Request::Activate { statement: r.rest() },
             other => return Err(MessageError::UnknownType(other)),
         };
         r.finish()?;
@@ -486,6 +499,7 @@ impl Request {
             Request::GetCsr { common_name, .. } if common_name.is_empty() => invalid("common_name"),
             Request::GetCsr { serial_number, .. } if serial_number.is_empty() => invalid("serial_number"),
             Request::PutRoot { der } if der.is_empty() => invalid("der"),
+            Request::Activate { statement } if statement.is_empty() => invalid("statement"),
             Request::PutChain { total_len: 0, .. } => invalid("total_len"),
             Request::PutChain { chunk, .. } if chunk.is_empty() => invalid("chunk"),
             Request::PutChain { total_len, offset, chunk }
@@ -509,7 +523,7 @@ impl Request {
                 | (Request::PutChain { .. }, Response::ChainProgress { .. })
                 | (Request::Commit, Response::Committed)
                 | (Request::ReadCert { .. }, Response::CertChunk { .. })
-                | (Request::Challenge { .. }, Response::Signature { .. })
+                | (Request::Challenge { .. } | Request::Activate { .. }, Response::Signature { .. })
                 | (Request::Status, Response::Status(_))
         )
     }
@@ -522,7 +536,10 @@ impl Request {
         match (self, state) {
             (Request::Hello { .. } | Request::Status, _) => Ok(()),
             (_, S::Tampered) => Err(ErrorCode::Tampered),
-            (Request::ReadCert { .. } | Request::Challenge { .. }, S::Provisioned | S::Locked) => Ok(()),
+            (
+                Request::ReadCert { .. } | Request::Challenge { .. } | Request::Activate { .. },
+                S::Provisioned | S::Locked,
+            ) => Ok(()),
             (_, S::Locked) => Err(ErrorCode::Locked),
             (Request::GenKey, S::Blank) => Ok(()),
             (Request::GenKey, _) => Err(ErrorCode::KeyExists),
@@ -536,7 +553,9 @@ impl Request {
             (Request::Commit, S::ChainPending) => Ok(()),
             (Request::Commit, _) => Err(ErrorCode::ChainIncomplete),
             (Request::Lock, S::Provisioned) => Ok(()),
-            (Request::ReadCert { .. } | Request::Challenge { .. } | Request::Lock, _) => Err(ErrorCode::NotProvisioned),
+            (Request::ReadCert { .. } | Request::Challenge { .. } | Request::Activate { .. } | Request::Lock, _) => {
+                Err(ErrorCode::NotProvisioned)
+            }
         }
     }
 }

@@ -66,6 +66,7 @@ fn answer(req: &Request) -> Response {
         Request::Commit => Response::Committed,
         Request::ReadCert { offset } => Response::CertChunk { total_len: 3, offset: *offset, chunk: vec![1, 2, 3] },
         Request::Challenge { nonce } => Response::Signature { der: nonce.to_vec() },
+        Request::Activate { statement } => Response::Signature { der: statement.clone() },
         Request::Status => {
             Response::Status(DeviceStatus { state: SeState::Blank, has_root: false, chain_received: 0, chain_total: 0 })
         }

@@ -24,6 +24,8 @@ fn all_requests() -> Vec<Request> {
         Request::Challenge { nonce: std::array::from_fn(|i| i as u8) },
         Request::Lock,
         Request::Status,
+        Request::Activate { statement: vec![0x0A, 0x20, 1, 2, 3] },
+        Request::Activate { statement: vec![0xA5; 2048] },
     ]
 }
 
@@ -111,12 +113,15 @@ fn truncated_and_overlong_payloads_are_refused() {
         for cut in 0..payload.len() {
             if let Ok(other) = Request::decode(req.msg_type(), &payload[..cut]) {
                 // Only a trailing "rest" field may shrink and still parse.
-                assert!(matches!(other, Request::PutRoot { .. } | Request::PutChain { .. }), "{req:?} cut {cut}");
+                assert!(
+                    matches!(other, Request::PutRoot { .. } | Request::PutChain { .. } | Request::Activate { .. }),
+                    "{req:?} cut {cut}"
+                );
             }
         }
         let mut longer = payload.clone();
         longer.push(0);
-        if !matches!(req, Request::PutRoot { .. } | Request::PutChain { .. }) {
+        if !matches!(req, Request::PutRoot { .. } | Request::PutChain { .. } | Request::Activate { .. }) {
             assert!(matches!(
                 Request::decode(req.msg_type(), &longer),
                 Err(MessageError::TrailingBytes { extra: 1, .. })
@@ -137,6 +142,11 @@ fn truncated_and_overlong_payloads_are_refused() {
     }
     assert_eq!(Request::decode(msg_type::CHALLENGE, &[0; 31]), Err(MessageError::Truncated { message: "CHALLENGE" }));
     assert_eq!(Request::decode(msg_type::HELLO, &[]), Err(MessageError::Truncated { message: "HELLO" }));
+    assert_eq!(
+        Request::decode(msg_type::ACTIVATE, &[]),
+        Err(MessageError::InvalidField { message: "ACTIVATE", field: "statement" }),
+        "an empty statement is malformed whatever the state"
+    );
 }
 
 #[test]
@@ -289,6 +299,10 @@ fn state_table_matches_protocol_md() {
             [Err(E::NotProvisioned), Err(E::NotProvisioned), Err(E::NotProvisioned), ok, ok, Err(E::Tampered)],
         ),
         (
+            Request::Activate { statement: vec![1] },
+            [Err(E::NotProvisioned), Err(E::NotProvisioned), Err(E::NotProvisioned), ok, ok, Err(E::Tampered)],
+        ),
+        (
             Request::Lock,
             [
                 Err(E::NotProvisioned),
@@ -315,9 +329,19 @@ fn state_table_matches_protocol_md() {
 #[test]
 fn names_response_typing_and_challenge_message() {
     let names: Vec<_> = all_requests().iter().map(Request::name).collect();
-    for n in
-        ["HELLO", "GEN_KEY", "GET_CSR", "PUT_ROOT", "PUT_CHAIN", "COMMIT", "READ_CERT", "CHALLENGE", "LOCK", "STATUS"]
-    {
+    for n in [
+        "HELLO",
+        "GEN_KEY",
+        "GET_CSR",
+        "PUT_ROOT",
+        "PUT_CHAIN",
+        "COMMIT",
+        "READ_CERT",
+        "CHALLENGE",
+        "LOCK",
+        "STATUS",
+        "ACTIVATE",
+    ] {
         assert!(names.contains(&n), "{n}");
     }
     assert!(Request::GenKey.accepts(&Response::Key { spki_der: vec![] }));
@@ -325,6 +349,8 @@ fn names_response_typing_and_challenge_message() {
     assert!(!Request::GenKey.accepts(&Response::Ok));
     assert!(Request::Lock.accepts(&Response::Ok));
     assert!(!Request::Status.accepts(&Response::Committed));
+    assert!(Request::Activate { statement: vec![1] }.accepts(&Response::Signature { der: vec![] }));
+    assert!(!Request::Activate { statement: vec![1] }.accepts(&Response::Ok));
     let m = challenge_message(&[7; 32]);
     assert_eq!(&m[..23], b"TERMINAL-SE-CHALLENGE/1");
     assert_eq!(m[23..], [7; 32]);

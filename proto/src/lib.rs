@@ -10,6 +10,7 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of `hsca.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hsca_v1_descriptor.bin"));
 
+pub mod activation;
 pub mod client;
 pub mod heartbeat;
 pub mod identity;

@@ -20,6 +20,7 @@ macro_rules! storage_from {
     )*};
 }
 
+mod activation;
 pub mod anchor;
 mod approvals;
 pub mod audit;
@@ -36,6 +37,7 @@ use std::path::Path;
 use backend::Backend;
 use store::{StoreRead, StoreWrite};
 
+pub use activation::Activated;
 pub use approvals::Decision;
 pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 /// The PostgreSQL schema version this build serves.
@@ -155,6 +157,15 @@ pub enum RegistryError {
         /// The station it was issued for (`unknown` for records older than this rule).
         station: String,
     },
+    /// The certificate is on the activation hold, which only an activation lifts.
+    #[error("certificate {0} is on the activation hold: only an activation of its terminal lifts it")]
+    ActivationHold(String),
+    /// No such activation challenge: never handed out, used already, or for another terminal.
+    #[error("activation challenge unknown, already used, or for another terminal")]
+    ChallengeUnknown,
+    /// The activation challenge is past its expiry.
+    #[error("activation challenge expired")]
+    ChallengeExpired,
     /// The terminal's certificate is on hold: a hold stays a hold until it is lifted or made final.
     #[error("certificate {0} is on hold; lift the hold or revoke it for good first")]
     OnHold(String),
@@ -466,27 +477,6 @@ impl Registry {
     /// Every certificate record (for CRLs and status), in serial order.
     pub fn certificates(&self) -> Result<Vec<CertRecord>> {
         self.read(|s| s.certificates())
-    }
-
-    /// Records an activation; the terminal must be provisioned (or already active).
-    pub fn activate(&self, a: &ActivationRecord, event: &AuditEvent) -> Result<u64> {
-        let a = a.clone();
-        self.write(event, move |s| {
-            let mut t = s.terminal(&a.terminal)?.ok_or_else(|| RegistryError::TerminalNotFound(a.terminal.clone()))?;
-            if !matches!(t.state, TerminalState::Provisioned | TerminalState::Active) {
-                return Err(RegistryError::WrongState {
-                    terminal: a.terminal.clone(),
-                    state: t.state.as_str(),
-                    action: "activation",
-                    wanted: "provisioned or active",
-                });
-            }
-            let n = s.add_activation(&a)?;
-            t.state = TerminalState::Active;
-            t.updated_ms = a.at_ms;
-            s.update_terminal(&t)?;
-            Ok(n)
-        })
     }
 
     /// A terminal's activations, oldest first.

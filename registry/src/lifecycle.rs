@@ -25,10 +25,6 @@ pub struct StationIssue<'a> {
     pub reissue: bool,
 }
 
-fn on_hold(c: &CertRecord) -> bool {
-    matches!(c.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. })
-}
-
 /// Whether a station may issue for terminal `t` (registered) whose active certificate is
 /// `active`: the class is the registered one; a revoked terminal, or a replacement once the
 /// device is written, needs an approved re-key; a replacement is of the station's own
@@ -49,7 +45,9 @@ pub fn check_station_issue(req: &StationIssue<'_>, t: &TerminalRecord, active: O
     if !req.reissue {
         return Err(RegistryError::AlreadyHasActiveCertificate { terminal: t.serial.clone(), cert: c.serial.clone() });
     }
-    if on_hold(c) {
+    // The activation hold is no bar: the device is not written yet, and the old certificate is
+    // revoked for good as superseded.
+    if c.on_hold() && !c.activation_hold {
         return Err(RegistryError::OnHold(c.serial.clone()));
     }
     if c.station.as_deref() != Some(req.station) {
@@ -138,6 +136,19 @@ impl crate::Registry {
     /// Records a terminal certificate a station asked for, enforcing the invariants inside the
     /// transaction.
     pub fn record_terminal_issue(&self, issue: &TerminalIssue, event: &AuditEvent) -> Result<IssueOutcome> {
+        self.record_terminal_issue_held(issue, false, event)
+    }
+
+    /// [`Self::record_terminal_issue`], with `hold_until_activation`: the certificate is put on
+    /// its activation hold (certificateHold, marked as that hold) in the same transaction that
+    /// records it, so no answer ever carries a certificate that relying parties see as good
+    /// before activation, and a replay answers with the held certificate.
+    pub fn record_terminal_issue_held(
+        &self,
+        issue: &TerminalIssue,
+        hold_until_activation: bool,
+        event: &AuditEvent,
+    ) -> Result<IssueOutcome> {
         // A replay is answered without writing anything (not even an audit entry of its own:
         // the caller logs the replay).
         if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
@@ -168,6 +179,12 @@ impl crate::Registry {
             let mut cert = issue.cert.clone();
             cert.station = Some(issue.station.clone());
             let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
+            if hold_until_activation {
+                let mut held =
+                    revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
+                held.activation_hold = true;
+                s.update_cert(&held)?;
+            }
             let result = RequestResult {
                 kind: "terminal_issue".into(),
                 cert_serial: cert.serial.clone(),
@@ -198,7 +215,7 @@ impl crate::Registry {
             let (cert, der) = crate::certificate_in(s, &result.cert_serial)?
                 .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
             // A station retrying must not be handed a certificate revoked meanwhile (and write it).
-            if cert.status != CertStatus::Good {
+            if cert.status != CertStatus::Good && !cert.on_activation_hold() {
                 return Err(RegistryError::AlreadyRevoked(cert.serial));
             }
             Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))

@@ -136,6 +136,22 @@ pub struct CertRecord {
     /// station named to write it). Only that station may confirm or replace it.
     #[serde(default)]
     pub station: Option<String>,
+    /// The certificateHold it is under (if any) is the activation hold placed at issuance by
+    /// `hold_until_activation`: only an activation lifts it, and only this hold.
+    #[serde(default)]
+    pub activation_hold: bool,
+}
+
+impl CertRecord {
+    /// Whether it is on hold (certificateHold), whoever placed the hold.
+    pub fn on_hold(&self) -> bool {
+        matches!(self.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. })
+    }
+
+    /// Whether it is on the activation hold (and on no other).
+    pub fn on_activation_hold(&self) -> bool {
+        self.activation_hold && self.on_hold()
+    }
 }
 
 /// The station's confirmation that a certificate is in the device (DESIGN §4 "confirm").
@@ -186,6 +202,46 @@ impl PrincipalRecord {
     }
 }
 
+/// How an activation was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationMethod {
+    /// An operator's record, made before proof of presence existed (no terminal signature).
+    #[default]
+    Operator,
+    /// Proof of presence: the terminal's SE signed a fresh challenge, institution and position,
+    /// and the operator countersigned the request.
+    Presence,
+    /// An administrator's audited manual override (no terminal signature).
+    Manual,
+}
+
+impl ActivationMethod {
+    /// Lower-case name: `operator`, `presence`, `manual`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Presence => "presence",
+            Self::Manual => "manual",
+        }
+    }
+}
+
+/// A single-use activation challenge handed out for one terminal's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    /// Terminal serial.
+    pub terminal: String,
+    /// The certificate whose key must sign (the terminal's active one when handed out).
+    pub certificate: String,
+    /// The operator it was handed to.
+    pub operator: String,
+    /// Unix milliseconds.
+    pub issued_ms: u64,
+    /// Unix milliseconds after which it is refused.
+    pub expires_ms: u64,
+}
+
 /// An activation (HSTS 7.4.5/7.4.6): who, where, when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActivationRecord {
@@ -201,6 +257,12 @@ pub struct ActivationRecord {
     pub longitude: f64,
     /// Unix milliseconds.
     pub at_ms: u64,
+    /// How it was made.
+    #[serde(default)]
+    pub method: ActivationMethod,
+    /// Proof of presence: the certificate whose key signed the statement.
+    #[serde(default)]
+    pub certificate: Option<String>,
 }
 
 /// The stored result of a request, so a retry gets the same answer.

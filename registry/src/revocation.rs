@@ -38,10 +38,14 @@ pub(crate) fn revoke_in(
     invalidity_ms: Option<u64>,
 ) -> Result<CertRecord> {
     let mut rec = s.cert(serial)?.ok_or_else(|| RegistryError::CertNotFound(serial.into()))?;
-    let on_hold = matches!(rec.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. });
-    if rec.status != CertStatus::Good && !(on_hold && reason != RevocationReason::CertificateHold) {
+    let on_hold = rec.on_hold();
+    // A hold over the activation hold takes it over: the hold is then the placer's, and an
+    // activation no longer lifts it.
+    let takes_over = rec.on_activation_hold() && reason == RevocationReason::CertificateHold;
+    if rec.status != CertStatus::Good && !(on_hold && reason != RevocationReason::CertificateHold) && !takes_over {
         return Err(RegistryError::AlreadyRevoked(serial.into()));
     }
+    rec.activation_hold = false;
     rec.status = CertStatus::Revoked { at_ms, reason, invalidity_ms };
     s.update_cert(&rec)?;
     index_revocation(s, &rec)?;
@@ -54,6 +58,18 @@ pub(crate) fn revoke_in(
         t.updated_ms = at_ms;
         s.update_terminal(&t)?;
     }
+    Ok(rec)
+}
+
+/// Releases `rec` (on hold) from its hold: good again, out of `revoked`, into `released` (delta
+/// CRLs say removeFromCRL).
+pub(crate) fn release_in(s: &mut dyn StoreWrite, mut rec: CertRecord, at_ms: u64) -> Result<CertRecord> {
+    rec.status = CertStatus::Good;
+    rec.activation_hold = false;
+    s.update_cert(&rec)?;
+    s.remove_revoked(&rec.serial)?;
+    let released = ReleasedCert { serial: rec.serial.clone(), at_ms, partition: rec.crl_partition, seq: next_seq(s)? };
+    s.put_released(&released)?;
     Ok(rec)
 }
 
@@ -108,20 +124,18 @@ impl crate::Registry {
     }
 
     /// Releases a certificate from hold (`certificateHold` only; any other reason is final).
+    /// The activation hold is refused: only an activation lifts it.
     pub fn unrevoke(&self, serial: &str, at_ms: u64, event: &AuditEvent) -> Result<CertRecord> {
         let serial = serial.to_owned();
         self.write(event, move |s| {
-            let mut rec = s.cert(&serial)?.ok_or_else(|| RegistryError::CertNotFound(serial.clone()))?;
-            if !matches!(rec.status, CertStatus::Revoked { reason: RevocationReason::CertificateHold, .. }) {
+            let rec = s.cert(&serial)?.ok_or_else(|| RegistryError::CertNotFound(serial.clone()))?;
+            if !rec.on_hold() {
                 return Err(RegistryError::NotOnHold(serial.clone()));
             }
-            rec.status = CertStatus::Good;
-            s.update_cert(&rec)?;
-            s.remove_revoked(&serial)?;
-            let released =
-                ReleasedCert { serial: serial.clone(), at_ms, partition: rec.crl_partition, seq: next_seq(s)? };
-            s.put_released(&released)?;
-            Ok(rec)
+            if rec.on_activation_hold() {
+                return Err(RegistryError::ActivationHold(serial.clone()));
+            }
+            release_in(s, rec, at_ms)
         })
     }
 }

@@ -12,8 +12,8 @@
 //! hands the rules a `&mut dyn StoreWrite` inside the backend's transaction.
 
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, PrincipalRecord, ReleasedCert, RequestResult, Result,
-    RevokedCert, TerminalFilter, TerminalRecord,
+    ActivationRecord, Approval, BulkFilter, CertRecord, ChallengeRecord, PrincipalRecord, ReleasedCert, RequestResult,
+    Result, RevokedCert, TerminalFilter, TerminalRecord,
 };
 
 /// Names of the durable counters (`StoreWrite::advance`).
@@ -64,6 +64,8 @@ pub(crate) trait StoreRead {
     fn approval(&mut self, id: &str) -> Result<Option<Approval>>;
     fn approvals(&mut self) -> Result<Vec<Approval>>;
     fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>>;
+    /// An activation challenge not yet used (expired ones may still be stored).
+    fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>>;
     fn counter(&mut self, name: &str) -> Result<u64>;
     fn revoked(&mut self) -> Result<Vec<RevokedCert>>;
     fn released(&mut self) -> Result<Vec<ReleasedCert>>;
@@ -104,6 +106,10 @@ pub(crate) trait StoreWrite: StoreRead {
     fn update_approval(&mut self, a: &Approval) -> Result<()>;
     /// Appends an activation; returns its number for this terminal (1, 2, …).
     fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64>;
+    /// Stores a new activation challenge; prunes expired ones (at `now_ms`).
+    fn put_challenge(&mut self, challenge: &[u8], rec: &ChallengeRecord, now_ms: u64) -> Result<()>;
+    /// Removes an activation challenge (used, so never again).
+    fn remove_challenge(&mut self, challenge: &[u8]) -> Result<()>;
     /// `NonceReplayed` when `nonce` is stored and not expired at `now_ms`; prunes expired ones.
     fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()>;
     /// Adds `n` to counter `name`; returns the value before.

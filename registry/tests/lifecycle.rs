@@ -29,6 +29,8 @@ fn activation() -> ActivationRecord {
         latitude: 31.2,
         longitude: 121.5,
         at_ms: 60,
+        method: ActivationMethod::Operator,
+        certificate: None,
     }
 }
 

@@ -86,6 +86,8 @@ fn life_cycle_confirm_activate_revoke(kind: Kind) {
         latitude: 31.2,
         longitude: 121.5,
         at_ms: 5,
+        method: ActivationMethod::Operator,
+        certificate: None,
     };
     assert!(
         matches!(reg.activate(&activation, &ev("activate", serial)), Err(RegistryError::WrongState { .. })),
@@ -108,8 +110,8 @@ fn life_cycle_confirm_activate_revoke(kind: Kind) {
         reg.confirm_provisioning(serial, "BB01", &other, &ev("confirm", serial)),
         Err(RegistryError::IssuedByAnotherStation { cert: "BB01".into(), station: "station-1".into() })
     );
-    assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("activate"), 1);
-    assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("again"), 2);
+    assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("activate").number, 1);
+    assert_eq!(reg.activate(&activation, &ev("activate", serial)).expect("again").number, 2);
     assert_eq!(reg.activations(serial).expect("list").len(), 2);
     assert_eq!(reg.terminal(serial).expect("t").expect("t").state, TerminalState::Active);
 

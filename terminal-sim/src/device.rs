@@ -37,7 +37,7 @@ impl Latency {
     pub fn of(&self, req: &Request, chain_len: usize) -> Duration {
         let crypto = match req {
             Request::GenKey => self.keygen,
-            Request::GetCsr { .. } | Request::Challenge { .. } => self.sign,
+            Request::GetCsr { .. } | Request::Challenge { .. } | Request::Activate { .. } => self.sign,
             // Two signature verifications (leaf, issuing CA) and the chain written to flash.
             Request::Commit => self.sign * 4,
             _ => Duration::ZERO,

@@ -333,6 +333,29 @@ impl SecureElement {
                 self.persist().map_err(internal)?;
                 Ok(Response::Signature { der: sig.as_der().to_vec() })
             }
+            Request::Activate { statement } => {
+                // The SE signs only a statement about itself: its serial, its committed certificate.
+                let st = proto::activation::decode(statement)
+                    .ok_or((ErrorCode::MalformedRequest, "not an activation statement".to_owned()))?;
+                let own_cert = self
+                    .certificates()
+                    .and_then(|c| c.first().and_then(|leaf| pki::CertSerial::of(leaf)).map(|s| s.to_hex()))
+                    .ok_or((ErrorCode::NotProvisioned, String::new()))?;
+                if st.terminal_serial != id.serial || st.certificate_serial != own_cert {
+                    return Err((
+                        ErrorCode::NotForThisDevice,
+                        format!("this terminal is {} with certificate {own_cert}", id.serial),
+                    ));
+                }
+                if st.challenge.len() != proto::activation::CHALLENGE_LEN {
+                    return Err((ErrorCode::MalformedRequest, "challenge must be 32 bytes".into()));
+                }
+                let key = self.key.as_ref().ok_or((ErrorCode::NoKey, String::new()))?;
+                let sig = key.sign(&proto::activation::signed_bytes(statement)).map_err(internal)?;
+                self.flash.counter += 1;
+                self.persist().map_err(internal)?;
+                Ok(Response::Signature { der: sig.as_der().to_vec() })
+            }
             Request::Lock => {
                 self.flash.locked = true;
                 self.persist().map_err(internal)?;

@@ -106,9 +106,13 @@ impl Ca {
         };
         let action = if m.reissue { "reissue" } else { "issue" };
         let event = Self::event(caller, action, &serial, format!("certificate {cert_serial}"));
-        match self.registry.record_terminal_issue(&issue, &event).map_err(|e| registry_status(&e))? {
+        let recorded = self.registry.record_terminal_issue_held(&issue, self.hold_until_activation, &event);
+        match recorded.map_err(|e| registry_status(&e))? {
             IssueOutcome::Issued { superseded } => {
                 self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.hold_until_activation {
+                    self.revocation_changed(&cert_serial);
+                }
                 if let Some(old) = &superseded {
                     self.revocation_changed(old);
                 }

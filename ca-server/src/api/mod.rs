@@ -28,6 +28,10 @@ pub struct Ca {
     pub roles: Roles,
     /// Whether terminals must be registered before issuance.
     pub require_registration: bool,
+    /// Whether terminal certificates are issued on the activation hold.
+    pub hold_until_activation: bool,
+    /// How long an activation challenge may be used.
+    pub activation_challenge_ms: u64,
     /// Durable state.
     pub registry: Registry,
     /// The issuing CA's key in the HSM.

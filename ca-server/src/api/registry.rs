@@ -111,40 +111,174 @@ impl Ca {
         })
     }
 
-    /// `ActivateTerminal`.
+    /// `NewActivationChallenge`: a fresh, single-use challenge for the terminal's active
+    /// certificate, stored (shared by every instance) until used or expired.
+    pub fn new_activation_challenge(
+        &self,
+        req: Incoming<v1::NewActivationChallengeRequest>,
+    ) -> Result<v1::ActivationChallenge, Status> {
+        let caller = self.authenticate(&req, "/hsca.v1.Registry/NewActivationChallenge")?;
+        let serial = &req.msg.serial;
+        let result = (|| {
+            let t = self
+                .registry
+                .terminal(serial)
+                .map_err(|e| registry_status(&e))?
+                .ok_or_else(|| status(Code::NotFound, Reason::NotFound, format!("terminal {serial} not found")))?;
+            let certificate = t.active_cert.ok_or_else(|| {
+                status(Code::FailedPrecondition, Reason::WrongState, format!("terminal {serial} has no certificate"))
+            })?;
+            let mut challenge = [0u8; proto::activation::CHALLENGE_LEN];
+            getrandom::fill(&mut challenge)
+                .map_err(|e| status(Code::Internal, Reason::Internal, format!("random: {e}")))?;
+            let issued_ms = now_ms();
+            let rec = registry::ChallengeRecord {
+                terminal: serial.clone(),
+                certificate: certificate.clone(),
+                operator: caller.name.clone(),
+                issued_ms,
+                expires_ms: issued_ms + self.activation_challenge_ms,
+            };
+            let detail = format!("for certificate {certificate}, expires at {}", rec.expires_ms);
+            self.registry
+                .new_activation_challenge(
+                    &challenge,
+                    &rec,
+                    &Self::event(&caller, "activation_challenge", serial, detail),
+                )
+                .map_err(|e| registry_status(&e))?;
+            Ok(v1::ActivationChallenge {
+                challenge: challenge.to_vec(),
+                certificate_serial: certificate,
+                expires_ms: rec.expires_ms,
+            })
+        })();
+        result.map_err(|s| self.refuse(&caller, "activation_challenge", serial, s))
+    }
+
+    /// `ActivateTerminal`: proof of presence (an operator's request carrying the statement the
+    /// terminal's SE signed over a fresh challenge), or an administrator's manual override.
     pub fn activate(&self, req: Incoming<v1::ActivateTerminalRequest>) -> Result<v1::Activation, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.Registry/ActivateTerminal")?;
         let m = &req.msg;
-        let valid = (-90.0..=90.0).contains(&m.latitude)
-            && (-180.0..=180.0).contains(&m.longitude)
-            && !m.institution.trim().is_empty();
-        if !valid {
-            return Err(self.refuse(
-                &caller,
-                "activate",
-                &m.serial,
-                bad_request("institution is required and latitude/longitude must be valid degrees"),
+        let action = if m.manual { "activate_manual" } else { "activate" };
+        let result = (|| {
+            let valid = (-90.0..=90.0).contains(&m.latitude)
+                && (-180.0..=180.0).contains(&m.longitude)
+                && !m.institution.trim().is_empty();
+            if !valid {
+                return Err(bad_request("institution is required and latitude/longitude must be valid degrees"));
+            }
+            let mut a = registry::ActivationRecord {
+                terminal: m.serial.clone(),
+                operator: caller.name.clone(),
+                institution: m.institution.clone(),
+                latitude: m.latitude,
+                longitude: m.longitude,
+                at_ms: now_ms(),
+                method: registry::ActivationMethod::Manual,
+                certificate: None,
+            };
+            let done = if m.manual {
+                if caller.role != "admin" {
+                    return Err(status(
+                        Code::PermissionDenied,
+                        Reason::RoleForbidden,
+                        "the manual activation override is an administrator's",
+                    ));
+                }
+                if !m.statement.is_empty() || !m.terminal_signature.is_empty() {
+                    return Err(bad_request("a manual activation carries no terminal statement"));
+                }
+                let detail = format!("manual override at {} ({}, {})", a.institution, a.latitude, a.longitude);
+                self.registry.activate(&a, &Self::event(&caller, action, &m.serial, detail))
+            } else {
+                if caller.role != "operator" {
+                    return Err(status(
+                        Code::PermissionDenied,
+                        Reason::RoleForbidden,
+                        "a proof-of-presence activation is an operator's; administrators use the manual override",
+                    ));
+                }
+                let (challenge, certificate) = self.check_presence(m)?;
+                a.method = registry::ActivationMethod::Presence;
+                a.certificate = Some(certificate.clone());
+                let detail = format!(
+                    "proof of presence at {} ({}, {}) under certificate {certificate}",
+                    a.institution, a.latitude, a.longitude
+                );
+                self.registry.activate_with_presence(&challenge, &a, &Self::event(&caller, action, &m.serial, detail))
+            };
+            let done = done.map_err(|e| registry_status(&e))?;
+            if let Some(released) = &done.released {
+                self.revocation_changed(released);
+            }
+            Ok(activation_msg(a))
+        })();
+        result.map_err(|s| self.refuse(&caller, action, &m.serial, s))
+    }
+
+    /// Checks a proof-of-presence request before anything is written: the statement parses and
+    /// binds this request (terminal, institution, position) to a challenge handed out for this
+    /// terminal, unexpired, and to the terminal's active certificate, whose key signed it.
+    /// Returns the challenge and the certificate serial. The registry checks the challenge again
+    /// (and uses it up) in the transaction that records the activation.
+    fn check_presence(&self, m: &v1::ActivateTerminalRequest) -> Result<(Vec<u8>, String), Status> {
+        if m.statement.is_empty() || m.terminal_signature.is_empty() {
+            return Err(bad_request(
+                "statement and terminal_signature are required (the manual override is `manual`, administrators only)",
             ));
         }
-        let a = registry::ActivationRecord {
-            terminal: m.serial.clone(),
-            operator: caller.name.clone(),
-            institution: m.institution.clone(),
-            latitude: m.latitude,
-            longitude: m.longitude,
-            at_ms: now_ms(),
+        let st = proto::activation::decode(&m.statement)
+            .filter(|s| s.challenge.len() == proto::activation::CHALLENGE_LEN)
+            .ok_or_else(|| bad_request("statement is not an activation statement with a 32-byte challenge"))?;
+        let mismatch = |what: &str| {
+            status(Code::PermissionDenied, Reason::StatementMismatch, format!("the signed statement names {what}"))
         };
-        self.registry
-            .activate(&a, &Self::event(&caller, "activate", &m.serial, format!("at {}", m.institution)))
-            .map_err(|e| self.refuse(&caller, "activate", &m.serial, registry_status(&e)))?;
-        Ok(v1::Activation {
-            terminal_serial: a.terminal,
-            operator: a.operator,
-            institution: a.institution,
-            latitude: a.latitude,
-            longitude: a.longitude,
-            at_ms: a.at_ms,
-        })
+        let ch = self
+            .registry
+            .activation_challenge(&st.challenge)
+            .map_err(|e| registry_status(&e))?
+            .filter(|c| c.terminal == m.serial)
+            .ok_or_else(|| registry_status(&registry::RegistryError::ChallengeUnknown))?;
+        if now_ms() > ch.expires_ms {
+            return Err(registry_status(&registry::RegistryError::ChallengeExpired));
+        }
+        if st.terminal_serial != m.serial {
+            return Err(mismatch("another terminal"));
+        }
+        if st.certificate_serial != ch.certificate {
+            return Err(mismatch("another certificate than the challenge's"));
+        }
+        // Bit-for-bit: the SE signed exactly these values.
+        if st.institution != m.institution
+            || st.latitude.to_bits() != m.latitude.to_bits()
+            || st.longitude.to_bits() != m.longitude.to_bits()
+        {
+            return Err(mismatch("another institution or position than the request"));
+        }
+        let t = self.registry.terminal(&m.serial).map_err(|e| registry_status(&e))?;
+        if t.and_then(|t| t.active_cert).as_deref() != Some(ch.certificate.as_str()) {
+            return Err(mismatch("a certificate that is no longer the terminal's active one"));
+        }
+        let (_, der) = self
+            .registry
+            .certificate(&ch.certificate)
+            .map_err(|e| registry_status(&e))?
+            .ok_or_else(|| registry_status(&registry::RegistryError::CertNotFound(ch.certificate.clone())))?;
+        let cert = <pki::Certificate as der::Decode>::from_der(&der)
+            .map_err(|e| status(Code::Internal, Reason::Internal, format!("stored certificate: {e}")))?;
+        let key = pki::Sm2PublicKey::from_spki(cert.tbs_certificate().subject_public_key_info())
+            .map_err(|e| status(Code::Internal, Reason::Internal, format!("stored certificate key: {e}")))?;
+        key.verify(&pki::SignerId::default(), &proto::activation::signed_bytes(&m.statement), &m.terminal_signature)
+            .map_err(|e| {
+                status(
+                    Code::PermissionDenied,
+                    Reason::TerminalSignatureInvalid,
+                    format!("the statement's signature does not verify under certificate {}: {e}", ch.certificate),
+                )
+            })?;
+        Ok((st.challenge, ch.certificate))
     }
 
     /// `ListActivations`.
@@ -154,19 +288,20 @@ impl Ca {
     ) -> Result<v1::ListActivationsResponse, Status> {
         self.authenticate(&req, "/hsca.v1.Registry/ListActivations")?;
         let list = self.registry.activations(&req.msg.serial).map_err(|e| registry_status(&e))?;
-        Ok(v1::ListActivationsResponse {
-            activations: list
-                .into_iter()
-                .map(|a| v1::Activation {
-                    terminal_serial: a.terminal,
-                    operator: a.operator,
-                    institution: a.institution,
-                    latitude: a.latitude,
-                    longitude: a.longitude,
-                    at_ms: a.at_ms,
-                })
-                .collect(),
-        })
+        Ok(v1::ListActivationsResponse { activations: list.into_iter().map(activation_msg).collect() })
+    }
+}
+
+fn activation_msg(a: registry::ActivationRecord) -> v1::Activation {
+    v1::Activation {
+        terminal_serial: a.terminal,
+        operator: a.operator,
+        institution: a.institution,
+        latitude: a.latitude,
+        longitude: a.longitude,
+        at_ms: a.at_ms,
+        method: a.method.as_str().into(),
+        certificate_serial: a.certificate.unwrap_or_default(),
     }
 }
 
@@ -177,4 +312,5 @@ handlers!(v1::registry_server::Registry;
     activate_terminal(v1::ActivateTerminalRequest) -> v1::Activation => activate;
     list_activations(v1::ListActivationsRequest) -> v1::ListActivationsResponse => list_activations;
     count_terminals(v1::CountTerminalsRequest) -> v1::TerminalCounts => count_terminals;
+    new_activation_challenge(v1::NewActivationChallengeRequest) -> v1::ActivationChallenge => new_activation_challenge;
 );

@@ -23,19 +23,20 @@ type Cache = std::collections::HashMap<&'static str, Statement>;
 
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, PrincipalRecord, RegistryError,
-    ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter, TerminalRecord, from_json,
-    to_json,
+    ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, ChallengeRecord, PrincipalRecord,
+    RegistryError, ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter, TerminalRecord,
+    from_json, to_json,
 };
 
 /// The schema versions this build knows, in order: (version, SQL).
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_terminal_counts.sql")),
+    (3, include_str!("../../migrations/postgres/0003_activation_challenges.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Advisory lock keys (one namespace for this application).
 const AUDIT_LOCK: i64 = 0x4853_4341_0001;
@@ -699,6 +700,11 @@ impl StoreRead for PgTx<'_, '_> {
         rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
     }
 
+    fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
+        let row = self.query_opt_c("SELECT record FROM activation_challenges WHERE challenge = $1", &[&challenge])?;
+        row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()
+    }
+
     fn counter(&mut self, name: &str) -> Result<u64> {
         let row = self.query_opt_c("SELECT value FROM counters WHERE name = $1", &[&name])?;
         Ok(row.map_or(0, |r| from_i(r.get(0))))
@@ -901,6 +907,25 @@ impl StoreWrite for PgTx<'_, '_> {
             &[&a.terminal, &to_json(a)?],
         )?;
         Ok(from_i(row.get(0)))
+    }
+
+    fn put_challenge(&mut self, challenge: &[u8], rec: &ChallengeRecord, now_ms: u64) -> Result<()> {
+        // A bounded prune per challenge keeps the table to the challenges of one window.
+        self.execute_c(
+            "DELETE FROM activation_challenges WHERE challenge IN
+             (SELECT challenge FROM activation_challenges WHERE expires_ms <= $1 LIMIT 64)",
+            &[&u(now_ms)],
+        )?;
+        self.execute_c(
+            "INSERT INTO activation_challenges (challenge, expires_ms, record) VALUES ($1, $2, $3)",
+            &[&challenge, &u(rec.expires_ms), &to_json(rec)?],
+        )?;
+        Ok(())
+    }
+
+    fn remove_challenge(&mut self, challenge: &[u8]) -> Result<()> {
+        self.execute_c("DELETE FROM activation_challenges WHERE challenge = $1", &[&challenge])?;
+        Ok(())
     }
 
     fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {

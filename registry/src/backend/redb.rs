@@ -13,8 +13,8 @@ use redb::{
 
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, ChainSummary, PrincipalRecord, RegistryError, ReleasedCert,
-    RequestResult, Result, RevokedCert, TerminalFilter, TerminalRecord, from_json, to_json,
+    ActivationRecord, Approval, BulkFilter, CertRecord, ChainSummary, ChallengeRecord, PrincipalRecord, RegistryError,
+    ReleasedCert, RequestResult, Result, RevokedCert, TerminalFilter, TerminalRecord, from_json, to_json,
 };
 
 const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
@@ -25,6 +25,8 @@ const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
 const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
+/// Activation challenges handed out and not yet used (challenge → JSON record).
+const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("activation_challenges");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
@@ -246,6 +248,7 @@ impl RedbStore {
             txn.open_table(PRINCIPALS)?;
             txn.open_table(ACTIVATIONS)?;
             txn.open_table(NONCES)?;
+            txn.open_table(CHALLENGES)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_CHECKPOINTS)?;
             txn.open_table(REVOKED)?;
@@ -628,6 +631,10 @@ macro_rules! redb_reads {
                 table.range((terminal, 0)..=(terminal, u64::MAX))?.map(|item| from_json(item?.1.value())).collect()
             }
 
+            fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
+                self.0.open_table(CHALLENGES)?.get(challenge)?.map(|v| from_json(v.value())).transpose()
+            }
+
             fn counter(&mut self, name: &str) -> Result<u64> {
                 Ok(self.0.open_table(META)?.get(name)?.map_or(0, |v| v.value()))
             }
@@ -778,6 +785,18 @@ impl StoreWrite for RedbWrite<'_> {
         let n = table.range((t, 0)..=(t, u64::MAX))?.count() as u64 + 1;
         table.insert((t, n), to_json(a)?.as_slice())?;
         Ok(n)
+    }
+
+    fn put_challenge(&mut self, challenge: &[u8], rec: &ChallengeRecord, now_ms: u64) -> Result<()> {
+        let mut table = self.0.open_table(CHALLENGES)?;
+        table.retain(|_, v| from_json::<ChallengeRecord>(v).map_or(true, |c| c.expires_ms > now_ms))?;
+        table.insert(challenge, to_json(rec)?.as_slice())?;
+        Ok(())
+    }
+
+    fn remove_challenge(&mut self, challenge: &[u8]) -> Result<()> {
+        self.0.open_table(CHALLENGES)?.remove(challenge)?;
+        Ok(())
     }
 
     fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {

@@ -47,6 +47,7 @@ pub fn issue(req: &str, serial: &str, cert: &str, key: &str) -> TerminalIssue {
             provisioning: None,
             crl_partition: None,
             station: None,
+            activation_hold: false,
         },
         der: format!("DER of {cert}").into_bytes(),
     }
