@@ -387,6 +387,8 @@ fn running_counts_and_filter_indexes_match_a_full_scan(kind: Kind) {
             latitude: 31.2,
             longitude: 121.5,
             at_ms: 5,
+            method: Default::default(),
+            certificate: None,
         };
         reg.activate(&a, &ev("activate", &serial(i))).expect("activate");
     }
