@@ -46,6 +46,7 @@ fn issue(i: usize) -> TerminalIssue {
             provisioning: None,
             crl_partition: None,
             station: None,
+            activation_hold: false,
         },
         der: vec![0x30; 600],
     }
