@@ -71,7 +71,7 @@ fn layout(c: &Console, ctx: &Ctx, here: &'static str, back: &str, body: Markup) 
         ("/terminals", "terminals", c.allowed.may("Registry/ListTerminals")),
         ("/revocation", "revocation", c.allowed.may("Admin/ListApprovals")),
         ("/audit", "audit", c.allowed.may("Admin/ListAudit")),
-        ("/principals", "principals", c.allowed.may("Admin/ListAudit")),
+        ("/principals", "principals", c.allowed.may("Admin/ListPrincipals")),
         ("/alerts", "alerts", c.may_read_alerts()),
     ];
     let other = if l == Lang::Zh { "en" } else { "zh" };
@@ -790,39 +790,52 @@ pub async fn audit(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<
     respond(&c, &ctx, "audit", "/audit", body)
 }
 
-/// Principals: those seen in the audit log with their last activity, the active administrators,
-/// and disabling one.
+/// Principals (administrators only): every principal from the CA's `ListPrincipals` with its
+/// role, manufacturers, state and last activity, and a disable button on each enabled one.
 pub async fn principals(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
     let body = async {
         let l = ctx.lang();
-        let a = audit_tail(&c, AUDIT_WINDOW, false).await?;
-        let mut seen: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
-        for e in &a.entries {
-            seen.insert(&e.actor, (e.time_ms, &e.action));
-        }
-        let msg = v1::ListApprovalsRequest { request_id: request_id(), pending_only: true };
-        let list = admin(&c).list_approvals(c.client.signed("/hsca.v1.Admin/ListApprovals", msg)?).await?.into_inner();
+        let msg = v1::ListPrincipalsRequest { request_id: request_id() };
+        let list = admin(&c).list_principals(c.client.signed("/hsca.v1.Admin/ListPrincipals", msg)?).await?.into_inner();
+        let may_disable = c.allowed.may("Admin/DisablePrincipal");
         Ok(html! {
-            p.note { (t(l, "principals_note")) }
-            p { (t(l, "active_admins")) ": " span #admins { (list.active_admins.join(", ")) } }
+            p.note { (t(l, "principals_note")) " " (list.activity_window) }
             table #principals {
-                tr { th { (t(l, "name")) } th { (t(l, "last_activity")) } th { (t(l, "action")) } }
-                @for (name, (ms, action)) in &seen {
-                    tr { td { (name) } td { (when(&c, *ms)) } td { (action) } }
-                }
-            }
-            @if c.allowed.may("Admin/DisablePrincipal") {
-                h2 { (t(l, "disable")) }
-                form #disable method="post" action="/principals/disable" {
-                    (csrf(&ctx))
-                    label { (t(l, "name")) " " input name="name" required; }
-                    button type="submit" { (t(l, "disable")) }
+                tr { th { (t(l, "name")) } th { (t(l, "role")) } th { (t(l, "manufacturer")) } th { (t(l, "state")) }
+                     th { (t(l, "last_activity")) } th { (t(l, "action")) } th { (t(l, "created_by")) } th {} }
+                @for p in &list.principals {
+                    tr data-name=(p.name) {
+                        td { (p.name) }
+                        td { (p.role) }
+                        td { (p.manufacturers.join(", ")) }
+                        td.state { (principal_state(l, p)) }
+                        td { (when(&c, p.last_activity_ms)) }
+                        td { (p.last_action) }
+                        td { (p.created_by) }
+                        td {
+                            @if may_disable && p.enabled && p.name != c.name {
+                                form.disable method="post" action="/principals/disable" {
+                                    (csrf(&ctx))
+                                    input type="hidden" name="name" value=(p.name);
+                                    button type="submit" { (t(l, "disable")) }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         })
     }
     .await;
     respond(&c, &ctx, "principals", "/principals", body)
+}
+
+fn principal_state(l: Lang, p: &v1::Principal) -> &'static str {
+    match (p.enabled, p.pending_approval) {
+        (false, _) => t(l, "disabled"),
+        (true, true) => t(l, "pending"),
+        (true, false) => t(l, "enabled"),
+    }
 }
 
 /// The disable form.
