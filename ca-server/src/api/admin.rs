@@ -375,7 +375,10 @@ impl Ca {
 
     /// `ListPrincipals`: the registry's principals, each with its newest audit entry as actor
     /// within the newest [`ACTIVITY_WINDOW`] entries (read-only, not audited, like the other reads).
-    pub fn list_principals(&self, req: Incoming<v1::ListPrincipalsRequest>) -> Result<v1::ListPrincipalsResponse, Status> {
+    pub fn list_principals(
+        &self,
+        req: Incoming<v1::ListPrincipalsRequest>,
+    ) -> Result<v1::ListPrincipalsResponse, Status> {
         self.authenticate(&req, "/hsca.v1.Admin/ListPrincipals")?;
         let principals = self.registry.principals().map_err(|e| registry_status(&e))?;
         let mut last: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();

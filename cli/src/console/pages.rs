@@ -796,7 +796,8 @@ pub async fn principals(State(c): C, Extension(ctx): Extension<Ctx>) -> Response
     let body = async {
         let l = ctx.lang();
         let msg = v1::ListPrincipalsRequest { request_id: request_id() };
-        let list = admin(&c).list_principals(c.client.signed("/hsca.v1.Admin/ListPrincipals", msg)?).await?.into_inner();
+        let list =
+            admin(&c).list_principals(c.client.signed("/hsca.v1.Admin/ListPrincipals", msg)?).await?.into_inner();
         let may_disable = c.allowed.may("Admin/DisablePrincipal");
         Ok(html! {
             p.note { (t(l, "principals_note")) " " (list.activity_window) }
