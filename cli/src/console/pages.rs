@@ -1025,7 +1025,9 @@ fn relocation_map(l: Lang, evidence: &serde_json::Value) -> Option<Markup> {
         let y = (lat - reference.0) * 110.57;
         (x, y)
     };
-    let reported: Vec<((f64, f64), (f64, f64), f64)> = occurrences
+    // (lat, lon), its offset from the reference in km (east, north), its distance in km.
+    type Reported = ((f64, f64), (f64, f64), f64);
+    let reported: Vec<Reported> = occurrences
         .iter()
         .filter_map(|e| {
             let p = pair(e, "position")?;
