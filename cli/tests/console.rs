@@ -90,6 +90,13 @@ fn console_gate_pages_and_roles() {
     assert!(page.contains("<svg id=\"hourly\""), "server-drawn chart");
     assert!(page.contains("lang=\"zh-CN\"") && page.contains("概览"), "Chinese by default");
     assert!(!page.contains("<script"), "no script");
+    // Revocation freshness from the CA's HTTP side: the current CRL (signature checked, number
+    // shown, not past its nextUpdate) and an OCSP answer about the console's own certificate.
+    let row = |id: &str| page[page.find(&format!("id=\"{id}\"")).expect(id)..].split("</tr>").next().expect("row");
+    let crl = row("crl-fresh");
+    assert!(crl.contains("class=\"ok\"") && crl.contains("CRL #") && crl.contains("/crl/issuing.crl"), "{crl}");
+    let ocsp = row("ocsp-fresh");
+    assert!(ocsp.contains("class=\"ok\"") && ocsp.contains("(good)") && ocsp.contains("/ocsp"), "{ocsp}");
 
     // Terminals by serial prefix.
     let (_, page) = c.get("/terminals?q=HSTM0126110000", &cookie);

@@ -268,6 +268,7 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
                 }
             };
         }
+        out = html! { (out) (freshness_section(&c, l).await?) };
         if let Some(fleet) = fleet(&c).filter(|_| c.may_read_alerts()) {
             let msg =
                 v1::ListAlertsRequest { request_id: request_id(), open_only: true, rule: String::new(), limit: 1000 };
@@ -284,6 +285,49 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
     }
     .await;
     respond(&c, &ctx, "overview", "/", body)
+}
+
+/// CRL and OCSP freshness, fetched from the CA's HTTP side as a relying party would, each
+/// signature checked against the issuing CA the CA serves (itself checked against the pinned root).
+async fn freshness_section(c: &Console, l: Lang) -> Result<Markup> {
+    let msg = v1::GetCaChainRequest { request_id: request_id() };
+    let chain =
+        ca(c).get_ca_chain(c.client.signed("/hsca.v1.CertificateAuthority/GetCaChain", msg)?).await?.into_inner();
+    let (issuing, served_root) = crate::revocation::chain_from_der(&chain.issuing_der, &chain.root_der)?;
+    if served_root != c.pinned_root {
+        anyhow::bail!("the CA serves a root other than the one this identity pins");
+    }
+    let own = c.own_cert.clone();
+    let (crl, ocsp) = tokio::task::spawn_blocking(move || super::freshness::probe(&own, &issuing)).await?;
+    let now = now_ms();
+    let age = |ms: u64| format!("{} min", now.saturating_sub(ms) / 60_000);
+    let next = |ms: Option<u64>| ms.map_or_else(|| "—".to_owned(), |m| when(c, m));
+    let verdict =
+        |next: Option<u64>| if next.is_some_and(|n| n < now) { ("bad", t(l, "stale")) } else { ("ok", t(l, "fresh")) };
+    Ok(html! {
+        section {
+            h2 { (t(l, "freshness")) }
+            table #freshness {
+                tr { th {} th { (t(l, "this_update")) } th { (t(l, "age")) } th { (t(l, "next_update")) } th { (t(l, "state")) } th {} }
+                @match &crl {
+                    Ok(v) => tr #crl-fresh class=(verdict(v.next_update_ms).0) {
+                        th { "CRL" @if let Some(n) = v.number { " #" (n) } }
+                        td { (when(c, v.this_update_ms)) } td { (age(v.this_update_ms)) } td { (next(v.next_update_ms)) }
+                        td { (verdict(v.next_update_ms).1) } td { code { (v.url) } }
+                    },
+                    Err(e) => tr #crl-fresh.bad { th { "CRL" } td colspan="5" { (format!("{e:#}")) } },
+                }
+                @match &ocsp {
+                    Ok(v) => tr #ocsp-fresh class=(verdict(v.next_update_ms).0) {
+                        th { "OCSP" }
+                        td { (when(c, v.this_update_ms)) } td { (age(v.produced_at_ms)) } td { (next(v.next_update_ms)) }
+                        td { (verdict(v.next_update_ms).1) " (" (v.status) ")" } td { code { (v.url) } }
+                    },
+                    Err(e) => tr #ocsp-fresh.bad { th { "OCSP" } td colspan="5" { (format!("{e:#}")) } },
+                }
+            }
+        }
+    })
 }
 
 fn chain_summary(l: Lang, a: &v1::ListAuditResponse) -> Markup {
