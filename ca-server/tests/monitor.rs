@@ -103,6 +103,10 @@ async fn monitor_may_hold_lift_and_revoke_for_key_compromise_only() {
     let dis = v1::DisablePrincipalRequest { request_id: request_id(), name: "station-1".into() };
     let r = adm.disable_principal(monitor.signed("/hsca.v1.Admin/DisablePrincipal", dis).expect("s")).await;
     assert_eq!(refused(r), forbidden);
+    // The principal list is for administrators only.
+    let list = v1::ListPrincipalsRequest { request_id: request_id() };
+    let r = adm.list_principals(monitor.signed("/hsca.v1.Admin/ListPrincipals", list).expect("s")).await;
+    assert_eq!(refused(r), forbidden);
     let mut reg = v1::registry_client::RegistryClient::new(monitor.channel.clone());
     let act = v1::ListActivationsRequest { request_id: request_id(), ..Default::default() };
     let r = reg.list_activations(monitor.signed("/hsca.v1.Registry/ListActivations", act).expect("s")).await;

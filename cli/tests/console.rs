@@ -43,6 +43,7 @@ fn console_gate_pages_and_roles() {
     let ca = RunningCa::init(d);
     let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
     let (auditor, _) = ca.add_principal(d, "auditor", "auditor-1", &[]);
+    let (operator9, _) = ca.add_principal(d, "operator", "operator-9", &[]);
     let t1 = issue(&ca, d, &station, "HSTM01261100000K", "L1");
     let t2 = issue(&ca, d, &station, "HSTM01261100001I", "L2");
     let reg = ca.admin(&["terminal", "register", "--serial", "HSTM01261100002G", "--class", "I"]);
@@ -89,6 +90,13 @@ fn console_gate_pages_and_roles() {
     assert!(page.contains("<svg id=\"hourly\""), "server-drawn chart");
     assert!(page.contains("lang=\"zh-CN\"") && page.contains("概览"), "Chinese by default");
     assert!(!page.contains("<script"), "no script");
+    // Revocation freshness from the CA's HTTP side: the current CRL (signature checked, number
+    // shown, not past its nextUpdate) and an OCSP answer about the console's own certificate.
+    let row = |id: &str| page[page.find(&format!("id=\"{id}\"")).expect(id)..].split("</tr>").next().expect("row");
+    let crl = row("crl-fresh");
+    assert!(crl.contains("class=\"ok\"") && crl.contains("CRL #") && crl.contains("/crl/issuing.crl"), "{crl}");
+    let ocsp = row("ocsp-fresh");
+    assert!(ocsp.contains("class=\"ok\"") && ocsp.contains("(good)") && ocsp.contains("/ocsp"), "{ocsp}");
 
     // Terminals by serial prefix.
     let (_, page) = c.get("/terminals?q=HSTM0126110000", &cookie);
@@ -162,8 +170,30 @@ fn console_gate_pages_and_roles() {
         page.contains("id=\"chain\"") && !page.contains("class=\"bad\"") && page.contains(&t1.cert_serial),
         "{page}"
     );
+    // Principals from the CA's ListPrincipals: a station with its manufacturer; disabling one
+    // through its row's form, after which the CA refuses it.
     let (_, page) = c.get("/principals", &cookie);
-    assert!(page.contains("station-1") && page.contains("id=\"disable\""), "{page}");
+    let row = |page: &str, name: &str| -> String {
+        let at = page.find(&format!("data-name=\"{name}\"")).unwrap_or_else(|| panic!("{name} in {page}"));
+        page[at..].split("</tr>").next().expect("row").to_owned()
+    };
+    let station_row = row(&page, "station-1");
+    assert!(station_row.contains("<td>station</td>") && station_row.contains("<td>HSTM</td>"), "{station_row}");
+    assert!(row(&page, "operator-9").contains("action=\"/principals/disable\""), "{page}");
+    assert!(!row(&page, "admin").contains("/principals/disable"), "no button to disable oneself");
+    let (head, _) = c.post("/principals/disable", &cookie, &format!("name=operator-9&csrf={csrf}"));
+    assert_eq!(status(&head), 303, "{head}");
+    let (_, page) = c.get("/principals", &cookie);
+    let disabled = row(&page, "operator-9");
+    assert!(disabled.contains("disabled") || disabled.contains("已停用"), "{disabled}");
+    assert!(!disabled.contains("/principals/disable"), "{disabled}");
+    let refused = std::process::Command::new(CACTL)
+        .arg("--identity")
+        .arg(operator9.join("identity.toml"))
+        .args(["terminal", "list"])
+        .output()
+        .expect("cactl");
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     let (_, page) = c.get("/alerts", &cookie);
     assert!(page.contains("id=\"not-configured\""), "{page}");
 
@@ -192,6 +222,11 @@ fn console_gate_pages_and_roles() {
     assert!(page.contains("ROLE_FORBIDDEN"), "{page}");
     let (_, page) = c.get(&format!("/terminals/{}", t2.serial), &cookie);
     assert!(page.contains("<td id=\"state\">issued</td>"), "{page}");
+    // Principals are for administrators: not offered to an auditor, and refused by the CA when forced.
+    assert!(!page.contains("href=\"/principals\""), "{page}");
+    let (head, page) = c.get("/principals", &cookie);
+    assert_eq!(status(&head), 403, "{head}");
+    assert!(page.contains("ROLE_FORBIDDEN"), "{page}");
 }
 
 #[test]

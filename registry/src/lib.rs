@@ -507,6 +507,11 @@ impl Registry {
         self.write(event, move |s| insert_principal(s, &p, &cert, &der))
     }
 
+    /// Every principal, by name.
+    pub fn principals(&self) -> Result<Vec<PrincipalRecord>> {
+        self.read(|s| s.principals())
+    }
+
     /// A principal by name.
     pub fn principal(&self, name: &str) -> Result<Option<PrincipalRecord>> {
         let name = name.to_owned();

@@ -18,6 +18,10 @@ use crate::issuer::Issuer;
 use crate::ra;
 use crate::records::now_ms;
 
+/// Audit entries `ListPrincipals` looks back over for each principal's last activity (the most
+/// `ListAudit` answers too).
+const ACTIVITY_WINDOW: u32 = 10_000;
+
 /// A new approval's identifier.
 fn new_approval_id() -> String {
     proto::client::request_id()[..16].to_owned()
@@ -369,6 +373,41 @@ impl Ca {
         Ok(v1::DisablePrincipalResponse {})
     }
 
+    /// `ListPrincipals`: the registry's principals, each with its newest audit entry as actor
+    /// within the newest [`ACTIVITY_WINDOW`] entries (read-only, not audited, like the other reads).
+    pub fn list_principals(
+        &self,
+        req: Incoming<v1::ListPrincipalsRequest>,
+    ) -> Result<v1::ListPrincipalsResponse, Status> {
+        self.authenticate(&req, "/hsca.v1.Admin/ListPrincipals")?;
+        let principals = self.registry.principals().map_err(|e| registry_status(&e))?;
+        let mut last: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
+        for e in self.registry.audit_tail(ACTIVITY_WINDOW as usize).map_err(|e| registry_status(&e))? {
+            // Oldest first: a later entry replaces an earlier one.
+            last.insert(e.event.actor, (e.event.time_ms, e.event.action));
+        }
+        Ok(v1::ListPrincipalsResponse {
+            principals: principals
+                .into_iter()
+                .map(|p| {
+                    let (last_activity_ms, last_action) = last.remove(&p.name).unwrap_or_default();
+                    v1::Principal {
+                        pending_approval: p.pending_approval.is_some(),
+                        name: p.name,
+                        role: p.role,
+                        manufacturers: p.manufacturers,
+                        enabled: p.enabled,
+                        created_by: p.created_by,
+                        cert_serial: p.cert_serial,
+                        last_activity_ms,
+                        last_action,
+                    }
+                })
+                .collect(),
+            activity_window: ACTIVITY_WINDOW,
+        })
+    }
+
     /// `ListAudit`.
     pub fn list_audit(&self, req: Incoming<v1::ListAuditRequest>) -> Result<v1::ListAuditResponse, Status> {
         self.authenticate(&req, "/hsca.v1.Admin/ListAudit")?;
@@ -437,6 +476,7 @@ handlers!(v1::admin_server::Admin;
     revoke_certificate(v1::RevokeCertificateRequest) -> v1::CertificateStatus => revoke;
     issue_principal(v1::IssuePrincipalRequest) -> v1::IssuePrincipalResponse => issue_principal;
     disable_principal(v1::DisablePrincipalRequest) -> v1::DisablePrincipalResponse => disable_principal;
+    list_principals(v1::ListPrincipalsRequest) -> v1::ListPrincipalsResponse => list_principals;
     list_audit(v1::ListAuditRequest) -> v1::ListAuditResponse => list_audit;
     unrevoke_certificate(v1::UnrevokeCertificateRequest) -> v1::CertificateStatus => unrevoke;
     request_bulk_revocation(v1::RequestBulkRevocationRequest) -> v1::Approval => request_bulk_revocation;

@@ -4,6 +4,7 @@
 //! identity's role. The console only hides what the role may not do (from the CA's default
 //! role policy), so a refusal still comes from the CA.
 
+mod freshness;
 mod pages;
 mod session;
 mod text;
@@ -98,6 +99,11 @@ pub struct Console {
     pub sessions: Sessions,
     /// The fleet service's client (same identity), when the console was given one.
     pub fleet: Option<Client>,
+    /// This identity's own certificate: its CRL distribution point and OCSP responder are where
+    /// the overview checks freshness.
+    pub own_cert: pki::Certificate,
+    /// The PKI root this identity pins: the chain the CA serves must end there.
+    pub pinned_root: pki::Certificate,
     /// The operator's zone, minutes east of UTC.
     pub utc_offset_minutes: i32,
     /// `Host` values this server answers (its own address, as loopback names).
@@ -169,7 +175,16 @@ impl Console {
         if addr.ip().is_loopback() {
             hosts.extend([format!("127.0.0.1:{port}"), format!("[::1]:{port}")]);
         }
+        use der::Decode;
+        let own_cert =
+            pki::Certificate::from_der(&identity.certificate_der()?).context("this identity's certificate")?;
+        let root_path = identity.path(&identity.file.pki_root);
+        let root_pem =
+            std::fs::read_to_string(&root_path).with_context(|| format!("reading {}", root_path.display()))?;
+        let pinned_root = pki::pem::certificate_from_pem(&root_pem).context("the pinned PKI root")?;
         Ok(Self {
+            own_cert,
+            pinned_root,
             client,
             name: identity.file.name.clone(),
             role: identity.file.role.clone(),

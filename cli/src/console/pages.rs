@@ -71,7 +71,7 @@ fn layout(c: &Console, ctx: &Ctx, here: &'static str, back: &str, body: Markup) 
         ("/terminals", "terminals", c.allowed.may("Registry/ListTerminals")),
         ("/revocation", "revocation", c.allowed.may("Admin/ListApprovals")),
         ("/audit", "audit", c.allowed.may("Admin/ListAudit")),
-        ("/principals", "principals", c.allowed.may("Admin/ListAudit")),
+        ("/principals", "principals", c.allowed.may("Admin/ListPrincipals")),
         ("/alerts", "alerts", c.may_read_alerts()),
     ];
     let other = if l == Lang::Zh { "en" } else { "zh" };
@@ -268,6 +268,7 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
                 }
             };
         }
+        out = html! { (out) (freshness_section(&c, l).await?) };
         if let Some(fleet) = fleet(&c).filter(|_| c.may_read_alerts()) {
             let msg =
                 v1::ListAlertsRequest { request_id: request_id(), open_only: true, rule: String::new(), limit: 1000 };
@@ -284,6 +285,49 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
     }
     .await;
     respond(&c, &ctx, "overview", "/", body)
+}
+
+/// CRL and OCSP freshness, fetched from the CA's HTTP side as a relying party would, each
+/// signature checked against the issuing CA the CA serves (itself checked against the pinned root).
+async fn freshness_section(c: &Console, l: Lang) -> Result<Markup> {
+    let msg = v1::GetCaChainRequest { request_id: request_id() };
+    let chain =
+        ca(c).get_ca_chain(c.client.signed("/hsca.v1.CertificateAuthority/GetCaChain", msg)?).await?.into_inner();
+    let (issuing, served_root) = crate::revocation::chain_from_der(&chain.issuing_der, &chain.root_der)?;
+    if served_root != c.pinned_root {
+        anyhow::bail!("the CA serves a root other than the one this identity pins");
+    }
+    let own = c.own_cert.clone();
+    let (crl, ocsp) = tokio::task::spawn_blocking(move || super::freshness::probe(&own, &issuing)).await?;
+    let now = now_ms();
+    let age = |ms: u64| format!("{} min", now.saturating_sub(ms) / 60_000);
+    let next = |ms: Option<u64>| ms.map_or_else(|| "—".to_owned(), |m| when(c, m));
+    let verdict =
+        |next: Option<u64>| if next.is_some_and(|n| n < now) { ("bad", t(l, "stale")) } else { ("ok", t(l, "fresh")) };
+    Ok(html! {
+        section {
+            h2 { (t(l, "freshness")) }
+            table #freshness {
+                tr { th {} th { (t(l, "this_update")) } th { (t(l, "age")) } th { (t(l, "next_update")) } th { (t(l, "state")) } th {} }
+                @match &crl {
+                    Ok(v) => tr #crl-fresh class=(verdict(v.next_update_ms).0) {
+                        th { "CRL" @if let Some(n) = v.number { " #" (n) } }
+                        td { (when(c, v.this_update_ms)) } td { (age(v.this_update_ms)) } td { (next(v.next_update_ms)) }
+                        td { (verdict(v.next_update_ms).1) } td { code { (v.url) } }
+                    },
+                    Err(e) => tr #crl-fresh.bad { th { "CRL" } td colspan="5" { (format!("{e:#}")) } },
+                }
+                @match &ocsp {
+                    Ok(v) => tr #ocsp-fresh class=(verdict(v.next_update_ms).0) {
+                        th { "OCSP" }
+                        td { (when(c, v.this_update_ms)) } td { (age(v.produced_at_ms)) } td { (next(v.next_update_ms)) }
+                        td { (verdict(v.next_update_ms).1) " (" (v.status) ")" } td { code { (v.url) } }
+                    },
+                    Err(e) => tr #ocsp-fresh.bad { th { "OCSP" } td colspan="5" { (format!("{e:#}")) } },
+                }
+            }
+        }
+    })
 }
 
 fn chain_summary(l: Lang, a: &v1::ListAuditResponse) -> Markup {
@@ -790,39 +834,53 @@ pub async fn audit(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<
     respond(&c, &ctx, "audit", "/audit", body)
 }
 
-/// Principals: those seen in the audit log with their last activity, the active administrators,
-/// and disabling one.
+/// Principals (administrators only): every principal from the CA's `ListPrincipals` with its
+/// role, manufacturers, state and last activity, and a disable button on each enabled one.
 pub async fn principals(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
     let body = async {
         let l = ctx.lang();
-        let a = audit_tail(&c, AUDIT_WINDOW, false).await?;
-        let mut seen: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
-        for e in &a.entries {
-            seen.insert(&e.actor, (e.time_ms, &e.action));
-        }
-        let msg = v1::ListApprovalsRequest { request_id: request_id(), pending_only: true };
-        let list = admin(&c).list_approvals(c.client.signed("/hsca.v1.Admin/ListApprovals", msg)?).await?.into_inner();
+        let msg = v1::ListPrincipalsRequest { request_id: request_id() };
+        let list =
+            admin(&c).list_principals(c.client.signed("/hsca.v1.Admin/ListPrincipals", msg)?).await?.into_inner();
+        let may_disable = c.allowed.may("Admin/DisablePrincipal");
         Ok(html! {
-            p.note { (t(l, "principals_note")) }
-            p { (t(l, "active_admins")) ": " span #admins { (list.active_admins.join(", ")) } }
+            p.note { (t(l, "principals_note")) " " (list.activity_window) }
             table #principals {
-                tr { th { (t(l, "name")) } th { (t(l, "last_activity")) } th { (t(l, "action")) } }
-                @for (name, (ms, action)) in &seen {
-                    tr { td { (name) } td { (when(&c, *ms)) } td { (action) } }
-                }
-            }
-            @if c.allowed.may("Admin/DisablePrincipal") {
-                h2 { (t(l, "disable")) }
-                form #disable method="post" action="/principals/disable" {
-                    (csrf(&ctx))
-                    label { (t(l, "name")) " " input name="name" required; }
-                    button type="submit" { (t(l, "disable")) }
+                tr { th { (t(l, "name")) } th { (t(l, "role")) } th { (t(l, "manufacturer")) } th { (t(l, "state")) }
+                     th { (t(l, "last_activity")) } th { (t(l, "action")) } th { (t(l, "created_by")) } th {} }
+                @for p in &list.principals {
+                    tr data-name=(p.name) {
+                        td { (p.name) }
+                        td { (p.role) }
+                        td { (p.manufacturers.join(", ")) }
+                        td.state { (principal_state(l, p)) }
+                        td { (when(&c, p.last_activity_ms)) }
+                        td { (p.last_action) }
+                        td { (p.created_by) }
+                        td {
+                            @if may_disable && p.enabled && p.name != c.name {
+                                form.disable method="post" action="/principals/disable" {
+                                    (csrf(&ctx))
+                                    input type="hidden" name="name" value=(p.name);
+                                    button type="submit" { (t(l, "disable")) }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         })
     }
     .await;
     respond(&c, &ctx, "principals", "/principals", body)
+}
+
+fn principal_state(l: Lang, p: &v1::Principal) -> &'static str {
+    match (p.enabled, p.pending_approval) {
+        (false, _) => t(l, "disabled"),
+        (true, true) => t(l, "pending"),
+        (true, false) => t(l, "enabled"),
+    }
 }
 
 /// The disable form.
@@ -1011,7 +1069,9 @@ fn relocation_map(l: Lang, evidence: &serde_json::Value) -> Option<Markup> {
         let y = (lat - reference.0) * 110.57;
         (x, y)
     };
-    let reported: Vec<((f64, f64), (f64, f64), f64)> = occurrences
+    // (lat, lon), its offset from the reference in km (east, north), its distance in km.
+    type Reported = ((f64, f64), (f64, f64), f64);
+    let reported: Vec<Reported> = occurrences
         .iter()
         .filter_map(|e| {
             let p = pair(e, "position")?;
