@@ -297,3 +297,21 @@ fn a_backup_taken_under_concurrent_issuance_is_one_snapshot_whose_chain_verifies
     let restored = dir.path().join("restored.redb");
     assert_eq!(Registry::restore(&backup, &restored).expect("restore"), summary);
 }
+
+#[test]
+fn spending_a_nonce_prunes_expired_ones_in_the_same_statement() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    for i in 0..10u8 {
+        reg.use_nonce(&[b'n', i], 1000, 2000).expect("spend");
+    }
+    reg.use_nonce(&[b'n', 0], 1500, 2500).expect_err("replay within the window");
+    // Later, one spend (of an expired nonce, which may come back) removes every other expired one.
+    reg.use_nonce(&[b'n', 0], 3000, 4000).expect("expired nonce may come back");
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    let left: Vec<Vec<u8>> =
+        c.query("SELECT nonce FROM nonces", &[]).expect("nonces").iter().map(|r| r.get(0)).collect();
+    assert_eq!(left, vec![vec![b'n', 0]]);
+    assert_eq!(reg.use_nonce(&[b'n', 0], 3500, 4500), Err(RegistryError::NonceReplayed));
+}

@@ -205,7 +205,8 @@ fn run_batch(
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, storage(e)),
     };
-    if let Err(e) = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]) {
+    // A simple query: one round trip (a parameterised one by text would be prepared first).
+    if let Err(e) = tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})")) {
         return fail_all(batch, storage(e));
     }
     let (broken, finishes) = super::run_batch(batch, |job| job(&mut tx, cache));
@@ -587,13 +588,14 @@ impl PgTx<'_, '_> {
         self.0.execute(&st, params).map_err(ExecError::Db)
     }
 
+    // Through the statement cache: a query by text would be prepared again, one more round trip.
     fn one<T: serde::de::DeserializeOwned>(&mut self, sql: &'static str, key: &str) -> Result<Option<T>> {
-        let row = self.0.query_opt(sql, &[&key])?;
+        let row = self.query_opt_c(sql, &[&key])?;
         row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()
     }
 
     fn many<T: serde::de::DeserializeOwned>(&mut self, sql: &'static str) -> Result<Vec<T>> {
-        self.0.query(sql, &[])?.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
+        self.query_c(sql, &[])?.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
     }
 }
 
@@ -930,13 +932,14 @@ impl StoreWrite for PgTx<'_, '_> {
 
     fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()> {
         let now = u(now_ms);
-        // A bounded prune per use keeps the table to the nonces of one window.
-        self.execute_c(
-            "DELETE FROM nonces WHERE nonce IN (SELECT nonce FROM nonces WHERE expires_ms <= $1 LIMIT 64)",
-            &[&now],
-        )?;
+        // A bounded prune per use keeps the table to the nonces of one window; it rides in the
+        // same statement (one round trip) and leaves this nonce's row to the upsert.
         let done = self.execute_c(
-            "INSERT INTO nonces (nonce, expires_ms) VALUES ($1, $2)
+            "WITH pruned AS (
+                 DELETE FROM nonces WHERE nonce IN
+                     (SELECT nonce FROM nonces WHERE expires_ms <= $3 AND nonce <> $1 LIMIT 64)
+             )
+             INSERT INTO nonces (nonce, expires_ms) VALUES ($1, $2)
              ON CONFLICT (nonce) DO UPDATE SET expires_ms = $2 WHERE nonces.expires_ms <= $3",
             &[&nonce, &u(expires_ms), &now],
         )?;
