@@ -21,7 +21,7 @@ fn heartbeat(c: &mut Criterion) {
     let ca = Authority::new().expect("ca");
     let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
     let cert = der::Encode::to_der(&ca.terminal(SERIAL, key.sm2_public_key()).expect("cert")).expect("der");
-    let trust = Trust { issuing: ca.issuing.clone(), root: ca.root.clone(), signer_id: SignerId::default() };
+    let trust = Trust::new(ca.issuing.clone(), ca.root.clone(), SignerId::default()).expect("trust");
     let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("time").as_millis() as u64;
     let body = HeartbeatBody {
         terminal_serial: SERIAL.into(),

@@ -2,7 +2,6 @@
 //! principal's key: what the CA says of a certificate, and holds and keyCompromise revocations.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use der::Decode;
 use pki::{Certificate, SignerId};
@@ -71,14 +70,12 @@ impl Ca {
             .await?
             .into_inner();
         let issuing = Certificate::from_der(&chain.issuing_der).map_err(|e| CaError::Chain(e.to_string()))?;
-        let signer_id = SignerId::default();
-        pki::validate_chain(&issuing, &[], &root, SystemTime::now(), &signer_id)
-            .map_err(|e| CaError::Chain(e.to_string()))?;
+        let trust = Trust::new(issuing, root, SignerId::default()).map_err(|e| CaError::Chain(e.to_string()))?;
         // Principal certificates name the full CRL (terminals may name a partition of it).
         let crl_url = Certificate::from_der(&identity.certificate_der()?)
             .ok()
             .and_then(|c| pki::cert::status_urls(&c).crl.first().map(|u| pki::cert::full_crl_url(u)));
-        Ok((Self { client, crl_url }, Trust { issuing, root, signer_id }))
+        Ok((Self { client, crl_url }, trust))
     }
 
     /// What the CA says of certificate `serial`.

@@ -135,6 +135,31 @@ pub fn validate_chain<'a>(
     Ok(path)
 }
 
+/// Validates `leaf` as issued by `issuer` at `at`, verifying with `issuer_key` (the issuer's key,
+/// typically precomputed): for a relying party that validated `issuer` up to its pinned root once
+/// and then checks many leaves. Makes the checks [`validate_chain`] makes of the leaf (signature,
+/// algorithm, validity, critical extensions) and of the issuer as its CA (validity, basic
+/// constraints, keyCertSign), but not of the issuer's own chain.
+pub fn validate_issued_by(
+    leaf: &Certificate,
+    issuer: &Certificate,
+    issuer_key: &Sm2PublicKey,
+    at: SystemTime,
+    signer_id: &SignerId,
+) -> Result<(), ChainError> {
+    let issuer_name = leaf.tbs_certificate().issuer();
+    if issuer.tbs_certificate().subject() != issuer_name {
+        return Err(err(0, leaf, ChainErrorKind::IssuerNotFound { issuer: issuer_name.to_string() }));
+    }
+    let certified = Sm2PublicKey::from_spki(issuer.tbs_certificate().subject_public_key_info());
+    if certified.map(|k| k.to_sec1_uncompressed()).ok() != Some(issuer_key.to_sec1_uncompressed()) {
+        return Err(err(1, issuer, ChainErrorKind::IssuerKey(SignatureError::Invalid)));
+    }
+    check_signed(leaf, issuer_key, at, signer_id).map_err(|kind| err(0, leaf, kind))?;
+    check_validity(issuer, at).map_err(|kind| err(1, issuer, kind))?;
+    check_ca(issuer, 0).map_err(|kind| err(1, issuer, kind))
+}
+
 fn err(depth: usize, cert: &Certificate, kind: ChainErrorKind) -> ChainError {
     ChainError { depth, subject: cert.tbs_certificate().subject().to_string(), kind }
 }
@@ -146,30 +171,46 @@ fn check_one(
     at: SystemTime,
     signer_id: &SignerId,
 ) -> Result<(), ChainErrorKind> {
+    // The algorithm is checked before the issuer's key is read, as before.
+    check_sm2_with_sm3(cert.signature_algorithm()).map_err(|e| ChainErrorKind::Algorithm(e.to_string()))?;
+    let key = Sm2PublicKey::from_spki(issuer.tbs_certificate().subject_public_key_info())
+        .map_err(ChainErrorKind::IssuerKey)?;
+    check_signed(cert, &key, at, signer_id)
+}
+
+/// Everything [`check_one`] checks, with the issuer's key given.
+fn check_signed(
+    cert: &Certificate,
+    key: &Sm2PublicKey,
+    at: SystemTime,
+    signer_id: &SignerId,
+) -> Result<(), ChainErrorKind> {
     let tbs = cert.tbs_certificate();
     check_sm2_with_sm3(cert.signature_algorithm()).map_err(|e| ChainErrorKind::Algorithm(e.to_string()))?;
     if cert.signature_algorithm() != tbs.signature() {
         return Err(ChainErrorKind::Algorithm("outer signatureAlgorithm differs from the TBS signature field".into()));
     }
-    let key = Sm2PublicKey::from_spki(issuer.tbs_certificate().subject_public_key_info())
-        .map_err(ChainErrorKind::IssuerKey)?;
     let tbs_der = tbs.to_der().map_err(|e| ChainErrorKind::Malformed(e.to_string()))?;
     let sig = cert.signature().as_bytes().ok_or(ChainErrorKind::Signature(SignatureError::MalformedSignature))?;
     key.verify(signer_id, &tbs_der, sig).map_err(ChainErrorKind::Signature)?;
-
-    let validity = tbs.validity();
-    if at < from_x509(&validity.not_before) {
-        return Err(ChainErrorKind::NotYetValid(validity.not_before.to_string()));
-    }
-    if at > from_x509(&validity.not_after) {
-        return Err(ChainErrorKind::Expired(validity.not_after.to_string()));
-    }
+    check_validity(cert, at)?;
     const UNDERSTOOD: [const_oid::ObjectIdentifier; 3] =
         [oids::ID_CE_BASIC_CONSTRAINTS, oids::ID_CE_KEY_USAGE, oids::ID_CE_EXT_KEY_USAGE];
     for e in tbs.extensions().into_iter().flatten() {
         if e.critical && !UNDERSTOOD.contains(&e.extn_id) {
             return Err(ChainErrorKind::UnknownCriticalExtension(e.extn_id.to_string()));
         }
+    }
+    Ok(())
+}
+
+fn check_validity(cert: &Certificate, at: SystemTime) -> Result<(), ChainErrorKind> {
+    let validity = cert.tbs_certificate().validity();
+    if at < from_x509(&validity.not_before) {
+        return Err(ChainErrorKind::NotYetValid(validity.not_before.to_string()));
+    }
+    if at > from_x509(&validity.not_after) {
+        return Err(ChainErrorKind::Expired(validity.not_after.to_string()));
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ pub mod time;
 
 pub use alg::{DEFAULT_SIGNER_ID, SignatureError, SignerId, Sm2PublicKey};
 pub use cert::{CertSerial, IssueError, IssuerInfo, LintedTbs, TbsRequest, build_tbs};
-pub use chain::{ChainError, ChainErrorKind, validate_chain};
+pub use chain::{ChainError, ChainErrorKind, validate_chain, validate_issued_by};
 pub use crl::{CrlError, CrlReason, CrlRequest, LintedCrl, RevokedEntry, build_crl_tbs, verify_crl};
 pub use csr::{CsrError, VerifiedCsr, csr_der, verify_csr};
 pub use lint::{LintError, LintRule};

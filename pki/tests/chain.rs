@@ -484,3 +484,43 @@ fn crl_scope_is_read_from_the_profile() {
     let err = with("all").expect_err("bogus scope");
     assert!(err.message.contains("unknown crl_scope `all`") && err.message.contains("\"full\""), "{err}");
 }
+
+#[test]
+fn a_leaf_checked_against_an_already_validated_issuer() {
+    let w = world();
+    let id = SignerId::default();
+    let key = pki::Sm2PublicKey::from_spki(w.issuing.cert.tbs_certificate().subject_public_key_info())
+        .expect("key")
+        .precomputed();
+    pki::validate_issued_by(&w.leaf, &w.issuing.cert, &key, w.now, &id).expect("valid");
+    let e = |r: Result<(), pki::ChainError>| {
+        let e = r.expect_err("must not validate");
+        (e.depth, e.kind)
+    };
+    // Another issuing CA of the same name (its own key): the signature does not verify.
+    let other_root = make_root(&w.policy, w.now);
+    let other = make_issuing(&w.policy, &other_root, w.now);
+    let other_key = pki::Sm2PublicKey::from_spki(other.cert.tbs_certificate().subject_public_key_info()).expect("key");
+    let (depth, k) = e(pki::validate_issued_by(&w.leaf, &other.cert, &other_key, w.now, &id));
+    assert!(depth == 0 && matches!(k, K::Signature(_)), "{k:?}");
+    // A key that is not the issuer certificate's is refused before anything is verified.
+    let (depth, k) = e(pki::validate_issued_by(&w.leaf, &w.issuing.cert, &other_key, w.now, &id));
+    assert!(depth == 1 && matches!(k, K::IssuerKey(_)), "{k:?}");
+    // Not the leaf's issuer by name.
+    let (depth, k) = e(pki::validate_issued_by(&w.leaf, &w.root.cert, &key, w.now, &id));
+    assert!(depth == 0 && matches!(k, K::IssuerNotFound { .. }), "{k:?}");
+    // The leaf's and the issuer's validity.
+    let later = w.now + Duration::from_secs(6 * 365 * 86_400);
+    let (depth, k) = e(pki::validate_issued_by(&w.leaf, &w.issuing.cert, &key, later, &id));
+    assert!(depth == 0 && matches!(k, K::Expired(_)), "{k:?}");
+    let (depth, k) =
+        e(pki::validate_issued_by(&w.leaf, &w.issuing.cert, &key, w.now - Duration::from_secs(86_400), &id));
+    assert!(depth == 0 && matches!(k, K::NotYetValid(_)), "{k:?}");
+    // A tampered leaf.
+    let mut der = der::Encode::to_der(&w.leaf).expect("der");
+    let at = der.windows(16).position(|x| x == b"HSTM01261100000K").expect("serial in subject");
+    der[at + 15] = b'J';
+    let tampered: pki::Certificate = der::Decode::from_der(&der).expect("still parses");
+    let (depth, k) = e(pki::validate_issued_by(&tampered, &w.issuing.cert, &key, w.now, &id));
+    assert!(depth == 0 && matches!(k, K::Signature(_)), "{k:?}");
+}
