@@ -339,7 +339,7 @@ impl SecureElement {
                     .ok_or((ErrorCode::MalformedRequest, "not an activation statement".to_owned()))?;
                 let own_cert = self
                     .certificates()
-                    .and_then(|c| c.first().and_then(|leaf| pki::CertSerial::of(leaf)).map(|s| s.to_hex()))
+                    .and_then(|c| c.first().and_then(pki::CertSerial::of).map(|s| s.to_hex()))
                     .ok_or((ErrorCode::NotProvisioned, String::new()))?;
                 if st.terminal_serial != id.serial || st.certificate_serial != own_cert {
                     return Err((
