@@ -95,7 +95,7 @@ fn cache_rules_revocation_refresh_and_budget() {
     let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
     let ask = |serial: &CertSerial, nonce: Option<&[u8]>| {
         let req = build_request(&[hashes.cert_id(CertIdHash::Sha1, serial)], nonce).expect("request");
-        responder.answer(&reg, &parse_request(&req).expect("parse"))
+        responder.answer(reg, &parse_request(&req).expect("parse"))
     };
     let status = |der: &[u8]| {
         let v =
@@ -103,7 +103,7 @@ fn cache_rules_revocation_refresh_and_budget() {
         v.responses[0].status
     };
 
-    let known = CertSerial::of(&cert).expect("serial");
+    let known = CertSerial::of(cert).expect("serial");
     let first = ask(&known, None);
     assert!(!first.cached && status(&first.der) == CertStatus::Good);
     let second = ask(&known, None);
@@ -118,7 +118,7 @@ fn cache_rules_revocation_refresh_and_budget() {
     assert_eq!(responder.cached(), 1);
 
     reg.revoke(&rec.serial, RevocationReason::KeyCompromise, 5, Some(4), &ev()).expect("revoke");
-    responder.refresh(&reg, &rec.serial);
+    responder.refresh(reg, &rec.serial);
     let after = ask(&known, None);
     assert!(after.cached, "re-signed at the revocation, before anyone asked");
     assert!(matches!(status(&after.der), CertStatus::Revoked { .. }));

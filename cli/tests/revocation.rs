@@ -282,7 +282,10 @@ fn nonce_requests_past_the_budget_get_the_presigned_answer() {
     for _ in 0..5 {
         // Spend this second's budget, then ask.
         for i in 0..10u32 {
-            ca.post("/ocsp", &pki::ocsp::build_request(&[id.clone()], Some(&i.to_be_bytes())).expect("request"));
+            ca.post(
+                "/ocsp",
+                &pki::ocsp::build_request(std::slice::from_ref(&id), Some(&i.to_be_bytes())).expect("request"),
+            );
         }
         let (_, out) = openssl(d, &verifying);
         if out.contains("WARNING: no nonce in response") {

@@ -65,7 +65,7 @@ impl Fe {
     /// `R mod p`.
     pub(crate) const ONE: Self = Self([1, 0xffff_ffff, 0, 0x1_0000_0000]);
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&self, rhs: &Self) -> Self {
         let (s0, c) = adc(self.0[0], rhs.0[0], 0);
         let (s1, c) = adc(self.0[1], rhs.0[1], c);
@@ -74,7 +74,7 @@ impl Fe {
         Self(reduce_once([s0, s1, s2, s3], c))
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn sub(&self, rhs: &Self) -> Self {
         let (d0, b) = sbb(self.0[0], rhs.0[0], 0);
         let (d1, b) = sbb(self.0[1], rhs.0[1], b);
@@ -99,7 +99,7 @@ impl Fe {
     }
 
     /// Montgomery product `a·b·R⁻¹ mod p`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn mul(&self, rhs: &Self) -> Self {
         let (a, b) = (&self.0, &rhs.0);
         let mut t = [0u64; 8];
@@ -114,7 +114,7 @@ impl Fe {
     }
 
     /// `a²·R⁻¹ mod p`: the six cross products once, doubled, plus the four squares.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn square(&self) -> Self {
         let a = &self.0;
         let mut t = [0u64; 8];
@@ -164,6 +164,18 @@ impl Fe {
         let (s2, c) = adc(w[2], t[6], c);
         let (s3, c) = adc(w[3], t[7], c);
         Self(reduce_once([s0, s1, s2, s3], c))
+    }
+
+    /// `self | (other & mask)`: with `self` zero and masks all-zero but one all-ones, a
+    /// table lookup that reads every entry the same way.
+    #[inline(always)]
+    pub(crate) fn or_masked(&self, other: &Self, mask: u64) -> Self {
+        Self([
+            self.0[0] | (other.0[0] & mask),
+            self.0[1] | (other.0[1] & mask),
+            self.0[2] | (other.0[2] & mask),
+            self.0[3] | (other.0[3] & mask),
+        ])
     }
 
     pub(crate) fn is_zero(&self) -> Choice {

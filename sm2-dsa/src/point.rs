@@ -261,10 +261,7 @@ impl FixedBaseTable {
         for (i, &d) in digits.iter().enumerate() {
             let mask = d >> 7; // all ones when negative
             let abs = ((d ^ mask).wrapping_sub(mask)) as u8;
-            let mut entry = self.row(i)[0];
-            for (j, candidate) in self.row(i).iter().enumerate().skip(1) {
-                entry.conditional_assign(candidate, abs.ct_eq(&(j as u8 + 1)));
-            }
+            let entry = select_row(self.row(i), abs);
             let entry = Affine::conditional_select(&entry, &entry.neg(), Choice::from((mask & 1) as u8));
             let (sum, _, _) = acc.add_affine_unchecked(&entry);
             let sum = Jacobian::conditional_select(&sum, &Jacobian::from(&entry), acc.is_identity());
@@ -285,6 +282,25 @@ impl FixedBaseTable {
         }
         acc
     }
+}
+
+/// `row[abs - 1]`, or zeros for `abs = 0`, reading every entry: the masks are made arithmetically
+/// and hidden from the optimiser (so it cannot turn them back into a branch or an index), then
+/// the scan is plain AND/OR, which the compiler may vectorise.
+#[inline(always)]
+fn select_row(row: &[Affine], abs: u8) -> Affine {
+    let mut masks = [0u64; MULTIPLES];
+    for (j, m) in masks.iter_mut().enumerate() {
+        let diff = u64::from(abs) ^ (j as u64 + 1);
+        // all ones when diff = 0
+        *m = ((diff | diff.wrapping_neg()) >> 63).wrapping_sub(1);
+    }
+    let masks = core::hint::black_box(masks);
+    let mut entry = Affine { x: Fe::ZERO, y: Fe::ZERO };
+    for (candidate, &m) in row.iter().zip(masks.iter()) {
+        entry = Affine { x: entry.x.or_masked(&candidate.x, m), y: entry.y.or_masked(&candidate.y, m) };
+    }
+    entry
 }
 
 /// Width of the w-NAF used for a point without a table.
@@ -402,6 +418,18 @@ mod tests {
         v.extend((1..=16u64).map(|d| top * Scalar::from(d)));
         v.extend((0..200).map(|_| Scalar::generate()));
         v
+    }
+
+    #[test]
+    fn the_row_scan_picks_exactly_one_entry_or_none() {
+        let table = FixedBaseTable::new(&ProjectivePoint::GENERATOR).expect("table");
+        let row = table.row(3);
+        assert_eq!(select_row(row, 0).x.to_bytes(), [0; 32], "digit 0 selects nothing");
+        for abs in 1..=MULTIPLES as u8 {
+            let e = select_row(row, abs);
+            let want = row[usize::from(abs) - 1];
+            assert_eq!((e.x.to_bytes(), e.y.to_bytes()), (want.x.to_bytes(), want.y.to_bytes()), "{abs}");
+        }
     }
 
     #[test]
