@@ -203,6 +203,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench` (as criterion's test mode
+    // does): minutes and gigabytes are for `cargo bench` only.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("scale: skipped (run it with `cargo bench -p registry --bench scale`)");
+        return;
+    }
     let n: u64 = std::env::var("HSCA_SCALE_TERMINALS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let pg = PgServer::start().expect("PostgreSQL server");
     Registry::migrate_postgres(&pg.url()).expect("migrate");
