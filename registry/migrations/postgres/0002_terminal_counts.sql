@@ -17,29 +17,53 @@ INSERT INTO terminal_counts (dimension, value, n)
     UNION ALL SELECT 'class', class, count(*) FROM terminals GROUP BY class
     UNION ALL SELECT 'manufacturer', manufacturer, count(*) FROM terminals GROUP BY manufacturer;
 
-CREATE FUNCTION terminal_counts_track() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Statement-level triggers over transition tables: one upsert per group per statement. (A row
+-- trigger would update the same few counter rows once per row, and inside one transaction each
+-- update walks the chain of versions the earlier ones left: quadratic in a bulk INSERT.)
+CREATE FUNCTION terminal_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE terminal_counts SET n = n - 1
-         WHERE (dimension, value) IN (('state', OLD.state), ('class', OLD.class), ('manufacturer', OLD.manufacturer));
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    -- Each branch names only the transition tables its event has.
+    IF TG_OP = 'INSERT' THEN
         INSERT INTO terminal_counts (dimension, value, n)
-             VALUES ('state', NEW.state, 1), ('class', NEW.class, 1), ('manufacturer', NEW.manufacturer, 1)
-        ON CONFLICT (dimension, value) DO UPDATE SET n = terminal_counts.n + 1;
+        SELECT g.d, g.v, count(*)
+          FROM new_rows n
+          CROSS JOIN LATERAL (VALUES ('state', n.state), ('class', n.class), ('manufacturer', n.manufacturer)) g(d, v)
+         GROUP BY g.d, g.v
+        ON CONFLICT (dimension, value) DO UPDATE SET n = terminal_counts.n + EXCLUDED.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE terminal_counts c SET n = c.n - x.k
+          FROM (SELECT g.d, g.v, count(*) AS k
+                  FROM old_rows o
+                  CROSS JOIN LATERAL (VALUES ('state', o.state), ('class', o.class), ('manufacturer', o.manufacturer)) g(d, v)
+                 GROUP BY g.d, g.v) x
+         WHERE c.dimension = x.d AND c.value = x.v;
+    ELSE
+        -- Only rows whose counted columns changed; the serial never changes.
+        UPDATE terminal_counts c SET n = c.n - x.k
+          FROM (SELECT g.d, g.v, count(*) AS k
+                  FROM old_rows o JOIN new_rows n ON n.serial = o.serial
+                  CROSS JOIN LATERAL (VALUES ('state', o.state), ('class', o.class), ('manufacturer', o.manufacturer)) g(d, v)
+                 WHERE (n.state, n.class, n.manufacturer) IS DISTINCT FROM (o.state, o.class, o.manufacturer)
+                 GROUP BY g.d, g.v) x
+         WHERE c.dimension = x.d AND c.value = x.v;
+        INSERT INTO terminal_counts (dimension, value, n)
+        SELECT g.d, g.v, count(*)
+          FROM old_rows o JOIN new_rows n ON n.serial = o.serial
+          CROSS JOIN LATERAL (VALUES ('state', n.state), ('class', n.class), ('manufacturer', n.manufacturer)) g(d, v)
+         WHERE (n.state, n.class, n.manufacturer) IS DISTINCT FROM (o.state, o.class, o.manufacturer)
+         GROUP BY g.d, g.v
+        ON CONFLICT (dimension, value) DO UPDATE SET n = terminal_counts.n + EXCLUDED.n;
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER terminals_counted_insert_delete AFTER INSERT OR DELETE ON terminals
-    FOR EACH ROW EXECUTE FUNCTION terminal_counts_track();
--- Most updates (a new active certificate, a timestamp) change no counted column.
+CREATE TRIGGER terminals_counted_insert AFTER INSERT ON terminals
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION terminal_counts_apply();
 CREATE TRIGGER terminals_counted_update AFTER UPDATE ON terminals
-    FOR EACH ROW
-    WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.class IS DISTINCT FROM NEW.class
-          OR OLD.manufacturer IS DISTINCT FROM NEW.manufacturer)
-    EXECUTE FUNCTION terminal_counts_track();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION terminal_counts_apply();
+CREATE TRIGGER terminals_counted_delete AFTER DELETE ON terminals
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION terminal_counts_apply();
 
 CREATE INDEX terminals_state ON terminals (state, serial);
 CREATE INDEX terminals_class ON terminals (class, serial);
