@@ -210,7 +210,7 @@ async fn proof_of_presence_lifts_the_activation_hold_and_every_forgery_is_refuse
         .expect("revoke");
     assert_eq!(refused(challenge(&operator, &b).await), (Code::FailedPrecondition, Reason::WrongState));
     let r = activate(&operator, presence(&b, stmt_b.clone(), se_sign(&key_b, &stmt_b))).await;
-    assert_eq!(refused_as(r), (Code::PermissionDenied, Reason::StatementMismatch));
+    assert_eq!(refused_as(r), (Code::FailedPrecondition, Reason::WrongState));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -257,9 +257,19 @@ impl Ca {
         {
             return Err(mismatch("another institution or position than the request"));
         }
-        let t = self.registry.terminal(&m.serial).map_err(|e| registry_status(&e))?;
-        if t.and_then(|t| t.active_cert).as_deref() != Some(ch.certificate.as_str()) {
-            return Err(mismatch("a certificate that is no longer the terminal's active one"));
+        let active = self.registry.terminal(&m.serial).map_err(|e| registry_status(&e))?.and_then(|t| t.active_cert);
+        match active {
+            None => {
+                return Err(status(
+                    Code::FailedPrecondition,
+                    Reason::WrongState,
+                    format!("terminal {} has no certificate in service (revoked)", m.serial),
+                ));
+            }
+            Some(c) if c != ch.certificate => {
+                return Err(mismatch("a certificate that is no longer the terminal's active one"));
+            }
+            Some(_) => {}
         }
         let (_, der) = self
             .registry
