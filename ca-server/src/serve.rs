@@ -429,26 +429,35 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
     }
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
     tick.tick().await;
-    // On a shared registry, revocations other instances made, and the CRL leader lock (taken
-    // here, shown at /metrics, moving within one poll when the leader dies). Every instance
-    // still signs and serves its own CRLs (numbers come from the shared counter, so they never
-    // repeat): each serves CRLs from memory, so a leader-only signer needs the CRLs stored in
-    // the registry first.
-    let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
+    // On a shared registry, revocations other instances made (their OCSP answers re-signed here
+    // within a poll: DESIGN §9's "within a second"), and the CRL leader lock (taken here, shown at
+    // /metrics, moving within one poll when the leader dies). Every instance still signs and
+    // serves its own CRLs (numbers come from the shared counter, so they never repeat): each
+    // serves CRLs from memory, so a leader-only signer needs the CRLs stored in the registry first.
+    let mut poll = tokio::time::interval(SHARED_REGISTRY_POLL);
     let mut seen_seq: Option<u64> = None;
+    let mut polls: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => publish_crls(ca.clone(), Some(true)).await,
             _ = poll.tick(), if ca.registry.is_shared() => {
+                // The leader lock every 2 s is enough for leadership to move "within seconds".
+                let ask_leader = polls.is_multiple_of(8);
+                polls += 1;
                 let asking = ca.clone();
                 let (seq, leader) = tokio::task::spawn_blocking(move || {
-                    (asking.registry.revocation_seq().ok(), asking.registry.crl_leader().unwrap_or(false))
+                    let leader = ask_leader.then(|| asking.registry.crl_leader().unwrap_or(false));
+                    (asking.registry.revocation_seq().ok(), leader)
                 })
                 .await
-                .unwrap_or((None, false));
-                ca.metrics.crl_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+                .unwrap_or((None, Some(false)));
+                if let Some(leader) = leader {
+                    ca.metrics.crl_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+                }
                 if seq.is_some() && seq != seen_seq {
-                    if seen_seq.is_some() {
+                    if let Some(since) = seen_seq {
+                        let asking = ca.clone();
+                        let _ = tokio::task::spawn_blocking(move || refresh_changed_since(&asking, since)).await;
                         publish_crls(ca.clone(), Some(false)).await;
                     }
                     seen_seq = seq;
@@ -460,6 +469,27 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// How often an instance on a shared registry looks for revocations made by the others (one
+/// counter read).
+const SHARED_REGISTRY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Re-signs the cached OCSP answers about certificates revoked or released after `since` (the
+/// revocation sequence), by whichever instance: until then this one would answer from its cache.
+fn refresh_changed_since(ca: &Ca, since: u64) {
+    let snapshot = match ca.registry.revocation_snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading revocations made by other instances failed");
+            return;
+        }
+    };
+    let revoked = snapshot.revoked.iter().filter(|r| r.seq > since).map(|r| &r.serial);
+    let released = snapshot.released.iter().filter(|r| r.seq > since).map(|r| &r.serial);
+    for serial in revoked.chain(released) {
+        ca.ocsp.refresh(&ca.registry, serial);
     }
 }
 

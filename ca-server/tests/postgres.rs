@@ -157,6 +157,36 @@ async fn two_instances_serve_one_postgresql_registry() {
     assert!(first.certificate_serial.starts_with("01"), "{}", first.certificate_serial);
     assert!(second.certificate_serial.starts_with("02"), "{}", second.certificate_serial);
 
+    // Revoked on A: B's OCSP responder, which cached "good", says revoked within a poll of the
+    // shared registry (250 ms; the bound here is generous, the answer cache would hold 30 s+).
+    let pem = tmp.path().join("second.pem");
+    std::fs::write(tmp.path().join("second.der"), &second.certificate_der).expect("write");
+    openssl(tmp.path(), &["x509", "-inform", "DER", "-in", "second.der", "-out", pem.to_str().expect("p")]);
+    let ocsp_b = || {
+        let issuing = dir_b.join("certs/issuing.pem");
+        let url = format!("http://127.0.0.1:{http_b}/ocsp");
+        let (issuing, cert) = (issuing.to_str().expect("p"), pem.to_str().expect("p"));
+        openssl(tmp.path(), &["ocsp", "-issuer", issuing, "-cert", cert, "-url", &url, "-no_nonce", "-noverify"])
+    };
+    assert!(ocsp_b().contains(": good"), "{}", ocsp_b());
+    let rv = v1::RevokeCertificateRequest {
+        request_id: proto::client::request_id(),
+        certificate_serial: second.certificate_serial.clone(),
+        terminal_serial: String::new(),
+        reason: 1,
+        invalidity_ms: 0,
+    };
+    v1::admin_client::AdminClient::new(admin_a.channel.clone())
+        .revoke_certificate(admin_a.signed("/hsca.v1.Admin/RevokeCertificate", rv).expect("sign"))
+        .await
+        .expect("A revokes B's certificate");
+    let revoked_at = Instant::now();
+    while !ocsp_b().contains(": revoked") {
+        assert!(revoked_at.elapsed() < Duration::from_secs(5), "B still answers: {}", ocsp_b());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("B's OCSP said revoked {} ms after A acknowledged", revoked_at.elapsed().as_millis());
+
     // Revoked on A, refused on B at its next call.
     let rv = v1::RevokeCertificateRequest {
         request_id: proto::client::request_id(),

@@ -118,7 +118,7 @@ fn console_in_headless_chromium() {
     b.screenshot(&dir.join("09-audit.png"));
     b.click("nav a[href='/principals']");
     b.wait_text("h1", "主体");
-    assert!(b.text("#admins").contains("admin-2"));
+    assert!(b.text("#principals").contains("admin-2"));
     b.screenshot(&dir.join("10-principals.png"));
     b.click("nav a[href='/alerts']");
     b.wait_text("h1", "告警");
