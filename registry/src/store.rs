@@ -147,3 +147,48 @@ pub(crate) struct Export {
     pub audit: Vec<(u64, Vec<u8>)>,
     pub checkpoints: Vec<(u64, Vec<u8>)>,
 }
+
+impl Export {
+    /// Writes every record but the counters (each backend sets those its own way) into `s`, in
+    /// one transaction of the caller's.
+    pub(crate) fn write_records(&self, s: &mut dyn StoreWrite) -> crate::Result<()> {
+        // Certificates before terminals: a terminal names its active certificate.
+        for (rec, der) in &self.certs {
+            s.insert_cert(rec, der)?;
+        }
+        for t in &self.terminals {
+            s.insert_terminal(t)?;
+        }
+        for (fingerprint, terminal) in &self.pubkeys {
+            s.bind_key(fingerprint, terminal)?;
+        }
+        for (fingerprint, cert) in &self.compromised {
+            s.mark_compromised(fingerprint, cert)?;
+        }
+        for (id, result) in &self.requests {
+            s.insert_request(id, result)?;
+        }
+        for p in &self.principals {
+            s.insert_principal(p)?;
+        }
+        for a in &self.approvals {
+            s.insert_approval(a)?;
+        }
+        for a in &self.activations {
+            s.add_activation(a)?;
+        }
+        for r in &self.revoked {
+            s.put_revoked(r)?;
+        }
+        for r in &self.released {
+            s.put_released(r)?;
+        }
+        for (seq, bytes) in &self.audit {
+            s.put_audit_raw(*seq, Some(bytes))?;
+        }
+        for (seq, bytes) in &self.checkpoints {
+            s.put_checkpoint_raw(*seq, bytes)?;
+        }
+        Ok(())
+    }
+}

@@ -461,48 +461,12 @@ fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
     }
     let mut cache = Cache::new();
     let mut s = PgTx(&mut tx, &mut cache);
-    // Certificates before terminals: a terminal names its active certificate.
-    for (rec, der) in &data.certs {
-        s.insert_cert(rec, der)?;
-    }
-    for t in &data.terminals {
-        s.insert_terminal(t)?;
-    }
-    for (fingerprint, terminal) in &data.pubkeys {
-        s.bind_key(fingerprint, terminal)?;
-    }
-    for (fingerprint, cert) in &data.compromised {
-        s.mark_compromised(fingerprint, cert)?;
-    }
-    for (id, result) in &data.requests {
-        s.insert_request(id, result)?;
-    }
-    for p in &data.principals {
-        s.insert_principal(p)?;
-    }
-    for a in &data.approvals {
-        s.insert_approval(a)?;
-    }
-    for a in &data.activations {
-        s.add_activation(a)?;
-    }
+    data.write_records(&mut s)?;
     for (name, value) in &data.counters {
         s.0.execute(
             "INSERT INTO counters (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2",
             &[name, &u(*value)],
         )?;
-    }
-    for r in &data.revoked {
-        s.put_revoked(r)?;
-    }
-    for r in &data.released {
-        s.put_released(r)?;
-    }
-    for (seq, bytes) in &data.audit {
-        s.put_audit_raw(*seq, Some(bytes))?;
-    }
-    for (seq, bytes) in &data.checkpoints {
-        s.put_checkpoint_raw(*seq, bytes)?;
     }
     tx.commit()?;
     Ok(())

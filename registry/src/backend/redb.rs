@@ -401,46 +401,10 @@ impl RedbStore {
         }
         let store = Self::open(out)?;
         let written = store.write(move |s| {
-            // Certificates before terminals: a terminal names its active certificate.
-            for (rec, der) in &data.certs {
-                s.insert_cert(rec, der)?;
-            }
-            for t in &data.terminals {
-                s.insert_terminal(t)?;
-            }
-            for (fingerprint, terminal) in &data.pubkeys {
-                s.bind_key(fingerprint, terminal)?;
-            }
-            for (fingerprint, cert) in &data.compromised {
-                s.mark_compromised(fingerprint, cert)?;
-            }
-            for (id, result) in &data.requests {
-                s.insert_request(id, result)?;
-            }
-            for p in &data.principals {
-                s.insert_principal(p)?;
-            }
-            for a in &data.approvals {
-                s.insert_approval(a)?;
-            }
-            for a in &data.activations {
-                s.add_activation(a)?;
-            }
+            data.write_records(s)?;
             // A new file's counters are 0: advancing by the value sets it.
             for (name, value) in &data.counters {
                 s.advance(name, *value)?;
-            }
-            for r in &data.revoked {
-                s.put_revoked(r)?;
-            }
-            for r in &data.released {
-                s.put_released(r)?;
-            }
-            for (seq, bytes) in &data.audit {
-                s.put_audit_raw(*seq, Some(bytes))?;
-            }
-            for (seq, bytes) in &data.checkpoints {
-                s.put_checkpoint_raw(*seq, bytes)?;
             }
             Ok(())
         });
