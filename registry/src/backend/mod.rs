@@ -30,6 +30,23 @@ pub(crate) fn run_batch<J>(batch: Vec<J>, mut run: impl FnMut(J) -> (bool, Finis
     (broken, finishes)
 }
 
+/// A job's outcome in a batch: whether its error breaks the batch (storage or corruption: the
+/// batch must not commit), and the finisher that answers `reply` once the commit is known — a
+/// job's success stands only if its batch committed.
+pub(crate) fn job_outcome<T: Send + 'static>(
+    result: Result<T>,
+    reply: std::sync::mpsc::SyncSender<Result<T>>,
+) -> (bool, Finish) {
+    let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
+    let finish: Finish = Box::new(move |commit| {
+        let _ = reply.send(match (result, commit) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        });
+    });
+    (fatal, finish)
+}
+
 /// What every job of a batch that one of them broke is told.
 pub(crate) fn batch_aborted() -> RegistryError {
     RegistryError::Storage("write batch aborted after a storage error".into())

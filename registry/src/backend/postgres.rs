@@ -308,6 +308,20 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut dyn StoreRead) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.in_snapshot("read abandoned by the registry reader", move |t, cache| f(&mut PgTx(t, cache)))
+    }
+
+    /// Every durable record from one repeatable-read, read-only snapshot (for a backup).
+    pub(crate) fn export(&self) -> Result<crate::store::Export> {
+        self.in_snapshot("backup abandoned by the registry reader", |t, _| export_in(t))
+    }
+
+    /// Runs `f` on a reader connection in one read-only, repeatable-read transaction.
+    fn in_snapshot<T: Send + 'static>(
+        &self,
+        abandoned: &'static str,
+        f: impl FnOnce(&mut Transaction<'_>, &mut Cache) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx): (SyncSender<Result<T>>, _) = std::sync::mpsc::sync_channel(1);
         let job: ReadJob = Box::new(move |client, cache| {
             let result = match client.as_mut() {
@@ -318,7 +332,7 @@ impl PgStore {
                         .isolation_level(postgres::IsolationLevel::RepeatableRead)
                         .read_only(true)
                         .start()?;
-                    let out = f(&mut PgTx(&mut t, cache))?;
+                    let out = f(&mut t, cache)?;
                     t.commit()?;
                     Ok(out)
                 })(),
@@ -327,31 +341,7 @@ impl PgStore {
         });
         let readers = self.readers.as_ref().ok_or_else(|| RegistryError::Storage("registry readers stopped".into()))?;
         readers.send(job).map_err(|_| RegistryError::Storage("registry readers stopped".into()))?;
-        rx.recv().map_err(|_| RegistryError::Storage("read abandoned by the registry reader".into()))?
-    }
-
-    /// Every durable record from one repeatable-read, read-only snapshot (for a backup).
-    pub(crate) fn export(&self) -> Result<crate::store::Export> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<crate::store::Export>>(1);
-        let job: ReadJob = Box::new(move |client, _| {
-            let result = match client.as_mut() {
-                None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
-                Some(c) => (|| {
-                    let mut t = c
-                        .build_transaction()
-                        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                        .read_only(true)
-                        .start()?;
-                    let out = export_in(&mut t)?;
-                    t.commit()?;
-                    Ok(out)
-                })(),
-            };
-            let _ = tx.send(result);
-        });
-        let readers = self.readers.as_ref().ok_or_else(|| RegistryError::Storage("registry readers stopped".into()))?;
-        readers.send(job).map_err(|_| RegistryError::Storage("registry readers stopped".into()))?;
-        rx.recv().map_err(|_| RegistryError::Storage("backup abandoned by the registry reader".into()))?
+        rx.recv().map_err(|_| RegistryError::Storage(abandoned.into()))?
     }
 
     /// Runs `f` in the next batch transaction under a savepoint; answers after the commit.
@@ -374,14 +364,7 @@ impl PgStore {
                     }
                 },
             };
-            let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
-            let finish: Finish = Box::new(move |commit| {
-                let _ = tx.send(match (result, commit) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
-                });
-            });
-            (fatal, finish)
+            super::job_outcome(result, tx)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
         writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;

@@ -288,14 +288,7 @@ impl RedbStore {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         let job: Job = Box::new(move |txn| {
             let result = f(&mut RedbWrite(txn));
-            let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
-            let finish: Finish = Box::new(move |commit| {
-                let _ = tx.send(match (result, commit) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Ok(_), Err(e)) | (Err(e), _) => Err(e),
-                });
-            });
-            (fatal, finish)
+            super::job_outcome(result, tx)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
         writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
