@@ -6,9 +6,8 @@
 //! The other binaries are found next to `provisioner` (`cargo build --workspace --bins` first).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use device_protocol::{HostLink, LinkConfig, Request, Response};
@@ -16,30 +15,8 @@ use proto::client::{Client, request_id};
 use proto::identity::Identity;
 use proto::v1;
 
-const PROVISIONER: &str = env!("CARGO_BIN_EXE_provisioner");
-
-fn sibling(name: &str) -> PathBuf {
-    let p = Path::new(PROVISIONER).with_file_name(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins`", p.display());
-    p
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::*;
 
 fn cactl(config: &[&str], args: &[&str]) -> Output {
     Command::new(sibling("cactl")).args(config).args(args).output().expect("cactl")

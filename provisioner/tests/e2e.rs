@@ -6,35 +6,12 @@
 //! alone: `cargo build --workspace --bins` first).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const PROVISIONER: &str = env!("CARGO_BIN_EXE_provisioner");
-
-fn sibling(name: &str) -> PathBuf {
-    let p = Path::new(PROVISIONER).with_file_name(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins`", p.display());
-    p
-}
-
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::*;
 
 /// A running CA with a station identity bound to manufacturer HSTM.
 struct Ca {
