@@ -8,7 +8,7 @@
 //! signature verified with its key, so forged requests carrying a station's public certificate
 //! cannot lock that station out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -16,7 +16,7 @@ use der::Decode;
 use pki::{Certificate, SignerId, Sm2PublicKey, validate_chain};
 use proto::signing::{HeaderError, SignedHeaders, canonical};
 use proto::v1::Reason;
-use registry::{CertStatus, CertSubject, PrincipalRecord, Registry};
+use registry::{CertStatus, CertSubject, FailureKind, PrincipalRecord, Registry};
 use sm3::Digest;
 
 use crate::records::unix_ms;
@@ -296,14 +296,33 @@ impl Counts {
 /// before that it counts against the address alone. An address over its limit is refused for
 /// anything but a registered principal's certificate, which is judged on its signature: a
 /// station behind the same NAT as an attacker keeps working.
+///
+/// On a registry several instances share ([`FailureLimiter::shared`]), failures are also
+/// handed to the registry on a poll ([`FailureLimiter::share`]) and the sources that reached the
+/// limit over all instances come back: refused here as if counted here. The request path never
+/// reads the registry for this.
 pub struct FailureLimiter {
     addresses: Mutex<Counts>,
     principals: Mutex<Counts>,
+    /// `Some` on a shared registry.
+    shared: Option<Mutex<SharedFailures>>,
+}
+
+/// Failures not yet handed to the shared registry, and the sources it last said are blocked.
+#[derive(Default)]
+struct SharedFailures {
+    pending: HashMap<(FailureKind, String), u32>,
+    blocked_addresses: HashSet<String>,
+    blocked_principals: HashSet<String>,
 }
 
 impl Default for FailureLimiter {
     fn default() -> Self {
-        Self { addresses: Mutex::new(Counts::new(Self::CAPACITY)), principals: Mutex::new(Counts::new(Self::CAPACITY)) }
+        Self {
+            addresses: Mutex::new(Counts::new(Self::CAPACITY)),
+            principals: Mutex::new(Counts::new(Self::CAPACITY)),
+            shared: None,
+        }
     }
 }
 
@@ -311,12 +330,38 @@ impl FailureLimiter {
     /// Sources tracked at most, per kind.
     pub const CAPACITY: usize = 65_536;
 
+    /// A limiter whose counts are shared through the registry (see [`FailureLimiter::share`]).
+    pub fn shared() -> Self {
+        Self { shared: Some(Mutex::default()), ..Self::default() }
+    }
+
+    fn shared_blocked(&self, kind: FailureKind, source: &str) -> bool {
+        let Some(shared) = &self.shared else { return false };
+        shared.lock().map_or(true, |s| match kind {
+            FailureKind::Address => s.blocked_addresses.contains(source),
+            FailureKind::Principal => s.blocked_principals.contains(source),
+        })
+    }
+
     fn address_limited(&self, peer: &str, now_ms: u64, limit: u32) -> bool {
         self.addresses.lock().map_or(true, |mut c| c.is_limited(peer, now_ms, limit))
+            || self.shared_blocked(FailureKind::Address, peer)
     }
 
     fn principal_limited(&self, name: &str, now_ms: u64, limit: u32) -> bool {
         self.principals.lock().map_or(true, |mut c| c.is_limited(name, now_ms, limit))
+            || self.shared_blocked(FailureKind::Principal, name)
+    }
+
+    fn record_shared(&self, kind: FailureKind, source: &str) {
+        let Some(shared) = &self.shared else { return };
+        if let Ok(mut s) = shared.lock() {
+            let key = (kind, source.to_owned());
+            // Bounded like the local counts: beyond that many sources a poll, one goes unshared.
+            if s.pending.len() < Self::CAPACITY || s.pending.contains_key(&key) {
+                *s.pending.entry(key).or_default() += 1;
+            }
+        }
     }
 
     /// Counts one failure from `peer` before any signature verified.
@@ -324,11 +369,51 @@ impl FailureLimiter {
         if let Ok(mut c) = self.addresses.lock() {
             c.record(peer, now_ms, limit);
         }
+        self.record_shared(FailureKind::Address, peer);
     }
 
     fn record_principal(&self, name: &str, now_ms: u64, limit: u32) {
         if let Ok(mut c) = self.principals.lock() {
             c.record(name, now_ms, limit);
+        }
+        self.record_shared(FailureKind::Principal, name);
+    }
+
+    /// Hands the failures counted since the last call to the shared registry and takes the
+    /// sources blocked over all instances (run on a poll, blocking). When the registry cannot
+    /// be reached the counts are kept for the next poll and the last blocked set stays.
+    /// Returns how many sources are blocked; a limiter that is not shared does nothing.
+    pub fn share(&self, registry: &Registry, now_ms: u64, limit: u32) -> Result<usize, registry::RegistryError> {
+        let Some(shared) = &self.shared else { return Ok(0) };
+        let pending: Vec<(FailureKind, String, u32)> = match shared.lock() {
+            Ok(mut s) => s.pending.drain().map(|((k, src), n)| (k, src, n)).collect(),
+            Err(_) => return Ok(0),
+        };
+        match registry.share_auth_failures(&pending, now_ms, limit) {
+            Ok(blocked) => {
+                let n = blocked.len();
+                if let Ok(mut s) = shared.lock() {
+                    s.blocked_addresses.clear();
+                    s.blocked_principals.clear();
+                    for (kind, source) in blocked {
+                        match kind {
+                            FailureKind::Address => s.blocked_addresses.insert(source),
+                            FailureKind::Principal => s.blocked_principals.insert(source),
+                        };
+                    }
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if let Ok(mut s) = shared.lock() {
+                    for (k, src, n) in pending {
+                        if s.pending.len() < Self::CAPACITY || s.pending.contains_key(&(k, src.clone())) {
+                            *s.pending.entry((k, src)).or_default() += n;
+                        }
+                    }
+                }
+                Err(e)
+            }
         }
     }
 

@@ -200,6 +200,8 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         .map(|c| der::Encode::to_der(*c))
         .collect::<Result<Vec<_>, _>>()
         .context("encoding the CA chain")?;
+    // Instances on one registry share failure counts: the limit holds for all of them together.
+    let limiter = if registry.is_shared() { FailureLimiter::shared() } else { FailureLimiter::default() };
     let ca = Ca {
         chain_der,
         require_registration: cfg.config.policy.require_registration,
@@ -215,7 +217,7 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         // Requests signed before this start are refused: nonces do not survive a restart.
         nonces: NonceCache::starting_at(crate::records::now_ms()),
         refusals: Default::default(),
-        limiter: FailureLimiter::default(),
+        limiter,
         validated: Default::default(),
         metrics: Default::default(),
         crls: crate::revocation::Crls::new(crl_urls, timing),
@@ -352,6 +354,37 @@ async fn refusal_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>)
         tokio::select! {
             _ = tick.tick() => flush_refusals(ca.clone()).await,
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// On a shared registry, every [`SHARED_REGISTRY_POLL`]: this instance's new authentication
+/// failures go to the registry and the sources blocked over all instances come back (so a source
+/// over the limit is refused by every instance within two polls). Nothing to do on redb.
+async fn shared_failure_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if !ca.registry.is_shared() {
+        return;
+    }
+    let mut poll = tokio::time::interval(SHARED_REGISTRY_POLL);
+    let mut blocked = 0;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let asking = ca.clone();
+        let shared = tokio::task::spawn_blocking(move || {
+            asking.limiter.share(&asking.registry, crate::records::now_ms(), asking.roles.failures_per_minute)
+        })
+        .await;
+        match shared {
+            Ok(Ok(n)) if n != blocked => {
+                tracing::info!(sources = n, "sources over the failure limit across instances");
+                blocked = n;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sharing authentication failures failed; kept for the next poll"),
+            Err(e) => tracing::error!(error = %e, "failure-sharing task failed"),
         }
     }
 }
@@ -575,6 +608,7 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let crls = tokio::spawn(crl_loop(ca.clone(), stop_rx.clone()));
     let ocsp = tokio::spawn(ocsp_loop(ca.clone(), cfg.clone(), stop_rx.clone()));
     let refusals = tokio::spawn(refusal_loop(ca.clone(), stop_rx.clone()));
+    let shared_failures = tokio::spawn(shared_failure_loop(ca.clone(), stop_rx.clone()));
     let result = grpc.await;
     let _ = stop_tx.send(true);
     http_task.await??;
@@ -582,6 +616,7 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let _ = crls.await;
     let _ = ocsp.await;
     let _ = refusals.await;
+    let _ = shared_failures.await;
     flush_refusals(ca.clone()).await;
     // The last words of the chain get signed too.
     checkpoint_now(ca).await;

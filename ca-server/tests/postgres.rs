@@ -426,3 +426,86 @@ async fn two_instances_with_16_clients_each_race_and_survive_a_sigkill() {
     }
     reg.verify_audit_chain().expect("one audit chain for both instances");
 }
+
+/// A request `station` signed that its role may not make: a failure counted against it.
+async fn forbidden_call(station: &proto::client::Client, to: &tonic::transport::Channel) -> (Code, Reason) {
+    let req = v1::ListPrincipalsRequest { request_id: proto::client::request_id() };
+    let signed = station.signed("/hsca.v1.Admin/ListPrincipals", req).expect("sign");
+    refused(v1::admin_client::AdminClient::new(to.clone()).list_principals(signed).await)
+}
+
+/// A request `station` may make: counts nothing when served.
+async fn chain_call(station: &proto::client::Client, to: &tonic::transport::Channel) -> Result<(), tonic::Status> {
+    let req = v1::GetCaChainRequest { request_id: proto::client::request_id() };
+    let signed = station.signed("/hsca.v1.CertificateAuthority/GetCaChain", req).expect("sign");
+    v1::certificate_authority_client::CertificateAuthorityClient::new(to.clone()).get_ca_chain(signed).await.map(|_| ())
+}
+
+/// An unsigned request: a failure counted against the address (127.0.0.1 for both instances).
+async fn unsigned_call(to: &tonic::transport::Channel) -> (Code, Reason) {
+    let req = tonic::Request::new(v1::GetCaChainRequest { request_id: proto::client::request_id() });
+    refused(v1::certificate_authority_client::CertificateAuthorityClient::new(to.clone()).get_ca_chain(req).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failure_limits_add_up_across_instances_and_both_refuse_a_source_over_the_limit() {
+    const FORBIDDEN: (Code, Reason) = (Code::PermissionDenied, Reason::RoleForbidden);
+    const UNSIGNED: (Code, Reason) = (Code::Unauthenticated, Reason::MissingSignature);
+    const LIMITED: (Code, Reason) = (Code::ResourceExhausted, Reason::RateLimited);
+    let pg = PgServer::start().expect("PostgreSQL test server");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_a = tmp.path().join("a");
+    let (grpc_a, http_a) = init(&dir_a);
+    use_postgres(&dir_a, &pg.url());
+    migrate_from_init(&dir_a);
+    let roles = std::fs::read_to_string(dir_a.join("policies/roles.toml")).expect("roles.toml");
+    assert!(roles.contains("failures_per_minute = 10"), "the limit this test counts to");
+    let dir_b = tmp.path().join("b");
+    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let _a = Server::start(&dir_a, http_a);
+    let _b = Server::start(&dir_b, http_b);
+    let admin_a = admin(&dir_a).await;
+    let admin_b = admin(&dir_b).await;
+    let (station, _) = principal(&dir_a, &admin_a, "station-x", "station", &["HSTM"]).await;
+    let (on_a, on_b) = (admin_a.channel.clone(), admin_b.channel.clone());
+
+    // 9 failures on A, under the limit of 10 on each instance and together: after several polls
+    // of both, B (and A) still serve the principal, and B judges the address's requests on their own.
+    for _ in 0..9 {
+        assert_eq!(forbidden_call(&station, &on_a).await, FORBIDDEN);
+    }
+    for _ in 0..8 {
+        assert_eq!(unsigned_call(&on_a).await, UNSIGNED);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    chain_call(&station, &on_b).await.expect("B serves a principal under the limit");
+    chain_call(&station, &on_a).await.expect("A serves a principal under the limit");
+    assert_eq!(unsigned_call(&on_b).await, UNSIGNED, "address at 9 of 10");
+
+    // The 10th failure of each, made on B: neither instance counted 10 itself, yet both refuse.
+    assert_eq!(forbidden_call(&station, &on_b).await, FORBIDDEN);
+    assert_eq!(unsigned_call(&on_a).await, UNSIGNED);
+    let started = Instant::now();
+    loop {
+        match chain_call(&station, &on_a).await {
+            Err(s) if (s.code(), proto::reason(&s).unwrap_or(Reason::Unspecified)) == LIMITED => break,
+            Err(s) => panic!("unexpected refusal {s:?}"),
+            Ok(()) => assert!(started.elapsed() < Duration::from_secs(5), "A still serves a principal over the limit"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("A refused the principal {} ms after its 10th failure on B", started.elapsed().as_millis());
+    let started = Instant::now();
+    // Each probe of the address on B is one more failure there: few and spaced, so that B alone
+    // never counts 10 (only the shared count can refuse it).
+    let mut probes = 0;
+    while unsigned_call(&on_b).await != LIMITED {
+        probes += 1;
+        assert!(probes < 4, "B still judges the address over the limit on its requests");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("B refused the address {} ms after its 10th failure on A", started.elapsed().as_millis());
+    assert_eq!(chain_call(&station, &on_b).await.map_err(|s| s.code()), Err(Code::ResourceExhausted));
+    // A registered principal's correctly signed request from the same address is still served.
+    chain_call(&admin_b, &on_b).await.expect("an admin from the limited address is judged on its signature");
+}

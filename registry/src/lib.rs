@@ -24,6 +24,7 @@ mod activation;
 pub mod anchor;
 mod approvals;
 pub mod audit;
+mod auth_failures;
 mod backend;
 mod lifecycle;
 pub mod records;
@@ -40,6 +41,7 @@ use store::{StoreRead, StoreWrite};
 pub use activation::Activated;
 pub use approvals::Decision;
 pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+pub use auth_failures::{FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
 /// The PostgreSQL schema version this build serves.
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use lifecycle::{StationIssue, check_station_issue};

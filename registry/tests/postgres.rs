@@ -315,3 +315,35 @@ fn spending_a_nonce_prunes_expired_ones_in_the_same_statement() {
     assert_eq!(left, vec![vec![b'n', 0]]);
     assert_eq!(reg.use_nonce(&[b'n', 0], 3500, 4500), Err(RegistryError::NonceReplayed));
 }
+
+#[test]
+fn authentication_failures_add_up_across_instances_within_the_window_and_expire() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let a = Registry::open_postgres(&pg.url()).expect("open a");
+    let b = Registry::open_postgres(&pg.url()).expect("open b");
+    let now = 1_800_000_000_000;
+    let addr = |n| (FailureKind::Address, "198.51.100.7".to_owned(), n);
+    let station = |n| (FailureKind::Principal, "station-1".to_owned(), n);
+    // Below the limit of 10 on each instance and together: nobody is blocked.
+    assert!(a.share_auth_failures(&[addr(4), station(9)], now, 10).expect("a").is_empty());
+    assert!(b.share_auth_failures(&[addr(5)], now + 1_000, 10).expect("b").is_empty());
+    // One more on B reaches the limit for the address counted on both.
+    assert_eq!(
+        b.share_auth_failures(&[addr(1)], now + 2_000, 10).expect("b"),
+        vec![(FailureKind::Address, "198.51.100.7".to_owned())]
+    );
+    // A learns it on its next poll with nothing new of its own; a principal is its own source.
+    assert_eq!(
+        a.share_auth_failures(&[], now + 3_000, 10).expect("a"),
+        vec![(FailureKind::Address, "198.51.100.7".to_owned())]
+    );
+    let both = b.share_auth_failures(&[station(1)], now + 4_000, 10).expect("b");
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.contains(&(FailureKind::Principal, "station-1".to_owned())));
+    // A minute later those buckets are out of the window and deleted.
+    assert!(a.share_auth_failures(&[], now + 61_000 + FAILURE_BUCKET_MS, 10).expect("later").is_empty());
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    let left: i64 = c.query_one("SELECT count(*) FROM auth_failures", &[]).expect("count").get(0);
+    assert_eq!(left, 0);
+}

@@ -105,3 +105,19 @@ impl Backend {
         }
     }
 }
+
+impl Backend {
+    /// See [`postgres::PgStore::share_auth_failures`]; redb has one instance, nothing to share.
+    pub(crate) fn share_auth_failures(
+        &self,
+        new: Vec<(String, String, i32)>,
+        bucket: i64,
+        oldest: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        match self {
+            Self::Redb(_) => Ok(Vec::new()),
+            Self::Postgres(p) => p.share_auth_failures(new, bucket, oldest, limit),
+        }
+    }
+}

@@ -33,10 +33,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_terminal_counts.sql")),
     (3, include_str!("../../migrations/postgres/0003_activation_challenges.sql")),
+    (4, include_str!("../../migrations/postgres/0004_auth_failures.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory lock keys (one namespace for this application).
 const AUDIT_LOCK: i64 = 0x4853_4341_0001;
@@ -962,5 +963,54 @@ impl StoreWrite for PgTx<'_, '_> {
             &[&id, &bytes],
         )?;
         Ok(())
+    }
+}
+
+impl PgStore {
+    /// Adds `new` (kind, source, failures) to the shared failure buckets at `bucket`, deletes
+    /// buckets before `oldest`, and returns the (kind, source) pairs whose buckets from `oldest`
+    /// on sum to at least `limit`. Three autocommitted statements on a reader connection: no
+    /// audit lock, nothing here belongs to the audit chain.
+    pub(crate) fn share_auth_failures(
+        &self,
+        new: Vec<(String, String, i32)>,
+        bucket: i64,
+        oldest: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(String, String)>>>(1);
+        let job: ReadJob = Box::new(move |client, _| {
+            let result = match client.as_mut() {
+                None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
+                Some(c) => (|| {
+                    if !new.is_empty() {
+                        let (kinds, rest): (Vec<String>, Vec<(String, i32)>) =
+                            new.into_iter().map(|(k, s, n)| (k, (s, n))).unzip();
+                        let (sources, counts): (Vec<String>, Vec<i32>) = rest.into_iter().unzip();
+                        // Grouped and ordered: one row per key (an upsert may touch a row once per
+                        // statement), and every instance locks rows in the same order (no deadlock).
+                        c.execute(
+                            "INSERT INTO auth_failures (kind, source, bucket, failures)
+                             SELECT k, s, $4, sum(n)::integer FROM unnest($1::text[], $2::text[], $3::integer[]) AS t(k, s, n)
+                             GROUP BY k, s ORDER BY k, s
+                             ON CONFLICT (kind, source, bucket)
+                             DO UPDATE SET failures = auth_failures.failures + excluded.failures",
+                            &[&kinds, &sources, &counts, &bucket],
+                        )?;
+                    }
+                    c.execute("DELETE FROM auth_failures WHERE bucket < $1", &[&oldest])?;
+                    let rows = c.query(
+                        "SELECT kind, source FROM auth_failures WHERE bucket >= $1
+                         GROUP BY kind, source HAVING sum(failures) >= $2",
+                        &[&oldest, &limit],
+                    )?;
+                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                })(),
+            };
+            let _ = tx.send(result);
+        });
+        let readers = self.readers.as_ref().ok_or_else(|| RegistryError::Storage("registry readers stopped".into()))?;
+        readers.send(job).map_err(|_| RegistryError::Storage("registry readers stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("failure count abandoned by the registry reader".into()))?
     }
 }
