@@ -88,6 +88,9 @@ pub struct Crls {
     partitions: std::sync::atomic::AtomicU32,
     timing: CrlTiming,
     urls: CrlUrls,
+    /// The highest CRL number stored or loaded (shared registry): a follower's poll reads only
+    /// newer ones.
+    stored_up_to: std::sync::atomic::AtomicU64,
 }
 
 /// What an HTTP path under `/crl/` names.
@@ -111,6 +114,7 @@ impl Crls {
             partitions: std::sync::atomic::AtomicU32::new(0),
             timing,
             urls,
+            stored_up_to: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -229,13 +233,16 @@ impl Crls {
         // a critical extension GmSSL-based relying parties can read it (issue 13).
         let full = self.sign(registry, signer, issuer, &entries, None, None)?;
         let base = {
-            let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
-            if scheduled || c.base.is_none() {
-                c.base = Some((full.number, snapshot.seq));
-            }
-            c.full = Some(full);
-            c.base
+            let c = self.current.read().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
+            if scheduled || c.base.is_none() { Some((full.number, snapshot.seq)) } else { c.base }
         };
+        // Stored before it is served here: what this instance serves, every instance can.
+        self.share(registry, "full".into(), &full, base)?;
+        {
+            let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
+            c.base = base;
+            c.full = Some(full);
+        }
         match base {
             Some(base) => self.publish_delta_on(registry, signer, issuer, snapshot, base),
             None => Ok(()),
@@ -267,6 +274,7 @@ impl Crls {
             let Some(url) = self.partition_url(p) else { return Ok(()) };
             let entries = by_partition.remove(&p).unwrap_or_default();
             let published = self.sign_numbered(first + i as u64, signer, issuer, &entries, None, Some(&url))?;
+            self.share(registry, format!("{PARTITION_PREFIX}{p}"), &published, None)?;
             if let Ok(mut c) = self.current.write() {
                 c.partitions.insert(p, published);
             }
@@ -299,6 +307,7 @@ impl Crls {
         // RFC 5280 §5.2.4: a delta has the scope of its base, so no IDP either (OpenSSL's
         // check_delta_base wants both IDPs equal or both absent); only where it is served differs.
         let delta = self.sign(registry, signer, issuer, &entries, Some(base), None)?;
+        self.share(registry, "delta".into(), &delta, Some((base, since)))?;
         if let Ok(mut c) = self.current.write() {
             c.delta = Some(delta);
         }
@@ -339,17 +348,85 @@ impl Crls {
         let sig = signer.sign(tbs.to_be_signed())?;
         let crl = tbs.assemble(sig.as_der())?;
         let der = der::Encode::to_der(&crl).map_err(|e| PublishError::Encoding(e.to_string()))?;
-        let pem = pki::pem::crl_to_pem(&crl).map_err(|e| PublishError::Encoding(e.to_string()))?;
-        let etag = format!("\"{}\"", hex::encode(&sm3::Sm3::digest(&der)[..16]));
-        Ok(Published {
-            der: Arc::new(der),
-            pem: Arc::new(pem),
-            etag,
-            this_update: at(ms(this_update) / 1000 * 1000),
-            number,
-            entries: entries.len(),
-        })
+        published(der, number, at(ms(this_update) / 1000 * 1000), entries.len())
     }
+
+    /// On a shared registry, stores a CRL this instance (the leader) signed, for the others.
+    fn share(
+        &self,
+        registry: &Registry,
+        name: String,
+        p: &Published,
+        base: Option<(u64, u64)>,
+    ) -> Result<(), PublishError> {
+        if !registry.is_shared() {
+            return Ok(());
+        }
+        let crl = registry::StoredCrl {
+            name,
+            number: p.number,
+            der: p.der.to_vec(),
+            entries: u32::try_from(p.entries).unwrap_or(u32::MAX),
+            this_update_ms: ms(p.this_update),
+            base,
+        };
+        registry.store_crl(crl)?;
+        self.stored_up_to.fetch_max(p.number, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A follower's poll on a shared registry: serves the CRLs the leader stored since the last
+    /// call (with the leader's delta base, for when this instance leads next). Each must verify
+    /// under the issuing CA's key, or it is not served. Returns how many were taken.
+    pub fn load_stored(&self, registry: &Registry, issuer: &IssuerInfo) -> Result<usize, PublishError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stored = registry.stored_crls_after(self.stored_up_to.load(Relaxed))?;
+        let mut taken = 0;
+        for s in stored {
+            self.stored_up_to.fetch_max(s.number, Relaxed);
+            match pki::verify_crl(&s.der, issuer) {
+                Ok(v) if v.number == Some(s.number) => {}
+                Ok(_) => {
+                    tracing::error!(name = %s.name, number = s.number, "stored CRL carries another number; not served");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(name = %s.name, number = s.number, error = %e, "stored CRL does not verify; not served");
+                    continue;
+                }
+            }
+            let p = published(s.der, s.number, at(s.this_update_ms), s.entries as usize)?;
+            let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
+            match s.name.as_str() {
+                "full" => {
+                    c.full = Some(p);
+                    if s.base.is_some() {
+                        c.base = s.base;
+                    }
+                }
+                "delta" => c.delta = Some(p),
+                other => {
+                    let Some(n) = other.strip_prefix(PARTITION_PREFIX).and_then(|n| n.parse::<u32>().ok()) else {
+                        continue;
+                    };
+                    c.partitions.insert(n, p);
+                    self.partitions.fetch_max(n.saturating_add(1), Relaxed);
+                }
+            }
+            taken += 1;
+        }
+        Ok(taken)
+    }
+}
+
+/// Stored name of partition N's CRL: `partition-N`.
+const PARTITION_PREFIX: &str = "partition-";
+
+/// A signed CRL ready to serve: PEM and a strong ETag (hex of SM3 over the DER) beside the DER.
+fn published(der: Vec<u8>, number: u64, this_update: SystemTime, entries: usize) -> Result<Published, PublishError> {
+    let pem = pki::pem::der_to_pem("X509 CRL", &der).map_err(|e| PublishError::Encoding(e.to_string()))?;
+    let etag = format!("\"{}\"", hex::encode(&sm3::Sm3::digest(&der)[..16]));
+    Ok(Published { der: Arc::new(der), pem: Arc::new(pem), etag, this_update, number, entries })
 }
 
 fn ms(t: SystemTime) -> u64 {

@@ -454,54 +454,90 @@ async fn publish_crls(ca: Arc<Ca>, all: Option<bool>) {
 
 /// A scheduled full CRL (the new delta base) at start and every `full_every`; after each
 /// revocation a new full CRL and a delta over the base (a burst of revocations, as a bulk one, is
-/// coalesced over 100 ms).
+/// coalesced over 100 ms). On a shared registry only the CRL leader signs: it stores each CRL in
+/// the registry and the other instances serve those bytes.
 async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    publish_crls(ca.clone(), Some(true)).await;
-    if !ca.registry.is_shared() {
-        ca.metrics.crl_leader.store(1, std::sync::atomic::Ordering::Relaxed);
+    let shared = ca.registry.is_shared();
+    // On a shared registry: revocations other instances made (their OCSP answers re-signed here
+    // within a poll: DESIGN §9's "within a second"), the CRL leader lock (asked every 2 s, shown at
+    // /metrics, moving when the leader dies), and on a follower the CRLs the leader stored.
+    let mut leader = !shared || ask_crl_leader(&ca).await;
+    ca.metrics.crl_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+    if shared {
+        // A leader continues the stored delta base; a follower serves what is stored.
+        load_stored_crls(&ca).await;
+    }
+    if leader {
+        publish_crls(ca.clone(), Some(true)).await;
     }
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
+    // Not polled while following: on taking over, one scheduled CRL, not a burst of missed ones.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    // On a shared registry, revocations other instances made (their OCSP answers re-signed here
-    // within a poll: DESIGN §9's "within a second"), and the CRL leader lock (taken here, shown at
-    // /metrics, moving within one poll when the leader dies). Every instance still signs and
-    // serves its own CRLs (numbers come from the shared counter, so they never repeat): each
-    // serves CRLs from memory, so a leader-only signer needs the CRLs stored in the registry first.
     let mut poll = tokio::time::interval(SHARED_REGISTRY_POLL);
     let mut seen_seq: Option<u64> = None;
     let mut polls: u64 = 0;
     loop {
         tokio::select! {
-            _ = tick.tick() => publish_crls(ca.clone(), Some(true)).await,
-            _ = poll.tick(), if ca.registry.is_shared() => {
-                // The leader lock every 2 s is enough for leadership to move "within seconds".
-                let ask_leader = polls.is_multiple_of(8);
+            _ = tick.tick(), if leader => publish_crls(ca.clone(), Some(true)).await,
+            _ = poll.tick(), if shared => {
+                if polls.is_multiple_of(8) {
+                    let was = leader;
+                    leader = ask_crl_leader(&ca).await;
+                    ca.metrics.crl_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
+                    if leader && !was {
+                        // Taking over: the stored base first, then CRLs numbered after the old leader's.
+                        tracing::info!("this instance is now the CRL leader");
+                        load_stored_crls(&ca).await;
+                        publish_crls(ca.clone(), Some(false)).await;
+                    }
+                }
                 polls += 1;
                 let asking = ca.clone();
-                let (seq, leader) = tokio::task::spawn_blocking(move || {
-                    let leader = ask_leader.then(|| asking.registry.crl_leader().unwrap_or(false));
-                    (asking.registry.revocation_seq().ok(), leader)
+                let (seq, grown) = tokio::task::spawn_blocking(move || {
+                    let grown = leader && asking.crl_partitions() > asking.crls.partitions();
+                    (asking.registry.revocation_seq().ok(), grown)
                 })
                 .await
-                .unwrap_or((None, Some(false)));
-                if let Some(leader) = leader {
-                    ca.metrics.crl_leader.store(u64::from(leader), std::sync::atomic::Ordering::Relaxed);
-                }
+                .unwrap_or((None, false));
+                let mut publish = grown;
                 if seq.is_some() && seq != seen_seq {
                     if let Some(since) = seen_seq {
                         let asking = ca.clone();
                         let _ = tokio::task::spawn_blocking(move || refresh_changed_since(&asking, since)).await;
-                        publish_crls(ca.clone(), Some(false)).await;
+                        publish = true;
                     }
                     seen_seq = seq;
                 }
+                if leader && publish {
+                    publish_crls(ca.clone(), Some(false)).await;
+                } else if !leader {
+                    load_stored_crls(&ca).await;
+                }
             }
-            () = ca.crls.changed.notified() => {
+            // A follower's revocations reach the leader through the revocation sequence.
+            () = ca.crls.changed.notified(), if leader => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 publish_crls(ca.clone(), None).await;
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Whether this instance holds the CRL leader lock (false when the registry cannot say).
+async fn ask_crl_leader(ca: &Arc<Ca>) -> bool {
+    let asking = ca.clone();
+    tokio::task::spawn_blocking(move || asking.registry.crl_leader().unwrap_or(false)).await.unwrap_or(false)
+}
+
+/// Takes the CRLs the leader stored since the last call.
+async fn load_stored_crls(ca: &Arc<Ca>) {
+    let asking = ca.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || asking.crls.load_stored(&asking.registry, &asking.issuer_info)).await;
+    if let Ok(Err(e)) = loaded {
+        tracing::warn!(error = %e, "reading the CRLs the leader stored failed; next poll");
     }
 }
 

@@ -509,3 +509,122 @@ async fn failure_limits_add_up_across_instances_and_both_refuse_a_source_over_th
     // A registered principal's correctly signed request from the same address is still served.
     chain_call(&admin_b, &on_b).await.expect("an admin from the limited address is judged on its signature");
 }
+
+/// The CRL `path` an instance serves, checked against the issuing CA's key: (number, revoked
+/// serials in hex, DER). None while it serves none.
+fn served_crl(http: u16, path: &str, issuer: &pki::IssuerInfo) -> Option<(u64, Vec<String>, Vec<u8>)> {
+    let (status, der) = http_get_bytes(http, path);
+    if !status.contains(" 200") {
+        return None;
+    }
+    let crl = pki::verify_crl(&der, issuer).expect("a served CRL verifies under the issuing CA");
+    Some((crl.number.expect("CRL number"), crl.revoked.iter().map(|(s, _)| s.to_hex()).collect(), der))
+}
+
+async fn revoke_on(admin: &proto::client::Client, serial: &str) {
+    let rv = v1::RevokeCertificateRequest {
+        request_id: proto::client::request_id(),
+        certificate_serial: serial.to_owned(),
+        terminal_serial: String::new(),
+        reason: 1,
+        invalidity_ms: 0,
+    };
+    v1::admin_client::AdminClient::new(admin.channel.clone())
+        .revoke_certificate(admin.signed("/hsca.v1.Admin/RevokeCertificate", rv).expect("sign"))
+        .await
+        .expect("revoke");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_crl_leader_signs_followers_serve_its_bytes_and_numbers_rise_across_a_takeover() {
+    let pg = PgServer::start().expect("PostgreSQL test server");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_a = tmp.path().join("a");
+    let (grpc_a, http_a) = init(&dir_a);
+    use_postgres(&dir_a, &pg.url());
+    migrate_from_init(&dir_a);
+    let dir_b = tmp.path().join("b");
+    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let issuing =
+        pki::pem::certificates_from_pem(&std::fs::read_to_string(dir_a.join("certs/issuing.pem")).expect("pem"))
+            .expect("issuing")
+            .remove(0);
+    let issuer = pki::IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("issuer");
+    let a = Server::start(&dir_a, http_a);
+    let b = Server::start(&dir_b, http_b);
+    let started = Instant::now();
+    let a_leads = loop {
+        match (crl_leader(http_a), crl_leader(http_b)) {
+            (Some(true), Some(false)) => break true,
+            (Some(false), Some(true)) => break false,
+            (Some(true), Some(true)) => panic!("two CRL leaders"),
+            _ => assert!(started.elapsed() < Duration::from_secs(15), "no CRL leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ((leader, http_l), (follower, dir_f, http_f)) =
+        if a_leads { ((a, http_a), (b, &dir_b, http_b)) } else { ((b, http_b), (a, &dir_a, http_a)) };
+    let admin_f = admin(dir_f).await;
+    let (station, _) = principal(dir_f, &admin_f, "station-1", "station", &["HSTM"]).await;
+    // Serials as the CRL prints them.
+    let hex = |s: String| pki::CertSerial::from_hex(&s).expect("hex serial").to_hex();
+    let first = hex(issue_one(&station, &serial(1)).await.expect("issue"));
+    let second = hex(issue_one(&station, &serial(2)).await.expect("issue"));
+
+    // Revoked on the follower: the leader signs, both serve the very same bytes (SM2 signatures
+    // are randomised: two signers could not produce equal CRLs).
+    revoke_on(&admin_f, &first).await;
+    let revoked_at = Instant::now();
+    let (number, der) = loop {
+        let (l, f) = (served_crl(http_l, "/crl/issuing.crl", &issuer), served_crl(http_f, "/crl/issuing.crl", &issuer));
+        if let (Some((nl, listed, der_l)), Some((_, _, der_f))) = (l, f)
+            && listed.contains(&first)
+            && der_l == der_f
+        {
+            break (nl, der_l);
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(10), "the follower never served the leader's CRL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "both instances served CRL {number} {} ms after the follower's revocation",
+        revoked_at.elapsed().as_millis()
+    );
+    assert!(!der.is_empty());
+    // The delta too (stored just after the full: a poll may fall in between).
+    loop {
+        let delta = |http| served_crl(http, "/crl/issuing-delta.crl", &issuer).map(|(n, _, der)| (n, der));
+        if let (Some(l), Some(f)) = (delta(http_l), delta(http_f))
+            && l == f
+        {
+            assert!(l.0 > number, "a delta numbered after its full CRL");
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(10), "the follower never served the leader's delta");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The leader dies: the follower takes the lock within a few polls and signs from then on,
+    // numbered above everything the old leader signed.
+    leader.kill();
+    let killed = Instant::now();
+    while crl_leader(http_f) != Some(true) {
+        assert!(killed.elapsed() < Duration::from_secs(15), "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the follower led {} ms after the leader died", killed.elapsed().as_millis());
+    revoke_on(&admin_f, &second).await;
+    let revoked_at = Instant::now();
+    loop {
+        if let Some((n, listed, _)) = served_crl(http_f, "/crl/issuing.crl", &issuer)
+            && listed.contains(&second)
+        {
+            assert!(n > number, "CRL number {n} after the takeover, {number} before");
+            assert!(listed.contains(&first));
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(10), "the new leader never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(follower);
+}

@@ -27,6 +27,7 @@ pub mod audit;
 mod auth_failures;
 mod backend;
 mod lifecycle;
+mod published_crls;
 pub mod records;
 mod revocation;
 mod store;
@@ -45,6 +46,7 @@ pub use auth_failures::{FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
 /// The PostgreSQL schema version this build serves.
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use lifecycle::{StationIssue, check_station_issue};
+pub use published_crls::StoredCrl;
 pub use records::*;
 
 /// Why a registry operation failed.

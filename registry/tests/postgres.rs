@@ -190,6 +190,11 @@ fn a_redb_registry_is_copied_into_postgres_with_its_audit_chain_intact() {
             .expect("issue");
         }
         reg.revoke("DD01", RevocationReason::KeyCompromise, 7, None, &ev("revoke", "DD01")).expect("revoke");
+        // Enough registered terminals of several makers that a per-row count would show.
+        for i in 0..300 {
+            reg.register_terminal(&terminal(&format!("HS{:02}01261100{i:04}", i % 3)), &ev("register", "t"))
+                .expect("register");
+        }
         reg.next_crl_numbers(3).expect("crl numbers");
         let (seq, head) = reg.audit_head().expect("head").expect("entries");
         reg.add_audit_checkpoint(&AuditCheckpoint { seq, head, time_ms: 9, key_id: "k".into(), signature: "s".into() })
@@ -217,6 +222,28 @@ fn a_redb_registry_is_copied_into_postgres_with_its_audit_chain_intact() {
         Err(RegistryError::KeyCompromised("DD01".into()))
     );
     assert_eq!(copy.next_crl_number().expect("next"), 4);
+    // The counts (computed once, the per-statement triggers off during the copy) equal a full
+    // GROUP BY, and the triggers are back on for the next write.
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    let counts_equal_group_by = |c: &mut postgres::Client| {
+        let rows = |c: &mut postgres::Client, sql: &str| -> Vec<(String, String, i64)> {
+            c.query(sql, &[]).expect("counts").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+        };
+        let kept = rows(c, "SELECT dimension, value, n FROM terminal_counts WHERE n > 0 ORDER BY 1, 2");
+        let scanned = rows(
+            c,
+            "SELECT * FROM (SELECT 'state' AS d, state AS v, count(*) FROM terminals GROUP BY state
+             UNION ALL SELECT 'class', class, count(*) FROM terminals GROUP BY class
+             UNION ALL SELECT 'manufacturer', manufacturer, count(*) FROM terminals GROUP BY manufacturer) x ORDER BY 1, 2",
+        );
+        assert_eq!(kept, scanned);
+        kept
+    };
+    let copied = counts_equal_group_by(&mut c);
+    assert!(copied.iter().any(|(d, _, n)| d == "state" && *n >= 300), "{copied:?}");
+    assert_eq!(copy.terminal_counts().expect("counts"), source.terminal_counts().expect("source counts"));
+    copy.record_terminal_issue(&issue("q10", "T000000000000010", "DD10", "key10"), &ev("issue", "x")).expect("issue");
+    assert_ne!(counts_equal_group_by(&mut c), copied, "the trigger counted the new terminal");
     // A second copy into the now used registry is refused (the redb file closed first: one
     // process at a time).
     drop(source);
@@ -346,4 +373,39 @@ fn authentication_failures_add_up_across_instances_within_the_window_and_expire(
     let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
     let left: i64 = c.query_one("SELECT count(*) FROM auth_failures", &[]).expect("count").get(0);
     assert_eq!(left, 0);
+}
+
+#[test]
+fn stored_crls_are_shared_and_never_replaced_by_a_lower_number() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let leader = Registry::open_postgres(&pg.url()).expect("open leader");
+    let follower = Registry::open_postgres(&pg.url()).expect("open follower");
+    let crl = |name: &str, number, base| StoredCrl {
+        name: name.into(),
+        number,
+        der: vec![number as u8; 3],
+        entries: 1,
+        this_update_ms: 1_800_000_000_000 + number,
+        base,
+    };
+    assert!(follower.stored_crls_after(0).expect("none yet").is_empty());
+    assert!(leader.store_crl(crl("full", 7, Some((7, 40)))).expect("store"));
+    assert!(leader.store_crl(crl("delta", 8, Some((7, 40)))).expect("store"));
+    assert_eq!(
+        follower.stored_crls_after(0).expect("read"),
+        vec![crl("full", 7, Some((7, 40))), crl("delta", 8, Some((7, 40)))]
+    );
+    assert_eq!(follower.stored_crls_after(7).expect("read"), vec![crl("delta", 8, Some((7, 40)))]);
+    assert!(follower.stored_crls_after(8).expect("read").is_empty(), "nothing new: nothing read");
+    // An old leader that signed number 6 before it lost the lock cannot put it back.
+    assert!(!follower.store_crl(crl("full", 6, None)).expect("refused quietly"));
+    assert!(!follower.store_crl(crl("full", 7, None)).expect("the same number neither"));
+    assert!(follower.store_crl(crl("full", 9, Some((9, 41)))).expect("a higher number replaces it"));
+    assert_eq!(leader.stored_crls_after(8).expect("read"), vec![crl("full", 9, Some((9, 41)))]);
+    // redb keeps CRLs in memory: nothing stored, nothing read.
+    let dir = tempfile::tempdir().expect("tmp");
+    let redb = Registry::open(&dir.path().join("r.redb")).expect("redb");
+    assert!(!redb.store_crl(crl("full", 1, None)).expect("redb"));
+    assert!(redb.stored_crls_after(0).expect("redb").is_empty());
 }

@@ -258,3 +258,17 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// GET `path`: the status line and the body's bytes (empty when nothing answers).
+pub fn http_get_bytes(port: u16, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (String::new(), Vec::new()) };
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+        return (String::new(), Vec::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(out.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&out[..split]);
+    (head.lines().next().unwrap_or_default().to_owned(), out[split..].to_vec())
+}

@@ -34,10 +34,21 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_terminal_counts.sql")),
     (3, include_str!("../../migrations/postgres/0003_activation_challenges.sql")),
     (4, include_str!("../../migrations/postgres/0004_auth_failures.sql")),
+    (5, include_str!("../../migrations/postgres/0005_published_crls.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
+
+/// The running terminal counts recomputed from `terminals` (as migration 2 first computed them),
+/// and the count triggers back on: the end of a bulk copy that ran with them off.
+const RECOUNT_TERMINALS: &str = "
+    DELETE FROM terminal_counts;
+    INSERT INTO terminal_counts (dimension, value, n)
+        SELECT 'state', state, count(*) FROM terminals GROUP BY state
+        UNION ALL SELECT 'class', class, count(*) FROM terminals GROUP BY class
+        UNION ALL SELECT 'manufacturer', manufacturer, count(*) FROM terminals GROUP BY manufacturer;
+    ALTER TABLE terminals ENABLE TRIGGER USER;";
 
 /// Advisory lock keys (one namespace for this application).
 const AUDIT_LOCK: i64 = 0x4853_4341_0001;
@@ -443,6 +454,10 @@ fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
     if used {
         return Err(RegistryError::TargetExists("the PostgreSQL registry (it is not empty)".into()));
     }
+    // The count triggers would update the same counter rows once per terminal statement of this
+    // one transaction, each update walking the versions the earlier ones left (quadratic): off
+    // for the copy (transactional: an aborted copy leaves them on), counts computed once below.
+    tx.batch_execute("ALTER TABLE terminals DISABLE TRIGGER USER")?;
     let mut cache = Cache::new();
     let mut s = PgTx(&mut tx, &mut cache);
     data.write_records(&mut s)?;
@@ -452,6 +467,7 @@ fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
             &[name, &u(*value)],
         )?;
     }
+    tx.batch_execute(RECOUNT_TERMINALS)?;
     tx.commit()?;
     Ok(())
 }
@@ -978,39 +994,91 @@ impl PgStore {
         oldest: i64,
         limit: i64,
     ) -> Result<Vec<(String, String)>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<(String, String)>>>(1);
+        self.on_reader(move |c| {
+            if !new.is_empty() {
+                let (kinds, rest): (Vec<String>, Vec<(String, i32)>) =
+                    new.into_iter().map(|(k, s, n)| (k, (s, n))).unzip();
+                let (sources, counts): (Vec<String>, Vec<i32>) = rest.into_iter().unzip();
+                // Grouped and ordered: one row per key (an upsert may touch a row once per
+                // statement), and every instance locks rows in the same order (no deadlock).
+                c.execute(
+                    "INSERT INTO auth_failures (kind, source, bucket, failures)
+                     SELECT k, s, $4, sum(n)::integer FROM unnest($1::text[], $2::text[], $3::integer[]) AS t(k, s, n)
+                     GROUP BY k, s ORDER BY k, s
+                     ON CONFLICT (kind, source, bucket)
+                     DO UPDATE SET failures = auth_failures.failures + excluded.failures",
+                    &[&kinds, &sources, &counts, &bucket],
+                )?;
+            }
+            c.execute("DELETE FROM auth_failures WHERE bucket < $1", &[&oldest])?;
+            let rows = c.query(
+                "SELECT kind, source FROM auth_failures WHERE bucket >= $1
+                 GROUP BY kind, source HAVING sum(failures) >= $2",
+                &[&oldest, &limit],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+}
+
+impl PgStore {
+    /// Runs `f` on a reader connection outside any explicit transaction (each statement commits
+    /// on its own): for shared state that is not part of the audit chain.
+    fn on_reader<T: Send + 'static>(&self, f: impl FnOnce(&mut Client) -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         let job: ReadJob = Box::new(move |client, _| {
             let result = match client.as_mut() {
                 None => Err(RegistryError::Storage("PostgreSQL is not reachable".into())),
-                Some(c) => (|| {
-                    if !new.is_empty() {
-                        let (kinds, rest): (Vec<String>, Vec<(String, i32)>) =
-                            new.into_iter().map(|(k, s, n)| (k, (s, n))).unzip();
-                        let (sources, counts): (Vec<String>, Vec<i32>) = rest.into_iter().unzip();
-                        // Grouped and ordered: one row per key (an upsert may touch a row once per
-                        // statement), and every instance locks rows in the same order (no deadlock).
-                        c.execute(
-                            "INSERT INTO auth_failures (kind, source, bucket, failures)
-                             SELECT k, s, $4, sum(n)::integer FROM unnest($1::text[], $2::text[], $3::integer[]) AS t(k, s, n)
-                             GROUP BY k, s ORDER BY k, s
-                             ON CONFLICT (kind, source, bucket)
-                             DO UPDATE SET failures = auth_failures.failures + excluded.failures",
-                            &[&kinds, &sources, &counts, &bucket],
-                        )?;
-                    }
-                    c.execute("DELETE FROM auth_failures WHERE bucket < $1", &[&oldest])?;
-                    let rows = c.query(
-                        "SELECT kind, source FROM auth_failures WHERE bucket >= $1
-                         GROUP BY kind, source HAVING sum(failures) >= $2",
-                        &[&oldest, &limit],
-                    )?;
-                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-                })(),
+                Some(c) => f(c),
             };
             let _ = tx.send(result);
         });
         let readers = self.readers.as_ref().ok_or_else(|| RegistryError::Storage("registry readers stopped".into()))?;
         readers.send(job).map_err(|_| RegistryError::Storage("registry readers stopped".into()))?;
-        rx.recv().map_err(|_| RegistryError::Storage("failure count abandoned by the registry reader".into()))?
+        rx.recv().map_err(|_| RegistryError::Storage("call abandoned by the registry reader".into()))?
+    }
+
+    /// Stores `crl` unless a CRL with a number at least as high is stored under its name: says
+    /// whether it was stored.
+    pub(crate) fn store_crl(&self, crl: crate::StoredCrl) -> Result<bool> {
+        self.on_reader(move |c| {
+            let (base_number, base_seq) = crl.base.map_or((None, None), |(n, s)| (Some(u(n)), Some(u(s))));
+            let entries = i32::try_from(crl.entries).unwrap_or(i32::MAX);
+            let n = c.execute(
+                "INSERT INTO published_crls (name, number, der, entries, this_update_ms, base_number, base_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (name) DO UPDATE SET number = excluded.number, der = excluded.der,
+                     entries = excluded.entries, this_update_ms = excluded.this_update_ms,
+                     base_number = excluded.base_number, base_seq = excluded.base_seq
+                 WHERE published_crls.number < excluded.number",
+                &[&crl.name, &u(crl.number), &crl.der, &entries, &u(crl.this_update_ms), &base_number, &base_seq],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// The stored CRLs numbered above `after`, lowest number first.
+    pub(crate) fn stored_crls_after(&self, after: u64) -> Result<Vec<crate::StoredCrl>> {
+        self.on_reader(move |c| {
+            let rows = c.query(
+                "SELECT name, number, der, entries, this_update_ms, base_number, base_seq
+                 FROM published_crls WHERE number > $1 ORDER BY number",
+                &[&u(after)],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| crate::StoredCrl {
+                    name: r.get(0),
+                    number: from_i(r.get(1)),
+                    der: r.get(2),
+                    entries: u32::try_from(r.get::<_, i32>(3)).unwrap_or(0),
+                    this_update_ms: from_i(r.get(4)),
+                    base: match (r.get::<_, Option<i64>>(5), r.get::<_, Option<i64>>(6)) {
+                        (Some(n), Some(s)) => Some((from_i(n), from_i(s))),
+                        _ => None,
+                    },
+                })
+                .collect())
+        })
     }
 }
