@@ -91,6 +91,8 @@ pub struct Crls {
     /// The highest CRL number stored or loaded (shared registry): a follower's poll reads only
     /// newer ones.
     stored_up_to: std::sync::atomic::AtomicU64,
+    /// The revocation sequence the newest full CRL signed here covers.
+    published_seq: std::sync::atomic::AtomicU64,
 }
 
 /// What an HTTP path under `/crl/` names.
@@ -115,6 +117,7 @@ impl Crls {
             timing,
             urls,
             stored_up_to: std::sync::atomic::AtomicU64::new(0),
+            published_seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -204,8 +207,15 @@ impl Crls {
         result
     }
 
+    /// The revocation sequence (commit order) the newest full CRL signed here covers: a
+    /// revocation at or below it needs no new CRL.
+    pub fn published_seq(&self) -> u64 {
+        self.published_seq.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A full CRL, every partition `0..partitions`, and a delta; a `scheduled` full becomes the
-    /// new delta base.
+    /// new delta base. `snapshot`: the caller's fresh read of the revocations, if it has one
+    /// (else one is read here).
     pub fn publish_all(
         &self,
         registry: &Registry,
@@ -213,8 +223,12 @@ impl Crls {
         issuer: &IssuerInfo,
         partitions: u32,
         scheduled: bool,
+        snapshot: Option<registry::RevocationSnapshot>,
     ) -> Result<(), PublishError> {
-        let snapshot = registry.revocation_snapshot()?;
+        let snapshot = match snapshot {
+            Some(s) => s,
+            None => registry.revocation_snapshot()?,
+        };
         let all: Vec<u32> = (0..partitions).collect();
         self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &all, partitions)?;
         self.publish_full_of(registry, signer, issuer, &snapshot, scheduled)
@@ -243,6 +257,7 @@ impl Crls {
             c.base = base;
             c.full = Some(full);
         }
+        self.published_seq.fetch_max(snapshot.seq, std::sync::atomic::Ordering::Relaxed);
         match base {
             Some(base) => self.publish_delta_on(registry, signer, issuer, snapshot, base),
             None => Ok(()),

@@ -419,13 +419,14 @@ async fn checkpoint_loop(
 
 /// `Some(scheduled)`: everything (a scheduled run moves the delta base); `None`: what recent
 /// revocations changed.
-async fn publish_crls(ca: Arc<Ca>, all: Option<bool>) {
+/// `snapshot`: a read of the revocations the caller just made (not read twice).
+async fn publish_crls(ca: Arc<Ca>, all: Option<bool>, snapshot: Option<registry::RevocationSnapshot>) {
     let ca_for_retry = ca.clone();
     let result = tokio::task::spawn_blocking(move || {
         let partitions = ca.crl_partitions();
         match all {
             Some(scheduled) => {
-                ca.crls.publish_all(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, partitions, scheduled)
+                ca.crls.publish_all(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, partitions, scheduled, snapshot)
             }
             None => ca.crls.publish_changes(&ca.registry, ca.signer.as_ref(), &ca.issuer_info, partitions),
         }
@@ -468,7 +469,7 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
         load_stored_crls(&ca).await;
     }
     if leader {
-        publish_crls(ca.clone(), Some(true)).await;
+        publish_crls(ca.clone(), Some(true), None).await;
     }
     let mut tick = tokio::time::interval(ca.crls.timing().full_every);
     // Not polled while following: on taking over, one scheduled CRL, not a burst of missed ones.
@@ -479,7 +480,7 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut polls: u64 = 0;
     loop {
         tokio::select! {
-            _ = tick.tick(), if leader => publish_crls(ca.clone(), Some(true)).await,
+            _ = tick.tick(), if leader => publish_crls(ca.clone(), Some(true), None).await,
             _ = poll.tick(), if shared => {
                 if polls.is_multiple_of(8) {
                     let was = leader;
@@ -489,7 +490,7 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
                         // Taking over: the stored base first, then CRLs numbered after the old leader's.
                         tracing::info!("this instance is now the CRL leader");
                         load_stored_crls(&ca).await;
-                        publish_crls(ca.clone(), Some(false)).await;
+                        publish_crls(ca.clone(), Some(false), None).await;
                     }
                 }
                 polls += 1;
@@ -501,16 +502,21 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
                 .await
                 .unwrap_or((None, false));
                 let mut publish = grown;
+                let mut snapshot = None;
                 if seq.is_some() && seq != seen_seq {
                     if let Some(since) = seen_seq {
                         let asking = ca.clone();
-                        let _ = tokio::task::spawn_blocking(move || refresh_changed_since(&asking, since)).await;
-                        publish = true;
+                        snapshot = tokio::task::spawn_blocking(move || refresh_changed_since(&asking, since))
+                            .await
+                            .ok()
+                            .flatten();
+                        // This leader's own revocations were published already (publish_changes).
+                        publish |= seq.is_some_and(|s| s > ca.crls.published_seq());
                     }
                     seen_seq = seq;
                 }
                 if leader && publish {
-                    publish_crls(ca.clone(), Some(false)).await;
+                    publish_crls(ca.clone(), Some(false), snapshot).await;
                 } else if !leader {
                     load_stored_crls(&ca).await;
                 }
@@ -518,7 +524,7 @@ async fn crl_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver<bool>) {
             // A follower's revocations reach the leader through the revocation sequence.
             () = ca.crls.changed.notified(), if leader => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                publish_crls(ca.clone(), None).await;
+                publish_crls(ca.clone(), None, None).await;
             }
             _ = stop.changed() => return,
         }
@@ -547,12 +553,13 @@ const SHARED_REGISTRY_POLL: std::time::Duration = std::time::Duration::from_mill
 
 /// Re-signs the cached OCSP answers about certificates revoked or released after `since` (the
 /// revocation sequence), by whichever instance: until then this one would answer from its cache.
-fn refresh_changed_since(ca: &Ca, since: u64) {
+/// Returns the revocations it read, for the CRLs.
+fn refresh_changed_since(ca: &Ca, since: u64) -> Option<registry::RevocationSnapshot> {
     let snapshot = match ca.registry.revocation_snapshot() {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "reading revocations made by other instances failed");
-            return;
+            return None;
         }
     };
     let revoked = snapshot.revoked.iter().filter(|r| r.seq > since).map(|r| &r.serial);
@@ -560,6 +567,7 @@ fn refresh_changed_since(ca: &Ca, since: u64) {
     for serial in revoked.chain(released) {
         ca.ocsp.refresh(&ca.registry, serial);
     }
+    Some(snapshot)
 }
 
 /// Every 30 s: re-sign cached OCSP answers past half their validity, and renew the delegated
