@@ -409,3 +409,39 @@ fn stored_crls_are_shared_and_never_replaced_by_a_lower_number() {
     assert!(!redb.store_crl(crl("full", 1, None)).expect("redb"));
     assert!(redb.stored_crls_after(0).expect("redb").is_empty());
 }
+
+#[test]
+fn a_lot_page_is_read_from_the_covering_index_alone() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    for i in 0..40 {
+        let mut t = terminal(&format!("HSTM01261100{i:04}"));
+        t.lot = Some(format!("L{}", i % 4));
+        reg.register_terminal(&t, &ev("register", "t")).expect("register");
+    }
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    // Scattered lots over a larger table, then what autovacuum would have done.
+    c.batch_execute(
+        "INSERT INTO terminals (serial, class, manufacturer, model, lot, state, record)
+         SELECT 'B' || lpad(i::text, 15, '0'), 'II', 'HSTM', '01', 'L' || (i % 4), 'registered', '\\x7b7d'
+         FROM generate_series(1, 20000) i",
+    )
+    .expect("bulk");
+    c.batch_execute("VACUUM ANALYZE terminals").expect("vacuum");
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN SELECT record FROM terminals WHERE true AND serial > 'HSTM012611000010' AND lot = 'L2' ORDER BY serial LIMIT 51",
+            &[],
+        )
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.iter().any(|l| l.contains("Index Only Scan using terminals_lot_page")), "{plan:#?}");
+    // The page itself, through the registry: the lot's terminals after the cursor, in order.
+    let filter = TerminalFilter { lot: Some("L2".into()), ..Default::default() };
+    let (page, _) = reg.list_terminals(&filter, Some("HSTM012611000010"), 3).expect("page");
+    let serials: Vec<&str> = page.iter().map(|t| t.serial.as_str()).collect();
+    assert_eq!(serials, ["HSTM012611000014", "HSTM012611000018", "HSTM012611000022"]);
+}

@@ -35,10 +35,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../migrations/postgres/0003_activation_challenges.sql")),
     (4, include_str!("../../migrations/postgres/0004_auth_failures.sql")),
     (5, include_str!("../../migrations/postgres/0005_published_crls.sql")),
+    (6, include_str!("../../migrations/postgres/0006_terminals_lot_covering.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The running terminal counts recomputed from `terminals` (as migration 2 first computed them),
 /// and the count triggers back on: the end of a bulk copy that ran with them off.
