@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pki::ocsp::{
-    CertId, CertStatus, IssuerHashes, OcspRequest, OcspResponseStatus, ResponseRequest, SingleResponse,
-    build_response_tbs, error_response, parse_request,
+    CertId, CertStatus, IssuerHashes, OcspRequest, OcspResponseStatus, PreparedResponder, SingleResponse,
+    error_response, parse_request,
 };
 use pki::{Certificate, Sm2PublicKey};
 use registry::Registry;
@@ -62,8 +62,9 @@ pub const UNCACHED_SIGNATURES_PER_SECOND: u32 = 500;
 
 /// The responder.
 pub struct Responder {
-    key: RwLock<Arc<ResponderKey>>,
-    public: RwLock<Sm2PublicKey>,
+    /// The responder key with its public half (precomputed) and certificate checked and encoded
+    /// once; swapped as one, so no answer mixes an old key with a new certificate.
+    checked: RwLock<Arc<Checked>>,
     issuer: IssuerHashes,
     validity: Duration,
     cache: RwLock<BTreeMap<Key, Cached>>,
@@ -94,6 +95,24 @@ pub struct Work {
     nonce: Option<Option<Vec<u8>>>,
 }
 
+/// What every signature of a responder key reuses.
+struct Checked {
+    key: Arc<ResponderKey>,
+    /// Every answer is checked against it before it leaves: precomputed, that costs a third.
+    public: Sm2PublicKey,
+    prepared: PreparedResponder,
+}
+
+impl Checked {
+    fn of(key: ResponderKey) -> anyhow::Result<Self> {
+        let public =
+            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
+        let certs = if key.delegated { std::slice::from_ref(&key.certificate) } else { &[] };
+        let prepared = PreparedResponder::new(&key.certificate, certs)?;
+        Ok(Self { key: Arc::new(key), public, prepared })
+    }
+}
+
 /// What a request came to.
 pub struct Answer {
     /// The DER `OCSPResponse` (shared with the cache: no copy per answer).
@@ -107,15 +126,12 @@ pub struct Answer {
 impl Responder {
     /// A responder for certificates of `issuing`, answers valid for `validity`.
     pub fn new(key: ResponderKey, issuing: &Certificate, validity: Duration) -> anyhow::Result<Self> {
-        // Every answer is checked against it before it leaves: precomputed, that costs a third.
-        let public =
-            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
         if key.signer.public_key() != *key.certificate.tbs_certificate().subject_public_key_info() {
             anyhow::bail!("the OCSP signing key in the HSM is not the key of its certificate");
         }
+        let checked = Checked::of(key)?;
         Ok(Self {
-            key: RwLock::new(Arc::new(key)),
-            public: RwLock::new(public),
+            checked: RwLock::new(Arc::new(checked)),
             issuer: IssuerHashes::new(issuing)?,
             validity,
             cache: RwLock::default(),
@@ -352,17 +368,15 @@ impl Responder {
 
     /// The current responder key and certificate.
     pub fn key(&self) -> Option<Arc<ResponderKey>> {
-        self.key.read().ok().map(|k| k.clone())
+        self.checked.read().ok().map(|c| c.key.clone())
     }
 
     /// Switches to a renewed responder certificate (same or new key); cached answers are dropped
     /// so that none names the old certificate.
     pub fn replace_key(&self, key: ResponderKey) -> anyhow::Result<()> {
-        let public =
-            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
-        if let (Ok(mut k), Ok(mut p), Ok(mut c)) = (self.key.write(), self.public.write(), self.cache.write()) {
-            *k = Arc::new(key);
-            *p = public;
+        let checked = Arc::new(Checked::of(key)?);
+        if let (Ok(mut p), Ok(mut c)) = (self.checked.write(), self.cache.write()) {
+            *p = checked;
             c.clear();
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -401,19 +415,10 @@ impl Responder {
                 next_update: Some(now + self.validity),
             });
         }
-        let key = self.key().ok_or_else(|| anyhow::anyhow!("responder key lock poisoned"))?;
-        let public = self.public.read().map_err(|_| anyhow::anyhow!("lock poisoned"))?.clone();
-        let certs = if key.delegated { vec![key.certificate.clone()] } else { Vec::new() };
-        let req = ResponseRequest {
-            responder: &key.certificate,
-            produced_at: now,
-            responses: &responses,
-            nonce,
-            certs: &certs,
-        };
-        let tbs = build_response_tbs(&req)?;
-        let sig = key.signer.sign(tbs.to_be_signed())?;
-        Ok((tbs.assemble(sig.as_der(), &public, key.signer.signer_id())?, known))
+        let checked = self.checked.read().map_err(|_| anyhow::anyhow!("responder key lock poisoned"))?.clone();
+        let tbs = checked.prepared.build(now, &responses, nonce)?;
+        let sig = checked.key.signer.sign(tbs.to_be_signed())?;
+        Ok((tbs.assemble(sig.as_der(), &checked.public, checked.key.signer.signer_id())?, known))
     }
 }
 
