@@ -64,9 +64,20 @@ impl<'a> Issuer<'a> {
         key: &Sm2PublicKey,
         now: SystemTime,
     ) -> Result<Certificate, IssuerError> {
+        self.issue_with_der(profile, vars, key, now).map(|(cert, _)| cert)
+    }
+
+    /// [`Issuer::issue`], also returning the certificate's DER as signed (no second encoding).
+    pub fn issue_with_der(
+        &self,
+        profile: &CertProfile,
+        vars: &SubjectVars,
+        key: &Sm2PublicKey,
+        now: SystemTime,
+    ) -> Result<(Certificate, Vec<u8>), IssuerError> {
         let serial = new_serial()?;
         let tbs = build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(self.info))?;
         let signature = self.signer.sign(tbs.to_be_signed())?;
-        Ok(tbs.assemble(signature.as_der())?)
+        Ok(tbs.assemble_with_der(signature.as_der())?)
     }
 }

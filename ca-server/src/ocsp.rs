@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use pki::ocsp::{
-    CertId, CertStatus, IssuerHashes, OcspResponseStatus, ResponseRequest, SingleResponse, build_response_tbs,
+    CertId, CertStatus, IssuerHashes, OcspRequest, OcspResponseStatus, PreparedResponder, SingleResponse,
     error_response, parse_request,
 };
 use pki::{Certificate, Sm2PublicKey};
@@ -46,7 +47,7 @@ struct Key {
 }
 
 struct Cached {
-    der: Arc<Vec<u8>>,
+    der: Bytes,
     refresh_at: SystemTime,
     cert_id: CertId,
     /// Asked for since it was signed: only such answers are re-signed when due.
@@ -61,8 +62,9 @@ pub const UNCACHED_SIGNATURES_PER_SECOND: u32 = 500;
 
 /// The responder.
 pub struct Responder {
-    key: RwLock<Arc<ResponderKey>>,
-    public: RwLock<Sm2PublicKey>,
+    /// The responder key with its public half (precomputed) and certificate checked and encoded
+    /// once; swapped as one, so no answer mixes an old key with a new certificate.
+    checked: RwLock<Arc<Checked>>,
     issuer: IssuerHashes,
     validity: Duration,
     cache: RwLock<BTreeMap<Key, Cached>>,
@@ -75,12 +77,46 @@ pub struct Responder {
     budget: std::sync::Mutex<(std::time::Instant, u32)>,
     budget_per_second: u32,
     nonces_ignored: AtomicU64,
+    in_process: bool,
+}
+
+/// What answering a request needs ([`Responder::plan`]).
+pub enum Plan {
+    /// Answered from memory.
+    Ready(Answer),
+    /// A registry read and a signature: [`Responder::finish`].
+    Sign(Work),
+}
+
+/// A request that needs a signature.
+pub struct Work {
+    ids: Vec<CertId>,
+    /// `Some`: a fresh answer echoing this nonce (if any); `None`: the pre-signed answer.
+    nonce: Option<Option<Vec<u8>>>,
+}
+
+/// What every signature of a responder key reuses.
+struct Checked {
+    key: Arc<ResponderKey>,
+    /// Every answer is checked against it before it leaves: precomputed, that costs a third.
+    public: Sm2PublicKey,
+    prepared: PreparedResponder,
+}
+
+impl Checked {
+    fn of(key: ResponderKey) -> anyhow::Result<Self> {
+        let public =
+            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
+        let certs = if key.delegated { std::slice::from_ref(&key.certificate) } else { &[] };
+        let prepared = PreparedResponder::new(&key.certificate, certs)?;
+        Ok(Self { key: Arc::new(key), public, prepared })
+    }
 }
 
 /// What a request came to.
 pub struct Answer {
-    /// The DER `OCSPResponse`.
-    pub der: Arc<Vec<u8>>,
+    /// The DER `OCSPResponse` (shared with the cache: no copy per answer).
+    pub der: Bytes,
     /// Whether it came from the cache.
     pub cached: bool,
     /// For `Cache-Control` on GET: how long it stays fresh.
@@ -90,15 +126,12 @@ pub struct Answer {
 impl Responder {
     /// A responder for certificates of `issuing`, answers valid for `validity`.
     pub fn new(key: ResponderKey, issuing: &Certificate, validity: Duration) -> anyhow::Result<Self> {
-        // Every answer is checked against it before it leaves: precomputed, that costs a third.
-        let public =
-            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
         if key.signer.public_key() != *key.certificate.tbs_certificate().subject_public_key_info() {
             anyhow::bail!("the OCSP signing key in the HSM is not the key of its certificate");
         }
+        let checked = Checked::of(key)?;
         Ok(Self {
-            key: RwLock::new(Arc::new(key)),
-            public: RwLock::new(public),
+            checked: RwLock::new(Arc::new(checked)),
             issuer: IssuerHashes::new(issuing)?,
             validity,
             cache: RwLock::default(),
@@ -107,6 +140,7 @@ impl Responder {
             budget: std::sync::Mutex::new((std::time::Instant::now(), 0)),
             budget_per_second: UNCACHED_SIGNATURES_PER_SECOND,
             nonces_ignored: AtomicU64::new(0),
+            in_process: false,
         })
     }
 
@@ -120,20 +154,37 @@ impl Responder {
     /// Answers a DER request. Never fails: malformed requests get `malformedRequest`, requests
     /// about another CA's certificates `unauthorized`, internal failures `internalError`.
     pub fn respond(&self, registry: &Registry, request: &[u8]) -> Answer {
-        let req = match parse_request(request) {
-            Ok(r) => r,
-            Err(_) => return unsigned(OcspResponseStatus::MalformedRequest),
-        };
-        self.answer(registry, &req)
+        match self.plan_der(request) {
+            Plan::Ready(a) => a,
+            Plan::Sign(work) => self.finish(registry, work),
+        }
     }
 
     /// Answers a parsed request.
-    pub fn answer(&self, registry: &Registry, req: &pki::ocsp::OcspRequest) -> Answer {
+    pub fn answer(&self, registry: &Registry, req: &OcspRequest) -> Answer {
+        match self.plan(req.clone()) {
+            Plan::Ready(a) => a,
+            Plan::Sign(work) => self.finish(registry, work),
+        }
+    }
+
+    /// [`Responder::plan`] of a DER request.
+    pub fn plan_der(&self, request: &[u8]) -> Plan {
+        match parse_request(request) {
+            Ok(r) => self.plan(r),
+            Err(_) => Plan::Ready(unsigned(OcspResponseStatus::MalformedRequest)),
+        }
+    }
+
+    /// What a request needs, deciding everything memory can: errors, pre-signed answers in the
+    /// cache, a nonce ignored past the budget — none blocks, so an async caller answers these
+    /// in place. The rest needs a registry read and a signature: [`Responder::finish`].
+    pub fn plan(&self, req: OcspRequest) -> Plan {
         if req.cert_ids.is_empty() {
-            return unsigned(OcspResponseStatus::MalformedRequest);
+            return Plan::Ready(unsigned(OcspResponseStatus::MalformedRequest));
         }
         if !req.cert_ids.iter().all(|id| self.issuer.matches(id)) {
-            return unsigned(OcspResponseStatus::Unauthorized);
+            return Plan::Ready(unsigned(OcspResponseStatus::Unauthorized));
         }
         if let [id] = req.cert_ids.as_slice() {
             // Past the budget a nonce is ignored (RFC 8954 §2.1 allows it): the client gets the
@@ -142,13 +193,41 @@ impl Responder {
                 if req.nonce.is_some() {
                     self.nonces_ignored.fetch_add(1, Ordering::Relaxed);
                 }
-                return self.presigned(registry, id);
+                return match self.cached_answer(id) {
+                    Some(a) => Plan::Ready(a),
+                    None => Plan::Sign(Work { ids: req.cert_ids, nonce: None }),
+                };
             }
         } else if !self.spend() {
-            return unsigned(OcspResponseStatus::TryLater);
+            return Plan::Ready(unsigned(OcspResponseStatus::TryLater));
         }
-        match self.sign(registry, &req.cert_ids, req.nonce.as_deref()) {
-            Ok((der, _)) => Answer { der: Arc::new(der), cached: false, max_age: None },
+        Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce) })
+    }
+
+    /// Whether [`Responder::finish`] may run on an async worker: the HSM signs in this
+    /// process (the embedded softtoken, ~20 µs), so a thread hop would cost more than it spares.
+    pub fn signs_in_process(&self) -> bool {
+        self.in_process
+    }
+
+    /// Declares that the HSM signs in this process ([`Responder::signs_in_process`]).
+    pub fn with_in_process_signing(mut self, in_process: bool) -> Self {
+        self.in_process = in_process;
+        self
+    }
+
+    /// Does what [`Responder::plan`] left: reads the registry and signs. Blocking (HSM, registry).
+    pub fn finish(&self, registry: &Registry, work: Work) -> Answer {
+        let Work { ids, nonce } = work;
+        let Some(nonce) = nonce else {
+            // A pre-signed answer not in the cache (only single-certificate requests get here).
+            return match ids.first() {
+                Some(id) => self.presign(registry, id),
+                None => unsigned(OcspResponseStatus::MalformedRequest),
+            };
+        };
+        match self.sign(registry, &ids, nonce.as_deref()) {
+            Ok((der, _)) => Answer { der: der.into(), cached: false, max_age: None },
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
                 unsigned(OcspResponseStatus::InternalError)
@@ -156,28 +235,34 @@ impl Responder {
         }
     }
 
-    /// The cached answer about `id`, signed and cached now if there is none.
-    fn presigned(&self, registry: &Registry, id: &CertId) -> Answer {
+    /// The cached answer about `id`, if there is one still fresh.
+    fn cached_answer(&self, id: &CertId) -> Option<Answer> {
         let key = key_of(id);
         let now = SystemTime::now();
-        let hit = self.cache.read().ok().and_then(|c| {
+        let (der, refresh_at) = self.cache.read().ok().and_then(|c| {
             c.get(&key).filter(|c| c.refresh_at > now).map(|c| {
                 c.used.store(true, Ordering::Relaxed);
                 (c.der.clone(), c.refresh_at)
             })
-        });
-        if let Some((der, refresh_at)) = hit {
-            return Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() };
+        })?;
+        Some(Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() })
+    }
+
+    /// Signs and caches the answer about `id` (a cache miss).
+    fn presign(&self, registry: &Registry, id: &CertId) -> Answer {
+        // Another request may have signed it meanwhile.
+        if let Some(a) = self.cached_answer(id) {
+            return a;
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
         match self.sign(registry, std::slice::from_ref(id), None) {
             Ok((der, true)) => {
-                let der = Arc::new(der);
+                let der = Bytes::from(der);
                 self.insert_unless_refreshed(id, der.clone(), epoch);
                 Answer { der, cached: false, max_age: Some(self.validity / 2) }
             }
             // A serial the CA never issued: answered, never cached, and rate-limited.
-            Ok((der, false)) if self.spend() => Answer { der: Arc::new(der), cached: false, max_age: None },
+            Ok((der, false)) if self.spend() => Answer { der: der.into(), cached: false, max_age: None },
             Ok(_) => unsigned(OcspResponseStatus::TryLater),
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
@@ -201,7 +286,7 @@ impl Responder {
         b.1 <= self.budget_per_second
     }
 
-    fn insert_unless_refreshed(&self, id: &CertId, der: Arc<Vec<u8>>, epoch: u64) {
+    fn insert_unless_refreshed(&self, id: &CertId, der: Bytes, epoch: u64) {
         let refreshed_since = self.marks.lock().map_or(true, |m| m.get(&id.serial).is_some_and(|m| *m > epoch));
         if refreshed_since {
             return;
@@ -240,7 +325,7 @@ impl Responder {
                     if let Ok(mut c) = self.cache.write() {
                         let refresh_at = SystemTime::now() + self.validity / 2;
                         let used = std::sync::atomic::AtomicBool::new(true);
-                        c.insert(key_of(&id), Cached { der: Arc::new(der), refresh_at, cert_id: id.clone(), used });
+                        c.insert(key_of(&id), Cached { der: der.into(), refresh_at, cert_id: id.clone(), used });
                     }
                 }
                 Err(e) => {
@@ -274,7 +359,7 @@ impl Responder {
         for id in &due {
             let epoch = self.epoch.load(Ordering::SeqCst);
             match self.sign(registry, std::slice::from_ref(id), None) {
-                Ok((der, _)) => self.insert_unless_refreshed(id, Arc::new(der), epoch),
+                Ok((der, _)) => self.insert_unless_refreshed(id, der.into(), epoch),
                 Err(e) => tracing::error!(error = %e, "re-signing an OCSP response failed"),
             }
         }
@@ -283,17 +368,15 @@ impl Responder {
 
     /// The current responder key and certificate.
     pub fn key(&self) -> Option<Arc<ResponderKey>> {
-        self.key.read().ok().map(|k| k.clone())
+        self.checked.read().ok().map(|c| c.key.clone())
     }
 
     /// Switches to a renewed responder certificate (same or new key); cached answers are dropped
     /// so that none names the old certificate.
     pub fn replace_key(&self, key: ResponderKey) -> anyhow::Result<()> {
-        let public =
-            Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
-        if let (Ok(mut k), Ok(mut p), Ok(mut c)) = (self.key.write(), self.public.write(), self.cache.write()) {
-            *k = Arc::new(key);
-            *p = public;
+        let checked = Arc::new(Checked::of(key)?);
+        if let (Ok(mut p), Ok(mut c)) = (self.checked.write(), self.cache.write()) {
+            *p = checked;
             c.clear();
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -332,19 +415,10 @@ impl Responder {
                 next_update: Some(now + self.validity),
             });
         }
-        let key = self.key().ok_or_else(|| anyhow::anyhow!("responder key lock poisoned"))?;
-        let public = self.public.read().map_err(|_| anyhow::anyhow!("lock poisoned"))?.clone();
-        let certs = if key.delegated { vec![key.certificate.clone()] } else { Vec::new() };
-        let req = ResponseRequest {
-            responder: &key.certificate,
-            produced_at: now,
-            responses: &responses,
-            nonce,
-            certs: &certs,
-        };
-        let tbs = build_response_tbs(&req)?;
-        let sig = key.signer.sign(tbs.to_be_signed())?;
-        Ok((tbs.assemble(sig.as_der(), &public, key.signer.signer_id())?, known))
+        let checked = self.checked.read().map_err(|_| anyhow::anyhow!("responder key lock poisoned"))?.clone();
+        let tbs = checked.prepared.build(now, &responses, nonce)?;
+        let sig = checked.key.signer.sign(tbs.to_be_signed())?;
+        Ok((tbs.assemble(sig.as_der(), &checked.public, checked.key.signer.signer_id())?, known))
     }
 }
 
@@ -353,5 +427,5 @@ fn key_of(id: &CertId) -> Key {
 }
 
 fn unsigned(status: OcspResponseStatus) -> Answer {
-    Answer { der: Arc::new(error_response(status)), cached: false, max_age: None }
+    Answer { der: error_response(status).into(), cached: false, max_age: None }
 }

@@ -194,7 +194,11 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         &s.trust.issuing,
         std::time::Duration::from_secs(cfg.config.ocsp.validity_minutes.max(2) * 60),
     )?
-    .with_uncached_budget(cfg.config.ocsp.fresh_signatures_per_second);
+    .with_uncached_budget(cfg.config.ocsp.fresh_signatures_per_second)
+    // The embedded softtoken computes in this process and redb reads locally: no round trip.
+    .with_in_process_signing(
+        cfg.path(&cfg.config.hsm.module).file_name().is_some_and(|n| n == "libsofttoken.so") && !registry.is_shared(),
+    );
     let chain_der = [&s.trust.issuing, &s.trust.root]
         .iter()
         .map(|c| der::Encode::to_der(*c))

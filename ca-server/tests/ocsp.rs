@@ -148,7 +148,7 @@ fn cache_rules_revocation_refresh_and_budget() {
     assert_eq!(responder.nonces_ignored(), burst.len() as u64 - echoed as u64);
     // An unknown serial has no pre-signed answer: past the budget it still gets tryLater.
     let try_later = error_response(OcspResponseStatus::TryLater);
-    let refused = (0..BUDGET + 5).filter(|_| ask(&never, Some(b"n")).der.as_slice() == try_later.as_slice()).count();
+    let refused = (0..BUDGET + 5).filter(|_| &ask(&never, Some(b"n")).der[..] == try_later.as_slice()).count();
     assert!(refused >= 1, "unknown serials past the budget: tryLater");
     assert!(ask(&known, None).cached, "pre-signed answers are not limited");
 }
@@ -170,6 +170,44 @@ fn a_zero_budget_ignores_every_nonce() {
     assert!(ask(&known, b"two").cached, "the pre-signed answer, whatever the nonce");
     let never = CertSerial::generate().expect("rng");
     let a = ask(&never, b"three");
-    assert_eq!(a.der.as_slice(), error_response(OcspResponseStatus::TryLater).as_slice(), "nothing to fall back to");
+    assert_eq!(&a.der[..], error_response(OcspResponseStatus::TryLater).as_slice(), "nothing to fall back to");
     assert_eq!(responder.nonces_ignored(), 3);
+}
+
+/// What the HTTP handler answers in place (no thread hop, no registry) and what it hands on:
+/// a cached answer is `Ready`, a nonce needs a signature; both verify, the nonce is echoed, and a
+/// nonce past the budget is `Ready` with the cached answer.
+#[test]
+fn cache_hits_are_ready_in_memory_and_nonces_are_signed_fresh() {
+    use ca_server::ocsp::Plan;
+    let Fixture { reg, responder, issuing, cert, .. } = &fixture(1);
+    let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
+    let known = CertSerial::of(cert).expect("serial");
+    let request =
+        |nonce: Option<&[u8]>| build_request(&[hashes.cert_id(CertIdHash::Sha1, &known)], nonce).expect("request");
+    let verify = |der: &[u8]| {
+        pki::ocsp::verify_response(der, &issuing.cert, &SignerId::default(), SystemTime::now()).expect("verifies")
+    };
+    // Nothing cached yet: the plain request needs a signature (and caches it).
+    let Plan::Sign(work) = responder.plan_der(&request(None)) else { panic!("nothing is cached yet") };
+    let signed = responder.finish(reg, work);
+    assert!(!signed.cached);
+    let Plan::Ready(hit) = responder.plan_der(&request(None)) else { panic!("the second plain request is a hit") };
+    assert!(hit.cached && hit.der == signed.der);
+    let v = verify(&hit.der);
+    assert_eq!((v.responses[0].status, v.nonce), (CertStatus::Good, None));
+
+    std::thread::sleep(Duration::from_millis(1100)); // a fresh budget window (1 per second)
+    let Plan::Sign(work) = responder.plan_der(&request(Some(b"fresh nonce"))) else { panic!("a nonce is signed") };
+    let fresh = responder.finish(reg, work);
+    assert!(!fresh.cached);
+    let v = verify(&fresh.der);
+    assert_eq!((v.responses[0].status, v.nonce.as_deref()), (CertStatus::Good, Some(&b"fresh nonce"[..])));
+    // The budget is spent: the next nonce is ignored, answered from memory.
+    let Plan::Ready(ignored) = responder.plan_der(&request(Some(b"second"))) else { panic!("past the budget") };
+    assert!(ignored.cached && ignored.der == hit.der);
+    assert_eq!(responder.nonces_ignored(), 1);
+    // Malformed and foreign requests are answered in place too.
+    let Plan::Ready(bad) = responder.plan_der(b"not DER") else { panic!("malformed is ready") };
+    assert_eq!(&bad.der[..], error_response(OcspResponseStatus::MalformedRequest).as_slice());
 }

@@ -265,9 +265,15 @@ impl LintedTbs {
     /// Wraps a DER SM2 signature into the certificate, after checking it verifies with the issuer key
     /// (a faulty or wrongly-configured HSM must not produce a certificate).
     pub fn assemble(self, signature_der: &[u8]) -> Result<Certificate, IssueError> {
+        self.assemble_with_der(signature_der).map(|(cert, _)| cert)
+    }
+
+    /// [`LintedTbs::assemble`], also returning the certificate's DER as assembled (a caller that
+    /// stores or sends it need not encode the certificate again).
+    pub fn assemble_with_der(self, signature_der: &[u8]) -> Result<(Certificate, Vec<u8>), IssueError> {
         self.issuer_key.verify(&self.signer_id, &self.der, signature_der).map_err(IssueError::BadSignature)?;
         let der = signed_der(&self.der, signature_der)?;
-        Certificate::from_der(&der).map_err(enc)
+        Ok((Certificate::from_der(&der).map_err(enc)?, der))
     }
 }
 

@@ -42,8 +42,8 @@ pub use lint::{LintError, LintRule};
 pub use name::SubjectVars;
 pub use ocsp::{
     CertId, CertIdHash, CertStatus, IssuerHashes, LintedResponse, OcspError, OcspRequest, OcspResponseStatus,
-    ResponseRequest, SingleResponse, VerifiedResponse, build_response_tbs, error_response, parse_get_path,
-    parse_request, verify_response,
+    PreparedResponder, ResponseRequest, SingleResponse, VerifiedResponse, build_response_tbs, error_response,
+    parse_get_path, parse_request, verify_response,
 };
 pub use policy::{CertProfile, CrlScope, PolicyError, PolicySet, Source};
 pub use serial::{SerialError, SerialRule, TerminalClass, TerminalSerial};

@@ -622,7 +622,8 @@ pub struct ResponseRequest<'a> {
 pub struct LintedResponse {
     der: Vec<u8>,
     responder_key: Sm2PublicKey,
-    certs: Vec<Certificate>,
+    /// DER of `certs [0] EXPLICIT SEQUENCE OF Certificate`, when any.
+    certs_der: Option<std::sync::Arc<[u8]>>,
 }
 
 impl LintedResponse {
@@ -644,25 +645,25 @@ impl LintedResponse {
             return Err(OcspError::ResponderKeyMismatch);
         }
         responder_key.verify(signer_id, &self.der, signature_der).map_err(OcspError::BadSignature)?;
-        wrap_basic(&self.der, signature_der, &self.certs)
+        wrap_basic(&self.der, signature_der, self.certs_der.as_deref())
     }
 }
 
 /// `OCSPResponse { successful, { id-pkix-ocsp-basic, BasicOCSPResponse } }` around signed `ResponseData`.
-fn wrap_basic(tbs_der: &[u8], signature_der: &[u8], certs: &[Certificate]) -> Result<Vec<u8>, OcspError> {
+fn wrap_basic(tbs_der: &[u8], signature_der: &[u8], certs_der: Option<&[u8]>) -> Result<Vec<u8>, OcspError> {
     #[derive(der::Sequence)]
     struct Basic<'a> {
         tbs: AnyRef<'a>,
         algorithm: AlgorithmIdentifierOwned,
         signature: BitString,
-        #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-        certs: Option<Vec<Certificate>>,
+        /// Already `[0] EXPLICIT SEQUENCE OF Certificate`, tag included.
+        certs: Option<AnyRef<'a>>,
     }
     let basic = Basic {
         tbs: AnyRef::from_der(tbs_der).map_err(enc)?,
         algorithm: sm2_with_sm3(),
         signature: BitString::from_bytes(signature_der).map_err(enc)?,
-        certs: (!certs.is_empty()).then(|| certs.to_vec()),
+        certs: certs_der.map(AnyRef::from_der).transpose().map_err(enc)?,
     };
     let resp = asn1::OcspResponse {
         response_status: OcspResponseStatus::Successful,
@@ -701,57 +702,106 @@ fn check_ocsp_signing(cert: &Certificate) -> Result<(), OcspError> {
 
 /// Builds and checks the `ResponseData` of a response.
 pub fn build_response_tbs(req: &ResponseRequest<'_>) -> Result<LintedResponse, OcspError> {
-    if req.responses.is_empty() {
-        return Err(OcspError::NoResponses);
-    }
-    let responder_key = Sm2PublicKey::from_spki(req.responder.tbs_certificate().subject_public_key_info())
-        .map_err(OcspError::IssuerKey)?;
-    if !is_ca(req.responder) {
-        check_ocsp_signing(req.responder)?;
-        if !req.certs.contains(req.responder) {
-            return Err(OcspError::ResponderCertMissing);
-        }
-    }
+    PreparedResponder::new(req.responder, req.certs)?.build(req.produced_at, req.responses, req.nonce)
+}
 
-    let mut responses = Vec::with_capacity(req.responses.len());
-    for r in req.responses {
-        let this_update = whole_seconds(r.this_update);
-        if let Some(next) = r.next_update
-            && whole_seconds(next) <= this_update
-        {
-            return Err(OcspError::NextUpdateNotAfterThisUpdate);
+/// A responder certificate and the certificates its responses carry, checked and encoded once:
+/// a responder that signs many responses ([`PreparedResponder::build`]) neither re-checks nor
+/// re-encodes them per response.
+#[derive(Clone, Debug)]
+pub struct PreparedResponder {
+    responder_key: Sm2PublicKey,
+    /// DER of `responderID` (`byName [1]`).
+    responder_id: Vec<u8>,
+    certs_der: Option<std::sync::Arc<[u8]>>,
+}
+
+impl PreparedResponder {
+    /// Checks `responder` (the issuing CA, or a delegated responder with EKU OCSPSigning, which
+    /// must then be among `certs`) and encodes what every response repeats.
+    pub fn new(responder: &Certificate, certs: &[Certificate]) -> Result<Self, OcspError> {
+        let responder_key = Sm2PublicKey::from_spki(responder.tbs_certificate().subject_public_key_info())
+            .map_err(OcspError::IssuerKey)?;
+        if !is_ca(responder) {
+            check_ocsp_signing(responder)?;
+            if !certs.contains(responder) {
+                return Err(OcspError::ResponderCertMissing);
+            }
         }
-        let cert_status = match r.status {
-            CertStatus::Good => asn1::CertStatus::Good(Null),
-            CertStatus::Unknown => asn1::CertStatus::Unknown(Null),
-            CertStatus::Revoked { at, reason } => {
-                if whole_seconds(at) > this_update {
-                    return Err(OcspError::RevokedAfterThisUpdate);
-                }
-                asn1::CertStatus::Revoked(asn1::RevokedInfo {
-                    revocation_time: gtime(at)?,
-                    revocation_reason: reason.filter(|r| *r != CrlReason::Unspecified),
-                })
+        let responder_id =
+            asn1::ResponderId::ByName(responder.tbs_certificate().subject().clone()).to_der().map_err(enc)?;
+        let certs_der = match certs {
+            [] => None,
+            _ => {
+                let list = certs.to_vec();
+                let field = der::asn1::ContextSpecificRef {
+                    tag_number: der::TagNumber(0),
+                    tag_mode: der::TagMode::Explicit,
+                    value: &list,
+                };
+                Some(std::sync::Arc::from(field.to_der().map_err(enc)?))
             }
         };
-        responses.push(asn1::SingleResponse {
-            cert_id: r.cert_id.to_asn1()?,
-            cert_status,
-            this_update: gtime(this_update)?,
-            next_update: r.next_update.map(gtime).transpose()?,
-            single_extensions: None,
-        });
+        Ok(Self { responder_key, responder_id, certs_der })
     }
 
-    let data = asn1::ResponseData {
-        version: None,
-        responder_id: asn1::ResponderId::ByName(req.responder.tbs_certificate().subject().clone()),
-        produced_at: gtime(req.produced_at)?,
-        responses,
-        response_extensions: req.nonce.map(|n| nonce_ext(n).map(|e| vec![e])).transpose()?,
-    };
-    let der = data.to_der().map_err(enc)?;
-    Ok(LintedResponse { der, responder_key, certs: req.certs.to_vec() })
+    /// Builds and checks the `ResponseData` of a response by this responder.
+    pub fn build(
+        &self,
+        produced_at: SystemTime,
+        answers: &[SingleResponse],
+        nonce: Option<&[u8]>,
+    ) -> Result<LintedResponse, OcspError> {
+        if answers.is_empty() {
+            return Err(OcspError::NoResponses);
+        }
+        let mut responses = Vec::with_capacity(answers.len());
+        for r in answers {
+            let this_update = whole_seconds(r.this_update);
+            if let Some(next) = r.next_update
+                && whole_seconds(next) <= this_update
+            {
+                return Err(OcspError::NextUpdateNotAfterThisUpdate);
+            }
+            let cert_status = match r.status {
+                CertStatus::Good => asn1::CertStatus::Good(Null),
+                CertStatus::Unknown => asn1::CertStatus::Unknown(Null),
+                CertStatus::Revoked { at, reason } => {
+                    if whole_seconds(at) > this_update {
+                        return Err(OcspError::RevokedAfterThisUpdate);
+                    }
+                    asn1::CertStatus::Revoked(asn1::RevokedInfo {
+                        revocation_time: gtime(at)?,
+                        revocation_reason: reason.filter(|r| *r != CrlReason::Unspecified),
+                    })
+                }
+            };
+            responses.push(asn1::SingleResponse {
+                cert_id: r.cert_id.to_asn1()?,
+                cert_status,
+                this_update: gtime(this_update)?,
+                next_update: r.next_update.map(gtime).transpose()?,
+                single_extensions: None,
+            });
+        }
+        // `ResponseData` (version v1, absent) with the responder ID encoded once.
+        #[derive(der::Sequence)]
+        struct Data<'a> {
+            responder_id: AnyRef<'a>,
+            produced_at: GeneralizedTime,
+            responses: Vec<asn1::SingleResponse>,
+            #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+            response_extensions: Option<Vec<Extension>>,
+        }
+        let data = Data {
+            responder_id: AnyRef::from_der(&self.responder_id).map_err(enc)?,
+            produced_at: gtime(produced_at)?,
+            responses,
+            response_extensions: nonce.map(|n| nonce_ext(n).map(|e| vec![e])).transpose()?,
+        };
+        let der = data.to_der().map_err(enc)?;
+        Ok(LintedResponse { der, responder_key: self.responder_key.clone(), certs_der: self.certs_der.clone() })
+    }
 }
 
 /// An unsigned error response (`responseBytes` absent) with `status`: malformedRequest,

@@ -156,10 +156,9 @@ impl Ca {
             name: None,
             crl_partition: Some(partition),
         };
-        let cert = Issuer::new(self.signer.as_ref(), &self.issuer_info)
-            .issue(profile, &vars, key, SystemTime::now())
+        let (cert, der) = Issuer::new(self.signer.as_ref(), &self.issuer_info)
+            .issue_with_der(profile, &vars, key, SystemTime::now())
             .map_err(|e| issuer_status(&e))?;
-        let der = der_of(&cert)?;
         let mut rec = record_of(&cert, CertSubject::Terminal { serial: t.serial.clone() }, "terminal", request_id)?;
         rec.crl_partition = Some(partition);
         Ok((rec, der))
