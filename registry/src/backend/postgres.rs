@@ -23,9 +23,9 @@ type Cache = std::collections::HashMap<&'static str, Statement>;
 
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, ChallengeRecord, PrincipalRecord,
-    RegistryError, ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter, TerminalRecord,
-    from_json, to_json,
+    ActivationEntry, ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, ChallengeRecord,
+    PrincipalRecord, RegistryError, ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter,
+    TerminalRecord, from_json, to_json,
 };
 
 /// The schema versions this build knows, in order: (version, SQL).
@@ -33,10 +33,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../../migrations/postgres/0002_terminal_counts.sql")),
     (3, include_str!("../../migrations/postgres/0003_activation_challenges.sql")),
+    (4, include_str!("../../migrations/postgres/0004_activation_log.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Advisory lock keys (one namespace for this application).
 const AUDIT_LOCK: i64 = 0x4853_4341_0001;
@@ -398,7 +399,7 @@ fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
         .map(|r| Ok((r.get(0), from_json(r.get::<_, &[u8]>(1))?)))
         .collect::<Result<_>>()?;
     let counters = t
-        .query("SELECT name, value FROM counters ORDER BY name", &[])?
+        .query("SELECT name, value FROM counters WHERE name <> 'activation_seq' ORDER BY name", &[])?
         .iter()
         .map(|r| (r.get(0), from_i(r.get(1))))
         .collect();
@@ -410,7 +411,7 @@ fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
         requests,
         principals: records(t, "SELECT record FROM principals ORDER BY name")?,
         approvals: records(t, "SELECT record FROM approvals ORDER BY id")?,
-        activations: records(t, "SELECT record FROM activations ORDER BY terminal, n")?,
+        activations: records(t, "SELECT record FROM activations ORDER BY seq")?,
         counters,
         revoked: records(t, "SELECT record FROM revoked ORDER BY serial")?,
         released: records(t, "SELECT record FROM released ORDER BY serial")?,
@@ -649,6 +650,17 @@ impl StoreRead for PgTx<'_, '_> {
         rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
     }
 
+    fn activations_after(&mut self, after: u64, limit: usize) -> Result<Vec<ActivationEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query_c(
+            "SELECT seq, record FROM activations WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&u(after), &limit],
+        )?;
+        rows.iter()
+            .map(|r| Ok(ActivationEntry { seq: from_i(r.get(0)), activation: from_json(r.get::<_, &[u8]>(1))? }))
+            .collect()
+    }
+
     fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
         let row = self.query_opt_c("SELECT record FROM activation_challenges WHERE challenge = $1", &[&challenge])?;
         row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()
@@ -850,10 +862,11 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64> {
+        let seq = self.advance(crate::store::counter::ACTIVATION_SEQ, 1)? + 1;
         let row = self.query_one_c(
-            "INSERT INTO activations (terminal, n, record)
-             SELECT $1, coalesce(max(n), 0) + 1, $2 FROM activations WHERE terminal = $1 RETURNING n",
-            &[&a.terminal, &to_json(a)?],
+            "INSERT INTO activations (terminal, n, record, seq)
+             SELECT $1, coalesce(max(n), 0) + 1, $2, $3 FROM activations WHERE terminal = $1 RETURNING n",
+            &[&a.terminal, &to_json(a)?, &u(seq)],
         )?;
         Ok(from_i(row.get(0)))
     }
