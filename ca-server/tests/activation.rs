@@ -272,3 +272,52 @@ async fn an_expired_challenge_is_refused() {
     assert_eq!(refused(r), (Code::FailedPrecondition, Reason::ChallengeExpired));
     assert!(on_hold(&status(&operator, &cert).await));
 }
+
+async fn activation_log(
+    c: &Client,
+    after_seq: u64,
+    limit: u32,
+) -> Result<v1::ListActivationsAfterResponse, tonic::Status> {
+    let req = v1::ListActivationsAfterRequest { request_id: request_id(), after_seq, limit };
+    v1::registry_client::RegistryClient::new(c.channel.clone())
+        .list_activations_after(c.signed("/hsca.v1.Registry/ListActivationsAfter", req).expect("s"))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_monitor_reads_the_activation_log_after_a_cursor_and_a_station_or_a_bad_cursor_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_server, admin, station, _operator) = held_ca(&dir, 300).await;
+    let (monitor, _) = principal(&dir, &admin, "fleet-1", "monitor", &[]).await;
+    let empty = activation_log(&monitor, 0, 10).await.expect("empty log");
+    assert_eq!((empty.entries.len(), empty.head), (0, 0));
+    let mut terminals = Vec::new();
+    for n in [5, 6] {
+        let (_key, t, _cert) = provisioned(&station, n).await;
+        let manual = v1::ActivateTerminalRequest { manual: true, ..presence(&t, vec![], vec![]) };
+        activate(&admin, manual).await.expect("manual activation");
+        terminals.push(t);
+    }
+    let first = activation_log(&monitor, 0, 1).await.expect("page 1");
+    assert_eq!(first.head, 2);
+    let e = &first.entries;
+    assert_eq!(e.len(), 1);
+    let a = e[0].activation.clone().expect("activation");
+    assert_eq!((e[0].seq, a.terminal_serial.as_str(), a.method.as_str()), (1, terminals[0].as_str(), "manual"));
+    assert_eq!((a.institution.as_str(), a.latitude, a.longitude), PLACE);
+    let rest = activation_log(&monitor, 1, 1000).await.expect("page 2");
+    let seen: Vec<(u64, String)> =
+        rest.entries.iter().map(|e| (e.seq, e.activation.clone().expect("a").terminal_serial)).collect();
+    assert_eq!(seen, [(2, terminals[1].clone())]);
+    assert!(activation_log(&monitor, 2, 10).await.expect("caught up").entries.is_empty());
+
+    // Not a station's to read; a limit outside 1..=1000 or a cursor past the head is refused.
+    assert_eq!(refused(activation_log(&station, 0, 10).await), (Code::PermissionDenied, Reason::RoleForbidden));
+    for (after, limit, why) in [(0, 0, "limit must be"), (0, 1001, "limit must be"), (3, 10, "beyond")] {
+        let s = activation_log(&monitor, after, limit).await.expect_err("refused");
+        assert_eq!(refused::<()>(Err(s.clone())), (Code::InvalidArgument, Reason::BadRequest), "{after} {limit}");
+        assert!(s.message().contains(why), "{}", s.message());
+    }
+}

@@ -8,6 +8,7 @@ use pki::{Certificate, SignerId};
 use proto::client::{Client, request_id};
 use proto::v1::{self, RevocationReason};
 
+use crate::rules::Anchor;
 use crate::verify::Trust;
 
 /// Why the CA could not be used.
@@ -112,6 +113,33 @@ impl Ca {
         };
         let good = info.status.is_some_and(|s| s.state == v1::certificate_status::State::Good as i32);
         Ok((good && !info.principal.is_empty()).then_some((info.principal, info.profile)))
+    }
+
+    /// One page of the CA's activation log after `after` (at most `limit`), as anchors, and the
+    /// log's head when read.
+    pub async fn activations_after(&self, after: u64, limit: u32) -> Result<(Vec<Anchor>, u64), CaError> {
+        let req = v1::ListActivationsAfterRequest { request_id: request_id(), after_seq: after, limit };
+        let page = v1::registry_client::RegistryClient::new(self.client.channel.clone())
+            .list_activations_after(self.client.signed("/hsca.v1.Registry/ListActivationsAfter", req)?)
+            .await?
+            .into_inner();
+        let anchors = page
+            .entries
+            .into_iter()
+            .filter_map(|e| {
+                let a = e.activation?;
+                Some(Anchor {
+                    terminal_serial: a.terminal_serial,
+                    seq: e.seq,
+                    institution: a.institution,
+                    position: (a.latitude, a.longitude),
+                    at_ms: a.at_ms,
+                    method: a.method,
+                    certificate_serial: a.certificate_serial,
+                })
+            })
+            .collect();
+        Ok((anchors, page.head))
     }
 
     /// Puts certificate `serial` on hold, or revokes it for key compromise.

@@ -101,6 +101,10 @@ pub struct CaSection {
     /// service is seen within this long (its own holds and revocations count at once).
     #[serde(default = "default_crl_refresh")]
     pub crl_refresh_seconds: u64,
+    /// How often the CA's activation log is read after the last activation seen, seconds: an
+    /// activation becomes its terminal's reference location within this long.
+    #[serde(default = "default_crl_refresh")]
+    pub activation_refresh_seconds: u64,
 }
 
 fn default_status_ttl() -> u64 {
@@ -186,6 +190,7 @@ pub fn init(dir: &Path, identity: &Path, grpc: &str, http: &str) -> Result<Made>
             status_ttl_seconds: default_status_ttl(),
             crl_url: None,
             crl_refresh_seconds: default_crl_refresh(),
+            activation_refresh_seconds: default_crl_refresh(),
         },
         webhook: None,
     };

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::policy::{Action, FleetPolicy};
-use crate::rules::{Finding, TerminalState, Verdict, Verified, evaluate, silent};
+use crate::rules::{Anchor, Finding, TerminalState, Verdict, Verified, evaluate, silent};
 use crate::store::{AlertRecord, CertInfo, Store, StoreError};
 
 /// An alert a job raised or added to.
@@ -43,6 +43,7 @@ enum Job {
     Ack { id: u64, by: String, note: String, now_ms: u64, reply: Reply<AlertRecord> },
     Action { id: u64, action: String, retire: Option<String>, reply: Reply<AlertRecord> },
     PutCert { serial: String, info: CertInfo, reply: Reply<()> },
+    Anchors { anchors: Vec<Anchor>, cursor: u64, reply: Reply<()> },
 }
 
 /// A handle on the engine thread.
@@ -78,10 +79,19 @@ impl Engine {
         let store = Arc::new(store);
         let states: HashMap<String, TerminalState> =
             store.states()?.into_iter().map(|s| (s.certificate_serial.clone(), s)).collect();
+        let anchors: HashMap<String, Anchor> =
+            store.anchors()?.into_iter().map(|a| (a.terminal_serial.clone(), a)).collect();
         let (jobs, rx) = channel();
         let impaired_ms = Arc::new(AtomicU64::new(0));
-        let worker =
-            Worker { store: store.clone(), policy, metrics, states, started_ms, impaired_ms: impaired_ms.clone() };
+        let worker = Worker {
+            store: store.clone(),
+            policy,
+            metrics,
+            states,
+            anchors,
+            started_ms,
+            impaired_ms: impaired_ms.clone(),
+        };
         std::thread::Builder::new()
             .name("fleet-rules".into())
             .spawn(move || worker.run(rx))
@@ -133,6 +143,13 @@ impl Engine {
         self.ask(|reply| Job::Action { id, action, retire, reply }).await
     }
 
+    /// Takes activations read from the CA's log (in log order) as their terminals' references,
+    /// and `cursor` as the last number read: both stored in one commit, so a restart reads on
+    /// from exactly there.
+    pub async fn anchors(&self, anchors: Vec<Anchor>, cursor: u64) -> Result<(), EngineError> {
+        self.ask(|reply| Job::Anchors { anchors, cursor, reply }).await
+    }
+
     /// Remembers what the CA said of a certificate.
     pub async fn put_cert(&self, serial: String, info: CertInfo) -> Result<(), EngineError> {
         self.ask(|reply| Job::PutCert { serial, info, reply }).await
@@ -144,6 +161,8 @@ struct Worker {
     policy: FleetPolicy,
     metrics: Arc<Metrics>,
     states: HashMap<String, TerminalState>,
+    /// Terminal serial → its newest activation.
+    anchors: HashMap<String, Anchor>,
     started_ms: u64,
     impaired_ms: Arc<AtomicU64>,
 }
@@ -229,6 +248,9 @@ impl Worker {
                 Job::PutCert { serial, info, reply } => {
                     Pending::Unit(reply, b.put_cert(&serial, &info).map_err(|e| e.to_string()))
                 }
+                Job::Anchors { anchors, cursor, reply } => {
+                    Pending::Unit(reply, self.take_anchors(&mut b, anchors, cursor).map_err(|e| e.to_string()))
+                }
             };
             if let Pending::Outcome(_, Ok(o)) = &p {
                 new_alerts.extend(o.raised.iter().filter(|r| r.new).map(|r| r.alert.rule.clone()));
@@ -250,6 +272,9 @@ impl Worker {
                 if let Ok(states) = self.store.states() {
                     self.states = states.into_iter().map(|s| (s.certificate_serial.clone(), s)).collect();
                 }
+                if let Ok(anchors) = self.store.anchors() {
+                    self.anchors = anchors.into_iter().map(|a| (a.terminal_serial.clone(), a)).collect();
+                }
                 let why = e.to_string();
                 replies.into_iter().for_each(|p| p.fail(&why));
             }
@@ -261,13 +286,14 @@ impl Worker {
             Job::Heartbeat(_, r) => Pending::Outcome(r, Err(String::new())),
             Job::Findings(_, r) | Job::Sweep(_, r) => Pending::Raised(r, Err(String::new())),
             Job::Ack { reply, .. } | Job::Action { reply, .. } => Pending::Alert(reply, Box::new(Err(String::new()))),
-            Job::PutCert { reply, .. } => Pending::Unit(reply, Err(String::new())),
+            Job::PutCert { reply, .. } | Job::Anchors { reply, .. } => Pending::Unit(reply, Err(String::new())),
         };
         p.fail(why);
     }
 
     fn heartbeat(&mut self, b: &mut crate::store::Batch, hb: &Verified) -> Result<Outcome, StoreError> {
-        let e = evaluate(&self.policy, self.states.get(&hb.certificate_serial), hb);
+        let anchor = self.anchors.get(&hb.terminal_serial);
+        let e = evaluate(&self.policy, self.states.get(&hb.certificate_serial), hb, anchor);
         if let Some(s) = e.state {
             b.put_state(&s)?;
             self.states.insert(s.certificate_serial.clone(), s);
@@ -289,6 +315,23 @@ impl Worker {
                 Ok(Raised { alert, new, action })
             })
             .collect()
+    }
+
+    fn take_anchors(
+        &mut self,
+        b: &mut crate::store::Batch,
+        anchors: Vec<Anchor>,
+        cursor: u64,
+    ) -> Result<(), StoreError> {
+        for a in anchors {
+            // Log order: a later activation of the same terminal replaces an earlier one.
+            if self.anchors.get(&a.terminal_serial).is_some_and(|had| had.seq >= a.seq) {
+                continue;
+            }
+            b.put_anchor(&a)?;
+            self.anchors.insert(a.terminal_serial.clone(), a);
+        }
+        b.set_activation_cursor(cursor)
     }
 
     fn sweep(&mut self, b: &mut crate::store::Batch, now: u64) -> Result<Vec<Raised>, StoreError> {
@@ -367,6 +410,47 @@ mod tests {
         // Retired by the hold: never silent, even long after.
         let raised = e.sweep(now_ms() + 3_600_000).await.expect("sweep");
         assert!(raised.is_empty(), "{raised:?}");
+    }
+
+    #[tokio::test]
+    async fn activations_and_the_cursor_survive_a_restart_and_the_newest_activation_wins() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("fleet.redb");
+        let anchor = |seq: u64, lat: f64| crate::rules::Anchor {
+            terminal_serial: "HSTM01261100000K".into(),
+            seq,
+            institution: format!("H-{seq}"),
+            position: (lat, 116.4),
+            at_ms: seq,
+            method: "presence".into(),
+            certificate_serial: "0A".into(),
+        };
+        {
+            let e = start(&path);
+            assert_eq!(e.store.activation_cursor().expect("cursor"), 0);
+            // Activated far north (seq 3), then where the heartbeats come from (seq 8).
+            e.anchors(vec![anchor(3, 45.0), anchor(8, 39.9)], 8).await.expect("anchors");
+            // A stale page (an older activation again) never replaces the newer one.
+            e.anchors(vec![anchor(3, 45.0)], 8).await.expect("anchors");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let e = start(&path);
+        assert_eq!(e.store.activation_cursor().expect("cursor"), 8, "a restart reads on from here");
+        let stored = e.store.anchors().expect("anchors");
+        assert_eq!(stored.iter().map(|a| a.seq).collect::<Vec<_>>(), [8]);
+        for n in 1..=4 {
+            let o = e.heartbeat(hb(n, "10.0.0.1")).await.expect("beat");
+            assert!(o.raised.is_empty(), "at the newest activation's place: {:?}", o.raised);
+        }
+        // A re-activation far away (as read after the restart): the next heartbeats are far.
+        e.anchors(vec![anchor(9, 45.0)], 9).await.expect("anchors");
+        let mut raised = Vec::new();
+        for n in 5..=7 {
+            raised.extend(e.heartbeat(hb(n, "10.0.0.1")).await.expect("beat").raised);
+        }
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].alert.rule, "relocation");
+        assert_eq!(raised[0].alert.evidence["reference_from"]["seq"], 9);
     }
 
     #[tokio::test]

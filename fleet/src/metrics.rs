@@ -25,6 +25,10 @@ pub struct Metrics {
     pub crl_number: AtomicU64,
     /// CRLs fetched but not taken (or not fetched).
     pub crl_refused: AtomicU64,
+    /// The last activation-log number read from the CA (0: none).
+    pub activation_seq: AtomicU64,
+    /// Reads of the activation log that failed.
+    pub activation_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -77,6 +81,11 @@ impl Metrics {
         s.push_str("# HELP fleet_service_failures_total Heartbeats the service failed to answer itself.\n");
         s.push_str("# TYPE fleet_service_failures_total counter\n");
         s.push_str(&format!("fleet_service_failures_total {}\n", self.service_failures.load(Ordering::Relaxed)));
+        s.push_str("# HELP fleet_activation_seq The last number of the CA's activation log read.\n");
+        s.push_str("# TYPE fleet_activation_seq gauge\n");
+        s.push_str(&format!("fleet_activation_seq {}\n", self.activation_seq.load(Ordering::Relaxed)));
+        s.push_str("# TYPE fleet_activation_failures_total counter\n");
+        s.push_str(&format!("fleet_activation_failures_total {}\n", self.activation_failures.load(Ordering::Relaxed)));
         s.push_str("# TYPE fleet_crl_number gauge\n");
         s.push_str(&format!("fleet_crl_number {}\n", self.crl_number.load(Ordering::Relaxed)));
         s.push_str("# TYPE fleet_crl_refused_total counter\n");

@@ -100,6 +100,9 @@ pub struct FleetPolicy {
     pub radius_km: f64,
     /// Relocation rule: radius by terminal class (`I`, `II`, `III`: the certificate's OU).
     pub radius_km_by_class: BTreeMap<String, f64>,
+    /// Relocation rule: radius by institution (the one named in the terminal's newest
+    /// activation); beats the class's.
+    pub radius_km_by_institution: BTreeMap<String, f64>,
     /// Relocation rule: heartbeats in a row outside the radius.
     pub sustained_heartbeats: u32,
     /// Counterfeit rule: action.
@@ -151,6 +154,8 @@ struct RawRelocation {
     sustained_heartbeats: u32,
     #[serde(default)]
     radius_km_by_class: BTreeMap<String, f64>,
+    #[serde(default)]
+    radius_km_by_institution: BTreeMap<String, f64>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +197,16 @@ impl FleetPolicy {
                 return invalid(&format!("rules.relocation.radius_km_by_class.{class} must be a positive number"));
             }
         }
+        for (institution, km) in &r.relocation.radius_km_by_institution {
+            if institution.trim().is_empty() {
+                return invalid("rules.relocation.radius_km_by_institution: an institution name is empty");
+            }
+            if !(km.is_finite() && *km > 0.0) {
+                return invalid(&format!(
+                    "rules.relocation.radius_km_by_institution.{institution:?} must be a positive number"
+                ));
+            }
+        }
         if r.relocation.sustained_heartbeats == 0 {
             return invalid("rules.relocation.sustained_heartbeats must be at least 1");
         }
@@ -211,6 +226,7 @@ impl FleetPolicy {
             relocation_action: r.relocation.action,
             radius_km: r.relocation.radius_km,
             radius_km_by_class: r.relocation.radius_km_by_class,
+            radius_km_by_institution: r.relocation.radius_km_by_institution,
             sustained_heartbeats: r.relocation.sustained_heartbeats,
             counterfeit_action: r.counterfeit.action,
             tamper_action: r.tamper.action,
@@ -224,9 +240,14 @@ impl FleetPolicy {
         Self::parse("policies/fleet.toml", SHIPPED)
     }
 
-    /// The relocation radius for a terminal of `class`.
-    pub fn radius_km_for(&self, class: &str) -> f64 {
-        self.radius_km_by_class.get(class).copied().unwrap_or(self.radius_km)
+    /// The relocation radius for a terminal of `class` activated at `institution` (if known):
+    /// the institution's, else the class's, else the default.
+    pub fn radius_km_for(&self, class: &str, institution: Option<&str>) -> f64 {
+        institution
+            .and_then(|i| self.radius_km_by_institution.get(i))
+            .or_else(|| self.radius_km_by_class.get(class))
+            .copied()
+            .unwrap_or(self.radius_km)
     }
 
     /// The action of `rule`.
@@ -253,8 +274,22 @@ mod tests {
         assert_eq!(p.action(Rule::Clone), Action::Hold);
         assert_eq!(p.sustained_heartbeats, 3);
         // Class I (fixed in a hospital) is held closest; other classes get the default.
-        assert_eq!((p.radius_km_for("I"), p.radius_km_for("III")), (1.0, 20.0));
-        assert_eq!(p.radius_km_for(""), p.radius_km);
+        assert_eq!((p.radius_km_for("I", None), p.radius_km_for("III", None)), (1.0, 20.0));
+        assert_eq!(p.radius_km_for("", None), p.radius_km);
+    }
+
+    #[test]
+    fn an_institutions_radius_beats_its_class_which_beats_the_default() {
+        let text = SHIPPED.replace(
+            "[rules.counterfeit]",
+            "[rules.relocation.radius_km_by_institution]\n\"No. 1 Hospital\" = 0.5\n\"Rural Clinic 7\" = 50.0\n\n[rules.counterfeit]",
+        );
+        let p = FleetPolicy::parse("fleet.toml", &text).expect("loads");
+        assert_eq!(p.radius_km_for("I", Some("No. 1 Hospital")), 0.5, "institution over class I");
+        assert_eq!(p.radius_km_for("III", Some("Rural Clinic 7")), 50.0, "institution over class III");
+        assert_eq!(p.radius_km_for("I", Some("Another Hospital")), 1.0, "unlisted institution: the class");
+        assert_eq!(p.radius_km_for("II", Some("Another Hospital")), 5.0, "no class entry: the default");
+        assert_eq!(p.radius_km_for("II", None), 5.0, "no activation: class, then default");
     }
 
     #[test]
@@ -273,6 +308,17 @@ mod tests {
         assert!(bad("missed_intervals = 3", "missed_intervals = 3\nextra = 1").contains("unknown field"));
         assert!(bad("I = 1.0", "IV = 1.0").contains("unknown class"));
         assert!(bad("I = 1.0", "I = 0.0").contains("radius_km_by_class.I"));
+        let institution = |entry: &str| {
+            let text = SHIPPED.replace(
+                "[rules.counterfeit]",
+                &format!("[rules.relocation.radius_km_by_institution]\n{entry}\n\n[rules.counterfeit]"),
+            );
+            FleetPolicy::parse("fleet.toml", &text).expect_err(entry).to_string()
+        };
+        assert!(institution("\"No. 1 Hospital\" = -2.0").contains("radius_km_by_institution.\"No. 1 Hospital\""));
+        assert!(institution("\"No. 1 Hospital\" = inf").contains("positive number"));
+        assert!(institution("\" \" = 2.0").contains("name is empty"));
+        assert!(institution("\"No. 1 Hospital\" = \"far\"").contains("invalid type"));
         let counterfeit = "[rules.counterfeit]\naction = \"alert\"";
         assert!(bad(counterfeit, "[rules.counterfeit]\naction = \"revoke\"").contains("counterfeit"));
     }

@@ -28,14 +28,41 @@ pub struct TerminalState {
     pub previous_address: Option<String>,
     /// When `address` took over from `previous_address`.
     pub address_changed_ms: u64,
-    /// Reference location (lat, lon): set by activation, else the first position reported.
+    /// The first position reported: the reference location while the terminal has no
+    /// activation (an [`Anchor`] replaces it).
     pub reference: Option<(f64, f64)>,
     /// Heartbeats in a row outside the relocation radius.
     pub far_streak: u32,
+    /// The activation-log number of the anchor `far_streak` counts against (0: the first
+    /// position): a newer activation starts the count again.
+    #[serde(default)]
+    pub reference_seq: u64,
     /// The silent rule fired and no heartbeat came since.
     pub silent: bool,
     /// Held or revoked by a rule: no longer expected to heartbeat.
     pub retired: bool,
+}
+
+/// A terminal's reference location from its newest activation (the CA's activation log,
+/// `Registry/ListActivationsAfter`): where it was installed, by proof of presence or a manual
+/// override. It beats the first position the terminal reported, so a terminal moved before its
+/// first heartbeat is caught.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Terminal serial.
+    pub terminal_serial: String,
+    /// The activation's number in the CA's activation log.
+    pub seq: u64,
+    /// The institution it was activated at (selects `radius_km_by_institution`).
+    pub institution: String,
+    /// Latitude, longitude (degrees).
+    pub position: (f64, f64),
+    /// When it was activated (unix ms).
+    pub at_ms: u64,
+    /// `presence`, `manual` or `operator`.
+    pub method: String,
+    /// Proof of presence: the certificate whose key signed (empty otherwise).
+    pub certificate_serial: String,
 }
 
 /// A heartbeat whose signature and certificate were verified.
@@ -130,11 +157,17 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
     2.0 * 6371.0 * h.sqrt().min(1.0).asin()
 }
 
-/// Applies the clone, relocation and tamper rules to one verified heartbeat.
-pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verified) -> Evaluation {
+/// Applies the clone, relocation and tamper rules to one verified heartbeat; `anchor` is the
+/// terminal's newest activation, if the CA has one (else the first position is the reference).
+pub fn evaluate(
+    policy: &FleetPolicy,
+    prev: Option<&TerminalState>,
+    hb: &Verified,
+    anchor: Option<&Anchor>,
+) -> Evaluation {
     let mut findings = Vec::new();
     let Some(prev) = prev else {
-        let state = TerminalState {
+        let mut state = TerminalState {
             terminal_serial: hb.terminal_serial.clone(),
             certificate_serial: hb.certificate_serial.clone(),
             counter: hb.counter,
@@ -144,11 +177,13 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
             address: hb.address.clone(),
             previous_address: None,
             address_changed_ms: hb.received_ms,
-            reference: hb.position.as_ref().map(|p| (p.0, p.1)),
+            reference: None,
             far_streak: 0,
+            reference_seq: 0,
             silent: false,
             retired: false,
         };
+        relocation(policy, hb, anchor, &mut state, &mut findings);
         if hb.tamper {
             findings.push(tamper_finding(hb));
         }
@@ -201,38 +236,73 @@ pub fn evaluate(policy: &FleetPolicy, prev: Option<&TerminalState>, hb: &Verifie
         next.address = hb.address.clone();
         next.address_changed_ms = hb.received_ms;
     }
-    if let Some((lat, lon, source)) = &hb.position {
-        match prev.reference {
-            None => next.reference = Some((*lat, *lon)),
-            Some(reference) => {
-                let d = distance_km(reference, (*lat, *lon));
-                let radius_km = policy.radius_km_for(&hb.class);
-                if d > radius_km {
-                    next.far_streak = prev.far_streak.saturating_add(1);
-                    if next.far_streak == policy.sustained_heartbeats {
-                        findings.push(Finding::about(
-                            Rule::Relocation,
-                            hb,
-                            json!({
-                                "distance_km": (d * 10.0).round() / 10.0,
-                                "radius_km": radius_km,
-                                "position": [lat, lon],
-                                "source": source,
-                                "reference": [reference.0, reference.1],
-                                "heartbeats_outside": next.far_streak,
-                            }),
-                        ));
-                    }
-                } else {
-                    next.far_streak = 0;
-                }
-            }
-        }
-    }
+    relocation(policy, hb, anchor, &mut next, &mut findings);
     if hb.tamper {
         findings.push(tamper_finding(hb));
     }
     Evaluation { verdict: Verdict::Accepted, state: Some(next), findings }
+}
+
+/// The relocation rule: the heartbeat's position against the activation's (else the first
+/// position reported, which a first heartbeat sets), within the radius of the activation's
+/// institution, else of the terminal's class, else the default.
+fn relocation(
+    policy: &FleetPolicy,
+    hb: &Verified,
+    anchor: Option<&Anchor>,
+    next: &mut TerminalState,
+    findings: &mut Vec<Finding>,
+) {
+    let Some((lat, lon, source)) = &hb.position else { return };
+    let (reference, seq) = match (anchor, next.reference) {
+        (Some(a), _) => (a.position, a.seq),
+        (None, Some(first)) => (first, 0),
+        (None, None) => {
+            next.reference = Some((*lat, *lon));
+            return;
+        }
+    };
+    if next.reference.is_none() {
+        next.reference = Some((*lat, *lon));
+    }
+    if next.reference_seq != seq {
+        next.reference_seq = seq;
+        next.far_streak = 0;
+    }
+    let d = distance_km(reference, (*lat, *lon));
+    let radius_km = policy.radius_km_for(&hb.class, anchor.map(|a| a.institution.as_str()));
+    if d <= radius_km {
+        next.far_streak = 0;
+        return;
+    }
+    next.far_streak = next.far_streak.saturating_add(1);
+    if next.far_streak != policy.sustained_heartbeats {
+        return;
+    }
+    let reference_from = match anchor {
+        Some(a) => json!({
+            "kind": "activation",
+            "seq": a.seq,
+            "institution": a.institution,
+            "method": a.method,
+            "at_ms": a.at_ms,
+            "certificate_serial": a.certificate_serial,
+        }),
+        None => json!({"kind": "first_heartbeat"}),
+    };
+    findings.push(Finding::about(
+        Rule::Relocation,
+        hb,
+        json!({
+            "distance_km": (d * 10.0).round() / 10.0,
+            "radius_km": radius_km,
+            "position": [lat, lon],
+            "source": source,
+            "reference": [reference.0, reference.1],
+            "reference_from": reference_from,
+            "heartbeats_outside": next.far_streak,
+        }),
+    ));
 }
 
 fn tamper_finding(hb: &Verified) -> Finding {
@@ -303,7 +373,7 @@ mod tests {
     fn run(p: &FleetPolicy, beats: &[Verified]) -> (Option<TerminalState>, Vec<Finding>, Vec<Verdict>) {
         let (mut state, mut all, mut verdicts) = (None::<TerminalState>, Vec::new(), Vec::new());
         for b in beats {
-            let e = evaluate(p, state.as_ref(), b);
+            let e = evaluate(p, state.as_ref(), b, None);
             if let Some(s) = e.state {
                 state = Some(s);
             }
@@ -413,6 +483,109 @@ mod tests {
         assert!(run(&p, &[&[class("III", 1, 0.0)][..], &beats].concat()).1.is_empty(), "class III");
     }
 
+    fn anchor_at(position: (f64, f64), seq: u64, institution: &str) -> Anchor {
+        Anchor {
+            terminal_serial: "HSTM01261100000K".into(),
+            seq,
+            institution: institution.into(),
+            position,
+            at_ms: 500,
+            method: "presence".into(),
+            certificate_serial: "0A".into(),
+        }
+    }
+
+    /// Feeds heartbeats with the anchor known at each (`None`: no activation yet).
+    fn run_anchored(p: &FleetPolicy, beats: &[(Verified, Option<Anchor>)]) -> (Option<TerminalState>, Vec<Finding>) {
+        let (mut state, mut all) = (None::<TerminalState>, Vec::new());
+        for (b, anchor) in beats {
+            let e = evaluate(p, state.as_ref(), b, anchor.as_ref());
+            if let Some(s) = e.state {
+                state = Some(s);
+            }
+            all.extend(e.findings);
+        }
+        (state, all)
+    }
+
+    #[test]
+    fn the_activation_is_the_reference_even_when_the_first_heartbeat_came_from_elsewhere() {
+        let p = policy();
+        let far_away = (HOME.0 + 0.5, HOME.1); // ~55 km north
+        let from = |n: u64, pos: (f64, f64)| {
+            let mut b = hb(n, n * 1000, "a");
+            b.position = Some((pos.0, pos.1, "gnss".into()));
+            b
+        };
+        let home = anchor_at(HOME, 7, "No. 1 Hospital");
+        // Activated at home, heartbeating at home: nothing.
+        let beats: Vec<_> = (1..=5).map(|n| (from(n, HOME), Some(home.clone()))).collect();
+        assert!(run_anchored(&p, &beats).1.is_empty());
+        // Moved before its first heartbeat: every heartbeat is far from the activation's place.
+        let beats: Vec<_> = (1..=3).map(|n| (from(n, far_away), Some(home.clone()))).collect();
+        let (_, findings) = run_anchored(&p, &beats);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let e = &findings[0].evidence;
+        assert_eq!(findings[0].rule, Rule::Relocation);
+        assert_eq!(e["reference"], json!([HOME.0, HOME.1]));
+        assert_eq!(e["reference_from"]["kind"], "activation");
+        assert_eq!(
+            (e["reference_from"]["seq"].as_u64(), e["reference_from"]["institution"].as_str()),
+            (Some(7), Some("No. 1 Hospital"))
+        );
+        // Without an activation the same terminal takes its first position as home: not caught
+        // (the behaviour kept for terminals the CA has no activation of).
+        let beats: Vec<_> = (1..=5).map(|n| (from(n, far_away), None)).collect();
+        let (state, findings) = run_anchored(&p, &beats);
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(state.expect("s").reference, Some(far_away));
+        // A first-heartbeat reference is replaced once the activation is known, and the streak
+        // starts again against it.
+        let mut beats: Vec<_> = (1..=2).map(|n| (from(n, HOME), None)).collect();
+        beats.extend((3..=4).map(|n| (from(n, far_away), None)));
+        beats.push((from(5, far_away), Some(anchor_at(far_away, 9, "Moved Legally"))));
+        beats.extend((6..=9).map(|n| (from(n, far_away), Some(anchor_at(far_away, 9, "Moved Legally")))));
+        let (state, findings) = run_anchored(&p, &beats);
+        assert!(findings.is_empty(), "re-activated where it now is: {findings:?}");
+        assert_eq!(state.expect("s").reference_seq, 9);
+        let mut beats: Vec<_> = (1..=2).map(|n| (from(n, far_away), None)).collect();
+        beats.extend((3..=5).map(|n| (from(n, far_away), Some(home.clone()))));
+        let (_, findings) = run_anchored(&p, &beats);
+        assert_eq!(findings.len(), 1, "the activation arrived after two heartbeats: {findings:?}");
+        assert_eq!(findings[0].evidence["heartbeats_outside"], 3);
+        // The activation's institution sets the radius: 0.5 km there, so 1 km away has moved.
+        let text = SHIPPED_WITH_INSTITUTION;
+        let strict = FleetPolicy::parse("fleet.toml", text).expect("policy");
+        let one_km = (HOME.0 + 0.009, HOME.1);
+        let beats: Vec<_> = (1..=3).map(|n| (from(n, one_km), Some(home.clone()))).collect();
+        assert!(run_anchored(&p, &beats).1.is_empty(), "class II: 5 km");
+        let (_, findings) = run_anchored(&strict, &beats);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].evidence["radius_km"], 0.5);
+    }
+
+    const SHIPPED_WITH_INSTITUTION: &str = r#"
+[heartbeat]
+interval_seconds = 60
+clock_skew_seconds = 300
+[rules.clone]
+action = "hold"
+interleave_window_seconds = 600
+[rules.relocation]
+action = "alert"
+radius_km = 5.0
+sustained_heartbeats = 3
+[rules.relocation.radius_km_by_institution]
+"No. 1 Hospital" = 0.5
+[rules.counterfeit]
+action = "alert"
+[rules.tamper]
+action = "revoke"
+[rules.silent]
+action = "alert"
+missed_intervals = 3
+"#;
+
     #[test]
     fn tamper_fires_on_the_switch() {
         let p = policy();
@@ -447,7 +620,7 @@ mod tests {
         let (state, _, _) = run(&p, &[hb(1, 1000, "a")]);
         let mut s = state.expect("state");
         s.silent = true;
-        let e = evaluate(&p, Some(&s), &hb(2, 2000, "a"));
+        let e = evaluate(&p, Some(&s), &hb(2, 2000, "a"), None);
         assert!(!e.state.expect("next").silent);
     }
 

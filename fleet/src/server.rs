@@ -42,6 +42,7 @@ pub struct Fleet {
     pub revocations: Revocations,
     crl_url: Option<String>,
     crl_refresh: Duration,
+    activation_refresh: Duration,
     /// What the CA said of terminal certificates when asked one by one (no fresh CRL).
     certs: Mutex<HashMap<String, CertInfo>>,
     status_ttl_ms: u64,
@@ -81,6 +82,7 @@ impl Fleet {
             revocations: Revocations::new(issuer),
             crl_url,
             crl_refresh: Duration::from_secs(c.ca.crl_refresh_seconds.max(1)),
+            activation_refresh: Duration::from_secs(c.ca.activation_refresh_seconds.max(1)),
             trust,
             keys: KeyCache::with_precomputed(c.server.precomputed_keys),
             engine,
@@ -465,6 +467,53 @@ impl Fleet {
     }
 }
 
+/// Activations asked for per page of the CA's activation log.
+const ACTIVATION_PAGE: u32 = 1000;
+
+impl Fleet {
+    /// Reads the CA's activation log after `cursor` up to its end, page by page, each page's
+    /// activations becoming their terminals' references and the cursor stored in one commit;
+    /// returns the new cursor. A failure leaves the cursor at the last page taken (retried at
+    /// the next refresh).
+    async fn refresh_activations(&self, mut cursor: u64) -> u64 {
+        loop {
+            let page = match self.ca.activations_after(cursor, ACTIVATION_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    self.metrics.activation_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A cursor past the CA's head: this store was fed by another (or a restored)
+                    // CA; an operator must decide, the references kept meanwhile.
+                    tracing::warn!(error = %e, cursor, "activation log not read; references unchanged");
+                    return cursor;
+                }
+            };
+            let (anchors, _head) = page;
+            let Some(last) = anchors.last().map(|a| a.seq) else { return cursor };
+            let full = anchors.len() as u32 >= ACTIVATION_PAGE;
+            if let Err(e) = self.engine.anchors(anchors, last).await {
+                self.metrics.activation_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "activations not stored; read again at the next refresh");
+                return cursor;
+            }
+            cursor = last;
+            self.metrics.activation_seq.store(cursor, std::sync::atomic::Ordering::Relaxed);
+            if !full {
+                return cursor;
+            }
+        }
+    }
+}
+
+async fn activation_loop(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>, mut cursor: u64) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(fleet.activation_refresh) => {}
+            _ = stop.changed() => return,
+        }
+        cursor = fleet.refresh_activations(cursor).await;
+    }
+}
+
 async fn crl_loop(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>, mut etag: Option<String>) {
     loop {
         tokio::select! {
@@ -657,6 +706,12 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
         tracing::warn!("no CRL yet: asking the CA per certificate until one verifies");
     }
     let crls = tokio::spawn(crl_loop(fleet.clone(), stop_rx.clone(), etag));
+    // The activations made since the last run before the first heartbeat, so a terminal moved
+    // before its first heartbeat is measured against where it was activated.
+    let stored = fleet.engine.store.activation_cursor()?;
+    fleet.metrics.activation_seq.store(stored, std::sync::atomic::Ordering::Relaxed);
+    let cursor = fleet.refresh_activations(stored).await;
+    let activations = tokio::spawn(activation_loop(fleet.clone(), stop_rx.clone(), cursor));
     let sweeper = tokio::spawn(sweep_loop(fleet.clone(), stop_rx));
     let result = tonic::transport::Server::builder()
         .tls_config(tls)?
@@ -667,6 +722,7 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
     http_task.await??;
     let _ = sweeper.await;
     let _ = crls.await;
+    let _ = activations.await;
     result?;
     Ok(())
 }

@@ -15,6 +15,10 @@ const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open_alerts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Each terminal's newest activation from the CA's log (terminal serial → JSON anchor).
+const ANCHORS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchors");
+/// The last activation-log number read (META): a restart reads on from there.
+const ACTIVATION_CURSOR: &str = "activation_cursor";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,7 @@ impl Store {
             tx.open_table(ALERTS).map_err(db)?;
             tx.open_table(OPEN).map_err(db)?;
             tx.open_table(META).map_err(db)?;
+            tx.open_table(ANCHORS).map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -123,6 +128,25 @@ impl Store {
             out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    /// Every terminal's anchor (at start).
+    pub fn anchors(&self) -> Result<Vec<crate::rules::Anchor>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(ANCHORS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The last activation-log number read from the CA (0: none yet).
+    pub fn activation_cursor(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(META).map_err(db)?;
+        Ok(t.get(ACTIVATION_CURSOR).map_err(db)?.map_or(0, |v| v.value()))
     }
 
     /// What the CA said of certificate `serial`, if asked before.
@@ -181,6 +205,19 @@ impl Batch {
     pub fn put_state(&mut self, s: &TerminalState) -> Result<(), StoreError> {
         let mut t = self.tx.open_table(STATES).map_err(db)?;
         t.insert(s.certificate_serial.as_str(), encode(s)?.as_slice()).map_err(db)?;
+        Ok(())
+    }
+
+    /// Stores a terminal's anchor (its newest activation).
+    pub fn put_anchor(&mut self, a: &crate::rules::Anchor) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(ANCHORS).map_err(db)?;
+        t.insert(a.terminal_serial.as_str(), encode(a)?.as_slice()).map_err(db)?;
+        Ok(())
+    }
+
+    /// Records the last activation-log number read.
+    pub fn set_activation_cursor(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.tx.open_table(META).map_err(db)?.insert(ACTIVATION_CURSOR, seq).map_err(db)?;
         Ok(())
     }
 

@@ -489,6 +489,18 @@ impl Registry {
         self.read(move |s| s.activations(&serial))
     }
 
+    /// Activations of every terminal after log number `after` (0: from the first), in commit
+    /// order, at most `limit`: an index walk, whatever the registry's size. A reader keeps the
+    /// last `seq` it got as its cursor.
+    pub fn activations_after(&self, after: u64, limit: usize) -> Result<Vec<ActivationEntry>> {
+        self.read(move |s| s.activations_after(after, limit))
+    }
+
+    /// The last activation-log number taken (0: none yet).
+    pub fn activation_log_head(&self) -> Result<u64> {
+        self.read(|s| s.counter(store::counter::ACTIVATION_SEQ))
+    }
+
     /// Revokes a certificate; a terminal whose active certificate it was becomes `revoked`.
     pub fn revoke(
         &self,

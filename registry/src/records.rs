@@ -265,6 +265,17 @@ pub struct ActivationRecord {
     pub certificate: Option<String>,
 }
 
+/// An activation with its place in the registry-wide activation log (commit order, 1, 2, …):
+/// a reader that remembers the last `seq` it saw asks for those after it
+/// ([`crate::Registry::activations_after`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivationEntry {
+    /// Commit-order number across all terminals (no gaps: a write that fails takes none).
+    pub seq: u64,
+    /// The activation.
+    pub activation: ActivationRecord,
+}
+
 /// The stored result of a request, so a retry gets the same answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestResult {

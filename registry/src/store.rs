@@ -12,8 +12,8 @@
 //! hands the rules a `&mut dyn StoreWrite` inside the backend's transaction.
 
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, ChallengeRecord, PrincipalRecord, ReleasedCert, RequestResult,
-    Result, RevokedCert, TerminalFilter, TerminalRecord,
+    ActivationEntry, ActivationRecord, Approval, BulkFilter, CertRecord, ChallengeRecord, PrincipalRecord,
+    ReleasedCert, RequestResult, Result, RevokedCert, TerminalFilter, TerminalRecord,
 };
 
 /// Names of the durable counters (`StoreWrite::advance`).
@@ -24,6 +24,9 @@ pub(crate) mod counter {
     pub const CRL_NUMBER: &str = "crl_number";
     /// The first issuance ordinal never reserved.
     pub const ORDINAL_HIGH_WATER: &str = "ordinal_high_water";
+    /// The last activation-log number taken (`StoreWrite::add_activation`). Not exported: a
+    /// copy re-adds the activations in log order, which numbers them the same.
+    pub const ACTIVATION_SEQ: &str = "activation_seq";
 }
 
 /// The dimensions terminals are counted by (`TerminalCounts`) and indexed by for filtered lists.
@@ -64,6 +67,8 @@ pub(crate) trait StoreRead {
     fn approval(&mut self, id: &str) -> Result<Option<Approval>>;
     fn approvals(&mut self) -> Result<Vec<Approval>>;
     fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>>;
+    /// Activations with a log number above `after`, in log order, at most `limit`.
+    fn activations_after(&mut self, after: u64, limit: usize) -> Result<Vec<ActivationEntry>>;
     /// An activation challenge not yet used (expired ones may still be stored).
     fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>>;
     fn counter(&mut self, name: &str) -> Result<u64>;
@@ -104,7 +109,8 @@ pub(crate) trait StoreWrite: StoreRead {
     /// `ApprovalExists` when the id is taken.
     fn insert_approval(&mut self, a: &Approval) -> Result<()>;
     fn update_approval(&mut self, a: &Approval) -> Result<()>;
-    /// Appends an activation; returns its number for this terminal (1, 2, …).
+    /// Appends an activation, numbered next in the activation log (`counter::ACTIVATION_SEQ`);
+    /// returns its number for this terminal (1, 2, …).
     fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64>;
     /// Stores a new activation challenge; prunes expired ones (at `now_ms`).
     fn put_challenge(&mut self, challenge: &[u8], rec: &ChallengeRecord, now_ms: u64) -> Result<()>;
@@ -140,6 +146,7 @@ pub(crate) struct Export {
     pub requests: Vec<(String, RequestResult)>,
     pub principals: Vec<PrincipalRecord>,
     pub approvals: Vec<Approval>,
+    /// In activation-log order (re-adding them numbers them the same).
     pub activations: Vec<ActivationRecord>,
     pub counters: Vec<(String, u64)>,
     pub revoked: Vec<RevokedCert>,

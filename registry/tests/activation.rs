@@ -195,7 +195,51 @@ fn a_reissue_before_the_write_replaces_a_certificate_on_its_activation_hold(kind
     assert!(status(&reg, "C2").on_activation_hold());
 }
 
+fn manual(terminal: &str, institution: &str, at_ms: u64) -> ActivationRecord {
+    ActivationRecord {
+        institution: institution.into(),
+        method: ActivationMethod::Manual,
+        certificate: None,
+        ..presence(terminal, "", at_ms)
+    }
+}
+
+fn the_activation_log_pages_every_terminal_in_commit_order_and_survives_a_backup(kind: Kind) {
+    let (d, reg) = open(kind);
+    assert_eq!(reg.activations_after(0, 10).expect("empty"), vec![]);
+    assert_eq!(reg.activation_log_head().expect("head"), 0);
+    provisioned(&reg, T, "C1", false);
+    provisioned(&reg, OTHER, "C2", false);
+    // Commit order, not time order: the second write carries an earlier time.
+    reg.activate(&manual(OTHER, "H-2", 300), &ev("activate", OTHER)).expect("a1");
+    reg.activate(&manual(T, "H-1", 200), &ev("activate", T)).expect("a2");
+    reg.activate(&manual(OTHER, "H-3", 400), &ev("activate", OTHER)).expect("a3 (re-activation)");
+    let all = reg.activations_after(0, 10).expect("all");
+    let seen: Vec<(u64, &str, &str)> =
+        all.iter().map(|e| (e.seq, e.activation.terminal.as_str(), e.activation.institution.as_str())).collect();
+    assert_eq!(seen, [(1, OTHER, "H-2"), (2, T, "H-1"), (3, OTHER, "H-3")]);
+    assert_eq!(reg.activation_log_head().expect("head"), 3);
+    // A cursor and a limit page through it; past the end is empty.
+    let page = reg.activations_after(1, 1).expect("page");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(reg.activations_after(3, 10).expect("end"), vec![]);
+    assert_eq!(reg.activations_after(u64::MAX, 10).expect("far end"), vec![]);
+    // A refused activation takes no number.
+    assert!(reg.activate(&manual("HSTM01261100002F", "H-9", 500), &ev("activate", "x")).is_err());
+    reg.activate(&manual(T, "H-4", 600), &ev("activate", T)).expect("a4");
+    assert_eq!(reg.activations_after(3, 10).expect("next")[0].seq, 4);
+    // A backup (redb file, from either backend) keeps the numbers and the counter.
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("backup.redb");
+    reg.backup(&out).expect("backup");
+    let copy = Registry::open(&out).expect("open backup");
+    assert_eq!(copy.activations_after(0, 10).expect("copy"), reg.activations_after(0, 10).expect("orig"));
+    assert_eq!(copy.activation_log_head().expect("head"), 4);
+    drop((copy, d));
+}
+
 on_both_backends!(
+    the_activation_log_pages_every_terminal_in_commit_order_and_survives_a_backup,
     issued_under_the_activation_hold_and_a_presence_activation_lifts_it,
     a_challenge_is_single_use_unexpired_and_for_its_terminal_only,
     an_activation_never_lifts_a_monitors_or_admins_hold,

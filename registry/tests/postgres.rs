@@ -445,3 +445,44 @@ fn a_lot_page_is_read_from_the_covering_index_alone() {
     let serials: Vec<&str> = page.iter().map(|t| t.serial.as_str()).collect();
     assert_eq!(serials, ["HSTM012611000014", "HSTM012611000018", "HSTM012611000022"]);
 }
+
+#[test]
+fn migration_7_numbers_the_activations_made_before_it_in_the_order_they_were_made() {
+    let pg = server();
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    let prov = Provisioning { station: "station-1".into(), duration_ms: 900, firmware: "1.0".into(), at_ms: 50 };
+    let activation = |terminal: &str, at_ms: u64| ActivationRecord {
+        terminal: terminal.into(),
+        operator: "op".into(),
+        institution: format!("H-{at_ms}"),
+        latitude: 31.2,
+        longitude: 121.5,
+        at_ms,
+        method: ActivationMethod::Manual,
+        certificate: None,
+    };
+    for (t, cert) in [("HSTM01261100000K", "C1"), ("HSTM01261100001H", "C2")] {
+        reg.record_terminal_issue(&issue(&format!("r-{cert}"), t, cert, &format!("k-{cert}")), &ev("issue", t))
+            .expect("issue");
+        reg.confirm_provisioning(t, cert, &prov, &ev("confirm", t)).expect("confirm");
+    }
+    reg.activate(&activation("HSTM01261100001H", 300), &ev("activate", "t")).expect("later in time, first");
+    reg.activate(&activation("HSTM01261100000K", 200), &ev("activate", "t")).expect("earlier in time, second");
+    drop(reg);
+    // Back to schema 6: activations without numbers, no counter.
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    c.batch_execute(
+        "ALTER TABLE activations DROP COLUMN seq; DELETE FROM counters WHERE name = 'activation_seq';
+         DELETE FROM schema_migrations WHERE version = 7",
+    )
+    .expect("schema 6");
+    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("migrate"), vec![7]);
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    let log = reg.activations_after(0, 10).expect("log");
+    let seen: Vec<(u64, u64)> = log.iter().map(|e| (e.seq, e.activation.at_ms)).collect();
+    assert_eq!(seen, [(1, 200), (2, 300)], "older activations numbered by time");
+    assert_eq!(reg.activation_log_head().expect("head"), 2);
+    reg.activate(&activation("HSTM01261100000K", 100), &ev("activate", "t")).expect("after the migration");
+    assert_eq!(reg.activations_after(2, 10).expect("next")[0].seq, 3, "new ones follow, whatever their time");
+}

@@ -302,6 +302,41 @@ impl Ca {
     }
 }
 
+/// Most entries one `ListActivationsAfter` answers (a page stays well under gRPC's 4 MB).
+pub const ACTIVATION_PAGE_MAX: u32 = 1000;
+
+impl Ca {
+    /// `ListActivationsAfter`: the activation log after a cursor. A cursor beyond the log's head
+    /// is refused rather than answered empty: the caller is reading another (or a restored) CA
+    /// and would otherwise wait forever for numbers it already passed.
+    pub fn list_activations_after(
+        &self,
+        req: Incoming<v1::ListActivationsAfterRequest>,
+    ) -> Result<v1::ListActivationsAfterResponse, Status> {
+        self.authenticate(&req, "/hsca.v1.Registry/ListActivationsAfter")?;
+        let m = &req.msg;
+        if !(1..=ACTIVATION_PAGE_MAX).contains(&m.limit) {
+            return Err(bad_request(format!("limit must be 1..={ACTIVATION_PAGE_MAX}, got {}", m.limit)));
+        }
+        let head = self.registry.activation_log_head().map_err(|e| registry_status(&e))?;
+        if m.after_seq > head {
+            return Err(bad_request(format!(
+                "after_seq {} is beyond the activation log's head {head} (another or a restored registry?)",
+                m.after_seq
+            )));
+        }
+        let entries = self
+            .registry
+            .activations_after(m.after_seq, m.limit as usize)
+            .map_err(|e| registry_status(&e))?
+            .into_iter()
+            .map(|e| v1::ActivationLogEntry { seq: e.seq, activation: Some(activation_msg(e.activation)) })
+            .collect::<Vec<_>>();
+        let head = entries.last().map_or(head, |e| e.seq.max(head));
+        Ok(v1::ListActivationsAfterResponse { entries, head })
+    }
+}
+
 fn activation_msg(a: registry::ActivationRecord) -> v1::Activation {
     v1::Activation {
         terminal_serial: a.terminal,
@@ -321,6 +356,7 @@ handlers!(v1::registry_server::Registry;
     list_terminals(v1::ListTerminalsRequest) -> v1::ListTerminalsResponse => list_terminals;
     activate_terminal(v1::ActivateTerminalRequest) -> v1::Activation => activate;
     list_activations(v1::ListActivationsRequest) -> v1::ListActivationsResponse => list_activations;
+    list_activations_after(v1::ListActivationsAfterRequest) -> v1::ListActivationsAfterResponse => list_activations_after;
     count_terminals(v1::CountTerminalsRequest) -> v1::TerminalCounts => count_terminals;
     new_activation_challenge(v1::NewActivationChallengeRequest) -> v1::ActivationChallenge => new_activation_challenge;
 );

@@ -23,9 +23,9 @@ type Cache = std::collections::HashMap<&'static str, Statement>;
 
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, ChallengeRecord, PrincipalRecord,
-    RegistryError, ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter, TerminalRecord,
-    from_json, to_json,
+    ActivationEntry, ActivationRecord, Approval, BulkFilter, CertRecord, CertStatus, CertSubject, ChallengeRecord,
+    PrincipalRecord, RegistryError, ReleasedCert, RequestResult, Result, RevocationReason, RevokedCert, TerminalFilter,
+    TerminalRecord, from_json, to_json,
 };
 
 /// The schema versions this build knows, in order: (version, SQL).
@@ -36,10 +36,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_auth_failures.sql")),
     (5, include_str!("../../migrations/postgres/0005_published_crls.sql")),
     (6, include_str!("../../migrations/postgres/0006_terminals_lot_covering.sql")),
+    (7, include_str!("../../migrations/postgres/0007_activation_log.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The running terminal counts recomputed from `terminals` (as migration 2 first computed them),
 /// and the count triggers back on: the end of a bulk copy that ran with them off.
@@ -411,7 +412,7 @@ fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
         .map(|r| Ok((r.get(0), from_json(r.get::<_, &[u8]>(1))?)))
         .collect::<Result<_>>()?;
     let counters = t
-        .query("SELECT name, value FROM counters ORDER BY name", &[])?
+        .query("SELECT name, value FROM counters WHERE name <> 'activation_seq' ORDER BY name", &[])?
         .iter()
         .map(|r| (r.get(0), from_i(r.get(1))))
         .collect();
@@ -423,7 +424,7 @@ fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
         requests,
         principals: records(t, "SELECT record FROM principals ORDER BY name")?,
         approvals: records(t, "SELECT record FROM approvals ORDER BY id")?,
-        activations: records(t, "SELECT record FROM activations ORDER BY terminal, n")?,
+        activations: records(t, "SELECT record FROM activations ORDER BY seq")?,
         counters,
         revoked: records(t, "SELECT record FROM revoked ORDER BY serial")?,
         released: records(t, "SELECT record FROM released ORDER BY serial")?,
@@ -667,6 +668,17 @@ impl StoreRead for PgTx<'_, '_> {
         rows.iter().map(|r| from_json(r.get::<_, &[u8]>(0))).collect()
     }
 
+    fn activations_after(&mut self, after: u64, limit: usize) -> Result<Vec<ActivationEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query_c(
+            "SELECT seq, record FROM activations WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&u(after), &limit],
+        )?;
+        rows.iter()
+            .map(|r| Ok(ActivationEntry { seq: from_i(r.get(0)), activation: from_json(r.get::<_, &[u8]>(1))? }))
+            .collect()
+    }
+
     fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
         let row = self.query_opt_c("SELECT record FROM activation_challenges WHERE challenge = $1", &[&challenge])?;
         row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()
@@ -868,10 +880,11 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn add_activation(&mut self, a: &ActivationRecord) -> Result<u64> {
+        let seq = self.advance(crate::store::counter::ACTIVATION_SEQ, 1)? + 1;
         let row = self.query_one_c(
-            "INSERT INTO activations (terminal, n, record)
-             SELECT $1, coalesce(max(n), 0) + 1, $2 FROM activations WHERE terminal = $1 RETURNING n",
-            &[&a.terminal, &to_json(a)?],
+            "INSERT INTO activations (terminal, n, record, seq)
+             SELECT $1, coalesce(max(n), 0) + 1, $2, $3 FROM activations WHERE terminal = $1 RETURNING n",
+            &[&a.terminal, &to_json(a)?, &u(seq)],
         )?;
         Ok(from_i(row.get(0)))
     }

@@ -13,8 +13,9 @@ use redb::{
 
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    ActivationRecord, Approval, BulkFilter, CertRecord, ChainSummary, ChallengeRecord, PrincipalRecord, RegistryError,
-    ReleasedCert, RequestResult, Result, RevokedCert, TerminalFilter, TerminalRecord, from_json, to_json,
+    ActivationEntry, ActivationRecord, Approval, BulkFilter, CertRecord, ChainSummary, ChallengeRecord,
+    PrincipalRecord, RegistryError, ReleasedCert, RequestResult, Result, RevokedCert, TerminalFilter, TerminalRecord,
+    from_json, to_json,
 };
 
 const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
@@ -24,6 +25,9 @@ const PUBKEYS: TableDefinition<&str, &str> = TableDefinition::new("pubkeys");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const ACTIVATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("activations");
+/// The activation log: log number (commit order) → JSON record, a copy of the `activations`
+/// row, so a reader after a cursor walks one range.
+const ACTIVATION_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("activation_log");
 const NONCES: TableDefinition<&[u8], u64> = TableDefinition::new("nonces");
 /// Activation challenges handed out and not yet used (challenge → JSON record).
 const CHALLENGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("activation_challenges");
@@ -37,6 +41,8 @@ const COMPROMISED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("comp
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 
 const REVOKED_INDEXED: &str = "revoked_indexed";
+/// Set once `activation_log` was built from `activations` (older registries lack it).
+const ACTIVATIONS_LOGGED: &str = "activations_logged";
 
 // Filter indexes: (value, terminal serial) → (), so a filtered page walks only matching serials,
 // in serial order; several filters are intersected by leapfrogging (`list_filtered`).
@@ -247,6 +253,7 @@ impl RedbStore {
             txn.open_table(REQUESTS)?;
             txn.open_table(PRINCIPALS)?;
             txn.open_table(ACTIVATIONS)?;
+            txn.open_table(ACTIVATION_LOG)?;
             txn.open_table(NONCES)?;
             txn.open_table(CHALLENGES)?;
             txn.open_table(AUDIT)?;
@@ -262,6 +269,7 @@ impl RedbStore {
             txn.open_table(TERMINALS_BY_LOT)?;
             txn.open_table(TERMINAL_COUNTS)?;
             index_revoked_once(&txn)?;
+            log_activations_once(&txn)?;
             index_terminals_once(&txn)?;
             tag_kinds(&txn)?;
         }
@@ -311,6 +319,7 @@ impl RedbStore {
         copy_table(&snapshot, &txn, REQUESTS)?;
         copy_table(&snapshot, &txn, PRINCIPALS)?;
         copy_table(&snapshot, &txn, ACTIVATIONS)?;
+        copy_table(&snapshot, &txn, ACTIVATION_LOG)?;
         copy_table(&snapshot, &txn, NONCES)?;
         copy_table(&snapshot, &txn, AUDIT)?;
         copy_table(&snapshot, &txn, AUDIT_CHECKPOINTS)?;
@@ -354,7 +363,7 @@ impl RedbStore {
             })
             .collect::<Result<_>>()?;
         let activations =
-            txn.open_table(ACTIVATIONS)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
+            txn.open_table(ACTIVATION_LOG)?.iter()?.map(|item| from_json(item?.1.value())).collect::<Result<_>>()?;
         let mut audit = Vec::new();
         r.audit_scan(&mut |k, v| {
             audit.push((k, v.to_vec()));
@@ -437,6 +446,32 @@ fn index_revoked_once(txn: &WriteTransaction) -> Result<()> {
         }
     }
     meta.insert(REVOKED_INDEXED, 1)?;
+    Ok(())
+}
+
+/// Registries made before the activation log existed get it built from `activations`, once, in
+/// the order the activations were made (time, then terminal and number).
+fn log_activations_once(txn: &WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(ACTIVATIONS_LOGGED)?.is_some() {
+        return Ok(());
+    }
+    let mut all = Vec::new();
+    for item in txn.open_table(ACTIVATIONS)?.iter()? {
+        let (key, value) = item?;
+        let rec: ActivationRecord = from_json(value.value())?;
+        let (terminal, n) = key.value();
+        all.push((rec.at_ms, terminal.to_owned(), n, value.value().to_vec()));
+    }
+    all.sort();
+    let mut log = txn.open_table(ACTIVATION_LOG)?;
+    let mut seq = meta.get(crate::store::counter::ACTIVATION_SEQ)?.map_or(0, |v| v.value());
+    for (_, _, _, bytes) in &all {
+        seq += 1;
+        log.insert(seq, bytes.as_slice())?;
+    }
+    meta.insert(crate::store::counter::ACTIVATION_SEQ, seq)?;
+    meta.insert(ACTIVATIONS_LOGGED, 1)?;
     Ok(())
 }
 
@@ -586,6 +621,19 @@ macro_rules! redb_reads {
             fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>> {
                 let table = self.0.open_table(ACTIVATIONS)?;
                 table.range((terminal, 0)..=(terminal, u64::MAX))?.map(|item| from_json(item?.1.value())).collect()
+            }
+
+            fn activations_after(&mut self, after: u64, limit: usize) -> Result<Vec<ActivationEntry>> {
+                let table = self.0.open_table(ACTIVATION_LOG)?;
+                let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
+                table
+                    .range(from..)?
+                    .take(limit)
+                    .map(|item| {
+                        let (k, v) = item?;
+                        Ok(ActivationEntry { seq: k.value(), activation: from_json(v.value())? })
+                    })
+                    .collect()
             }
 
             fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
@@ -740,7 +788,11 @@ impl StoreWrite for RedbWrite<'_> {
         let mut table = self.0.open_table(ACTIVATIONS)?;
         let t = a.terminal.as_str();
         let n = table.range((t, 0)..=(t, u64::MAX))?.count() as u64 + 1;
-        table.insert((t, n), to_json(a)?.as_slice())?;
+        let bytes = to_json(a)?;
+        table.insert((t, n), bytes.as_slice())?;
+        drop(table);
+        let seq = self.advance(crate::store::counter::ACTIVATION_SEQ, 1)? + 1;
+        self.0.open_table(ACTIVATION_LOG)?.insert(seq, bytes.as_slice())?;
         Ok(n)
     }
 
