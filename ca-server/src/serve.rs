@@ -200,6 +200,10 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         .map(|c| der::Encode::to_der(*c))
         .collect::<Result<Vec<_>, _>>()
         .context("encoding the CA chain")?;
+    for line in s.roles.missing_lines() {
+        // Fail closed (nobody may call it), but say what to add.
+        tracing::warn!("roles.toml does not list a method this build serves; add under [methods]: {line}");
+    }
     let ca = Ca {
         chain_der,
         require_registration: cfg.config.policy.require_registration,
