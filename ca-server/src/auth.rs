@@ -65,12 +65,16 @@ pub enum AuthFailure {
     #[error("nonce was already used")]
     Replayed,
     /// The caller's role may not call the method.
-    #[error("role {role} may not call {method}")]
+    #[error("role {role} may not call {method}{}", missing_line.as_ref().map(|l| format!(
+        " (policies/roles.toml does not list it, so no role may: add `{l}` under [methods] and restart)"
+    )).unwrap_or_default())]
     Forbidden {
         /// Caller's role.
         role: String,
         /// Method.
         method: String,
+        /// When roles.toml lacks the method altogether: the shipped line for it.
+        missing_line: Option<String>,
     },
     /// Too many failures from this principal or address.
     #[error("too many failed requests from {0}; try again later")]
@@ -655,7 +659,8 @@ impl<D: Directory> Gate<'_, D> {
             return Err(AuthFailure::Replayed);
         }
         if !self.roles.allows(&p.role, method) {
-            return Err(AuthFailure::Forbidden { role: p.role, method: method.to_owned() });
+            let missing_line = self.roles.missing_line(method).map(str::to_owned);
+            return Err(AuthFailure::Forbidden { role: p.role, method: method.to_owned(), missing_line });
         }
         Ok(Caller { name: p.name, role: p.role, manufacturers: p.manufacturers, cert_serial: s.serial })
     }

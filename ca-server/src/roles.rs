@@ -94,6 +94,31 @@ impl Roles {
     pub fn allows(&self, role: &str, method: &str) -> bool {
         self.methods.get(method).is_some_and(|r| r.contains(role))
     }
+
+    /// When this file does not list `method` at all (a deployment's roles.toml from before the
+    /// method existed: refused for everyone), the line the shipped file has for it.
+    pub fn missing_line(&self, method: &str) -> Option<&'static str> {
+        if self.methods.contains_key(method) {
+            return None;
+        }
+        shipped_line(method)
+    }
+
+    /// The shipped file's lines for every method this file does not list, for a warning at start.
+    pub fn missing_lines(&self) -> Vec<&'static str> {
+        SHIPPED
+            .lines()
+            .filter_map(|l| l.strip_prefix('"').and_then(|r| r.split_once('"')).map(|(m, _)| m))
+            .filter_map(|m| self.missing_line(m))
+            .collect()
+    }
+}
+
+/// The shipped roles.toml's line for `method`.
+fn shipped_line(method: &str) -> Option<&'static str> {
+    SHIPPED
+        .lines()
+        .find(|l| l.strip_prefix('"').and_then(|r| r.strip_prefix(method)).is_some_and(|r| r.starts_with("\" =")))
 }
 
 #[cfg(test)]
@@ -135,6 +160,26 @@ mod tests {
                 "/hsca.v1.CertificateAuthority/GetCertificateStatus",
             ]
         );
+    }
+
+    #[test]
+    fn a_method_an_older_file_lacks_is_refused_and_named_with_its_shipped_line() {
+        let line = "\"/hsca.v1.Admin/ListPrincipals\" = [\"admin\"]";
+        assert!(SHIPPED.contains(line));
+        let older = load(&SHIPPED.replacen(&format!("{line}\n"), "", 1)).expect("loads");
+        assert!(!older.allows("admin", "/hsca.v1.Admin/ListPrincipals"), "fails closed");
+        assert_eq!(older.missing_line("/hsca.v1.Admin/ListPrincipals"), Some(line));
+        assert_eq!(older.missing_lines(), vec![line]);
+        let shipped = Roles::embedded_default().expect("loads");
+        assert_eq!(shipped.missing_line("/hsca.v1.Admin/ListPrincipals"), None, "listed");
+        assert_eq!(shipped.missing_line("/hsca.v1.Admin/Unlisted"), None, "not shipped either");
+        assert!(shipped.missing_lines().is_empty());
+        let refused = crate::auth::AuthFailure::Forbidden {
+            role: "admin".into(),
+            method: "/hsca.v1.Admin/ListPrincipals".into(),
+            missing_line: older.missing_line("/hsca.v1.Admin/ListPrincipals").map(str::to_owned),
+        };
+        assert!(refused.to_string().contains(&format!("add `{line}` under [methods]")), "{refused}");
     }
 
     #[test]

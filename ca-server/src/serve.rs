@@ -206,6 +206,10 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         .context("encoding the CA chain")?;
     // Instances on one registry share failure counts: the limit holds for all of them together.
     let limiter = if registry.is_shared() { FailureLimiter::shared() } else { FailureLimiter::default() };
+    for line in s.roles.missing_lines() {
+        // Fail closed (nobody may call it), but say what to add.
+        tracing::warn!("roles.toml does not list a method this build serves; add under [methods]: {line}");
+    }
     let ca = Ca {
         chain_der,
         require_registration: cfg.config.policy.require_registration,

@@ -248,7 +248,7 @@ async fn only_the_activation_hold_is_lifted_and_only_by_an_activation() {
     let done = activate(&admin, manual).await.expect("manual override");
     assert_eq!(done.method, "manual");
     assert_eq!(status(&operator, &cert2).await.state, v1::certificate_status::State::Good as i32);
-    let audit = v1::ListAuditRequest { request_id: request_id(), last: 20, verify: false };
+    let audit = v1::ListAuditRequest { request_id: request_id(), last: 20, verify: false, ..Default::default() };
     let entries =
         adm.list_audit(admin.signed("/hsca.v1.Admin/ListAudit", audit).expect("s")).await.expect("audit").into_inner();
     assert!(

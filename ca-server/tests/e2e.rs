@@ -562,7 +562,7 @@ async fn online_backup_and_restore(backend: Backend) {
 
 /// `ListAudit` of the last `last` entries, with the whole chain verified.
 async fn verify_audit(client: &Client, last: u32) -> v1::ListAuditResponse {
-    let req = v1::ListAuditRequest { request_id: request_id(), last, verify: true };
+    let req = v1::ListAuditRequest { request_id: request_id(), last, verify: true, ..Default::default() };
     v1::admin_client::AdminClient::new(client.channel.clone())
         .list_audit(client.signed("/hsca.v1.Admin/ListAudit", req).expect("s"))
         .await

@@ -90,8 +90,23 @@ async fn monitor_may_hold_lift_and_revoke_for_key_compromise_only() {
     let issue_as_monitor = issue(&monitor, issue_req(&s, v1::TerminalClass::ClassIi, csr_for(&key, &s))).await;
     assert_eq!(refused(issue_as_monitor), forbidden);
     let mut adm = v1::admin_client::AdminClient::new(monitor.channel.clone());
-    let audit = v1::ListAuditRequest { request_id: request_id(), last: 1, verify: false };
+    let audit = v1::ListAuditRequest { request_id: request_id(), last: 1, verify: false, ..Default::default() };
     assert_eq!(refused(adm.list_audit(monitor.signed("/hsca.v1.Admin/ListAudit", audit).expect("s")).await), forbidden);
+    // Reading the log by actor (or target) is authorised as the tail is; one of the two at most.
+    let by_actor =
+        || v1::ListAuditRequest { request_id: request_id(), last: 1, actor: "fleet-1".into(), ..Default::default() };
+    let r = adm.list_audit(monitor.signed("/hsca.v1.Admin/ListAudit", by_actor()).expect("s")).await;
+    assert_eq!(refused(r), forbidden);
+    let mut as_admin = v1::admin_client::AdminClient::new(admin.channel.clone());
+    let found = as_admin
+        .list_audit(admin.signed("/hsca.v1.Admin/ListAudit", by_actor()).expect("s"))
+        .await
+        .expect("an admin reads it")
+        .into_inner();
+    assert_eq!(found.entries.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(), ["fleet-1"], "{found:?}");
+    let both = v1::ListAuditRequest { target: "station-1".into(), ..by_actor() };
+    let r = as_admin.list_audit(admin.signed("/hsca.v1.Admin/ListAudit", both).expect("s")).await;
+    assert_eq!(refused(r), (Code::InvalidArgument, Reason::BadRequest));
     let bulk = v1::RequestBulkRevocationRequest {
         request_id: request_id(),
         manufacturer: "HSTM".into(),

@@ -315,11 +315,22 @@ enum AuditCmd {
         #[arg(long)]
         audit_key: Option<PathBuf>,
     },
-    /// The last entries.
+    /// The last entries (oldest first); with --actor or --target, that actor's entries or those
+    /// about that target (terminal serial, certificate serial, principal), newest first, from the
+    /// CA's audit index however old they are.
     Tail {
         /// How many.
         #[arg(long, default_value_t = 20)]
         last: u32,
+        /// Only this principal's entries.
+        #[arg(long, conflicts_with = "target")]
+        actor: Option<String>,
+        /// Only entries about this terminal serial, certificate serial or principal.
+        #[arg(long)]
+        target: Option<String>,
+        /// With --actor or --target: only entries before this sequence number (the next page).
+        #[arg(long)]
+        before: Option<u64>,
     },
 }
 
@@ -972,11 +983,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Audit(a) => {
             let (_, client) = connect(&cli).await?;
-            let (last, verify) = match a {
-                AuditCmd::Verify { .. } => (1, true),
-                AuditCmd::Tail { last } => (*last, false),
-            };
-            let msg = v1::ListAuditRequest { request_id: request_id(), last, verify };
+            let mut msg =
+                v1::ListAuditRequest { request_id: request_id(), last: 1, verify: true, ..Default::default() };
+            if let AuditCmd::Tail { last, actor, target, before } = a {
+                msg.last = *last;
+                msg.verify = false;
+                msg.actor = actor.clone().unwrap_or_default();
+                msg.target = target.clone().unwrap_or_default();
+                msg.before_seq = before.unwrap_or_default();
+            }
+            let verify = msg.verify;
             let resp = AdminClient::new(client.channel.clone())
                 .list_audit(client.signed("/hsca.v1.Admin/ListAudit", msg)?)
                 .await?

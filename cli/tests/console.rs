@@ -151,6 +151,26 @@ fn console_gate_pages_and_roles() {
     assert!(page.contains("<td id=\"state\">revoked</td>"), "{page}");
     assert!(page.contains("<td class=\"status\">revoked</td>") && page.contains("key_compromise"), "{page}");
     assert!(!page.contains("id=\"revoke\""), "nothing left to revoke");
+    // Its audit entries come from the CA's index by target: the terminal's own (issue) and its
+    // certificate's (the revocation names the certificate).
+    assert!(page.contains("<td>issue</td>") && page.contains("<td>revoke</td>"), "{page}");
+    let about = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = ca.admin(&[&["--json", "audit", "tail"], args].concat());
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let own = about(&["--target", t1.serial]);
+    let seqs: Vec<u64> = own.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]) && !seqs.is_empty(), "newest first: {own:?}");
+    assert!(own.iter().all(|e| e["target"] == t1.serial) && own.iter().any(|e| e["action"] == "issue"), "{own:?}");
+    let page_two = about(&["--target", t1.serial, "--last", "1", "--before", &seqs[0].to_string()]);
+    assert_eq!(page_two.first().map(|e| e["seq"].clone()), seqs.get(1).map(|s| (*s).into()), "the next page");
+    let newest = about(&["--actor", "station-1", "--last", "1"]);
+    assert_eq!((newest.len(), newest[0]["actor"].as_str()), (1, Some("station-1")));
+    let both = ca.admin(&["audit", "tail", "--actor", "a", "--target", "b"]);
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    let unkeyed = ca.admin(&["audit", "tail", "--before", "5"]);
+    assert!(!unkeyed.status.success() && text(&unkeyed).contains("BAD_REQUEST"), "{}", text(&unkeyed));
 
     // A bulk request shows what it covers, then waits; its requester may not approve it.
     let (_, page) = c.get("/revocation?lot=L2", &cookie);
@@ -179,6 +199,8 @@ fn console_gate_pages_and_roles() {
     };
     let station_row = row(&page, "station-1");
     assert!(station_row.contains("<td>station</td>") && station_row.contains("<td>HSTM</td>"), "{station_row}");
+    // Its last activity, from the CA's index by actor.
+    assert!(station_row.contains("<td>issue</td>"), "{station_row}");
     assert!(row(&page, "operator-9").contains("action=\"/principals/disable\""), "{page}");
     assert!(!row(&page, "admin").contains("/principals/disable"), "no button to disable oneself");
     let (head, _) = c.post("/principals/disable", &cookie, &format!("name=operator-9&csrf={csrf}"));

@@ -5,21 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
-use common::{CACTL, Console, RunningCa, Serving, port, text};
-
-fn sibling(name: &str) -> PathBuf {
-    let p = Path::new(CACTL).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} not built: cargo build -p fleet -p terminal-sim (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
+use common::{CACTL, Console, RunningCa, RunningFleet, text};
 
 fn status(head: &str) -> u16 {
     head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line")
@@ -39,12 +28,6 @@ fn login(c: &Console) -> String {
 fn csrf_of(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
     page[at..].split('"').next().expect("value").to_owned()
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).expect("read");
-    assert!(text.contains(from), "{from}");
-    std::fs::write(path, text.replacen(from, to, 1)).expect("write");
 }
 
 /// `cactl alerts show ID --json` as `identity`.
@@ -71,46 +54,26 @@ fn alerts_from_a_real_fleet_service() {
     let (operator, _) = ca.add_principal(d, "operator", "operator-1", &[]);
     let (auditor, _) = ca.add_principal(d, "auditor", "auditor-1", &[]);
 
-    let (grpc, http) = (port(), port());
-    let fleet_dir = d.join("fleet");
-    let init = Command::new(sibling("fleet-server"))
-        .args(["init", "--data-dir"])
-        .arg(&fleet_dir)
-        .arg("--ca-identity")
-        .arg(monitor.join("identity.toml"))
-        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
-        .output()
-        .expect("fleet-server init");
-    assert!(init.status.success(), "{}", text(&init));
-    edit(&fleet_dir.join("policies/fleet.toml"), "sustained_heartbeats = 3", "sustained_heartbeats = 2");
-    let _fleet = Serving(
-        Command::new(sibling("fleet-server"))
-            .args(["serve", "--config"])
-            .arg(fleet_dir.join("fleet-server.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fleet-server serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "fleet-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let tls_ca = fleet_dir.join("tls/ca.pem");
-    let url = format!("https://127.0.0.1:{grpc}");
-    let fleet_args = ["--fleet", url.as_str(), "--fleet-tls-ca", tls_ca.to_str().expect("utf8")];
-    let sim = Command::new(sibling("terminal-sim"))
-        .arg("fleet")
-        .arg("--station")
-        .arg(station.join("identity.toml"))
-        .args(["--fleet", &url])
-        .arg("--fleet-tls-ca")
-        .arg(&tls_ca)
-        .args(["--count", "3", "--interval-ms", "500", "--duration-ms", "6000", "--inject-after-ms", "2000"])
-        .args(["--relocations", "1"])
-        .stderr(Stdio::inherit())
-        .output()
+    let fleet = RunningFleet::start(d, &monitor);
+    let owned = fleet.args();
+    let fleet_args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let sim = fleet
+        .simulate(
+            &station,
+            &[
+                "--count",
+                "3",
+                "--interval-ms",
+                "500",
+                "--duration-ms",
+                "6000",
+                "--inject-after-ms",
+                "2000",
+                "--relocations",
+                "1",
+            ],
+        )
+        .wait_with_output()
         .expect("terminal-sim fleet");
     assert!(sim.status.success(), "{}", text(&sim));
 

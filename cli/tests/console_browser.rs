@@ -2,8 +2,10 @@
 //! real `ca-server`. Opens the one-time URL, checks the overview against the registry (`cactl
 //! terminal list --json`), finds a terminal by serial and revokes it, asks for a bulk revocation,
 //! is refused approving it as its requester and approves it as a second administrator in a second
-//! browser, switches language, and is refused without the session. Screenshots of every page at
-//! 1366×768 go to `target/console-screenshots/`.
+//! browser, switches language, and is refused without the session. Alerts come from a real
+//! `fleet-server` fed by `terminal-sim fleet` (one relocation, one counterfeit): listed, the
+//! relocation drawn, one acknowledged in the browser. Screenshots of every page at 1366×768 go to
+//! `target/console-screenshots/`.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::webdriver::Driver;
-use common::{Console, RunningCa, issue, text};
+use common::{Console, RunningCa, RunningFleet, issue, text};
 
 fn shots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
@@ -33,13 +35,40 @@ fn console_in_headless_chromium() {
     let d = tmp.path();
     let ca = RunningCa::init(d);
     let (station, _) = ca.add_principal(d, "station", "station-1", &["HSTM"]);
+    let (monitor, _) = ca.add_principal(d, "monitor", "fleet-1", &[]);
+    let fleet = RunningFleet::start(d, &monitor);
+    // Two more terminals heartbeat (one moved 55 km, one counterfeited) while these are issued.
+    let sim = fleet.simulate(
+        &station,
+        &[
+            "--count",
+            "2",
+            "--first-sequence",
+            "100",
+            "--interval-ms",
+            "400",
+            "--duration-ms",
+            "3600",
+            "--inject-after-ms",
+            "1200",
+            "--relocations",
+            "1",
+            "--counterfeits",
+            "1",
+        ],
+    );
     let t1 = issue(&ca, d, &station, "HSTM01261100000K", "L1");
     let t2 = issue(&ca, d, &station, "HSTM01261100001I", "L2");
     let t3 = issue(&ca, d, &station, "HSTM01261100002G", "L2");
     let reg = ca.admin(&["terminal", "register", "--serial", "HSTM01261100003E", "--class", "III"]);
     assert!(reg.status.success(), "{}", text(&reg));
 
-    let first = Console::start(&ca.dir.join("identities/admin/identity.toml"));
+    let sim = sim.wait_with_output().expect("terminal-sim fleet");
+    assert!(sim.status.success(), "{}", text(&sim));
+
+    let fleet_args = fleet.args();
+    let fleet_args: Vec<&str> = fleet_args.iter().map(String::as_str).collect();
+    let first = Console::start_with(&ca.dir.join("identities/admin/identity.toml"), &fleet_args);
     let second = Console::start(&ca.dir.join("identities/admin-2/identity.toml"));
     let driver = Driver::start();
     let dir = shots();
@@ -122,7 +151,20 @@ fn console_in_headless_chromium() {
     b.screenshot(&dir.join("10-principals.png"));
     b.click("nav a[href='/alerts']");
     b.wait_text("h1", "告警");
+    for rule in ["relocation", "counterfeit"] {
+        assert!(b.try_find(&format!("#alerts tr[data-rule='{rule}']")).is_some(), "{rule}: {}", b.source());
+    }
     b.screenshot(&dir.join("11-alerts.png"));
+    // The relocation: its positions drawn against the reference; acknowledged here.
+    b.click("#alerts tr[data-rule='relocation'] a");
+    b.wait_text("#rule", "relocation");
+    assert!(b.try_find("svg#relocation #reference").is_some(), "{}", b.source());
+    b.screenshot(&dir.join("11a-alert-relocation.png"));
+    b.find("#ack input[name='note']").type_text("seen on site");
+    b.click("#ack button");
+    b.wait_text("#alert-state", "已确认，确认人 admin");
+    assert!(b.try_find("#ack").is_none(), "acknowledged: no form again");
+    b.screenshot(&dir.join("11b-alert-acknowledged.png"));
     b.click("nav a[href='/']");
     b.wait_text("h1", "概览");
     b.click("#lang");

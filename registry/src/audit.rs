@@ -150,3 +150,34 @@ pub struct ChainSummary {
     /// caller's to check: the registry holds no keys).
     pub checkpoints: Vec<AuditCheckpoint>,
 }
+
+/// Which audit entries [`crate::Registry::audit_by`] fetches through the audit indexes (kept in
+/// the transaction that appends each entry), so they are found however old they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditBy {
+    /// Entries whose actor is this principal (or `system`).
+    Actor(String),
+    /// Entries about this target: a terminal serial, a certificate serial, a principal name.
+    Target(String),
+}
+
+impl AuditBy {
+    /// Whether `event` is one of the entries asked for.
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        match self {
+            AuditBy::Actor(a) => event.actor == *a,
+            AuditBy::Target(t) => event.target == *t,
+        }
+    }
+}
+
+/// The actor and target an entry's stored bytes are indexed under; `None` when they do not
+/// parse (only a tampered entry, which chain verification reports).
+pub(crate) fn index_keys(bytes: &[u8]) -> Option<(String, String)> {
+    #[derive(Deserialize)]
+    struct Keys {
+        actor: String,
+        target: String,
+    }
+    serde_json::from_slice::<Keys>(bytes).ok().map(|k| (k.actor, k.target))
+}

@@ -41,7 +41,7 @@ use store::{StoreRead, StoreWrite};
 
 pub use activation::Activated;
 pub use approvals::Decision;
-pub use audit::{AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
+pub use audit::{AuditBy, AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 pub use auth_failures::{FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
 /// The PostgreSQL schema version this build serves.
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
@@ -560,6 +560,24 @@ impl Registry {
         let mut out: Vec<AuditEntry> =
             self.read(move |s| s.audit_newest_raw(n))?.iter().map(|b| from_json(b)).collect::<Result<_>>()?;
         out.reverse();
+        Ok(out)
+    }
+
+    /// Up to `limit` entries of an actor or about a target (`by`) with sequence numbers below
+    /// `before` (`None`: from the newest), newest first, found through the audit indexes, so
+    /// however far back they are. Page on with `before` = the last entry's `seq`.
+    pub fn audit_by(&self, by: &AuditBy, before: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let key = by.clone();
+        let raw = self.read(move |s| s.audit_by_raw(&key, before.unwrap_or(u64::MAX), limit))?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (seq, bytes) in raw {
+            let entry: AuditEntry =
+                serde_json::from_slice(&bytes).map_err(|e| ChainBreak::Unreadable { seq, why: e.to_string() })?;
+            // The index follows every write of this build; a hand-edited row may not.
+            if by.matches(&entry.event) {
+                out.push(entry);
+            }
+        }
         Ok(out)
     }
 

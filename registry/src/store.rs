@@ -81,6 +81,9 @@ pub(crate) trait StoreRead {
     /// The last `n` entries' bytes, newest first.
     fn audit_newest_raw(&mut self, n: usize) -> Result<Vec<Vec<u8>>>;
     fn audit_len(&mut self) -> Result<u64>;
+    /// Up to `limit` entries (key and bytes) the audit index lists under `by`, with keys below
+    /// `before`, newest first.
+    fn audit_by_raw(&mut self, by: &crate::AuditBy, before: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
     /// Every audit entry in key order, handed to `f` one at a time.
     fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()>;
     /// Every checkpoint's key and bytes, in key order.

@@ -731,6 +731,131 @@ fn retries_racing_their_first_call_all_get_its_certificate(kind: Kind) {
     assert_eq!((issued, replayed), (1, 7), "{results:?}");
 }
 
+fn event_of(actor: &str, action: &str, target: &str) -> AuditEvent {
+    AuditEvent { actor: actor.into(), ..ev(action, target) }
+}
+
+fn seqs(entries: &[AuditEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+/// A terminal's entries and a principal's last activity are found through the audit indexes
+/// behind more than 10,000 newer entries (the most a tail may fetch), newest first, paged; the
+/// indexes follow an entry rewritten in place.
+fn audit_indexes_find_entries_behind_ten_thousand_newer_ones(kind: Kind) {
+    let (_d, reg) = open(kind);
+    reg.audit(&event_of("admin-old", "register", "HSTM01261100000K")).expect("audit");
+    reg.audit(&event_of("station-1", "issue", "HSTM01261100000K")).expect("audit");
+    let fillers: Vec<AuditEvent> =
+        (0..10_001).map(|i| event_of("station-2", "issue", &format!("HSTB{i:012}"))).collect();
+    for chunk in fillers.chunks(2_000) {
+        reg.audit_all(chunk).expect("fill");
+    }
+    let len = reg.audit_len().expect("len");
+    assert_eq!(len, 10_003);
+    assert!(
+        reg.audit_tail(10_000).expect("tail").iter().all(|e| e.event.target != "HSTM01261100000K"),
+        "the newest 10,000 do not reach it"
+    );
+
+    let about = AuditBy::Target("HSTM01261100000K".into());
+    assert_eq!(seqs(&reg.audit_by(&about, None, 10).expect("by target")), vec![2, 1]);
+    assert_eq!(seqs(&reg.audit_by(&about, None, 1).expect("first page")), vec![2]);
+    assert_eq!(seqs(&reg.audit_by(&about, Some(2), 10).expect("next page")), vec![1]);
+    assert_eq!(seqs(&reg.audit_by(&about, Some(1), 10).expect("past the end")), Vec::<u64>::new());
+    let last = reg.audit_by(&AuditBy::Actor("admin-old".into()), None, 1).expect("by actor");
+    assert_eq!((seqs(&last), last[0].event.action.as_str()), (vec![1], "register"));
+    assert_eq!(
+        seqs(&reg.audit_by(&AuditBy::Actor("station-2".into()), None, 3).expect("newest three")),
+        vec![len, len - 1, len - 2]
+    );
+    assert!(reg.audit_by(&AuditBy::Actor("nobody".into()), None, 10).expect("none").is_empty());
+
+    // Entry 1 rewritten in place (a test hook): indexed under its new actor only.
+    let raw = reg.raw_audit(1).expect("raw").expect("present");
+    let moved = String::from_utf8(raw.clone()).expect("json").replace("admin-old", "admin-new").into_bytes();
+    reg.tamper_audit(1, Some(moved)).expect("tamper");
+    assert!(reg.audit_by(&AuditBy::Actor("admin-old".into()), None, 10).expect("old").is_empty());
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin-new".into()), None, 10).expect("new")), vec![1]);
+    reg.tamper_audit(1, Some(raw)).expect("restore");
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin-old".into()), None, 10).expect("back")), vec![1]);
+    reg.verify_audit_chain().expect("intact");
+}
+
+/// Entries as an older build stored them: a chain of `n` (each about `HSTM…K` by `admin`).
+fn older_audit(n: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut prev = registry::audit::GENESIS.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let event = event_of(if seq % 2 == 0 { "admin" } else { "station-1" }, "issue", "HSTM01261100000K");
+            let hash = registry::audit::entry_hash(seq, &event, &prev);
+            let entry = AuditEntry { seq, event, prev: std::mem::replace(&mut prev, hash.clone()), hash };
+            (seq, serde_json::to_vec(&entry).expect("json"))
+        })
+        .collect()
+}
+
+/// A redb registry written before the audit indexes existed gets them on open.
+#[test]
+fn an_older_redb_registry_gets_its_audit_indexes_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("old.redb");
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("txn");
+        {
+            let def: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+            let mut table = txn.open_table(def).expect("audit");
+            for (seq, bytes) in older_audit(5) {
+                table.insert(seq, bytes.as_slice()).expect("put");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let reg = Registry::open(&path).expect("open");
+    reg.verify_audit_chain().expect("the old chain");
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin".into()), None, 10).expect("by actor")), vec![4, 2]);
+    drop(reg);
+    let reg = Registry::open(&path).expect("reopen");
+    reg.audit(&event_of("admin", "revoke", "HSTM01261100000K")).expect("append");
+    assert_eq!(
+        seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), None, 10).expect("by target")),
+        vec![6, 5, 4, 3, 2, 1]
+    );
+}
+
+/// A PostgreSQL registry at schema version 3 gets its audit indexed by migration 8; an
+/// entry that does not parse stays unindexed instead of failing the migration.
+#[test]
+fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
+    let pg = registry::testing::PgServer::start().expect("PostgreSQL test server");
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .expect("migrations table");
+    for (version, sql) in [
+        (1, include_str!("../migrations/postgres/0001_initial.sql")),
+        (2, include_str!("../migrations/postgres/0002_terminal_counts.sql")),
+        (3, include_str!("../migrations/postgres/0003_activation_challenges.sql")),
+    ] {
+        c.batch_execute(sql).expect("older version");
+        c.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version]).expect("version");
+    }
+    for (seq, bytes) in older_audit(5) {
+        c.execute("INSERT INTO audit (seq, entry) VALUES ($1, $2)", &[&(seq as i64), &bytes]).expect("old row");
+    }
+    c.execute("INSERT INTO audit (seq, entry) VALUES (6, '\\xff00')", &[]).expect("unparsable row");
+    let applied = Registry::migrate_postgres(&pg.url()).expect("migrate");
+    assert_eq!(applied, vec![4, 5, 6, 7, 8]);
+    let reg = Registry::open_postgres(&pg.url()).expect("open");
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin".into()), None, 10).expect("by actor")), vec![4, 2]);
+    assert_eq!(
+        seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), Some(5), 2).expect("by target")),
+        vec![4, 3]
+    );
+}
+
 on_both_backends!(
     one_active_certificate_per_terminal_and_idempotent_retries,
     life_cycle_confirm_activate_revoke,
@@ -744,4 +869,5 @@ on_both_backends!(
     a_released_certificate_superseded_later_is_listed_once,
     retries_racing_their_first_call_all_get_its_certificate,
     running_counts_and_filter_indexes_match_a_full_scan,
+    audit_indexes_find_entries_behind_ten_thousand_newer_ones,
 );

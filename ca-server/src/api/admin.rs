@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use pki::SubjectVars;
 use proto::status;
 use proto::v1::{self, Reason};
-use registry::{CertSubject, RegistryError};
+use registry::{AuditBy, CertSubject, RegistryError};
 use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
@@ -17,10 +17,6 @@ use super::{Ca, Incoming, Services, blocking};
 use crate::issuer::Issuer;
 use crate::ra;
 use crate::records::now_ms;
-
-/// Audit entries `ListPrincipals` looks back over for each principal's last activity (the most
-/// `ListAudit` answers too).
-const ACTIVITY_WINDOW: u32 = 10_000;
 
 /// A new approval's identifier.
 fn new_approval_id() -> String {
@@ -373,18 +369,21 @@ impl Ca {
         Ok(v1::DisablePrincipalResponse {})
     }
 
-    /// `ListPrincipals`: the registry's principals, each with its newest audit entry as actor
-    /// within the newest [`ACTIVITY_WINDOW`] entries (read-only, not audited, like the other reads).
+    /// `ListPrincipals`: the registry's principals, each with its newest audit entry as actor,
+    /// found through the audit index however old (read-only, not audited, like the other reads).
     pub fn list_principals(
         &self,
         req: Incoming<v1::ListPrincipalsRequest>,
     ) -> Result<v1::ListPrincipalsResponse, Status> {
         self.authenticate(&req, "/hsca.v1.Admin/ListPrincipals")?;
         let principals = self.registry.principals().map_err(|e| registry_status(&e))?;
-        let mut last: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
-        for e in self.registry.audit_tail(ACTIVITY_WINDOW as usize).map_err(|e| registry_status(&e))? {
-            // Oldest first: a later entry replaces an earlier one.
-            last.insert(e.event.actor, (e.event.time_ms, e.event.action));
+        let mut last = std::collections::HashMap::new();
+        for p in &principals {
+            let newest =
+                self.registry.audit_by(&AuditBy::Actor(p.name.clone()), None, 1).map_err(|e| registry_status(&e))?;
+            if let Some(e) = newest.into_iter().next() {
+                last.insert(p.name.clone(), (e.event.time_ms, e.event.action));
+            }
         }
         Ok(v1::ListPrincipalsResponse {
             principals: principals
@@ -404,18 +403,31 @@ impl Ca {
                     }
                 })
                 .collect(),
-            activity_window: ACTIVITY_WINDOW,
+            activity_window: 0,
         })
     }
 
     /// `ListAudit`.
     pub fn list_audit(&self, req: Incoming<v1::ListAuditRequest>) -> Result<v1::ListAuditResponse, Status> {
         self.authenticate(&req, "/hsca.v1.Admin/ListAudit")?;
-        let n = match req.msg.last {
+        let m = &req.msg;
+        let n = match m.last {
             0 => 50,
             n => n.min(10_000),
         } as usize;
-        let entries = self.registry.audit_tail(n).map_err(|e| registry_status(&e))?;
+        let by = match (m.actor.is_empty(), m.target.is_empty()) {
+            (true, true) if m.before_seq != 0 => return Err(bad_request("before_seq pages by actor or target only")),
+            (true, true) => None,
+            (false, true) => Some(AuditBy::Actor(m.actor.clone())),
+            (true, false) => Some(AuditBy::Target(m.target.clone())),
+            (false, false) => return Err(bad_request("give at most one of actor and target")),
+        };
+        let before = (m.before_seq != 0).then_some(m.before_seq);
+        let entries = match &by {
+            Some(by) => self.registry.audit_by(by, before, n),
+            None => self.registry.audit_tail(n),
+        }
+        .map_err(|e| registry_status(&e))?;
         let mut out = v1::ListAuditResponse {
             entries: entries
                 .into_iter()

@@ -24,6 +24,8 @@ type C = State<Arc<Console>>;
 
 /// Audit entries the pages look back over (the CA answers at most 10,000).
 const AUDIT_WINDOW: u32 = 10_000;
+/// Entries a terminal page shows about the terminal and about each of its certificates.
+const AUDIT_PER_TARGET: u32 = 1_000;
 /// Terminals per page of the list.
 const PAGE: u32 = 50;
 
@@ -174,8 +176,14 @@ async fn scan(
 }
 
 async fn audit_tail(c: &Console, last: u32, verify: bool) -> Result<v1::ListAuditResponse> {
-    let msg = v1::ListAuditRequest { request_id: request_id(), last, verify };
+    let msg = v1::ListAuditRequest { request_id: request_id(), last, verify, ..Default::default() };
     Ok(admin(c).list_audit(c.client.signed("/hsca.v1.Admin/ListAudit", msg)?).await?.into_inner())
+}
+
+/// The newest `last` entries about `target`, newest first, from the CA's audit index (however old).
+async fn audit_about(c: &Console, target: &str, last: u32) -> Result<Vec<v1::AuditEntry>> {
+    let msg = v1::ListAuditRequest { request_id: request_id(), last, target: target.to_owned(), ..Default::default() };
+    Ok(admin(c).list_audit(c.client.signed("/hsca.v1.Admin/ListAudit", msg)?).await?.into_inner().entries)
 }
 
 fn counts_table(l: Lang, title: &'static str, id: &str, counts: &BTreeMap<String, u64>) -> Markup {
@@ -489,23 +497,26 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
         let msg = v1::GetTerminalRequest { request_id: request_id(), serial: serial.clone() };
         let term = registry(&c).get_terminal(c.client.signed("/hsca.v1.Registry/GetTerminal", msg)?).await?.into_inner();
         let r = crate::row(&term);
-        let tail = if c.allowed.may("Admin/ListAudit") {
-            audit_tail(&c, AUDIT_WINDOW, false).await?.entries
-        } else {
-            Vec::new()
-        };
-        // Every certificate the log says was issued for it, newest first, and the active one.
-        let mut certs: Vec<String> = tail
+        // The terminal's entries, newest first; the certificates they say were issued for it
+        // (newest first) with the active one; then every entry about those (revocations name the
+        // certificate).
+        let mut entries =
+            if c.allowed.may("Admin/ListAudit") { audit_about(&c, &serial, AUDIT_PER_TARGET).await? } else { Vec::new() };
+        let mut certs: Vec<String> = entries
             .iter()
-            .rev()
-            .filter(|e| e.target == serial && matches!(e.action.as_str(), "issue" | "reissue") && e.outcome == "ok")
+            .filter(|e| matches!(e.action.as_str(), "issue" | "reissue") && e.outcome == "ok")
             .filter_map(|e| e.detail.strip_prefix("certificate ").map(str::to_owned))
             .collect();
         if !term.active_certificate_serial.is_empty() && !certs.contains(&term.active_certificate_serial) {
             certs.insert(0, term.active_certificate_serial.clone());
         }
-        // Entries about the terminal or any of its certificates (revocations name the certificate).
-        let entries: Vec<_> = tail.into_iter().filter(|e| e.target == serial || certs.contains(&e.target)).collect();
+        if c.allowed.may("Admin/ListAudit") {
+            for s in &certs {
+                entries.extend(audit_about(&c, s, AUDIT_PER_TARGET).await?);
+            }
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        entries.dedup_by_key(|e| e.seq);
         let mut statuses = Vec::new();
         for s in &certs {
             let msg = v1::GetCertificateStatusRequest { request_id: request_id(), certificate_serial: s.clone() };
@@ -559,7 +570,7 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
                 }
             }
             h2 { (t(l, "provisioning")) }
-            (audit_table(&c, l, entries.iter().filter(|e| e.action == "confirm").collect()))
+            (audit_table(&c, l, entries.iter().rev().filter(|e| e.action == "confirm").collect()))
             h2 { (t(l, "activations")) }
             table #activations {
                 tr { th { (t(l, "time")) } th { (t(l, "operator")) } th { (t(l, "institution")) } th { (t(l, "position")) } }
@@ -569,7 +580,7 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
                 @if activations.is_empty() { tr { td colspan="4" { (t(l, "none")) } } }
             }
             h2 { (t(l, "audit_of_terminal")) }
-            (audit_table(&c, l, entries.iter().rev().collect()))
+            (audit_table(&c, l, entries.iter().collect()))
         })
     }
     .await;
@@ -844,7 +855,11 @@ pub async fn principals(State(c): C, Extension(ctx): Extension<Ctx>) -> Response
             admin(&c).list_principals(c.client.signed("/hsca.v1.Admin/ListPrincipals", msg)?).await?.into_inner();
         let may_disable = c.allowed.may("Admin/DisablePrincipal");
         Ok(html! {
-            p.note { (t(l, "principals_note")) " " (list.activity_window) }
+            p.note {
+                (t(l, "principals_note"))
+                // An older CA looked only this far back.
+                @if list.activity_window > 0 { " (" (list.activity_window) ")" }
+            }
             table #principals {
                 tr { th { (t(l, "name")) } th { (t(l, "role")) } th { (t(l, "manufacturer")) } th { (t(l, "state")) }
                      th { (t(l, "last_activity")) } th { (t(l, "action")) } th { (t(l, "created_by")) } th {} }
@@ -952,7 +967,7 @@ pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query
                 tr { th { (t(l, "id")) } th { (t(l, "rule")) } th { (t(l, "serial")) } th { (t(l, "last_seen")) }
                      th { (t(l, "occurrences")) } th { (t(l, "alert_action")) } th { (t(l, "state")) } }
                 @for a in &list.alerts {
-                    tr data-id=(a.id) {
+                    tr data-id=(a.id) data-rule=(a.rule) {
                         td { a href=(format!("/alerts/{}", a.id)) { (a.id) } }
                         td { (a.rule) }
                         td { @if a.terminal_serial.is_empty() { "—" } @else {

@@ -111,7 +111,11 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("position", "位置", "Position"),
     ("operator", "操作员", "Operator"),
     ("time", "时间", "Time"),
-    ("audit_of_terminal", "该终端的审计记录（最近 10000 条内）", "Its audit entries (within the newest 10,000)"),
+    (
+        "audit_of_terminal",
+        "该终端及其证书的审计记录（按目标索引，各取最新 1000 条）",
+        "Its and its certificates' audit entries (indexed by target, newest 1,000 of each)",
+    ),
     ("provisioning", "写入记录", "Provisioning record"),
     ("revoke_one", "吊销证书", "Revoke the certificate"),
     ("revoke", "吊销", "Revoke"),
@@ -143,8 +147,8 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("last_activity", "最近活动", "Last activity"),
     (
         "principals_note",
-        "所有主体（仅管理员可见）。最近活动取自最新的审计记录，条数：",
-        "Every principal (administrators only). Last activity is looked for in the newest audit entries, this many:",
+        "所有主体（仅管理员可见）。最近活动：其在整个审计日志中的最新一条记录（按操作者索引）。",
+        "Every principal (administrators only). Last activity: its newest entry in the whole audit log (indexed by actor).",
     ),
     ("disable", "停用", "Disable"),
     ("disabled", "已停用", "disabled"),

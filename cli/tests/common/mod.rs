@@ -285,3 +285,82 @@ pub fn issue(ca: &RunningCa, d: &Path, station: &Path, serial: &'static str, lot
     let _ = ca;
     Terminal { serial, pem, cert_serial: pki::CertSerial::of(&cert).expect("serial").to_hex() }
 }
+
+/// A binary built beside `cactl` (fleet-server, terminal-sim).
+pub fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(CACTL).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} not built: cargo build -p fleet -p terminal-sim (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// Replaces the first `from` in the file at `path` with `to`.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "{from}");
+    std::fs::write(path, text.replacen(from, to, 1)).expect("write");
+}
+
+/// A `fleet-server` made by `init` in `dir/fleet` with the CA identity of a monitor principal,
+/// relocation sustained over 2 heartbeats (not 3), and served.
+pub struct RunningFleet {
+    pub server: Serving,
+    /// Its gRPC URL.
+    pub url: String,
+    /// Its TLS CA (PEM file).
+    pub tls_ca: PathBuf,
+}
+
+impl RunningFleet {
+    pub fn start(dir: &Path, monitor: &Path) -> Self {
+        let (grpc, http) = (port(), port());
+        let fleet_dir = dir.join("fleet");
+        let init = run(Command::new(sibling("fleet-server"))
+            .args(["init", "--data-dir"])
+            .arg(&fleet_dir)
+            .arg("--ca-identity")
+            .arg(monitor.join("identity.toml"))
+            .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")]));
+        assert!(init.status.success(), "{}", text(&init));
+        edit(&fleet_dir.join("policies/fleet.toml"), "sustained_heartbeats = 3", "sustained_heartbeats = 2");
+        let server = Serving(
+            Command::new(sibling("fleet-server"))
+                .args(["serve", "--config"])
+                .arg(fleet_dir.join("fleet-server.toml"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("fleet-server serve"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(Instant::now() < deadline, "fleet-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RunningFleet { server, url: format!("https://127.0.0.1:{grpc}"), tls_ca: fleet_dir.join("tls/ca.pem") }
+    }
+
+    /// `--fleet URL --fleet-tls-ca PEM`, for `cactl console` and `cactl alerts`.
+    pub fn args(&self) -> Vec<String> {
+        vec!["--fleet".into(), self.url.clone(), "--fleet-tls-ca".into(), self.tls_ca.display().to_string()]
+    }
+
+    /// `terminal-sim fleet` as `station` with `sim_args` (count, timing, injections), spawned.
+    pub fn simulate(&self, station: &Path, sim_args: &[&str]) -> Child {
+        Command::new(sibling("terminal-sim"))
+            .arg("fleet")
+            .arg("--station")
+            .arg(station.join("identity.toml"))
+            .args(["--fleet", &self.url])
+            .arg("--fleet-tls-ca")
+            .arg(&self.tls_ca)
+            .args(sim_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("terminal-sim fleet")
+    }
+}

@@ -37,10 +37,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../../migrations/postgres/0005_published_crls.sql")),
     (6, include_str!("../../migrations/postgres/0006_terminals_lot_covering.sql")),
     (7, include_str!("../../migrations/postgres/0007_activation_log.sql")),
+    (8, include_str!("../../migrations/postgres/0008_audit_indexes.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The running terminal counts recomputed from `terminals` (as migration 2 first computed them),
 /// and the count triggers back on: the end of a bulk copy that ran with them off.
@@ -715,6 +716,20 @@ impl StoreRead for PgTx<'_, '_> {
         Ok(from_i(self.query_one_c("SELECT count(*) FROM audit", &[])?.get(0)))
     }
 
+    fn audit_by_raw(&mut self, by: &crate::AuditBy, before: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let (sql, key) = match by {
+            crate::AuditBy::Actor(a) => {
+                ("SELECT seq, entry FROM audit WHERE actor = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3", a)
+            }
+            crate::AuditBy::Target(t) => {
+                ("SELECT seq, entry FROM audit WHERE target = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3", t)
+            }
+        };
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let rows = self.query_c(sql, &[key, &before, &u(limit as u64)])?;
+        Ok(rows.iter().map(|r| (from_i(r.get(0)), r.get(1))).collect())
+    }
+
     fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
         // Pages of entries, so a long chain is never held in memory at once.
         let mut after = 0i64;
@@ -964,10 +979,14 @@ impl StoreWrite for PgTx<'_, '_> {
 
     fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()> {
         match bytes {
-            Some(b) => self.execute_c(
-                "INSERT INTO audit (seq, entry) VALUES ($1, $2) ON CONFLICT (seq) DO UPDATE SET entry = $2",
-                &[&u(seq), &b],
-            )?,
+            Some(b) => {
+                let (actor, target) = crate::audit::index_keys(b).unzip();
+                self.execute_c(
+                    "INSERT INTO audit (seq, entry, actor, target) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (seq) DO UPDATE SET entry = $2, actor = $3, target = $4",
+                    &[&u(seq), &b, &actor, &target],
+                )?
+            }
             None => self.execute_c("DELETE FROM audit WHERE seq = $1", &[&u(seq)])?,
         };
         Ok(())

@@ -55,6 +55,41 @@ const TERMINAL_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new
 /// Set once the indexes and counts above were built from `terminals` (older registries lack them).
 const TERMINALS_INDEXED: &str = "terminals_indexed";
 
+// Audit indexes: (actor or target, seq) → (), written with each entry, so a principal's or a
+// terminal's entries are found newest first however old they are.
+const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_actor");
+const AUDIT_BY_TARGET: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_target");
+/// Set once the audit indexes were built from `audit` (older registries lack them).
+const AUDIT_INDEXED: &str = "audit_indexed";
+
+/// Adds (or, with `add` false, removes) the index entries of audit entry `seq` stored as `bytes`.
+fn index_audit(txn: &WriteTransaction, seq: u64, bytes: &[u8], add: bool) -> Result<()> {
+    let Some((actor, target)) = crate::audit::index_keys(bytes) else { return Ok(()) };
+    for (table, key) in [(AUDIT_BY_ACTOR, actor.as_str()), (AUDIT_BY_TARGET, target.as_str())] {
+        let mut index = txn.open_table(table)?;
+        if add {
+            index.insert((key, seq), ())?;
+        } else {
+            index.remove((key, seq))?;
+        }
+    }
+    Ok(())
+}
+
+/// Registries made before the audit indexes existed get them built from `audit`, once.
+fn index_audit_once(txn: &WriteTransaction) -> Result<()> {
+    if txn.open_table(META)?.get(AUDIT_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let audit = txn.open_table(AUDIT)?;
+    for item in audit.iter()? {
+        let (k, v) = item?;
+        index_audit(txn, k.value(), v.value(), true)?;
+    }
+    txn.open_table(META)?.insert(AUDIT_INDEXED, 1)?;
+    Ok(())
+}
+
 type Index = TableDefinition<'static, (&'static str, &'static str), ()>;
 
 /// A terminal's entries in each filter index, and the count dimension each feeds (lot: none).
@@ -268,9 +303,12 @@ impl RedbStore {
             txn.open_table(TERMINALS_BY_MANUFACTURER)?;
             txn.open_table(TERMINALS_BY_LOT)?;
             txn.open_table(TERMINAL_COUNTS)?;
+            txn.open_table(AUDIT_BY_ACTOR)?;
+            txn.open_table(AUDIT_BY_TARGET)?;
             index_revoked_once(&txn)?;
             log_activations_once(&txn)?;
             index_terminals_once(&txn)?;
+            index_audit_once(&txn)?;
             tag_kinds(&txn)?;
         }
         txn.commit()?;
@@ -333,6 +371,8 @@ impl RedbStore {
         copy_table(&snapshot, &txn, TERMINALS_BY_MANUFACTURER)?;
         copy_table(&snapshot, &txn, TERMINALS_BY_LOT)?;
         copy_table(&snapshot, &txn, TERMINAL_COUNTS)?;
+        copy_table(&snapshot, &txn, AUDIT_BY_ACTOR)?;
+        copy_table(&snapshot, &txn, AUDIT_BY_TARGET)?;
         txn.commit()?;
         Ok(())
     }
@@ -669,6 +709,23 @@ macro_rules! redb_reads {
                 Ok(self.0.open_table(AUDIT)?.len()?)
             }
 
+            fn audit_by_raw(&mut self, by: &crate::AuditBy, before: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+                let (table, key) = match by {
+                    crate::AuditBy::Actor(a) => (AUDIT_BY_ACTOR, a.as_str()),
+                    crate::AuditBy::Target(t) => (AUDIT_BY_TARGET, t.as_str()),
+                };
+                let index = self.0.open_table(table)?;
+                let audit = self.0.open_table(AUDIT)?;
+                let mut out = Vec::new();
+                for item in index.range((key, 0)..(key, before))?.rev().take(limit) {
+                    let seq = item?.0.value().1;
+                    if let Some(v) = audit.get(seq)? {
+                        out.push((seq, v.value().to_vec()));
+                    }
+                }
+                Ok(out)
+            }
+
             fn audit_scan(&mut self, f: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
                 for item in self.0.open_table(AUDIT)?.iter()? {
                     let (k, v) = item?;
@@ -847,13 +904,16 @@ impl StoreWrite for RedbWrite<'_> {
 
     fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()> {
         let mut table = self.0.open_table(AUDIT)?;
-        match bytes {
-            Some(b) => {
-                table.insert(seq, b)?;
-            }
-            None => {
-                table.remove(seq)?;
-            }
+        let old = match bytes {
+            Some(b) => table.insert(seq, b)?.map(|v| v.value().to_vec()),
+            None => table.remove(seq)?.map(|v| v.value().to_vec()),
+        };
+        drop(table);
+        if let Some(old) = old {
+            index_audit(self.0, seq, &old, false)?;
+        }
+        if let Some(b) = bytes {
+            index_audit(self.0, seq, b, true)?;
         }
         Ok(())
     }
