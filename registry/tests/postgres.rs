@@ -447,7 +447,7 @@ fn a_lot_page_is_read_from_the_covering_index_alone() {
 }
 
 #[test]
-fn migration_7_numbers_the_activations_made_before_it_in_the_order_they_were_made() {
+fn migration_8_numbers_the_activations_made_before_it_in_the_order_they_were_made() {
     let pg = server();
     Registry::migrate_postgres(&pg.url()).expect("migrate");
     let reg = Registry::open_postgres(&pg.url()).expect("open");
@@ -470,14 +470,14 @@ fn migration_7_numbers_the_activations_made_before_it_in_the_order_they_were_mad
     reg.activate(&activation("HSTM01261100001H", 300), &ev("activate", "t")).expect("later in time, first");
     reg.activate(&activation("HSTM01261100000K", 200), &ev("activate", "t")).expect("earlier in time, second");
     drop(reg);
-    // Back to schema 6: activations without numbers, no counter.
+    // Back to schema 7: activations without numbers, no counter.
     let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
     c.batch_execute(
         "ALTER TABLE activations DROP COLUMN seq; DELETE FROM counters WHERE name = 'activation_seq';
-         DELETE FROM schema_migrations WHERE version = 7",
+         DELETE FROM schema_migrations WHERE version = 8",
     )
-    .expect("schema 6");
-    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("migrate"), vec![7]);
+    .expect("schema 7");
+    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("migrate"), vec![8]);
     let reg = Registry::open_postgres(&pg.url()).expect("open");
     let log = reg.activations_after(0, 10).expect("log");
     let seen: Vec<(u64, u64)> = log.iter().map(|e| (e.seq, e.activation.at_ms)).collect();

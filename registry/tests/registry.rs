@@ -824,7 +824,7 @@ fn an_older_redb_registry_gets_its_audit_indexes_on_open() {
     );
 }
 
-/// A PostgreSQL registry at schema version 3 gets its audit indexed by migration 8; an
+/// A PostgreSQL registry at schema version 3 gets its audit indexed by migration 7; an
 /// entry that does not parse stays unindexed instead of failing the migration.
 #[test]
 fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {

@@ -36,8 +36,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_auth_failures.sql")),
     (5, include_str!("../../migrations/postgres/0005_published_crls.sql")),
     (6, include_str!("../../migrations/postgres/0006_terminals_lot_covering.sql")),
-    (7, include_str!("../../migrations/postgres/0007_activation_log.sql")),
-    (8, include_str!("../../migrations/postgres/0008_audit_indexes.sql")),
+    (7, include_str!("../../migrations/postgres/0007_audit_indexes.sql")),
+    (8, include_str!("../../migrations/postgres/0008_activation_log.sql")),
 ];
 
 /// The schema version this build serves.

@@ -1,4 +1,4 @@
--- Registry schema, version 4: the activation log. Every activation gets a registry-wide number
+-- Registry schema, version 8: the activation log. Every activation gets a registry-wide number
 -- in commit order (counter 'activation_seq', advanced in the activation's transaction under the
 -- audit lock, so numbers commit in order), and readers such as the fleet service page through
 -- activations after the last number they saw (one index range walk, whatever the table's size).

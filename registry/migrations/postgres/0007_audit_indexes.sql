@@ -1,4 +1,4 @@
--- Version 4: the audit log indexed by actor and by target, so a principal's last activity and a
+-- Registry schema, version 7: the audit log indexed by actor and by target, so a principal's last activity and a
 -- terminal's (or certificate's) entries are found newest first however old they are. The
 -- columns repeat fields of the hashed entry (the chain still covers `entry` alone); writers of
 -- this build fill them in the statement that appends the entry.
