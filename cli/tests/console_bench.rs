@@ -95,7 +95,7 @@ fn console_pages_with_a_large_fleet() {
         ("/terminals?state=2", "filtered page (state)"),
         ("/terminals?class=3&lot=L99", "filtered page (class + lot)"),
         ("/terminals?state=5&class=2&manufacturer=HSTM&lot=L50", "filtered page (all four)"),
-        ("/audit", "audit, 200 newest, chain verified"),
+        ("/audit", "audit, 200 newest + newest verification"),
         ("/", "overview (counts, CRL + OCSP probe)"),
     ];
     println!("\n{n} terminals in the registry (filled in {:.1} s)\n", filled.as_secs_f64());
