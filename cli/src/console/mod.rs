@@ -108,6 +108,11 @@ pub struct Console {
     pub utc_offset_minutes: i32,
     /// `Host` values this server answers (its own address, as loopback names).
     hosts: Vec<String>,
+    /// The newest verification of the whole audit chain and when (unix ms) it was made: the
+    /// walk is linear in the log (seconds at millions of entries), so pages reuse it.
+    pub chain: std::sync::Mutex<Option<(u64, Arc<proto::v1::ListAuditResponse>)>>,
+    /// Whether a background verification is running.
+    pub chain_refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl Console {
@@ -193,6 +198,8 @@ impl Console {
             fleet,
             utc_offset_minutes,
             hosts,
+            chain: Default::default(),
+            chain_refreshing: Default::default(),
         })
     }
 }

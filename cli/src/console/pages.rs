@@ -180,6 +180,38 @@ async fn audit_tail(c: &Console, last: u32, verify: bool) -> Result<v1::ListAudi
     Ok(admin(c).list_audit(c.client.signed("/hsca.v1.Admin/ListAudit", msg)?).await?.into_inner())
 }
 
+/// A verification of the audit chain younger than this is reused by the pages.
+const CHAIN_FRESH_MS: u64 = 60_000;
+
+/// The audit chain's verification (no entries) and when it was made: verified now when the
+/// console has none yet or `now` is asked; else the newest one, and when that is older than
+/// [`CHAIN_FRESH_MS`] a background task verifies again for the pages after this one.
+async fn chain_status(c: &Arc<Console>, now: bool) -> Result<(u64, Arc<v1::ListAuditResponse>)> {
+    let cached = c.chain.lock().map_err(|_| anyhow::anyhow!("chain cache poisoned"))?.clone();
+    match cached {
+        Some((at, v)) if !now => {
+            let stale = now_ms().saturating_sub(at) > CHAIN_FRESH_MS;
+            if stale && !c.chain_refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let _ = verify_chain(&c).await;
+                    c.chain_refreshing.store(false, std::sync::atomic::Ordering::Release);
+                });
+            }
+            Ok((at, v))
+        }
+        _ => verify_chain(c).await,
+    }
+}
+
+async fn verify_chain(c: &Console) -> Result<(u64, Arc<v1::ListAuditResponse>)> {
+    let mut v = audit_tail(c, 1, true).await?;
+    v.entries.clear();
+    let fresh = (now_ms(), Arc::new(v));
+    *c.chain.lock().map_err(|_| anyhow::anyhow!("chain cache poisoned"))? = Some(fresh.clone());
+    Ok(fresh)
+}
+
 /// The newest `last` entries about `target`, newest first, from the CA's audit index (however old).
 async fn audit_about(c: &Console, target: &str, last: u32) -> Result<Vec<v1::AuditEntry>> {
     let msg = v1::ListAuditRequest { request_id: request_id(), last, target: target.to_owned(), ..Default::default() };
@@ -266,13 +298,14 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
             };
         }
         if c.allowed.may("Admin/ListAudit") {
-            let a = audit_tail(&c, AUDIT_WINDOW, true).await?;
+            let a = audit_tail(&c, AUDIT_WINDOW, false).await?;
+            let chain = chain_status(&c, false).await?;
             out = html! {
                 (out)
                 (hourly_chart(&c, l, &a.entries, now_ms()))
                 section {
                     h2 { (t(l, "audit_status")) }
-                    (chain_summary(l, &a))
+                    (chain_summary(&c, l, &chain))
                 }
             };
         }
@@ -338,8 +371,9 @@ async fn freshness_section(c: &Console, l: Lang) -> Result<Markup> {
     })
 }
 
-fn chain_summary(l: Lang, a: &v1::ListAuditResponse) -> Markup {
+fn chain_summary(c: &Console, l: Lang, (at, a): &(u64, Arc<v1::ListAuditResponse>)) -> Markup {
     html! {
+        p #chain-at { (t(l, "verified_at")) " " (when(c, *at)) }
         @if a.chain_verified {
             p #chain.ok { (t(l, "chain_ok")) ": " (a.chain_length) " " (t(l, "entries")) }
             @if !a.checkpoint_key_configured {
@@ -814,6 +848,9 @@ pub struct AuditQuery {
     action: String,
     #[serde(default)]
     target: String,
+    /// Verify the whole chain now instead of showing the newest verification.
+    #[serde(default)]
+    verify: bool,
 }
 
 /// Audit: the newest entries with filters, and the chain's verification.
@@ -821,7 +858,8 @@ pub async fn audit(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<
     let body = async {
         let l = ctx.lang();
         let last = q.last.unwrap_or(200).clamp(1, AUDIT_WINDOW);
-        let a = audit_tail(&c, last, true).await?;
+        let a = audit_tail(&c, last, false).await?;
+        let chain = chain_status(&c, q.verify).await?;
         let keep = |want: &str, have: &str| want.trim().is_empty() || have.contains(want.trim());
         let shown: Vec<_> = a
             .entries
@@ -830,7 +868,11 @@ pub async fn audit(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<
             .filter(|e| keep(&q.actor, &e.actor) && keep(&q.action, &e.action) && keep(&q.target, &e.target))
             .collect();
         Ok(html! {
-            section { h2 { (t(l, "verify_result")) } (chain_summary(l, &a)) }
+            section {
+                h2 { (t(l, "verify_result")) }
+                (chain_summary(&c, l, &chain))
+                a #verify-now href="/audit?verify=true" { (t(l, "verify_now")) }
+            }
             form.filters method="get" action="/audit" {
                 label { (t(l, "last_n")) " " input name="last" value=(last) size="6"; }
                 label { (t(l, "actor")) " " input name="actor" value=(q.actor) size="10"; }

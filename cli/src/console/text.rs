@@ -53,6 +53,12 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("provisioned", "写入", "provisioned"),
     ("audit_status", "审计链", "Audit chain"),
     ("chain_ok", "完整", "verified"),
+    (
+        "verified_at",
+        "整条审计链校验于（每分钟在后台重新校验）",
+        "Whole chain verified at (again in the background each minute)",
+    ),
+    ("verify_now", "立即校验整条链", "Verify the whole chain now"),
     ("chain_broken", "已损坏", "BROKEN"),
     ("entries", "条记录", "entries"),
     ("checkpoints", "已验证的签名检查点", "signed checkpoints verified"),
