@@ -255,15 +255,22 @@ impl Responder {
             return a;
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
-        match self.sign(registry, std::slice::from_ref(id), None) {
-            Ok((der, true)) => {
+        let signed = self.statuses(registry, std::slice::from_ref(id)).and_then(|(responses, known)| {
+            // A serial the CA never issued is answered but never cached, so each such answer
+            // is a fresh signature: the budget is checked before signing, not after.
+            if !known && !self.spend() {
+                return Ok(None);
+            }
+            self.sign_responses(&responses, None).map(|der| Some((der, known)))
+        });
+        match signed {
+            Ok(Some((der, true))) => {
                 let der = Bytes::from(der);
                 self.insert_unless_refreshed(id, der.clone(), epoch);
                 Answer { der, cached: false, max_age: Some(self.validity / 2) }
             }
-            // A serial the CA never issued: answered, never cached, and rate-limited.
-            Ok((der, false)) if self.spend() => Answer { der: der.into(), cached: false, max_age: None },
-            Ok(_) => unsigned(OcspResponseStatus::TryLater),
+            Ok(Some((der, false))) => Answer { der: der.into(), cached: false, max_age: None },
+            Ok(None) => unsigned(OcspResponseStatus::TryLater),
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
                 unsigned(OcspResponseStatus::InternalError)
@@ -390,6 +397,12 @@ impl Responder {
 
     /// Signs an answer for `ids`; also says whether every certificate was one the CA issued.
     fn sign(&self, registry: &Registry, ids: &[CertId], nonce: Option<&[u8]>) -> anyhow::Result<(Vec<u8>, bool)> {
+        let (responses, known) = self.statuses(registry, ids)?;
+        Ok((self.sign_responses(&responses, nonce)?, known))
+    }
+
+    /// What the registry says of each of `ids`, and whether every one is a certificate the CA issued.
+    fn statuses(&self, registry: &Registry, ids: &[CertId]) -> anyhow::Result<(Vec<SingleResponse>, bool)> {
         let now = SystemTime::now();
         let mut responses = Vec::with_capacity(ids.len());
         let mut known = true;
@@ -415,10 +428,16 @@ impl Responder {
                 next_update: Some(now + self.validity),
             });
         }
+        Ok((responses, known))
+    }
+
+    /// Signs the response holding `responses` (and `nonce`).
+    fn sign_responses(&self, responses: &[SingleResponse], nonce: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
         let checked = self.checked.read().map_err(|_| anyhow::anyhow!("responder key lock poisoned"))?.clone();
-        let tbs = checked.prepared.build(now, &responses, nonce)?;
+        let now = responses.first().map_or_else(SystemTime::now, |r| r.this_update);
+        let tbs = checked.prepared.build(now, responses, nonce)?;
         let sig = checked.key.signer.sign(tbs.to_be_signed())?;
-        Ok((tbs.assemble(sig.as_der(), &checked.public, checked.key.signer.signer_id())?, known))
+        Ok(tbs.assemble(sig.as_der(), &checked.public, checked.key.signer.signer_id())?)
     }
 }
 

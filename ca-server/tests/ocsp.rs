@@ -6,6 +6,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use ca_server::ocsp::{Responder, ResponderKey};
@@ -38,6 +39,30 @@ struct Fixture {
     issuing: support::Ca,
     cert: pki::Certificate,
     rec: registry::CertRecord,
+    /// Signatures the responder key made.
+    signatures: Arc<AtomicUsize>,
+}
+
+/// The responder's key, counting its signatures: what a flood costs the HSM.
+struct Counting<S> {
+    inner: S,
+    signatures: Arc<AtomicUsize>,
+}
+
+impl<S: hsm::Signer> hsm::Signer for Counting<S> {
+    fn algorithm(&self) -> spki::AlgorithmIdentifierOwned {
+        self.inner.algorithm()
+    }
+    fn public_key(&self) -> spki::SubjectPublicKeyInfoOwned {
+        self.inner.public_key()
+    }
+    fn signer_id(&self) -> &SignerId {
+        self.inner.signer_id()
+    }
+    fn sign(&self, tbs: &[u8]) -> Result<hsm::Signature, hsm::HsmError> {
+        self.signatures.fetch_add(1, Ordering::SeqCst);
+        self.inner.sign(tbs)
+    }
 }
 
 fn fixture(budget: u32) -> Fixture {
@@ -79,14 +104,45 @@ fn fixture(budget: u32) -> Fixture {
         der: der::Encode::to_der(&cert).expect("der"),
     };
     reg.record_terminal_issue(&issue, &ev()).expect("record");
+    let signatures = Arc::new(AtomicUsize::new(0));
+    let signer = Counting { inner: responder_key, signatures: signatures.clone() };
     let responder = Responder::new(
-        ResponderKey { signer: Arc::new(responder_key), certificate: responder_cert, delegated: true },
+        ResponderKey { signer: Arc::new(signer), certificate: responder_cert, delegated: true },
         &issuing.cert,
         Duration::from_secs(3600),
     )
     .expect("responder")
     .with_uncached_budget(budget);
-    Fixture { _dir: dir, reg, responder, issuing, cert, rec }
+    Fixture { _dir: dir, reg, responder, issuing, cert, rec, signatures }
+}
+
+/// A flood of requests about serials the CA never issued (no nonce, GET-cacheable by anyone):
+/// each would be a fresh signature, so the budget is spent *before* signing — past it the
+/// answer is `tryLater` and the HSM signs nothing more. (It used to sign first, then refuse.)
+#[test]
+fn a_flood_of_unknown_serials_costs_no_more_signatures_than_the_budget() {
+    let Fixture { reg, responder, issuing, signatures, .. } = &fixture(BUDGET);
+    let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
+    std::thread::sleep(Duration::from_millis(1100)); // a fresh budget window
+    let before = signatures.load(Ordering::SeqCst);
+    let try_later = error_response(OcspResponseStatus::TryLater);
+    let mut refused = 0;
+    for _ in 0..BUDGET * 20 {
+        let never = CertSerial::generate().expect("rng");
+        let req = build_request(&[hashes.cert_id(CertIdHash::Sha1, &never)], None).expect("request");
+        let a = responder.answer(reg, &parse_request(&req).expect("parse"));
+        if a.der[..] == try_later[..] {
+            refused += 1;
+        } else {
+            let v = pki::ocsp::verify_response(&a.der, &issuing.cert, &SignerId::default(), SystemTime::now())
+                .expect("within the budget: a signed answer");
+            assert_eq!(v.responses[0].status, CertStatus::Unknown);
+        }
+    }
+    let signed = signatures.load(Ordering::SeqCst) - before;
+    // At most two budget windows can fall inside the loop on a slow machine.
+    assert!(signed <= BUDGET as usize * 2, "{signed} signatures for {} unknown serials", BUDGET * 20);
+    assert_eq!(signed + refused, BUDGET as usize * 20, "each request either signed or refused");
 }
 
 #[test]
