@@ -299,6 +299,14 @@ pub struct PolicySection {
     /// How long an activation challenge may be used, in seconds (1 to 3600).
     #[serde(default = "default_challenge_seconds")]
     pub activation_challenge_seconds: u64,
+    /// Unused, unexpired activation challenges one operator may hold at once (each is a stored
+    /// write): past it, `RESOURCE_EXHAUSTED`/`CHALLENGE_LIMIT` until one is used or expires.
+    #[serde(default = "default_challenges_per_operator")]
+    pub activation_challenges_per_operator: u64,
+}
+
+fn default_challenges_per_operator() -> u64 {
+    20
 }
 
 fn default_challenge_seconds() -> u64 {

@@ -352,6 +352,7 @@ pub fn init(dir: &Path, opts: &Options) -> Result<Report> {
             require_registration: false,
             hold_until_activation: false,
             activation_challenge_seconds: 300,
+            activation_challenges_per_operator: 20,
         },
         ca: CaSection { root: "certs/root.pem".into(), issuing: "certs/issuing.pem".into() },
         audit: AuditSection { key_label: Some(AUDIT_KEY_LABEL.into()), ..Default::default() },

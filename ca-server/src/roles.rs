@@ -146,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn shipped_monitor_reaches_holds_and_revocation_only() {
+    fn shipped_monitor_reaches_holds_revocation_and_the_activation_log_only() {
         let r = Roles::embedded_default().expect("loads");
         let allowed: Vec<&str> =
             r.methods.iter().filter(|(_, roles)| roles.contains("monitor")).map(|(m, _)| m.as_str()).collect();
@@ -158,6 +158,8 @@ mod tests {
                 "/hsca.v1.CertificateAuthority/GetCaChain",
                 "/hsca.v1.CertificateAuthority/GetCertificate",
                 "/hsca.v1.CertificateAuthority/GetCertificateStatus",
+                // Read only: the reference locations of the relocation rule.
+                "/hsca.v1.Registry/ListActivationsAfter",
             ]
         );
     }

@@ -215,6 +215,7 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         require_registration: cfg.config.policy.require_registration,
         hold_until_activation: cfg.config.policy.hold_until_activation,
         activation_challenge_ms: cfg.config.policy.activation_challenge_seconds.clamp(1, 3600) * 1000,
+        activation_challenges_per_operator: cfg.config.policy.activation_challenges_per_operator.max(1),
         policy: s.policy,
         roles: s.roles,
         registry,

@@ -15,13 +15,26 @@ use tonic::Code;
 
 /// `init` a CA with `hold_until_activation` on (and challenges valid `challenge_seconds`), started.
 async fn held_ca(dir: &std::path::Path, challenge_seconds: u64) -> (Server, Client, Client, Client) {
+    held_ca_with(dir, challenge_seconds, 20).await
+}
+
+/// As [`held_ca`], with `per_operator` unused challenges allowed per operator.
+async fn held_ca_with(
+    dir: &std::path::Path,
+    challenge_seconds: u64,
+    per_operator: u64,
+) -> (Server, Client, Client, Client) {
     let (_, http) = init(dir);
     let cfg_path = dir.join("ca-server.toml");
     let cfg = std::fs::read_to_string(&cfg_path).expect("config");
     assert!(cfg.contains("hold_until_activation = false"), "off by default: {cfg}");
     let cfg = cfg
         .replace("hold_until_activation = false", "hold_until_activation = true")
-        .replace("activation_challenge_seconds = 300", &format!("activation_challenge_seconds = {challenge_seconds}"));
+        .replace("activation_challenge_seconds = 300", &format!("activation_challenge_seconds = {challenge_seconds}"))
+        .replace(
+            "activation_challenges_per_operator = 20",
+            &format!("activation_challenges_per_operator = {per_operator}"),
+        );
     std::fs::write(&cfg_path, cfg).expect("write");
     let server = Server::start(dir, http);
     let admin = admin(dir).await;
@@ -320,4 +333,29 @@ async fn the_monitor_reads_the_activation_log_after_a_cursor_and_a_station_or_a_
         assert_eq!(refused::<()>(Err(s.clone())), (Code::InvalidArgument, Reason::BadRequest), "{after} {limit}");
         assert!(s.message().contains(why), "{}", s.message());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_past_the_challenge_limit_is_refused_until_one_is_used() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_server, admin, station, operator) = held_ca_with(&dir, 300, 2).await;
+    let (key, t, _cert) = provisioned(&station, 7).await;
+    let first = challenge(&operator, &t).await.expect("1st");
+    challenge(&operator, &t).await.expect("2nd");
+    let over = challenge(&operator, &t).await.expect_err("3rd is past the limit");
+    assert_eq!(refused::<()>(Err(over.clone())), (Code::ResourceExhausted, Reason::ChallengeLimit));
+    assert!(over.message().contains("operator-1") && over.message().contains('2'), "{}", over.message());
+    // The limit is the operator's, not the terminal's: another operator still gets one.
+    let (other, _) = principal(&dir, &admin, "operator-2", "operator", &[]).await;
+    challenge(&other, &t).await.expect("another operator");
+    // Using one frees a place.
+    let st = statement(&first.challenge, &t, &first.certificate_serial);
+    activate(&operator, presence(&t, st.clone(), se_sign(&key, &st))).await.expect("activate");
+    challenge(&operator, &t).await.expect("after using one");
+    assert_eq!(
+        refused(challenge(&operator, &t).await),
+        (Code::ResourceExhausted, Reason::ChallengeLimit),
+        "full again"
+    );
 }

@@ -115,14 +115,15 @@ impl Ca {
         Ok((good && !info.principal.is_empty()).then_some((info.principal, info.profile)))
     }
 
-    /// One page of the CA's activation log after `after` (at most `limit`), as anchors, and the
-    /// log's head when read.
+    /// One page of the CA's activation log after `after` (at most `limit` entries): the anchors,
+    /// and the last entry's number (`after` when the page is empty).
     pub async fn activations_after(&self, after: u64, limit: u32) -> Result<(Vec<Anchor>, u64), CaError> {
         let req = v1::ListActivationsAfterRequest { request_id: request_id(), after_seq: after, limit };
         let page = v1::registry_client::RegistryClient::new(self.client.channel.clone())
             .list_activations_after(self.client.signed("/hsca.v1.Registry/ListActivationsAfter", req)?)
             .await?
             .into_inner();
+        let last = page.entries.last().map_or(after, |e| e.seq);
         let anchors = page
             .entries
             .into_iter()
@@ -139,7 +140,7 @@ impl Ca {
                 })
             })
             .collect();
-        Ok((anchors, page.head))
+        Ok((anchors, last))
     }
 
     /// Puts certificate `serial` on hold, or revokes it for key compromise.

@@ -487,9 +487,12 @@ impl Fleet {
                     return cursor;
                 }
             };
-            let (anchors, _head) = page;
-            let Some(last) = anchors.last().map(|a| a.seq) else { return cursor };
-            let full = anchors.len() as u32 >= ACTIVATION_PAGE;
+            let (anchors, last) = page;
+            if last <= cursor {
+                return cursor;
+            }
+            // A full page: more may follow at once (numbers have no gaps).
+            let full = last - cursor >= u64::from(ACTIVATION_PAGE);
             if let Err(e) = self.engine.anchors(anchors, last).await {
                 self.metrics.activation_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error = %e, "activations not stored; read again at the next refresh");

@@ -341,3 +341,147 @@ fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).expect("read");
     out
 }
+
+/// Issue 14 item 3: the activation is the terminal's reference location. Three terminals are
+/// enrolled and provisioned, then (before any heartbeat) one is activated where it stands, one
+/// ~111 km from where it will heartbeat, and one not at all; the service reads the CA's
+/// activation log, then the terminals go live. Only the second is relocated — from its very
+/// first heartbeat, against the activation's place; the unactivated one takes its first position
+/// (the behaviour kept without an activation).
+#[test]
+fn a_terminal_activated_elsewhere_is_relocated_from_its_first_heartbeat() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let (ca_grpc, ca_http) = (port(), port());
+    ok(Command::new(sibling("ca-server"))
+        .args(["init", "--data-dir"])
+        .arg(d.join("ca"))
+        .args(["--grpc", &format!("127.0.0.1:{ca_grpc}"), "--http", &format!("127.0.0.1:{ca_http}")])
+        .output()
+        .expect("ca-server init"));
+    let _ca = Proc::serve(&sibling("ca-server"), &d.join("ca/ca-server.toml"), ca_http);
+    let cactl = |args: &[&str]| Command::new(sibling("cactl")).args(args).output().expect("cactl");
+    let admin = d.join("ca/cactl.toml");
+    let admin = admin.to_str().expect("utf8");
+    for (role, name, makers) in
+        [("station", "station-1", "HSTM"), ("monitor", "fleet-1", ""), ("operator", "operator-1", "")]
+    {
+        let out = d.join(name);
+        let mut args = vec!["--config", admin, "principal", "add", "--role", role, "--name", name];
+        args.extend(["--out", out.to_str().expect("utf8")]);
+        if !makers.is_empty() {
+            args.extend(["--manufacturers", makers]);
+        }
+        ok(cactl(&args));
+    }
+    let (grpc, http) = (port(), port());
+    let fleet_dir = d.join("fleet");
+    ok(Command::new(FLEET)
+        .args(["init", "--data-dir"])
+        .arg(&fleet_dir)
+        .arg("--ca-identity")
+        .arg(d.join("fleet-1/identity.toml"))
+        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
+        .output()
+        .expect("fleet-server init"));
+    let rules = fleet_dir.join("policies/fleet.toml");
+    edit(&rules, "interval_seconds = 60", "interval_seconds = 1");
+    edit(&rules, "sustained_heartbeats = 3", "sustained_heartbeats = 2");
+    let config = fleet_dir.join("fleet-server.toml");
+    edit(&config, "activation_refresh_seconds = 30", "activation_refresh_seconds = 1");
+    let mut fleet = Proc::serve(Path::new(FLEET), &config, http);
+
+    let tls_ca = fleet_dir.join("tls/ca.pem");
+    let go = d.join("installed");
+    // Killed on drop: it waits for `go`, which a failing test never writes.
+    let mut sim = Proc(
+        Command::new(sibling("terminal-sim"))
+            .arg("fleet")
+            .arg("--station")
+            .arg(d.join("station-1/identity.toml"))
+            .args(["--fleet", &format!("https://127.0.0.1:{grpc}")])
+            .arg("--fleet-tls-ca")
+            .arg(&tls_ca)
+            .args(["--count", "3", "--interval-ms", "1000", "--duration-ms", "5000"])
+            .arg("--confirm")
+            .arg("--start-when")
+            .arg(&go)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("terminal-sim fleet"),
+    );
+    let mut lines = BufReader::new(sim.0.stdout.take().expect("stdout")).lines();
+    let enrolled: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("enrolled line").expect("line")).expect("json");
+    assert_eq!(enrolled["event"], "enrolled", "{enrolled}");
+    let terminal = |i: usize| {
+        let t = &enrolled["terminals"][i];
+        let home = (t["home"][0].as_f64().expect("lat"), t["home"][1].as_f64().expect("lon"));
+        (t["serial"].as_str().expect("serial").to_owned(), home)
+    };
+    let ((at_home, home0), (moved, home1), (never_activated, _)) = (terminal(0), terminal(1), terminal(2));
+    let activated_at = (home1.0 - 1.0, home1.1); // ~111 km south of where it will heartbeat
+    for (serial, institution, (lat, lon)) in
+        [(&at_home, "No. 1 Hospital", home0), (&moved, "No. 2 Hospital", activated_at)]
+    {
+        let position = format!("{lat},{lon}");
+        ok(cactl(&[
+            "--config",
+            admin,
+            "terminal",
+            "activate",
+            "--manual",
+            "--serial",
+            serial,
+            "--institution",
+            institution,
+            "--position",
+            &position,
+        ]));
+    }
+    // The service reads the activation log (every second here) before the terminals go live.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(http, "/metrics").contains("fleet_activation_seq 2\n") {
+        assert!(Instant::now() < deadline, "{}", http_get(http, "/metrics"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&go, b"").expect("go");
+    let events: Vec<serde_json::Value> =
+        lines.map(|l| serde_json::from_str(&l.expect("line")).expect("json")).collect();
+    assert!(sim.0.wait().expect("wait").success());
+    let summary = events.iter().find(|e| e["event"] == "summary").expect("summary");
+    assert!(summary["accepted"].as_u64().expect("n") >= 9, "{summary}");
+
+    let out = Command::new(sibling("cactl"))
+        .arg("--identity")
+        .arg(d.join("operator-1/identity.toml"))
+        .args(["--json", "alerts", "--fleet", &format!("https://127.0.0.1:{grpc}"), "--fleet-tls-ca"])
+        .arg(&tls_ca)
+        .args(["list", "--all"])
+        .output()
+        .expect("cactl alerts");
+    let alerts: Vec<serde_json::Value> = serde_json::from_str(&ok(out)).expect("json");
+    // The run has ended: silence is the one thing every terminal may have earned since.
+    let raised: Vec<&serde_json::Value> = alerts.iter().filter(|a| a["rule"] != "silent").collect();
+    assert_eq!(raised.len(), 1, "{raised:#?}");
+    let a = raised[0];
+    assert_eq!((a["rule"].as_str(), a["terminal"].as_str()), (Some("relocation"), Some(moved.as_str())), "{a:#}");
+    let e = if a["evidence"].get("first").is_some() { a["evidence"]["first"].clone() } else { a["evidence"].clone() };
+    assert_eq!(e["reference"], serde_json::json!([activated_at.0, activated_at.1]), "{e:#}");
+    assert_eq!(e["position"], serde_json::json!([home1.0, home1.1]), "{e:#}");
+    assert_eq!(e["reference_from"]["kind"], "activation", "{e:#}");
+    assert_eq!(e["reference_from"]["institution"], "No. 2 Hospital", "{e:#}");
+    assert_eq!(e["reference_from"]["method"], "manual", "{e:#}");
+    assert_eq!(e["heartbeats_outside"], 2, "the policy's sustained heartbeats: {e:#}");
+    assert!(e["distance_km"].as_f64().expect("km") > 100.0, "{e:#}");
+    assert!(!alerts.iter().any(|a| a["terminal"] == never_activated && a["rule"] == "relocation"));
+
+    // The cursor is the service's own: restarted, it reads on from 2, not from the start.
+    let metrics = http_get(http, "/metrics");
+    assert!(metrics.contains("fleet_activation_failures_total 0"), "{metrics}");
+    fleet.terminate();
+    fleet = Proc::serve(Path::new(FLEET), &config, http);
+    assert!(http_get(http, "/metrics").contains("fleet_activation_seq 2\n"));
+    fleet.terminate();
+}

@@ -70,8 +70,25 @@ impl crate::Registry {
     /// Hands out `challenge` for the activation of `rec.terminal`, whose active certificate must
     /// be `rec.certificate` (good or on its activation hold).
     pub fn new_activation_challenge(&self, challenge: &[u8], rec: &ChallengeRecord, event: &AuditEvent) -> Result<()> {
+        self.new_activation_challenge_within(challenge, rec, u64::MAX, event)
+    }
+
+    /// As [`Self::new_activation_challenge`], refused (`TooManyChallenges`) when `rec.operator`
+    /// already holds `limit` unused, unexpired challenges: counted inside the write, so racing
+    /// requests (on any instance sharing the registry) cannot pass it together. Each challenge is
+    /// a stored write; this bounds an operator to `limit` per challenge lifetime.
+    pub fn new_activation_challenge_within(
+        &self,
+        challenge: &[u8],
+        rec: &ChallengeRecord,
+        limit: u64,
+        event: &AuditEvent,
+    ) -> Result<()> {
         let (challenge, rec) = (challenge.to_vec(), rec.clone());
         self.write(event, move |s| {
+            if s.challenges_outstanding(&rec.operator, rec.issued_ms)? >= limit {
+                return Err(RegistryError::TooManyChallenges { operator: rec.operator.clone(), limit });
+            }
             let t = activatable(s, &rec.terminal)?;
             if t.active_cert.as_deref() != Some(rec.certificate.as_str()) {
                 return Err(RegistryError::WrongState {

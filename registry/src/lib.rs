@@ -170,6 +170,14 @@ pub enum RegistryError {
     /// The activation challenge is past its expiry.
     #[error("activation challenge expired")]
     ChallengeExpired,
+    /// The operator holds as many unused, unexpired activation challenges as policy allows.
+    #[error("operator {operator} already holds {limit} unused activation challenges: use one or let it expire first")]
+    TooManyChallenges {
+        /// The operator.
+        operator: String,
+        /// The policy's limit.
+        limit: u64,
+    },
     /// The terminal's certificate is on hold: a hold stays a hold until it is lifted or made final.
     #[error("certificate {0} is on hold; lift the hold or revoke it for good first")]
     OnHold(String),

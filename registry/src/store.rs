@@ -69,6 +69,8 @@ pub(crate) trait StoreRead {
     fn activations(&mut self, terminal: &str) -> Result<Vec<ActivationRecord>>;
     /// Activations with a log number above `after`, in log order, at most `limit`.
     fn activations_after(&mut self, after: u64, limit: usize) -> Result<Vec<ActivationEntry>>;
+    /// How many challenges handed to `operator` are unused and unexpired at `now_ms`.
+    fn challenges_outstanding(&mut self, operator: &str, now_ms: u64) -> Result<u64>;
     /// An activation challenge not yet used (expired ones may still be stored).
     fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>>;
     fn counter(&mut self, name: &str) -> Result<u64>;

@@ -238,7 +238,32 @@ fn the_activation_log_pages_every_terminal_in_commit_order_and_survives_a_backup
     drop((copy, d));
 }
 
+fn an_operator_holds_at_most_the_limit_of_unused_unexpired_challenges(kind: Kind) {
+    let (_d, reg) = open(kind);
+    provisioned(&reg, T, "C1", false);
+    let by = |operator: &str, issued_ms: u64| ChallengeRecord {
+        operator: operator.into(),
+        issued_ms,
+        expires_ms: issued_ms + 300,
+        ..challenge_for(T, "C1")
+    };
+    reg.new_activation_challenge_within(b"a", &by("op", 100), 2, &ev("challenge", T)).expect("1st");
+    reg.new_activation_challenge_within(b"b", &by("op", 110), 2, &ev("challenge", T)).expect("2nd");
+    assert_eq!(
+        reg.new_activation_challenge_within(b"c", &by("op", 120), 2, &ev("challenge", T)),
+        Err(RegistryError::TooManyChallenges { operator: "op".into(), limit: 2 })
+    );
+    assert_eq!(reg.activation_challenge(b"c").expect("read"), None, "a refused challenge is not stored");
+    reg.new_activation_challenge_within(b"d", &by("op-2", 120), 2, &ev("challenge", T)).expect("another operator");
+    // Used, one frees a place; expired ones count no more.
+    reg.activate_with_presence(b"a", &presence(T, "C1", 130), &ev("activate", T)).expect("use a");
+    reg.new_activation_challenge_within(b"e", &by("op", 140), 2, &ev("challenge", T)).expect("after use");
+    assert!(reg.new_activation_challenge_within(b"f", &by("op", 150), 2, &ev("challenge", T)).is_err());
+    reg.new_activation_challenge_within(b"g", &by("op", 440), 2, &ev("challenge", T)).expect("b and e expired");
+}
+
 on_both_backends!(
+    an_operator_holds_at_most_the_limit_of_unused_unexpired_challenges,
     the_activation_log_pages_every_terminal_in_commit_order_and_survives_a_backup,
     issued_under_the_activation_hold_and_a_presence_activation_lifts_it,
     a_challenge_is_single_use_unexpired_and_for_its_terminal_only,

@@ -47,6 +47,13 @@ pub struct Plan {
     pub clone_address: IpAddr,
     /// gRPC connections the terminals share.
     pub connections: usize,
+    /// The station also confirms each terminal's provisioning (as the factory would), so an
+    /// operator or administrator can activate it before it goes live.
+    pub confirm: bool,
+    /// Heartbeating starts only once this file exists (the terminals are "installed": a test
+    /// activates them first); the `enrolled` line then lists each terminal, its certificate and
+    /// its home position.
+    pub start_when: Option<std::path::PathBuf>,
 }
 
 /// A terminal's running state.
@@ -129,7 +136,8 @@ async fn enrol(station: Arc<Client>, plan: &Plan) -> anyhow::Result<Vec<(Arc<Ter
             let i = next;
             let serial = serial(&plan.serial_prefix, plan.first_sequence + i as u64)
                 .ok_or_else(|| anyhow::anyhow!("serial prefix {:?} makes no valid serial", plan.serial_prefix))?;
-            set.spawn(async move { (i, enrol_one(&station, serial, i).await) });
+            let confirm = plan.confirm;
+            set.spawn(async move { (i, enrol_one(&station, serial, i, confirm).await) });
             next += 1;
         }
         if let Some(done) = set.join_next().await {
@@ -150,7 +158,12 @@ fn home_of(i: usize) -> (f64, f64) {
     (28.0 + 12.0 * a, 108.0 + 12.0 * b)
 }
 
-async fn enrol_one(station: &Client, serial: String, i: usize) -> anyhow::Result<(Terminal, CountingKey)> {
+async fn enrol_one(
+    station: &Client,
+    serial: String,
+    i: usize,
+    confirm: bool,
+) -> anyhow::Result<(Terminal, CountingKey)> {
     let mut se = CountingKey::generate()?;
     let subject: pki::Name = format!("CN={serial},serialNumber={serial}").parse()?;
     let pk = se.public_key().ok_or_else(|| anyhow::anyhow!("no key"))?.clone();
@@ -171,6 +184,19 @@ async fn enrol_one(station: &Client, serial: String, i: usize) -> anyhow::Result
         .issue_terminal_certificate(signed)
         .await?
         .into_inner();
+    if confirm {
+        let req = v1::ConfirmProvisioningRequest {
+            request_id: request_id(),
+            terminal_serial: serial.clone(),
+            certificate_serial: resp.certificate_serial.clone(),
+            duration_ms: 1,
+            firmware_version: "1.0.0".into(),
+        };
+        let signed = station.signed("/hsca.v1.CertificateAuthority/ConfirmProvisioning", req)?;
+        v1::certificate_authority_client::CertificateAuthorityClient::new(station.channel.clone())
+            .confirm_provisioning(signed)
+            .await?;
+    }
     let home = home_of(i);
     let t = Terminal {
         serial,
@@ -294,7 +320,20 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
         terminals.push(t);
         ses.push(Arc::new(Mutex::new(se)));
     }
-    emit(json!({"event": "enrolled", "count": terminals.len(), "seconds": enrol_started.elapsed().as_secs_f64()}));
+    let mut enrolled_line =
+        json!({"event": "enrolled", "count": terminals.len(), "seconds": enrol_started.elapsed().as_secs_f64()});
+    if let Some(path) = &plan.start_when {
+        enrolled_line["terminals"] = terminals
+            .iter()
+            .map(|t| json!({"serial": t.serial, "certificate": t.certificate_serial, "home": [t.home.0, t.home.1]}))
+            .collect();
+        emit(enrolled_line);
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        emit(enrolled_line);
+    }
     let mut channels = Vec::new();
     for _ in 0..plan.connections.max(1) {
         channels.push(fleet_channel(fleet_url, fleet_tls_ca, None).await?);
@@ -321,7 +360,8 @@ pub async fn run(plan: Plan, station: Client, fleet_url: &str, fleet_tls_ca: &st
             original: true,
         }));
     }
-    tokio::time::sleep(plan.inject_after).await;
+    // Nothing to inject after the run has ended.
+    tokio::time::sleep(plan.inject_after.min(plan.duration)).await;
     let mut pick = 0usize;
     let mut take = |k: usize| {
         let chosen: Vec<usize> = (pick..(pick + k).min(terminals.len())).collect();

@@ -100,6 +100,13 @@ struct FleetArgs {
     /// gRPC connections the terminals share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Also confirm each terminal's provisioning through --station, so it can be activated.
+    #[arg(long)]
+    confirm: bool,
+    /// Start heartbeating only once this file exists (activate the terminals first); the
+    /// `enrolled` line then lists each terminal's serial, certificate and home position.
+    #[arg(long)]
+    start_when: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -183,6 +190,8 @@ fn fleet(a: FleetArgs) -> Result<()> {
         silences: a.silences,
         clone_address: a.clone_address,
         connections: a.connections,
+        confirm: a.confirm,
+        start_when: a.start_when,
     };
     let injected = plan.clones + plan.relocations + plan.counterfeits + plan.tampers + plan.silences;
     if injected > plan.count {

@@ -50,6 +50,7 @@ pub fn registry_status(e: &RegistryError) -> Status {
         E::OnHold(_) | E::ActivationHold(_) => (Code::FailedPrecondition, Reason::CertificateOnHold),
         E::ChallengeUnknown => (Code::FailedPrecondition, Reason::ChallengeUnknown),
         E::ChallengeExpired => (Code::FailedPrecondition, Reason::ChallengeExpired),
+        E::TooManyChallenges { .. } => (Code::ResourceExhausted, Reason::ChallengeLimit),
         E::KeyReused { .. } => (Code::FailedPrecondition, Reason::KeyReused),
         E::IssuedByAnotherStation { .. } => (Code::PermissionDenied, Reason::IssuedByAnotherStation),
         E::ApproverNotEligible { .. } => (Code::PermissionDenied, Reason::ApproverNotEligible),

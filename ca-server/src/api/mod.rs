@@ -32,6 +32,8 @@ pub struct Ca {
     pub hold_until_activation: bool,
     /// How long an activation challenge may be used.
     pub activation_challenge_ms: u64,
+    /// Unused, unexpired activation challenges one operator may hold.
+    pub activation_challenges_per_operator: u64,
     /// Durable state.
     pub registry: Registry,
     /// The issuing CA's key in the HSM.

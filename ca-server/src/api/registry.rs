@@ -141,9 +141,10 @@ impl Ca {
             };
             let detail = format!("for certificate {certificate}, expires at {}", rec.expires_ms);
             self.registry
-                .new_activation_challenge(
+                .new_activation_challenge_within(
                     &challenge,
                     &rec,
+                    self.activation_challenges_per_operator,
                     &Self::event(&caller, "activation_challenge", serial, detail),
                 )
                 .map_err(|e| registry_status(&e))?;
@@ -153,7 +154,19 @@ impl Ca {
                 expires_ms: rec.expires_ms,
             })
         })();
-        result.map_err(|s| self.refuse(&caller, "activation_challenge", serial, s))
+        result.map_err(|s| {
+            if proto::reason(&s) == Some(Reason::ChallengeLimit) {
+                // Audited in aggregate like refused authentications: past the limit, no write each.
+                self.refusals.count(
+                    &caller.name,
+                    "/hsca.v1.Registry/NewActivationChallenge",
+                    "CHALLENGE_LIMIT",
+                    s.message(),
+                );
+                return s;
+            }
+            self.refuse(&caller, "activation_challenge", serial, s)
+        })
     }
 
     /// `ActivateTerminal`: proof of presence (an operator's request carrying the statement the

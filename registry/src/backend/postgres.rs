@@ -680,6 +680,16 @@ impl StoreRead for PgTx<'_, '_> {
             .collect()
     }
 
+    fn challenges_outstanding(&mut self, operator: &str, now_ms: u64) -> Result<u64> {
+        // Walks the unexpired challenges (index on expires_ms): one lifetime's worth.
+        let row = self.query_one_c(
+            "SELECT count(*) FROM activation_challenges
+             WHERE expires_ms > $2 AND convert_from(record, 'UTF8')::jsonb ->> 'operator' = $1",
+            &[&operator, &u(now_ms)],
+        )?;
+        Ok(from_i(row.get(0)))
+    }
+
     fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
         let row = self.query_opt_c("SELECT record FROM activation_challenges WHERE challenge = $1", &[&challenge])?;
         row.map(|r| from_json(r.get::<_, &[u8]>(0))).transpose()

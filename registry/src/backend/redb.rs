@@ -676,6 +676,16 @@ macro_rules! redb_reads {
                     .collect()
             }
 
+            fn challenges_outstanding(&mut self, operator: &str, now_ms: u64) -> Result<u64> {
+                // The table holds one lifetime's challenges (each new one prunes the expired).
+                let mut n = 0;
+                for item in self.0.open_table(CHALLENGES)?.iter()? {
+                    let c: ChallengeRecord = from_json(item?.1.value())?;
+                    n += u64::from(c.operator == operator && c.expires_ms > now_ms);
+                }
+                Ok(n)
+            }
+
             fn challenge(&mut self, challenge: &[u8]) -> Result<Option<ChallengeRecord>> {
                 self.0.open_table(CHALLENGES)?.get(challenge)?.map(|v| from_json(v.value())).transpose()
             }
