@@ -183,25 +183,26 @@ async fn audit_tail(c: &Console, last: u32, verify: bool) -> Result<v1::ListAudi
 /// A verification of the audit chain younger than this is reused by the pages.
 const CHAIN_FRESH_MS: u64 = 60_000;
 
-/// The audit chain's verification (no entries) and when it was made: verified now when the
-/// console has none yet or `now` is asked; else the newest one, and when that is older than
+/// The audit chain's newest verification (no entries) and when it was made, never waiting for
+/// the walk (linear in the log: seconds at millions of entries) unless `now` is asked: `None`
+/// while the console's first one runs in the background; when the newest is older than
 /// [`CHAIN_FRESH_MS`] a background task verifies again for the pages after this one.
-async fn chain_status(c: &Arc<Console>, now: bool) -> Result<(u64, Arc<v1::ListAuditResponse>)> {
-    let cached = c.chain.lock().map_err(|_| anyhow::anyhow!("chain cache poisoned"))?.clone();
-    match cached {
-        Some((at, v)) if !now => {
-            let stale = now_ms().saturating_sub(at) > CHAIN_FRESH_MS;
-            if stale && !c.chain_refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let _ = verify_chain(&c).await;
-                    c.chain_refreshing.store(false, std::sync::atomic::Ordering::Release);
-                });
-            }
-            Ok((at, v))
-        }
-        _ => verify_chain(c).await,
+async fn chain_status(c: &Arc<Console>, now: bool) -> Result<Option<(u64, Arc<v1::ListAuditResponse>)>> {
+    if now {
+        return verify_chain(c).await.map(Some);
     }
+    let cached = c.chain.lock().map_err(|_| anyhow::anyhow!("chain cache poisoned"))?.clone();
+    let stale = cached.as_ref().is_none_or(|(at, _)| now_ms().saturating_sub(*at) > CHAIN_FRESH_MS);
+    if stale && !c.chain_refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let c = c.clone();
+        tokio::spawn(async move {
+            if let Err(e) = verify_chain(&c).await {
+                eprintln!("console: audit chain verification failed (retried on the next page): {e:#}");
+            }
+            c.chain_refreshing.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+    Ok(cached)
 }
 
 async fn verify_chain(c: &Console) -> Result<(u64, Arc<v1::ListAuditResponse>)> {
@@ -371,7 +372,10 @@ async fn freshness_section(c: &Console, l: Lang) -> Result<Markup> {
     })
 }
 
-fn chain_summary(c: &Console, l: Lang, (at, a): &(u64, Arc<v1::ListAuditResponse>)) -> Markup {
+fn chain_summary(c: &Console, l: Lang, chain: &Option<(u64, Arc<v1::ListAuditResponse>)>) -> Markup {
+    let Some((at, a)) = chain else {
+        return html! { p #chain-running { (t(l, "verification_running")) } };
+    };
     html! {
         p #chain-at { (t(l, "verified_at")) " " (when(c, *at)) }
         @if a.chain_verified {

@@ -59,6 +59,11 @@ const WORDS: &[(&str, &str, &str)] = &[
         "Whole chain verified at (again in the background each minute)",
     ),
     ("verify_now", "立即校验整条链", "Verify the whole chain now"),
+    (
+        "verification_running",
+        "整条审计链正在后台校验，结果稍后显示",
+        "The whole chain is being verified in the background; the result shows on a later page",
+    ),
     ("chain_broken", "已损坏", "BROKEN"),
     ("entries", "条记录", "entries"),
     ("checkpoints", "已验证的签名检查点", "signed checkpoints verified"),
