@@ -171,13 +171,20 @@ impl AuditBy {
     }
 }
 
-/// The actor and target an entry's stored bytes are indexed under; `None` when they do not
-/// parse (only a tampered entry, which chain verification reports).
-pub(crate) fn index_keys(bytes: &[u8]) -> Option<(String, String)> {
+/// The longest actor or target the audit indexes hold (bytes): longer ones (no valid serial or
+/// principal name is) are not indexed, since a PostgreSQL B-tree entry holds at most ~2.7 KB and
+/// a refusal audits whatever field a caller sent; the entry itself is still logged and chained.
+pub const INDEXED_FIELD_MAX_BYTES: usize = 256;
+
+/// The actor and target an entry's stored bytes are indexed under, each `None` when longer than
+/// [`INDEXED_FIELD_MAX_BYTES`]; `None` when they do not parse (only a tampered entry, which chain
+/// verification reports).
+pub(crate) fn index_keys(bytes: &[u8]) -> Option<(Option<String>, Option<String>)> {
     #[derive(Deserialize)]
     struct Keys {
         actor: String,
         target: String,
     }
-    serde_json::from_slice::<Keys>(bytes).ok().map(|k| (k.actor, k.target))
+    let bounded = |k: String| (k.len() <= INDEXED_FIELD_MAX_BYTES).then_some(k);
+    serde_json::from_slice::<Keys>(bytes).ok().map(|k| (bounded(k.actor), bounded(k.target)))
 }

@@ -782,6 +782,41 @@ fn audit_indexes_find_entries_behind_ten_thousand_newer_ones(kind: Kind) {
     reg.verify_audit_chain().expect("intact");
 }
 
+/// `n` bytes of hex that do not compress (so PostgreSQL cannot shrink them into an index row).
+fn incompressible(n: usize) -> String {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"0123456789ABCDEF"[(x & 15) as usize])
+        })
+        .collect()
+}
+
+/// A refusal audited with a 10 KB target (a station's garbage serial) and actor is written on
+/// both backends; such fields are not indexed (no valid serial or principal is that long), the
+/// entry is in the log and the chain, and short keys are still found.
+fn an_audit_entry_with_a_ten_kilobyte_target_is_written(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let long = incompressible(10 * 1024);
+    reg.audit(&event_of("station-1", "issue", "HSTM01261100000K")).expect("audit");
+    reg.audit(&event_of("station-1", "issue", &long)).expect("a 10 KB target is audited");
+    reg.audit(&event_of(&long, "issue", "HSTM01261100000K")).expect("a 10 KB actor is audited");
+    assert_eq!(reg.audit_len().expect("len"), 3);
+    assert_eq!(reg.audit_tail(2).expect("tail")[0].event.target, long);
+    assert!(reg.audit_by(&AuditBy::Target(long.clone()), None, 10).expect("long target").is_empty());
+    assert!(reg.audit_by(&AuditBy::Actor(long.clone()), None, 10).expect("long actor").is_empty());
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), None, 10).expect("short")), vec![3, 1]);
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("station-1".into()), None, 10).expect("short")), vec![2, 1]);
+    // At the bound exactly: indexed.
+    let bounded = incompressible(registry::audit::INDEXED_FIELD_MAX_BYTES);
+    reg.audit(&event_of("station-1", "issue", &bounded)).expect("audit");
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Target(bounded), None, 10).expect("bounded")), vec![4]);
+    reg.verify_audit_chain().expect("intact");
+}
+
 /// Entries as an older build stored them: a chain of `n` (each about `HSTM…K` by `admin`).
 fn older_audit(n: u64) -> Vec<(u64, Vec<u8>)> {
     let mut prev = registry::audit::GENESIS.to_owned();
@@ -825,7 +860,8 @@ fn an_older_redb_registry_gets_its_audit_indexes_on_open() {
 }
 
 /// A PostgreSQL registry at schema version 3 gets its audit indexed by migration 7; an
-/// entry that does not parse stays unindexed instead of failing the migration.
+/// entry that does not parse, or whose target is 10 KB, stays unindexed instead of failing the
+/// migration; an older build's later appends are indexed by the migration's insert trigger.
 #[test]
 fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
     let pg = registry::testing::PgServer::start().expect("PostgreSQL test server");
@@ -846,6 +882,11 @@ fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
         c.execute("INSERT INTO audit (seq, entry) VALUES ($1, $2)", &[&(seq as i64), &bytes]).expect("old row");
     }
     c.execute("INSERT INTO audit (seq, entry) VALUES (6, '\\xff00')", &[]).expect("unparsable row");
+    // An older build audited a 10 KB target: the migration leaves it unindexed instead of failing.
+    let long = event_of("station-1", "issue", &incompressible(10 * 1024));
+    let entry = AuditEntry { seq: 7, hash: registry::audit::entry_hash(7, &long, "x"), event: long, prev: "x".into() };
+    let bytes = serde_json::to_vec(&entry).expect("json");
+    c.execute("INSERT INTO audit (seq, entry) VALUES (7, $1)", &[&bytes]).expect("long row");
     let applied = Registry::migrate_postgres(&pg.url()).expect("migrate");
     assert_eq!(applied, vec![4, 5, 6, 7, 8]);
     let reg = Registry::open_postgres(&pg.url()).expect("open");
@@ -854,6 +895,18 @@ fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
         seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), Some(5), 2).expect("by target")),
         vec![4, 3]
     );
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("station-1".into()), None, 10).expect("by actor")), vec![7, 5, 3, 1]);
+    // An instance of the older build still serving (rolling upgrade) appends without the columns.
+    let late = AuditEntry {
+        seq: 8,
+        hash: "y".into(),
+        event: event_of("admin", "revoke", "HSTM01261100000K"),
+        prev: "x".into(),
+    };
+    let bytes = serde_json::to_vec(&late).expect("json");
+    c.execute("INSERT INTO audit (seq, entry) VALUES (8, $1)", &[&bytes]).expect("an older build's append");
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin".into()), None, 10).expect("by actor")), vec![8, 4, 2]);
+    assert_eq!(seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), None, 1).expect("by target")), vec![8]);
 }
 
 on_both_backends!(
@@ -870,4 +923,5 @@ on_both_backends!(
     retries_racing_their_first_call_all_get_its_certificate,
     running_counts_and_filter_indexes_match_a_full_scan,
     audit_indexes_find_entries_behind_ten_thousand_newer_ones,
+    an_audit_entry_with_a_ten_kilobyte_target_is_written,
 );

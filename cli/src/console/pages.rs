@@ -183,25 +183,26 @@ async fn audit_tail(c: &Console, last: u32, verify: bool) -> Result<v1::ListAudi
 /// A verification of the audit chain younger than this is reused by the pages.
 const CHAIN_FRESH_MS: u64 = 60_000;
 
-/// The audit chain's verification (no entries) and when it was made: verified now when the
-/// console has none yet or `now` is asked; else the newest one, and when that is older than
+/// The audit chain's newest verification (no entries) and when it was made, never waiting for
+/// the walk (linear in the log: seconds at millions of entries) unless `now` is asked: `None`
+/// while the console's first one runs in the background; when the newest is older than
 /// [`CHAIN_FRESH_MS`] a background task verifies again for the pages after this one.
-async fn chain_status(c: &Arc<Console>, now: bool) -> Result<(u64, Arc<v1::ListAuditResponse>)> {
-    let cached = c.chain.lock().map_err(|_| anyhow::anyhow!("chain cache poisoned"))?.clone();
-    match cached {
-        Some((at, v)) if !now => {
-            let stale = now_ms().saturating_sub(at) > CHAIN_FRESH_MS;
-            if stale && !c.chain_refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let _ = verify_chain(&c).await;
-                    c.chain_refreshing.store(false, std::sync::atomic::Ordering::Release);
-                });
-            }
-            Ok((at, v))
-        }
-        _ => verify_chain(c).await,
+async fn chain_status(c: &Arc<Console>, now: bool) -> Result<Option<(u64, Arc<v1::ListAuditResponse>)>> {
+    if now {
+        return verify_chain(c).await.map(Some);
     }
+    let cached = c.chain.lock().map_err(|_| anyhow::anyhow!("chain cache poisoned"))?.clone();
+    let stale = cached.as_ref().is_none_or(|(at, _)| now_ms().saturating_sub(*at) > CHAIN_FRESH_MS);
+    if stale && !c.chain_refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let c = c.clone();
+        tokio::spawn(async move {
+            if let Err(e) = verify_chain(&c).await {
+                eprintln!("console: audit chain verification failed (retried on the next page): {e:#}");
+            }
+            c.chain_refreshing.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+    Ok(cached)
 }
 
 async fn verify_chain(c: &Console) -> Result<(u64, Arc<v1::ListAuditResponse>)> {
@@ -231,9 +232,13 @@ fn counts_table(l: Lang, title: &'static str, id: &str, counts: &BTreeMap<String
 }
 
 /// Bars per hour for the last 48 hours: certificates issued and terminals provisioned.
-fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -> Markup {
-    const HOURS: u64 = 48;
-    const HOUR: u64 = 3_600_000;
+const HOURS: u64 = 48;
+const HOUR: u64 = 3_600_000;
+
+/// Issued and provisioned per hour over the [`HOURS`] hours ending with `now_ms`'s, counted from
+/// `entries` (the newest of the log, oldest first), and, when those are a full window of `window`
+/// whose oldest falls inside the chart, that entry's time: hours before it are not counted.
+fn hourly_counts(entries: &[v1::AuditEntry], window: usize, now_ms: u64) -> HourlyCounts {
     let end = now_ms / HOUR * HOUR + HOUR;
     let start = end - HOURS * HOUR;
     let mut issued = [0u64; HOURS as usize];
@@ -246,6 +251,22 @@ fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -
             _ => {}
         }
     }
+    let oldest = entries.iter().map(|e| e.time_ms).min();
+    let covered_from = oldest.filter(|&at| entries.len() >= window && at > start);
+    HourlyCounts { start, issued, provisioned, covered_from }
+}
+
+/// What [`hourly_counts`] found.
+struct HourlyCounts {
+    start: u64,
+    issued: [u64; HOURS as usize],
+    provisioned: [u64; HOURS as usize],
+    covered_from: Option<u64>,
+}
+
+fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -> Markup {
+    let HourlyCounts { start, issued, provisioned, covered_from } =
+        hourly_counts(entries, AUDIT_WINDOW as usize, now_ms);
     let max = issued.iter().chain(&provisioned).copied().max().unwrap_or(0).max(1);
     let (w, h, base) = (960u64, 200u64, 170u64);
     let step = w / HOURS;
@@ -255,7 +276,13 @@ fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -
             h2 { (t(l, "per_hour")) }
             p.legend { span.issued { "■ " (t(l, "issued")) " " (issued.iter().sum::<u64>()) } " "
                        span.provisioned { "■ " (t(l, "provisioned")) " " (provisioned.iter().sum::<u64>()) } }
+            @if let Some(at) = covered_from {
+                p #hourly-partial.warn { (t(l, "per_hour_partial")) " " (when(c, at)) }
+            }
             svg #hourly viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) role="img" {
+                @if let Some(at) = covered_from {
+                    rect x="0" y="0" width=((at - start) * w / (HOURS * HOUR)) height=(base) fill="#ddd" {}
+                }
                 line x1="0" y1=(base) x2=(w) y2=(base) stroke="#888" {}
                 text x="2" y="12" font-size="11" fill="#444" { (max) }
                 @for i in 0..HOURS as usize {
@@ -371,7 +398,10 @@ async fn freshness_section(c: &Console, l: Lang) -> Result<Markup> {
     })
 }
 
-fn chain_summary(c: &Console, l: Lang, (at, a): &(u64, Arc<v1::ListAuditResponse>)) -> Markup {
+fn chain_summary(c: &Console, l: Lang, chain: &Option<(u64, Arc<v1::ListAuditResponse>)>) -> Markup {
+    let Some((at, a)) = chain else {
+        return html! { p #chain-running { (t(l, "verification_running")) } };
+    };
     html! {
         p #chain-at { (t(l, "verified_at")) " " (when(c, *at)) }
         @if a.chain_verified {
@@ -1205,4 +1235,30 @@ pub async fn logout(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
         Html(html! { (maud::DOCTYPE) html { head { meta charset="utf-8"; link rel="stylesheet" href="/console.css"; } body { main { p { "已退出 · Signed out" } } } } }.into_string()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str, time_ms: u64) -> v1::AuditEntry {
+        v1::AuditEntry { action: action.into(), outcome: "ok".into(), time_ms, ..Default::default() }
+    }
+
+    /// A full window whose oldest entry is 3 hours old counts those 3 hours and says the hours
+    /// before were not counted; a window that is not full covers the whole chart.
+    #[test]
+    fn a_full_window_says_where_its_counts_begin() {
+        let now = 100 * HOUR + HOUR / 2;
+        let oldest = now - 3 * HOUR;
+        let mut entries = vec![entry("issue", oldest), entry("confirm", now - HOUR), entry("reissue", now)];
+        entries.push(v1::AuditEntry { outcome: "refused".into(), ..entry("issue", now) });
+        let full = hourly_counts(&entries, entries.len(), now);
+        assert_eq!(full.covered_from, Some(oldest));
+        assert_eq!((full.issued.iter().sum::<u64>(), full.provisioned.iter().sum::<u64>()), (2, 1));
+        assert_eq!((full.issued[HOURS as usize - 1], full.provisioned[HOURS as usize - 2]), (1, 1));
+        assert_eq!(hourly_counts(&entries, entries.len() + 1, now).covered_from, None, "not a full window");
+        let old = [entry("issue", now - 60 * HOUR), entry("issue", now)];
+        assert_eq!(hourly_counts(&old, 2, now).covered_from, None, "the window reaches past the chart");
+    }
 }

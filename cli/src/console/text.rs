@@ -49,6 +49,11 @@ const WORDS: &[(&str, &str, &str)] = &[
         "最近 48 小时每小时签发证书与完成写入的终端",
         "Certificates issued and terminals provisioned per hour, last 48 hours",
     ),
+    (
+        "per_hour_partial",
+        "只统计最新 10,000 条审计记录（灰色部分未统计），自",
+        "Counted from the newest 10,000 audit entries only (grey: not counted), since",
+    ),
     ("issued", "签发", "issued"),
     ("provisioned", "写入", "provisioned"),
     ("audit_status", "审计链", "Audit chain"),
@@ -59,6 +64,11 @@ const WORDS: &[(&str, &str, &str)] = &[
         "Whole chain verified at (again in the background each minute)",
     ),
     ("verify_now", "立即校验整条链", "Verify the whole chain now"),
+    (
+        "verification_running",
+        "整条审计链正在后台校验，结果稍后显示",
+        "The whole chain is being verified in the background; the result shows on a later page",
+    ),
     ("chain_broken", "已损坏", "BROKEN"),
     ("entries", "条记录", "entries"),
     ("checkpoints", "已验证的签名检查点", "signed checkpoints verified"),

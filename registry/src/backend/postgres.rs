@@ -991,6 +991,7 @@ impl StoreWrite for PgTx<'_, '_> {
         match bytes {
             Some(b) => {
                 let (actor, target) = crate::audit::index_keys(b).unzip();
+                let (actor, target) = (actor.flatten(), target.flatten());
                 self.execute_c(
                     "INSERT INTO audit (seq, entry, actor, target) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (seq) DO UPDATE SET entry = $2, actor = $3, target = $4",

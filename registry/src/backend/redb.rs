@@ -65,7 +65,8 @@ const AUDIT_INDEXED: &str = "audit_indexed";
 /// Adds (or, with `add` false, removes) the index entries of audit entry `seq` stored as `bytes`.
 fn index_audit(txn: &WriteTransaction, seq: u64, bytes: &[u8], add: bool) -> Result<()> {
     let Some((actor, target)) = crate::audit::index_keys(bytes) else { return Ok(()) };
-    for (table, key) in [(AUDIT_BY_ACTOR, actor.as_str()), (AUDIT_BY_TARGET, target.as_str())] {
+    for (table, key) in [(AUDIT_BY_ACTOR, actor), (AUDIT_BY_TARGET, target)] {
+        let Some(key) = key.as_deref() else { continue };
         let mut index = txn.open_table(table)?;
         if add {
             index.insert((key, seq), ())?;
