@@ -193,7 +193,14 @@ impl Crls {
             self.dirty.lock().map(|mut d| std::mem::take(&mut *d).into_iter().collect()).unwrap_or_default();
         let result = (|| {
             let snapshot = registry.revocation_snapshot()?;
-            self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &dirty, partitions)?;
+            // The snapshot may hold other instances' revocations too, and the full CRL below
+            // moves `published_seq` past them: their partitions are remade now or never.
+            let mut which: std::collections::BTreeSet<u32> = dirty.iter().copied().collect();
+            let published = self.published_seq();
+            which.extend(snapshot.revoked.iter().filter(|r| r.seq > published).filter_map(|r| r.partition));
+            which.extend(snapshot.released.iter().filter(|r| r.seq > published).filter_map(|r| r.partition));
+            let which: Vec<u32> = which.into_iter().collect();
+            self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &which, partitions)?;
             if let Some(base) = self.current.read().ok().and_then(|c| c.base) {
                 self.publish_delta_on(registry, signer, issuer, &snapshot, base)?;
             }
