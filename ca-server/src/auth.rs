@@ -115,6 +115,16 @@ impl AuthFailure {
             Self::Unavailable(_) => (Unavailable, Reason::StorageFailure),
         }
     }
+
+    /// Whether this failure counts toward the caller's failure limit. Not: the registry being
+    /// away (ours, not theirs: an outage must not lock every station out once it ends), a
+    /// refusal for being over the limit (counted already: a client retrying at the limit would
+    /// never recover), and a replayed nonce (the request is the principal's own, correctly
+    /// signed; a proxy retrying it on another instance, or anyone who saw it, would otherwise
+    /// lock the principal out).
+    pub fn counts_against_caller(&self) -> bool {
+        !matches!(self, Self::Unavailable(_) | Self::RateLimited(_) | Self::Replayed)
+    }
 }
 
 /// A principal's identity certificate as the registry holds it.
@@ -421,6 +431,11 @@ impl FailureLimiter {
         }
     }
 
+    /// Sources whose failures wait for the next [`FailureLimiter::share`] (0 when not shared).
+    pub fn unshared(&self) -> usize {
+        self.shared.as_ref().and_then(|s| s.lock().ok()).map_or(0, |s| s.pending.len())
+    }
+
     /// Sources tracked now: (addresses, principals).
     pub fn tracked(&self) -> (usize, usize) {
         let n = |m: &Mutex<Counts>| m.lock().map_or(0, |c| c.map.len());
@@ -552,12 +567,16 @@ impl<D: Directory> Gate<'_, D> {
         let now_ms = unix_ms(now);
         let limit = self.roles.failures_per_minute;
         let signed = self.verify_signature(headers, method, body, peer, now, now_ms).map_err(|failure| {
-            self.limiter.record_address(peer, now_ms, limit);
+            if failure.counts_against_caller() {
+                self.limiter.record_address(peer, now_ms, limit);
+            }
             Refused { failure, principal: None }
         })?;
         let name = signed.known.principal.name.clone();
         self.admit(signed, method, now_ms).map_err(|failure| {
-            self.limiter.record_principal(&name, now_ms, limit);
+            if failure.counts_against_caller() {
+                self.limiter.record_principal(&name, now_ms, limit);
+            }
             Refused { failure, principal: Some(name) }
         })
     }

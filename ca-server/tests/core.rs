@@ -449,3 +449,85 @@ fn the_issuer_signs_only_linted_certificates_that_chain() {
         good.issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now).expect("right key");
     }
 }
+
+/// A registry that can be taken away: reads and nonce spends fail while `down`, as PostgreSQL's
+/// would during an outage.
+struct Flaky<'a> {
+    reg: &'a Registry,
+    principals_down: std::sync::atomic::AtomicBool,
+    nonces_down: std::sync::atomic::AtomicBool,
+}
+
+impl ca_server::auth::Directory for Flaky<'_> {
+    fn principal_for_cert(&self, serial: &str) -> Result<Option<ca_server::auth::KnownCert>, String> {
+        if self.principals_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("connection refused".into());
+        }
+        ca_server::auth::Directory::principal_for_cert(self.reg, serial)
+    }
+
+    fn spend_shared_nonce(&self, _nonce: &[u8], _now_ms: u64, _expires_ms: u64) -> Result<bool, String> {
+        if self.nonces_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("connection refused".into());
+        }
+        Ok(true)
+    }
+}
+
+/// Review finding 4: failures that are not the caller's — the registry away, refusals for being
+/// over the limit, replays of its own request — count neither here nor toward the shared limit.
+#[test]
+fn an_outage_replays_and_refusals_at_the_limit_do_not_count_against_the_caller() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world();
+    let e = Env { limiter: FailureLimiter::shared(), ..env(&w) };
+    let flaky = Flaky { reg: &w.reg, principals_down: false.into(), nonces_down: false.into() };
+    let g = Gate {
+        trust: &e.trust,
+        directory: &flaky,
+        roles: &w.roles,
+        nonces: &e.nonces,
+        limiter: &e.limiter,
+        validated: &e.validated,
+    };
+    let now = SystemTime::now();
+    let (key, cert, _) = w.principal("station-1", "station");
+    let n = 3 * w.roles.failures_per_minute;
+    // Down after the signature verified (the shared nonce store) and before (the principal read).
+    flaky.nonces_down.store(true, Relaxed);
+    for _ in 0..n {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now)), Reason::StorageFailure);
+    }
+    flaky.nonces_down.store(false, Relaxed);
+    flaky.principals_down.store(true, Relaxed);
+    for _ in 0..n {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now)), Reason::StorageFailure);
+    }
+    flaky.principals_down.store(false, Relaxed);
+    // One request, replayed many times (a proxy retrying it).
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h.clone()), ISSUE, b"b", "203.0.113.7", now).expect("the first one passes");
+    for _ in 0..n {
+        assert_eq!(reason(g.authenticate(Ok(h.clone()), ISSUE, b"b", "203.0.113.7", now)), Reason::ReplayedNonce);
+    }
+    assert_eq!(e.limiter.tracked(), (0, 0), "nothing counted here");
+    assert_eq!(e.limiter.unshared(), 0, "nothing queued for the other instances");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now).expect("the station is not blocked");
+
+    // Over the limit by its own failures, then retrying while refused: the minute still ends.
+    for _ in 0..w.roles.failures_per_minute {
+        let h = sign(&key, &cert, REVOKE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), REVOKE, b"b", "203.0.113.7", now)), Reason::RoleForbidden);
+    }
+    let retrying = now + Duration::from_secs(30);
+    for _ in 0..n {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(retrying)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", retrying)), Reason::RateLimited);
+    }
+    let later = now + Duration::from_secs(61);
+    let h = sign(&key, &cert, ISSUE, b"b", ms(later)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", later).expect("allowed a minute after its own failures");
+}
