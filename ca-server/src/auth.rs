@@ -283,7 +283,8 @@ impl Counts {
         self.map.get_mut(key).is_some_and(|q| Self::recent(q, now_ms) >= limit as usize)
     }
 
-    fn record(&mut self, key: &str, now_ms: u64, limit: u32) {
+    /// Counts a failure of `key`; false when `key` went uncounted (too many sources).
+    fn record(&mut self, key: &str, now_ms: u64, limit: u32) -> bool {
         if !self.map.contains_key(key) && self.map.len() >= self.cap {
             // Full: sweep out quiet sources, but at most once a second, so a flood of new
             // sources costs one scan a second, not one per request.
@@ -294,7 +295,7 @@ impl Counts {
             if self.map.len() >= self.cap {
                 // More sources failing within a minute than we track: this one goes uncounted
                 // (its requests still fail on their own defects).
-                return;
+                return false;
             }
         }
         let q = self.map.entry(key.to_owned()).or_default();
@@ -302,6 +303,7 @@ impl Counts {
         while q.len() > (limit as usize).max(1) {
             q.pop_front();
         }
+        true
     }
 }
 
@@ -380,36 +382,36 @@ impl FailureLimiter {
 
     /// Counts one failure from `peer` before any signature verified.
     pub fn record_address(&self, peer: &str, now_ms: u64, limit: u32) {
-        if let Ok(mut c) = self.addresses.lock() {
-            c.record(peer, now_ms, limit);
+        // Only sources counted here are shared: the shared table then grows no faster than
+        // the local counts (at most CAPACITY new sources a minute per instance).
+        if self.addresses.lock().is_ok_and(|mut c| c.record(peer, now_ms, limit)) {
+            self.record_shared(FailureKind::Address, peer);
         }
-        self.record_shared(FailureKind::Address, peer);
     }
 
     fn record_principal(&self, name: &str, now_ms: u64, limit: u32) {
-        if let Ok(mut c) = self.principals.lock() {
-            c.record(name, now_ms, limit);
+        if self.principals.lock().is_ok_and(|mut c| c.record(name, now_ms, limit)) {
+            self.record_shared(FailureKind::Principal, name);
         }
-        self.record_shared(FailureKind::Principal, name);
     }
 
     /// Hands the failures counted since the last call to the shared registry and takes the
     /// sources blocked over all instances (run on a poll, blocking). When the registry cannot
     /// be reached the counts are kept for the next poll and the last blocked set stays.
     /// Returns how many sources are blocked; a limiter that is not shared does nothing.
-    pub fn share(&self, registry: &Registry, now_ms: u64, limit: u32) -> Result<usize, registry::RegistryError> {
+    pub fn share(&self, registry: &Registry, limit: u32) -> Result<usize, registry::RegistryError> {
         let Some(shared) = &self.shared else { return Ok(0) };
         let pending: Vec<(FailureKind, String, u32)> = match shared.lock() {
             Ok(mut s) => s.pending.drain().map(|((k, src), n)| (k, src, n)).collect(),
             Err(_) => return Ok(0),
         };
-        match registry.share_auth_failures(&pending, now_ms, limit) {
+        match registry.share_auth_failures(&pending, limit) {
             Ok(blocked) => {
                 let n = blocked.len();
                 if let Ok(mut s) = shared.lock() {
                     s.blocked_addresses.clear();
                     s.blocked_principals.clear();
-                    for (kind, source) in blocked {
+                    for (kind, source) in blocked.into_iter().take(registry::FAILURE_BLOCKED_MAX) {
                         match kind {
                             FailureKind::Address => s.blocked_addresses.insert(source),
                             FailureKind::Principal => s.blocked_principals.insert(source),

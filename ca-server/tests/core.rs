@@ -531,3 +531,26 @@ fn an_outage_replays_and_refusals_at_the_limit_do_not_count_against_the_caller()
     let h = sign(&key, &cert, ISSUE, b"b", ms(later)).expect("sign");
     g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", later).expect("allowed a minute after its own failures");
 }
+
+/// Review finding 6: a source the local counts could not track (they are full) is not queued for
+/// the shared table either, so that table grows no faster than the local counts.
+#[test]
+fn only_sources_counted_here_are_shared() {
+    let limiter = FailureLimiter::shared();
+    let now = ms(SystemTime::now());
+    let cap = FailureLimiter::CAPACITY;
+    for i in 0..cap {
+        limiter.record_address(&format!("a{i}"), now, 10);
+    }
+    assert_eq!(limiter.unshared(), cap);
+    let dir = tempfile::tempdir().expect("tmp");
+    // redb shares nothing, but the queue is handed over (emptied) all the same.
+    let one_instance = Registry::open(&dir.path().join("r.redb")).expect("registry");
+    limiter.share(&one_instance, 10).expect("share");
+    assert_eq!(limiter.unshared(), 0);
+    for i in cap..2 * cap {
+        limiter.record_address(&format!("a{i}"), now + 1, 10);
+    }
+    assert_eq!(limiter.tracked().0, cap, "the local counts are full");
+    assert_eq!(limiter.unshared(), 0, "sources not counted here are not shared");
+}
