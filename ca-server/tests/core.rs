@@ -554,3 +554,61 @@ fn only_sources_counted_here_are_shared() {
     assert_eq!(limiter.tracked().0, cap, "the local counts are full");
     assert_eq!(limiter.unshared(), 0, "sources not counted here are not shared");
 }
+
+/// Review findings 10 and 9: a leader that lost the lock late (its stores refused, a newer
+/// leader stored higher numbers) still reads the rows stored below its own numbers; a follower
+/// serves a stored row only when it is the CRL its name says, and a row that does not verify
+/// does not move its cursor past rows stored later.
+#[test]
+fn a_stale_leader_reads_rows_below_its_refused_numbers_and_rows_must_be_what_they_name() {
+    use ca_server::revocation::{CrlFile, CrlTiming, CrlUrls, Crls};
+    let pg = registry::testing::PgServer::start().expect("PostgreSQL test server");
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let w = world();
+    let urls = CrlUrls {
+        full: "http://h/crl/issuing.crl".into(),
+        partition: Some("http://h/crl/issuing-{partition}.crl".into()),
+    };
+    let timing = CrlTiming { validity: Duration::from_secs(3600), full_every: Duration::from_secs(3600) };
+    let fresh_reg = Registry::open_postgres(&pg.url()).expect("open");
+    let stale_reg = Registry::open_postgres(&pg.url()).expect("open");
+    let (fresh, stale) = (Crls::new(urls.clone(), timing), Crls::new(urls, timing));
+    fresh.publish_all(&fresh_reg, &w.issuing_key, &w.info, 2, true, None).expect("the new leader publishes");
+    let p1 = fresh.get(CrlFile::Partition(1)).expect("partition 1").number;
+    // Rows above anything the stale leader signs, under its names; they do not verify.
+    let row = |name: &str, number: u64, der: Vec<u8>| registry::StoredCrl {
+        name: name.into(),
+        number,
+        der,
+        entries: 0,
+        this_update_ms: 0,
+        base: None,
+    };
+    for name in ["partition-0", "full", "delta"] {
+        assert!(fresh_reg.store_crl(row(name, 1_000_000, b"not a CRL".to_vec())).expect("store"));
+    }
+    // A genuine CRL stored under another CRL's name.
+    let full = fresh.get(CrlFile::Full).expect("full");
+    assert!(fresh_reg.store_crl(row("partition-3", full.number, full.der.to_vec())).expect("store"));
+
+    stale.publish_all(&stale_reg, &w.issuing_key, &w.info, 1, true, None).expect("refused stores are quiet");
+    assert!(stale.get(CrlFile::Partition(1)).is_none());
+    stale.load_stored(&stale_reg, &w.info).expect("load");
+    assert_eq!(
+        stale.get(CrlFile::Partition(1)).map(|p| p.number),
+        Some(p1),
+        "the row stored below the stale leader's refused numbers is read"
+    );
+    assert!(stale.get(CrlFile::Partition(3)).is_none(), "a full CRL is not served as partition 3's");
+
+    // The new leader publishes again (numbers below the rows that do not verify).
+    fresh.publish_all(&fresh_reg, &w.issuing_key, &w.info, 2, true, None).expect("again");
+    let newer = fresh.get(CrlFile::Partition(1)).expect("partition 1").number;
+    assert!(newer > p1);
+    stale.load_stored(&stale_reg, &w.info).expect("load");
+    assert_eq!(
+        stale.get(CrlFile::Partition(1)).map(|p| p.number),
+        Some(newer),
+        "rows that fail do not move the cursor"
+    );
+}
