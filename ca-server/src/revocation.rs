@@ -421,7 +421,15 @@ impl Crls {
             let kind_matches = match (s.name.as_str(), partition) {
                 ("full", _) => v.delta_base.is_none() && v.distribution_point.is_none(),
                 ("delta", _) => v.delta_base.is_some() && v.distribution_point.is_none(),
-                (_, Some(n)) => v.delta_base.is_none() && v.distribution_point == self.partition_url(n),
+                // By file name: instances may publish under different hosts.
+                (_, Some(n)) => {
+                    v.delta_base.is_none()
+                        && v.distribution_point
+                            .as_deref()
+                            .and_then(|url| url.rsplit('/').next())
+                            .and_then(|file| self.file(file))
+                            == Some((CrlFile::Partition(n), false))
+                }
                 _ => false,
             };
             if v.number != Some(s.number) || !kind_matches {
