@@ -115,6 +115,16 @@ impl AuthFailure {
             Self::Unavailable(_) => (Unavailable, Reason::StorageFailure),
         }
     }
+
+    /// Whether this failure counts toward the caller's failure limit. Not: the registry being
+    /// away (ours, not theirs: an outage must not lock every station out once it ends), a
+    /// refusal for being over the limit (counted already: a client retrying at the limit would
+    /// never recover), and a replayed nonce (the request is the principal's own, correctly
+    /// signed; a proxy retrying it on another instance, or anyone who saw it, would otherwise
+    /// lock the principal out).
+    pub fn counts_against_caller(&self) -> bool {
+        !matches!(self, Self::Unavailable(_) | Self::RateLimited(_) | Self::Replayed)
+    }
 }
 
 /// A principal's identity certificate as the registry holds it.
@@ -273,7 +283,8 @@ impl Counts {
         self.map.get_mut(key).is_some_and(|q| Self::recent(q, now_ms) >= limit as usize)
     }
 
-    fn record(&mut self, key: &str, now_ms: u64, limit: u32) {
+    /// Counts a failure of `key`; false when `key` went uncounted (too many sources).
+    fn record(&mut self, key: &str, now_ms: u64, limit: u32) -> bool {
         if !self.map.contains_key(key) && self.map.len() >= self.cap {
             // Full: sweep out quiet sources, but at most once a second, so a flood of new
             // sources costs one scan a second, not one per request.
@@ -284,7 +295,7 @@ impl Counts {
             if self.map.len() >= self.cap {
                 // More sources failing within a minute than we track: this one goes uncounted
                 // (its requests still fail on their own defects).
-                return;
+                return false;
             }
         }
         let q = self.map.entry(key.to_owned()).or_default();
@@ -292,6 +303,7 @@ impl Counts {
         while q.len() > (limit as usize).max(1) {
             q.pop_front();
         }
+        true
     }
 }
 
@@ -370,36 +382,36 @@ impl FailureLimiter {
 
     /// Counts one failure from `peer` before any signature verified.
     pub fn record_address(&self, peer: &str, now_ms: u64, limit: u32) {
-        if let Ok(mut c) = self.addresses.lock() {
-            c.record(peer, now_ms, limit);
+        // Only sources counted here are shared: the shared table then grows no faster than
+        // the local counts (at most CAPACITY new sources a minute per instance).
+        if self.addresses.lock().is_ok_and(|mut c| c.record(peer, now_ms, limit)) {
+            self.record_shared(FailureKind::Address, peer);
         }
-        self.record_shared(FailureKind::Address, peer);
     }
 
     fn record_principal(&self, name: &str, now_ms: u64, limit: u32) {
-        if let Ok(mut c) = self.principals.lock() {
-            c.record(name, now_ms, limit);
+        if self.principals.lock().is_ok_and(|mut c| c.record(name, now_ms, limit)) {
+            self.record_shared(FailureKind::Principal, name);
         }
-        self.record_shared(FailureKind::Principal, name);
     }
 
     /// Hands the failures counted since the last call to the shared registry and takes the
     /// sources blocked over all instances (run on a poll, blocking). When the registry cannot
     /// be reached the counts are kept for the next poll and the last blocked set stays.
     /// Returns how many sources are blocked; a limiter that is not shared does nothing.
-    pub fn share(&self, registry: &Registry, now_ms: u64, limit: u32) -> Result<usize, registry::RegistryError> {
+    pub fn share(&self, registry: &Registry, limit: u32) -> Result<usize, registry::RegistryError> {
         let Some(shared) = &self.shared else { return Ok(0) };
         let pending: Vec<(FailureKind, String, u32)> = match shared.lock() {
             Ok(mut s) => s.pending.drain().map(|((k, src), n)| (k, src, n)).collect(),
             Err(_) => return Ok(0),
         };
-        match registry.share_auth_failures(&pending, now_ms, limit) {
+        match registry.share_auth_failures(&pending, limit) {
             Ok(blocked) => {
                 let n = blocked.len();
                 if let Ok(mut s) = shared.lock() {
                     s.blocked_addresses.clear();
                     s.blocked_principals.clear();
-                    for (kind, source) in blocked {
+                    for (kind, source) in blocked.into_iter().take(registry::FAILURE_BLOCKED_MAX) {
                         match kind {
                             FailureKind::Address => s.blocked_addresses.insert(source),
                             FailureKind::Principal => s.blocked_principals.insert(source),
@@ -419,6 +431,11 @@ impl FailureLimiter {
                 Err(e)
             }
         }
+    }
+
+    /// Sources whose failures wait for the next [`FailureLimiter::share`] (0 when not shared).
+    pub fn unshared(&self) -> usize {
+        self.shared.as_ref().and_then(|s| s.lock().ok()).map_or(0, |s| s.pending.len())
     }
 
     /// Sources tracked now: (addresses, principals).
@@ -552,12 +569,16 @@ impl<D: Directory> Gate<'_, D> {
         let now_ms = unix_ms(now);
         let limit = self.roles.failures_per_minute;
         let signed = self.verify_signature(headers, method, body, peer, now, now_ms).map_err(|failure| {
-            self.limiter.record_address(peer, now_ms, limit);
+            if failure.counts_against_caller() {
+                self.limiter.record_address(peer, now_ms, limit);
+            }
             Refused { failure, principal: None }
         })?;
         let name = signed.known.principal.name.clone();
         self.admit(signed, method, now_ms).map_err(|failure| {
-            self.limiter.record_principal(&name, now_ms, limit);
+            if failure.counts_against_caller() {
+                self.limiter.record_principal(&name, now_ms, limit);
+            }
             Refused { failure, principal: Some(name) }
         })
     }

@@ -193,7 +193,14 @@ impl Crls {
             self.dirty.lock().map(|mut d| std::mem::take(&mut *d).into_iter().collect()).unwrap_or_default();
         let result = (|| {
             let snapshot = registry.revocation_snapshot()?;
-            self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &dirty, partitions)?;
+            // The snapshot may hold other instances' revocations too, and the full CRL below
+            // moves `published_seq` past them: their partitions are remade now or never.
+            let mut which: std::collections::BTreeSet<u32> = dirty.iter().copied().collect();
+            let published = self.published_seq();
+            which.extend(snapshot.revoked.iter().filter(|r| r.seq > published).filter_map(|r| r.partition));
+            which.extend(snapshot.released.iter().filter(|r| r.seq > published).filter_map(|r| r.partition));
+            let which: Vec<u32> = which.into_iter().collect();
+            self.publish_partitions(registry, signer, issuer, &snapshot.revoked, &which, partitions)?;
             if let Some(base) = self.current.read().ok().and_then(|c| c.base) {
                 self.publish_delta_on(registry, signer, issuer, &snapshot, base)?;
             }
@@ -385,8 +392,11 @@ impl Crls {
             this_update_ms: ms(p.this_update),
             base,
         };
-        registry.store_crl(crl)?;
-        self.stored_up_to.fetch_max(p.number, std::sync::atomic::Ordering::Relaxed);
+        // Refused: a newer leader stored a higher number under this name. The cursor stays, so
+        // this instance still reads the rows that leader stored below its own number.
+        if registry.store_crl(crl)? {
+            self.stored_up_to.fetch_max(p.number, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -398,32 +408,48 @@ impl Crls {
         let stored = registry.stored_crls_after(self.stored_up_to.load(Relaxed))?;
         let mut taken = 0;
         for s in stored {
-            self.stored_up_to.fetch_max(s.number, Relaxed);
-            match pki::verify_crl(&s.der, issuer) {
-                Ok(v) if v.number == Some(s.number) => {}
-                Ok(_) => {
-                    tracing::error!(name = %s.name, number = s.number, "stored CRL carries another number; not served");
-                    continue;
-                }
+            // The cursor moves only past rows that are what their name says: a row that does not
+            // verify is read again (and refused again) rather than hiding what follows it.
+            let v = match pki::verify_crl(&s.der, issuer) {
+                Ok(v) => v,
                 Err(e) => {
                     tracing::error!(name = %s.name, number = s.number, error = %e, "stored CRL does not verify; not served");
                     continue;
                 }
+            };
+            let partition = s.name.strip_prefix(PARTITION_PREFIX).and_then(|n| n.parse::<u32>().ok());
+            let kind_matches = match (s.name.as_str(), partition) {
+                ("full", _) => v.delta_base.is_none() && v.distribution_point.is_none(),
+                ("delta", _) => v.delta_base.is_some() && v.distribution_point.is_none(),
+                // By file name: instances may publish under different hosts.
+                (_, Some(n)) => {
+                    v.delta_base.is_none()
+                        && v.distribution_point
+                            .as_deref()
+                            .and_then(|url| url.rsplit('/').next())
+                            .and_then(|file| self.file(file))
+                            == Some((CrlFile::Partition(n), false))
+                }
+                _ => false,
+            };
+            if v.number != Some(s.number) || !kind_matches {
+                tracing::error!(name = %s.name, number = s.number, "stored CRL is not the CRL its row names; not served");
+                continue;
             }
-            let p = published(s.der, s.number, at(s.this_update_ms), s.entries as usize)?;
+            self.stored_up_to.fetch_max(s.number, Relaxed);
+            let p = published(s.der, s.number, v.this_update, s.entries as usize)?;
             let mut c = self.current.write().map_err(|_| PublishError::Encoding("lock poisoned".into()))?;
             match s.name.as_str() {
                 "full" => {
                     c.full = Some(p);
-                    if s.base.is_some() {
-                        c.base = s.base;
+                    // A base names a full CRL at or before this one.
+                    if let Some(base) = s.base.filter(|(n, _)| *n <= s.number) {
+                        c.base = Some(base);
                     }
                 }
                 "delta" => c.delta = Some(p),
-                other => {
-                    let Some(n) = other.strip_prefix(PARTITION_PREFIX).and_then(|n| n.parse::<u32>().ok()) else {
-                        continue;
-                    };
+                _ => {
+                    let Some(n) = partition else { continue };
                     c.partitions.insert(n, p);
                     self.partitions.fetch_max(n.saturating_add(1), Relaxed);
                 }

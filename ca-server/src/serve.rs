@@ -383,7 +383,7 @@ async fn shared_failure_loop(ca: Arc<Ca>, mut stop: tokio::sync::watch::Receiver
         }
         let asking = ca.clone();
         let shared = tokio::task::spawn_blocking(move || {
-            asking.limiter.share(&asking.registry, crate::records::now_ms(), asking.roles.failures_per_minute)
+            asking.limiter.share(&asking.registry, asking.roles.failures_per_minute)
         })
         .await;
         match shared {

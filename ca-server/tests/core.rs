@@ -449,3 +449,166 @@ fn the_issuer_signs_only_linted_certificates_that_chain() {
         good.issue(w.policy.profile("terminal").expect("p"), &vars, key.sm2_public_key(), now).expect("right key");
     }
 }
+
+/// A registry that can be taken away: reads and nonce spends fail while `down`, as PostgreSQL's
+/// would during an outage.
+struct Flaky<'a> {
+    reg: &'a Registry,
+    principals_down: std::sync::atomic::AtomicBool,
+    nonces_down: std::sync::atomic::AtomicBool,
+}
+
+impl ca_server::auth::Directory for Flaky<'_> {
+    fn principal_for_cert(&self, serial: &str) -> Result<Option<ca_server::auth::KnownCert>, String> {
+        if self.principals_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("connection refused".into());
+        }
+        ca_server::auth::Directory::principal_for_cert(self.reg, serial)
+    }
+
+    fn spend_shared_nonce(&self, _nonce: &[u8], _now_ms: u64, _expires_ms: u64) -> Result<bool, String> {
+        if self.nonces_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("connection refused".into());
+        }
+        Ok(true)
+    }
+}
+
+/// Review finding 4: failures that are not the caller's — the registry away, refusals for being
+/// over the limit, replays of its own request — count neither here nor toward the shared limit.
+#[test]
+fn an_outage_replays_and_refusals_at_the_limit_do_not_count_against_the_caller() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world();
+    let e = Env { limiter: FailureLimiter::shared(), ..env(&w) };
+    let flaky = Flaky { reg: &w.reg, principals_down: false.into(), nonces_down: false.into() };
+    let g = Gate {
+        trust: &e.trust,
+        directory: &flaky,
+        roles: &w.roles,
+        nonces: &e.nonces,
+        limiter: &e.limiter,
+        validated: &e.validated,
+    };
+    let now = SystemTime::now();
+    let (key, cert, _) = w.principal("station-1", "station");
+    let n = 3 * w.roles.failures_per_minute;
+    // Down after the signature verified (the shared nonce store) and before (the principal read).
+    flaky.nonces_down.store(true, Relaxed);
+    for _ in 0..n {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now)), Reason::StorageFailure);
+    }
+    flaky.nonces_down.store(false, Relaxed);
+    flaky.principals_down.store(true, Relaxed);
+    for _ in 0..n {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now)), Reason::StorageFailure);
+    }
+    flaky.principals_down.store(false, Relaxed);
+    // One request, replayed many times (a proxy retrying it).
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h.clone()), ISSUE, b"b", "203.0.113.7", now).expect("the first one passes");
+    for _ in 0..n {
+        assert_eq!(reason(g.authenticate(Ok(h.clone()), ISSUE, b"b", "203.0.113.7", now)), Reason::ReplayedNonce);
+    }
+    assert_eq!(e.limiter.tracked(), (0, 0), "nothing counted here");
+    assert_eq!(e.limiter.unshared(), 0, "nothing queued for the other instances");
+    let h = sign(&key, &cert, ISSUE, b"b", ms(now)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", now).expect("the station is not blocked");
+
+    // Over the limit by its own failures, then retrying while refused: the minute still ends.
+    for _ in 0..w.roles.failures_per_minute {
+        let h = sign(&key, &cert, REVOKE, b"b", ms(now)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), REVOKE, b"b", "203.0.113.7", now)), Reason::RoleForbidden);
+    }
+    let retrying = now + Duration::from_secs(30);
+    for _ in 0..n {
+        let h = sign(&key, &cert, ISSUE, b"b", ms(retrying)).expect("sign");
+        assert_eq!(reason(g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", retrying)), Reason::RateLimited);
+    }
+    let later = now + Duration::from_secs(61);
+    let h = sign(&key, &cert, ISSUE, b"b", ms(later)).expect("sign");
+    g.authenticate(Ok(h), ISSUE, b"b", "203.0.113.7", later).expect("allowed a minute after its own failures");
+}
+
+/// Review finding 6: a source the local counts could not track (they are full) is not queued for
+/// the shared table either, so that table grows no faster than the local counts.
+#[test]
+fn only_sources_counted_here_are_shared() {
+    let limiter = FailureLimiter::shared();
+    let now = ms(SystemTime::now());
+    let cap = FailureLimiter::CAPACITY;
+    for i in 0..cap {
+        limiter.record_address(&format!("a{i}"), now, 10);
+    }
+    assert_eq!(limiter.unshared(), cap);
+    let dir = tempfile::tempdir().expect("tmp");
+    // redb shares nothing, but the queue is handed over (emptied) all the same.
+    let one_instance = Registry::open(&dir.path().join("r.redb")).expect("registry");
+    limiter.share(&one_instance, 10).expect("share");
+    assert_eq!(limiter.unshared(), 0);
+    for i in cap..2 * cap {
+        limiter.record_address(&format!("a{i}"), now + 1, 10);
+    }
+    assert_eq!(limiter.tracked().0, cap, "the local counts are full");
+    assert_eq!(limiter.unshared(), 0, "sources not counted here are not shared");
+}
+
+/// Review findings 10 and 9: a leader that lost the lock late (its stores refused, a newer
+/// leader stored higher numbers) still reads the rows stored below its own numbers; a follower
+/// serves a stored row only when it is the CRL its name says, and a row that does not verify
+/// does not move its cursor past rows stored later.
+#[test]
+fn a_stale_leader_reads_rows_below_its_refused_numbers_and_rows_must_be_what_they_name() {
+    use ca_server::revocation::{CrlFile, CrlTiming, CrlUrls, Crls};
+    let pg = registry::testing::PgServer::start().expect("PostgreSQL test server");
+    Registry::migrate_postgres(&pg.url()).expect("migrate");
+    let w = world();
+    let urls = CrlUrls {
+        full: "http://h/crl/issuing.crl".into(),
+        partition: Some("http://h/crl/issuing-{partition}.crl".into()),
+    };
+    let timing = CrlTiming { validity: Duration::from_secs(3600), full_every: Duration::from_secs(3600) };
+    let fresh_reg = Registry::open_postgres(&pg.url()).expect("open");
+    let stale_reg = Registry::open_postgres(&pg.url()).expect("open");
+    let (fresh, stale) = (Crls::new(urls.clone(), timing), Crls::new(urls, timing));
+    fresh.publish_all(&fresh_reg, &w.issuing_key, &w.info, 2, true, None).expect("the new leader publishes");
+    let p1 = fresh.get(CrlFile::Partition(1)).expect("partition 1").number;
+    // Rows above anything the stale leader signs, under its names; they do not verify.
+    let row = |name: &str, number: u64, der: Vec<u8>| registry::StoredCrl {
+        name: name.into(),
+        number,
+        der,
+        entries: 0,
+        this_update_ms: 0,
+        base: None,
+    };
+    for name in ["partition-0", "full", "delta"] {
+        assert!(fresh_reg.store_crl(row(name, 1_000_000, b"not a CRL".to_vec())).expect("store"));
+    }
+    // A genuine CRL stored under another CRL's name.
+    let full = fresh.get(CrlFile::Full).expect("full");
+    assert!(fresh_reg.store_crl(row("partition-3", full.number, full.der.to_vec())).expect("store"));
+
+    stale.publish_all(&stale_reg, &w.issuing_key, &w.info, 1, true, None).expect("refused stores are quiet");
+    assert!(stale.get(CrlFile::Partition(1)).is_none());
+    stale.load_stored(&stale_reg, &w.info).expect("load");
+    assert_eq!(
+        stale.get(CrlFile::Partition(1)).map(|p| p.number),
+        Some(p1),
+        "the row stored below the stale leader's refused numbers is read"
+    );
+    assert!(stale.get(CrlFile::Partition(3)).is_none(), "a full CRL is not served as partition 3's");
+
+    // The new leader publishes again (numbers below the rows that do not verify).
+    fresh.publish_all(&fresh_reg, &w.issuing_key, &w.info, 2, true, None).expect("again");
+    let newer = fresh.get(CrlFile::Partition(1)).expect("partition 1").number;
+    assert!(newer > p1);
+    stale.load_stored(&stale_reg, &w.info).expect("load");
+    assert_eq!(
+        stale.get(CrlFile::Partition(1)).map(|p| p.number),
+        Some(newer),
+        "rows that fail do not move the cursor"
+    );
+}

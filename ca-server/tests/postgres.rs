@@ -628,3 +628,89 @@ async fn only_the_crl_leader_signs_followers_serve_its_bytes_and_numbers_rise_ac
     }
     drop(follower);
 }
+
+/// The path of the CRL a certificate names (its partition's).
+fn crl_path_of(cert_der: &[u8]) -> String {
+    let cert: pki::Certificate = der::Decode::from_der(cert_der).expect("der");
+    let urls = pki::cert::status_urls(&cert).crl;
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    let after_scheme = urls[0].strip_prefix("http://").expect("http URL");
+    after_scheme[after_scheme.find('/').expect("path")..].to_owned()
+}
+
+/// Review finding 1: the leader's own revocation publishes a full CRL from a snapshot that may
+/// already hold a follower's revocation; that follower's partition CRL must be remade too, not
+/// left until the next scheduled run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_revocation_beside_a_leader_revocation_reaches_its_partition_crl() {
+    let pg = PgServer::start().expect("PostgreSQL test server");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_a = tmp.path().join("a");
+    let (grpc_a, http_a) = init(&dir_a);
+    // One certificate per partition: the two revocations of a round never share one.
+    let config = dir_a.join("ca-server.toml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    assert!(text.contains("partition_size = 100000"), "init's partition size");
+    std::fs::write(&config, text.replace("partition_size = 100000", "partition_size = 1")).expect("write");
+    use_postgres(&dir_a, &pg.url());
+    migrate_from_init(&dir_a);
+    let dir_b = tmp.path().join("b");
+    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let issuing =
+        pki::pem::certificates_from_pem(&std::fs::read_to_string(dir_a.join("certs/issuing.pem")).expect("pem"))
+            .expect("issuing")
+            .remove(0);
+    let issuer = pki::IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("issuer");
+    let _a = Server::start(&dir_a, http_a);
+    let _b = Server::start(&dir_b, http_b);
+    let started = Instant::now();
+    let a_leads = loop {
+        match (crl_leader(http_a), crl_leader(http_b)) {
+            (Some(true), Some(false)) => break true,
+            (Some(false), Some(true)) => break false,
+            (Some(true), Some(true)) => panic!("two CRL leaders"),
+            _ => assert!(started.elapsed() < Duration::from_secs(15), "no CRL leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ((dir_l, http_l), (dir_f, http_f)) =
+        if a_leads { ((&dir_a, http_a), (&dir_b, http_b)) } else { ((&dir_b, http_b), (&dir_a, http_a)) };
+    let (admin_l, admin_f) = (admin(dir_l).await, admin(dir_f).await);
+    let (station, _) = principal(dir_f, &admin_f, "station-1", "station", &["HSTM"]).await;
+    let hex = |s: &str| pki::CertSerial::from_hex(s).expect("hex serial").to_hex();
+    const ROUNDS: u32 = 3;
+    let mut certs = Vec::new();
+    for i in 0..2 * ROUNDS {
+        let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+        let terminal = serial(i + 1);
+        let r = issue(&station, issue_req(&terminal, v1::TerminalClass::ClassIi, csr_for(&key, &terminal)))
+            .await
+            .expect("issue");
+        certs.push((hex(&r.certificate_serial), crl_path_of(&r.certificate_der)));
+    }
+    // The partitions' first CRLs (the leader publishes them when partitions grow).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..ROUNDS as usize {
+        let (on_follower, path) = &certs[2 * round];
+        let (on_leader, other) = &certs[2 * round + 1];
+        assert_ne!(path, other, "one certificate per partition");
+        // Close in time: the leader's own publication sees the follower's revocation too.
+        tokio::join!(revoke_on(&admin_f, on_follower), revoke_on(&admin_l, on_leader));
+        let revoked_at = Instant::now();
+        loop {
+            let listed = |http| served_crl(http, path, &issuer).is_some_and(|(_, l, _)| l.contains(on_follower));
+            if listed(http_l) && listed(http_f) {
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(5),
+                "round {round}: {path} leaves out the follower's revocation of {on_follower}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "round {round}: {path} listed the follower's revocation {} ms later",
+            revoked_at.elapsed().as_millis()
+        );
+    }
+}

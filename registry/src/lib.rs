@@ -42,7 +42,7 @@ use store::{StoreRead, StoreWrite};
 pub use activation::Activated;
 pub use approvals::Decision;
 pub use audit::{AuditBy, AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
-pub use auth_failures::{FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
+pub use auth_failures::{FAILURE_BLOCKED_MAX, FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
 /// The PostgreSQL schema version this build serves.
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use lifecycle::{StationIssue, check_station_issue};

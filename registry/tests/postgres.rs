@@ -349,30 +349,40 @@ fn authentication_failures_add_up_across_instances_within_the_window_and_expire(
     Registry::migrate_postgres(&pg.url()).expect("migrate");
     let a = Registry::open_postgres(&pg.url()).expect("open a");
     let b = Registry::open_postgres(&pg.url()).expect("open b");
-    let now = 1_800_000_000_000;
     let addr = |n| (FailureKind::Address, "198.51.100.7".to_owned(), n);
     let station = |n| (FailureKind::Principal, "station-1".to_owned(), n);
     // Below the limit of 10 on each instance and together: nobody is blocked.
-    assert!(a.share_auth_failures(&[addr(4), station(9)], now, 10).expect("a").is_empty());
-    assert!(b.share_auth_failures(&[addr(5)], now + 1_000, 10).expect("b").is_empty());
+    assert!(a.share_auth_failures(&[addr(4), station(9)], 10).expect("a").is_empty());
+    assert!(b.share_auth_failures(&[addr(5)], 10).expect("b").is_empty());
     // One more on B reaches the limit for the address counted on both.
     assert_eq!(
-        b.share_auth_failures(&[addr(1)], now + 2_000, 10).expect("b"),
+        b.share_auth_failures(&[addr(1)], 10).expect("b"),
         vec![(FailureKind::Address, "198.51.100.7".to_owned())]
     );
     // A learns it on its next poll with nothing new of its own; a principal is its own source.
-    assert_eq!(
-        a.share_auth_failures(&[], now + 3_000, 10).expect("a"),
-        vec![(FailureKind::Address, "198.51.100.7".to_owned())]
-    );
-    let both = b.share_auth_failures(&[station(1)], now + 4_000, 10).expect("b");
+    assert_eq!(a.share_auth_failures(&[], 10).expect("a"), vec![(FailureKind::Address, "198.51.100.7".to_owned())]);
+    let both = b.share_auth_failures(&[station(1)], 10).expect("b");
     assert_eq!(both.len(), 2, "{both:?}");
     assert!(both.contains(&(FailureKind::Principal, "station-1".to_owned())));
-    // A minute later those buckets are out of the window and deleted.
-    assert!(a.share_auth_failures(&[], now + 61_000 + FAILURE_BUCKET_MS, 10).expect("later").is_empty());
+    // Buckets follow the database's clock (review finding 11: not each host's).
     let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
+    let off: i64 = c
+        .query_one(
+            "SELECT max(abs(bucket - (extract(epoch FROM clock_timestamp()) * 1000)::bigint / $1)) FROM auth_failures",
+            &[&(FAILURE_BUCKET_MS as i64)],
+        )
+        .expect("buckets")
+        .get(0);
+    assert!(off <= 1, "buckets {off} away from the database clock's");
+    // A minute later those buckets are out of the window and deleted.
+    c.execute("UPDATE auth_failures SET bucket = bucket - $1", &[&(FAILURE_WINDOW_BUCKETS as i64 + 1)]).expect("age");
+    assert!(a.share_auth_failures(&[], 10).expect("later").is_empty());
     let left: i64 = c.query_one("SELECT count(*) FROM auth_failures", &[]).expect("count").get(0);
     assert_eq!(left, 0);
+    // Review finding 6: however many sources are over the limit, one answer is bounded.
+    let many: Vec<_> = (0..=FAILURE_BLOCKED_MAX).map(|i| (FailureKind::Address, format!("a{i}"), 10)).collect();
+    let blocked = a.share_auth_failures(&many, 10).expect("many");
+    assert_eq!(blocked.len(), FAILURE_BLOCKED_MAX);
 }
 
 #[test]

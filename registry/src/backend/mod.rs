@@ -111,13 +111,13 @@ impl Backend {
     pub(crate) fn share_auth_failures(
         &self,
         new: Vec<(String, String, i32)>,
-        bucket: i64,
-        oldest: i64,
+        (bucket_ms, window_buckets): (i64, i64),
         limit: i64,
+        max_blocked: i64,
     ) -> Result<Vec<(String, String)>> {
         match self {
             Self::Redb(_) => Ok(Vec::new()),
-            Self::Postgres(p) => p.share_auth_failures(new, bucket, oldest, limit),
+            Self::Postgres(p) => p.share_auth_failures(new, (bucket_ms, window_buckets), limit, max_blocked),
         }
     }
 }

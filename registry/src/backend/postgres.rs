@@ -1027,18 +1027,25 @@ impl StoreWrite for PgTx<'_, '_> {
 }
 
 impl PgStore {
-    /// Adds `new` (kind, source, failures) to the shared failure buckets at `bucket`, deletes
-    /// buckets before `oldest`, and returns the (kind, source) pairs whose buckets from `oldest`
-    /// on sum to at least `limit`. Three autocommitted statements on a reader connection: no
-    /// audit lock, nothing here belongs to the audit chain.
+    /// Adds `new` (kind, source, failures) to the current failure bucket (`bucket_ms` long, by
+    /// the database's clock), deletes buckets older than `window_buckets`, and returns the
+    /// (kind, source) pairs whose buckets in the window sum to at least `limit`, at most
+    /// `max_blocked` of them. Autocommitted statements on a reader connection: no audit lock,
+    /// nothing here belongs to the audit chain.
     pub(crate) fn share_auth_failures(
         &self,
         new: Vec<(String, String, i32)>,
-        bucket: i64,
-        oldest: i64,
+        (bucket_ms, window_buckets): (i64, i64),
         limit: i64,
+        max_blocked: i64,
     ) -> Result<Vec<(String, String)>> {
         self.on_reader(move |c| {
+            // One clock for every instance: a host whose clock is off neither deletes the others'
+            // live buckets nor writes into ones they already dropped.
+            let bucket: i64 = c
+                .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint / $1", &[&bucket_ms])?
+                .get(0);
+            let oldest = bucket - (window_buckets - 1);
             if !new.is_empty() {
                 let (kinds, rest): (Vec<String>, Vec<(String, i32)>) =
                     new.into_iter().map(|(k, s, n)| (k, (s, n))).unzip();
@@ -1057,8 +1064,9 @@ impl PgStore {
             c.execute("DELETE FROM auth_failures WHERE bucket < $1", &[&oldest])?;
             let rows = c.query(
                 "SELECT kind, source FROM auth_failures WHERE bucket >= $1
-                 GROUP BY kind, source HAVING sum(failures) >= $2",
-                &[&oldest, &limit],
+                 GROUP BY kind, source HAVING sum(failures) >= $2
+                 ORDER BY sum(failures) DESC LIMIT $3",
+                &[&oldest, &limit, &max_blocked],
             )?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
