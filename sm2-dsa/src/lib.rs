@@ -14,13 +14,13 @@
 //! Messages go in as `e = SM3(Z ‖ M)`; [`z`] and [`digest`] compute them.
 
 mod field;
+mod inverse;
 mod point;
 
 use std::sync::{Arc, LazyLock};
 
 use sm2::elliptic_curve::PrimeField;
 use sm2::elliptic_curve::ops::Reduce;
-use sm2::elliptic_curve::subtle::ConstantTimeEq;
 use sm2::{FieldBytes, ProjectivePoint, Scalar};
 use sm3::{Digest, Sm3};
 use zeroize::Zeroize;
@@ -270,10 +270,8 @@ impl VerifyingKey {
             None => point::mul_vartime(&self.affine, &t),
         };
         let sum = GENERATOR.mul_add_vartime(&s, tp);
-        let x1 = sum.x_vartime().ok_or(Error::Invalid)?;
-        // B7
-        let expected = e + <Scalar as Reduce<FieldBytes>>::reduce(&x1.to_bytes().into());
-        if bool::from(expected.ct_eq(&r)) { Ok(()) } else { Err(Error::Invalid) }
+        // B7: r = e + x1 mod n, checked as x1 ≡ r - e without making x1 affine
+        if sum.x_mod_n_is_vartime(&(r - e)) { Ok(()) } else { Err(Error::Invalid) }
     }
 
     /// Checks a signature over `msg` for signer ID `id`.
