@@ -8,9 +8,11 @@
 //! - [`VerifyingKey`]: a checked public point; [`VerifyingKey::precomputed`] adds a table of its
 //!   multiples (88 KB, built once) for keys that verify many signatures.
 //!
-//! Field arithmetic is this crate's (`field.rs`, Montgomery form for SM2's prime); scalars and
-//! the field inversion are the `sm2` crate's. Every hand-written piece — field, point formulas,
-//! tables, recodings — is differential-tested against the `sm2` crate (`tests/differential.rs`). Signatures are the `sm2` crate's [`Signature`] (`r ‖ s`).
+//! Field arithmetic (`field.rs`: Montgomery form for SM2's prime, assembly on x86-64 with
+//! BMI2+ADX) and the variable-time field inversion (`inverse.rs`) are this crate's; scalars are
+//! the `sm2` crate's. Every hand-written piece — field, inversion, point formulas, tables,
+//! recodings — is differential-tested against the `sm2` crate (`tests/differential.rs` and the
+//! unit tests). Signatures are the `sm2` crate's [`Signature`] (`r ‖ s`).
 //! Messages go in as `e = SM3(Z ‖ M)`; [`z`] and [`digest`] compute them.
 
 mod field;
@@ -469,7 +471,10 @@ mod tests {
             }
         };
         let key = SigningKey::generate().expect("key");
-        let pool: Vec<(Scalar, Fe)> = (0..1024).map(|_| (random_scalar(), random_blind())).collect();
+        // A fresh (k, β) per sample: the inversion of Z·β runs in variable time, so a small pool
+        // would give each class its own fixed set of inversion times, which a large sample tells
+        // apart (seen with 1,024 entries and 400,000 samples: |t| = 11.5 below the median).
+        let pool: Vec<(Scalar, Fe)> = (0..2 * samples).map(|_| (random_scalar(), random_blind())).collect();
         let mut i = 0;
         let nonce = dudect("fixed k = 1 vs random k", samples, |random| {
             i = (i + 1) % pool.len();

@@ -1,5 +1,5 @@
-//! Points on the SM2 curve in Jacobian coordinates, over the `sm2` crate's field arithmetic
-//! (fiat-crypto), and the fixed-base tables the signing and verifying keys use.
+//! Points on the SM2 curve in Jacobian coordinates, over this crate's field arithmetic
+//! (`field.rs`), and the fixed-base tables the signing and verifying keys use.
 //!
 //! The `sm2` crate's points use complete projective formulas (12 multiplications per addition);
 //! the tables here hold affine points, so an addition costs 7 multiplications and 4 squarings
