@@ -482,14 +482,18 @@ mod tests {
             let k = if random { *k } else { Scalar::ONE };
             std::hint::black_box(key.sign_with_nonce(&e, &k, blind));
         });
-        // as many copies of the fixed key as random keys, so that both classes touch memory alike
-        let keys: Vec<SigningKey> = (0..256).map(|_| SigningKey::generate().expect("key")).collect();
-        let fixed: Vec<SigningKey> = (0..256).map(|_| SigningKey::from_bytes(&[0x11u8; 32]).expect("key")).collect();
+        // Copies of the fixed key interleaved with random keys in one allocation, so that both
+        // classes touch memory alike: with two separate vectors the first one's class signed
+        // measurably faster even when both held the same key (|t| up to 9 below the median).
+        let signers: Vec<SigningKey> = (0..512)
+            .map(|i| if i % 2 == 0 { SigningKey::from_bytes(&[0x11u8; 32]) } else { SigningKey::generate() })
+            .collect::<Result<_, _>>()
+            .expect("keys");
         let mut j = 0;
         let keyed = dudect("fixed key vs random keys", samples, |random| {
             j = (j + 1) % pool.len();
             let (k, blind) = &pool[j];
-            let signer = if random { &keys[j % keys.len()] } else { &fixed[j % fixed.len()] };
+            let signer = &signers[2 * (j % 256) + usize::from(random)];
             std::hint::black_box(signer.sign_with_nonce(&e, k, blind));
         });
         // The harness must see a leak where there is one: the variable-time multiplication.
