@@ -1,5 +1,5 @@
-//! Points on the SM2 curve in Jacobian coordinates, over the `sm2` crate's field arithmetic
-//! (fiat-crypto), and the fixed-base tables the signing and verifying keys use.
+//! Points on the SM2 curve in Jacobian coordinates, over this crate's field arithmetic
+//! (`field.rs`), and the fixed-base tables the signing and verifying keys use.
 //!
 //! The `sm2` crate's points use complete projective formulas (12 multiplications per addition);
 //! the tables here hold affine points, so an addition costs 7 multiplications and 4 squarings
@@ -166,6 +166,25 @@ impl Jacobian {
         Some(self.x * zinv.square())
     }
 
+    /// Whether this point is finite with affine `x ≡ c (mod n)`, without an inversion: `x` is
+    /// below `p < 2n`, so it is `c` or, when that is below `p`, `c + n`; each is checked as
+    /// `X = x·Z²`. Variable time (public points only).
+    pub(crate) fn x_mod_n_is_vartime(&self, c: &Scalar) -> bool {
+        if bool::from(self.is_identity()) {
+            return false;
+        }
+        let c_bytes: [u8; 32] = c.to_repr().into();
+        let Some(c_fe) = Option::<Fe>::from(Fe::from_bytes(&c_bytes)) else { return false };
+        let zz = self.z.square();
+        if bool::from((c_fe * zz - self.x).is_zero()) {
+            return true;
+        }
+        let (high, low) = c_bytes.split_at(16);
+        let below_p_minus_n =
+            high.iter().all(|&b| b == 0) && u128::from_be_bytes(low.try_into().unwrap_or([0xff; 16])) < P_MINUS_N;
+        below_p_minus_n && bool::from(((c_fe + order_in_field()) * zz - self.x).is_zero())
+    }
+
     /// The affine x coordinate of a finite point whose `Z` is secret. The inversion runs in
     /// variable time on `Z·β` for a uniformly random nonzero `β`, which says nothing about `Z`:
     /// ~10× cheaper than the constant-time inversion.
@@ -190,6 +209,15 @@ impl Jacobian {
             }
         }
     }
+}
+
+/// `p - n`: below 2^128.
+const P_MINUS_N: u128 = 0x8dfc_2093_de39_fad5_ac44_0bf6_c62a_bedc;
+
+/// The group order `n` as a field element.
+fn order_in_field() -> Fe {
+    let n_minus_1: [u8; 32] = (-Scalar::ONE).to_repr().into();
+    Option::<Fe>::from(Fe::from_bytes(&n_minus_1)).unwrap_or(Fe::ZERO) + Fe::ONE
 }
 
 /// `k` in signed base `2^WINDOW`, least significant first: digits in `[-2^(W-1), 2^(W-1)]`,
@@ -460,6 +488,40 @@ mod tests {
         }
         assert!(bool::from(g.mul_ct(&Scalar::ZERO).is_identity()));
         assert!(bool::from(mul_vartime(&p_affine, &Scalar::ZERO).is_identity()));
+    }
+
+    /// `x ≡ c (mod n)` has two solutions below `p` when `c < p - n`; both are accepted, and
+    /// nothing else (points are not needed for the algebra: `X = x·Z²` with a random `Z`).
+    #[test]
+    fn the_x_check_accepts_both_representatives_and_nothing_else() {
+        let n = order_in_field();
+        let z = Fe::from_u64(0x1234_5678_9abc).invert_vartime().expect("nonzero");
+        let at = |x: Fe| Jacobian { x: x * z.square(), y: Fe::ONE, z };
+        let scalar = |v: u128| {
+            let mut b = [0u8; 32];
+            b[16..].copy_from_slice(&v.to_be_bytes());
+            Scalar::from_repr(b.into()).expect("below n")
+        };
+        let (below, above) = (scalar(P_MINUS_N - 1), scalar(P_MINUS_N));
+        let fe = |s: &Scalar| Option::<Fe>::from(Fe::from_bytes(&s.to_repr().into())).expect("below p");
+        for c in [Scalar::ZERO, Scalar::ONE, below, -Scalar::ONE, Scalar::generate()] {
+            assert!(at(fe(&c)).x_mod_n_is_vartime(&c));
+            assert!(!at(fe(&c) + Fe::ONE).x_mod_n_is_vartime(&c));
+        }
+        assert!(at(fe(&below) + n).x_mod_n_is_vartime(&below), "c + n below p");
+        assert!(!at(fe(&above) + n).x_mod_n_is_vartime(&above), "c + n - p is not c mod n");
+        assert!(!Jacobian::IDENTITY.x_mod_n_is_vartime(&Scalar::ONE));
+        let g = Jacobian::from(&Affine::from_sm2(&sm2::AffinePoint::GENERATOR).expect("finite"));
+        let gx = <Scalar as sm2::elliptic_curve::ops::Reduce<sm2::FieldBytes>>::reduce(
+            &g.x_vartime().expect("finite").to_bytes().into(),
+        );
+        assert!(g.double().double().x_mod_n_is_vartime(&{
+            let g4 = g.double().double();
+            <Scalar as sm2::elliptic_curve::ops::Reduce<sm2::FieldBytes>>::reduce(
+                &g4.x_vartime().expect("finite").to_bytes().into(),
+            )
+        }));
+        assert!(!g.double().x_mod_n_is_vartime(&gx));
     }
 
     #[test]
