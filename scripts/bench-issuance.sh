@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# End-to-end issuance on each registry backend (issue 15): `ca-server bench` (32 connections,
+# every reply after its own durable commit) against the release build of the real server, once
+# on the embedded redb registry and once on a PostgreSQL server of its own (initdb + pg_ctl in a
+# temp dir, on a free port, stopped at the end; the init's registry copied in with
+# `ca-server migrate --from`). Prints `ca-server bench`'s table per backend and run, with the
+# load average before it.
+# Usage: scripts/bench-issuance.sh [RUNS=1] [COUNT=3000]   (HSCA_BIN=DIR uses binaries built there)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+RUNS=${1:-1}
+COUNT=${2:-3000}
+if [ -z "${HSCA_BIN:-}" ]; then
+    cargo build --release --bins -q
+    HSCA_BIN=$PWD/target/release
+fi
+B=$HSCA_BIN
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$PGBIN/initdb" ] || { echo "PostgreSQL is not installed (apt-get install -y postgresql)" >&2; exit 1; }
+W="$(mktemp -d)"
+chmod 755 "$W"
+PGDATA="$W/pg"
+cleanup() {
+    kill $(jobs -p) 2>/dev/null || true
+    wait 2>/dev/null || true
+    [ -f "$PGDATA/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" stop -D "$PGDATA" -m immediate >/dev/null 2>&1
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+# One CA on BACKEND: init, (PostgreSQL: point the config at it and copy the registry in), serve,
+# add a station, bench; then stop the server.
+bench() {
+    local backend=$1 dir="$W/ca-$1" grpc http spid
+    grpc=$(free_port); http=$(free_port)
+    "$B/ca-server" init --data-dir "$dir" --grpc "127.0.0.1:$grpc" --http "127.0.0.1:$http" >/dev/null
+    if [ "$backend" = postgres ]; then
+        local db="hsca_$RANDOM"
+        runuser -u postgres -- "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" "$db"
+        python3 - "$dir/ca-server.toml" "postgres://postgres@127.0.0.1:$PGPORT/$db" <<'PY'
+import re, sys
+path, url = sys.argv[1], sys.argv[2]
+text = open(path).read()
+head, sep, rest = text.partition("[registry]")
+body, nxt, tail = rest.partition("\n[")
+body = "\n".join(l for l in body.split("\n") if not re.match(r"\s*(path|url)\s*=", l))
+open(path, "w").write(head + sep + body.rstrip("\n") + f'\nurl = "{url}"\n' + (nxt + tail if nxt else ""))
+PY
+        "$B/ca-server" migrate --config "$dir/ca-server.toml" --from "$dir/registry.redb" >/dev/null
+    fi
+    "$B/ca-server" serve --config "$dir/ca-server.toml" >"$W/server-$backend.log" 2>&1 &
+    spid=$!
+    until curl -sf "127.0.0.1:$http/readyz" -o /dev/null; do
+        kill -0 "$spid" 2>/dev/null || { cat "$W/server-$backend.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    "$B/cactl" --config "$dir/cactl.toml" principal add --role station --name "s-$backend" --manufacturers HSTM \
+        --out "$W/s-$backend" >/dev/null
+    for r in $(seq 1 "$RUNS"); do
+        echo
+        echo "$backend, run $r, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+        "$B/ca-server" bench --config "$dir/ca-server.toml" --identity "$W/s-$backend/identity.toml" --count "$COUNT"
+    done
+    kill "$spid"; wait "$spid" 2>/dev/null || true
+}
+
+mkdir -p "$PGDATA" && chown postgres "$PGDATA"
+PGPORT=$(free_port)
+runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$W/pg.log" -w \
+    -o "-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1" >/dev/null
+
+bench redb
+bench postgres
