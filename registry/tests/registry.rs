@@ -888,7 +888,7 @@ fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
     let bytes = serde_json::to_vec(&entry).expect("json");
     c.execute("INSERT INTO audit (seq, entry) VALUES (7, $1)", &[&bytes]).expect("long row");
     let applied = Registry::migrate_postgres(&pg.url()).expect("migrate");
-    assert_eq!(applied, vec![4, 5, 6, 7, 8]);
+    assert_eq!(applied, vec![4, 5, 6, 7, 8, 9]);
     let reg = Registry::open_postgres(&pg.url()).expect("open");
     assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin".into()), None, 10).expect("by actor")), vec![4, 2]);
     assert_eq!(
@@ -909,6 +909,63 @@ fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
     assert_eq!(seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), None, 1).expect("by target")), vec![8]);
 }
 
+fn hourly_counts_count_issues_and_confirmations_by_hour_and_station(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let (h5, h6) = (5 * HOUR_MS, 6 * HOUR_MS);
+    let at = |req: &str, serial: &str, cert: &str, station: &str, ms: u64| {
+        let mut i = issue(req, serial, cert, &format!("k-{req}"));
+        (i.station, i.cert.issued_ms) = (station.into(), ms);
+        i
+    };
+    let a = at("r1", "HSTM01261100000K", "C1", "station-a", h5 + 10);
+    reg.record_terminal_issue(&a, &ev("issue", "x")).expect("issue");
+    // A replay answers from the stored result and counts nothing.
+    assert!(matches!(reg.record_terminal_issue(&a, &ev("issue", "x")), Ok(IssueOutcome::Replayed { .. })));
+    reg.record_terminal_issue_held(&at("r2", "HSTM01261100001I", "C2", "station-a", h5 + 20), true, &ev("issue", "x"))
+        .expect("held issue");
+    reg.record_terminal_issue(&at("r3", "HSTM01261100002G", "C3", "station-b", h6 - 1), &ev("issue", "x"))
+        .expect("issue");
+    reg.record_terminal_issue(&at("r4", "HSTM01261100003E", "C4", "station-b", h6), &ev("issue", "x")).expect("issue");
+    // A refused issue (the key is another terminal's) counts nothing.
+    let mut clone = at("r5", "HSTM01261100004C", "C5", "station-b", h6);
+    clone.cert.key_fingerprint = "k-r1".into();
+    assert!(reg.record_terminal_issue(&clone, &ev("issue", "x")).is_err());
+
+    let prov = |station: &str, ms: u64| Provisioning {
+        station: station.into(),
+        duration_ms: 1,
+        firmware: "1".into(),
+        at_ms: ms,
+    };
+    reg.confirm_provisioning("HSTM01261100000K", "C1", &prov("station-a", h6 + 5), &ev("confirm", "x"))
+        .expect("confirm");
+    // A re-confirmation keeps the first record and counts nothing.
+    reg.confirm_provisioning("HSTM01261100000K", "C1", &prov("station-a", h6 + 9), &ev("confirm", "x"))
+        .expect("confirm again");
+    reg.confirm_provisioning("HSTM01261100002G", "C3", &prov("station-b", h5 + 7), &ev("confirm", "x"))
+        .expect("confirm");
+    // A refused confirmation (another station's certificate) counts nothing.
+    assert!(reg.confirm_provisioning("HSTM01261100003E", "C4", &prov("station-a", h6), &ev("confirm", "x")).is_err());
+
+    let count =
+        |hour: u64, station: &str, kind: HourlyKind, n: u64| HourlyCount { hour, station: station.into(), kind, n };
+    assert_eq!(
+        reg.hourly_counts(0).expect("counts"),
+        vec![
+            count(5, "station-a", HourlyKind::Issued, 2),
+            count(5, "station-b", HourlyKind::Issued, 1),
+            count(5, "station-b", HourlyKind::Provisioned, 1),
+            count(6, "station-a", HourlyKind::Provisioned, 1),
+            count(6, "station-b", HourlyKind::Issued, 1),
+        ]
+    );
+    assert_eq!(
+        reg.hourly_counts(6).expect("counts"),
+        vec![count(6, "station-a", HourlyKind::Provisioned, 1), count(6, "station-b", HourlyKind::Issued, 1)]
+    );
+    assert_eq!(reg.hourly_counts(7).expect("counts"), vec![]);
+}
+
 on_both_backends!(
     one_active_certificate_per_terminal_and_idempotent_retries,
     life_cycle_confirm_activate_revoke,
@@ -924,4 +981,5 @@ on_both_backends!(
     running_counts_and_filter_indexes_match_a_full_scan,
     audit_indexes_find_entries_behind_ten_thousand_newer_ones,
     an_audit_entry_with_a_ten_kilobyte_target_is_written,
+    hourly_counts_count_issues_and_confirmations_by_hour_and_station,
 );
