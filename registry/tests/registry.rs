@@ -830,6 +830,36 @@ fn older_audit(n: u64) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// A redb registry written before the hourly counts existed gets them from its certificates on
+/// open, once: the same counts the recording transactions keep.
+#[test]
+fn an_older_redb_registry_gets_its_hourly_counts_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("old.redb");
+    let reg = Registry::open(&path).expect("open");
+    for (i, (req, serial)) in [("r1", "HSTM01261100000K"), ("r2", "HSTM01261100001I")].into_iter().enumerate() {
+        let mut t = issue(req, serial, &format!("C{i}"), &format!("k{i}"));
+        t.cert.issued_ms = i as u64 * HOUR_MS + 5;
+        reg.record_terminal_issue(&t, &ev("issue", serial)).expect("issue");
+    }
+    let prov = Provisioning { station: "station-1".into(), duration_ms: 1, firmware: "1".into(), at_ms: 3 * HOUR_MS };
+    reg.confirm_provisioning("HSTM01261100000K", "C0", &prov, &ev("confirm", "x")).expect("confirm");
+    let kept = reg.hourly_counts(0).expect("counts");
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    drop(reg);
+    {
+        let db = redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("txn");
+        let def: redb::TableDefinition<(u64, &str, &str), u64> = redb::TableDefinition::new("hourly_counts");
+        assert!(txn.delete_table(def).expect("drop"), "the table existed");
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        txn.open_table(meta).expect("meta").remove("hourly_counted").expect("unmark");
+        txn.commit().expect("commit");
+    }
+    assert_eq!(Registry::open(&path).expect("older file").hourly_counts(0).expect("counts"), kept);
+    assert_eq!(Registry::open(&path).expect("again").hourly_counts(0).expect("counts"), kept, "counted once");
+}
+
 /// A redb registry written before the audit indexes existed gets them on open.
 #[test]
 fn an_older_redb_registry_gets_its_audit_indexes_on_open() {

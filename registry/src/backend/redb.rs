@@ -141,6 +141,30 @@ fn reindex_terminal(txn: &WriteTransaction, old: Option<&TerminalRecord>, new: &
     Ok(())
 }
 
+/// Set once the hourly counts were built from `certs` (older registries lack them).
+const HOURLY_COUNTED: &str = "hourly_counted";
+
+/// Registries made before the hourly counts existed get them from `certs`, once: each
+/// certificate a station asked for (its `station` set) in its issue hour, and its first
+/// provisioning confirmation in that one's hour.
+fn count_hourly_once(txn: &WriteTransaction) -> Result<()> {
+    if txn.open_table(META)?.get(HOURLY_COUNTED)?.is_some() {
+        return Ok(());
+    }
+    let mut w = RedbWrite(txn);
+    for item in txn.open_table(CERTS)?.iter()? {
+        let rec: CertRecord = from_json(item?.1.value())?;
+        if let Some(station) = &rec.station {
+            w.add_hourly_count(rec.issued_ms / crate::HOUR_MS, station, crate::HourlyKind::Issued, 1)?;
+        }
+        if let Some(p) = &rec.provisioning {
+            w.add_hourly_count(p.at_ms / crate::HOUR_MS, &p.station, crate::HourlyKind::Provisioned, 1)?;
+        }
+    }
+    txn.open_table(META)?.insert(HOURLY_COUNTED, 1)?;
+    Ok(())
+}
+
 /// Registries made before the filter indexes and running counts existed get them built from
 /// `terminals`, once (a few seconds per million terminals).
 fn index_terminals_once(txn: &WriteTransaction) -> Result<()> {
@@ -314,6 +338,7 @@ impl RedbStore {
             log_activations_once(&txn)?;
             index_terminals_once(&txn)?;
             index_audit_once(&txn)?;
+            count_hourly_once(&txn)?;
             tag_kinds(&txn)?;
         }
         txn.commit()?;
