@@ -422,7 +422,7 @@ async fn registration_switch_and_life_cycle(backend: Backend) {
         .expect("list")
         .into_inner()
         .terminals;
-    let count = || v1::CountTerminalsRequest { request_id: request_id() };
+    let count = || v1::CountTerminalsRequest { request_id: request_id(), ..Default::default() };
     let counts = reg
         .count_terminals(operator.signed("/hsca.v1.Registry/CountTerminals", count()).expect("s"))
         .await
@@ -435,6 +435,18 @@ async fn registration_switch_and_life_cycle(backend: Backend) {
     assert_eq!(counts.by_state.values().sum::<u64>(), counts.total);
     assert_eq!(counts.by_class.values().sum::<u64>(), counts.total);
     assert_eq!(counts.by_manufacturer.get("HSTM").copied(), Some(counts.total));
+    // Hourly counts only when asked; asked from hour 1, the server answers its last 31 days.
+    assert!(counts.hourly.is_empty());
+    let hourly = v1::CountTerminalsRequest { request_id: request_id(), hourly_since_hour: 1 };
+    let hourly = reg
+        .count_terminals(operator.signed("/hsca.v1.Registry/CountTerminals", hourly).expect("s"))
+        .await
+        .expect("count")
+        .into_inner()
+        .hourly;
+    let of = |kind: &str| hourly.iter().filter(|h| h.kind == kind).map(|h| h.n).sum::<u64>();
+    assert!(of("issued") >= 1 && of("provisioned") >= 1, "{hourly:?}");
+    assert!(hourly.iter().all(|h| !h.station.is_empty()), "{hourly:?}");
     let r = reg.count_terminals(station.signed("/hsca.v1.Registry/CountTerminals", count()).expect("s")).await;
     assert_eq!(refused(r), (Code::PermissionDenied, Reason::RoleForbidden));
 

@@ -88,6 +88,17 @@ fn console_gate_pages_and_roles() {
     assert_eq!(count(&page, "by-class", "II"), 2);
     assert_eq!(count(&page, "by-manufacturer", "HSTM"), 3);
     assert!(page.contains("<svg id=\"hourly\""), "server-drawn chart");
+    // The chart counts what the registry recorded: two certificates issued by station-1 (no
+    // provisioning confirmed), whichever hours they fell in.
+    assert!(page.contains("<span id=\"hourly-issued\">2</span>"), "{page}");
+    assert!(page.contains("<span id=\"hourly-provisioned\">0</span>"), "{page}");
+    let by_station = &page[page.find("id=\"hourly-by-station\"").expect("per station")..];
+    assert!(
+        by_station.contains(
+            "<tr data-station=\"station-1\"><td>station-1</td><td class=\"num issued\">2</td><td class=\"num provisioned\">0</td></tr>"
+        ),
+        "{by_station}"
+    );
     // The chain's first verification runs in the background: the page does not wait for it.
     assert!(page.contains("id=\"chain-running\"") && !page.contains("id=\"chain\""), "{page}");
     assert!(page.contains("lang=\"zh-CN\"") && page.contains("概览"), "Chinese by default");

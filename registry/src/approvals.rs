@@ -219,6 +219,7 @@ impl crate::Registry {
                     }
                     cert.station = Some(r.station.clone());
                     let revoked = install_certificate(s, &mut t, &cert, &der, r.reason)?;
+                    s.add_hourly_count(cert.issued_ms / crate::HOUR_MS, &r.station, crate::HourlyKind::Issued, 1)?;
                     ApprovalState::Approved {
                         by: by.clone(),
                         at_ms,

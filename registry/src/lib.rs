@@ -293,6 +293,50 @@ impl TerminalFilter {
     }
 }
 
+/// What an hourly count counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HourlyKind {
+    /// Terminal certificates recorded (`record_terminal_issue`; a replay is not counted again).
+    Issued,
+    /// First provisioning confirmations of a certificate (`confirm_provisioning`).
+    Provisioned,
+}
+
+impl HourlyKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Provisioned => "provisioned",
+        }
+    }
+
+    /// The kind a stored name names.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "issued" => Ok(Self::Issued),
+            "provisioned" => Ok(Self::Provisioned),
+            other => Err(RegistryError::Corrupt(format!("unknown hourly count kind {other}"))),
+        }
+    }
+}
+
+/// One hour's count of one kind at one station.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HourlyCount {
+    /// Hours since the Unix epoch (`ms / HOUR_MS`).
+    pub hour: u64,
+    /// The station that issued or provisioned.
+    pub station: String,
+    /// What was counted.
+    pub kind: HourlyKind,
+    /// How many.
+    pub n: u64,
+}
+
+/// Milliseconds in an hour of [`HourlyCount::hour`].
+pub const HOUR_MS: u64 = 3_600_000;
+
 /// How many terminals there are, by state, class and manufacturer: running counts kept by every
 /// write transaction that stores a terminal, so reading them costs the number of groups, not the
 /// number of terminals.
@@ -476,6 +520,14 @@ impl Registry {
     /// rows, whatever the fleet's size).
     pub fn terminal_counts(&self) -> Result<TerminalCounts> {
         self.read(|s| s.terminal_counts())
+    }
+
+    /// Certificates issued and terminals provisioned per hour and station, from hour
+    /// `since_hour` (hours since the Unix epoch) on, in (hour, station, kind) order. Kept by the
+    /// transactions that record them, so a registry from before these counts has none for the
+    /// hours before it was upgraded.
+    pub fn hourly_counts(&self, since_hour: u64) -> Result<Vec<HourlyCount>> {
+        self.read(move |s| s.hourly_counts(since_hour))
     }
 
     // ---- certificates -----------------------------------------------------------------------

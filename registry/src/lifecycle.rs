@@ -8,8 +8,8 @@
 use crate::revocation;
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    AuditEvent, CertRecord, CertStatus, IssueOutcome, Provisioning, RegistryError, RequestResult, Result,
-    RevocationReason, TerminalIssue, TerminalRecord, TerminalState,
+    AuditEvent, CertRecord, CertStatus, HOUR_MS, HourlyKind, IssueOutcome, Provisioning, RegistryError, RequestResult,
+    Result, RevocationReason, TerminalIssue, TerminalRecord, TerminalState,
 };
 
 /// What a station asks for, as the life-cycle rules see it.
@@ -191,6 +191,7 @@ impl crate::Registry {
                 request_hash: issue.request_hash.clone(),
             };
             s.insert_request(&issue.request_id, &result)?;
+            s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
             Ok(IssueOutcome::Issued { superseded })
         });
         match recorded {
@@ -261,7 +262,8 @@ impl crate::Registry {
             }
             t.updated_ms = provisioning.at_ms;
             s.update_cert(&rec)?;
-            s.update_terminal(&t)
+            s.update_terminal(&t)?;
+            s.add_hourly_count(provisioning.at_ms / HOUR_MS, &provisioning.station, HourlyKind::Provisioned, 1)
         })
     }
 }

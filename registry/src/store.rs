@@ -52,6 +52,8 @@ pub(crate) trait StoreRead {
     ) -> Result<Vec<TerminalRecord>>;
     /// The running counts of terminals (kept by `insert_terminal`/`update_terminal`).
     fn terminal_counts(&mut self) -> Result<crate::TerminalCounts>;
+    /// The hourly counts from hour `since_hour` on, in (hour, station, kind) order.
+    fn hourly_counts(&mut self, since_hour: u64) -> Result<Vec<crate::HourlyCount>>;
     /// Terminals a bulk filter covers that have an active certificate.
     fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>>;
     fn cert(&mut self, serial: &str) -> Result<Option<CertRecord>>;
@@ -123,6 +125,8 @@ pub(crate) trait StoreWrite: StoreRead {
     fn remove_challenge(&mut self, challenge: &[u8]) -> Result<()>;
     /// `NonceReplayed` when `nonce` is stored and not expired at `now_ms`; prunes expired ones.
     fn use_nonce(&mut self, nonce: &[u8], now_ms: u64, expires_ms: u64) -> Result<()>;
+    /// Adds `n` to the count of `kind` at `station` in `hour`.
+    fn add_hourly_count(&mut self, hour: u64, station: &str, kind: crate::HourlyKind, n: u64) -> Result<()>;
     /// Adds `n` to counter `name`; returns the value before.
     fn advance(&mut self, name: &str, n: u64) -> Result<u64>;
     fn put_revoked(&mut self, r: &RevokedCert) -> Result<()>;
@@ -158,6 +162,7 @@ pub(crate) struct Export {
     pub released: Vec<ReleasedCert>,
     pub audit: Vec<(u64, Vec<u8>)>,
     pub checkpoints: Vec<(u64, Vec<u8>)>,
+    pub hourly: Vec<crate::HourlyCount>,
 }
 
 impl Export {
@@ -200,6 +205,9 @@ impl Export {
         }
         for (seq, bytes) in &self.checkpoints {
             s.put_checkpoint_raw(*seq, bytes)?;
+        }
+        for c in &self.hourly {
+            s.add_hourly_count(c.hour, &c.station, c.kind, c.n)?;
         }
         Ok(())
     }

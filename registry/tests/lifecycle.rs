@@ -182,6 +182,18 @@ fn a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins(ki
     assert_eq!(r.replaces, None);
     reg.decide_approval("a3", "admin", rekey_cert("C3", "k3"), 95, &ev("approve", "a3")).expect("re-enrolled");
     assert_eq!(reg.terminal(T).expect("t").expect("t").active_cert.as_deref(), Some("C3"));
+    // The hourly counts: an approved re-key is a certificate issued for the station it names;
+    // refused decisions count nothing.
+    let count = |station: &str, kind, n| HourlyCount { hour: 0, station: station.into(), kind, n };
+    assert_eq!(
+        reg.hourly_counts(0).expect("hourly"),
+        vec![
+            count("station-1", HourlyKind::Issued, 2),
+            count("station-1", HourlyKind::Provisioned, 1),
+            count("station-2", HourlyKind::Issued, 2),
+            count("station-2", HourlyKind::Provisioned, 1),
+        ]
+    );
 }
 
 fn a_rekey_whose_certificate_changed_meanwhile_is_refused(kind: Kind) {

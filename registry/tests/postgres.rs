@@ -479,16 +479,19 @@ fn migration_8_numbers_the_activations_made_before_it_in_the_order_they_were_mad
     }
     reg.activate(&activation("HSTM01261100001H", 300), &ev("activate", "t")).expect("later in time, first");
     reg.activate(&activation("HSTM01261100000K", 200), &ev("activate", "t")).expect("earlier in time, second");
+    let hourly = reg.hourly_counts(0).expect("hourly");
+    assert_eq!(hourly.iter().map(|h| h.n).sum::<u64>(), 4, "{hourly:?}");
     drop(reg);
     // Back to schema 7: activations without numbers, no counter.
     let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).expect("connect");
     c.batch_execute(
         "ALTER TABLE activations DROP COLUMN seq; DELETE FROM counters WHERE name = 'activation_seq';
-         DELETE FROM schema_migrations WHERE version = 8",
+         DROP TABLE hourly_counts; DELETE FROM schema_migrations WHERE version IN (8, 9)",
     )
     .expect("schema 7");
-    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("migrate"), vec![8]);
+    assert_eq!(Registry::migrate_postgres(&pg.url()).expect("migrate"), vec![8, 9]);
     let reg = Registry::open_postgres(&pg.url()).expect("open");
+    assert_eq!(reg.hourly_counts(0).expect("hourly"), hourly, "migration 9 counts the certificates recorded before it");
     let log = reg.activations_after(0, 10).expect("log");
     let seen: Vec<(u64, u64)> = log.iter().map(|e| (e.seq, e.activation.at_ms)).collect();
     assert_eq!(seen, [(1, 200), (2, 300)], "older activations numbered by time");

@@ -830,6 +830,36 @@ fn older_audit(n: u64) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// A redb registry written before the hourly counts existed gets them from its certificates on
+/// open, once: the same counts the recording transactions keep.
+#[test]
+fn an_older_redb_registry_gets_its_hourly_counts_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("old.redb");
+    let reg = Registry::open(&path).expect("open");
+    for (i, (req, serial)) in [("r1", "HSTM01261100000K"), ("r2", "HSTM01261100001I")].into_iter().enumerate() {
+        let mut t = issue(req, serial, &format!("C{i}"), &format!("k{i}"));
+        t.cert.issued_ms = i as u64 * HOUR_MS + 5;
+        reg.record_terminal_issue(&t, &ev("issue", serial)).expect("issue");
+    }
+    let prov = Provisioning { station: "station-1".into(), duration_ms: 1, firmware: "1".into(), at_ms: 3 * HOUR_MS };
+    reg.confirm_provisioning("HSTM01261100000K", "C0", &prov, &ev("confirm", "x")).expect("confirm");
+    let kept = reg.hourly_counts(0).expect("counts");
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    drop(reg);
+    {
+        let db = redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("txn");
+        let def: redb::TableDefinition<(u64, &str, &str), u64> = redb::TableDefinition::new("hourly_counts");
+        assert!(txn.delete_table(def).expect("drop"), "the table existed");
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        txn.open_table(meta).expect("meta").remove("hourly_counted").expect("unmark");
+        txn.commit().expect("commit");
+    }
+    assert_eq!(Registry::open(&path).expect("older file").hourly_counts(0).expect("counts"), kept);
+    assert_eq!(Registry::open(&path).expect("again").hourly_counts(0).expect("counts"), kept, "counted once");
+}
+
 /// A redb registry written before the audit indexes existed gets them on open.
 #[test]
 fn an_older_redb_registry_gets_its_audit_indexes_on_open() {
@@ -888,7 +918,7 @@ fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
     let bytes = serde_json::to_vec(&entry).expect("json");
     c.execute("INSERT INTO audit (seq, entry) VALUES (7, $1)", &[&bytes]).expect("long row");
     let applied = Registry::migrate_postgres(&pg.url()).expect("migrate");
-    assert_eq!(applied, vec![4, 5, 6, 7, 8]);
+    assert_eq!(applied, vec![4, 5, 6, 7, 8, 9]);
     let reg = Registry::open_postgres(&pg.url()).expect("open");
     assert_eq!(seqs(&reg.audit_by(&AuditBy::Actor("admin".into()), None, 10).expect("by actor")), vec![4, 2]);
     assert_eq!(
@@ -909,6 +939,63 @@ fn an_older_postgres_registry_gets_its_audit_indexes_from_the_migration() {
     assert_eq!(seqs(&reg.audit_by(&AuditBy::Target("HSTM01261100000K".into()), None, 1).expect("by target")), vec![8]);
 }
 
+fn hourly_counts_count_issues_and_confirmations_by_hour_and_station(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let (h5, h6) = (5 * HOUR_MS, 6 * HOUR_MS);
+    let at = |req: &str, serial: &str, cert: &str, station: &str, ms: u64| {
+        let mut i = issue(req, serial, cert, &format!("k-{req}"));
+        (i.station, i.cert.issued_ms) = (station.into(), ms);
+        i
+    };
+    let a = at("r1", "HSTM01261100000K", "C1", "station-a", h5 + 10);
+    reg.record_terminal_issue(&a, &ev("issue", "x")).expect("issue");
+    // A replay answers from the stored result and counts nothing.
+    assert!(matches!(reg.record_terminal_issue(&a, &ev("issue", "x")), Ok(IssueOutcome::Replayed { .. })));
+    reg.record_terminal_issue_held(&at("r2", "HSTM01261100001I", "C2", "station-a", h5 + 20), true, &ev("issue", "x"))
+        .expect("held issue");
+    reg.record_terminal_issue(&at("r3", "HSTM01261100002G", "C3", "station-b", h6 - 1), &ev("issue", "x"))
+        .expect("issue");
+    reg.record_terminal_issue(&at("r4", "HSTM01261100003E", "C4", "station-b", h6), &ev("issue", "x")).expect("issue");
+    // A refused issue (the key is another terminal's) counts nothing.
+    let mut clone = at("r5", "HSTM01261100004C", "C5", "station-b", h6);
+    clone.cert.key_fingerprint = "k-r1".into();
+    assert!(reg.record_terminal_issue(&clone, &ev("issue", "x")).is_err());
+
+    let prov = |station: &str, ms: u64| Provisioning {
+        station: station.into(),
+        duration_ms: 1,
+        firmware: "1".into(),
+        at_ms: ms,
+    };
+    reg.confirm_provisioning("HSTM01261100000K", "C1", &prov("station-a", h6 + 5), &ev("confirm", "x"))
+        .expect("confirm");
+    // A re-confirmation keeps the first record and counts nothing.
+    reg.confirm_provisioning("HSTM01261100000K", "C1", &prov("station-a", h6 + 9), &ev("confirm", "x"))
+        .expect("confirm again");
+    reg.confirm_provisioning("HSTM01261100002G", "C3", &prov("station-b", h5 + 7), &ev("confirm", "x"))
+        .expect("confirm");
+    // A refused confirmation (another station's certificate) counts nothing.
+    assert!(reg.confirm_provisioning("HSTM01261100003E", "C4", &prov("station-a", h6), &ev("confirm", "x")).is_err());
+
+    let count =
+        |hour: u64, station: &str, kind: HourlyKind, n: u64| HourlyCount { hour, station: station.into(), kind, n };
+    assert_eq!(
+        reg.hourly_counts(0).expect("counts"),
+        vec![
+            count(5, "station-a", HourlyKind::Issued, 2),
+            count(5, "station-b", HourlyKind::Issued, 1),
+            count(5, "station-b", HourlyKind::Provisioned, 1),
+            count(6, "station-a", HourlyKind::Provisioned, 1),
+            count(6, "station-b", HourlyKind::Issued, 1),
+        ]
+    );
+    assert_eq!(
+        reg.hourly_counts(6).expect("counts"),
+        vec![count(6, "station-a", HourlyKind::Provisioned, 1), count(6, "station-b", HourlyKind::Issued, 1)]
+    );
+    assert_eq!(reg.hourly_counts(7).expect("counts"), vec![]);
+}
+
 on_both_backends!(
     one_active_certificate_per_terminal_and_idempotent_retries,
     life_cycle_confirm_activate_revoke,
@@ -924,4 +1011,5 @@ on_both_backends!(
     running_counts_and_filter_indexes_match_a_full_scan,
     audit_indexes_find_entries_behind_ten_thousand_newer_ones,
     an_audit_entry_with_a_ten_kilobyte_target_is_written,
+    hourly_counts_count_issues_and_confirmations_by_hour_and_station,
 );

@@ -103,11 +103,24 @@ impl Ca {
     pub fn count_terminals(&self, req: Incoming<v1::CountTerminalsRequest>) -> Result<v1::TerminalCounts, Status> {
         self.authenticate(&req, "/hsca.v1.Registry/CountTerminals")?;
         let c = self.registry.terminal_counts().map_err(|e| registry_status(&e))?;
+        let hourly = match req.msg.hourly_since_hour {
+            0 => Vec::new(),
+            // A bounded answer whatever the caller asks: a few stations × 2 kinds per hour.
+            since => {
+                let now_hour = now_ms() / registry::HOUR_MS;
+                let since = since.max(now_hour.saturating_sub(HOURLY_COUNTS_MAX_HOURS));
+                self.registry.hourly_counts(since).map_err(|e| registry_status(&e))?
+            }
+        };
         Ok(v1::TerminalCounts {
             total: c.total,
             by_state: c.by_state.into_iter().collect(),
             by_class: c.by_class.into_iter().collect(),
             by_manufacturer: c.by_manufacturer.into_iter().collect(),
+            hourly: hourly
+                .into_iter()
+                .map(|h| v1::HourlyCount { hour: h.hour, station: h.station, kind: h.kind.as_str().into(), n: h.n })
+                .collect(),
         })
     }
 
@@ -317,6 +330,9 @@ impl Ca {
 
 /// Most entries one `ListActivationsAfter` answers (a page stays well under gRPC's 4 MB).
 pub const ACTIVATION_PAGE_MAX: u32 = 1000;
+
+/// The most hours of hourly counts `CountTerminals` answers (31 days).
+pub const HOURLY_COUNTS_MAX_HOURS: u64 = 31 * 24;
 
 impl Ca {
     /// `ListActivationsAfter`: the activation log after a cursor. A cursor beyond the log's head

@@ -235,25 +235,27 @@ fn counts_table(l: Lang, title: &'static str, id: &str, counts: &BTreeMap<String
 const HOURS: u64 = 48;
 const HOUR: u64 = 3_600_000;
 
-/// Issued and provisioned per hour over the [`HOURS`] hours ending with `now_ms`'s, counted from
-/// `entries` (the newest of the log, oldest first), and, when those are a full window of `window`
-/// whose oldest falls inside the chart, that entry's time: hours before it are not counted.
-fn hourly_counts(entries: &[v1::AuditEntry], window: usize, now_ms: u64) -> HourlyCounts {
-    let end = now_ms / HOUR * HOUR + HOUR;
-    let start = end - HOURS * HOUR;
-    let mut issued = [0u64; HOURS as usize];
-    let mut provisioned = [0u64; HOURS as usize];
-    for e in entries.iter().filter(|e| e.outcome == "ok" && (start..end).contains(&e.time_ms)) {
-        let i = ((e.time_ms - start) / HOUR) as usize;
-        match e.action.as_str() {
-            "issue" | "reissue" => issued[i] += 1,
-            "confirm" => provisioned[i] += 1,
+/// Issued and provisioned per hour over the [`HOURS`] hours ending with `now_ms`'s, and per
+/// station over those hours, from the registry's hourly counts.
+fn hourly_counts(counts: &[v1::HourlyCount], now_ms: u64) -> HourlyCounts {
+    let end_hour = now_ms / HOUR + 1;
+    let start_hour = end_hour - HOURS;
+    let mut out = HourlyCounts {
+        start: start_hour * HOUR,
+        issued: [0; HOURS as usize],
+        provisioned: [0; HOURS as usize],
+        by_station: BTreeMap::new(),
+    };
+    for c in counts.iter().filter(|c| (start_hour..end_hour).contains(&c.hour)) {
+        let i = (c.hour - start_hour) as usize;
+        let station = out.by_station.entry(c.station.clone()).or_insert((0, 0));
+        match c.kind.as_str() {
+            "issued" => (out.issued[i], station.0) = (out.issued[i] + c.n, station.0 + c.n),
+            "provisioned" => (out.provisioned[i], station.1) = (out.provisioned[i] + c.n, station.1 + c.n),
             _ => {}
         }
     }
-    let oldest = entries.iter().map(|e| e.time_ms).min();
-    let covered_from = oldest.filter(|&at| entries.len() >= window && at > start);
-    HourlyCounts { start, issued, provisioned, covered_from }
+    out
 }
 
 /// What [`hourly_counts`] found.
@@ -261,12 +263,12 @@ struct HourlyCounts {
     start: u64,
     issued: [u64; HOURS as usize],
     provisioned: [u64; HOURS as usize],
-    covered_from: Option<u64>,
+    /// Station → (issued, provisioned) over the chart's hours.
+    by_station: BTreeMap<String, (u64, u64)>,
 }
 
-fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -> Markup {
-    let HourlyCounts { start, issued, provisioned, covered_from } =
-        hourly_counts(entries, AUDIT_WINDOW as usize, now_ms);
+fn hourly_chart(c: &Console, l: Lang, counts: &[v1::HourlyCount], now_ms: u64) -> Markup {
+    let HourlyCounts { start, issued, provisioned, by_station } = hourly_counts(counts, now_ms);
     let max = issued.iter().chain(&provisioned).copied().max().unwrap_or(0).max(1);
     let (w, h, base) = (960u64, 200u64, 170u64);
     let step = w / HOURS;
@@ -274,15 +276,9 @@ fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -
     html! {
         section {
             h2 { (t(l, "per_hour")) }
-            p.legend { span.issued { "■ " (t(l, "issued")) " " (issued.iter().sum::<u64>()) } " "
-                       span.provisioned { "■ " (t(l, "provisioned")) " " (provisioned.iter().sum::<u64>()) } }
-            @if let Some(at) = covered_from {
-                p #hourly-partial.warn { (t(l, "per_hour_partial")) " " (when(c, at)) }
-            }
+            p.legend { span.issued { "■ " (t(l, "issued")) " " span #hourly-issued { (issued.iter().sum::<u64>()) } } " "
+                       span.provisioned { "■ " (t(l, "provisioned")) " " span #hourly-provisioned { (provisioned.iter().sum::<u64>()) } } }
             svg #hourly viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) role="img" {
-                @if let Some(at) = covered_from {
-                    rect x="0" y="0" width=((at - start) * w / (HOURS * HOUR)) height=(base) fill="#ddd" {}
-                }
                 line x1="0" y1=(base) x2=(w) y2=(base) stroke="#888" {}
                 text x="2" y="12" font-size="11" fill="#444" { (max) }
                 @for i in 0..HOURS as usize {
@@ -293,6 +289,13 @@ fn hourly_chart(c: &Console, l: Lang, entries: &[v1::AuditEntry], now_ms: u64) -
                         text x=(x) y=(base + 18) font-size="11" fill="#444" { (when(c, start + i as u64 * HOUR).get(11..16).unwrap_or("")) }
                     }
                 }
+            }
+            table #hourly-by-station {
+                tr { th { (t(l, "station")) } th { (t(l, "issued")) } th { (t(l, "provisioned")) } }
+                @for (station, (i, p)) in &by_station {
+                    tr data-station=(station) { td { (station) } td.num.issued { (i) } td.num.provisioned { (p) } }
+                }
+                @if by_station.is_empty() { tr { td { (t(l, "none")) } } }
             }
         }
     }
@@ -308,7 +311,11 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
         let l = ctx.lang();
         let mut out = html! {};
         if c.allowed.may("Registry/CountTerminals") {
-            let msg = v1::CountTerminalsRequest { request_id: request_id() };
+            let now = now_ms();
+            let msg = v1::CountTerminalsRequest {
+                request_id: request_id(),
+                hourly_since_hour: (now / HOUR + 1).saturating_sub(HOURS),
+            };
             let n = registry(&c)
                 .count_terminals(c.client.signed("/hsca.v1.Registry/CountTerminals", msg)?)
                 .await?
@@ -322,14 +329,13 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
                     (counts_table(l, "by_class", "by-class", &sorted(n.by_class)))
                     (counts_table(l, "by_manufacturer", "by-manufacturer", &sorted(n.by_manufacturer)))
                 }
+                (hourly_chart(&c, l, &n.hourly, now))
             };
         }
         if c.allowed.may("Admin/ListAudit") {
-            let a = audit_tail(&c, AUDIT_WINDOW, false).await?;
             let chain = chain_status(&c, false).await?;
             out = html! {
                 (out)
-                (hourly_chart(&c, l, &a.entries, now_ms()))
                 section {
                     h2 { (t(l, "audit_status")) }
                     (chain_summary(&c, l, &chain))
@@ -1241,24 +1247,29 @@ pub async fn logout(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
 mod tests {
     use super::*;
 
-    fn entry(action: &str, time_ms: u64) -> v1::AuditEntry {
-        v1::AuditEntry { action: action.into(), outcome: "ok".into(), time_ms, ..Default::default() }
+    fn count(hour: u64, station: &str, kind: &str, n: u64) -> v1::HourlyCount {
+        v1::HourlyCount { hour, station: station.into(), kind: kind.into(), n }
     }
 
-    /// A full window whose oldest entry is 3 hours old counts those 3 hours and says the hours
-    /// before were not counted; a window that is not full covers the whole chart.
+    /// The registry's counts land in their hour's bar and their station's row; hours outside
+    /// the chart and unknown kinds are left out.
     #[test]
-    fn a_full_window_says_where_its_counts_begin() {
+    fn hourly_counts_land_in_their_hour_and_station() {
         let now = 100 * HOUR + HOUR / 2;
-        let oldest = now - 3 * HOUR;
-        let mut entries = vec![entry("issue", oldest), entry("confirm", now - HOUR), entry("reissue", now)];
-        entries.push(v1::AuditEntry { outcome: "refused".into(), ..entry("issue", now) });
-        let full = hourly_counts(&entries, entries.len(), now);
-        assert_eq!(full.covered_from, Some(oldest));
-        assert_eq!((full.issued.iter().sum::<u64>(), full.provisioned.iter().sum::<u64>()), (2, 1));
-        assert_eq!((full.issued[HOURS as usize - 1], full.provisioned[HOURS as usize - 2]), (1, 1));
-        assert_eq!(hourly_counts(&entries, entries.len() + 1, now).covered_from, None, "not a full window");
-        let old = [entry("issue", now - 60 * HOUR), entry("issue", now)];
-        assert_eq!(hourly_counts(&old, 2, now).covered_from, None, "the window reaches past the chart");
+        let counts = [
+            count(52, "s-old", "issued", 9),
+            count(53, "s-a", "issued", 2),
+            count(99, "s-b", "provisioned", 3),
+            count(100, "s-a", "issued", 4),
+            count(100, "s-a", "provisioned", 1),
+            count(100, "s-b", "other", 7),
+            count(101, "s-a", "issued", 8),
+        ];
+        let h = hourly_counts(&counts, now);
+        assert_eq!(h.start, 53 * HOUR);
+        assert_eq!((h.issued[0], h.issued[HOURS as usize - 1], h.issued.iter().sum::<u64>()), (2, 4, 6));
+        assert_eq!((h.provisioned[HOURS as usize - 2], h.provisioned.iter().sum::<u64>()), (3, 4));
+        let stations: Vec<_> = h.by_station.into_iter().collect();
+        assert_eq!(stations, vec![("s-a".to_owned(), (6, 1)), ("s-b".to_owned(), (0, 3))]);
     }
 }

@@ -49,11 +49,7 @@ const WORDS: &[(&str, &str, &str)] = &[
         "最近 48 小时每小时签发证书与完成写入的终端",
         "Certificates issued and terminals provisioned per hour, last 48 hours",
     ),
-    (
-        "per_hour_partial",
-        "只统计最新 10,000 条审计记录（灰色部分未统计），自",
-        "Counted from the newest 10,000 audit entries only (grey: not counted), since",
-    ),
+    ("station", "写入站", "Station"),
     ("issued", "签发", "issued"),
     ("provisioned", "写入", "provisioned"),
     ("audit_status", "审计链", "Audit chain"),

@@ -38,10 +38,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../migrations/postgres/0006_terminals_lot_covering.sql")),
     (7, include_str!("../../migrations/postgres/0007_audit_indexes.sql")),
     (8, include_str!("../../migrations/postgres/0008_activation_log.sql")),
+    (9, include_str!("../../migrations/postgres/0009_hourly_counts.sql")),
 ];
 
 /// The schema version this build serves.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The running terminal counts recomputed from `terminals` (as migration 2 first computed them),
 /// and the count triggers back on: the end of a bulk copy that ran with them off.
@@ -431,6 +432,18 @@ fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
         released: records(t, "SELECT record FROM released ORDER BY serial")?,
         audit: numbered(t, "SELECT seq, entry FROM audit ORDER BY seq")?,
         checkpoints: numbered(t, "SELECT seq, checkpoint FROM audit_checkpoints ORDER BY seq")?,
+        hourly: t
+            .query("SELECT hour, station, kind, n FROM hourly_counts ORDER BY hour, station, kind", &[])?
+            .iter()
+            .map(|r| {
+                Ok(crate::HourlyCount {
+                    hour: from_i(r.get(0)),
+                    station: r.get(1),
+                    kind: crate::HourlyKind::parse(r.get(2))?,
+                    n: from_i(r.get(3)),
+                })
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -609,6 +622,23 @@ impl StoreRead for PgTx<'_, '_> {
             counts.add(r.get(0), r.get(1), from_i(r.get(2)))?;
         }
         Ok(counts)
+    }
+
+    fn hourly_counts(&mut self, since_hour: u64) -> Result<Vec<crate::HourlyCount>> {
+        self.query_c(
+            "SELECT hour, station, kind, n FROM hourly_counts WHERE hour >= $1 ORDER BY hour, station, kind",
+            &[&u(since_hour)],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(crate::HourlyCount {
+                hour: from_i(r.get(0)),
+                station: r.get(1),
+                kind: crate::HourlyKind::parse(r.get(2))?,
+                n: from_i(r.get(3)),
+            })
+        })
+        .collect()
     }
 
     fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {
@@ -950,6 +980,15 @@ impl StoreWrite for PgTx<'_, '_> {
             0 => Err(RegistryError::NonceReplayed),
             _ => Ok(()),
         }
+    }
+
+    fn add_hourly_count(&mut self, hour: u64, station: &str, kind: crate::HourlyKind, n: u64) -> Result<()> {
+        self.execute_c(
+            "INSERT INTO hourly_counts (hour, station, kind, n) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (hour, station, kind) DO UPDATE SET n = hourly_counts.n + EXCLUDED.n",
+            &[&u(hour), &station, &kind.as_str(), &u(n)],
+        )?;
+        Ok(())
     }
 
     fn advance(&mut self, name: &str, n: u64) -> Result<u64> {

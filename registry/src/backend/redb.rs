@@ -52,6 +52,9 @@ const TERMINALS_BY_MANUFACTURER: TableDefinition<(&str, &str), ()> = TableDefini
 const TERMINALS_BY_LOT: TableDefinition<(&str, &str), ()> = TableDefinition::new("terminals_by_lot");
 /// Running counts: (dimension, value) → terminals; a group that falls to 0 is removed.
 const TERMINAL_COUNTS: TableDefinition<(&str, &str), u64> = TableDefinition::new("terminal_counts");
+/// (hour since the epoch, station, kind) → how many (`StoreWrite::add_hourly_count`); an older
+/// file starts with none.
+const HOURLY_COUNTS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("hourly_counts");
 /// Set once the indexes and counts above were built from `terminals` (older registries lack them).
 const TERMINALS_INDEXED: &str = "terminals_indexed";
 
@@ -135,6 +138,30 @@ fn reindex_terminal(txn: &WriteTransaction, old: Option<&TerminalRecord>, new: &
             }
         }
     }
+    Ok(())
+}
+
+/// Set once the hourly counts were built from `certs` (older registries lack them).
+const HOURLY_COUNTED: &str = "hourly_counted";
+
+/// Registries made before the hourly counts existed get them from `certs`, once: each
+/// certificate a station asked for (its `station` set) in its issue hour, and its first
+/// provisioning confirmation in that one's hour.
+fn count_hourly_once(txn: &WriteTransaction) -> Result<()> {
+    if txn.open_table(META)?.get(HOURLY_COUNTED)?.is_some() {
+        return Ok(());
+    }
+    let mut w = RedbWrite(txn);
+    for item in txn.open_table(CERTS)?.iter()? {
+        let rec: CertRecord = from_json(item?.1.value())?;
+        if let Some(station) = &rec.station {
+            w.add_hourly_count(rec.issued_ms / crate::HOUR_MS, station, crate::HourlyKind::Issued, 1)?;
+        }
+        if let Some(p) = &rec.provisioning {
+            w.add_hourly_count(p.at_ms / crate::HOUR_MS, &p.station, crate::HourlyKind::Provisioned, 1)?;
+        }
+    }
+    txn.open_table(META)?.insert(HOURLY_COUNTED, 1)?;
     Ok(())
 }
 
@@ -304,12 +331,14 @@ impl RedbStore {
             txn.open_table(TERMINALS_BY_MANUFACTURER)?;
             txn.open_table(TERMINALS_BY_LOT)?;
             txn.open_table(TERMINAL_COUNTS)?;
+            txn.open_table(HOURLY_COUNTS)?;
             txn.open_table(AUDIT_BY_ACTOR)?;
             txn.open_table(AUDIT_BY_TARGET)?;
             index_revoked_once(&txn)?;
             log_activations_once(&txn)?;
             index_terminals_once(&txn)?;
             index_audit_once(&txn)?;
+            count_hourly_once(&txn)?;
             tag_kinds(&txn)?;
         }
         txn.commit()?;
@@ -372,6 +401,7 @@ impl RedbStore {
         copy_table(&snapshot, &txn, TERMINALS_BY_MANUFACTURER)?;
         copy_table(&snapshot, &txn, TERMINALS_BY_LOT)?;
         copy_table(&snapshot, &txn, TERMINAL_COUNTS)?;
+        copy_table(&snapshot, &txn, HOURLY_COUNTS)?;
         copy_table(&snapshot, &txn, AUDIT_BY_ACTOR)?;
         copy_table(&snapshot, &txn, AUDIT_BY_TARGET)?;
         txn.commit()?;
@@ -432,6 +462,7 @@ impl RedbStore {
             released: r.released()?,
             audit,
             checkpoints: r.checkpoints_raw()?,
+            hourly: r.hourly_counts(0)?,
         })
     }
 
@@ -606,6 +637,21 @@ macro_rules! redb_reads {
                     counts.add(dimension, value, v.value())?;
                 }
                 Ok(counts)
+            }
+
+            fn hourly_counts(&mut self, since_hour: u64) -> Result<Vec<crate::HourlyCount>> {
+                let mut out = Vec::new();
+                for item in self.0.open_table(HOURLY_COUNTS)?.range((since_hour, "", "")..)? {
+                    let (k, v) = item?;
+                    let (hour, station, kind) = k.value();
+                    out.push(crate::HourlyCount {
+                        hour,
+                        station: station.to_owned(),
+                        kind: crate::HourlyKind::parse(kind)?,
+                        n: v.value(),
+                    });
+                }
+                Ok(out)
             }
 
             fn terminals_with_active_cert(&mut self, filter: &BulkFilter) -> Result<Vec<TerminalRecord>> {
@@ -883,6 +929,14 @@ impl StoreWrite for RedbWrite<'_> {
         }
         nonces.retain(|_, exp| exp > now_ms)?;
         nonces.insert(nonce, expires_ms)?;
+        Ok(())
+    }
+
+    fn add_hourly_count(&mut self, hour: u64, station: &str, kind: crate::HourlyKind, n: u64) -> Result<()> {
+        let mut table = self.0.open_table(HOURLY_COUNTS)?;
+        let key = (hour, station, kind.as_str());
+        let before = table.get(key)?.map_or(0, |v| v.value());
+        table.insert(key, before + n)?;
         Ok(())
     }
 
