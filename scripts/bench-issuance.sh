@@ -65,10 +65,10 @@ PY
     kill "$spid"; wait "$spid" 2>/dev/null || true
 }
 
-mkdir -p "$PGDATA" && chown postgres "$PGDATA"
+mkdir -p "$PGDATA" && touch "$PGDATA.log" && chown postgres "$PGDATA" "$PGDATA.log"
 PGPORT=$(free_port)
 runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
-runuser -u postgres -- "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$W/pg.log" -w \
+runuser -u postgres -- "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PGDATA.log" -w \
     -o "-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1" >/dev/null
 
 bench redb
