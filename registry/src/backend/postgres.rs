@@ -86,6 +86,16 @@ fn from_i(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// A row of `SELECT hour, station, kind, n FROM hourly_counts`.
+fn hourly_count(r: &Row) -> Result<crate::HourlyCount> {
+    Ok(crate::HourlyCount {
+        hour: from_i(r.get(0)),
+        station: r.get(1),
+        kind: crate::HourlyKind::parse(r.get(2))?,
+        n: from_i(r.get(3)),
+    })
+}
+
 /// Parses the connection URL; the error never repeats it (it may hold a password).
 /// A password comes from `PGPASSWORD` (libpq's variable) when the URL has none, so it need not
 /// sit in a configuration file.
@@ -435,14 +445,7 @@ fn export_in(t: &mut Transaction<'_>) -> Result<crate::store::Export> {
         hourly: t
             .query("SELECT hour, station, kind, n FROM hourly_counts ORDER BY hour, station, kind", &[])?
             .iter()
-            .map(|r| {
-                Ok(crate::HourlyCount {
-                    hour: from_i(r.get(0)),
-                    station: r.get(1),
-                    kind: crate::HourlyKind::parse(r.get(2))?,
-                    n: from_i(r.get(3)),
-                })
-            })
+            .map(hourly_count)
             .collect::<Result<_>>()?,
     })
 }
@@ -630,14 +633,7 @@ impl StoreRead for PgTx<'_, '_> {
             &[&u(since_hour)],
         )?
         .iter()
-        .map(|r| {
-            Ok(crate::HourlyCount {
-                hour: from_i(r.get(0)),
-                station: r.get(1),
-                kind: crate::HourlyKind::parse(r.get(2))?,
-                n: from_i(r.get(3)),
-            })
-        })
+        .map(hourly_count)
         .collect()
     }
 
