@@ -46,12 +46,20 @@ pub fn alert_json(a: &v1::Alert) -> serde_json::Value {
 }
 
 /// `cactl alerts list`.
-pub async fn list(c: &Client, json_out: bool, all: bool, rule: Option<&str>, limit: u32) -> Result<()> {
+pub async fn list(
+    c: &Client,
+    json_out: bool,
+    all: bool,
+    rule: Option<&str>,
+    terminal: Option<&str>,
+    limit: u32,
+) -> Result<()> {
     let m = v1::ListAlertsRequest {
         request_id: request_id(),
         open_only: !all,
         rule: rule.unwrap_or_default().into(),
         limit,
+        terminal_serial: terminal.unwrap_or_default().into(),
     };
     let list =
         FleetClient::new(c.channel.clone()).list_alerts(c.signed("/hsca.v1.Fleet/ListAlerts", m)?).await?.into_inner();

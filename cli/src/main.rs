@@ -344,6 +344,9 @@ enum AlertsCmd {
         /// Only this rule: clone, relocation, counterfeit, tamper, silent.
         #[arg(long)]
         rule: Option<String>,
+        /// Only this terminal's alerts (its serial).
+        #[arg(long)]
+        terminal: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -896,8 +899,8 @@ async fn run(cli: Cli) -> Result<()> {
             let identity = Identity::load(&identity_path(&cli)?)?;
             let client = alerts::connect(&identity, at).await?;
             match cmd {
-                AlertsCmd::List { all, rule, limit } => {
-                    alerts::list(&client, cli.json, *all, rule.as_deref(), *limit).await
+                AlertsCmd::List { all, rule, terminal, limit } => {
+                    alerts::list(&client, cli.json, *all, rule.as_deref(), terminal.as_deref(), *limit).await
                 }
                 AlertsCmd::Show { id } => alerts::show(&client, cli.json, *id).await,
                 AlertsCmd::Ack { id, note } => alerts::ack(&client, cli.json, *id, note).await,

@@ -112,6 +112,29 @@ fn alerts_from_a_real_fleet_service() {
     let (_, page) = c.get(&format!("/alerts/{id}"), &cookie);
     assert!(page.contains("operator-1") && !page.contains("id=\"ack\""), "{page}");
 
+    // The relocated terminal's page lists its alerts (acknowledged too), through the fleet
+    // store's per-terminal index; `cactl alerts list --terminal` asks the same.
+    let serial = acked["terminal"].as_str().expect("the alert names its terminal").to_owned();
+    let (head, page) = c.get(&format!("/terminals/{serial}"), &cookie);
+    assert_eq!(status(&head), 200, "{head}");
+    let section = page.split("id=\"terminal-alerts\"").nth(1).unwrap_or_else(|| panic!("an alerts table: {page}"));
+    assert!(section.contains("data-rule=\"relocation\"") && section.contains(&format!("/alerts/{id}\"")), "{page}");
+    let of = |terminal: &str| -> Vec<serde_json::Value> {
+        let out = Command::new(CACTL)
+            .arg("--identity")
+            .arg(operator.join("identity.toml"))
+            .args(["--json", "alerts"])
+            .args(&fleet_args)
+            .args(["list", "--all", "--terminal", terminal])
+            .output()
+            .expect("cactl alerts list");
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let listed = of(&serial);
+    assert!(!listed.is_empty() && listed.iter().all(|a| a["terminal"] == serial.as_str()), "{listed:?}");
+    assert!(of("HSTM0126110NOSUCH").is_empty(), "another terminal's alerts are not listed");
+
     // The auditor reads alerts but is not offered the acknowledgement; forced, the fleet
     // service refuses it with its stable reason.
     let a = Console::start_with(&auditor.join("identity.toml"), &fleet_args);

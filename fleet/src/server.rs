@@ -591,7 +591,12 @@ impl v1::fleet_server::Fleet for FleetService {
         let m = req.into_inner();
         let limit = if m.limit == 0 { 100 } else { m.limit as usize };
         let rule = (!m.rule.is_empty()).then_some(m.rule.as_str());
-        let list = self.0.engine.store.alerts(m.open_only, rule, limit).map_err(store_status)?;
+        let store = &self.0.engine.store;
+        let list = match m.terminal_serial.as_str() {
+            "" => store.alerts(m.open_only, rule, limit),
+            serial => store.alerts_of_terminal(serial, m.open_only, rule, limit),
+        }
+        .map_err(store_status)?;
         Ok(Response::new(v1::ListAlertsResponse { alerts: list.iter().map(alert_msg).collect() }))
     }
 

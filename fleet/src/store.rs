@@ -19,6 +19,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ANCHORS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchors");
 /// The last activation-log number read (META): a restart reads on from there.
 const ACTIVATION_CURSOR: &str = "activation_cursor";
+/// Alerts about each terminal ((terminal serial, alert id)), so a terminal's alerts are one
+/// range read however many alerts the fleet has.
+const ALERTS_BY_TERMINAL: TableDefinition<(&str, u64), ()> = TableDefinition::new("alerts_by_terminal");
+/// Set (META) once `ALERTS_BY_TERMINAL` holds every alert: a store made before it is indexed once.
+const ALERTS_BY_TERMINAL_BUILT: &str = "alerts_by_terminal_built";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,20 @@ impl Store {
             tx.open_table(OPEN).map_err(db)?;
             tx.open_table(META).map_err(db)?;
             tx.open_table(ANCHORS).map_err(db)?;
+            tx.open_table(ALERTS_BY_TERMINAL).map_err(db)?;
+            let mut meta = tx.open_table(META).map_err(db)?;
+            if meta.get(ALERTS_BY_TERMINAL_BUILT).map_err(db)?.is_none() {
+                let alerts = tx.open_table(ALERTS).map_err(db)?;
+                let mut index = tx.open_table(ALERTS_BY_TERMINAL).map_err(db)?;
+                for row in alerts.iter().map_err(db)? {
+                    let (k, v) = row.map_err(db)?;
+                    let a: AlertRecord = decode(&k.value().to_string(), v.value())?;
+                    if !a.terminal_serial.is_empty() {
+                        index.insert((a.terminal_serial.as_str(), a.id), ()).map_err(db)?;
+                    }
+                }
+                meta.insert(ALERTS_BY_TERMINAL_BUILT, 1).map_err(db)?;
+            }
         }
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -164,6 +183,35 @@ impl Store {
         for row in t.iter().map_err(db)?.rev() {
             let (k, v) = row.map_err(db)?;
             let a: AlertRecord = decode(&k.value().to_string(), v.value())?;
+            if (open_only && a.acknowledged) || rule.is_some_and(|r| r != a.rule) {
+                continue;
+            }
+            out.push(a);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Alerts about terminal `serial`, newest first: at most `limit`, only open ones or one
+    /// rule's if asked.
+    pub fn alerts_of_terminal(
+        &self,
+        serial: &str,
+        open_only: bool,
+        rule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let index = tx.open_table(ALERTS_BY_TERMINAL).map_err(db)?;
+        let alerts = tx.open_table(ALERTS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in index.range((serial, 0)..=(serial, u64::MAX)).map_err(db)?.rev() {
+            let (k, _) = row.map_err(db)?;
+            let id = k.value().1;
+            let Some(v) = alerts.get(id).map_err(db)? else { continue };
+            let a: AlertRecord = decode(&id.to_string(), v.value())?;
             if (open_only && a.acknowledged) || rule.is_some_and(|r| r != a.rule) {
                 continue;
             }
@@ -273,6 +321,10 @@ impl Batch {
         };
         alerts.insert(id, encode(&a)?.as_slice()).map_err(db)?;
         open.insert(f.key.as_str(), id).map_err(db)?;
+        if !a.terminal_serial.is_empty() {
+            let mut index = self.tx.open_table(ALERTS_BY_TERMINAL).map_err(db)?;
+            index.insert((a.terminal_serial.as_str(), id), ()).map_err(db)?;
+        }
         Ok((a, true))
     }
 
@@ -368,6 +420,36 @@ mod tests {
         assert!(matches!(store.alert(999), Err(StoreError::NoAlert(999))));
         let mut b = store.batch().expect("batch");
         assert!(matches!(b.ack(999, "x", "", 1), Err(StoreError::NoAlert(999))));
+    }
+
+    #[test]
+    fn a_terminals_alerts_come_from_its_index_and_an_older_store_is_indexed_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("fleet.redb");
+        let of = |serial: &str, key: &str, rule: Rule| Finding { terminal_serial: serial.into(), ..finding(rule, key) };
+        {
+            let store = Store::open(&path).expect("open");
+            let mut b = store.batch().expect("batch");
+            b.raise(&of("T1", "clone:1", Rule::Clone), "hold", 1).expect("raise");
+            b.raise(&of("T2", "relocation:2", Rule::Relocation), "alert", 2).expect("raise");
+            b.raise(&of("T1", "tamper:1", Rule::Tamper), "revoke", 3).expect("raise");
+            b.raise(&of("", "counterfeit:x", Rule::Counterfeit), "alert", 4).expect("raise");
+            b.commit().expect("commit");
+            let t1: Vec<String> =
+                store.alerts_of_terminal("T1", false, None, 10).expect("T1").into_iter().map(|a| a.rule).collect();
+            assert_eq!(t1, ["tamper", "clone"], "newest first, only T1's");
+            assert_eq!(store.alerts_of_terminal("T1", false, Some("clone"), 10).expect("rule").len(), 1);
+            assert_eq!(store.alerts_of_terminal("T1", false, None, 1).expect("limit").len(), 1);
+            assert!(store.alerts_of_terminal("T", false, None, 10).expect("prefix").is_empty(), "exact serial");
+            // A store made before the index: drop it and its marker.
+            let tx = store.db.begin_write().expect("write");
+            tx.delete_table(ALERTS_BY_TERMINAL).expect("drop index");
+            tx.open_table(META).expect("meta").remove(ALERTS_BY_TERMINAL_BUILT).expect("marker");
+            tx.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.alerts_of_terminal("T1", false, None, 10).expect("T1").len(), 2, "indexed on open");
+        assert_eq!(store.alerts_of_terminal("T2", true, None, 10).expect("T2").len(), 1);
     }
 
     #[test]

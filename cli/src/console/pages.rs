@@ -345,7 +345,7 @@ pub async fn overview(State(c): C, Extension(ctx): Extension<Ctx>) -> Response {
         out = html! { (out) (freshness_section(&c, l).await?) };
         if let Some(fleet) = fleet(&c).filter(|_| c.may_read_alerts()) {
             let msg =
-                v1::ListAlertsRequest { request_id: request_id(), open_only: true, rule: String::new(), limit: 1000 };
+                v1::ListAlertsRequest { request_id: request_id(), open_only: true, limit: 1000, ..Default::default() };
             let open = fleet.clone().list_alerts(fleet_client(&c)?.signed("/hsca.v1.Fleet/ListAlerts", msg)?).await?;
             let mut by_rule = BTreeMap::new();
             for a in &open.into_inner().alerts {
@@ -606,6 +606,19 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
         } else {
             Vec::new()
         };
+        // Its alerts from the fleet service (all, acknowledged too), when one is configured.
+        let alerts = match fleet(&c).filter(|_| c.may_read_alerts()) {
+            Some(mut fleet) => {
+                let msg = v1::ListAlertsRequest {
+                    request_id: request_id(),
+                    terminal_serial: serial.clone(),
+                    limit: 100,
+                    ..Default::default()
+                };
+                Some(fleet.list_alerts(fleet_client(&c)?.signed("/hsca.v1.Fleet/ListAlerts", msg)?).await?.into_inner().alerts)
+            }
+            None => None,
+        };
         let may_revoke = c.allowed.may("Admin/RevokeCertificate") && !term.active_certificate_serial.is_empty();
         Ok(html! {
             table #record {
@@ -648,6 +661,21 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
                     tr { td { (when(&c, a.at_ms)) } td { (a.operator) } td { (a.institution) } td { (format!("{:.5}, {:.5}", a.latitude, a.longitude)) } }
                 }
                 @if activations.is_empty() { tr { td colspan="4" { (t(l, "none")) } } }
+            }
+            @if let Some(alerts) = &alerts {
+                h2 { (t(l, "alerts")) }
+                table #terminal-alerts {
+                    tr { th { (t(l, "id")) } th { (t(l, "rule")) } th { (t(l, "last_seen")) } th { (t(l, "occurrences")) }
+                         th { (t(l, "alert_action")) } th { (t(l, "state")) } }
+                    @for a in alerts {
+                        tr data-rule=(a.rule) {
+                            td { a href=(format!("/alerts/{}", a.id)) { (a.id) } }
+                            td { (a.rule) } td { (when(&c, a.last_ms)) } td.num { (a.occurrences) }
+                            td { (a.action) } td { (alert_state(l, a)) }
+                        }
+                    }
+                    @if alerts.is_empty() { tr { td colspan="6" { (t(l, "none")) } } }
+                }
             }
             h2 { (t(l, "audit_of_terminal")) }
             (audit_table(&c, l, entries.iter().collect()))
@@ -1027,7 +1055,13 @@ pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query
     };
     let body = async {
         let rule = q.rule.trim().to_owned();
-        let msg = v1::ListAlertsRequest { request_id: request_id(), open_only: !q.all, rule: rule.clone(), limit: 500 };
+        let msg = v1::ListAlertsRequest {
+            request_id: request_id(),
+            open_only: !q.all,
+            rule: rule.clone(),
+            limit: 500,
+            ..Default::default()
+        };
         let list = fleet.list_alerts(fleet_client(&c)?.signed("/hsca.v1.Fleet/ListAlerts", msg)?).await?.into_inner();
         let rules = ["clone", "relocation", "counterfeit", "tamper", "silent"];
         Ok(html! {
