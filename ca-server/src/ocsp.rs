@@ -5,8 +5,8 @@
 //! budget per second; past it, the pre-signed answer without the nonce (RFC 8954 §2.1).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -212,9 +212,10 @@ impl Responder {
     }
 
     /// Whether [`Responder::finish`] may run on an async worker: the HSM signs in this
-    /// process (the embedded softtoken, ~20 µs), so a thread hop would cost more than it spares.
+    /// process (the embedded softtoken, ~20 µs), so a thread hop would cost more than it spares,
+    /// and it can sign now without backing off or logging in again (a PBKDF2 in the softtoken).
     pub fn signs_in_process(&self) -> bool {
-        self.in_process
+        self.in_process && self.checked.read().is_ok_and(|c| c.key.signer.signs_without_waiting())
     }
 
     /// Declares that the HSM signs in this process ([`Responder::signs_in_process`]).
