@@ -5,6 +5,7 @@
 //! budget per second; past it, the pre-signed answer without the nonce (RFC 8954 §2.1).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -60,6 +61,9 @@ struct Cached {
 /// sent) and an unknown serial or a request about several certificates gets `tryLater`.
 pub const UNCACHED_SIGNATURES_PER_SECOND: u32 = 500;
 
+/// Default of [`Responder::with_refresh_scan_chunk`]: a few hundred µs of scanning per lock hold.
+pub const REFRESH_SCAN_CHUNK: usize = 4096;
+
 /// The responder.
 pub struct Responder {
     /// The responder key with its public half (precomputed) and certificate checked and encoded
@@ -78,6 +82,8 @@ pub struct Responder {
     budget_per_second: u32,
     nonces_ignored: AtomicU64,
     in_process: bool,
+    /// [`Responder::with_refresh_scan_chunk`].
+    scan_chunk: usize,
 }
 
 /// What answering a request needs ([`Responder::plan`]).
@@ -141,6 +147,7 @@ impl Responder {
             budget_per_second: UNCACHED_SIGNATURES_PER_SECOND,
             nonces_ignored: AtomicU64::new(0),
             in_process: false,
+            scan_chunk: REFRESH_SCAN_CHUNK,
         })
     }
 
@@ -205,9 +212,10 @@ impl Responder {
     }
 
     /// Whether [`Responder::finish`] may run on an async worker: the HSM signs in this
-    /// process (the embedded softtoken, ~20 µs), so a thread hop would cost more than it spares.
+    /// process (the embedded softtoken, ~20 µs), so a thread hop would cost more than it spares,
+    /// and it can sign now without backing off or logging in again (a PBKDF2 in the softtoken).
     pub fn signs_in_process(&self) -> bool {
-        self.in_process
+        self.in_process && self.checked.read().is_ok_and(|c| c.key.signer.signs_without_waiting())
     }
 
     /// Declares that the HSM signs in this process ([`Responder::signs_in_process`]).
@@ -351,16 +359,40 @@ impl Responder {
     pub fn refresh_due(&self, registry: &Registry) -> usize {
         let now = SystemTime::now();
         let mut due = Vec::new();
-        let mut idle = Vec::new();
-        if let Ok(c) = self.cache.read() {
-            for v in c.values().filter(|v| v.refresh_at <= now) {
-                let list = if v.used.load(Ordering::Relaxed) { &mut due } else { &mut idle };
-                list.push(v.cert_id.clone());
+        let mut after: Option<Key> = None;
+        // A chunk per lock hold: a writer queued behind the scan (which, on Linux, blocks every
+        // new reader, cache hits on the async workers included) waits for one chunk, not the
+        // whole cache.
+        loop {
+            let mut idle = Vec::new();
+            let mut last = None;
+            if let Ok(c) = self.cache.read() {
+                let from = match &after {
+                    Some(k) => Bound::Excluded(k),
+                    None => Bound::Unbounded,
+                };
+                for (k, v) in c.range((from, Bound::Unbounded)).take(self.scan_chunk) {
+                    last = Some(k.clone());
+                    if v.refresh_at <= now {
+                        let list = if v.used.load(Ordering::Relaxed) { &mut due } else { &mut idle };
+                        list.push(v.cert_id.clone());
+                    }
+                }
             }
-        }
-        if let Ok(mut c) = self.cache.write() {
-            for id in &idle {
-                c.remove(&key_of(id));
+            if !idle.is_empty()
+                && let Ok(mut c) = self.cache.write()
+            {
+                for id in &idle {
+                    // Re-checked: a refresh or a hit since the read keeps it.
+                    let key = key_of(id);
+                    if c.get(&key).is_some_and(|v| v.refresh_at <= now && !v.used.load(Ordering::Relaxed)) {
+                        c.remove(&key);
+                    }
+                }
+            }
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
             }
         }
         for id in &due {
@@ -371,6 +403,13 @@ impl Responder {
             }
         }
         due.len()
+    }
+
+    /// How many cached answers [`Responder::refresh_due`] looks at per hold of the cache lock
+    /// (default [`REFRESH_SCAN_CHUNK`]; at least 1).
+    pub fn with_refresh_scan_chunk(mut self, entries: usize) -> Self {
+        self.scan_chunk = entries.max(1);
+        self
     }
 
     /// The current responder key and certificate.

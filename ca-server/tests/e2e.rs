@@ -313,6 +313,16 @@ async fn registration_switch_and_life_cycle(backend: Backend) {
         model: String::new(),
         lot: "LOT-9".into(),
     };
+    // A model or lot past the bound: the same refusal on both backends (PostgreSQL could not
+    // index it), nothing stored.
+    let long_model =
+        v1::RegisterTerminalRequest { request_id: request_id(), model: "M".repeat(65), ..register.clone() };
+    let long_lot = v1::RegisterTerminalRequest { request_id: request_id(), lot: "L".repeat(3000), ..register.clone() };
+    for long in [long_model, long_lot] {
+        let refusal =
+            reg.register_terminal(operator.signed("/hsca.v1.Registry/RegisterTerminal", long).expect("s")).await;
+        assert_eq!(refused(refusal), (Code::InvalidArgument, Reason::BadRequest));
+    }
     let t = reg
         .register_terminal(operator.signed("/hsca.v1.Registry/RegisterTerminal", register.clone()).expect("s"))
         .await
@@ -326,6 +336,9 @@ async fn registration_switch_and_life_cycle(backend: Backend) {
         Reason::TerminalExists
     );
 
+    let long_lot =
+        v1::IssueTerminalCertificateRequest { request_id: request_id(), lot: "L".repeat(3000), ..req.clone() };
+    assert_eq!(refused(issue(&station, long_lot).await), (Code::InvalidArgument, Reason::BadRequest));
     let resp = issue(&station, req).await.expect("issued once registered");
     // Activation needs the device to have confirmed the write first. (The administrator's manual
     // override here; proof of presence is in tests/activation.rs.)

@@ -66,6 +66,10 @@ impl<S: hsm::Signer> hsm::Signer for Counting<S> {
 }
 
 fn fixture(budget: u32) -> Fixture {
+    fixture_valid_for(budget, Duration::from_secs(3600))
+}
+
+fn fixture_valid_for(budget: u32, validity: Duration) -> Fixture {
     let policy = support::policy();
     let now = SystemTime::now();
     let root = support::make_root(&policy, now);
@@ -109,7 +113,7 @@ fn fixture(budget: u32) -> Fixture {
     let responder = Responder::new(
         ResponderKey { signer: Arc::new(signer), certificate: responder_cert, delegated: true },
         &issuing.cert,
-        Duration::from_secs(3600),
+        validity,
     )
     .expect("responder")
     .with_uncached_budget(budget);
@@ -266,4 +270,43 @@ fn cache_hits_are_ready_in_memory_and_nonces_are_signed_fresh() {
     // Malformed and foreign requests are answered in place too.
     let Plan::Ready(bad) = responder.plan_der(b"not DER") else { panic!("malformed is ready") };
     assert_eq!(&bad.der[..], error_response(OcspResponseStatus::MalformedRequest).as_slice());
+}
+
+/// `refresh_due`, scanning the cache a chunk at a time (2 answers per lock hold, 3 answers):
+/// past half their validity, the answers asked for since signed are re-signed, across chunk
+/// boundaries, and the one nobody asked for is dropped.
+#[test]
+fn refresh_due_re_signs_what_was_asked_for_and_drops_the_rest_across_chunks() {
+    let Fixture { reg, responder, issuing, cert, signatures, .. } = fixture_valid_for(BUDGET, Duration::from_secs(2));
+    let responder = responder.with_refresh_scan_chunk(2);
+    let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
+    let known = CertSerial::of(&cert).expect("serial");
+    let ask = |hash| {
+        let req = build_request(&[hashes.cert_id(hash, &known)], None).expect("request");
+        responder.answer(&reg, &parse_request(&req).expect("parse"))
+    };
+    let asked = [CertIdHash::Sha1, CertIdHash::Sm3];
+    let mut before = Vec::new();
+    for hash in asked {
+        assert!(!ask(hash).cached);
+        let hit = ask(hash);
+        assert!(hit.cached, "a hit marks the answer as asked for");
+        before.push(hit.der);
+    }
+    assert!(!ask(CertIdHash::Sha256).cached, "signed once, never asked for again");
+    assert_eq!(responder.cached(), 3);
+    assert_eq!(responder.refresh_due(&reg), 0, "nothing is due yet");
+    assert_eq!(responder.cached(), 3);
+
+    std::thread::sleep(Duration::from_millis(1100)); // past half of the 2 s validity
+    let signed_before = signatures.load(Ordering::SeqCst);
+    assert_eq!(responder.refresh_due(&reg), 2);
+    assert_eq!(signatures.load(Ordering::SeqCst) - signed_before, 2, "one signature per answer due");
+    assert_eq!(responder.cached(), 2, "the idle answer is dropped");
+    for (hash, old) in asked.into_iter().zip(before) {
+        let a = ask(hash);
+        assert!(a.cached && a.der != old, "re-signed in the cache");
+        pki::ocsp::verify_response(&a.der, &issuing.cert, &SignerId::default(), SystemTime::now()).expect("verifies");
+    }
+    assert!(!ask(CertIdHash::Sha256).cached, "the dropped answer is signed again on demand");
 }

@@ -134,10 +134,12 @@ fn console_gate_pages_and_roles() {
 
     // Changes need the session, the CSRF token and our own origin.
     let form = format!("terminal={}&reason=keyCompromise", t1.serial);
+    // A token one byte off (a fixed "00" equalled the real one once in 256 runs).
+    let wrong_prefix = if csrf.starts_with("00") { "ff" } else { "00" };
     let refused = [
         (c.post("/revoke", "", &format!("{form}&csrf={csrf}")), 401, "NO_SESSION"),
         (c.post("/revoke", &cookie, &form), 403, "CSRF"),
-        (c.post("/revoke", &cookie, &format!("{form}&csrf=00{}", &csrf[2..])), 403, "CSRF"),
+        (c.post("/revoke", &cookie, &format!("{form}&csrf={}{}", wrong_prefix, &csrf[2..])), 403, "CSRF"),
         (
             c.post("/revoke", &format!("{cookie}Origin: http://evil.example\r\n"), &format!("{form}&csrf={csrf}")),
             403,
@@ -178,6 +180,22 @@ fn console_gate_pages_and_roles() {
     assert!(own.iter().all(|e| e["target"] == t1.serial) && own.iter().any(|e| e["action"] == "issue"), "{own:?}");
     let page_two = about(&["--target", t1.serial, "--last", "1", "--before", &seqs[0].to_string()]);
     assert_eq!(page_two.first().map(|e| e["seq"].clone()), seqs.get(1).map(|s| (*s).into()), "the next page");
+    // The terminal page pages the same way: a full page links to the entries before it (so
+    // refusals naming the serial cannot push its issue out of reach); the last page does not.
+    let again = ca.admin(&["terminal", "register", "--serial", t1.serial, "--class", "II"]);
+    assert!(!again.status.success(), "a refusal audited about the serial: {}", text(&again));
+    let seqs: Vec<u64> = about(&["--target", t1.serial]).iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    assert!(seqs.len() >= 2, "{seqs:?}");
+    let first = format!("/terminals/{}?last=1", t1.serial);
+    let (_, page) = c.get(&first, &cookie);
+    let older = format!("/terminals/{}?last=1&amp;before={}", t1.serial, seqs[0]);
+    assert!(page.contains(&format!("<a id=\"older\" href=\"{older}\"")), "{page}");
+    let (_, page) = c.get(&older.replace("&amp;", "&"), &cookie);
+    assert!(page.contains(&format!("<td>{}</td>", seqs[1])), "the next older entry: {page}");
+    let (_, page) = c.get(&format!("/terminals/{}", t1.serial), &cookie);
+    assert!(!page.contains("id=\"older\""), "not a full page: no link: {page}");
+    let (head, _) = c.get(&format!("/terminals/{}?before=x", t1.serial), &cookie);
+    assert_eq!(status(&head), 400, "{head}");
     let newest = about(&["--actor", "station-1", "--last", "1"]);
     assert_eq!((newest.len(), newest[0]["actor"].as_str()), (1, Some("station-1")));
     let both = ca.admin(&["audit", "tail", "--actor", "a", "--target", "b"]);

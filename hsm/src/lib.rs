@@ -80,4 +80,11 @@ pub trait Signer: Send + Sync {
 
     /// Signs `tbs` (SM3 of Z‖tbs inside) and returns the DER signature.
     fn sign(&self, tbs: &[u8]) -> Result<Signature, HsmError>;
+
+    /// Whether a signature now would return without waiting: no retry back-off, no new session
+    /// or login (a software token's PIN check is a PBKDF2 of ≥100,000 iterations). An async
+    /// caller signs in place only then. `false` unless the signer knows.
+    fn signs_without_waiting(&self) -> bool {
+        false
+    }
 }

@@ -8,6 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use cryptoki::context::Pkcs11;
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
 use hsm::backend::pkcs11::{KeyAlgorithm, KeySelector, Pkcs11Config, Pkcs11Hsm, VendorProfile};
 use hsm::{HsmError, Signer};
 use pki::{SignerId, Sm2PublicKey};
@@ -109,6 +111,7 @@ fn lost_sessions_and_logins_are_recovered_and_a_dead_module_is_unavailable() {
     hsm.generate_sm2_key("k").expect("keygen");
     let signer = hsm.signer(KeySelector::Label("k".into()), SignerId::default()).expect("signer");
     signer.sign(b"warm").expect("sign");
+    assert!(signer.signs_without_waiting(), "a pooled, logged-in session");
     let slot = t.p11.get_all_slots().expect("slots")[0];
     // Someone closes every session (cryptoki has no C_CloseAllSessions: call the module's):
     // our pooled session handle is now invalid.
@@ -124,6 +127,16 @@ fn lost_sessions_and_logins_are_recovered_and_a_dead_module_is_unavailable() {
     let other = t.p11.open_rw_session(slot).expect("s");
     other.logout().expect("logout");
     verify_sm2(&signer, b"after logout", &signer.sign(b"after logout").expect("recovered from USER_NOT_LOGGED_IN"));
+    assert!(signer.signs_without_waiting(), "recovered: a pooled session again");
+    // The security officer takes the token: our retries back off and cannot log in, so the next
+    // call would wait again, which an async worker must not (it hands the call on).
+    other.logout().expect("logout");
+    other.login(UserType::So, Some(&AuthPin::new(SO_PIN.into()))).expect("SO login");
+    assert!(signer.sign(b"while the SO holds the token").is_err());
+    assert!(!signer.signs_without_waiting(), "recovering: no idle logged-in session");
+    other.logout().expect("SO logout");
+    verify_sm2(&signer, b"after SO", &signer.sign(b"after SO").expect("recovered once the SO left"));
+    assert!(signer.signs_without_waiting(), "recovered: a pooled session again");
     drop(other);
     // The module is finalised under us: no retry helps.
     t.p11.clone().finalize().expect("finalize");

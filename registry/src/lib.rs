@@ -117,6 +117,16 @@ pub enum RegistryError {
     /// A bulk revocation must name a manufacturer, model or lot.
     #[error("a bulk revocation must name a manufacturer, model or lot")]
     EmptyFilter,
+    /// A terminal's text field is longer than [`TERMINAL_FIELD_MAX_BYTES`].
+    #[error("terminal {field} is {len} bytes; at most {max} are allowed")]
+    FieldTooLong {
+        /// Which field: serial, class, manufacturer, model or lot.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// No such approval.
     #[error("approval {0} not found")]
     ApprovalNotFound(String),
@@ -488,6 +498,7 @@ impl Registry {
 
     /// Registers a terminal.
     pub fn register_terminal(&self, t: &TerminalRecord, event: &AuditEvent) -> Result<()> {
+        t.check_field_lengths()?;
         let t = t.clone();
         self.write(event, move |s| s.insert_terminal(&t))
     }

@@ -154,6 +154,7 @@ impl crate::Registry {
         if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
             return Ok(replayed);
         }
+        issue.terminal.check_field_lengths()?;
         let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
         let issue = issue.clone();
         let recorded = self.write(event, move |s| {

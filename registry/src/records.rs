@@ -53,6 +53,30 @@ pub struct TerminalRecord {
     pub updated_ms: u64,
 }
 
+/// The longest serial, class, manufacturer, model or lot a terminal may have, in bytes. PostgreSQL
+/// cannot index a lot or record past ~2.7 KB, so both backends refuse long fields alike; real
+/// codes are a few characters.
+pub const TERMINAL_FIELD_MAX_BYTES: usize = 64;
+
+impl TerminalRecord {
+    /// Refuses a field longer than [`TERMINAL_FIELD_MAX_BYTES`].
+    pub fn check_field_lengths(&self) -> crate::Result<()> {
+        let fields = [
+            ("serial", self.serial.as_str()),
+            ("class", self.class.as_str()),
+            ("manufacturer", self.manufacturer.as_str()),
+            ("model", self.model.as_str()),
+            ("lot", self.lot.as_deref().unwrap_or_default()),
+        ];
+        match fields.into_iter().find(|(_, v)| v.len() > TERMINAL_FIELD_MAX_BYTES) {
+            Some((field, v)) => {
+                Err(crate::RegistryError::FieldTooLong { field, len: v.len(), max: TERMINAL_FIELD_MAX_BYTES })
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why a certificate was revoked (RFC 5280 reason codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

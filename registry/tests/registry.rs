@@ -817,6 +817,33 @@ fn an_audit_entry_with_a_ten_kilobyte_target_is_written(kind: Kind) {
     reg.verify_audit_chain().expect("intact");
 }
 
+/// A model or lot past the bound is refused alike on both backends (PostgreSQL could not index
+/// it), on registration and on issuance that registers; at the bound it is stored.
+fn terminal_fields_past_the_bound_are_refused_on_both_backends(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let max = registry::TERMINAL_FIELD_MAX_BYTES;
+    let too_long = |field| RegistryError::FieldTooLong { field, len: 3000, max };
+    let mut t = terminal("HSTM01261100000K");
+    t.model = incompressible(3000);
+    assert_eq!(reg.register_terminal(&t, &ev("register", &t.serial)), Err(too_long("model")));
+    let mut t = terminal("HSTM01261100000K");
+    t.lot = Some(incompressible(3000));
+    assert_eq!(reg.register_terminal(&t, &ev("register", &t.serial)), Err(too_long("lot")));
+    let mut t = terminal("HSTM01261100000K");
+    t.manufacturer = incompressible(3000);
+    assert_eq!(reg.register_terminal(&t, &ev("register", &t.serial)), Err(too_long("manufacturer")));
+    let mut i = issue("r1", "HSTM01261100001K", "C1", "k1");
+    i.terminal.lot = Some(incompressible(3000));
+    assert_eq!(reg.record_terminal_issue(&i, &ev("issue", "HSTM01261100001K")), Err(too_long("lot")));
+    assert_eq!(reg.terminal("HSTM01261100000K").expect("read"), None);
+    assert_eq!(reg.terminal("HSTM01261100001K").expect("read"), None);
+    assert_eq!(reg.audit_len().expect("len"), 0, "a refusal writes nothing");
+    let mut t = terminal("HSTM01261100000K");
+    (t.model, t.lot) = (incompressible(max), Some(incompressible(max)));
+    reg.register_terminal(&t, &ev("register", &t.serial)).expect("at the bound");
+    assert_eq!(reg.terminal(&t.serial).expect("read"), Some(t));
+}
+
 /// Entries as an older build stored them: a chain of `n` (each about `HSTM…K` by `admin`).
 fn older_audit(n: u64) -> Vec<(u64, Vec<u8>)> {
     let mut prev = registry::audit::GENESIS.to_owned();
@@ -1012,4 +1039,5 @@ on_both_backends!(
     audit_indexes_find_entries_behind_ten_thousand_newer_ones,
     an_audit_entry_with_a_ten_kilobyte_target_is_written,
     hourly_counts_count_issues_and_confirmations_by_hour_and_station,
+    terminal_fields_past_the_bound_are_refused_on_both_backends,
 );

@@ -92,6 +92,7 @@ impl Ca {
             active_cert: None,
             updated_ms: now_ms(),
         };
+        terminal.check_field_lengths().map_err(|e| registry_status(&e))?;
         let (cert_record, der) = self.sign_terminal(&terminal, approved.csr.public_key(), &m.request_id)?;
         let cert_serial = cert_record.serial.clone();
         let issue = registry::TerminalIssue {

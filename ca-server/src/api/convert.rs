@@ -39,7 +39,7 @@ pub fn registry_status(e: &RegistryError) -> Status {
         E::WrongState { .. } => (Code::FailedPrecondition, Reason::WrongState),
         E::PrincipalExists(_) => (Code::AlreadyExists, Reason::PrincipalExists),
         E::NotOnHold(_) => (Code::FailedPrecondition, Reason::NotOnHold),
-        E::EmptyFilter => (Code::InvalidArgument, Reason::BadRequest),
+        E::EmptyFilter | E::FieldTooLong { .. } => (Code::InvalidArgument, Reason::BadRequest),
         E::ApprovalNotFound(_) => (Code::NotFound, Reason::ApprovalNotFound),
         E::ApprovalExists(_) => (Code::AlreadyExists, Reason::RequestIdReused),
         E::ApprovalDecided(_) => (Code::FailedPrecondition, Reason::ApprovalDecided),

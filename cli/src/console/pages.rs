@@ -213,9 +213,16 @@ async fn verify_chain(c: &Console) -> Result<(u64, Arc<v1::ListAuditResponse>)> 
     Ok(fresh)
 }
 
-/// The newest `last` entries about `target`, newest first, from the CA's audit index (however old).
-async fn audit_about(c: &Console, target: &str, last: u32) -> Result<Vec<v1::AuditEntry>> {
-    let msg = v1::ListAuditRequest { request_id: request_id(), last, target: target.to_owned(), ..Default::default() };
+/// The newest `last` entries about `target` below entry `before_seq` (0: from the newest), newest
+/// first, from the CA's audit index (however old).
+async fn audit_about_before(c: &Console, target: &str, last: u32, before_seq: u64) -> Result<Vec<v1::AuditEntry>> {
+    let msg = v1::ListAuditRequest {
+        request_id: request_id(),
+        last,
+        target: target.to_owned(),
+        before_seq,
+        ..Default::default()
+    };
     Ok(admin(c).list_audit(c.client.signed("/hsca.v1.Admin/ListAudit", msg)?).await?.into_inner().entries)
 }
 
@@ -559,9 +566,25 @@ fn terminal_table(l: Lang, rows: &[v1::Terminal]) -> Markup {
     }
 }
 
-/// A terminal: its record, certificates (from the audit log), activations, audit entries.
-pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial): Path<String>) -> Response {
+/// Which of a terminal's audit entries its page shows: `last` of them (at most
+/// [`AUDIT_PER_TARGET`]) below `before` (absent: from the newest).
+#[derive(serde::Deserialize, Default)]
+pub struct TerminalAuditQuery {
+    before: Option<u64>,
+    last: Option<u32>,
+}
+
+/// A terminal: its record, certificates (from the audit log), activations, audit entries, and
+/// a link to older entries when a page is full (refusals naming its serial can fill one).
+pub async fn terminal(
+    State(c): C,
+    Extension(ctx): Extension<Ctx>,
+    Path(serial): Path<String>,
+    Query(q): Query<TerminalAuditQuery>,
+) -> Response {
     let back = format!("/terminals/{}", seg(&serial));
+    let last = q.last.unwrap_or(AUDIT_PER_TARGET).clamp(1, AUDIT_PER_TARGET);
+    let before = q.before.unwrap_or(0);
     let body = async {
         let l = ctx.lang();
         let msg = v1::GetTerminalRequest { request_id: request_id(), serial: serial.clone() };
@@ -570,8 +593,15 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
         // The terminal's entries, newest first; the certificates they say were issued for it
         // (newest first) with the active one; then every entry about those (revocations name the
         // certificate).
-        let mut entries =
-            if c.allowed.may("Admin/ListAudit") { audit_about(&c, &serial, AUDIT_PER_TARGET).await? } else { Vec::new() };
+        let mut entries = if c.allowed.may("Admin/ListAudit") {
+            audit_about_before(&c, &serial, last, before).await?
+        } else {
+            Vec::new()
+        };
+        let older = (entries.len() as u64 >= u64::from(last))
+            .then(|| entries.iter().map(|e| e.seq).min())
+            .flatten()
+            .map(|seq| format!("/terminals/{}?last={last}&before={seq}", seg(&serial)));
         let mut certs: Vec<String> = entries
             .iter()
             .filter(|e| matches!(e.action.as_str(), "issue" | "reissue") && e.outcome == "ok")
@@ -582,7 +612,7 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
         }
         if c.allowed.may("Admin/ListAudit") {
             for s in &certs {
-                entries.extend(audit_about(&c, s, AUDIT_PER_TARGET).await?);
+                entries.extend(audit_about_before(&c, s, last, before).await?);
             }
         }
         entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
@@ -679,6 +709,7 @@ pub async fn terminal(State(c): C, Extension(ctx): Extension<Ctx>, Path(serial):
             }
             h2 { (t(l, "audit_of_terminal")) }
             (audit_table(&c, l, entries.iter().collect()))
+            @if let Some(href) = &older { p { a #older href=(href) { (t(l, "older_entries")) } } }
         })
     }
     .await;

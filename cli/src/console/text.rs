@@ -113,6 +113,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("any", "全部", "any"),
     ("search", "查询", "Search"),
     ("next_page", "下一页", "Next page"),
+    ("older_entries", "更早的审计记录", "Older audit entries"),
     ("none", "（无）", "(none)"),
     ("download_pem", "下载 PEM", "Download PEM"),
     ("cert_status", "证书状态", "Certificate status"),

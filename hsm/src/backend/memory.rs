@@ -101,4 +101,8 @@ impl Signer for SoftwareSm2Key {
         let sig = self.key.sign_digest(&sm2_dsa::digest(&self.z, tbs)).map_err(|e| HsmError::Signing(e.to_string()))?;
         Ok(Signature::from_der(sig.to_der().to_vec()))
     }
+
+    fn signs_without_waiting(&self) -> bool {
+        true
+    }
 }

@@ -101,6 +101,9 @@ pub struct Pkcs11Hsm {
     pin: AuthPin,
     profile: VendorProfile,
     pool: Mutex<Vec<Session>>,
+    /// Set when a call lost its session or login, cleared by the next success: until then a
+    /// call may back off and log in again.
+    recovering: std::sync::atomic::AtomicBool,
 }
 
 fn ck(e: CkError) -> HsmError {
@@ -151,6 +154,7 @@ impl Pkcs11Hsm {
             pin: AuthPin::new(config.pin.as_str().into()),
             profile: config.profile,
             pool: Mutex::new(Vec::new()),
+            recovering: std::sync::atomic::AtomicBool::new(false),
         };
         let s = hsm.open_session()?;
         hsm.put_back(s);
@@ -197,6 +201,12 @@ impl Pkcs11Hsm {
         }
     }
 
+    /// Whether a call now would find a pooled session and no recovery under way.
+    fn has_idle_session(&self) -> bool {
+        !self.recovering.load(std::sync::atomic::Ordering::Relaxed)
+            && self.pool.lock().is_ok_and(|pool| !pool.is_empty())
+    }
+
     fn put_back(&self, s: Session) {
         if let Ok(mut pool) = self.pool.lock() {
             pool.push(s);
@@ -214,6 +224,7 @@ impl Pkcs11Hsm {
                 Ok(s) => s,
                 Err(e @ HsmError::Login(_)) => return Err(e),
                 Err(e) => {
+                    self.recovering.store(true, std::sync::atomic::Ordering::Relaxed);
                     last = e.to_string();
                     continue;
                 }
@@ -221,9 +232,11 @@ impl Pkcs11Hsm {
             match f(&s) {
                 Ok(v) => {
                     self.put_back(s);
+                    self.recovering.store(false, std::sync::atomic::Ordering::Relaxed);
                     return Ok(v);
                 }
                 Err(e) if is_retryable(&e) => {
+                    self.recovering.store(true, std::sync::atomic::Ordering::Relaxed);
                     last = e.to_string();
                     // The session is dead or logged out; so, probably, are its pooled siblings.
                     drop(s);
@@ -519,6 +532,10 @@ impl Signer for Pkcs11Signer<'_> {
 
     fn signer_id(&self) -> &SignerId {
         &self.signer_id
+    }
+
+    fn signs_without_waiting(&self) -> bool {
+        self.hsm.has_idle_session()
     }
 
     fn sign(&self, tbs: &[u8]) -> Result<Signature, HsmError> {
