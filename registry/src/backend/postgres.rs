@@ -231,8 +231,9 @@ fn run_batch(
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, storage(e)),
     };
-    // A simple query: one round trip (a parameterised one by text would be prepared first).
-    if let Err(e) = tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})")) {
+    // A simple query: one round trip (a parameterised one by text would be prepared first),
+    // which also sets the first job's savepoint.
+    if let Err(e) = tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK}); SAVEPOINT job")) {
         return fail_all(batch, storage(e));
     }
     let (broken, finishes) = super::run_batch(batch, |job| job(&mut tx, cache));
@@ -377,17 +378,14 @@ impl PgStore {
     ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache| {
-            let result = match txn.savepoint("job") {
-                Err(e) => Err(storage(e)),
-                Ok(mut sp) => match f(&mut PgTx(&mut sp, cache)) {
-                    Ok(v) => sp.commit().map(|()| v).map_err(storage),
-                    Err(e) => {
-                        let rolled_back = sp.rollback();
-                        match rolled_back {
-                            Ok(()) => Err(e),
-                            Err(r) => Err(storage(r)),
-                        }
-                    }
+            // The savepoint `job` is already set (by the batch's first round trip, or by the job
+            // before): releasing it and setting the next one is one round trip, not two.
+            let result = match f(&mut PgTx(txn, cache)) {
+                Ok(v) => txn.batch_execute("RELEASE job; SAVEPOINT job").map(|()| v).map_err(storage),
+                // Rolling back to a savepoint keeps it, ready for the next job.
+                Err(e) => match txn.batch_execute("ROLLBACK TO SAVEPOINT job") {
+                    Ok(()) => Err(e),
+                    Err(r) => Err(storage(r)),
                 },
             };
             super::job_outcome(result, tx)
