@@ -6,6 +6,8 @@
 # `ca-server migrate --from`). Prints `ca-server bench`'s table per backend and run, with the
 # load average before it.
 # Usage: scripts/bench-issuance.sh [RUNS=1] [COUNT=3000]   (HSCA_BIN=DIR uses binaries built there)
+# HSCA_PG_STATS=1: after each PostgreSQL run, the CPU ticks of the postgres backends and of the
+# server (/proc/PID/stat) and the most called statements (pg_stat_statements), for profiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -58,18 +60,39 @@ PY
     "$B/cactl" --config "$dir/cactl.toml" principal add --role station --name "s-$backend" --manufacturers HSTM \
         --out "$W/s-$backend" >/dev/null
     for r in $(seq 1 "$RUNS"); do
+        local pg0=0 ca0=0
+        if [ -n "${HSCA_PG_STATS:-}" ] && [ "$backend" = postgres ]; then
+            pg0=$(pg_ticks); ca0=$(awk '{print $14 + $15}' "/proc/$spid/stat")
+            runuser -u postgres -- psql -h 127.0.0.1 -p "$PGPORT" -d "$db" -qc \
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()" >/dev/null
+        fi
         echo
         echo "$backend, run $r, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
         "$B/ca-server" bench --config "$dir/ca-server.toml" --identity "$W/s-$backend/identity.toml" --count "$COUNT"
+        if [ -n "${HSCA_PG_STATS:-}" ] && [ "$backend" = postgres ]; then
+            echo "CPU ticks: postgres backends $(( $(pg_ticks) - pg0 )), ca-server $(( $(awk '{print $14 + $15}' "/proc/$spid/stat") - ca0 ))"
+            runuser -u postgres -- psql -h 127.0.0.1 -p "$PGPORT" -d "$db" -c "SELECT calls,
+                round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS query
+                FROM pg_stat_statements ORDER BY calls DESC LIMIT 30"
+        fi
     done
     kill "$spid"; wait "$spid" 2>/dev/null || true
 }
+
+# The CPU ticks (user + system) of every postgres backend serving a client.
+pg_ticks() {
+    local p t=0
+    for p in $(pgrep -P "$(head -1 "$PGDATA/postmaster.pid")" -f "postgres: postgres"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+    echo "$t"
+}
+PGSTATS=""
+[ -n "${HSCA_PG_STATS:-}" ] && PGSTATS="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
 
 mkdir -p "$PGDATA" && touch "$PGDATA.log" && chown postgres "$PGDATA" "$PGDATA.log"
 PGPORT=$(free_port)
 runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
 runuser -u postgres -- "$PGBIN/pg_ctl" start -D "$PGDATA" -l "$PGDATA.log" -w \
-    -o "-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1" >/dev/null
+    -o "-p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1 $PGSTATS" >/dev/null
 
 bench redb
 bench postgres

@@ -150,17 +150,16 @@ impl crate::Registry {
         event: &AuditEvent,
     ) -> Result<IssueOutcome> {
         // A replay is answered without writing anything (not even an audit entry of its own:
-        // the caller logs the replay).
-        if let Some(replayed) = self.replayed(&issue.request_id, &issue.request_hash)? {
-            return Ok(replayed);
-        }
+        // the caller logs the replay): the write's own request check refuses it before anything
+        // is written, and the answer comes from `replayed` below. No read before the write: the
+        // CA already made that check before signing, and on PostgreSQL a read is three round trips.
         issue.terminal.check_field_lengths()?;
         let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
         let issue = issue.clone();
         let recorded = self.write(event, move |s| {
             let issue = &issue;
             if s.request(&issue.request_id)?.is_some() {
-                // Raced with the same id since the check above.
+                // Answered before (a replay, or a call with the same id that committed first).
                 return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
             }
             let mut terminal = match s.terminal(&issue.terminal.serial)? {
@@ -196,8 +195,8 @@ impl crate::Registry {
             Ok(IssueOutcome::Issued { superseded })
         });
         match recorded {
-            // Raced a call with the same id that committed first (a station retrying while its
-            // first call still ran): the same content gets that call's certificate.
+            // A replay, or a race with a call of the same id that committed first (a station
+            // retrying while its first call still ran): the same content gets that certificate.
             Err(RegistryError::RequestIdReused(id)) => {
                 self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
             }

@@ -163,7 +163,13 @@ fn migrate_here(url: &str) -> Result<Vec<i32>> {
 }
 
 use super::Finish;
-type WriteJob = Box<dyn for<'a> FnOnce(&mut Transaction<'a>, &mut Cache) -> (bool, Finish) + Send>;
+type WriteJob = Box<dyn for<'a> FnOnce(&mut Transaction<'a>, &mut Cache, &mut AuditTail) -> (bool, Finish) + Send>;
+
+/// The newest audit entry (sequence number, bytes) as this transaction wrote it, when known: the
+/// writer holds the audit lock for its whole batch, so the next job chains on it without reading
+/// the table again (one round trip per audited job). Forgotten when a job rolls back, at each
+/// batch, and on any audit write that is not the next entry.
+type AuditTail = Option<(u64, Vec<u8>)>;
 type ReadJob = Box<dyn FnOnce(&mut Option<Client>, &mut Cache) + Send>;
 
 /// An open PostgreSQL registry.
@@ -231,11 +237,13 @@ fn run_batch(
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, storage(e)),
     };
-    // A simple query: one round trip (a parameterised one by text would be prepared first).
-    if let Err(e) = tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK})")) {
+    // A simple query: one round trip (a parameterised one by text would be prepared first),
+    // which also sets the first job's savepoint.
+    if let Err(e) = tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK}); SAVEPOINT job")) {
         return fail_all(batch, storage(e));
     }
-    let (broken, finishes) = super::run_batch(batch, |job| job(&mut tx, cache));
+    let mut tail: AuditTail = None;
+    let (broken, finishes) = super::run_batch(batch, |job| job(&mut tx, cache, &mut tail));
     let outcome = if broken {
         drop(tx);
         Err(super::batch_aborted())
@@ -334,7 +342,7 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut dyn StoreRead) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.in_snapshot("read abandoned by the registry reader", move |t, cache| f(&mut PgTx(t, cache)))
+        self.in_snapshot("read abandoned by the registry reader", move |t, cache| f(&mut PgTx(t, cache, &mut None)))
     }
 
     /// Every durable record from one repeatable-read, read-only snapshot (for a backup).
@@ -376,20 +384,21 @@ impl PgStore {
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
-        let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache| {
-            let result = match txn.savepoint("job") {
-                Err(e) => Err(storage(e)),
-                Ok(mut sp) => match f(&mut PgTx(&mut sp, cache)) {
-                    Ok(v) => sp.commit().map(|()| v).map_err(storage),
-                    Err(e) => {
-                        let rolled_back = sp.rollback();
-                        match rolled_back {
-                            Ok(()) => Err(e),
-                            Err(r) => Err(storage(r)),
-                        }
-                    }
+        let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache, tail: &mut AuditTail| {
+            // The savepoint `job` is already set (by the batch's first round trip, or by the job
+            // before): releasing it and setting the next one is one round trip, not two.
+            let result = match f(&mut PgTx(txn, cache, tail)) {
+                Ok(v) => txn.batch_execute("RELEASE job; SAVEPOINT job").map(|()| v).map_err(storage),
+                // Rolling back to a savepoint keeps it, ready for the next job.
+                Err(e) => match txn.batch_execute("ROLLBACK TO SAVEPOINT job") {
+                    Ok(()) => Err(e),
+                    Err(r) => Err(storage(r)),
                 },
             };
+            if result.is_err() {
+                // What the job wrote is rolled back, its audit entry with it.
+                *tail = None;
+            }
             super::job_outcome(result, tx)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
@@ -478,7 +487,7 @@ fn import_here(url: &str, data: &crate::store::Export) -> Result<()> {
     // for the copy (transactional: an aborted copy leaves them on), counts computed once below.
     tx.batch_execute("ALTER TABLE terminals DISABLE TRIGGER USER")?;
     let mut cache = Cache::new();
-    let mut s = PgTx(&mut tx, &mut cache);
+    let mut s = PgTx(&mut tx, &mut cache, &mut None);
     data.write_records(&mut s)?;
     for (name, value) in &data.counters {
         s.0.execute(
@@ -506,7 +515,7 @@ impl From<ExecError> for RegistryError {
     }
 }
 
-struct PgTx<'a, 'b>(&'a mut Transaction<'b>, &'a mut Cache);
+struct PgTx<'a, 'b>(&'a mut Transaction<'b>, &'a mut Cache, &'a mut AuditTail);
 
 fn status_of(rec: &CertRecord) -> &'static str {
     match rec.status {
@@ -739,8 +748,13 @@ impl StoreRead for PgTx<'_, '_> {
     }
 
     fn audit_last_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        if let Some(known) = self.2.as_ref() {
+            return Ok(Some(known.clone()));
+        }
         let row = self.query_opt_c("SELECT seq, entry FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
-        Ok(row.map(|r| (from_i(r.get(0)), r.get(1))))
+        let last: Option<(u64, Vec<u8>)> = row.map(|r| (from_i(r.get(0)), r.get(1)));
+        self.2.clone_from(&last);
+        Ok(last)
     }
 
     fn audit_newest_raw(&mut self, n: usize) -> Result<Vec<Vec<u8>>> {
@@ -1023,6 +1037,8 @@ impl StoreWrite for PgTx<'_, '_> {
     }
 
     fn put_audit_raw(&mut self, seq: u64, bytes: Option<&[u8]>) -> Result<()> {
+        let next = self.2.as_ref().is_some_and(|(last, _)| seq == last.saturating_add(1));
+        *self.2 = None;
         match bytes {
             Some(b) => {
                 let (actor, target) = crate::audit::index_keys(b).unzip();
@@ -1035,6 +1051,11 @@ impl StoreWrite for PgTx<'_, '_> {
             }
             None => self.execute_c("DELETE FROM audit WHERE seq = $1", &[&u(seq)])?,
         };
+        // Known only when it is the entry right after the known newest one (a restore or a
+        // rewrite of an old entry may write any number).
+        if let (true, Some(b)) = (next, bytes) {
+            *self.2 = Some((seq, b.to_vec()));
+        }
         Ok(())
     }
 
