@@ -102,6 +102,27 @@ fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T, Sto
     serde_json::from_slice(bytes).map_err(|e| StoreError::Damaged(what.to_owned(), e.to_string()))
 }
 
+/// The first `limit` of `alerts` that are open (if `open_only`) and of `rule` (if given).
+fn matching(
+    alerts: impl Iterator<Item = Result<AlertRecord, StoreError>>,
+    open_only: bool,
+    rule: Option<&str>,
+    limit: usize,
+) -> Result<Vec<AlertRecord>, StoreError> {
+    let mut out = Vec::new();
+    for a in alerts {
+        let a = a?;
+        if (open_only && a.acknowledged) || rule.is_some_and(|r| r != a.rule) {
+            continue;
+        }
+        out.push(a);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Db(e.to_string()))
 }
@@ -179,19 +200,11 @@ impl Store {
     pub fn alerts(&self, open_only: bool, rule: Option<&str>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(ALERTS).map_err(db)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(db)?.rev() {
+        let newest_first = t.iter().map_err(db)?.rev().map(|row| {
             let (k, v) = row.map_err(db)?;
-            let a: AlertRecord = decode(&k.value().to_string(), v.value())?;
-            if (open_only && a.acknowledged) || rule.is_some_and(|r| r != a.rule) {
-                continue;
-            }
-            out.push(a);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+            decode(&k.value().to_string(), v.value())
+        });
+        matching(newest_first, open_only, rule, limit)
     }
 
     /// Alerts about terminal `serial`, newest first: at most `limit`, only open ones or one
@@ -206,21 +219,18 @@ impl Store {
         let tx = self.db.begin_read().map_err(db)?;
         let index = tx.open_table(ALERTS_BY_TERMINAL).map_err(db)?;
         let alerts = tx.open_table(ALERTS).map_err(db)?;
-        let mut out = Vec::new();
-        for row in index.range((serial, 0)..=(serial, u64::MAX)).map_err(db)?.rev() {
-            let (k, _) = row.map_err(db)?;
-            let id = k.value().1;
-            let Some(v) = alerts.get(id).map_err(db)? else { continue };
-            let a: AlertRecord = decode(&id.to_string(), v.value())?;
-            if (open_only && a.acknowledged) || rule.is_some_and(|r| r != a.rule) {
-                continue;
+        let newest_first = index.range((serial, 0)..=(serial, u64::MAX)).map_err(db)?.rev().filter_map(|row| {
+            let id = match row {
+                Ok((k, _)) => k.value().1,
+                Err(e) => return Some(Err(db(e))),
+            };
+            match alerts.get(id) {
+                Ok(Some(v)) => Some(decode(&id.to_string(), v.value())),
+                Ok(None) => None,
+                Err(e) => Some(Err(db(e))),
             }
-            out.push(a);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        });
+        matching(newest_first, open_only, rule, limit)
     }
 
     /// One alert.
