@@ -8,7 +8,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use device_protocol::{HostLink, LinkConfig, Request, Response};
 use proto::client::{Client, request_id};
@@ -54,20 +53,7 @@ fn provisioned_on_hold_activated_by_presence_then_good_and_a_replay_is_refused()
         cfg.replace("hold_until_activation = false", "hold_until_activation = true"),
     )
     .expect("write");
-    let _server = Killed(
-        Command::new(sibling("ca-server"))
-            .args(["serve", "--config"])
-            .arg(ca.join("ca-server.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(Instant::now() < deadline, "ca-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = serve_ca(&ca.join("ca-server.toml"), grpc);
     let admin_cfg = ca.join("cactl.toml");
     let admin = ["--config", admin_cfg.to_str().expect("utf8")];
     for (role, name, extra) in

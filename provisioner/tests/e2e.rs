@@ -31,20 +31,7 @@ impl Ca {
             .output()
             .expect("init");
         assert!(out.status.success(), "{}", text(&out));
-        let server = Killed(
-            Command::new(sibling("ca-server"))
-                .args(["serve", "--config"])
-                .arg(ca.join("ca-server.toml"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("serve"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-            assert!(Instant::now() < deadline, "ca-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let server = serve_ca(&ca.join("ca-server.toml"), grpc);
         let station = dir.join("station-1");
         let c = Ca { dir: ca, _server: server, identity: station.join("identity.toml") };
         let out = c.cactl(&[

@@ -1075,15 +1075,7 @@ pub struct AlertsQuery {
 /// Alerts from the fleet service, newest first: open ones, or all.
 pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query<AlertsQuery>) -> Response {
     let l = ctx.lang();
-    let Some(mut fleet) = fleet(&c) else {
-        return layout(
-            &c,
-            &ctx,
-            "alerts",
-            "/alerts",
-            html! { p #not-configured.followup { (t(l, "alerts_not_configured")) } },
-        );
-    };
+    let Some(mut fleet) = fleet(&c) else { return fleet_not_configured(&c, &ctx) };
     let body = async {
         let rule = q.rule.trim().to_owned();
         let msg = v1::ListAlertsRequest {
@@ -1129,6 +1121,12 @@ pub async fn alerts(State(c): C, Extension(ctx): Extension<Ctx>, Query(q): Query
     respond(&c, &ctx, "alerts", "/alerts", body)
 }
 
+/// The alerts pages when the console was started without `--fleet`.
+fn fleet_not_configured(c: &Console, ctx: &Ctx) -> Response {
+    let l = ctx.lang();
+    layout(c, ctx, "alerts", "/alerts", html! { p #not-configured.followup { (t(l, "alerts_not_configured")) } })
+}
+
 fn alert_state(l: Lang, a: &v1::Alert) -> String {
     if a.acknowledged { format!("{} {}", t(l, "acknowledged_by"), a.acknowledged_by) } else { t(l, "open").into() }
 }
@@ -1136,15 +1134,7 @@ fn alert_state(l: Lang, a: &v1::Alert) -> String {
 /// One alert: its fields, its evidence, a relocation's positions drawn, and acknowledging it.
 pub async fn alert(State(c): C, Extension(ctx): Extension<Ctx>, Path(id): Path<u64>) -> Response {
     let l = ctx.lang();
-    let Some(mut fleet) = fleet(&c) else {
-        return layout(
-            &c,
-            &ctx,
-            "alerts",
-            "/alerts",
-            html! { p #not-configured.followup { (t(l, "alerts_not_configured")) } },
-        );
-    };
+    let Some(mut fleet) = fleet(&c) else { return fleet_not_configured(&c, &ctx) };
     let back = format!("/alerts/{id}");
     let body = async {
         let msg = v1::GetAlertRequest { request_id: request_id(), id };

@@ -5,7 +5,8 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The station binary under test.
 pub const PROVISIONER: &str = env!("CARGO_BIN_EXE_provisioner");
@@ -35,4 +36,23 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `ca-server serve --config CONFIG`, once its gRPC port `grpc` accepts connections.
+pub fn serve_ca(config: &Path, grpc: u16) -> Killed {
+    let server = Killed(
+        Command::new(sibling("ca-server"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(Instant::now() < deadline, "ca-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
 }
