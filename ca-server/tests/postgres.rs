@@ -246,6 +246,29 @@ async fn issue_one(c: &proto::client::Client, terminal: &str) -> Result<String, 
         .map(|r| r.certificate_serial)
 }
 
+/// Whether A (not B) is the one CRL leader, once exactly one of them leads (15 s at most).
+async fn a_leads(http_a: u16, http_b: u16) -> bool {
+    let started = Instant::now();
+    loop {
+        match (crl_leader(http_a), crl_leader(http_b)) {
+            (Some(true), Some(false)) => return true,
+            (Some(false), Some(true)) => return false,
+            (Some(true), Some(true)) => panic!("two CRL leaders"),
+            _ => assert!(started.elapsed() < Duration::from_secs(15), "no CRL leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The issuing CA an instance in `dir` signs under.
+fn issuer_of(dir: &Path) -> pki::IssuerInfo {
+    let issuing =
+        pki::pem::certificates_from_pem(&std::fs::read_to_string(dir.join("certs/issuing.pem")).expect("pem"))
+            .expect("issuing")
+            .remove(0);
+    pki::IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("issuer")
+}
+
 /// `hsca_crl_leader` from an instance's /metrics (None when it does not answer).
 fn crl_leader(http: u16) -> Option<bool> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
@@ -545,23 +568,10 @@ async fn only_the_crl_leader_signs_followers_serve_its_bytes_and_numbers_rise_ac
     migrate_from_init(&dir_a);
     let dir_b = tmp.path().join("b");
     let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
-    let issuing =
-        pki::pem::certificates_from_pem(&std::fs::read_to_string(dir_a.join("certs/issuing.pem")).expect("pem"))
-            .expect("issuing")
-            .remove(0);
-    let issuer = pki::IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("issuer");
+    let issuer = issuer_of(&dir_a);
     let a = Server::start(&dir_a, http_a);
     let b = Server::start(&dir_b, http_b);
-    let started = Instant::now();
-    let a_leads = loop {
-        match (crl_leader(http_a), crl_leader(http_b)) {
-            (Some(true), Some(false)) => break true,
-            (Some(false), Some(true)) => break false,
-            (Some(true), Some(true)) => panic!("two CRL leaders"),
-            _ => assert!(started.elapsed() < Duration::from_secs(15), "no CRL leader"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let a_leads = a_leads(http_a, http_b).await;
     let ((leader, http_l), (follower, dir_f, http_f)) =
         if a_leads { ((a, http_a), (b, &dir_b, http_b)) } else { ((b, http_b), (a, &dir_a, http_a)) };
     let admin_f = admin(dir_f).await;
@@ -656,23 +666,10 @@ async fn a_follower_revocation_beside_a_leader_revocation_reaches_its_partition_
     migrate_from_init(&dir_a);
     let dir_b = tmp.path().join("b");
     let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
-    let issuing =
-        pki::pem::certificates_from_pem(&std::fs::read_to_string(dir_a.join("certs/issuing.pem")).expect("pem"))
-            .expect("issuing")
-            .remove(0);
-    let issuer = pki::IssuerInfo::from_certificate(&issuing, SignerId::default()).expect("issuer");
+    let issuer = issuer_of(&dir_a);
     let _a = Server::start(&dir_a, http_a);
     let _b = Server::start(&dir_b, http_b);
-    let started = Instant::now();
-    let a_leads = loop {
-        match (crl_leader(http_a), crl_leader(http_b)) {
-            (Some(true), Some(false)) => break true,
-            (Some(false), Some(true)) => break false,
-            (Some(true), Some(true)) => panic!("two CRL leaders"),
-            _ => assert!(started.elapsed() < Duration::from_secs(15), "no CRL leader"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let a_leads = a_leads(http_a, http_b).await;
     let ((dir_l, http_l), (dir_f, http_f)) =
         if a_leads { ((&dir_a, http_a), (&dir_b, http_b)) } else { ((&dir_b, http_b), (&dir_a, http_a)) };
     let (admin_l, admin_f) = (admin(dir_l).await, admin(dir_f).await);
