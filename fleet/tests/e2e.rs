@@ -61,6 +61,25 @@ impl Proc {
     }
 }
 
+/// `fleet-server init` in `d/fleet` as the principal `d/fleet-1`, on free ports (gRPC, HTTP),
+/// with a 1 s heartbeat interval and relocations sustained over 2 heartbeats: a test's pace.
+fn init_fleet(d: &Path) -> (u16, u16, PathBuf) {
+    let (grpc, http) = (port(), port());
+    let fleet_dir = d.join("fleet");
+    ok(Command::new(FLEET)
+        .args(["init", "--data-dir"])
+        .arg(&fleet_dir)
+        .arg("--ca-identity")
+        .arg(d.join("fleet-1/identity.toml"))
+        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
+        .output()
+        .expect("fleet-server init"));
+    let rules = fleet_dir.join("policies/fleet.toml");
+    edit(&rules, "interval_seconds = 60", "interval_seconds = 1");
+    edit(&rules, "sustained_heartbeats = 3", "sustained_heartbeats = 2");
+    (grpc, http, fleet_dir)
+}
+
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read");
     assert!(text.contains(from), "{from}");
@@ -107,19 +126,7 @@ fn injected_anomalies_are_found_and_normal_traffic_and_a_restart_raise_nothing()
         ok(cactl(&args));
     }
 
-    let (grpc, http) = (port(), port());
-    let fleet_dir = d.join("fleet");
-    ok(Command::new(FLEET)
-        .args(["init", "--data-dir"])
-        .arg(&fleet_dir)
-        .arg("--ca-identity")
-        .arg(d.join("fleet-1/identity.toml"))
-        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
-        .output()
-        .expect("fleet-server init"));
-    let rules = fleet_dir.join("policies/fleet.toml");
-    edit(&rules, "interval_seconds = 60", "interval_seconds = 1");
-    edit(&rules, "sustained_heartbeats = 3", "sustained_heartbeats = 2");
+    let (grpc, http, fleet_dir) = init_fleet(d);
     let config = fleet_dir.join("fleet-server.toml");
     let (hook_url, delivered) = webhook_receiver();
     // The CA's CRL again every 2 s (revocation status for all terminals at once).
@@ -374,19 +381,7 @@ fn a_terminal_activated_elsewhere_is_relocated_from_its_first_heartbeat() {
         }
         ok(cactl(&args));
     }
-    let (grpc, http) = (port(), port());
-    let fleet_dir = d.join("fleet");
-    ok(Command::new(FLEET)
-        .args(["init", "--data-dir"])
-        .arg(&fleet_dir)
-        .arg("--ca-identity")
-        .arg(d.join("fleet-1/identity.toml"))
-        .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")])
-        .output()
-        .expect("fleet-server init"));
-    let rules = fleet_dir.join("policies/fleet.toml");
-    edit(&rules, "interval_seconds = 60", "interval_seconds = 1");
-    edit(&rules, "sustained_heartbeats = 3", "sustained_heartbeats = 2");
+    let (grpc, http, fleet_dir) = init_fleet(d);
     let config = fleet_dir.join("fleet-server.toml");
     edit(&config, "activation_refresh_seconds = 30", "activation_refresh_seconds = 1");
     let mut fleet = Proc::serve(Path::new(FLEET), &config, http);
