@@ -416,6 +416,53 @@ mod tests {
         );
     }
 
+    /// `cargo test --release -p sm2-dsa --features timing --lib sign_parts -- --nocapture`:
+    /// where a signature's time goes besides `[k]G` (a measurement, never part of the suite).
+    #[cfg(feature = "timing")]
+    #[test]
+    fn sign_parts() {
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            let mut per: Vec<f64> = (0..41)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    for _ in 0..500 {
+                        f();
+                    }
+                    start.elapsed().as_nanos() as f64 / 500.0
+                })
+                .collect();
+            per.sort_by(f64::total_cmp);
+            println!("{name}: median {:.0} ns, min {:.0} ns", per[per.len() / 2], per[0]);
+        };
+        let key = SigningKey::generate().expect("key");
+        let z = z(b"1234567812345678", key.verifying_key()).expect("z");
+        let msg = [1u8; 300];
+        let e = digest(&z, &msg);
+        time("sign_digest", &mut || {
+            std::hint::black_box(key.sign_digest(std::hint::black_box(&e)).expect("sign"));
+        });
+        time("e = SM3(Z ‖ 300-byte message)", &mut || {
+            std::hint::black_box(digest(&z, std::hint::black_box(&msg)));
+        });
+        time("hedged nonce (HMAC-SM3)", &mut || {
+            std::hint::black_box(key.hedged_nonce(&[7u8; 32], std::hint::black_box(&e)));
+        });
+        time("64 random bytes from the OS", &mut || {
+            let mut random = [0u8; 64];
+            getrandom::fill(&mut random).expect("random");
+            std::hint::black_box(random);
+        });
+        let k = Scalar::from_repr(key.hedged_nonce(&[7u8; 32], &e)).expect("below n");
+        time("[k]G", &mut || {
+            std::hint::black_box(GENERATOR.mul_ct(std::hint::black_box(&k)));
+        });
+        let point = GENERATOR.mul_ct(&k);
+        let blind = Fe::from_bytes(&[9u8; 32]).expect("below p");
+        time("affine x (blinded inversion)", &mut || {
+            std::hint::black_box(std::hint::black_box(point).x_blinded(&blind));
+        });
+    }
+
     /// Welch's t statistic of two samples.
     #[cfg(feature = "timing")]
     fn welch_t(a: &[f64], b: &[f64]) -> f64 {
