@@ -278,6 +278,65 @@ fn a_new_admin_acts_only_after_a_second_admin_approves(kind: Kind) {
     );
 }
 
+/// The CA's one read before it signs: a replay comes back with its certificate, a reused id for
+/// other content is refused at once, and a new request carries the life-cycle verdict (the same
+/// as `check_station_issue`'s) for the CA to give after its own refusals.
+fn one_read_answers_a_replay_or_the_life_cycle_verdict(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let first = station_issue("r1", "station-1", "C1", "k1", false);
+    reg.record_terminal_issue(&first, &ev("issue", T)).expect("issue");
+    let asked = StationIssue { terminal: T, class: "II", station: "station-1", reissue: false };
+
+    match reg.issue_precheck("r1", &first.request_hash, Some(&asked), false).expect("replay") {
+        Precheck::Replayed { cert, der } => assert_eq!((cert.serial.as_str(), der), ("C1", b"DER of C1".to_vec())),
+        other => panic!("not a replay: {other:?}"),
+    }
+    assert_eq!(
+        reg.issue_precheck("r1", "other content", Some(&asked), false).map(|_| ()),
+        Err(RegistryError::RequestIdReused("r1".into()))
+    );
+    let already = Err(RegistryError::AlreadyHasActiveCertificate { terminal: T.into(), cert: "C1".into() });
+    assert_eq!(reg.check_station_issue(&asked, false), already);
+    match reg.issue_precheck("r2", "h2", Some(&asked), false).expect("new") {
+        Precheck::New { station_issue: Some(verdict) } => assert_eq!(verdict, already),
+        other => panic!("no verdict: {other:?}"),
+    }
+    // Another class, an unregistered terminal under required registration: refused the same way.
+    let class = StationIssue { class: "III", ..asked };
+    assert!(matches!(
+        reg.issue_precheck("r2", "h2", Some(&class), false).expect("new"),
+        Precheck::New { station_issue: Some(Err(RegistryError::ClassMismatch { .. })) }
+    ));
+    let unknown = StationIssue { terminal: "HSTM01261100001H", ..asked };
+    assert!(matches!(
+        reg.issue_precheck("r2", "h2", Some(&unknown), true).expect("new"),
+        Precheck::New { station_issue: Some(Err(RegistryError::TerminalNotFound(_))) }
+    ));
+    assert!(matches!(
+        reg.issue_precheck("r2", "h2", Some(&unknown), false).expect("new"),
+        Precheck::New { station_issue: Some(Ok(())) }
+    ));
+    assert!(matches!(reg.issue_precheck("r2", "h2", None, false).expect("new"), Precheck::New { station_issue: None }));
+    // A replay of a certificate revoked meanwhile is refused, not answered.
+    reg.revoke("C1", RevocationReason::KeyCompromise, 5, None, &ev("revoke", "C1")).expect("revoke");
+    assert_eq!(
+        reg.issue_precheck("r1", &first.request_hash, Some(&asked), false).map(|_| ()),
+        Err(RegistryError::AlreadyRevoked("C1".into()))
+    );
+}
+
+/// The principal of an identity certificate in one read; a terminal's certificate names none.
+fn a_principal_certificate_comes_with_its_principal(kind: Kind) {
+    let (_d, reg) = open(kind);
+    add_admin(&reg, "admin", "init");
+    let (rec, der, p) = reg.principal_certificate("CERT-admin").expect("read").expect("known");
+    assert_eq!((rec.serial.as_str(), der.as_slice()), ("CERT-admin", b"der".as_slice()));
+    assert_eq!(p.map(|p| p.name), Some("admin".into()));
+    reg.record_terminal_issue(&station_issue("r1", "station-1", "C1", "k1", false), &ev("issue", T)).expect("issue");
+    assert!(reg.principal_certificate("C1").expect("read").is_none(), "a terminal's certificate");
+    assert!(reg.principal_certificate("NOPE").expect("read").is_none());
+}
+
 #[test]
 fn approvals_stored_before_kinds_existed_still_read_as_bulk_revocations() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -297,4 +356,6 @@ on_both_backends!(
     a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins,
     a_rekey_whose_certificate_changed_meanwhile_is_refused,
     a_new_admin_acts_only_after_a_second_admin_approves,
+    one_read_answers_a_replay_or_the_life_cycle_verdict,
+    a_principal_certificate_comes_with_its_principal,
 );

@@ -6,7 +6,7 @@ use pki::SubjectVars;
 use prost::Message;
 use proto::status;
 use proto::v1::{self, Reason};
-use registry::{CertRecord, CertSubject, IssueOutcome, TerminalRecord, TerminalState};
+use registry::{CertRecord, CertSubject, IssueOutcome, Precheck, TerminalRecord, TerminalState};
 use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
@@ -47,41 +47,58 @@ impl Ca {
             v1::IssueTerminalCertificateRequest { request_id: String::new(), lot: String::new(), ..m.clone() }
                 .encode_to_vec();
         let request_hash = hex::encode(sm3::Sm3::digest(&content));
-        if let Some(IssueOutcome::Replayed { cert, der }) =
-            self.registry.replayed(&m.request_id, &request_hash).map_err(|e| registry_status(&e))?
-        {
-            self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(v1::IssueTerminalCertificateResponse {
-                certificate_der: der,
-                chain_der: self.chain(),
-                certificate_serial: cert.serial,
-                replayed: true,
-                superseded_serial: String::new(),
-            });
-        }
         let class = class_name(m.class);
-        let approved = ra::decide_terminal(
-            &self.policy,
-            &caller.name,
-            &caller.manufacturers,
-            &TerminalRequest { serial: &m.terminal_serial, class, csr: &m.csr_der },
-        )
-        .map_err(ra_status)?;
+        let request = TerminalRequest { serial: &m.terminal_serial, class, csr: &m.csr_der };
+        // One read for the replay check and the life-cycle rules (so a refusal signs nothing;
+        // the registry checks them again inside the transaction that records). The replay is
+        // answered first; the life-cycle verdict waits until the RA's checks passed, so the
+        // refusals come in the same order as when they were two reads.
+        let names = ra::terminal_names(&self.policy, &request);
+        let asked = names.as_ref().map(|(serial, class)| registry::StationIssue {
+            terminal: serial.as_str(),
+            class: class.as_str(),
+            station: &caller.name,
+            reissue: m.reissue,
+        });
+        let precheck = self
+            .registry
+            .issue_precheck(&m.request_id, &request_hash, asked.as_ref(), self.require_registration)
+            .map_err(|e| registry_status(&e))?;
+        let station_issue = match precheck {
+            Precheck::Replayed { cert, der } => {
+                self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(v1::IssueTerminalCertificateResponse {
+                    certificate_der: der,
+                    chain_der: self.chain(),
+                    certificate_serial: cert.serial,
+                    replayed: true,
+                    superseded_serial: String::new(),
+                });
+            }
+            Precheck::New { station_issue } => station_issue,
+        };
+        let approved =
+            ra::decide_terminal(&self.policy, &caller.name, &caller.manufacturers, &request).map_err(ra_status)?;
         let serial = approved.serial.as_str().to_owned();
         let model = if m.model.is_empty() {
             approved.serial.field("model").unwrap_or_default().to_owned()
         } else {
             m.model.clone()
         };
-        // The life-cycle rules first, so a refusal signs nothing; the registry checks them again
-        // inside the transaction that records.
-        let asked = registry::StationIssue {
-            terminal: &serial,
-            class: approved.class.as_str(),
-            station: &caller.name,
-            reissue: m.reissue,
-        };
-        self.registry.check_station_issue(&asked, self.require_registration).map_err(|e| registry_status(&e))?;
+        match station_issue {
+            Some(verdict) => verdict,
+            // Not read above (the names did not parse, yet the RA passed them): read it now.
+            None => self.registry.check_station_issue(
+                &registry::StationIssue {
+                    terminal: &serial,
+                    class: approved.class.as_str(),
+                    station: &caller.name,
+                    reissue: m.reissue,
+                },
+                self.require_registration,
+            ),
+        }
+        .map_err(|e| registry_status(&e))?;
         let terminal = TerminalRecord {
             serial: serial.clone(),
             class: approved.class.as_str().into(),
