@@ -16,7 +16,7 @@ use der::Decode;
 use pki::{Certificate, SignerId, Sm2PublicKey, validate_chain};
 use proto::signing::{HeaderError, SignedHeaders, canonical};
 use proto::v1::Reason;
-use registry::{CertStatus, CertSubject, FailureKind, PrincipalRecord, Registry};
+use registry::{CertStatus, FailureKind, PrincipalRecord, Registry};
 use sm3::Digest;
 
 use crate::records::unix_ms;
@@ -155,9 +155,10 @@ pub trait Directory {
 
 impl Directory for Registry {
     fn principal_for_cert(&self, serial: &str) -> Result<Option<KnownCert>, String> {
-        let Some((rec, der)) = self.certificate(serial).map_err(|e| e.to_string())? else { return Ok(None) };
-        let CertSubject::Principal { name } = rec.subject else { return Ok(None) };
-        let Some(p) = self.principal(&name).map_err(|e| e.to_string())? else { return Ok(None) };
+        // One read snapshot for the certificate and its principal (every request asks this).
+        let Some((rec, der, Some(p))) = self.principal_certificate(serial).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
         Ok((p.cert_serial == serial).then_some(KnownCert {
             principal: p,
             revoked: rec.status != CertStatus::Good,

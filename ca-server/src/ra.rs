@@ -92,6 +92,13 @@ fn terminal_csr(policy: &PolicySet, csr: &[u8], serial: &TerminalSerial) -> Resu
     Ok(csr)
 }
 
+/// The serial and class of a request as [`decide_terminal`] reads them, when both are valid:
+/// cheap (no signature), so the registry's life-cycle check can share a read with the replay
+/// check before the CSR is verified; its verdict is given after the RA's own refusals.
+pub fn terminal_names(policy: &PolicySet, req: &TerminalRequest<'_>) -> Option<(TerminalSerial, TerminalClass)> {
+    Some((policy.serial_rule().parse(req.serial).ok()?, req.class.parse().ok()?))
+}
+
 /// Decides a terminal certificate request from station `station` bound to `manufacturers`.
 pub fn decide_terminal(
     policy: &PolicySet,

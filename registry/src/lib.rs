@@ -45,7 +45,7 @@ pub use audit::{AuditBy, AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, Ch
 pub use auth_failures::{FAILURE_BLOCKED_MAX, FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
 /// The PostgreSQL schema version this build serves.
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
-pub use lifecycle::{StationIssue, check_station_issue};
+pub use lifecycle::{Precheck, StationIssue, check_station_issue};
 pub use published_crls::StoredCrl;
 pub use records::*;
 
@@ -479,6 +479,25 @@ impl Registry {
         })
     }
 
+    /// [`Self::write`] without waiting: queued for the next batch; `deliver` gets the result once
+    /// that is committed, on the writer's thread. `Err` when the writer is gone.
+    fn write_then<T: Send + 'static>(
+        &self,
+        event: &AuditEvent,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+        deliver: backend::Deliver<T>,
+    ) -> Result<()> {
+        let event = event.clone();
+        self.backend.write_then(
+            move |s| {
+                let out = f(s)?;
+                append_audit(s, &event)?;
+                Ok(out)
+            },
+            deliver,
+        )
+    }
+
     /// Records an event alone (a refusal, a read that must be logged).
     pub fn audit(&self, event: &AuditEvent) -> Result<u64> {
         let event = event.clone();
@@ -547,6 +566,22 @@ impl Registry {
     pub fn certificate(&self, serial: &str) -> Result<Option<(CertRecord, Vec<u8>)>> {
         let serial = serial.to_owned();
         self.read(move |s| certificate_in(s, &serial))
+    }
+
+    /// Certificate `serial` with its DER and the principal it names, in one read snapshot (the
+    /// authentication of every request asks this): `None` when the certificate is unknown or
+    /// names a terminal; the principal `None` when no principal has that name.
+    pub fn principal_certificate(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(CertRecord, Vec<u8>, Option<PrincipalRecord>)>> {
+        let serial = serial.to_owned();
+        self.read(move |s| {
+            let Some((rec, der)) = certificate_in(s, &serial)? else { return Ok(None) };
+            let CertSubject::Principal { name } = &rec.subject else { return Ok(None) };
+            let principal = s.principal(name)?;
+            Ok(Some((rec, der, principal)))
+        })
     }
 
     /// Every certificate record (for CRLs and status), in serial order.

@@ -106,6 +106,128 @@ pub(crate) fn install_certificate(
     Ok(superseded)
 }
 
+/// What [`crate::Registry::issue_precheck`] found.
+#[derive(Debug)]
+pub enum Precheck {
+    /// The request id was answered before for the same content: with this certificate.
+    Replayed {
+        /// The stored record.
+        cert: Box<CertRecord>,
+        /// Its DER.
+        der: Vec<u8>,
+    },
+    /// Not answered before. `station_issue` is the life-cycle verdict, when it was asked for.
+    New {
+        /// [`check_station_issue`] against the stored terminal.
+        station_issue: Option<Result<()>>,
+    },
+}
+
+/// A [`StationIssue`] that owns its strings (to move into a read).
+struct OwnedStationIssue {
+    terminal: String,
+    class: String,
+    station: String,
+    reissue: bool,
+}
+
+impl OwnedStationIssue {
+    fn of(req: &StationIssue<'_>) -> Self {
+        Self {
+            terminal: req.terminal.to_owned(),
+            class: req.class.to_owned(),
+            station: req.station.to_owned(),
+            reissue: req.reissue,
+        }
+    }
+}
+
+/// [`check_station_issue`] against the terminal as stored in `s`.
+fn station_issue_in(s: &mut dyn StoreRead, asked: &OwnedStationIssue, require_registration: bool) -> Result<()> {
+    let Some(t) = s.terminal(&asked.terminal)? else {
+        return match require_registration {
+            true => Err(RegistryError::TerminalNotFound(asked.terminal.clone())),
+            false => Ok(()),
+        };
+    };
+    let active = match &t.active_cert {
+        Some(c) => s.cert(c)?,
+        None => None,
+    };
+    let req = StationIssue {
+        terminal: &asked.terminal,
+        class: &asked.class,
+        station: &asked.station,
+        reissue: asked.reissue,
+    };
+    check_station_issue(&req, &t, active.as_ref())
+}
+
+/// The stored answer to `request_id` if it was answered before for the same content.
+fn replayed_in(
+    s: &mut dyn StoreRead,
+    request_id: &str,
+    request_hash: &str,
+) -> Result<Option<(Box<CertRecord>, Vec<u8>)>> {
+    let Some(result) = s.request(request_id)? else { return Ok(None) };
+    if result.request_hash != request_hash {
+        return Err(RegistryError::RequestIdReused(request_id.to_owned()));
+    }
+    let (cert, der) = crate::certificate_in(s, &result.cert_serial)?
+        .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
+    // A station retrying must not be handed a certificate revoked meanwhile (and write it).
+    if cert.status != CertStatus::Good && !cert.on_activation_hold() {
+        return Err(RegistryError::AlreadyRevoked(cert.serial));
+    }
+    Ok(Some((Box::new(cert), der)))
+}
+
+/// The write that records a station's issue: every invariant checked inside the transaction
+/// (a replay is refused before anything is written: not even an audit entry of its own).
+fn issue_job(
+    issue: TerminalIssue,
+    hold_until_activation: bool,
+) -> impl FnOnce(&mut dyn StoreWrite) -> Result<IssueOutcome> + Send + 'static {
+    move |s| {
+        let issue = &issue;
+        if s.request(&issue.request_id)?.is_some() {
+            // Answered before (a replay, or a call with the same id that committed first).
+            return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
+        }
+        let mut terminal = match s.terminal(&issue.terminal.serial)? {
+            Some(t) => t,
+            None if issue.register_if_missing => issue.terminal.clone(),
+            None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
+        };
+        let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
+        let req = StationIssue {
+            terminal: &terminal.serial,
+            class: &issue.terminal.class,
+            station: &issue.station,
+            reissue: issue.reissue,
+        };
+        check_station_issue(&req, &terminal, active.as_ref())?;
+        check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
+        let mut cert = issue.cert.clone();
+        cert.station = Some(issue.station.clone());
+        let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
+        if hold_until_activation {
+            let mut held =
+                revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
+            held.activation_hold = true;
+            s.update_cert(&held)?;
+        }
+        let result = RequestResult {
+            kind: "terminal_issue".into(),
+            cert_serial: cert.serial.clone(),
+            request_hash: issue.request_hash.clone(),
+        };
+        s.insert_request(&issue.request_id, &result)?;
+        s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
+        Ok(IssueOutcome::Issued { superseded })
+    }
+}
+
 pub(crate) fn read_cert(s: &mut dyn StoreRead, serial: &str) -> Result<CertRecord> {
     s.cert(serial)?.ok_or_else(|| RegistryError::CertNotFound(serial.into()))
 }
@@ -115,21 +237,29 @@ impl crate::Registry {
     /// to refuse before it signs anything. `TerminalNotFound` when the terminal is unknown and
     /// `require_registration` holds.
     pub fn check_station_issue(&self, req: &StationIssue<'_>, require_registration: bool) -> Result<()> {
-        let (terminal, class, station, reissue) =
-            (req.terminal.to_owned(), req.class.to_owned(), req.station.to_owned(), req.reissue);
+        let asked = OwnedStationIssue::of(req);
+        self.read(move |s| station_issue_in(s, &asked, require_registration))
+    }
+
+    /// [`Self::replayed`] and, for a request not answered before, [`Self::check_station_issue`]
+    /// (when `asked` is given), in ONE read snapshot: the CA's checks before it signs cost one
+    /// read transaction instead of two. A replay's refusals come back as `Err` at once; the
+    /// life-cycle verdict is handed back, not returned, so the caller can give its own
+    /// refusals (the RA's) first, in the documented order.
+    pub fn issue_precheck(
+        &self,
+        request_id: &str,
+        request_hash: &str,
+        asked: Option<&StationIssue<'_>>,
+        require_registration: bool,
+    ) -> Result<Precheck> {
+        let (request_id, request_hash) = (request_id.to_owned(), request_hash.to_owned());
+        let asked = asked.map(OwnedStationIssue::of);
         self.read(move |s| {
-            let Some(t) = s.terminal(&terminal)? else {
-                return match require_registration {
-                    true => Err(RegistryError::TerminalNotFound(terminal)),
-                    false => Ok(()),
-                };
-            };
-            let active = match &t.active_cert {
-                Some(c) => s.cert(c)?,
-                None => None,
-            };
-            let req = StationIssue { terminal: &terminal, class: &class, station: &station, reissue };
-            check_station_issue(&req, &t, active.as_ref())
+            if let Some((cert, der)) = replayed_in(s, &request_id, &request_hash)? {
+                return Ok(Precheck::Replayed { cert, der });
+            }
+            Ok(Precheck::New { station_issue: asked.map(|a| station_issue_in(s, &a, require_registration)) })
         })
     }
 
@@ -154,51 +284,38 @@ impl crate::Registry {
         // is written, and the answer comes from `replayed` below. No read before the write: the
         // CA already made that check before signing, and on PostgreSQL a read is three round trips.
         issue.terminal.check_field_lengths()?;
-        let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
-        let issue = issue.clone();
-        let recorded = self.write(event, move |s| {
-            let issue = &issue;
-            if s.request(&issue.request_id)?.is_some() {
-                // Answered before (a replay, or a call with the same id that committed first).
-                return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
-            }
-            let mut terminal = match s.terminal(&issue.terminal.serial)? {
-                Some(t) => t,
-                None if issue.register_if_missing => issue.terminal.clone(),
-                None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
-            };
-            let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
-            let req = StationIssue {
-                terminal: &terminal.serial,
-                class: &issue.terminal.class,
-                station: &issue.station,
-                reissue: issue.reissue,
-            };
-            check_station_issue(&req, &terminal, active.as_ref())?;
-            check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
-            let mut cert = issue.cert.clone();
-            cert.station = Some(issue.station.clone());
-            let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
-            if hold_until_activation {
-                let mut held =
-                    revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
-                held.activation_hold = true;
-                s.update_cert(&held)?;
-            }
-            let result = RequestResult {
-                kind: "terminal_issue".into(),
-                cert_serial: cert.serial.clone(),
-                request_hash: issue.request_hash.clone(),
-            };
-            s.insert_request(&issue.request_id, &result)?;
-            s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
-            Ok(IssueOutcome::Issued { superseded })
-        });
+        let recorded = self.write(event, issue_job(issue.clone(), hold_until_activation));
+        self.settle_issue(&issue.request_id, &issue.request_hash, recorded)
+    }
+
+    /// [`Self::record_terminal_issue_held`] without waiting: the write is queued and `done` gets
+    /// its result once the batch is committed, on the registry writer's thread (it must not
+    /// block; hand the result on). Pass that result through [`Self::settle_issue`].
+    pub fn record_terminal_issue_then(
+        &self,
+        issue: &TerminalIssue,
+        hold_until_activation: bool,
+        event: &AuditEvent,
+        done: impl FnOnce(Result<IssueOutcome>) + Send + 'static,
+    ) {
+        if let Err(e) = issue.terminal.check_field_lengths() {
+            return done(Err(e));
+        }
+        // On a writer that is gone, the job and `done` with it are dropped unanswered.
+        let _ = self.write_then(event, issue_job(issue.clone(), hold_until_activation), Box::new(done));
+    }
+
+    /// The answer to an issue once its write is known: a request id answered before (a replay,
+    /// or a retry racing the first call) is answered with that certificate for the same content.
+    pub fn settle_issue(
+        &self,
+        request_id: &str,
+        request_hash: &str,
+        recorded: Result<IssueOutcome>,
+    ) -> Result<IssueOutcome> {
         match recorded {
-            // A replay, or a race with a call of the same id that committed first (a station
-            // retrying while its first call still ran): the same content gets that certificate.
             Err(RegistryError::RequestIdReused(id)) => {
-                self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
+                self.replayed(request_id, request_hash)?.ok_or(RegistryError::RequestIdReused(id))
             }
             other => other,
         }
@@ -208,19 +325,8 @@ impl crate::Registry {
     /// it was answered for different content).
     pub fn replayed(&self, request_id: &str, request_hash: &str) -> Result<Option<IssueOutcome>> {
         let (request_id, request_hash) = (request_id.to_owned(), request_hash.to_owned());
-        self.read(move |s| {
-            let Some(result) = s.request(&request_id)? else { return Ok(None) };
-            if result.request_hash != request_hash {
-                return Err(RegistryError::RequestIdReused(request_id));
-            }
-            let (cert, der) = crate::certificate_in(s, &result.cert_serial)?
-                .ok_or_else(|| RegistryError::CertNotFound(result.cert_serial.clone()))?;
-            // A station retrying must not be handed a certificate revoked meanwhile (and write it).
-            if cert.status != CertStatus::Good && !cert.on_activation_hold() {
-                return Err(RegistryError::AlreadyRevoked(cert.serial));
-            }
-            Ok(Some(IssueOutcome::Replayed { cert: Box::new(cert), der }))
-        })
+        let replayed = self.read(move |s| replayed_in(s, &request_id, &request_hash))?;
+        Ok(replayed.map(|(cert, der)| IssueOutcome::Replayed { cert, der }))
     }
 
     /// Records the station's confirmation that `cert` is in terminal `serial`. Only the station

@@ -278,6 +278,97 @@ fn a_new_admin_acts_only_after_a_second_admin_approves(kind: Kind) {
     );
 }
 
+/// The CA's one read before it signs: a replay comes back with its certificate, a reused id for
+/// other content is refused at once, and a new request carries the life-cycle verdict (the same
+/// as `check_station_issue`'s) for the CA to give after its own refusals.
+fn one_read_answers_a_replay_or_the_life_cycle_verdict(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let first = station_issue("r1", "station-1", "C1", "k1", false);
+    reg.record_terminal_issue(&first, &ev("issue", T)).expect("issue");
+    let asked = StationIssue { terminal: T, class: "II", station: "station-1", reissue: false };
+
+    match reg.issue_precheck("r1", &first.request_hash, Some(&asked), false).expect("replay") {
+        Precheck::Replayed { cert, der } => assert_eq!((cert.serial.as_str(), der), ("C1", b"DER of C1".to_vec())),
+        other => panic!("not a replay: {other:?}"),
+    }
+    assert_eq!(
+        reg.issue_precheck("r1", "other content", Some(&asked), false).map(|_| ()),
+        Err(RegistryError::RequestIdReused("r1".into()))
+    );
+    let already = Err(RegistryError::AlreadyHasActiveCertificate { terminal: T.into(), cert: "C1".into() });
+    assert_eq!(reg.check_station_issue(&asked, false), already);
+    match reg.issue_precheck("r2", "h2", Some(&asked), false).expect("new") {
+        Precheck::New { station_issue: Some(verdict) } => assert_eq!(verdict, already),
+        other => panic!("no verdict: {other:?}"),
+    }
+    // Another class, an unregistered terminal under required registration: refused the same way.
+    let class = StationIssue { class: "III", ..asked };
+    assert!(matches!(
+        reg.issue_precheck("r2", "h2", Some(&class), false).expect("new"),
+        Precheck::New { station_issue: Some(Err(RegistryError::ClassMismatch { .. })) }
+    ));
+    let unknown = StationIssue { terminal: "HSTM01261100001H", ..asked };
+    assert!(matches!(
+        reg.issue_precheck("r2", "h2", Some(&unknown), true).expect("new"),
+        Precheck::New { station_issue: Some(Err(RegistryError::TerminalNotFound(_))) }
+    ));
+    assert!(matches!(
+        reg.issue_precheck("r2", "h2", Some(&unknown), false).expect("new"),
+        Precheck::New { station_issue: Some(Ok(())) }
+    ));
+    assert!(matches!(reg.issue_precheck("r2", "h2", None, false).expect("new"), Precheck::New { station_issue: None }));
+    // A replay of a certificate revoked meanwhile is refused, not answered.
+    reg.revoke("C1", RevocationReason::KeyCompromise, 5, None, &ev("revoke", "C1")).expect("revoke");
+    assert_eq!(
+        reg.issue_precheck("r1", &first.request_hash, Some(&asked), false).map(|_| ()),
+        Err(RegistryError::AlreadyRevoked("C1".into()))
+    );
+}
+
+/// The principal of an identity certificate in one read; a terminal's certificate names none.
+fn a_principal_certificate_comes_with_its_principal(kind: Kind) {
+    let (_d, reg) = open(kind);
+    add_admin(&reg, "admin", "init");
+    let (rec, der, p) = reg.principal_certificate("CERT-admin").expect("read").expect("known");
+    assert_eq!((rec.serial.as_str(), der.as_slice()), ("CERT-admin", b"der".as_slice()));
+    assert_eq!(p.map(|p| p.name), Some("admin".into()));
+    reg.record_terminal_issue(&station_issue("r1", "station-1", "C1", "k1", false), &ev("issue", T)).expect("issue");
+    assert!(reg.principal_certificate("C1").expect("read").is_none(), "a terminal's certificate");
+    assert!(reg.principal_certificate("NOPE").expect("read").is_none());
+}
+
+/// The issue write without a waiting thread: the result comes after the commit (durable: a
+/// reopened registry has it), and a replay's raw refusal settles into the first certificate.
+fn an_issue_queued_without_waiting_is_answered_after_its_commit(kind: Kind) {
+    let (_d, reg) = open(kind);
+    let queued = |i: &TerminalIssue| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        reg.record_terminal_issue_then(i, false, &ev("issue", T), move |r| tx.send(r).expect("send"));
+        rx.recv().expect("answered")
+    };
+    let first = station_issue("r1", "station-1", "C1", "k1", false);
+    assert_eq!(queued(&first), Ok(IssueOutcome::Issued { superseded: None }));
+    assert_eq!(reg.terminal(T).expect("t").expect("t").active_cert.as_deref(), Some("C1"));
+    assert_eq!(reg.audit_tail(1).expect("audit")[0].event.action, "issue", "audited in the same commit");
+
+    let raw = queued(&first);
+    assert_eq!(raw, Err(RegistryError::RequestIdReused("r1".into())));
+    match reg.settle_issue("r1", &first.request_hash, raw).expect("settled") {
+        IssueOutcome::Replayed { cert, .. } => assert_eq!(cert.serial, "C1"),
+        other => panic!("not a replay: {other:?}"),
+    }
+    let other_content = TerminalIssue { request_hash: "other".into(), ..first.clone() };
+    let raw = queued(&other_content);
+    assert_eq!(reg.settle_issue("r1", "other", raw), Err(RegistryError::RequestIdReused("r1".into())));
+    // A refused write wrote nothing: still one certificate, one issue entry.
+    let too_long = TerminalIssue {
+        terminal: TerminalRecord { model: "m".repeat(10_000), ..first.terminal.clone() },
+        ..station_issue("r2", "station-1", "C2", "k2", true)
+    };
+    assert!(queued(&too_long).is_err());
+    assert_eq!(reg.certificate("C2").expect("read"), None);
+}
+
 #[test]
 fn approvals_stored_before_kinds_existed_still_read_as_bulk_revocations() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -297,4 +388,7 @@ on_both_backends!(
     a_terminal_in_service_or_revoked_is_rekeyed_only_by_two_independent_admins,
     a_rekey_whose_certificate_changed_meanwhile_is_refused,
     a_new_admin_acts_only_after_a_second_admin_approves,
+    one_read_answers_a_replay_or_the_life_cycle_verdict,
+    a_principal_certificate_comes_with_its_principal,
+    an_issue_queued_without_waiting_is_answered_after_its_commit,
 );

@@ -6,7 +6,7 @@ use pki::SubjectVars;
 use prost::Message;
 use proto::status;
 use proto::v1::{self, Reason};
-use registry::{CertRecord, CertSubject, IssueOutcome, TerminalRecord, TerminalState};
+use registry::{CertRecord, CertSubject, IssueOutcome, Precheck, TerminalRecord, TerminalState};
 use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
@@ -19,24 +19,85 @@ use crate::issuer::Issuer;
 use crate::ra::{self, TerminalRequest};
 use crate::records::now_ms;
 
+const ISSUE_METHOD: &str = "/hsca.v1.CertificateAuthority/IssueTerminalCertificate";
+
+/// What [`Ca::prepare_issue`] leaves to do.
+enum Prepared {
+    /// Answered without a write (a replay).
+    Answered(v1::IssueTerminalCertificateResponse),
+    /// Signed; to be recorded.
+    Record(SignedIssue),
+}
+
+/// A certificate signed for a request, with what records it.
+struct SignedIssue {
+    issue: registry::TerminalIssue,
+    event: registry::AuditEvent,
+}
+
 impl Ca {
     /// `IssueTerminalCertificate`.
     pub fn issue_terminal(
         &self,
         req: Incoming<v1::IssueTerminalCertificateRequest>,
     ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
-        let caller = self.authenticate(&req, "/hsca.v1.CertificateAuthority/IssueTerminalCertificate")?;
+        let caller = self.authenticate(&req, ISSUE_METHOD)?;
         let m = &req.msg;
         let target = m.terminal_serial.clone();
-        let result = self.issue_terminal_for(&caller, m);
+        let result = self.prepare_issue(&caller, m).and_then(|prepared| match prepared {
+            Prepared::Answered(answer) => Ok(answer),
+            Prepared::Record(signed) => {
+                let recorded =
+                    self.registry.record_terminal_issue_held(&signed.issue, self.hold_until_activation, &signed.event);
+                self.issue_recorded(signed, recorded)
+            }
+        });
         result.map_err(|s| self.refuse(&caller, "issue", &target, s))
     }
 
-    fn issue_terminal_for(
-        &self,
-        caller: &Caller,
-        m: &v1::IssueTerminalCertificateRequest,
+    /// `IssueTerminalCertificate` on the async worker ([`Ca::issues_in_place`]): checked and
+    /// signed here (CPU only: in-process HSM, local registry), the commit awaited without
+    /// holding a thread. A refusal's audit write (durable) goes to the blocking pool.
+    pub async fn issue_terminal_in_place(
+        self: std::sync::Arc<Self>,
+        req: Incoming<v1::IssueTerminalCertificateRequest>,
     ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
+        let caller = self.authenticate(&req, ISSUE_METHOD)?;
+        let result = match self.prepare_issue(&caller, &req.msg) {
+            Ok(Prepared::Answered(answer)) => Ok(answer),
+            Ok(Prepared::Record(signed)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.registry.record_terminal_issue_then(
+                    &signed.issue,
+                    self.hold_until_activation,
+                    &signed.event,
+                    |r| {
+                        let _ = tx.send(r);
+                    },
+                );
+                let recorded = rx.await.unwrap_or_else(|_| {
+                    Err(registry::RegistryError::Storage("write abandoned by the registry writer".into()))
+                });
+                let recorded =
+                    self.registry.settle_issue(&signed.issue.request_id, &signed.issue.request_hash, recorded);
+                self.issue_recorded(signed, recorded)
+            }
+            Err(s) => Err(s),
+        };
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(s) => {
+                let target = req.msg.terminal_serial.clone();
+                tokio::task::spawn_blocking(move || self.refuse(&caller, "issue", &target, s))
+                    .await
+                    .map_or_else(|e| Err(status(Code::Internal, Reason::Internal, e.to_string())), Err)
+            }
+        }
+    }
+
+    /// Everything before the write: the answer to a replay, or a certificate signed (checked,
+    /// linted, its signature verified) with its record and audit event.
+    fn prepare_issue(&self, caller: &Caller, m: &v1::IssueTerminalCertificateRequest) -> Result<Prepared, Status> {
         if m.request_id.is_empty() || m.request_id.len() > 128 {
             return Err(bad_request("request_id must be 1 to 128 characters"));
         }
@@ -47,41 +108,58 @@ impl Ca {
             v1::IssueTerminalCertificateRequest { request_id: String::new(), lot: String::new(), ..m.clone() }
                 .encode_to_vec();
         let request_hash = hex::encode(sm3::Sm3::digest(&content));
-        if let Some(IssueOutcome::Replayed { cert, der }) =
-            self.registry.replayed(&m.request_id, &request_hash).map_err(|e| registry_status(&e))?
-        {
-            self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(v1::IssueTerminalCertificateResponse {
-                certificate_der: der,
-                chain_der: self.chain(),
-                certificate_serial: cert.serial,
-                replayed: true,
-                superseded_serial: String::new(),
-            });
-        }
         let class = class_name(m.class);
-        let approved = ra::decide_terminal(
-            &self.policy,
-            &caller.name,
-            &caller.manufacturers,
-            &TerminalRequest { serial: &m.terminal_serial, class, csr: &m.csr_der },
-        )
-        .map_err(ra_status)?;
+        let request = TerminalRequest { serial: &m.terminal_serial, class, csr: &m.csr_der };
+        // One read for the replay check and the life-cycle rules (so a refusal signs nothing;
+        // the registry checks them again inside the transaction that records). The replay is
+        // answered first; the life-cycle verdict waits until the RA's checks passed, so the
+        // refusals come in the same order as when they were two reads.
+        let names = ra::terminal_names(&self.policy, &request);
+        let asked = names.as_ref().map(|(serial, class)| registry::StationIssue {
+            terminal: serial.as_str(),
+            class: class.as_str(),
+            station: &caller.name,
+            reissue: m.reissue,
+        });
+        let precheck = self
+            .registry
+            .issue_precheck(&m.request_id, &request_hash, asked.as_ref(), self.require_registration)
+            .map_err(|e| registry_status(&e))?;
+        let station_issue = match precheck {
+            Precheck::Replayed { cert, der } => {
+                self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(Prepared::Answered(v1::IssueTerminalCertificateResponse {
+                    certificate_der: der,
+                    chain_der: self.chain(),
+                    certificate_serial: cert.serial,
+                    replayed: true,
+                    superseded_serial: String::new(),
+                }));
+            }
+            Precheck::New { station_issue } => station_issue,
+        };
+        let approved =
+            ra::decide_terminal(&self.policy, &caller.name, &caller.manufacturers, &request).map_err(ra_status)?;
         let serial = approved.serial.as_str().to_owned();
         let model = if m.model.is_empty() {
             approved.serial.field("model").unwrap_or_default().to_owned()
         } else {
             m.model.clone()
         };
-        // The life-cycle rules first, so a refusal signs nothing; the registry checks them again
-        // inside the transaction that records.
-        let asked = registry::StationIssue {
-            terminal: &serial,
-            class: approved.class.as_str(),
-            station: &caller.name,
-            reissue: m.reissue,
-        };
-        self.registry.check_station_issue(&asked, self.require_registration).map_err(|e| registry_status(&e))?;
+        match station_issue {
+            Some(verdict) => verdict,
+            // Not read above (the names did not parse, yet the RA passed them): read it now.
+            None => self.registry.check_station_issue(
+                &registry::StationIssue {
+                    terminal: &serial,
+                    class: approved.class.as_str(),
+                    station: &caller.name,
+                    reissue: m.reissue,
+                },
+                self.require_registration,
+            ),
+        }
+        .map_err(|e| registry_status(&e))?;
         let terminal = TerminalRecord {
             serial: serial.clone(),
             class: approved.class.as_str().into(),
@@ -103,11 +181,21 @@ impl Ca {
             reissue: m.reissue,
             station: caller.name.clone(),
             cert: cert_record,
-            der: der.clone(),
+            der,
         };
         let action = if m.reissue { "reissue" } else { "issue" };
         let event = Self::event(caller, action, &serial, format!("certificate {cert_serial}"));
-        let recorded = self.registry.record_terminal_issue_held(&issue, self.hold_until_activation, &event);
+        Ok(Prepared::Record(SignedIssue { issue, event }))
+    }
+
+    /// The answer once the write of `signed` is known (committed, or why not).
+    fn issue_recorded(
+        &self,
+        signed: SignedIssue,
+        recorded: Result<IssueOutcome, registry::RegistryError>,
+    ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
+        let SignedIssue { issue, .. } = signed;
+        let (cert_serial, der) = (issue.cert.serial, issue.der);
         match recorded.map_err(|e| registry_status(&e))? {
             IssueOutcome::Issued { superseded } => {
                 self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -239,9 +327,20 @@ impl Ca {
 }
 
 handlers!(v1::certificate_authority_server::CertificateAuthority;
-    issue_terminal_certificate(v1::IssueTerminalCertificateRequest) -> v1::IssueTerminalCertificateResponse => issue_terminal;
     confirm_provisioning(v1::ConfirmProvisioningRequest) -> v1::ConfirmProvisioningResponse => confirm;
     get_certificate(v1::GetCertificateRequest) -> v1::CertificateInfo => get_certificate;
     get_certificate_status(v1::GetCertificateStatusRequest) -> v1::CertificateStatus => get_status;
     get_ca_chain(v1::GetCaChainRequest) -> v1::CaChain => get_chain;
+    ;
+    async fn issue_terminal_certificate(
+        &self,
+        req: Request<v1::IssueTerminalCertificateRequest>,
+    ) -> Result<Response<v1::IssueTerminalCertificateResponse>, Status> {
+        let ca = self.0.clone();
+        let incoming = Incoming::from(req);
+        if ca.issues_in_place {
+            return ca.issue_terminal_in_place(incoming).await.map(Response::new);
+        }
+        blocking(move || ca.issue_terminal(incoming)).await
+    }
 );
