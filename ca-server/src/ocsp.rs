@@ -114,7 +114,7 @@ impl Checked {
         let public =
             Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
         let certs = if key.delegated { std::slice::from_ref(&key.certificate) } else { &[] };
-        let prepared = PreparedResponder::new(&key.certificate, certs)?;
+        let prepared = PreparedResponder::new(&key.certificate, certs)?.with_signer_id(key.signer.signer_id())?;
         Ok(Self { key: Arc::new(key), public, prepared })
     }
 }

@@ -624,6 +624,8 @@ pub struct LintedResponse {
     responder_key: Sm2PublicKey,
     /// DER of `certs [0] EXPLICIT SEQUENCE OF Certificate`, when any.
     certs_der: Option<std::sync::Arc<[u8]>>,
+    /// [`PreparedResponder::with_signer_id`]'s Z, when set.
+    z: Option<std::sync::Arc<(SignerId, [u8; 32])>>,
 }
 
 impl LintedResponse {
@@ -644,9 +646,24 @@ impl LintedResponse {
         if *responder_key != self.responder_key {
             return Err(OcspError::ResponderKeyMismatch);
         }
-        responder_key.verify(signer_id, &self.der, signature_der).map_err(OcspError::BadSignature)?;
+        let verified = match &self.z {
+            Some(z) if z.0 == *signer_id => verifies_with_z(responder_key, &z.1, &self.der, signature_der),
+            _ => false,
+        };
+        // A failure (or no Z prepared) takes the full path, whose error says why.
+        if !verified {
+            responder_key.verify(signer_id, &self.der, signature_der).map_err(OcspError::BadSignature)?;
+        }
         wrap_basic(&self.der, signature_der, self.certs_der.as_deref())
     }
+}
+
+/// Whether `signature_der` (canonical DER) verifies over `msg` with `key`, whose Z is `z`: what
+/// [`Sm2PublicKey::verify`] checks, without hashing Z again per response.
+fn verifies_with_z(key: &Sm2PublicKey, z: &[u8; 32], msg: &[u8], signature_der: &[u8]) -> bool {
+    let Ok(sig) = sm2_dsa::Signature::from_der(signature_der) else { return false };
+    sig.to_der().as_bytes() == signature_der
+        && key.as_verifying_key().verify_digest(&sm2_dsa::digest(z, msg), &sig).is_ok()
 }
 
 /// `OCSPResponse { successful, { id-pkix-ocsp-basic, BasicOCSPResponse } }` around signed `ResponseData`.
@@ -714,6 +731,7 @@ pub struct PreparedResponder {
     /// DER of `responderID` (`byName [1]`).
     responder_id: Vec<u8>,
     certs_der: Option<std::sync::Arc<[u8]>>,
+    z: Option<std::sync::Arc<(SignerId, [u8; 32])>>,
 }
 
 impl PreparedResponder {
@@ -742,7 +760,15 @@ impl PreparedResponder {
                 Some(std::sync::Arc::from(field.to_der().map_err(enc)?))
             }
         };
-        Ok(Self { responder_key, responder_id, certs_der })
+        Ok(Self { responder_key, responder_id, certs_der, z: None })
+    }
+
+    /// Also computes, once, the Z of the responder key for `signer_id`, so that checking each
+    /// response's signature ([`LintedResponse::assemble`] with that ID) does not hash it again.
+    pub fn with_signer_id(self, signer_id: &SignerId) -> Result<Self, OcspError> {
+        let z = sm2_dsa::z(signer_id.as_str().as_bytes(), self.responder_key.as_verifying_key())
+            .map_err(|_| OcspError::BadSignature(SignatureError::BadSignerId { len: signer_id.as_str().len() }))?;
+        Ok(Self { z: Some(std::sync::Arc::new((signer_id.clone(), z))), ..self })
     }
 
     /// Builds and checks the `ResponseData` of a response by this responder.
@@ -800,7 +826,12 @@ impl PreparedResponder {
             response_extensions: nonce.map(|n| nonce_ext(n).map(|e| vec![e])).transpose()?,
         };
         let der = data.to_der().map_err(enc)?;
-        Ok(LintedResponse { der, responder_key: self.responder_key.clone(), certs_der: self.certs_der.clone() })
+        Ok(LintedResponse {
+            der,
+            responder_key: self.responder_key.clone(),
+            certs_der: self.certs_der.clone(),
+            z: self.z.clone(),
+        })
     }
 }
 
