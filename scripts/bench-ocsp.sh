@@ -6,7 +6,7 @@
 # table per run with the load average before it.
 # Usage: scripts/bench-ocsp.sh [RUNS=3]   (HSCA_BIN=DIR uses binaries already built there;
 #   ROWS="get post fresh" picks rows; PERF=FILE records `perf record -g` of the server during
-#   the fresh rows into FILE)
+#   the fresh rows into FILE, PERF_ARGS="--call-graph dwarf -F 999" to change its options)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -58,7 +58,7 @@ row() {
     c0=$(cpu); n0=$(metric hsca_ocsp_requests_total); f0=$(metric hsca_ocsp_presigned_total)
     local perf=
     if [ -n "${PERF:-}" ] && [ "$what" = "$FRESH" ]; then
-        perf record -g -o "$PERF" -p "$SPID" 2>/dev/null & perf=$!
+        perf record ${PERF_ARGS:--g} -o "$PERF" -p "$SPID" 2>/dev/null & perf=$!
     fi
     out=$(wrk -t2 -c64 -d10s --latency "$@")
     if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
