@@ -4,11 +4,14 @@
 # with a nonce, each freshly signed through the HSM and checked (`fresh_signatures_per_second`
 # lifted). wrk on the same cores, keep-alive, 2 threads, 64 connections, 10 s per row; prints a
 # table per run with the load average before it.
-# Usage: scripts/bench-ocsp.sh [RUNS=3]   (HSCA_BIN=DIR uses binaries already built there)
+# Usage: scripts/bench-ocsp.sh [RUNS=3]   (HSCA_BIN=DIR uses binaries already built there;
+#   ROWS="get post fresh" picks rows; PERF=FILE records `perf record -g` of the server during
+#   the fresh rows into FILE, PERF_ARGS="--call-graph dwarf -F 999" to change its options)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 RUNS=${1:-3}
+ROWS=${ROWS:-get post fresh}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 if [ -z "${HSCA_BIN:-}" ]; then
     cargo build --release --bins -q
@@ -46,12 +49,19 @@ curl -s "127.0.0.1:$HTTP/ocsp/$GETPATH" -o /dev/null
 metric() { curl -s "127.0.0.1:$HTTP/metrics" | awk -v m="$1" '$1==m{print $2}'; }
 cpu() { awk '{print $14+$15}' "/proc/$SPID/stat"; }
 
+FRESH="fresh, POST with a nonce (signed + checked each)"
+
 # One row: what, then wrk's arguments.
 row() {
     local what=$1; shift
     local c0 n0 f0 out rps p50 c1 n1 f1 errs
     c0=$(cpu); n0=$(metric hsca_ocsp_requests_total); f0=$(metric hsca_ocsp_presigned_total)
+    local perf=
+    if [ -n "${PERF:-}" ] && [ "$what" = "$FRESH" ]; then
+        perf record ${PERF_ARGS:--g} -o "$PERF" -p "$SPID" 2>/dev/null & perf=$!
+    fi
     out=$(wrk -t2 -c64 -d10s --latency "$@")
+    if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
     c1=$(cpu); n1=$(metric hsca_ocsp_requests_total); f1=$(metric hsca_ocsp_presigned_total)
     rps=$(awk '/Requests\/sec/{printf "%.0f", $2}' <<<"$out")
     p50=$(awk '$1=="50%"{print $2}' <<<"$out")
@@ -66,9 +76,9 @@ for r in $(seq 1 "$RUNS"); do
     echo "run $r, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "| OCSP requests (wrk -t2 -c64 -d10s, keep-alive) | answers/s | p50 | server CPU per answer | from the cache | errors |"
     echo "|---|---|---|---|---|---|"
-    row "pre-signed, GET" "http://127.0.0.1:$HTTP/ocsp/$GETPATH"
-    row "pre-signed, POST without a nonce" -s plain.lua "http://127.0.0.1:$HTTP/ocsp"
-    row "fresh, POST with a nonce (signed + checked each)" -s nonce.lua "http://127.0.0.1:$HTTP/ocsp"
+    case " $ROWS " in *" get "*) row "pre-signed, GET" "http://127.0.0.1:$HTTP/ocsp/$GETPATH" ;; esac
+    case " $ROWS " in *" post "*) row "pre-signed, POST without a nonce" -s plain.lua "http://127.0.0.1:$HTTP/ocsp" ;; esac
+    case " $ROWS " in *" fresh "*) row "$FRESH" -s nonce.lua "http://127.0.0.1:$HTTP/ocsp" ;; esac
 done
 echo
 echo "$(curl -s "127.0.0.1:$HTTP/metrics" | grep '^hsca_ocsp_nonces_ignored_total')"

@@ -51,6 +51,9 @@ struct Cached {
     der: Bytes,
     refresh_at: SystemTime,
     cert_id: CertId,
+    /// The status `der` states: as current as the registry's on a registry of this process only
+    /// (every status change re-signs it before it is acknowledged, [`Responder::refresh`]).
+    status: CertStatus,
     /// Asked for since it was signed: only such answers are re-signed when due.
     used: std::sync::atomic::AtomicBool,
 }
@@ -99,6 +102,8 @@ pub struct Work {
     ids: Vec<CertId>,
     /// `Some`: a fresh answer echoing this nonce (if any); `None`: the pre-signed answer.
     nonce: Option<Option<Vec<u8>>>,
+    /// The status of `ids[0]` in the cache, if it has it.
+    cached_status: Option<CertStatus>,
 }
 
 /// What every signature of a responder key reuses.
@@ -114,7 +119,7 @@ impl Checked {
         let public =
             Sm2PublicKey::from_spki(key.certificate.tbs_certificate().subject_public_key_info())?.precomputed();
         let certs = if key.delegated { std::slice::from_ref(&key.certificate) } else { &[] };
-        let prepared = PreparedResponder::new(&key.certificate, certs)?;
+        let prepared = PreparedResponder::new(&key.certificate, certs)?.with_signer_id(key.signer.signer_id())?;
         Ok(Self { key: Arc::new(key), public, prepared })
     }
 }
@@ -202,13 +207,15 @@ impl Responder {
                 }
                 return match self.cached_answer(id) {
                     Some(a) => Plan::Ready(a),
-                    None => Plan::Sign(Work { ids: req.cert_ids, nonce: None }),
+                    None => Plan::Sign(Work { ids: req.cert_ids, nonce: None, cached_status: None }),
                 };
             }
+            let cached_status = self.cached_status(id);
+            return Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce), cached_status });
         } else if !self.spend() {
             return Plan::Ready(unsigned(OcspResponseStatus::TryLater));
         }
-        Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce) })
+        Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce), cached_status: None })
     }
 
     /// Whether [`Responder::finish`] may run on an async worker: the HSM signs in this
@@ -226,7 +233,7 @@ impl Responder {
 
     /// Does what [`Responder::plan`] left: reads the registry and signs. Blocking (HSM, registry).
     pub fn finish(&self, registry: &Registry, work: Work) -> Answer {
-        let Work { ids, nonce } = work;
+        let Work { ids, nonce, cached_status } = work;
         let Some(nonce) = nonce else {
             // A pre-signed answer not in the cache (only single-certificate requests get here).
             return match ids.first() {
@@ -234,8 +241,19 @@ impl Responder {
                 None => unsigned(OcspResponseStatus::MalformedRequest),
             };
         };
-        match self.sign(registry, &ids, nonce.as_deref()) {
-            Ok((der, _)) => Answer { der: der.into(), cached: false, max_age: None },
+        let signed = match (cached_status, ids.as_slice()) {
+            // Only this process changes this registry, and it re-signs the cache before any change
+            // is acknowledged: the cached status is the registry's, without a read transaction.
+            // Other instances sharing a registry are heard of by polling: there, read it.
+            (Some(status), [id]) if !registry.is_shared() => {
+                self.sign_responses(&[self.single_response(id, status, SystemTime::now())], nonce.as_deref())
+            }
+            _ => self
+                .statuses(registry, &ids)
+                .and_then(|(responses, _)| self.sign_responses(&responses, nonce.as_deref())),
+        };
+        match signed {
+            Ok(der) => Answer { der: der.into(), cached: false, max_age: None },
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
                 unsigned(OcspResponseStatus::InternalError)
@@ -256,6 +274,13 @@ impl Responder {
         Some(Answer { der, cached: true, max_age: refresh_at.duration_since(now).ok() })
     }
 
+    /// The status the cached answer about `id` states, if there is one still fresh.
+    fn cached_status(&self, id: &CertId) -> Option<CertStatus> {
+        let key = key_of(id);
+        let now = SystemTime::now();
+        self.cache.read().ok().and_then(|c| c.get(&key).filter(|c| c.refresh_at > now).map(|c| c.status))
+    }
+
     /// Signs and caches the answer about `id` (a cache miss).
     fn presign(&self, registry: &Registry, id: &CertId) -> Answer {
         // Another request may have signed it meanwhile.
@@ -269,15 +294,16 @@ impl Responder {
             if !known && !self.spend() {
                 return Ok(None);
             }
-            self.sign_responses(&responses, None).map(|der| Some((der, known)))
+            let status = responses.first().map(|r| r.status);
+            self.sign_responses(&responses, None).map(|der| Some((der, status.filter(|_| known))))
         });
         match signed {
-            Ok(Some((der, true))) => {
+            Ok(Some((der, Some(status)))) => {
                 let der = Bytes::from(der);
-                self.insert_unless_refreshed(id, der.clone(), epoch);
+                self.insert_unless_refreshed(id, der.clone(), status, epoch);
                 Answer { der, cached: false, max_age: Some(self.validity / 2) }
             }
-            Ok(Some((der, false))) => Answer { der: der.into(), cached: false, max_age: None },
+            Ok(Some((der, None))) => Answer { der: der.into(), cached: false, max_age: None },
             Ok(None) => unsigned(OcspResponseStatus::TryLater),
             Err(e) => {
                 tracing::error!(error = %e, "signing an OCSP response failed");
@@ -301,7 +327,7 @@ impl Responder {
         b.1 <= self.budget_per_second
     }
 
-    fn insert_unless_refreshed(&self, id: &CertId, der: Bytes, epoch: u64) {
+    fn insert_unless_refreshed(&self, id: &CertId, der: Bytes, status: CertStatus, epoch: u64) {
         let refreshed_since = self.marks.lock().map_or(true, |m| m.get(&id.serial).is_some_and(|m| *m > epoch));
         if refreshed_since {
             return;
@@ -309,7 +335,7 @@ impl Responder {
         if let Ok(mut c) = self.cache.write() {
             let refresh_at = SystemTime::now() + self.validity / 2;
             let used = std::sync::atomic::AtomicBool::new(false);
-            c.insert(key_of(id), Cached { der, refresh_at, cert_id: id.clone(), used });
+            c.insert(key_of(id), Cached { der, refresh_at, cert_id: id.clone(), status, used });
         }
     }
 
@@ -335,12 +361,13 @@ impl Responder {
             .unwrap_or_default();
         for id in ids {
             // This read follows the commit: its answer may replace anything cached.
-            match self.sign(registry, std::slice::from_ref(&id), None) {
-                Ok((der, _)) => {
+            match self.sign(registry, std::array::from_ref(&id), None) {
+                Ok((der, [status])) => {
                     if let Ok(mut c) = self.cache.write() {
                         let refresh_at = SystemTime::now() + self.validity / 2;
                         let used = std::sync::atomic::AtomicBool::new(true);
-                        c.insert(key_of(&id), Cached { der: der.into(), refresh_at, cert_id: id.clone(), used });
+                        let cert_id = id.clone();
+                        c.insert(key_of(&id), Cached { der: der.into(), refresh_at, cert_id, status, used });
                     }
                 }
                 Err(e) => {
@@ -397,8 +424,8 @@ impl Responder {
         }
         for id in &due {
             let epoch = self.epoch.load(Ordering::SeqCst);
-            match self.sign(registry, std::slice::from_ref(id), None) {
-                Ok((der, _)) => self.insert_unless_refreshed(id, der.into(), epoch),
+            match self.sign(registry, std::array::from_ref(id), None) {
+                Ok((der, [status])) => self.insert_unless_refreshed(id, der.into(), status, epoch),
                 Err(e) => tracing::error!(error = %e, "re-signing an OCSP response failed"),
             }
         }
@@ -434,10 +461,16 @@ impl Responder {
         self.cache.read().map_or(0, |c| c.len())
     }
 
-    /// Signs an answer for `ids`; also says whether every certificate was one the CA issued.
-    fn sign(&self, registry: &Registry, ids: &[CertId], nonce: Option<&[u8]>) -> anyhow::Result<(Vec<u8>, bool)> {
-        let (responses, known) = self.statuses(registry, ids)?;
-        Ok((self.sign_responses(&responses, nonce)?, known))
+    /// Signs an answer for one certificate, `ids` (the cache's callers), and says its status.
+    fn sign(
+        &self,
+        registry: &Registry,
+        ids: &[CertId; 1],
+        nonce: Option<&[u8]>,
+    ) -> anyhow::Result<(Vec<u8>, [CertStatus; 1])> {
+        let (responses, _) = self.statuses(registry, ids)?;
+        let status = responses.first().map_or(CertStatus::Unknown, |r| r.status);
+        Ok((self.sign_responses(&responses, nonce)?, [status]))
     }
 
     /// What the registry says of each of `ids`, and whether every one is a certificate the CA issued.
@@ -460,14 +493,13 @@ impl Responder {
                 None => CertStatus::Unknown,
             };
             known &= status != CertStatus::Unknown;
-            responses.push(SingleResponse {
-                cert_id: id.clone(),
-                status,
-                this_update: now,
-                next_update: Some(now + self.validity),
-            });
+            responses.push(self.single_response(id, status, now));
         }
         Ok((responses, known))
+    }
+
+    fn single_response(&self, id: &CertId, status: CertStatus, now: SystemTime) -> SingleResponse {
+        SingleResponse { cert_id: id.clone(), status, this_update: now, next_update: Some(now + self.validity) }
     }
 
     /// Signs the response holding `responses` (and `nonce`).

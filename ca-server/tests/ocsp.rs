@@ -14,7 +14,7 @@ use ca_server::records::new_cert_record;
 use pki::ocsp::{
     CertIdHash, CertStatus, IssuerHashes, OcspResponseStatus, build_request, error_response, parse_request,
 };
-use pki::{CertSerial, SignerId};
+use pki::{CertSerial, CrlReason, SignerId};
 use registry::{AuditEvent, CertSubject, Registry, RevocationReason, TerminalIssue, TerminalRecord, TerminalState};
 
 fn ev() -> AuditEvent {
@@ -270,6 +270,39 @@ fn cache_hits_are_ready_in_memory_and_nonces_are_signed_fresh() {
     // Malformed and foreign requests are answered in place too.
     let Plan::Ready(bad) = responder.plan_der(b"not DER") else { panic!("malformed is ready") };
     assert_eq!(&bad.der[..], error_response(OcspResponseStatus::MalformedRequest).as_slice());
+}
+
+/// A nonce answer about a certificate with a pre-signed answer takes its status from the cache
+/// (no registry read): a status change reaches it exactly as it reaches the pre-signed answers,
+/// through `refresh`, which the server calls after the commit and before acknowledging it.
+#[test]
+fn nonce_answers_state_what_the_refreshed_cache_states() {
+    let Fixture { reg, responder, issuing, cert, rec, signatures, .. } = &fixture(1_000);
+    let hashes = IssuerHashes::new(&issuing.cert).expect("hashes");
+    let known = CertSerial::of(cert).expect("serial");
+    let ask = |nonce: Option<&[u8]>| {
+        let req = build_request(&[hashes.cert_id(CertIdHash::Sha1, &known)], nonce).expect("request");
+        let a = responder.answer(reg, &parse_request(&req).expect("parse"));
+        let v = pki::ocsp::verify_response(&a.der, &issuing.cert, &SignerId::default(), SystemTime::now())
+            .expect("verifies");
+        assert_eq!(v.nonce.as_deref(), nonce, "a fresh answer echoes its nonce");
+        v.responses[0].status
+    };
+    assert_eq!(ask(Some(b"before any plain query")), CertStatus::Good, "nothing cached: the registry's");
+    assert_eq!(ask(None), CertStatus::Good);
+    assert_eq!(responder.cached(), 1);
+    assert_eq!(ask(Some(b"one")), CertStatus::Good);
+
+    reg.revoke(&rec.serial, RevocationReason::KeyCompromise, 5, Some(4), &ev()).expect("revoke");
+    // Committed, not yet refreshed (the revocation is not acknowledged yet): the cache's status.
+    assert_eq!(ask(Some(b"two")), CertStatus::Good);
+    responder.refresh(reg, &rec.serial);
+    let revoked = ask(Some(b"three"));
+    assert!(matches!(revoked, CertStatus::Revoked { reason: Some(CrlReason::KeyCompromise), .. }), "{revoked:?}");
+    assert_eq!(ask(None), revoked, "the same status as the pre-signed answer");
+    let before = signatures.load(Ordering::SeqCst);
+    assert_eq!(ask(Some(b"four")), revoked);
+    assert_eq!(signatures.load(Ordering::SeqCst) - before, 1, "one signature per nonce");
 }
 
 /// `refresh_due`, scanning the cache a chunk at a time (2 answers per lock hold, 3 answers):

@@ -30,7 +30,7 @@ use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsag
 
 pub use x509_cert::ext::pkix::CrlReason;
 
-use crate::alg::{SignatureError, SignerId, Sm2PublicKey, check_sm2_with_sm3, sm2_with_sm3};
+use crate::alg::{SignatureError, SignerId, Sm2PublicKey, check_sm2_with_sm3};
 use crate::cert::CertSerial;
 use crate::time::{TimeError, from_x509, whole_seconds};
 
@@ -624,6 +624,8 @@ pub struct LintedResponse {
     responder_key: Sm2PublicKey,
     /// DER of `certs [0] EXPLICIT SEQUENCE OF Certificate`, when any.
     certs_der: Option<std::sync::Arc<[u8]>>,
+    /// [`PreparedResponder::with_signer_id`]'s Z, when set.
+    z: Option<std::sync::Arc<(SignerId, [u8; 32])>>,
 }
 
 impl LintedResponse {
@@ -644,13 +646,57 @@ impl LintedResponse {
         if *responder_key != self.responder_key {
             return Err(OcspError::ResponderKeyMismatch);
         }
-        responder_key.verify(signer_id, &self.der, signature_der).map_err(OcspError::BadSignature)?;
+        let verified = match &self.z {
+            Some(z) if z.0 == *signer_id => verifies_with_z(responder_key, &z.1, &self.der, signature_der),
+            _ => false,
+        };
+        // A failure (or no Z prepared) takes the full path, whose error says why.
+        if !verified {
+            responder_key.verify(signer_id, &self.der, signature_der).map_err(OcspError::BadSignature)?;
+        }
         wrap_basic(&self.der, signature_der, self.certs_der.as_deref())
     }
 }
 
-/// `OCSPResponse { successful, { id-pkix-ocsp-basic, BasicOCSPResponse } }` around signed `ResponseData`.
+/// Whether `signature_der` (canonical DER) verifies over `msg` with `key`, whose Z is `z`: what
+/// [`Sm2PublicKey::verify`] checks, without hashing Z again per response.
+fn verifies_with_z(key: &Sm2PublicKey, z: &[u8; 32], msg: &[u8], signature_der: &[u8]) -> bool {
+    let Ok(sig) = sm2_dsa::Signature::from_der(signature_der) else { return false };
+    sig.to_der().as_bytes() == signature_der
+        && key.as_verifying_key().verify_digest(&sm2_dsa::digest(z, msg), &sig).is_ok()
+}
+
+/// `OCSPResponse { successful, { id-pkix-ocsp-basic, BasicOCSPResponse } }` around signed
+/// `ResponseData`, written directly ([`direct`]): every byte but the signature is ours.
 fn wrap_basic(tbs_der: &[u8], signature_der: &[u8], certs_der: Option<&[u8]>) -> Result<Vec<u8>, OcspError> {
+    use direct::{header, header_len};
+    let certs = certs_der.unwrap_or_default();
+    let bits = 1 + signature_der.len();
+    let basic = tbs_der.len() + direct::SM2_WITH_SM3.len() + header_len(bits)? + bits + certs.len();
+    let octets = header_len(basic)? + basic;
+    let bytes = direct::OCSP_BASIC.len() + header_len(octets)? + octets;
+    let explicit = header_len(bytes)? + bytes;
+    let response = direct::SUCCESSFUL.len() + header_len(explicit)? + explicit;
+    let mut out = Vec::with_capacity(header_len(response)? + response);
+    header(&mut out, 0x30, response)?;
+    out.extend_from_slice(&direct::SUCCESSFUL);
+    header(&mut out, 0xa0, explicit)?;
+    header(&mut out, 0x30, bytes)?;
+    out.extend_from_slice(&direct::OCSP_BASIC);
+    header(&mut out, 0x04, octets)?;
+    header(&mut out, 0x30, basic)?;
+    out.extend_from_slice(tbs_der);
+    out.extend_from_slice(&direct::SM2_WITH_SM3);
+    header(&mut out, 0x03, bits)?;
+    out.push(0);
+    out.extend_from_slice(signature_der);
+    out.extend_from_slice(certs);
+    Ok(out)
+}
+
+/// [`wrap_basic`] with the `der` crate: what the direct writing must equal.
+#[cfg(test)]
+fn wrap_basic_reference(tbs_der: &[u8], signature_der: &[u8], certs_der: Option<&[u8]>) -> Result<Vec<u8>, OcspError> {
     #[derive(der::Sequence)]
     struct Basic<'a> {
         tbs: AnyRef<'a>,
@@ -661,7 +707,7 @@ fn wrap_basic(tbs_der: &[u8], signature_der: &[u8], certs_der: Option<&[u8]>) ->
     }
     let basic = Basic {
         tbs: AnyRef::from_der(tbs_der).map_err(enc)?,
-        algorithm: sm2_with_sm3(),
+        algorithm: crate::alg::sm2_with_sm3(),
         signature: BitString::from_bytes(signature_der).map_err(enc)?,
         certs: certs_der.map(AnyRef::from_der).transpose().map_err(enc)?,
     };
@@ -714,6 +760,7 @@ pub struct PreparedResponder {
     /// DER of `responderID` (`byName [1]`).
     responder_id: Vec<u8>,
     certs_der: Option<std::sync::Arc<[u8]>>,
+    z: Option<std::sync::Arc<(SignerId, [u8; 32])>>,
 }
 
 impl PreparedResponder {
@@ -742,11 +789,98 @@ impl PreparedResponder {
                 Some(std::sync::Arc::from(field.to_der().map_err(enc)?))
             }
         };
-        Ok(Self { responder_key, responder_id, certs_der })
+        Ok(Self { responder_key, responder_id, certs_der, z: None })
+    }
+
+    /// Also computes, once, the Z of the responder key for `signer_id`, so that checking each
+    /// response's signature ([`LintedResponse::assemble`] with that ID) does not hash it again.
+    pub fn with_signer_id(self, signer_id: &SignerId) -> Result<Self, OcspError> {
+        let z = sm2_dsa::z(signer_id.as_str().as_bytes(), self.responder_key.as_verifying_key())
+            .map_err(|_| OcspError::BadSignature(SignatureError::BadSignerId { len: signer_id.as_str().len() }))?;
+        Ok(Self { z: Some(std::sync::Arc::new((signer_id.clone(), z))), ..self })
     }
 
     /// Builds and checks the `ResponseData` of a response by this responder.
+    ///
+    /// Written directly ([`direct`]): a responder builds one per fresh answer, and the `der`
+    /// crate's owned types cost several times the bytes (unit tests check both give the same).
     pub fn build(
+        &self,
+        produced_at: SystemTime,
+        answers: &[SingleResponse],
+        nonce: Option<&[u8]>,
+    ) -> Result<LintedResponse, OcspError> {
+        use direct::tlv;
+        if answers.is_empty() {
+            return Err(OcspError::NoResponses);
+        }
+        let mut responses = Vec::with_capacity(answers.len() * 128);
+        for r in answers {
+            let this_update = whole_seconds(r.this_update);
+            if let Some(next) = r.next_update
+                && whole_seconds(next) <= this_update
+            {
+                return Err(OcspError::NextUpdateNotAfterThisUpdate);
+            }
+            let mut single = Vec::with_capacity(128);
+            direct::cert_id(&mut single, &r.cert_id)?;
+            match r.status {
+                CertStatus::Good => single.extend_from_slice(&[0x80, 0x00]),
+                CertStatus::Unknown => single.extend_from_slice(&[0x82, 0x00]),
+                CertStatus::Revoked { at, reason } => {
+                    if whole_seconds(at) > this_update {
+                        return Err(OcspError::RevokedAfterThisUpdate);
+                    }
+                    let mut info = Vec::with_capacity(24);
+                    direct::time(&mut info, at)?;
+                    if let Some(reason) = reason.filter(|r| *r != CrlReason::Unspecified) {
+                        tlv(&mut info, 0xa0, &reason.to_der().map_err(enc)?)?;
+                    }
+                    tlv(&mut single, 0xa1, &info)?;
+                }
+            }
+            direct::time(&mut single, this_update)?;
+            if let Some(next) = r.next_update {
+                let mut t = Vec::with_capacity(17);
+                direct::time(&mut t, next)?;
+                tlv(&mut single, 0xa0, &t)?;
+            }
+            tlv(&mut responses, 0x30, &single)?;
+        }
+        // `ResponseData` (version v1, absent) with the responder ID encoded once.
+        let mut data = Vec::with_capacity(self.responder_id.len() + responses.len() + 64);
+        data.extend_from_slice(&self.responder_id);
+        direct::time(&mut data, produced_at)?;
+        tlv(&mut data, 0x30, &responses)?;
+        if let Some(n) = nonce {
+            if n.is_empty() || n.len() > MAX_NONCE_LEN {
+                return Err(OcspError::BadNonceLength(n.len()));
+            }
+            // [1] EXPLICIT Extensions { Extension { id-pkix-ocsp-nonce, OCTET STRING { OCTET STRING n } } }
+            let mut value = Vec::with_capacity(n.len() + 2);
+            tlv(&mut value, 0x04, n)?;
+            let mut ext = Vec::with_capacity(n.len() + 16);
+            tlv(&mut ext, 0x06, ID_PKIX_OCSP_NONCE.as_bytes())?;
+            tlv(&mut ext, 0x04, &value)?;
+            let mut exts = Vec::with_capacity(n.len() + 18);
+            tlv(&mut exts, 0x30, &ext)?;
+            let mut list = Vec::with_capacity(n.len() + 20);
+            tlv(&mut list, 0x30, &exts)?;
+            tlv(&mut data, 0xa1, &list)?;
+        }
+        let mut der = Vec::with_capacity(data.len() + 4);
+        tlv(&mut der, 0x30, &data)?;
+        Ok(LintedResponse {
+            der,
+            responder_key: self.responder_key.clone(),
+            certs_der: self.certs_der.clone(),
+            z: self.z.clone(),
+        })
+    }
+
+    /// [`PreparedResponder::build`] with the `der` crate: what the direct writing must equal.
+    #[cfg(test)]
+    fn build_reference(
         &self,
         produced_at: SystemTime,
         answers: &[SingleResponse],
@@ -800,7 +934,12 @@ impl PreparedResponder {
             response_extensions: nonce.map(|n| nonce_ext(n).map(|e| vec![e])).transpose()?,
         };
         let der = data.to_der().map_err(enc)?;
-        Ok(LintedResponse { der, responder_key: self.responder_key.clone(), certs_der: self.certs_der.clone() })
+        Ok(LintedResponse {
+            der,
+            responder_key: self.responder_key.clone(),
+            certs_der: self.certs_der.clone(),
+            z: self.z.clone(),
+        })
     }
 }
 
@@ -977,6 +1116,85 @@ fn check_delegated(
         .map_err(|e| OcspError::ResponderNotAuthorized(format!("key: {e}")))
 }
 
+/// DER written byte by byte for the structures a responder makes per answer (definite lengths,
+/// minimal length octets, as DER requires).
+mod direct {
+    use super::{CertId, OcspError, gtime};
+    use der::Encode;
+
+    /// `responseStatus successful`.
+    pub(super) const SUCCESSFUL: [u8; 3] = [0x0a, 0x01, 0x00];
+    /// `responseType id-pkix-ocsp-basic` (1.3.6.1.5.5.7.48.1.1).
+    pub(super) const OCSP_BASIC: [u8; 11] = [0x06, 0x09, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
+    /// `AlgorithmIdentifier { SM2-with-SM3 (1.2.156.10197.1.501) }`, parameters absent.
+    pub(super) const SM2_WITH_SM3: [u8; 12] = [0x30, 0x0a, 0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x83, 0x75];
+
+    /// The length octets of `len` (up to 2^24 - 1: far beyond any OCSP structure).
+    fn length(len: usize) -> Result<([u8; 4], usize), OcspError> {
+        // Truncations are intended: each byte takes its own part of `len`.
+        #[allow(clippy::cast_possible_truncation)]
+        let (b2, b1, b0) = ((len >> 16) as u8, (len >> 8) as u8, len as u8);
+        match len {
+            0..=0x7f => Ok(([b0, 0, 0, 0], 1)),
+            0x80..=0xff => Ok(([0x81, b0, 0, 0], 2)),
+            0x100..=0xffff => Ok(([0x82, b1, b0, 0], 3)),
+            0x1_0000..=0xff_ffff => Ok(([0x83, b2, b1, b0], 4)),
+            _ => Err(OcspError::Encoding(format!("{len} octets is too long"))),
+        }
+    }
+
+    /// Octets of a tag and the length octets of `len`.
+    pub(super) fn header_len(len: usize) -> Result<usize, OcspError> {
+        Ok(1 + length(len)?.1)
+    }
+
+    /// Writes a tag and the length octets of `len`.
+    pub(super) fn header(out: &mut Vec<u8>, tag: u8, len: usize) -> Result<(), OcspError> {
+        let (octets, n) = length(len)?;
+        out.push(tag);
+        out.extend_from_slice(&octets[..n]);
+        Ok(())
+    }
+
+    /// Writes `tag`, the length and `content`.
+    pub(super) fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) -> Result<(), OcspError> {
+        header(out, tag, content.len())?;
+        out.extend_from_slice(content);
+        Ok(())
+    }
+
+    /// A GeneralizedTime of `t` in whole seconds.
+    pub(super) fn time(out: &mut Vec<u8>, t: std::time::SystemTime) -> Result<(), OcspError> {
+        let mut buf = [0u8; 17];
+        out.extend_from_slice(gtime(t)?.encode_to_slice(&mut buf).map_err(super::enc)?);
+        Ok(())
+    }
+
+    /// A `CertID`, echoed as the client sent it.
+    pub(super) fn cert_id(out: &mut Vec<u8>, id: &CertId) -> Result<(), OcspError> {
+        // As `der::asn1::Int::new` reads it: a leading 0xFF before a byte with its top bit set is
+        // redundant, so the echo would not be the client's bytes.
+        if let [0xff, next, ..] = id.serial.as_slice()
+            && next & 0x80 != 0
+        {
+            return Err(OcspError::Encoding("CertID serial is not a minimal INTEGER".into()));
+        }
+        let mut algorithm = Vec::with_capacity(16);
+        tlv(&mut algorithm, 0x06, id.hash_algorithm.as_bytes())?;
+        if id.hash_parameters_null {
+            algorithm.extend_from_slice(&[0x05, 0x00]);
+        }
+        let mut content = Vec::with_capacity(
+            algorithm.len() + id.issuer_name_hash.len() + id.issuer_key_hash.len() + id.serial.len() + 12,
+        );
+        tlv(&mut content, 0x30, &algorithm)?;
+        tlv(&mut content, 0x04, &id.issuer_name_hash)?;
+        tlv(&mut content, 0x04, &id.issuer_key_hash)?;
+        tlv(&mut content, 0x02, &id.serial)?;
+        tlv(out, 0x30, &content)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -986,6 +1204,91 @@ mod tests {
         assert_eq!(percent_decode("a%2Bb%2fc%3D").expect("ok"), b"a+b/c=");
         assert!(percent_decode("%2").is_err());
         assert!(percent_decode("%zz").is_err());
+    }
+
+    /// The direct writing gives the `der` crate's bytes: every status and reason, nonces of every
+    /// length, CertIDs of each hash with and without NULL parameters, serials of every shape
+    /// (empty, leading 0x00 and 0xFF, long), several answers, and certificates or none.
+    #[test]
+    fn direct_der_equals_the_der_crate() {
+        use std::time::UNIX_EPOCH;
+        let key = sm2_dsa::SigningKey::generate().expect("key");
+        let responder_key = Sm2PublicKey::from_sec1(&key.verifying_key().to_sec1_uncompressed()).expect("point");
+        // byName of an empty Name; certs: [0] { SEQUENCE OF (empty) } — any TLVs do here.
+        let without =
+            PreparedResponder { responder_key, responder_id: vec![0xa1, 0x02, 0x30, 0x00], certs_der: None, z: None };
+        let with = PreparedResponder {
+            certs_der: Some(std::sync::Arc::from(&[0xa0, 0x02, 0x30, 0x00][..])),
+            ..without.clone()
+        };
+        let prepared = [without, with];
+        let now = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let reasons = [
+            None,
+            Some(CrlReason::Unspecified),
+            Some(CrlReason::KeyCompromise),
+            Some(CrlReason::Superseded),
+            Some(CrlReason::AaCompromise),
+        ];
+        let mut statuses = vec![CertStatus::Good, CertStatus::Unknown];
+        statuses
+            .extend(reasons.iter().map(|&reason| CertStatus::Revoked { at: now - Duration::from_secs(99), reason }));
+        let serials: [&[u8]; 7] = [&[], &[0], &[1], &[0x00, 0x80], &[0xff, 0x7f], &[0x7f; 20], &[0x42; 130]];
+        let mut cases = 0;
+        for (i, &serial) in serials.iter().enumerate() {
+            for (j, hash) in [ID_SHA1, ID_SHA256, ID_SM3].into_iter().enumerate() {
+                let id = CertId {
+                    hash_algorithm: hash,
+                    hash_parameters_null: (i + j) % 2 == 0,
+                    issuer_name_hash: vec![0x11; 20 + 6 * j],
+                    issuer_key_hash: vec![0x22; 20 + 6 * j],
+                    serial: serial.to_vec(),
+                };
+                for (k, &status) in statuses.iter().enumerate() {
+                    let next = (k % 3 != 0).then(|| now + Duration::from_secs(3600));
+                    let one = SingleResponse { cert_id: id.clone(), status, this_update: now, next_update: next };
+                    let two = [one.clone(), SingleResponse { status: CertStatus::Good, ..one.clone() }];
+                    for answers in [std::slice::from_ref(&one), &two[..]] {
+                        for nonce_len in [None, Some(1), Some(16), Some(32)] {
+                            let nonce = nonce_len.map(|n| vec![0xa5; n]);
+                            let p = &prepared[cases % 2];
+                            let direct = p.build(now, answers, nonce.as_deref()).expect("direct");
+                            let reference = p.build_reference(now, answers, nonce.as_deref()).expect("reference");
+                            assert_eq!(
+                                direct.der, reference.der,
+                                "serial {serial:02x?}, {status:?}, nonce {nonce_len:?}"
+                            );
+                            let sig = [0x30, 0x03, 0x02, 0x01, 0x01];
+                            assert_eq!(
+                                wrap_basic(&direct.der, &sig, direct.certs_der.as_deref()),
+                                wrap_basic_reference(&direct.der, &sig, direct.certs_der.as_deref()),
+                            );
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 7 * 3 * 7 * 2 * 4);
+        // A long signature (length octets 0x81) and the refusals, as the reference refuses.
+        let id = CertId {
+            hash_algorithm: ID_SHA1,
+            hash_parameters_null: true,
+            issuer_name_hash: vec![1; 20],
+            issuer_key_hash: vec![2; 20],
+            serial: vec![0xff, 0x80],
+        };
+        let one = [SingleResponse { cert_id: id, status: CertStatus::Good, this_update: now, next_update: None }];
+        assert!(matches!(prepared[0].build(now, &one, None), Err(OcspError::Encoding(_))));
+        assert!(prepared[0].build_reference(now, &one, None).is_err());
+        for bad in [&[][..], &[7; 33][..]] {
+            let one =
+                [SingleResponse { cert_id: CertId { serial: vec![1], ..one[0].cert_id.clone() }, ..one[0].clone() }];
+            assert_eq!(prepared[0].build(now, &one, Some(bad)).err(), Some(OcspError::BadNonceLength(bad.len())));
+        }
+        let long_sig = [0x5a; 200];
+        assert_eq!(wrap_basic(&[0x30, 0x00], &long_sig, None), wrap_basic_reference(&[0x30, 0x00], &long_sig, None));
+        assert_eq!(direct::SM2_WITH_SM3.as_slice(), crate::alg::sm2_with_sm3().to_der().expect("der").as_slice());
     }
 
     #[test]

@@ -307,6 +307,50 @@ fn times_other_issuers_and_statuses_are_checked() {
 }
 
 #[test]
+fn a_prepared_responder_checks_every_signature_with_its_z() {
+    let w = world();
+    let id = hashes(&w.issuing.cert).cert_id(CertIdHash::Sha1, &serial(&w.terminal));
+    let answers = [single(id, CertStatus::Good, w.now)];
+    let prepared = pki::PreparedResponder::new(&w.issuing.cert, &[])
+        .expect("prepared")
+        .with_signer_id(&SignerId::default())
+        .expect("Z");
+    let key = w.issuing.key.sm2_public_key();
+    let tbs = prepared.build(w.now, &answers, Some(b"nonce")).expect("tbs");
+    let sig = w.issuing.key.sign(tbs.to_be_signed()).expect("sign");
+    let der = tbs.clone().assemble(sig.as_der(), key, &SignerId::default()).expect("a good signature passes");
+    verify(&w, &der).expect("and verifies as a relying party checks it");
+
+    // Every bit of the signature matters: a corrupted one never leaves.
+    let good = sig.as_der().to_vec();
+    for i in 4..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        assert!(
+            matches!(tbs.clone().assemble(&bad, key, &SignerId::default()), Err(OcspError::BadSignature(_))),
+            "byte {i} flipped"
+        );
+    }
+    // Non-canonical DER (a trailing byte) of a valid signature.
+    let mut trailing = good.clone();
+    trailing[1] += 1;
+    trailing.push(0);
+    assert!(matches!(tbs.clone().assemble(&trailing, key, &SignerId::default()), Err(OcspError::BadSignature(_))));
+    // Another key's signature over the same bytes; the right key's over other bytes.
+    let other = support::key().sign(tbs.to_be_signed()).expect("sign");
+    assert!(matches!(tbs.clone().assemble(other.as_der(), key, &SignerId::default()), Err(OcspError::BadSignature(_))));
+    let elsewhere = prepared.build(w.now, &answers, Some(b"other")).expect("tbs");
+    let misplaced = w.issuing.key.sign(elsewhere.to_be_signed()).expect("sign");
+    assert!(matches!(
+        tbs.clone().assemble(misplaced.as_der(), key, &SignerId::default()),
+        Err(OcspError::BadSignature(_))
+    ));
+    // A signer ID other than the prepared one is checked with its own Z (and this one fails).
+    let other_id = SignerId::new("ALICE123@YAHOO.COM").expect("id");
+    assert!(matches!(tbs.assemble(sig.as_der(), key, &other_id), Err(OcspError::BadSignature(_))));
+}
+
+#[test]
 fn malformed_inputs_are_refused() {
     let w = world();
     let good =
