@@ -318,8 +318,9 @@ impl FixedBaseTable {
     /// through a function call per use (three per position; measured 2–3 % of `[k]G`).
     #[inline(always)]
     fn select_signed(&self, position: usize, d: i8) -> (Affine, u64) {
-        let negative = i64::from(d >> 7) as u64; // all ones when negative
-        let abs = (d.unsigned_abs()) as u8;
+        let sign = d >> 7; // all ones when negative
+        let negative = i64::from(sign) as u64;
+        let abs = ((d ^ sign).wrapping_sub(sign)) as u8;
         let entry = select_row(self.row(position), abs);
         let y = Fe::select_mask(&entry.y, &entry.y.neg(), core::hint::black_box(negative));
         let abs = u64::from(abs);
