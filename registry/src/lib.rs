@@ -479,25 +479,6 @@ impl Registry {
         })
     }
 
-    /// [`Self::write`] without waiting: queued for the next batch; `deliver` gets the result once
-    /// that is committed, on the writer's thread. `Err` when the writer is gone.
-    fn write_then<T: Send + 'static>(
-        &self,
-        event: &AuditEvent,
-        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
-        deliver: backend::Deliver<T>,
-    ) -> Result<()> {
-        let event = event.clone();
-        self.backend.write_then(
-            move |s| {
-                let out = f(s)?;
-                append_audit(s, &event)?;
-                Ok(out)
-            },
-            deliver,
-        )
-    }
-
     /// Records an event alone (a refusal, a read that must be logged).
     pub fn audit(&self, event: &AuditEvent) -> Result<u64> {
         let event = event.clone();
