@@ -329,9 +329,9 @@ fn one_read_answers_a_replay_or_the_life_cycle_verdict(kind: Kind) {
 fn a_principal_certificate_comes_with_its_principal(kind: Kind) {
     let (_d, reg) = open(kind);
     add_admin(&reg, "admin", "init");
-    let (rec, der, p) = reg.principal_certificate("CERT-admin").expect("read").expect("known");
-    assert_eq!((rec.serial.as_str(), der.as_slice()), ("CERT-admin", b"der".as_slice()));
-    assert_eq!(p.map(|p| p.name), Some("admin".into()));
+    let known = reg.principal_certificate("CERT-admin").expect("read").expect("known");
+    assert_eq!((known.record.serial.as_str(), known.der.as_slice()), ("CERT-admin", b"der".as_slice()));
+    assert_eq!(known.principal.map(|p| p.name), Some("admin".into()));
     reg.record_terminal_issue(&station_issue("r1", "station-1", "C1", "k1", false), &ev("issue", T)).expect("issue");
     assert!(reg.principal_certificate("C1").expect("read").is_none(), "a terminal's certificate");
     assert!(reg.principal_certificate("NOPE").expect("read").is_none());

@@ -11,7 +11,8 @@ use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert::{
-    bad_request, class_name, der_of, issuer_status, normal_serial, ra_status, record_of, registry_status, status_msg,
+    bad_request, class_name, der_of, issuer_status, normal_serial, ra_status, record_of_tbs, registry_status,
+    status_msg,
 };
 use super::{Ca, Incoming, Services, blocking};
 use crate::auth::Caller;
@@ -174,10 +175,10 @@ impl Ca {
             name: None,
             crl_partition: Some(partition),
         };
-        let (cert, der) = Issuer::new(self.signer.as_ref(), &self.issuer_info)
-            .issue_with_der(profile, &vars, key, SystemTime::now())
+        let (tbs, der) = Issuer::new(self.signer.as_ref(), &self.issuer_info)
+            .issue_tbs_der(profile, &vars, key, SystemTime::now())
             .map_err(|e| issuer_status(&e))?;
-        let mut rec = record_of(&cert, CertSubject::Terminal { serial: t.serial.clone() }, "terminal", request_id)?;
+        let mut rec = record_of_tbs(&tbs, CertSubject::Terminal { serial: t.serial.clone() }, "terminal", request_id)?;
         rec.crl_partition = Some(partition);
         Ok((rec, der))
     }
