@@ -156,7 +156,9 @@ pub trait Directory {
 impl Directory for Registry {
     fn principal_for_cert(&self, serial: &str) -> Result<Option<KnownCert>, String> {
         // One read snapshot for the certificate and its principal (every request asks this).
-        let Some((rec, der, Some(p))) = self.principal_certificate(serial).map_err(|e| e.to_string())? else {
+        let Some(registry::PrincipalCertificate { record: rec, der, principal: Some(p) }) =
+            self.principal_certificate(serial).map_err(|e| e.to_string())?
+        else {
             return Ok(None);
         };
         Ok((p.cert_serial == serial).then_some(KnownCert {

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use pki::cert::{IssuerInfo, TbsRequest, build_tbs};
-use pki::{CertProfile, CertSerial, Certificate, IssueError, Sm2PublicKey, SubjectVars};
+use pki::{CertProfile, CertSerial, Certificate, IssueError, Sm2PublicKey, SubjectVars, TbsCertificate};
 
 /// Why a certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +75,33 @@ impl<'a> Issuer<'a> {
         key: &Sm2PublicKey,
         now: SystemTime,
     ) -> Result<(Certificate, Vec<u8>), IssuerError> {
-        let serial = new_serial()?;
-        let tbs = build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(self.info))?;
+        let tbs = self.linted(profile, vars, key, now)?;
         let signature = self.signer.sign(tbs.to_be_signed())?;
         Ok(tbs.assemble_with_der(signature.as_der())?)
+    }
+
+    /// [`Issuer::issue_with_der`] for a caller that needs the TBS, not a parsed certificate
+    /// (terminal issuance: the record is made from the TBS): the DER is not parsed again.
+    pub fn issue_tbs_der(
+        &self,
+        profile: &CertProfile,
+        vars: &SubjectVars,
+        key: &Sm2PublicKey,
+        now: SystemTime,
+    ) -> Result<(TbsCertificate, Vec<u8>), IssuerError> {
+        let tbs = self.linted(profile, vars, key, now)?;
+        let signature = self.signer.sign(tbs.to_be_signed())?;
+        Ok(tbs.assemble_tbs_der(signature.as_der())?)
+    }
+
+    fn linted(
+        &self,
+        profile: &CertProfile,
+        vars: &SubjectVars,
+        key: &Sm2PublicKey,
+        now: SystemTime,
+    ) -> Result<pki::LintedTbs, IssuerError> {
+        let serial = new_serial()?;
+        Ok(build_tbs(&TbsRequest { profile, vars, subject_key: key, serial, now }, Some(self.info))?)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use pki::Certificate;
+use pki::{Certificate, TbsCertificate};
 use registry::{CertRecord, CertStatus, CertSubject};
 
 /// Unix milliseconds of `t`.
@@ -27,9 +27,18 @@ pub fn new_cert_record(
     profile: &str,
     request_id: &str,
 ) -> Option<CertRecord> {
-    let tbs = cert.tbs_certificate();
+    new_cert_record_of_tbs(cert.tbs_certificate(), subject, profile, request_id)
+}
+
+/// [`new_cert_record`] from the certificate's TBS (as the issuer built it).
+pub fn new_cert_record_of_tbs(
+    tbs: &TbsCertificate,
+    subject: CertSubject,
+    profile: &str,
+    request_id: &str,
+) -> Option<CertRecord> {
     Some(CertRecord {
-        serial: serial_hex(cert)?,
+        serial: pki::CertSerial::from_x509(tbs.serial_number())?.to_hex(),
         subject,
         profile: profile.into(),
         key_fingerprint: hex::encode(pki::alg::spki_fingerprint(tbs.subject_public_key_info())),

@@ -210,7 +210,6 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         // Fail closed (nobody may call it), but say what to add.
         tracing::warn!("roles.toml does not list a method this build serves; add under [methods]: {line}");
     }
-    let ca_registry_shared = registry.is_shared();
     let ca = Ca {
         chain_der,
         require_registration: cfg.config.policy.require_registration,
@@ -234,9 +233,6 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         ocsp: responder,
         ordinals: std::sync::Mutex::new((0, 0)),
         partition_size: cfg.config.crl.partition_size.max(1),
-        // Embedded softtoken and redb (as OCSP's in-place signing): issue on the async workers.
-        issues_in_place: cfg.path(&cfg.config.hsm.module).file_name().is_some_and(|n| n == "libsofttoken.so")
-            && !ca_registry_shared,
     };
     Ok((cfg, Arc::new(ca)))
 }

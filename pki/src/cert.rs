@@ -271,9 +271,17 @@ impl LintedTbs {
     /// [`LintedTbs::assemble`], also returning the certificate's DER as assembled (a caller that
     /// stores or sends it need not encode the certificate again).
     pub fn assemble_with_der(self, signature_der: &[u8]) -> Result<(Certificate, Vec<u8>), IssueError> {
+        let (_, der) = self.assemble_tbs_der(signature_der)?;
+        Ok((Certificate::from_der(&der).map_err(enc)?, der))
+    }
+
+    /// [`LintedTbs::assemble_with_der`] without parsing the certificate just encoded: the TBS as
+    /// built and linted (what a record needs) and the certificate's DER. The signature is checked
+    /// the same way.
+    pub fn assemble_tbs_der(self, signature_der: &[u8]) -> Result<(TbsCertificate, Vec<u8>), IssueError> {
         self.issuer_key.verify(&self.signer_id, &self.der, signature_der).map_err(IssueError::BadSignature)?;
         let der = signed_der(&self.der, signature_der)?;
-        Ok((Certificate::from_der(&der).map_err(enc)?, der))
+        Ok((self.tbs, der))
     }
 }
 

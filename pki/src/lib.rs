@@ -49,4 +49,4 @@ pub use policy::{CertProfile, CrlScope, PolicyError, PolicySet, Source};
 pub use serial::{SerialError, SerialRule, TerminalClass, TerminalSerial};
 
 /// Re-exported so callers need not depend on `x509-cert` for the types we return.
-pub use x509_cert::{Certificate, crl::CertificateList, name::Name};
+pub use x509_cert::{Certificate, certificate::TbsCertificate, crl::CertificateList, name::Name};

@@ -182,52 +182,6 @@ fn replayed_in(
     Ok(Some((Box::new(cert), der)))
 }
 
-/// The write that records a station's issue: every invariant checked inside the transaction
-/// (a replay is refused before anything is written: not even an audit entry of its own).
-fn issue_job(
-    issue: TerminalIssue,
-    hold_until_activation: bool,
-) -> impl FnOnce(&mut dyn StoreWrite) -> Result<IssueOutcome> + Send + 'static {
-    move |s| {
-        let issue = &issue;
-        if s.request(&issue.request_id)?.is_some() {
-            // Answered before (a replay, or a call with the same id that committed first).
-            return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
-        }
-        let mut terminal = match s.terminal(&issue.terminal.serial)? {
-            Some(t) => t,
-            None if issue.register_if_missing => issue.terminal.clone(),
-            None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
-        };
-        let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
-        let req = StationIssue {
-            terminal: &terminal.serial,
-            class: &issue.terminal.class,
-            station: &issue.station,
-            reissue: issue.reissue,
-        };
-        check_station_issue(&req, &terminal, active.as_ref())?;
-        check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
-        let mut cert = issue.cert.clone();
-        cert.station = Some(issue.station.clone());
-        let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
-        if hold_until_activation {
-            let mut held =
-                revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
-            held.activation_hold = true;
-            s.update_cert(&held)?;
-        }
-        let result = RequestResult {
-            kind: "terminal_issue".into(),
-            cert_serial: cert.serial.clone(),
-            request_hash: issue.request_hash.clone(),
-        };
-        s.insert_request(&issue.request_id, &result)?;
-        s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
-        Ok(IssueOutcome::Issued { superseded })
-    }
-}
-
 pub(crate) fn read_cert(s: &mut dyn StoreRead, serial: &str) -> Result<CertRecord> {
     s.cert(serial)?.ok_or_else(|| RegistryError::CertNotFound(serial.into()))
 }
@@ -284,38 +238,51 @@ impl crate::Registry {
         // is written, and the answer comes from `replayed` below. No read before the write: the
         // CA already made that check before signing, and on PostgreSQL a read is three round trips.
         issue.terminal.check_field_lengths()?;
-        let recorded = self.write(event, issue_job(issue.clone(), hold_until_activation));
-        self.settle_issue(&issue.request_id, &issue.request_hash, recorded)
-    }
-
-    /// [`Self::record_terminal_issue_held`] without waiting: the write is queued and `done` gets
-    /// its result once the batch is committed, on the registry writer's thread (it must not
-    /// block; hand the result on). Pass that result through [`Self::settle_issue`].
-    pub fn record_terminal_issue_then(
-        &self,
-        issue: &TerminalIssue,
-        hold_until_activation: bool,
-        event: &AuditEvent,
-        done: impl FnOnce(Result<IssueOutcome>) + Send + 'static,
-    ) {
-        if let Err(e) = issue.terminal.check_field_lengths() {
-            return done(Err(e));
-        }
-        // On a writer that is gone, the job and `done` with it are dropped unanswered.
-        let _ = self.write_then(event, issue_job(issue.clone(), hold_until_activation), Box::new(done));
-    }
-
-    /// The answer to an issue once its write is known: a request id answered before (a replay,
-    /// or a retry racing the first call) is answered with that certificate for the same content.
-    pub fn settle_issue(
-        &self,
-        request_id: &str,
-        request_hash: &str,
-        recorded: Result<IssueOutcome>,
-    ) -> Result<IssueOutcome> {
+        let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
+        let issue = issue.clone();
+        let recorded = self.write(event, move |s| {
+            let issue = &issue;
+            if s.request(&issue.request_id)?.is_some() {
+                // Answered before (a replay, or a call with the same id that committed first).
+                return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
+            }
+            let mut terminal = match s.terminal(&issue.terminal.serial)? {
+                Some(t) => t,
+                None if issue.register_if_missing => issue.terminal.clone(),
+                None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
+            };
+            let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
+            let req = StationIssue {
+                terminal: &terminal.serial,
+                class: &issue.terminal.class,
+                station: &issue.station,
+                reissue: issue.reissue,
+            };
+            check_station_issue(&req, &terminal, active.as_ref())?;
+            check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
+            let mut cert = issue.cert.clone();
+            cert.station = Some(issue.station.clone());
+            let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
+            if hold_until_activation {
+                let mut held =
+                    revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
+                held.activation_hold = true;
+                s.update_cert(&held)?;
+            }
+            let result = RequestResult {
+                kind: "terminal_issue".into(),
+                cert_serial: cert.serial.clone(),
+                request_hash: issue.request_hash.clone(),
+            };
+            s.insert_request(&issue.request_id, &result)?;
+            s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
+            Ok(IssueOutcome::Issued { superseded })
+        });
         match recorded {
+            // A replay, or a race with a call of the same id that committed first (a station
+            // retrying while its first call still ran): the same content gets that certificate.
             Err(RegistryError::RequestIdReused(id)) => {
-                self.replayed(request_id, request_hash)?.ok_or(RegistryError::RequestIdReused(id))
+                self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
             }
             other => other,
         }

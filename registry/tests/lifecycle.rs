@@ -329,44 +329,12 @@ fn one_read_answers_a_replay_or_the_life_cycle_verdict(kind: Kind) {
 fn a_principal_certificate_comes_with_its_principal(kind: Kind) {
     let (_d, reg) = open(kind);
     add_admin(&reg, "admin", "init");
-    let (rec, der, p) = reg.principal_certificate("CERT-admin").expect("read").expect("known");
-    assert_eq!((rec.serial.as_str(), der.as_slice()), ("CERT-admin", b"der".as_slice()));
-    assert_eq!(p.map(|p| p.name), Some("admin".into()));
+    let known = reg.principal_certificate("CERT-admin").expect("read").expect("known");
+    assert_eq!((known.record.serial.as_str(), known.der.as_slice()), ("CERT-admin", b"der".as_slice()));
+    assert_eq!(known.principal.map(|p| p.name), Some("admin".into()));
     reg.record_terminal_issue(&station_issue("r1", "station-1", "C1", "k1", false), &ev("issue", T)).expect("issue");
     assert!(reg.principal_certificate("C1").expect("read").is_none(), "a terminal's certificate");
     assert!(reg.principal_certificate("NOPE").expect("read").is_none());
-}
-
-/// The issue write without a waiting thread: the result comes after the commit (durable: a
-/// reopened registry has it), and a replay's raw refusal settles into the first certificate.
-fn an_issue_queued_without_waiting_is_answered_after_its_commit(kind: Kind) {
-    let (_d, reg) = open(kind);
-    let queued = |i: &TerminalIssue| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        reg.record_terminal_issue_then(i, false, &ev("issue", T), move |r| tx.send(r).expect("send"));
-        rx.recv().expect("answered")
-    };
-    let first = station_issue("r1", "station-1", "C1", "k1", false);
-    assert_eq!(queued(&first), Ok(IssueOutcome::Issued { superseded: None }));
-    assert_eq!(reg.terminal(T).expect("t").expect("t").active_cert.as_deref(), Some("C1"));
-    assert_eq!(reg.audit_tail(1).expect("audit")[0].event.action, "issue", "audited in the same commit");
-
-    let raw = queued(&first);
-    assert_eq!(raw, Err(RegistryError::RequestIdReused("r1".into())));
-    match reg.settle_issue("r1", &first.request_hash, raw).expect("settled") {
-        IssueOutcome::Replayed { cert, .. } => assert_eq!(cert.serial, "C1"),
-        other => panic!("not a replay: {other:?}"),
-    }
-    let other_content = TerminalIssue { request_hash: "other".into(), ..first.clone() };
-    let raw = queued(&other_content);
-    assert_eq!(reg.settle_issue("r1", "other", raw), Err(RegistryError::RequestIdReused("r1".into())));
-    // A refused write wrote nothing: still one certificate, one issue entry.
-    let too_long = TerminalIssue {
-        terminal: TerminalRecord { model: "m".repeat(10_000), ..first.terminal.clone() },
-        ..station_issue("r2", "station-1", "C2", "k2", true)
-    };
-    assert!(queued(&too_long).is_err());
-    assert_eq!(reg.certificate("C2").expect("read"), None);
 }
 
 #[test]
@@ -390,5 +358,4 @@ on_both_backends!(
     a_new_admin_acts_only_after_a_second_admin_approves,
     one_read_answers_a_replay_or_the_life_cycle_verdict,
     a_principal_certificate_comes_with_its_principal,
-    an_issue_queued_without_waiting_is_answered_after_its_commit,
 );

@@ -11,7 +11,8 @@ use sm3::Digest;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert::{
-    bad_request, class_name, der_of, issuer_status, normal_serial, ra_status, record_of, registry_status, status_msg,
+    bad_request, class_name, der_of, issuer_status, normal_serial, ra_status, record_of_tbs, registry_status,
+    status_msg,
 };
 use super::{Ca, Incoming, Services, blocking};
 use crate::auth::Caller;
@@ -19,85 +20,24 @@ use crate::issuer::Issuer;
 use crate::ra::{self, TerminalRequest};
 use crate::records::now_ms;
 
-const ISSUE_METHOD: &str = "/hsca.v1.CertificateAuthority/IssueTerminalCertificate";
-
-/// What [`Ca::prepare_issue`] leaves to do.
-enum Prepared {
-    /// Answered without a write (a replay).
-    Answered(v1::IssueTerminalCertificateResponse),
-    /// Signed; to be recorded.
-    Record(SignedIssue),
-}
-
-/// A certificate signed for a request, with what records it.
-struct SignedIssue {
-    issue: registry::TerminalIssue,
-    event: registry::AuditEvent,
-}
-
 impl Ca {
     /// `IssueTerminalCertificate`.
     pub fn issue_terminal(
         &self,
         req: Incoming<v1::IssueTerminalCertificateRequest>,
     ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
-        let caller = self.authenticate(&req, ISSUE_METHOD)?;
+        let caller = self.authenticate(&req, "/hsca.v1.CertificateAuthority/IssueTerminalCertificate")?;
         let m = &req.msg;
         let target = m.terminal_serial.clone();
-        let result = self.prepare_issue(&caller, m).and_then(|prepared| match prepared {
-            Prepared::Answered(answer) => Ok(answer),
-            Prepared::Record(signed) => {
-                let recorded =
-                    self.registry.record_terminal_issue_held(&signed.issue, self.hold_until_activation, &signed.event);
-                self.issue_recorded(signed, recorded)
-            }
-        });
+        let result = self.issue_terminal_for(&caller, m);
         result.map_err(|s| self.refuse(&caller, "issue", &target, s))
     }
 
-    /// `IssueTerminalCertificate` on the async worker ([`Ca::issues_in_place`]): checked and
-    /// signed here (CPU only: in-process HSM, local registry), the commit awaited without
-    /// holding a thread. A refusal's audit write (durable) goes to the blocking pool.
-    pub async fn issue_terminal_in_place(
-        self: std::sync::Arc<Self>,
-        req: Incoming<v1::IssueTerminalCertificateRequest>,
+    fn issue_terminal_for(
+        &self,
+        caller: &Caller,
+        m: &v1::IssueTerminalCertificateRequest,
     ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
-        let caller = self.authenticate(&req, ISSUE_METHOD)?;
-        let result = match self.prepare_issue(&caller, &req.msg) {
-            Ok(Prepared::Answered(answer)) => Ok(answer),
-            Ok(Prepared::Record(signed)) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                self.registry.record_terminal_issue_then(
-                    &signed.issue,
-                    self.hold_until_activation,
-                    &signed.event,
-                    |r| {
-                        let _ = tx.send(r);
-                    },
-                );
-                let recorded = rx.await.unwrap_or_else(|_| {
-                    Err(registry::RegistryError::Storage("write abandoned by the registry writer".into()))
-                });
-                let recorded =
-                    self.registry.settle_issue(&signed.issue.request_id, &signed.issue.request_hash, recorded);
-                self.issue_recorded(signed, recorded)
-            }
-            Err(s) => Err(s),
-        };
-        match result {
-            Ok(answer) => Ok(answer),
-            Err(s) => {
-                let target = req.msg.terminal_serial.clone();
-                tokio::task::spawn_blocking(move || self.refuse(&caller, "issue", &target, s))
-                    .await
-                    .map_or_else(|e| Err(status(Code::Internal, Reason::Internal, e.to_string())), Err)
-            }
-        }
-    }
-
-    /// Everything before the write: the answer to a replay, or a certificate signed (checked,
-    /// linted, its signature verified) with its record and audit event.
-    fn prepare_issue(&self, caller: &Caller, m: &v1::IssueTerminalCertificateRequest) -> Result<Prepared, Status> {
         if m.request_id.is_empty() || m.request_id.len() > 128 {
             return Err(bad_request("request_id must be 1 to 128 characters"));
         }
@@ -128,13 +68,13 @@ impl Ca {
         let station_issue = match precheck {
             Precheck::Replayed { cert, der } => {
                 self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(Prepared::Answered(v1::IssueTerminalCertificateResponse {
+                return Ok(v1::IssueTerminalCertificateResponse {
                     certificate_der: der,
                     chain_der: self.chain(),
                     certificate_serial: cert.serial,
                     replayed: true,
                     superseded_serial: String::new(),
-                }));
+                });
             }
             Precheck::New { station_issue } => station_issue,
         };
@@ -181,21 +121,11 @@ impl Ca {
             reissue: m.reissue,
             station: caller.name.clone(),
             cert: cert_record,
-            der,
+            der: der.clone(),
         };
         let action = if m.reissue { "reissue" } else { "issue" };
         let event = Self::event(caller, action, &serial, format!("certificate {cert_serial}"));
-        Ok(Prepared::Record(SignedIssue { issue, event }))
-    }
-
-    /// The answer once the write of `signed` is known (committed, or why not).
-    fn issue_recorded(
-        &self,
-        signed: SignedIssue,
-        recorded: Result<IssueOutcome, registry::RegistryError>,
-    ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
-        let SignedIssue { issue, .. } = signed;
-        let (cert_serial, der) = (issue.cert.serial, issue.der);
+        let recorded = self.registry.record_terminal_issue_held(&issue, self.hold_until_activation, &event);
         match recorded.map_err(|e| registry_status(&e))? {
             IssueOutcome::Issued { superseded } => {
                 self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -245,10 +175,10 @@ impl Ca {
             name: None,
             crl_partition: Some(partition),
         };
-        let (cert, der) = Issuer::new(self.signer.as_ref(), &self.issuer_info)
-            .issue_with_der(profile, &vars, key, SystemTime::now())
+        let (tbs, der) = Issuer::new(self.signer.as_ref(), &self.issuer_info)
+            .issue_tbs_der(profile, &vars, key, SystemTime::now())
             .map_err(|e| issuer_status(&e))?;
-        let mut rec = record_of(&cert, CertSubject::Terminal { serial: t.serial.clone() }, "terminal", request_id)?;
+        let mut rec = record_of_tbs(&tbs, CertSubject::Terminal { serial: t.serial.clone() }, "terminal", request_id)?;
         rec.crl_partition = Some(partition);
         Ok((rec, der))
     }
@@ -327,20 +257,9 @@ impl Ca {
 }
 
 handlers!(v1::certificate_authority_server::CertificateAuthority;
+    issue_terminal_certificate(v1::IssueTerminalCertificateRequest) -> v1::IssueTerminalCertificateResponse => issue_terminal;
     confirm_provisioning(v1::ConfirmProvisioningRequest) -> v1::ConfirmProvisioningResponse => confirm;
     get_certificate(v1::GetCertificateRequest) -> v1::CertificateInfo => get_certificate;
     get_certificate_status(v1::GetCertificateStatusRequest) -> v1::CertificateStatus => get_status;
     get_ca_chain(v1::GetCaChainRequest) -> v1::CaChain => get_chain;
-    ;
-    async fn issue_terminal_certificate(
-        &self,
-        req: Request<v1::IssueTerminalCertificateRequest>,
-    ) -> Result<Response<v1::IssueTerminalCertificateResponse>, Status> {
-        let ca = self.0.clone();
-        let incoming = Incoming::from(req);
-        if ca.issues_in_place {
-            return ca.issue_terminal_in_place(incoming).await.map(Response::new);
-        }
-        blocking(move || ca.issue_terminal(incoming)).await
-    }
 );

@@ -23,6 +23,17 @@ pub(super) fn record_of(
         .ok_or_else(|| status(Code::Internal, Reason::Internal, "certificate serial"))
 }
 
+/// [`record_of`] from the TBS the issuer built.
+pub(super) fn record_of_tbs(
+    tbs: &pki::TbsCertificate,
+    subject: CertSubject,
+    profile: &str,
+    request_id: &str,
+) -> Result<CertRecord, Status> {
+    crate::records::new_cert_record_of_tbs(tbs, subject, profile, request_id)
+        .ok_or_else(|| status(Code::Internal, Reason::Internal, "certificate serial"))
+}
+
 /// The gRPC status for a registry refusal.
 pub fn registry_status(e: &RegistryError) -> Status {
     use RegistryError as E;

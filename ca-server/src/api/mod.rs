@@ -64,9 +64,6 @@ pub struct Ca {
     pub ordinals: std::sync::Mutex<(u64, u64)>,
     /// Certificates per CRL partition (`[crl] partition_size`).
     pub partition_size: u64,
-    /// Whether issuance runs on the async workers, waiting for its commit without a thread:
-    /// only when the HSM signs in this process and the registry is local (no round trips).
-    pub issues_in_place: bool,
 }
 
 /// A decoded request with what authentication needs.

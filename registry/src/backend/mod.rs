@@ -33,31 +33,18 @@ pub(crate) fn run_batch<J>(batch: Vec<J>, mut run: impl FnMut(J) -> (bool, Finis
 /// A job's outcome in a batch: whether its error breaks the batch (storage or corruption: the
 /// batch must not commit), and the finisher that answers `reply` once the commit is known — a
 /// job's success stands only if its batch committed.
-pub(crate) fn job_outcome<T: Send + 'static>(result: Result<T>, deliver: Deliver<T>) -> (bool, Finish) {
+pub(crate) fn job_outcome<T: Send + 'static>(
+    result: Result<T>,
+    reply: std::sync::mpsc::SyncSender<Result<T>>,
+) -> (bool, Finish) {
     let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
     let finish: Finish = Box::new(move |commit| {
-        deliver(match (result, commit) {
+        let _ = reply.send(match (result, commit) {
             (Ok(v), Ok(())) => Ok(v),
             (Ok(_), Err(e)) | (Err(e), _) => Err(e),
         });
     });
     (fatal, finish)
-}
-
-/// Hands a write's result to its caller once its batch is committed (or not). Called on the
-/// writer's thread: it must not block.
-pub(crate) type Deliver<T> = Box<dyn FnOnce(Result<T>) + Send>;
-
-/// Waits for a write submitted with a [`Deliver`] (the blocking form of a write).
-pub(crate) fn wait_for<T: Send + 'static>(
-    submit: impl FnOnce(Deliver<T>) -> Result<()>,
-    abandoned: &'static str,
-) -> Result<T> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
-    submit(Box::new(move |r| {
-        let _ = tx.send(r);
-    }))?;
-    rx.recv().map_err(|_| RegistryError::Storage(abandoned.into()))?
 }
 
 /// What every job of a batch that one of them broke is told.
@@ -91,19 +78,6 @@ impl Backend {
         match self {
             Self::Redb(r) => r.write(f),
             Self::Postgres(p) => p.write(f),
-        }
-    }
-
-    /// Queues `f` for the next batch and returns at once; `deliver` gets its result after the
-    /// commit (on the writer's thread). `Err` when the writer is gone (nothing was queued).
-    pub(crate) fn write_then<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
-        deliver: Deliver<T>,
-    ) -> Result<()> {
-        match self {
-            Self::Redb(r) => r.write_then(f, deliver),
-            Self::Postgres(p) => p.write_then(f, deliver),
         }
     }
 

@@ -383,18 +383,7 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        super::wait_for(
-            |deliver| self.write_then(f, deliver),
-            "write abandoned by the registry writer (PostgreSQL unreachable?)",
-        )
-    }
-
-    /// Queues `f` for the writer's next batch; `deliver` gets its result once that is committed.
-    pub(crate) fn write_then<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
-        deliver: super::Deliver<T>,
-    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache, tail: &mut AuditTail| {
             // The savepoint `job` is already set (by the batch's first round trip, or by the job
             // before): releasing it and setting the next one is one round trip, not two.
@@ -410,10 +399,13 @@ impl PgStore {
                 // What the job wrote is rolled back, its audit entry with it.
                 *tail = None;
             }
-            super::job_outcome(result, deliver)
+            super::job_outcome(result, tx)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
-        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
+        rx.recv().map_err(|_| {
+            RegistryError::Storage("write abandoned by the registry writer (PostgreSQL unreachable?)".into())
+        })?
     }
 }
 

@@ -361,21 +361,14 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        super::wait_for(|deliver| self.write_then(f, deliver), "write abandoned by the registry writer")
-    }
-
-    /// Queues `f` for the next batch transaction; `deliver` gets its result once that is committed.
-    pub(crate) fn write_then<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
-        deliver: super::Deliver<T>,
-    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         let job: Job = Box::new(move |txn| {
             let result = f(&mut RedbWrite(txn));
-            super::job_outcome(result, deliver)
+            super::job_outcome(result, tx)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
-        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
+        rx.recv().map_err(|_| RegistryError::Storage("write abandoned by the registry writer".into()))?
     }
 
     /// Writes a consistent copy (one read snapshot) of every table to a new database at `out`,
