@@ -30,6 +30,9 @@ pub fn random(buf: &mut [u8]) -> Result<(), CryptoError> {
 /// scalars when dropped).
 pub struct Sm2Secret {
     key: sm2_dsa::SigningKey,
+    /// The last signer ID's Z: a key signs with one ID in practice, and Z is an SM3 of ~200
+    /// bytes per signature otherwise (public data).
+    last_z: std::sync::Mutex<Option<(Vec<u8>, [u8; 32])>>,
 }
 
 impl Sm2Secret {
@@ -37,7 +40,7 @@ impl Sm2Secret {
     pub fn from_scalar(bytes: &[u8]) -> Result<Self, CryptoError> {
         let bytes: &[u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
         let key = sm2_dsa::SigningKey::from_bytes(bytes).map_err(|_| CryptoError::BadKey)?;
-        Ok(Self { key })
+        Ok(Self { key, last_z: std::sync::Mutex::new(None) })
     }
 
     /// A fresh key; returns it with its scalar (for storage) and uncompressed public point.
@@ -56,9 +59,19 @@ impl Sm2Secret {
         self.key.verifying_key().to_sec1_uncompressed().to_vec()
     }
 
-    /// Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA) for this key.
+    /// Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA) for this key (the last ID's kept).
     pub fn z(&self, id: &[u8]) -> Result<[u8; 32], CryptoError> {
-        z_value(id, &self.public_point())
+        if let Ok(last) = self.last_z.lock()
+            && let Some((last_id, z)) = last.as_ref()
+            && last_id.as_slice() == id
+        {
+            return Ok(*z);
+        }
+        let z = z_value(id, &self.public_point())?;
+        if let Ok(mut last) = self.last_z.lock() {
+            *last = Some((id.to_vec(), z));
+        }
+        Ok(z)
     }
 
     /// Signs a 32-byte e = SM3(Z ‖ M); returns r ‖ s.

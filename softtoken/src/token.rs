@@ -526,12 +526,12 @@ impl Inner {
                     Mech::Sm2Raw if param.is_empty() => SignOp::Sm2Raw { key, buf: Vec::new() },
                     Mech::Sm2Sm3 => {
                         let id = if param.is_empty() { DEFAULT_SIGNER_ID } else { param };
-                        let point = match &key {
-                            KeyRef::Private(s) => s.public_point(),
-                            KeyRef::Public(p) => p.clone(),
+                        let z = match &key {
+                            KeyRef::Private(s) => s.z(id),
+                            KeyRef::Public(p) => crypto::z_value(id, p),
                             KeyRef::Secret(_) => return Err(CKR_KEY_TYPE_INCONSISTENT),
-                        };
-                        let z = crypto::z_value(id, &point).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
+                        }
+                        .map_err(|_| CKR_MECHANISM_PARAM_INVALID)?;
                         let mut hasher = Sm3Hasher::new();
                         hasher.update(z);
                         SignOp::Sm2Sm3 { key, hasher }

@@ -48,6 +48,10 @@ fn sm2_signatures_verify_with_the_sm2_crate() {
     let with_id = Mechanism::VendorDefined(VendorDefinedMechanism::new(vendor(CKM_SM2_SM3), Some(&id)));
     let sig = s.sign(&with_id, private, msg).expect("sign with id");
     assert!(sm2_verify(&p, "ALICE123@YAHOO.COM", msg, &sig));
+    // Back to the default ID (the key keeps the last ID's Z: it must not be reused for another).
+    let sig = s.sign(&mech(CKM_SM2_SM3), private, msg).expect("sign");
+    assert!(sm2_verify(&p, "1234567812345678", msg, &sig));
+    assert!(!sm2_verify(&p, "ALICE123@YAHOO.COM", msg, &sig));
     // Raw mode: we hash Z ‖ M, the token signs e.
     let z = softtoken::crypto::z_value(b"1234567812345678", &p).expect("z");
     let e = softtoken::crypto::sm3(&[&z[..], msg].concat());
