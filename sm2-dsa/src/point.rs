@@ -411,31 +411,29 @@ unsafe fn select_row_avx2(row: &[Affine], masks: &[u64; MULTIPLES]) -> Affine {
     // SAFETY: reads the MULTIPLES entries of `row` (64 bytes each: `Affine` is repr(C) of two
     // repr(transparent) [u64; 4]) and the MULTIPLES masks, writes the 64 bytes of `out`.
     unsafe {
+        // Fixed registers: `vzeroupper` changes every ymm register, which only `clobber_abi`
+        // can declare, and it admits no register-class operands.
         core::arch::asm!(
-            "vpxor {x}, {x}, {x}",
-            "vpxor {y}, {y}, {y}",
+            "vpxor ymm0, ymm0, ymm0",
+            "vpxor ymm1, ymm1, ymm1",
             "2:",
-            "vpbroadcastq {m}, qword ptr [{masks}]",
-            "vpand {t}, {m}, ymmword ptr [{row}]",
-            "vpand {u}, {m}, ymmword ptr [{row} + 32]",
-            "vpor {x}, {x}, {t}",
-            "vpor {y}, {y}, {u}",
-            "add {row}, 64",
-            "add {masks}, 8",
-            "dec {n}",
+            "vpbroadcastq ymm2, qword ptr [rdi]",
+            "vpand ymm3, ymm2, ymmword ptr [rsi]",
+            "vpand ymm4, ymm2, ymmword ptr [rsi + 32]",
+            "vpor ymm0, ymm0, ymm3",
+            "vpor ymm1, ymm1, ymm4",
+            "add rsi, 64",
+            "add rdi, 8",
+            "dec rcx",
             "jnz 2b",
-            "vmovdqu ymmword ptr [{out}], {x}",
-            "vmovdqu ymmword ptr [{out} + 32], {y}",
+            "vmovdqu ymmword ptr [rdx], ymm0",
+            "vmovdqu ymmword ptr [rdx + 32], ymm1",
             "vzeroupper",
-            row = inout(reg) row.as_ptr() => _,
-            masks = inout(reg) masks.as_ptr() => _,
-            n = inout(reg) MULTIPLES => _,
-            out = in(reg) out.as_mut_ptr(),
-            x = out(ymm_reg) _,
-            y = out(ymm_reg) _,
-            m = out(ymm_reg) _,
-            t = out(ymm_reg) _,
-            u = out(ymm_reg) _,
+            inout("rsi") row.as_ptr() => _,
+            inout("rdi") masks.as_ptr() => _,
+            inout("rcx") MULTIPLES => _,
+            in("rdx") out.as_mut_ptr(),
+            clobber_abi("C"),
             options(nostack),
         );
     }
@@ -680,20 +678,7 @@ mod timing {
     fn comb_speed() {
         let table = FixedBaseTable::new(&ProjectivePoint::GENERATOR).expect("table");
         let k = Scalar::generate();
-        // median and minimum of 41 batches: the machine is shared, single runs swing by 25 %
-        let time = |name: &str, f: &mut dyn FnMut()| {
-            let mut per: Vec<f64> = (0..41)
-                .map(|_| {
-                    let start = std::time::Instant::now();
-                    for _ in 0..500 {
-                        f();
-                    }
-                    start.elapsed().as_nanos() as f64 / 500.0
-                })
-                .collect();
-            per.sort_by(f64::total_cmp);
-            println!("{name}: median {:.0} ns, min {:.0} ns", per[per.len() / 2], per[0]);
-        };
+        let time = crate::median_time;
         let digits = signed_digits(&k);
         time("[k]G constant time", &mut || {
             std::hint::black_box(table.mul_ct(std::hint::black_box(&k)));
