@@ -78,7 +78,8 @@ pub struct Responder {
     /// Bumped by every refresh.
     epoch: AtomicU64,
     /// Serial → the epoch of its last refresh: an answer signed from a registry read that began
-    /// before that refresh is served once but not cached (it may predate the revocation).
+    /// before that refresh is served once but not cached (it may predate the revocation), nor is
+    /// an earlier refresh's. Checked under the cache write lock (order: cache, then marks).
     marks: std::sync::Mutex<HashMap<Vec<u8>, u64>>,
     /// (window start, signatures in it), against `budget_per_second`.
     budget: std::sync::Mutex<(std::time::Instant, u32)>,
@@ -102,8 +103,6 @@ pub struct Work {
     ids: Vec<CertId>,
     /// `Some`: a fresh answer echoing this nonce (if any); `None`: the pre-signed answer.
     nonce: Option<Option<Vec<u8>>>,
-    /// The status of `ids[0]` in the cache, if it has it.
-    cached_status: Option<CertStatus>,
 }
 
 /// What every signature of a responder key reuses.
@@ -207,15 +206,13 @@ impl Responder {
                 }
                 return match self.cached_answer(id) {
                     Some(a) => Plan::Ready(a),
-                    None => Plan::Sign(Work { ids: req.cert_ids, nonce: None, cached_status: None }),
+                    None => Plan::Sign(Work { ids: req.cert_ids, nonce: None }),
                 };
             }
-            let cached_status = self.cached_status(id);
-            return Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce), cached_status });
         } else if !self.spend() {
             return Plan::Ready(unsigned(OcspResponseStatus::TryLater));
         }
-        Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce), cached_status: None })
+        Plan::Sign(Work { ids: req.cert_ids, nonce: Some(req.nonce) })
     }
 
     /// Whether [`Responder::finish`] may run on an async worker: the HSM signs in this
@@ -233,7 +230,7 @@ impl Responder {
 
     /// Does what [`Responder::plan`] left: reads the registry and signs. Blocking (HSM, registry).
     pub fn finish(&self, registry: &Registry, work: Work) -> Answer {
-        let Work { ids, nonce, cached_status } = work;
+        let Work { ids, nonce } = work;
         let Some(nonce) = nonce else {
             // A pre-signed answer not in the cache (only single-certificate requests get here).
             return match ids.first() {
@@ -241,13 +238,17 @@ impl Responder {
                 None => unsigned(OcspResponseStatus::MalformedRequest),
             };
         };
+        // Only this process changes this registry, and it re-signs the cache before any change is
+        // acknowledged: the cached status is the registry's, without a read transaction. Looked
+        // up after `now`, so it holds every change acknowledged before the thisUpdate it gets.
+        // Other instances sharing a registry are heard of by polling: there, read it.
+        let now = SystemTime::now();
+        let cached_status = match ids.as_slice() {
+            [id] if !registry.is_shared() => self.cached_status(id),
+            _ => None,
+        };
         let signed = match (cached_status, ids.as_slice()) {
-            // Only this process changes this registry, and it re-signs the cache before any change
-            // is acknowledged: the cached status is the registry's, without a read transaction.
-            // Other instances sharing a registry are heard of by polling: there, read it.
-            (Some(status), [id]) if !registry.is_shared() => {
-                self.sign_responses(&[self.single_response(id, status, SystemTime::now())], nonce.as_deref())
-            }
+            (Some(status), [id]) => self.sign_responses(&[self.single_response(id, status, now)], nonce.as_deref()),
             _ => self
                 .statuses(registry, &ids)
                 .and_then(|(responses, _)| self.sign_responses(&responses, nonce.as_deref())),
@@ -327,16 +328,20 @@ impl Responder {
         b.1 <= self.budget_per_second
     }
 
+    /// Caches an answer signed from a registry read that began at `epoch`, unless a refresh of
+    /// its serial began since. The marks are checked under the cache write lock: a refresh that
+    /// marks the serial after the check scans the cache after the insert, so it re-signs it.
     fn insert_unless_refreshed(&self, id: &CertId, der: Bytes, status: CertStatus, epoch: u64) {
+        let Ok(mut c) = self.cache.write() else { return };
         let refreshed_since = self.marks.lock().map_or(true, |m| m.get(&id.serial).is_some_and(|m| *m > epoch));
+        #[cfg(test)]
+        tests::hook(tests::Point::PresignInsert);
         if refreshed_since {
             return;
         }
-        if let Ok(mut c) = self.cache.write() {
-            let refresh_at = SystemTime::now() + self.validity / 2;
-            let used = std::sync::atomic::AtomicBool::new(false);
-            c.insert(key_of(id), Cached { der, refresh_at, cert_id: id.clone(), status, used });
-        }
+        let refresh_at = SystemTime::now() + self.validity / 2;
+        let used = std::sync::atomic::AtomicBool::new(false);
+        c.insert(key_of(id), Cached { der, refresh_at, cert_id: id.clone(), status, used });
     }
 
     /// Re-signs the cached answers about `serial` (hex), now: called after its status changed
@@ -363,7 +368,13 @@ impl Responder {
             // This read follows the commit: its answer may replace anything cached.
             match self.sign(registry, std::array::from_ref(&id), None) {
                 Ok((der, [status])) => {
-                    if let Ok(mut c) = self.cache.write() {
+                    #[cfg(test)]
+                    tests::hook(tests::Point::RefreshInsert);
+                    // Lock order cache, then marks (as the insert above): a later refresh of this
+                    // serial read the registry later, its answer stays.
+                    if let Ok(mut c) = self.cache.write()
+                        && self.marks.lock().is_ok_and(|m| m.get(serial.as_bytes()) == Some(&epoch))
+                    {
                         let refresh_at = SystemTime::now() + self.validity / 2;
                         let used = std::sync::atomic::AtomicBool::new(true);
                         let cert_id = id.clone();
@@ -518,4 +529,238 @@ fn key_of(id: &CertId) -> Key {
 
 fn unsigned(status: OcspResponseStatus) -> Answer {
     Answer { der: error_response(status).into(), cached: false, max_age: None }
+}
+
+#[cfg(test)]
+#[path = "../../pki/tests/support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    //! Races between a cache insert and a refresh, made deterministic by a hook that runs the
+    //! competing refresh at the worst moment.
+
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::{Duration, SystemTime};
+
+    use pki::CertSerial;
+    use pki::ocsp::{CertIdHash, CertStatus, IssuerHashes, build_request, parse_request};
+    use registry::{AuditEvent, CertSubject, Registry, RevocationReason, TerminalIssue, TerminalRecord, TerminalState};
+
+    use super::support;
+    use super::{Responder, ResponderKey};
+    use crate::records::new_cert_record;
+
+    /// Where in the responder a hook runs.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(super) enum Point {
+        /// A cache miss's answer is signed; its "refreshed since?" check is done, its insert not.
+        PresignInsert,
+        /// A refresh's answer is signed, not yet inserted.
+        RefreshInsert,
+    }
+
+    type Hook = (Point, Box<dyn FnOnce()>);
+
+    thread_local! {
+        // Per thread: only the test's own thread runs it, never the refresh it starts.
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs (once) the hook set for `point` on this thread.
+    pub(super) fn hook(point: Point) {
+        let f = HOOK.with(|h| {
+            let mut h = h.borrow_mut();
+            if h.as_ref().is_some_and(|(p, _)| *p == point) { h.take().map(|(_, f)| f) } else { None }
+        });
+        if let Some(f) = f {
+            f();
+        }
+    }
+
+    fn set_hook(point: Point, f: impl FnOnce() + 'static) {
+        HOOK.with(|h| *h.borrow_mut() = Some((point, Box::new(f))));
+    }
+
+    fn ev() -> AuditEvent {
+        AuditEvent {
+            time_ms: 1,
+            actor: "test".into(),
+            action: "x".into(),
+            target: "y".into(),
+            outcome: "ok".into(),
+            detail: String::new(),
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        reg: Arc<Registry>,
+        responder: Arc<Responder>,
+        issuing: support::Ca,
+        cert: pki::Certificate,
+        serial_hex: String,
+    }
+
+    /// A redb registry holding one good terminal certificate, and its responder.
+    fn fixture() -> Fixture {
+        let policy = support::policy();
+        let now = SystemTime::now();
+        let root = support::make_root(&policy, now);
+        let issuing = support::make_issuing(&policy, &root, now);
+        let (responder_cert, responder_key) = support::make_ocsp_signer(&policy, &issuing, now);
+        let serial = "HSTM01261100000K";
+        let terminal_key = support::key();
+        let vars = support::terminal_vars(serial, "II");
+        let cert = support::issue(&policy, "terminal", &vars, terminal_key.sm2_public_key(), &issuing, now);
+        let dir = tempfile::tempdir().expect("tmp");
+        let reg = Registry::open(&dir.path().join("r.redb")).expect("registry");
+        let rec =
+            new_cert_record(&cert, CertSubject::Terminal { serial: serial.into() }, "terminal", "r1").expect("rec");
+        let issue = TerminalIssue {
+            request_id: "r1".into(),
+            request_hash: "h".into(),
+            terminal: TerminalRecord {
+                serial: serial.into(),
+                class: "II".into(),
+                manufacturer: "HSTM".into(),
+                model: "01".into(),
+                lot: None,
+                state: TerminalState::Registered,
+                active_cert: None,
+                updated_ms: 0,
+            },
+            register_if_missing: true,
+            reissue: false,
+            station: "station-1".into(),
+            cert: rec.clone(),
+            der: der::Encode::to_der(&cert).expect("der"),
+        };
+        reg.record_terminal_issue(&issue, &ev()).expect("record");
+        let key = ResponderKey { signer: Arc::new(responder_key), certificate: responder_cert, delegated: true };
+        let responder = Responder::new(key, &issuing.cert, Duration::from_secs(3600)).expect("responder");
+        Fixture { _dir: dir, reg: Arc::new(reg), responder: Arc::new(responder), issuing, cert, serial_hex: rec.serial }
+    }
+
+    impl Fixture {
+        /// A request about the certificate, without a nonce.
+        fn request(&self) -> Vec<u8> {
+            let hashes = IssuerHashes::new(&self.issuing.cert).expect("hashes");
+            let serial = CertSerial::of(&self.cert).expect("serial");
+            build_request(&[hashes.cert_id(CertIdHash::Sha1, &serial)], None).expect("request")
+        }
+
+        /// A request about the certificate with `nonce`.
+        fn request_with_nonce(&self, nonce: &[u8]) -> Vec<u8> {
+            let hashes = IssuerHashes::new(&self.issuing.cert).expect("hashes");
+            let serial = CertSerial::of(&self.cert).expect("serial");
+            build_request(&[hashes.cert_id(CertIdHash::Sha1, &serial)], Some(nonce)).expect("request")
+        }
+
+        /// What the cache now answers about the certificate (`None`: nothing cached).
+        fn cached_status(&self) -> Option<CertStatus> {
+            let req = parse_request(&self.request()).expect("parse");
+            let answer = self.responder.cached_answer(&req.cert_ids[0])?;
+            let v = pki::ocsp::verify_response(
+                &answer.der,
+                &self.issuing.cert,
+                &pki::SignerId::default(),
+                SystemTime::now(),
+            )
+            .expect("verify");
+            Some(v.responses[0].status)
+        }
+
+        /// Revokes the certificate, says so on `committed`, and refreshes the responder, as the
+        /// revocation RPC does before it answers.
+        fn revoke_and_refresh(&self, committed: Option<mpsc::Sender<()>>) -> impl FnOnce() + Send + 'static {
+            let (reg, responder, serial) = (self.reg.clone(), self.responder.clone(), self.serial_hex.clone());
+            move || {
+                reg.revoke(&serial, RevocationReason::KeyCompromise, 5, Some(4), &ev()).expect("revoke");
+                if let Some(tx) = committed {
+                    tx.send(()).expect("the test waits");
+                }
+                responder.refresh(&reg, &serial);
+            }
+        }
+    }
+
+    /// F1 (a): a cache miss read "good" and signed it; the revocation commits and its refresh runs
+    /// after the miss checked the refresh marks but before it inserted. Once the refresh is done
+    /// (the RPC may answer), the cache must not hold "good". (It used to: the refresh found
+    /// nothing to re-sign, then the stale answer was inserted and served for half its validity.)
+    #[test]
+    fn a_revocation_refreshed_during_a_miss_insert_leaves_no_good_answer_cached() {
+        let f = fixture();
+        let (committed_tx, committed_rx) = mpsc::channel();
+        let revoke_and_refresh = f.revoke_and_refresh(Some(committed_tx));
+        let refresh_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>> = Default::default();
+        let slot = refresh_thread.clone();
+        set_hook(Point::PresignInsert, move || {
+            let handle = std::thread::spawn(revoke_and_refresh);
+            *slot.lock().expect("slot") = Some(handle);
+            committed_rx.recv().expect("the revocation commits");
+            // Lets the refresh get as far as it can: to its end where the insert takes no lock
+            // before checking the marks; to the cache lock where the insert holds it.
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let answer = f.responder.respond(&f.reg, &f.request());
+        assert!(!answer.cached, "a miss, signed now");
+        let handle = refresh_thread.lock().expect("slot").take().expect("the hook ran");
+        handle.join().expect("refresh");
+        assert!(
+            matches!(f.cached_status(), Some(CertStatus::Revoked { .. }) | None),
+            "after the acknowledged revocation the cache says {:?}",
+            f.cached_status()
+        );
+    }
+
+    /// F1 (b): two refreshes of one serial (an activation release, then a revocation), the
+    /// earlier one's answer signed before the revocation but inserted after the later one's.
+    /// The later (revoked) answer must stay. (It used to be overwritten with "good".)
+    #[test]
+    fn an_earlier_refresh_does_not_overwrite_a_later_one() {
+        let f = fixture();
+        let first = f.responder.respond(&f.reg, &f.request());
+        assert!(!first.cached);
+        assert_eq!(f.cached_status(), Some(CertStatus::Good));
+        let revoke_and_refresh = f.revoke_and_refresh(None);
+        set_hook(Point::RefreshInsert, move || {
+            std::thread::spawn(revoke_and_refresh).join().expect("the later refresh");
+        });
+        // The earlier refresh: reads "good", then the later one runs to its end, then it inserts.
+        f.responder.refresh(&f.reg, &f.serial_hex);
+        assert!(
+            matches!(f.cached_status(), Some(CertStatus::Revoked { .. }) | None),
+            "after both refreshes the cache says {:?}",
+            f.cached_status()
+        );
+    }
+
+    /// F2: a nonce request planned before a revocation and signed after it was acknowledged
+    /// states "revoked": its status is looked up when it is signed, not when it was planned.
+    /// (It used to carry the status from the plan: "good", with a thisUpdate after the revocation.)
+    #[test]
+    fn a_nonce_answer_signed_after_an_acknowledged_revocation_says_revoked() {
+        let f = fixture();
+        f.responder.respond(&f.reg, &f.request());
+        assert_eq!(f.cached_status(), Some(CertStatus::Good));
+        let super::Plan::Sign(work) = f.responder.plan_der(&f.request_with_nonce(b"n1")) else {
+            panic!("a nonce within the budget needs a signature");
+        };
+        f.revoke_and_refresh(None)();
+        let acknowledged = SystemTime::now();
+        let answer = f.responder.finish(&f.reg, work);
+        let v = pki::ocsp::verify_response(&answer.der, &f.issuing.cert, &pki::SignerId::default(), SystemTime::now())
+            .expect("verify");
+        assert_eq!(v.nonce.as_deref(), Some(&b"n1"[..]));
+        assert!(
+            matches!(v.responses[0].status, CertStatus::Revoked { .. }),
+            "signed after the revocation was acknowledged, it says {:?}",
+            v.responses[0].status
+        );
+        assert!(v.responses[0].this_update + Duration::from_secs(1) >= acknowledged);
+    }
 }
