@@ -2,7 +2,7 @@
 //! registry `init` made), `serve` refusing an unknown schema, and two instances — each with its
 //! own copy of the softtoken token — issuing from one database.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -68,6 +68,31 @@ fn copy_instance(dir_a: &Path, dir_b: &Path, grpc_a: u16, http_a: u16) -> u16 {
     let text = std::fs::read_to_string(&config_b).expect("read");
     std::fs::write(&config_b, text.replace("instance = 1", "instance = 2")).expect("write");
     http_b
+}
+
+/// Two instances on one PostgreSQL server, not yet serving: A made by `init`, then
+/// `configure`d, pointed at the server and migrated into it; B a copy of A ([`copy_instance`]).
+/// The server and the directories live as long as this does.
+struct TwoInstances {
+    _pg: PgServer,
+    _tmp: tempfile::TempDir,
+    dir_a: PathBuf,
+    dir_b: PathBuf,
+    http_a: u16,
+    http_b: u16,
+}
+
+fn two_instances(configure: impl FnOnce(&Path)) -> TwoInstances {
+    let pg = PgServer::start().expect("PostgreSQL test server");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_a = tmp.path().join("a");
+    let (grpc_a, http_a) = init(&dir_a);
+    configure(&dir_a);
+    use_postgres(&dir_a, &pg.url());
+    migrate_from_init(&dir_a);
+    let dir_b = tmp.path().join("b");
+    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    TwoInstances { _pg: pg, _tmp: tmp, dir_a, dir_b, http_a, http_b }
 }
 
 /// `serve` must exit with an error (it would otherwise run until killed).
@@ -311,14 +336,7 @@ async fn issue_until(
 /// issuing and takes the leadership.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_with_16_clients_each_race_and_survive_a_sigkill() {
-    let pg = PgServer::start().expect("PostgreSQL test server");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir_a = tmp.path().join("a");
-    let (grpc_a, http_a) = init(&dir_a);
-    use_postgres(&dir_a, &pg.url());
-    migrate_from_init(&dir_a);
-    let dir_b = tmp.path().join("b");
-    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let TwoInstances { _pg: pg, _tmp, dir_a, dir_b, http_a, http_b } = two_instances(|_| {});
     let mut servers = [Some(Server::start(&dir_a, http_a)), Some(Server::start(&dir_b, http_b))];
     let https = [http_a, http_b];
     let admin_a = admin(&dir_a).await;
@@ -475,16 +493,9 @@ async fn failure_limits_add_up_across_instances_and_both_refuse_a_source_over_th
     const FORBIDDEN: (Code, Reason) = (Code::PermissionDenied, Reason::RoleForbidden);
     const UNSIGNED: (Code, Reason) = (Code::Unauthenticated, Reason::MissingSignature);
     const LIMITED: (Code, Reason) = (Code::ResourceExhausted, Reason::RateLimited);
-    let pg = PgServer::start().expect("PostgreSQL test server");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir_a = tmp.path().join("a");
-    let (grpc_a, http_a) = init(&dir_a);
-    use_postgres(&dir_a, &pg.url());
-    migrate_from_init(&dir_a);
+    let TwoInstances { _pg, _tmp, dir_a, dir_b, http_a, http_b } = two_instances(|_| {});
     let roles = std::fs::read_to_string(dir_a.join("policies/roles.toml")).expect("roles.toml");
     assert!(roles.contains("failures_per_minute = 10"), "the limit this test counts to");
-    let dir_b = tmp.path().join("b");
-    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
     let _a = Server::start(&dir_a, http_a);
     let _b = Server::start(&dir_b, http_b);
     let admin_a = admin(&dir_a).await;
@@ -560,14 +571,7 @@ async fn revoke_on(admin: &proto::client::Client, serial: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_the_crl_leader_signs_followers_serve_its_bytes_and_numbers_rise_across_a_takeover() {
-    let pg = PgServer::start().expect("PostgreSQL test server");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir_a = tmp.path().join("a");
-    let (grpc_a, http_a) = init(&dir_a);
-    use_postgres(&dir_a, &pg.url());
-    migrate_from_init(&dir_a);
-    let dir_b = tmp.path().join("b");
-    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let TwoInstances { _pg, _tmp, dir_a, dir_b, http_a, http_b } = two_instances(|_| {});
     let issuer = issuer_of(&dir_a);
     let a = Server::start(&dir_a, http_a);
     let b = Server::start(&dir_b, http_b);
@@ -653,19 +657,13 @@ fn crl_path_of(cert_der: &[u8]) -> String {
 /// left until the next scheduled run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_revocation_beside_a_leader_revocation_reaches_its_partition_crl() {
-    let pg = PgServer::start().expect("PostgreSQL test server");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir_a = tmp.path().join("a");
-    let (grpc_a, http_a) = init(&dir_a);
-    // One certificate per partition: the two revocations of a round never share one.
-    let config = dir_a.join("ca-server.toml");
-    let text = std::fs::read_to_string(&config).expect("read");
-    assert!(text.contains("partition_size = 100000"), "init's partition size");
-    std::fs::write(&config, text.replace("partition_size = 100000", "partition_size = 1")).expect("write");
-    use_postgres(&dir_a, &pg.url());
-    migrate_from_init(&dir_a);
-    let dir_b = tmp.path().join("b");
-    let http_b = copy_instance(&dir_a, &dir_b, grpc_a, http_a);
+    let TwoInstances { _pg, _tmp, dir_a, dir_b, http_a, http_b } = two_instances(|dir_a| {
+        // One certificate per partition: the two revocations of a round never share one.
+        let config = dir_a.join("ca-server.toml");
+        let text = std::fs::read_to_string(&config).expect("read");
+        assert!(text.contains("partition_size = 100000"), "init's partition size");
+        std::fs::write(&config, text.replace("partition_size = 100000", "partition_size = 1")).expect("write");
+    });
     let issuer = issuer_of(&dir_a);
     let _a = Server::start(&dir_a, http_a);
     let _b = Server::start(&dir_b, http_b);
