@@ -816,21 +816,13 @@ impl PreparedResponder {
         }
         let mut responses = Vec::with_capacity(answers.len() * 128);
         for r in answers {
-            let this_update = whole_seconds(r.this_update);
-            if let Some(next) = r.next_update
-                && whole_seconds(next) <= this_update
-            {
-                return Err(OcspError::NextUpdateNotAfterThisUpdate);
-            }
+            let this_update = checked_this_update(r)?;
             let mut single = Vec::with_capacity(128);
             direct::cert_id(&mut single, &r.cert_id)?;
             match r.status {
                 CertStatus::Good => single.extend_from_slice(&[0x80, 0x00]),
                 CertStatus::Unknown => single.extend_from_slice(&[0x82, 0x00]),
                 CertStatus::Revoked { at, reason } => {
-                    if whole_seconds(at) > this_update {
-                        return Err(OcspError::RevokedAfterThisUpdate);
-                    }
                     let mut info = Vec::with_capacity(24);
                     direct::time(&mut info, at)?;
                     if let Some(reason) = reason.filter(|r| *r != CrlReason::Unspecified) {
@@ -891,24 +883,14 @@ impl PreparedResponder {
         }
         let mut responses = Vec::with_capacity(answers.len());
         for r in answers {
-            let this_update = whole_seconds(r.this_update);
-            if let Some(next) = r.next_update
-                && whole_seconds(next) <= this_update
-            {
-                return Err(OcspError::NextUpdateNotAfterThisUpdate);
-            }
+            let this_update = checked_this_update(r)?;
             let cert_status = match r.status {
                 CertStatus::Good => asn1::CertStatus::Good(Null),
                 CertStatus::Unknown => asn1::CertStatus::Unknown(Null),
-                CertStatus::Revoked { at, reason } => {
-                    if whole_seconds(at) > this_update {
-                        return Err(OcspError::RevokedAfterThisUpdate);
-                    }
-                    asn1::CertStatus::Revoked(asn1::RevokedInfo {
-                        revocation_time: gtime(at)?,
-                        revocation_reason: reason.filter(|r| *r != CrlReason::Unspecified),
-                    })
-                }
+                CertStatus::Revoked { at, reason } => asn1::CertStatus::Revoked(asn1::RevokedInfo {
+                    revocation_time: gtime(at)?,
+                    revocation_reason: reason.filter(|r| *r != CrlReason::Unspecified),
+                }),
             };
             responses.push(asn1::SingleResponse {
                 cert_id: r.cert_id.to_asn1()?,
@@ -941,6 +923,21 @@ impl PreparedResponder {
             z: self.z.clone(),
         })
     }
+}
+
+/// The answer's thisUpdate in whole seconds, once it is known to come before its nextUpdate
+/// and not before its revocation: what both encoders of [`PreparedResponder`] check first.
+fn checked_this_update(r: &SingleResponse) -> Result<SystemTime, OcspError> {
+    let this_update = whole_seconds(r.this_update);
+    if r.next_update.is_some_and(|next| whole_seconds(next) <= this_update) {
+        return Err(OcspError::NextUpdateNotAfterThisUpdate);
+    }
+    if let CertStatus::Revoked { at, .. } = r.status
+        && whole_seconds(at) > this_update
+    {
+        return Err(OcspError::RevokedAfterThisUpdate);
+    }
+    Ok(this_update)
 }
 
 /// An unsigned error response (`responseBytes` absent) with `status`: malformedRequest,
