@@ -92,11 +92,16 @@ fn terminal_csr(policy: &PolicySet, csr: &[u8], serial: &TerminalSerial) -> Resu
     Ok(csr)
 }
 
-/// The serial and class of a request as [`decide_terminal`] reads them, when both are valid:
-/// cheap (no signature), so the registry's life-cycle check can share a read with the replay
-/// check before the CSR is verified; its verdict is given after the RA's own refusals.
-pub fn terminal_names(policy: &PolicySet, req: &TerminalRequest<'_>) -> Option<(TerminalSerial, TerminalClass)> {
-    Some((policy.serial_rule().parse(req.serial).ok()?, req.class.parse().ok()?))
+/// The serial and class of a request, checked: cheap (no signature), so the handler can ask for
+/// the registry's life-cycle verdict in the same read as the replay check, before the CSR is
+/// verified, and give it after the RA's own refusals.
+pub fn terminal_names(
+    policy: &PolicySet,
+    req: &TerminalRequest<'_>,
+) -> Result<(TerminalSerial, TerminalClass), Refusal> {
+    let serial = policy.serial_rule().parse(req.serial).map_err(Refusal::Serial)?;
+    let class: TerminalClass = req.class.parse().map_err(Refusal::Class)?;
+    Ok((serial, class))
 }
 
 /// Decides a terminal certificate request from station `station` bound to `manufacturers`.
@@ -106,15 +111,26 @@ pub fn decide_terminal(
     manufacturers: &[String],
     req: &TerminalRequest<'_>,
 ) -> Result<Approved, Refusal> {
-    let serial = policy.serial_rule().parse(req.serial).map_err(Refusal::Serial)?;
-    let class: TerminalClass = req.class.parse().map_err(Refusal::Class)?;
+    let (serial, class) = terminal_names(policy, req)?;
+    approve_named_terminal(policy, station, manufacturers, serial, class, req.csr)
+}
+
+/// The rest of [`decide_terminal`], for names [`terminal_names`] has checked.
+pub fn approve_named_terminal(
+    policy: &PolicySet,
+    station: &str,
+    manufacturers: &[String],
+    serial: TerminalSerial,
+    class: TerminalClass,
+    csr: &[u8],
+) -> Result<Approved, Refusal> {
     if !manufacturers.iter().any(|m| m == serial.manufacturer()) {
         return Err(Refusal::Manufacturer {
             station: station.to_owned(),
             manufacturer: serial.manufacturer().to_owned(),
         });
     }
-    let csr = terminal_csr(policy, req.csr, &serial)?;
+    let csr = terminal_csr(policy, csr, &serial)?;
     Ok(Approved { serial, class, csr })
 }
 

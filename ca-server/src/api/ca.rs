@@ -55,7 +55,7 @@ impl Ca {
         // answered first; the life-cycle verdict waits until the RA's checks passed, so the
         // refusals come in the same order as when they were two reads.
         let names = ra::terminal_names(&self.policy, &request);
-        let asked = names.as_ref().map(|(serial, class)| registry::StationIssue {
+        let asked = names.as_ref().ok().map(|(serial, class)| registry::StationIssue {
             terminal: serial.as_str(),
             class: class.as_str(),
             station: &caller.name,
@@ -78,28 +78,20 @@ impl Ca {
             }
             Precheck::New { station_issue } => station_issue,
         };
+        let (serial, class) = names.map_err(ra_status)?;
         let approved =
-            ra::decide_terminal(&self.policy, &caller.name, &caller.manufacturers, &request).map_err(ra_status)?;
+            ra::approve_named_terminal(&self.policy, &caller.name, &caller.manufacturers, serial, class, &m.csr_der)
+                .map_err(ra_status)?;
         let serial = approved.serial.as_str().to_owned();
         let model = if m.model.is_empty() {
             approved.serial.field("model").unwrap_or_default().to_owned()
         } else {
             m.model.clone()
         };
-        match station_issue {
-            Some(verdict) => verdict,
-            // Not read above (the names did not parse, yet the RA passed them): read it now.
-            None => self.registry.check_station_issue(
-                &registry::StationIssue {
-                    terminal: &serial,
-                    class: approved.class.as_str(),
-                    station: &caller.name,
-                    reissue: m.reissue,
-                },
-                self.require_registration,
-            ),
+        // Asked for in the read above whenever the names parsed, and they did.
+        if let Some(verdict) = station_issue {
+            verdict.map_err(|e| registry_status(&e))?;
         }
-        .map_err(|e| registry_status(&e))?;
         let terminal = TerminalRecord {
             serial: serial.clone(),
             class: approved.class.as_str().into(),
