@@ -694,6 +694,9 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
     let http_addr: std::net::SocketAddr =
         c.server.http.parse().with_context(|| format!("server.http {:?}", c.server.http))?;
     let fleet = Fleet::load(&cfg).await?;
+    // The stored cursor is in the gauge before /metrics answers, so a restart never reports 0.
+    let stored = fleet.engine.store.activation_cursor()?;
+    fleet.metrics.activation_seq.store(stored, std::sync::atomic::Ordering::Relaxed);
     let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding {http_addr}"))?;
     tracing::info!(grpc = %grpc_addr, http = %http_addr, started_ms = fleet.started_ms, "fleet-server serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -716,8 +719,6 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
     let crls = tokio::spawn(crl_loop(fleet.clone(), stop_rx.clone(), etag));
     // The activations made since the last run before the first heartbeat, so a terminal moved
     // before its first heartbeat is measured against where it was activated.
-    let stored = fleet.engine.store.activation_cursor()?;
-    fleet.metrics.activation_seq.store(stored, std::sync::atomic::Ordering::Relaxed);
     let cursor = fleet.refresh_activations(stored).await;
     let activations = tokio::spawn(activation_loop(fleet.clone(), stop_rx.clone(), cursor));
     let sweeper = tokio::spawn(sweep_loop(fleet.clone(), stop_rx));
