@@ -69,10 +69,16 @@ fn serials(policy: &pki::PolicySet, manufacturer: &str, n: usize) -> Result<Vec<
     let yymm = format!("{:02}{:02}", 20 + r[1] % 10, 1 + r[2] % 12);
     let run = char::from_digit(u32::from(r[3] % 36), 36).unwrap_or('0').to_ascii_uppercase();
     let rule = policy.serial_rule();
+    // The first 10,000 count in decimal; the rest start with a letter so they never spell a
+    // decimal sequence already used (26 × 36³ more).
+    const MORE: usize = 26 * 36 * 36 * 36;
+    anyhow::ensure!(n <= 10_000 + MORE, "at most {} distinct serials per run", 10_000 + MORE);
     (0..n)
         .map(|i| {
-            let seq = format!("{run}{:04}", i % 10_000);
-            let seq = if i >= 10_000 { format!("{run}{}", radix36(i, 4)) } else { seq };
+            let seq = match i.checked_sub(10_000) {
+                None => format!("{run}{i:04}"),
+                Some(j) => format!("{run}{}{}", radix36(10 + j / (36 * 36 * 36), 1), radix36(j, 3)),
+            };
             let body = format!("{manufacturer}{model}{yymm}{seq}");
             let check = rule.check.compute(&body).context("serial alphabet")?;
             Ok(format!("{body}{check}"))
@@ -280,6 +286,23 @@ pub fn print(rows: &[Row]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_run_has_distinct_valid_serials() {
+        let policy = pki::PolicySet::embedded_default().expect("policy");
+        let all = serials(&policy, "HSTM", 60_000).expect("serials");
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "a terminal serial repeats");
+        for s in &all {
+            policy.serial_rule().parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_run_past_the_sequence_space_is_refused() {
+        let policy = pki::PolicySet::embedded_default().expect("policy");
+        assert!(serials(&policy, "HSTM", 10_000 + 26 * 36 * 36 * 36 + 1).is_err());
+    }
 
     #[test]
     fn cpu_used_reads_this_process_and_the_machine() {
