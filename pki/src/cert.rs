@@ -53,18 +53,46 @@ impl CertSerial {
         })
     }
 
+    /// A 16-octet serial that sorts in issue order: 6 octets of unix milliseconds, then 10
+    /// random octets (80 bits; the CA/Browser Forum asks for at least 64). A registry keyed by
+    /// serial then appends each certificate next to the last instead of rewriting a random page.
+    /// Positive and 16 octets long for any clock (as [`CertSerial::from_random`]).
+    pub fn time_ordered(unix_ms: u64, random: [u8; 10]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&random);
+        Self::from_random(bytes)
+    }
+
+    /// [`CertSerial::time_ordered`] after the instance octet of [`CertSerial::for_instance`]:
+    /// 6 octets of unix milliseconds, then 9 random octets (72 bits).
+    pub fn time_ordered_for_instance(instance: u8, unix_ms: u64, random: [u8; 9]) -> Option<Self> {
+        let mut rest = [0u8; 15];
+        rest[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        rest[6..].copy_from_slice(&random);
+        Self::for_instance(instance, rest)
+    }
+
+    /// A fresh [`CertSerial::time_ordered`] serial (with `instance`'s prefix when given; `None`
+    /// when the instance is out of range), its random octets from the operating system's CSPRNG.
+    pub fn generate_time_ordered(instance: Option<u8>, unix_ms: u64) -> Result<Option<Self>, getrandom::Error> {
+        let mut random = [0u8; 10];
+        getrandom::fill(&mut random)?;
+        Ok(match instance {
+            None => Some(Self::time_ordered(unix_ms, random)),
+            Some(i) => {
+                let mut r = [0u8; 9];
+                r.copy_from_slice(&random[..9]);
+                Self::time_ordered_for_instance(i, unix_ms, r)
+            }
+        })
+    }
+
     /// A fresh random serial from the operating system's CSPRNG.
     pub fn generate() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)?;
         Ok(Self::from_random(bytes))
-    }
-
-    /// A fresh random serial with the instance prefix of [`CertSerial::for_instance`].
-    pub fn generate_for_instance(instance: u8) -> Result<Option<Self>, getrandom::Error> {
-        let mut random = [0u8; 15];
-        getrandom::fill(&mut random)?;
-        Ok(Self::for_instance(instance, random))
     }
 
     /// From the content octets of a DER INTEGER (as read from a certificate or typed by an operator).
@@ -485,5 +513,48 @@ mod serial_tests {
         assert_eq!(CertSerial::from_der_content(s.as_bytes()), Some(s), "a valid DER INTEGER");
         assert_eq!(CertSerial::for_instance(0, [0; 15]), None, "0 would shorten the INTEGER");
         assert_eq!(CertSerial::for_instance(128, [0; 15]), None, "would be negative");
+    }
+
+    // 2026-12-04 in unix milliseconds.
+    const NOW_MS: u64 = 1_796_400_000_000;
+
+    #[test]
+    fn time_ordered_serials_sort_in_issue_order_whatever_their_random_octets() {
+        let earlier = CertSerial::time_ordered(NOW_MS, [0xff; 10]);
+        let later = CertSerial::time_ordered(NOW_MS + 1, [0; 10]);
+        assert!(earlier < later);
+        assert!(earlier.to_hex() < later.to_hex(), "the registry's hex keys sort the same way");
+        let a = CertSerial::time_ordered_for_instance(9, NOW_MS, [0xff; 9]).expect("in range");
+        let b = CertSerial::time_ordered_for_instance(9, NOW_MS + 1, [0; 9]).expect("in range");
+        assert!(a < b && a.to_hex() < b.to_hex());
+        assert!(a.to_hex().starts_with("09"), "the instance octet stays first: {}", a.to_hex());
+    }
+
+    #[test]
+    fn time_ordered_serials_are_16_octet_positive_integers_for_any_clock() {
+        for ms in [0, 1, NOW_MS, (1 << 47) - 1, 1 << 47, u64::MAX] {
+            for random in [[0u8; 10], [0xff; 10]] {
+                let s = CertSerial::time_ordered(ms, random);
+                assert_eq!(s.as_bytes().len(), 16, "{ms}");
+                assert_eq!(CertSerial::from_der_content(s.as_bytes()), Some(s.clone()), "{ms}: a valid DER INTEGER");
+            }
+        }
+        let s = CertSerial::time_ordered(NOW_MS, [0xab; 10]);
+        assert_eq!(&s.as_bytes()[6..], &[0xab; 10], "80 random bits after the time");
+    }
+
+    #[test]
+    fn a_time_ordered_instance_out_of_range_is_refused() {
+        assert_eq!(CertSerial::time_ordered_for_instance(0, NOW_MS, [0; 9]), None);
+        assert_eq!(CertSerial::time_ordered_for_instance(128, NOW_MS, [0; 9]), None);
+        assert_eq!(CertSerial::generate_time_ordered(Some(200), NOW_MS).expect("rng"), None);
+    }
+
+    #[test]
+    fn fresh_time_ordered_serials_differ_within_one_millisecond() {
+        let a = CertSerial::generate_time_ordered(None, NOW_MS).expect("rng").expect("serial");
+        let b = CertSerial::generate_time_ordered(None, NOW_MS).expect("rng").expect("serial");
+        assert_ne!(a, b);
+        assert_eq!(a.as_bytes()[..6], b.as_bytes()[..6]);
     }
 }
