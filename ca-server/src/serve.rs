@@ -623,10 +623,15 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
     let key = Zeroizing::new(std::fs::read(cfg.path(&c.tls.key)).context("reading TLS key")?);
     let tls =
         tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key.as_slice()));
-    let grpc_addr = c.server.grpc.parse().with_context(|| format!("server.grpc {:?}", c.server.grpc))?;
+    let grpc_addr: std::net::SocketAddr =
+        c.server.grpc.parse().with_context(|| format!("server.grpc {:?}", c.server.grpc))?;
     let http_addr: std::net::SocketAddr =
         c.server.http.parse().with_context(|| format!("server.http {:?}", c.server.http))?;
     let services = Services(ca.clone());
+    // gRPC is bound before /readyz can answer, so a client that saw ready is never refused.
+    let grpc_listener = tonic::transport::server::TcpIncoming::bind(grpc_addr)
+        .with_context(|| format!("binding {grpc_addr}"))?
+        .with_nodelay(Some(true));
     let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding {http_addr}"))?;
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -656,7 +661,7 @@ pub async fn serve(cfg: Loaded, ca: Arc<Ca>) -> Result<()> {
         .add_service(v1::certificate_authority_server::CertificateAuthorityServer::new(services.clone()))
         .add_service(v1::registry_server::RegistryServer::new(services.clone()))
         .add_service(v1::admin_server::AdminServer::new(services))
-        .serve_with_shutdown(grpc_addr, shutdown_signal());
+        .serve_with_incoming_shutdown(grpc_listener, shutdown_signal());
     let checkpoints = tokio::spawn(checkpoint_loop(ca.clone(), c.audit.clone(), stop_rx.clone()));
     let crls = tokio::spawn(crl_loop(ca.clone(), stop_rx.clone()));
     let ocsp = tokio::spawn(ocsp_loop(ca.clone(), cfg.clone(), stop_rx.clone()));

@@ -698,6 +698,11 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
     let stored = fleet.engine.store.activation_cursor()?;
     fleet.metrics.activation_seq.store(stored, std::sync::atomic::Ordering::Relaxed);
     let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding {http_addr}"))?;
+    // Both ports are bound before the slow first fetches below: a client that connects early
+    // waits in the backlog instead of being refused.
+    let grpc = tonic::transport::server::TcpIncoming::bind(grpc_addr)
+        .with_context(|| format!("binding {grpc_addr}"))?
+        .with_nodelay(Some(true));
     tracing::info!(grpc = %grpc_addr, http = %http_addr, started_ms = fleet.started_ms, "fleet-server serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = tokio::spawn({
@@ -725,7 +730,7 @@ pub async fn serve(cfg: Loaded) -> Result<()> {
     let result = tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(v1::fleet_server::FleetServer::new(FleetService(fleet)))
-        .serve_with_shutdown(grpc_addr, shutdown_signal())
+        .serve_with_incoming_shutdown(grpc, shutdown_signal())
         .await;
     let _ = stop_tx.send(true);
     http_task.await??;
