@@ -168,7 +168,12 @@ fn crls_ocsp_bulk_revocation_and_restarts() {
     assert!(ocsp(&ca, d, &t2, &["-no_nonce"]).contains("Cert Status: good"), "lot L1 untouched by the L2 bulk");
 
     // Delta + base = full.
-    wait_for("the full CRL to list the lot", || serials(&crl(&ca, "issuing.crl").1).contains(&t3.cert_serial));
+    // The full CRL is served a moment before the delta built on the same snapshot.
+    wait_for("the full CRL to list the lot, and the delta to follow it", || {
+        let (_, full) = crl(&ca, "issuing.crl");
+        let (_, delta) = crl(&ca, "issuing-delta.crl");
+        serials(&full).contains(&t3.cert_serial) && delta.number > full.number
+    });
     let (_, full) = crl(&ca, "issuing.crl");
     let (_, delta) = crl(&ca, "issuing-delta.crl");
     assert_eq!(delta.delta_base, Some(base_number), "the delta builds on the scheduled base");
