@@ -374,10 +374,19 @@ mod tests {
         }
     }
 
+    /// The engine on the store at `path`, once the previous engine's thread has let it go (its
+    /// handle is dropped first, the thread ends a moment later).
     fn start(path: &std::path::Path) -> Engine {
         let policy = FleetPolicy::shipped().expect("policy");
-        Engine::start(Store::open(path).expect("store"), policy, Arc::new(Metrics::default()), now_ms())
-            .expect("engine")
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(path) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("store: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        };
+        Engine::start(store, policy, Arc::new(Metrics::default()), now_ms()).expect("engine")
     }
 
     #[tokio::test]
@@ -392,7 +401,6 @@ mod tests {
             }
         }
         // The engine thread ends with its handle; a new one reads the store.
-        std::thread::sleep(std::time::Duration::from_millis(50));
         let e = start(&path);
         let o = e.heartbeat(hb(6, "10.0.0.1")).await.expect("beat");
         assert_eq!(o.verdict, Verdict::Accepted);
@@ -433,7 +441,6 @@ mod tests {
             // A stale page (an older activation again) never replaces the newer one.
             e.anchors(vec![anchor(3, 45.0)], 8).await.expect("anchors");
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
         let e = start(&path);
         assert_eq!(e.store.activation_cursor().expect("cursor"), 8, "a restart reads on from here");
         let stored = e.store.anchors().expect("anchors");
