@@ -10,7 +10,7 @@ use const_oid::db::rfc5280::{ID_AD_CA_ISSUERS, ID_AD_OCSP};
 use der::asn1::{AnyRef, BitString, Ia5String, OctetString};
 use der::{Decode, Encode, Sequence};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
-use x509_cert::certificate::{Certificate, Raw, TbsCertificate, TbsCertificateInner, Version};
+use x509_cert::certificate::{Certificate, Raw, TbsCertificate, Version};
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
@@ -363,9 +363,10 @@ pub fn build_tbs(req: &TbsRequest<'_>, issuer: Option<&IssuerInfo>) -> Result<Li
         extensions: profile_extensions(profile, req.vars, &ski, &aki)?,
     };
     let der = writer.to_der().map_err(enc)?;
-    let raw = TbsCertificateInner::<Raw>::from_der(&der).map_err(enc)?;
-    lint_tbs(&raw, issuer)?;
+    // Decoded once, by the strict profile, and linted as decoded (what the strict decoder would
+    // refuse, a serial over 20 octets or a mis-encoded time, `to_x509` already refused above).
     let tbs = TbsCertificate::from_der(&der).map_err(enc)?;
+    lint_tbs(&tbs, issuer)?;
     Ok(LintedTbs { tbs, der, issuer_key, signer_id })
 }
 

@@ -1,7 +1,8 @@
 //! The pre-sign linter: RFC 5280 and GM/T 0015 rules checked on every TBS before it is signed.
 //!
-//! It works on the lenient [`Raw`] profile of x509-cert so that it can itself report what the
-//! strict decoder would only refuse (a negative serial, say). Each finding names its rule.
+//! It works on any decoding profile of x509-cert: on the lenient
+//! [`Raw`](x509_cert::certificate::Raw) one it can itself report what the strict decoder would
+//! only refuse (a negative serial, say). Each finding names its rule.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -9,7 +10,7 @@ use std::fmt;
 use const_oid::AssociatedOid;
 use const_oid::db::rfc5280 as oids;
 use der::{Decode, Encode};
-use x509_cert::certificate::{Raw, TbsCertificateInner, Version};
+use x509_cert::certificate::{Profile, TbsCertificateInner, Version};
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier};
 use x509_cert::time::Time;
 
@@ -141,8 +142,9 @@ impl fmt::Display for LintError {
 /// Extensions whose critical flag we honour; any other critical extension is refused.
 const KNOWN_CRITICAL: [const_oid::ObjectIdentifier; 2] = [oids::ID_CE_BASIC_CONSTRAINTS, oids::ID_CE_KEY_USAGE];
 
-/// Lints a TBS certificate; `issuer: None` means self-signed.
-pub fn lint_tbs(tbs: &TbsCertificateInner<Raw>, issuer: Option<&IssuerInfo>) -> Result<(), LintError> {
+/// Lints a TBS certificate; `issuer: None` means self-signed. Any decoding profile: `Raw`
+/// reads what a strict profile would refuse, so its findings can be named.
+pub fn lint_tbs<P: Profile>(tbs: &TbsCertificateInner<P>, issuer: Option<&IssuerInfo>) -> Result<(), LintError> {
     let mut out = Vec::new();
     let mut fail = |rule, detail: String| out.push(Finding { rule, detail });
 
@@ -303,6 +305,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use der::asn1::{BitString, OctetString};
+    use x509_cert::certificate::Raw;
     use x509_cert::ext::Extension;
     use x509_cert::ext::pkix::KeyUsage;
     use x509_cert::name::Name;
