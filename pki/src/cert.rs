@@ -28,6 +28,15 @@ use crate::name::{NameError, SubjectVars};
 use crate::policy::{CertProfile, CrlScope};
 use crate::time::{TimeError, from_x509, to_x509, whole_seconds};
 
+/// The low 6 octets of `unix_ms` (big-endian, so serials sort by time until the year 10889),
+/// then `random`: `N` must be `6 + random.len()`.
+fn ms_then<const N: usize>(unix_ms: u64, random: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+    out[6..].copy_from_slice(random);
+    out
+}
+
 /// A certificate serial number: positive, at most 20 octets (RFC 5280 §4.1.2.2).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CertSerial(Vec<u8>);
@@ -58,19 +67,13 @@ impl CertSerial {
     /// serial then appends each certificate next to the last instead of rewriting a random page.
     /// Positive and 16 octets long for any clock (as [`CertSerial::from_random`]).
     pub fn time_ordered(unix_ms: u64, random: [u8; 10]) -> Self {
-        let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
-        bytes[6..].copy_from_slice(&random);
-        Self::from_random(bytes)
+        Self::from_random(ms_then(unix_ms, &random))
     }
 
     /// [`CertSerial::time_ordered`] after the instance octet of [`CertSerial::for_instance`]:
     /// 6 octets of unix milliseconds, then 9 random octets (72 bits).
     pub fn time_ordered_for_instance(instance: u8, unix_ms: u64, random: [u8; 9]) -> Option<Self> {
-        let mut rest = [0u8; 15];
-        rest[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
-        rest[6..].copy_from_slice(&random);
-        Self::for_instance(instance, rest)
+        Self::for_instance(instance, ms_then(unix_ms, &random))
     }
 
     /// A fresh [`CertSerial::time_ordered`] serial (with `instance`'s prefix when given; `None`
@@ -79,12 +82,8 @@ impl CertSerial {
         let mut random = [0u8; 10];
         getrandom::fill(&mut random)?;
         Ok(match instance {
-            None => Some(Self::time_ordered(unix_ms, random)),
-            Some(i) => {
-                let mut r = [0u8; 9];
-                r.copy_from_slice(&random[..9]);
-                Self::time_ordered_for_instance(i, unix_ms, r)
-            }
+            None => Some(Self::from_random(ms_then(unix_ms, &random))),
+            Some(i) => Self::for_instance(i, ms_then(unix_ms, &random[..9])),
         })
     }
 
@@ -363,8 +362,8 @@ pub fn build_tbs(req: &TbsRequest<'_>, issuer: Option<&IssuerInfo>) -> Result<Li
         extensions: profile_extensions(profile, req.vars, &ski, &aki)?,
     };
     let der = writer.to_der().map_err(enc)?;
-    // Decoded once, by the strict profile, and linted as decoded (what the strict decoder would
-    // refuse, a serial over 20 octets or a mis-encoded time, `to_x509` already refused above).
+    // Decoded once, strictly, and linted as decoded: what only the lenient profile could read
+    // (a serial over 20 octets, a mis-encoded time) `to_x509` has already refused above.
     let tbs = TbsCertificate::from_der(&der).map_err(enc)?;
     lint_tbs(&tbs, issuer)?;
     Ok(LintedTbs { tbs, der, issuer_key, signer_id })
