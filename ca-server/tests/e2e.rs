@@ -17,8 +17,34 @@ on_both_backends!(
     the_ca_end_to_end,
     registration_switch_and_life_cycle,
     online_backup_and_restore,
-    audit_checkpoints_are_signed_by_the_hsm_audit_key
+    audit_checkpoints_are_signed_by_the_hsm_audit_key,
+    retries_racing_with_their_first_call_get_its_certificate
 );
+
+/// Retries of one request sent while it still runs (a station that gave up waiting and retried
+/// at once): those that passed the replay check before the first one committed are refused by
+/// the registry's write, and answered with the first one's certificate after the commit.
+async fn retries_racing_with_their_first_call_get_its_certificate(backend: Backend) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ca");
+    let (_, http) = init(&dir);
+    let _store = use_backend(backend, &dir);
+    let _server = Server::start(&dir, http);
+    let admin = admin(&dir).await;
+    let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
+    let station = std::sync::Arc::new(station);
+    let key = SoftwareSm2Key::generate(SignerId::default()).expect("key");
+    let s0 = serial(0);
+    let req = issue_req(&s0, v1::TerminalClass::ClassIi, csr_for(&key, &s0));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (station, req) = (station.clone(), req.clone());
+        calls.spawn(async move { issue(&station, req).await });
+    }
+    let answers: Vec<_> = calls.join_all().await.into_iter().map(|a| a.expect("every call answered")).collect();
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1, "one call issued, the others were answered with it");
+    assert!(answers.iter().all(|a| a.certificate_der == answers[0].certificate_der), "one certificate");
+}
 
 async fn the_ca_end_to_end(backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -44,6 +44,7 @@ pub use approvals::Decision;
 pub use audit::{AuditBy, AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 pub use auth_failures::{FAILURE_BLOCKED_MAX, FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
 /// The PostgreSQL schema version this build serves.
+pub use backend::PendingWrite;
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use lifecycle::{Precheck, StationIssue, check_station_issue};
 pub use published_crls::StoredCrl;
@@ -487,12 +488,18 @@ impl Registry {
         event: &AuditEvent,
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let event = event.clone();
-        self.submit(move |s| {
-            let out = f(s)?;
-            append_audit(s, &event)?;
-            Ok(out)
-        })
+        self.submit(audited(event, f))
+    }
+
+    /// [`Self::write`] without waiting: the write is queued for the next batch transaction and
+    /// the returned [`PendingWrite`] resolves once that is committed, so the calling thread is
+    /// not parked for the commit.
+    fn queue<T: Send + 'static>(
+        &self,
+        event: &AuditEvent,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+    ) -> Result<PendingWrite<T>> {
+        self.backend.queue(audited(event, f))
     }
 
     /// Records an event alone (a refusal, a read that must be logged).
@@ -887,6 +894,19 @@ pub(crate) fn insert_principal(
     }
     s.insert_principal(p)?;
     s.insert_cert(cert, der)
+}
+
+/// `f`, then `event` appended to the audit log, in one transaction.
+fn audited<T>(
+    event: &AuditEvent,
+    f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+) -> impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static {
+    let event = event.clone();
+    move |s| {
+        let out = f(s)?;
+        append_audit(s, &event)?;
+        Ok(out)
+    }
 }
 
 /// Appends `event` after the chain's last entry. Writers are serialised by the backend (redb's

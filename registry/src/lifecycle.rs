@@ -8,8 +8,8 @@
 use crate::revocation;
 use crate::store::{StoreRead, StoreWrite};
 use crate::{
-    AuditEvent, CertRecord, CertStatus, HOUR_MS, HourlyKind, IssueOutcome, Provisioning, RegistryError, RequestResult,
-    Result, RevocationReason, TerminalIssue, TerminalRecord, TerminalState,
+    AuditEvent, CertRecord, CertStatus, HOUR_MS, HourlyKind, IssueOutcome, PendingWrite, Provisioning, RegistryError,
+    RequestResult, Result, RevocationReason, TerminalIssue, TerminalRecord, TerminalState,
 };
 
 /// What a station asks for, as the life-cycle rules see it.
@@ -57,6 +57,51 @@ pub fn check_station_issue(req: &StationIssue<'_>, t: &TerminalRecord, active: O
         });
     }
     Ok(())
+}
+
+/// The write that records `issue`, enforcing the invariants inside its transaction.
+fn issue_job(
+    issue: TerminalIssue,
+    hold_until_activation: bool,
+) -> impl FnOnce(&mut dyn StoreWrite) -> Result<IssueOutcome> + Send + 'static {
+    move |s| {
+        let issue = &issue;
+        if s.request(&issue.request_id)?.is_some() {
+            // Answered before (a replay, or a call with the same id that committed first).
+            return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
+        }
+        let mut terminal = match s.terminal(&issue.terminal.serial)? {
+            Some(t) => t,
+            None if issue.register_if_missing => issue.terminal.clone(),
+            None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
+        };
+        let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
+        let req = StationIssue {
+            terminal: &terminal.serial,
+            class: &issue.terminal.class,
+            station: &issue.station,
+            reissue: issue.reissue,
+        };
+        check_station_issue(&req, &terminal, active.as_ref())?;
+        check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
+        let mut cert = issue.cert.clone();
+        cert.station = Some(issue.station.clone());
+        let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
+        if hold_until_activation {
+            let mut held =
+                revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
+            held.activation_hold = true;
+            s.update_cert(&held)?;
+        }
+        let result = RequestResult {
+            kind: "terminal_issue".into(),
+            cert_serial: cert.serial.clone(),
+            request_hash: issue.request_hash.clone(),
+        };
+        s.insert_request(&issue.request_id, &result)?;
+        s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
+        Ok(IssueOutcome::Issued { superseded })
+    }
 }
 
 /// Whether the key `fingerprint` may be certified for `terminal`: never a key revoked for
@@ -238,54 +283,28 @@ impl crate::Registry {
         // is written, and the answer comes from `replayed` below. No read before the write: the
         // CA already made that check before signing, and on PostgreSQL a read is three round trips.
         issue.terminal.check_field_lengths()?;
-        let (request_id, request_hash) = (issue.request_id.clone(), issue.request_hash.clone());
-        let issue = issue.clone();
-        let recorded = self.write(event, move |s| {
-            let issue = &issue;
-            if s.request(&issue.request_id)?.is_some() {
-                // Answered before (a replay, or a call with the same id that committed first).
-                return Err(RegistryError::RequestIdReused(issue.request_id.clone()));
-            }
-            let mut terminal = match s.terminal(&issue.terminal.serial)? {
-                Some(t) => t,
-                None if issue.register_if_missing => issue.terminal.clone(),
-                None => return Err(RegistryError::TerminalNotFound(issue.terminal.serial.clone())),
-            };
-            let active = terminal.active_cert.as_deref().map(|c| read_cert(s, c)).transpose()?;
-            let req = StationIssue {
-                terminal: &terminal.serial,
-                class: &issue.terminal.class,
-                station: &issue.station,
-                reissue: issue.reissue,
-            };
-            check_station_issue(&req, &terminal, active.as_ref())?;
-            check_new_key(s, &issue.cert.key_fingerprint, &terminal.serial)?;
-            let mut cert = issue.cert.clone();
-            cert.station = Some(issue.station.clone());
-            let superseded = install_certificate(s, &mut terminal, &cert, &issue.der, RevocationReason::Superseded)?;
-            if hold_until_activation {
-                let mut held =
-                    revocation::revoke_in(s, &cert.serial, RevocationReason::CertificateHold, cert.issued_ms, None)?;
-                held.activation_hold = true;
-                s.update_cert(&held)?;
-            }
-            let result = RequestResult {
-                kind: "terminal_issue".into(),
-                cert_serial: cert.serial.clone(),
-                request_hash: issue.request_hash.clone(),
-            };
-            s.insert_request(&issue.request_id, &result)?;
-            s.add_hourly_count(cert.issued_ms / HOUR_MS, &issue.station, HourlyKind::Issued, 1)?;
-            Ok(IssueOutcome::Issued { superseded })
-        });
+        let recorded = self.write(event, issue_job(issue.clone(), hold_until_activation));
         match recorded {
             // A replay, or a race with a call of the same id that committed first (a station
             // retrying while its first call still ran): the same content gets that certificate.
             Err(RegistryError::RequestIdReused(id)) => {
-                self.replayed(&request_id, &request_hash)?.ok_or(RegistryError::RequestIdReused(id))
+                self.replayed(&issue.request_id, &issue.request_hash)?.ok_or(RegistryError::RequestIdReused(id))
             }
             other => other,
         }
+    }
+
+    /// [`Self::record_terminal_issue_held`] without waiting for the commit: the returned write
+    /// resolves to the outcome once committed. `RequestIdReused` comes back as it is: the caller
+    /// answers it with [`Self::replayed`].
+    pub fn queue_terminal_issue_held(
+        &self,
+        issue: &TerminalIssue,
+        hold_until_activation: bool,
+        event: &AuditEvent,
+    ) -> Result<PendingWrite<IssueOutcome>> {
+        issue.terminal.check_field_lengths()?;
+        self.queue(event, issue_job(issue.clone(), hold_until_activation))
     }
 
     /// The stored outcome of `request_id`, if it was answered before (`RequestIdReused` if

@@ -21,23 +21,70 @@ use crate::ra::{self, TerminalRequest};
 use crate::records::now_ms;
 
 impl Ca {
-    /// `IssueTerminalCertificate`.
-    pub fn issue_terminal(
-        &self,
-        req: Incoming<v1::IssueTerminalCertificateRequest>,
-    ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
+    /// `IssueTerminalCertificate`, up to its record queued for the next registry commit: the
+    /// blocking thread that signs is not parked for the commit (the handler awaits it).
+    fn issue_terminal_start(&self, req: Incoming<v1::IssueTerminalCertificateRequest>) -> Result<Issuing, Status> {
         let caller = self.authenticate(&req, "/hsca.v1.CertificateAuthority/IssueTerminalCertificate")?;
         let m = &req.msg;
-        let target = m.terminal_serial.clone();
-        let result = self.issue_terminal_for(&caller, m);
-        result.map_err(|s| self.refuse(&caller, "issue", &target, s))
+        self.issue_terminal_for(&caller, m).map_err(|s| self.refuse(&caller, "issue", &m.terminal_serial, s))
     }
 
-    fn issue_terminal_for(
+    /// The common outcome once committed — a new certificate, nothing superseded, no activation
+    /// hold — needs no registry call, so it is answered where it was awaited; everything else
+    /// goes through [`Self::issue_terminal_finish`] on a blocking thread.
+    fn answers_at_once(&self, outcome: &Result<IssueOutcome, registry::RegistryError>) -> bool {
+        !self.hold_until_activation && matches!(outcome, Ok(IssueOutcome::Issued { superseded: None }))
+    }
+
+    /// The answer for a certificate recorded as new.
+    fn issued(&self, r: Recorded, superseded: Option<String>) -> v1::IssueTerminalCertificateResponse {
+        self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        v1::IssueTerminalCertificateResponse {
+            certificate_der: r.der,
+            chain_der: self.chain(),
+            certificate_serial: r.cert_serial,
+            replayed: false,
+            superseded_serial: superseded.unwrap_or_default(),
+        }
+    }
+
+    /// What follows the commit of a recorded issuance: CRL and OCSP news of a hold or of a
+    /// superseded certificate, the answer to a concurrent call with the same id that committed
+    /// first, the audited refusal of what the registry refused.
+    fn issue_terminal_finish(
         &self,
-        caller: &Caller,
-        m: &v1::IssueTerminalCertificateRequest,
+        r: Recorded,
+        outcome: Result<IssueOutcome, registry::RegistryError>,
     ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
+        let outcome = match outcome {
+            Err(registry::RegistryError::RequestIdReused(id)) => self
+                .registry
+                .replayed(&r.request_id, &r.request_hash)
+                .and_then(|o| o.ok_or(registry::RegistryError::RequestIdReused(id))),
+            other => other,
+        };
+        match outcome {
+            Ok(IssueOutcome::Issued { superseded }) => {
+                if self.hold_until_activation {
+                    self.revocation_changed(&r.cert_serial);
+                }
+                if let Some(old) = &superseded {
+                    self.revocation_changed(old);
+                }
+                Ok(self.issued(r, superseded))
+            }
+            Ok(IssueOutcome::Replayed { cert, der }) => Ok(v1::IssueTerminalCertificateResponse {
+                certificate_der: der,
+                chain_der: self.chain(),
+                certificate_serial: cert.serial,
+                replayed: true,
+                superseded_serial: String::new(),
+            }),
+            Err(e) => Err(self.refuse(&r.caller, "issue", &r.target, registry_status(&e))),
+        }
+    }
+
+    fn issue_terminal_for(&self, caller: &Caller, m: &v1::IssueTerminalCertificateRequest) -> Result<Issuing, Status> {
         if m.request_id.is_empty() || m.request_id.len() > 128 {
             return Err(bad_request("request_id must be 1 to 128 characters"));
         }
@@ -68,13 +115,13 @@ impl Ca {
         let station_issue = match precheck {
             Precheck::Replayed { cert, der } => {
                 self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(v1::IssueTerminalCertificateResponse {
+                return Ok(Issuing::Answered(v1::IssueTerminalCertificateResponse {
                     certificate_der: der,
                     chain_der: self.chain(),
                     certificate_serial: cert.serial,
                     replayed: true,
                     superseded_serial: String::new(),
-                });
+                }));
             }
             Precheck::New { station_issue } => station_issue,
         };
@@ -117,33 +164,19 @@ impl Ca {
         };
         let action = if m.reissue { "reissue" } else { "issue" };
         let event = Self::event(caller, action, &serial, format!("certificate {cert_serial}"));
-        let recorded = self.registry.record_terminal_issue_held(&issue, self.hold_until_activation, &event);
-        match recorded.map_err(|e| registry_status(&e))? {
-            IssueOutcome::Issued { superseded } => {
-                self.metrics.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if self.hold_until_activation {
-                    self.revocation_changed(&cert_serial);
-                }
-                if let Some(old) = &superseded {
-                    self.revocation_changed(old);
-                }
-                Ok(v1::IssueTerminalCertificateResponse {
-                    certificate_der: der,
-                    chain_der: self.chain(),
-                    certificate_serial: cert_serial,
-                    replayed: false,
-                    superseded_serial: superseded.unwrap_or_default(),
-                })
-            }
-            // A concurrent retry with the same id won the race: answer with its certificate.
-            IssueOutcome::Replayed { cert, der } => Ok(v1::IssueTerminalCertificateResponse {
-                certificate_der: der,
-                chain_der: self.chain(),
-                certificate_serial: cert.serial,
-                replayed: true,
-                superseded_serial: String::new(),
-            }),
-        }
+        let pending = self
+            .registry
+            .queue_terminal_issue_held(&issue, self.hold_until_activation, &event)
+            .map_err(|e| registry_status(&e))?;
+        let recorded = Recorded {
+            caller: caller.clone(),
+            target: m.terminal_serial.clone(),
+            cert_serial,
+            der,
+            request_id: issue.request_id,
+            request_hash: issue.request_hash,
+        };
+        Ok(Issuing::Recording(pending, recorded))
     }
 
     /// Signs a certificate for terminal `t`'s new `key` (profile `terminal`, the next CRL
@@ -248,10 +281,51 @@ impl Ca {
     }
 }
 
+/// An issuance signed and checked, up to its registry record.
+enum Issuing {
+    /// Answered without writing (a replay).
+    Answered(v1::IssueTerminalCertificateResponse),
+    /// Its record queued: the answer waits for the commit.
+    Recording(registry::PendingWrite<IssueOutcome>, Recorded),
+}
+
+/// What the answer to a queued issuance needs once its record is committed.
+struct Recorded {
+    caller: Caller,
+    target: String,
+    cert_serial: String,
+    der: Vec<u8>,
+    request_id: String,
+    request_hash: String,
+}
+
 handlers!(v1::certificate_authority_server::CertificateAuthority;
-    issue_terminal_certificate(v1::IssueTerminalCertificateRequest) -> v1::IssueTerminalCertificateResponse => issue_terminal;
     confirm_provisioning(v1::ConfirmProvisioningRequest) -> v1::ConfirmProvisioningResponse => confirm;
     get_certificate(v1::GetCertificateRequest) -> v1::CertificateInfo => get_certificate;
     get_certificate_status(v1::GetCertificateStatusRequest) -> v1::CertificateStatus => get_status;
     get_ca_chain(v1::GetCaChainRequest) -> v1::CaChain => get_chain;
+    ;
+    // Signing runs on a blocking thread; the commit is awaited here, not by that thread. The
+    // call is a task of its own, so what follows the commit (CRL and OCSP news of a hold or of
+    // a superseded certificate) runs even if the caller hangs up meanwhile.
+    async fn issue_terminal_certificate(
+        &self,
+        req: Request<v1::IssueTerminalCertificateRequest>,
+    ) -> Result<Response<v1::IssueTerminalCertificateResponse>, Status> {
+        let ca = self.0.clone();
+        let incoming = Incoming::from(req);
+        let answered = tokio::spawn(async move {
+            let starting = ca.clone();
+            let (pending, recorded) = match blocking(move || starting.issue_terminal_start(incoming)).await?.into_inner() {
+                Issuing::Answered(answer) => return Ok(Response::new(answer)),
+                Issuing::Recording(pending, recorded) => (pending, recorded),
+            };
+            let outcome = pending.await;
+            if ca.answers_at_once(&outcome) {
+                return Ok(Response::new(ca.issued(recorded, None)));
+            }
+            blocking(move || ca.issue_terminal_finish(recorded, outcome)).await
+        });
+        answered.await.map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?
+    }
 );

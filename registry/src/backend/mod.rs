@@ -33,18 +33,32 @@ pub(crate) fn run_batch<J>(batch: Vec<J>, mut run: impl FnMut(J) -> (bool, Finis
 /// A job's outcome in a batch: whether its error breaks the batch (storage or corruption: the
 /// batch must not commit), and the finisher that answers `reply` once the commit is known — a
 /// job's success stands only if its batch committed.
-pub(crate) fn job_outcome<T: Send + 'static>(
-    result: Result<T>,
-    reply: std::sync::mpsc::SyncSender<Result<T>>,
-) -> (bool, Finish) {
+pub(crate) fn job_outcome<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (bool, Finish) {
     let fatal = matches!(result, Err(RegistryError::Storage(_) | RegistryError::Corrupt(_)));
     let finish: Finish = Box::new(move |commit| {
-        let _ = reply.send(match (result, commit) {
+        reply(match (result, commit) {
             (Ok(v), Ok(())) => Ok(v),
             (Ok(_), Err(e)) | (Err(e), _) => Err(e),
         });
     });
     (fatal, finish)
+}
+
+/// Where a write's result goes once its batch's commit is known.
+pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// A write queued for the next batch transaction: awaiting it gives the write's result once
+/// that transaction is committed (or not). The thread that queued it is free meanwhile.
+pub struct PendingWrite<T>(tokio::sync::oneshot::Receiver<Result<T>>);
+
+impl<T> std::future::Future for PendingWrite<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(RegistryError::Storage("write abandoned by the registry writer".into()))))
+    }
 }
 
 /// What every job of a batch that one of them broke is told.
@@ -71,13 +85,41 @@ impl Backend {
         }
     }
 
+    /// Runs `f` in the next batch transaction and returns its result once that is committed.
     pub(crate) fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
+        self.enqueue(f, Box::new(move |r| drop(tx.send(r))))?;
+        rx.recv().map_err(|_| RegistryError::Storage(self.abandoned().into()))?
+    }
+
+    fn abandoned(&self) -> &'static str {
         match self {
-            Self::Redb(r) => r.write(f),
-            Self::Postgres(p) => p.write(f),
+            Self::Redb(_) => "write abandoned by the registry writer",
+            Self::Postgres(_) => "write abandoned by the registry writer (PostgreSQL unreachable?)",
+        }
+    }
+
+    /// Queues `f` for the next batch transaction without waiting for it.
+    pub(crate) fn queue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+    ) -> Result<PendingWrite<T>> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T>>();
+        self.enqueue(f, Box::new(move |r| drop(tx.send(r))))?;
+        Ok(PendingWrite(rx))
+    }
+
+    fn enqueue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
+        reply: Reply<T>,
+    ) -> Result<()> {
+        match self {
+            Self::Redb(r) => r.enqueue(f, reply),
+            Self::Postgres(p) => p.enqueue(f, reply),
         }
     }
 

@@ -378,12 +378,13 @@ impl PgStore {
         rx.recv().map_err(|_| RegistryError::Storage(abandoned.into()))?
     }
 
-    /// Runs `f` in the next batch transaction under a savepoint; answers after the commit.
-    pub(crate) fn write<T: Send + 'static>(
+    /// Queues `f` for the next batch transaction, under a savepoint; `reply` gets its result
+    /// after the commit.
+    pub(crate) fn enqueue<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
+        reply: super::Reply<T>,
+    ) -> Result<()> {
         let job: WriteJob = Box::new(move |txn: &mut Transaction<'_>, cache: &mut Cache, tail: &mut AuditTail| {
             // The savepoint `job` is already set (by the batch's first round trip, or by the job
             // before): releasing it and setting the next one is one round trip, not two.
@@ -399,13 +400,10 @@ impl PgStore {
                 // What the job wrote is rolled back, its audit entry with it.
                 *tail = None;
             }
-            super::job_outcome(result, tx)
+            super::job_outcome(result, reply)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
-        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
-        rx.recv().map_err(|_| {
-            RegistryError::Storage("write abandoned by the registry writer (PostgreSQL unreachable?)".into())
-        })?
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))
     }
 }
 

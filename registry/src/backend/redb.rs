@@ -380,19 +380,18 @@ impl RedbStore {
         f(&mut RedbRead(&txn))
     }
 
-    /// Runs `f` in the next batch transaction and returns its result once that is committed.
-    pub(crate) fn write<T: Send + 'static>(
+    /// Queues `f` for the next batch transaction; `reply` gets its result after the commit.
+    pub(crate) fn enqueue<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn StoreWrite) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
+        reply: super::Reply<T>,
+    ) -> Result<()> {
         let job: Job = Box::new(move |tables| {
             let result = f(tables);
-            super::job_outcome(result, tx)
+            super::job_outcome(result, reply)
         });
         let writer = self.writer.as_ref().ok_or_else(|| RegistryError::Storage("registry writer stopped".into()))?;
-        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))?;
-        rx.recv().map_err(|_| RegistryError::Storage("write abandoned by the registry writer".into()))?
+        writer.send(job).map_err(|_| RegistryError::Storage("registry writer stopped".into()))
     }
 
     /// Writes a consistent copy (one read snapshot) of every table to a new database at `out`,
@@ -497,7 +496,7 @@ impl RedbStore {
         if out.exists() {
             return Err(RegistryError::TargetExists(out.display().to_string()));
         }
-        let store = Self::open(out)?;
+        let store = super::Backend::Redb(Self::open(out)?);
         let written = store.write(move |s| {
             data.write_records(s)?;
             // A new file's counters are 0: advancing by the value sets it.
