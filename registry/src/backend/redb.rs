@@ -922,14 +922,26 @@ macro_rules! redb_reads {
 redb_reads!(RedbRead);
 redb_reads!(RedbWrite);
 
+/// Inserts `value` under `key` unless the key is taken: then `taken` is the refusal.
+fn insert_new(
+    table: &mut Table<&'static str, &'static [u8]>,
+    key: &str,
+    value: &[u8],
+    taken: impl FnOnce() -> RegistryError,
+) -> Result<()> {
+    if table.get(key)?.is_some() {
+        return Err(taken());
+    }
+    table.insert(key, value)?;
+    Ok(())
+}
+
 impl StoreWrite for RedbWrite<'_> {
     fn insert_terminal(&mut self, t: &TerminalRecord) -> Result<()> {
         self.with(TERMINALS, |table| {
-            if table.get(t.serial.as_str())?.is_some() {
-                return Err(RegistryError::TerminalExists(t.serial.clone()));
-            }
-            table.insert(t.serial.as_str(), to_json(t)?.as_slice())?;
-            Ok(())
+            insert_new(table, t.serial.as_str(), to_json(t)?.as_slice(), || {
+                RegistryError::TerminalExists(t.serial.clone())
+            })
         })?;
         reindex_terminal(self, None, t)
     }
@@ -943,12 +955,10 @@ impl StoreWrite for RedbWrite<'_> {
     }
 
     fn insert_cert(&mut self, rec: &CertRecord, der: &[u8]) -> Result<()> {
-        self.with(CERTS, |certs| {
-            if certs.get(rec.serial.as_str())?.is_some() {
-                return Err(RegistryError::CertSerialExists(rec.serial.clone()));
-            }
-            certs.insert(rec.serial.as_str(), to_json(rec)?.as_slice())?;
-            Ok(())
+        self.with(CERTS, |t| {
+            insert_new(t, rec.serial.as_str(), to_json(rec)?.as_slice(), || {
+                RegistryError::CertSerialExists(rec.serial.clone())
+            })
         })?;
         self.with(CERT_DER, |t| Ok(t.insert(rec.serial.as_str(), der).map(drop)?))
     }
@@ -977,22 +987,14 @@ impl StoreWrite for RedbWrite<'_> {
     }
 
     fn insert_request(&mut self, id: &str, result: &RequestResult) -> Result<()> {
-        self.with(REQUESTS, |table| {
-            if table.get(id)?.is_some() {
-                return Err(RegistryError::RequestIdReused(id.to_owned()));
-            }
-            table.insert(id, to_json(result)?.as_slice())?;
-            Ok(())
+        self.with(REQUESTS, |t| {
+            insert_new(t, id, to_json(result)?.as_slice(), || RegistryError::RequestIdReused(id.to_owned()))
         })
     }
 
     fn insert_principal(&mut self, p: &PrincipalRecord) -> Result<()> {
-        self.with(PRINCIPALS, |table| {
-            if table.get(p.name.as_str())?.is_some() {
-                return Err(RegistryError::PrincipalExists(p.name.clone()));
-            }
-            table.insert(p.name.as_str(), to_json(p)?.as_slice())?;
-            Ok(())
+        self.with(PRINCIPALS, |t| {
+            insert_new(t, p.name.as_str(), to_json(p)?.as_slice(), || RegistryError::PrincipalExists(p.name.clone()))
         })
     }
 
@@ -1001,12 +1003,8 @@ impl StoreWrite for RedbWrite<'_> {
     }
 
     fn insert_approval(&mut self, a: &Approval) -> Result<()> {
-        self.with(APPROVALS, |table| {
-            if table.get(a.id.as_str())?.is_some() {
-                return Err(RegistryError::ApprovalExists(a.id.clone()));
-            }
-            table.insert(a.id.as_str(), to_json(a)?.as_slice())?;
-            Ok(())
+        self.with(APPROVALS, |t| {
+            insert_new(t, a.id.as_str(), to_json(a)?.as_slice(), || RegistryError::ApprovalExists(a.id.clone()))
         })
     }
 
