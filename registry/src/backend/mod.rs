@@ -49,15 +49,19 @@ pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
 /// A write queued for the next batch transaction: awaiting it gives the write's result once
 /// that transaction is committed (or not). The thread that queued it is free meanwhile.
-pub struct PendingWrite<T>(tokio::sync::oneshot::Receiver<Result<T>>);
+pub struct PendingWrite<T> {
+    result: tokio::sync::oneshot::Receiver<Result<T>>,
+    abandoned: &'static str,
+}
 
 impl<T> std::future::Future for PendingWrite<T> {
     type Output = Result<T>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T>> {
-        std::pin::Pin::new(&mut self.0)
+        let abandoned = self.abandoned;
+        std::pin::Pin::new(&mut self.result)
             .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(RegistryError::Storage("write abandoned by the registry writer".into()))))
+            .map(|r| r.unwrap_or_else(|_| Err(RegistryError::Storage(abandoned.into()))))
     }
 }
 
@@ -109,7 +113,7 @@ impl Backend {
     ) -> Result<PendingWrite<T>> {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<T>>();
         self.enqueue(f, Box::new(move |r| drop(tx.send(r))))?;
-        Ok(PendingWrite(rx))
+        Ok(PendingWrite { result: rx, abandoned: self.abandoned() })
     }
 
     fn enqueue<T: Send + 'static>(
