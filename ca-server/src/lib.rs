@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod cpu_pool;
 pub mod http;
 pub mod init;
 pub mod issuer;

@@ -189,16 +189,16 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
     } else {
         s.trust.issuing.clone()
     };
+    // The embedded softtoken computes in this process and redb reads locally: no round trip.
+    let in_process =
+        cfg.path(&cfg.config.hsm.module).file_name().is_some_and(|n| n == "libsofttoken.so") && !registry.is_shared();
     let responder = crate::ocsp::Responder::new(
         crate::ocsp::ResponderKey { signer: ocsp_signer, certificate, delegated },
         &s.trust.issuing,
         std::time::Duration::from_secs(cfg.config.ocsp.validity_minutes.max(2) * 60),
     )?
     .with_uncached_budget(cfg.config.ocsp.fresh_signatures_per_second)
-    // The embedded softtoken computes in this process and redb reads locally: no round trip.
-    .with_in_process_signing(
-        cfg.path(&cfg.config.hsm.module).file_name().is_some_and(|n| n == "libsofttoken.so") && !registry.is_shared(),
-    );
+    .with_in_process_signing(in_process);
     let chain_der = [&s.trust.issuing, &s.trust.root]
         .iter()
         .map(|c| der::Encode::to_der(*c))
@@ -233,6 +233,7 @@ pub fn load_with(config_path: &Path, opts: &LoadOptions) -> Result<(Loaded, Arc<
         ocsp: responder,
         ordinals: std::sync::Mutex::new((0, 0)),
         partition_size: cfg.config.crl.partition_size.max(1),
+        cpu_pool: if in_process { Some(crate::cpu_pool::CpuPool::for_this_machine()?) } else { None },
     };
     Ok((cfg, Arc::new(ca)))
 }

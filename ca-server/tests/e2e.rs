@@ -29,7 +29,7 @@ async fn retries_racing_with_their_first_call_get_its_certificate(backend: Backe
     let dir = tmp.path().join("ca");
     let (_, http) = init(&dir);
     let _store = use_backend(backend, &dir);
-    let _server = Server::start(&dir, http);
+    let server = Server::start(&dir, http);
     let admin = admin(&dir).await;
     let (station, _) = principal(&dir, &admin, "station-1", "station", &["HSTM"]).await;
     let station = std::sync::Arc::new(station);
@@ -44,6 +44,14 @@ async fn retries_racing_with_their_first_call_get_its_certificate(backend: Backe
     let answers: Vec<_> = calls.join_all().await.into_iter().map(|a| a.expect("every call answered")).collect();
     assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1, "one call issued, the others were answered with it");
     assert!(answers.iter().all(|a| a.certificate_der == answers[0].certificate_der), "one certificate");
+    // The signing ran on the CPU pool with the in-process softtoken and redb, on tokio's
+    // blocking threads with PostgreSQL (whose reads wait on the network).
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .expect("the server's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    let pooled = threads.iter().filter(|n| n.starts_with("cpu-pool-")).count();
+    assert_eq!(pooled > 0, backend == Backend::Redb, "{threads:?}");
 }
 
 async fn the_ca_end_to_end(backend: Backend) {

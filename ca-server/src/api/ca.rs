@@ -14,7 +14,7 @@ use super::convert::{
     bad_request, class_name, der_of, issuer_status, normal_serial, ra_status, record_of_tbs, registry_status,
     status_msg,
 };
-use super::{Ca, Incoming, Services, blocking};
+use super::{Ca, Incoming, Services, blocking, computing};
 use crate::auth::Caller;
 use crate::issuer::Issuer;
 use crate::ra::{self, TerminalRequest};
@@ -305,7 +305,7 @@ handlers!(v1::certificate_authority_server::CertificateAuthority;
     get_certificate_status(v1::GetCertificateStatusRequest) -> v1::CertificateStatus => get_status;
     get_ca_chain(v1::GetCaChainRequest) -> v1::CaChain => get_chain;
     ;
-    // Signing runs on a blocking thread; the commit is awaited here, not by that thread. The
+    // Signing runs on a thread of the CPU pool or a blocking one; the commit is awaited here, not by that thread. The
     // call is a task of its own, so what follows the commit (CRL and OCSP news of a hold or of
     // a superseded certificate) runs even if the caller hangs up meanwhile.
     async fn issue_terminal_certificate(
@@ -316,7 +316,7 @@ handlers!(v1::certificate_authority_server::CertificateAuthority;
         let incoming = Incoming::from(req);
         let answered = tokio::spawn(async move {
             let starting = ca.clone();
-            let (pending, recorded) = match blocking(move || starting.issue_terminal_start(incoming)).await?.into_inner() {
+            let (pending, recorded) = match computing(&ca, move || starting.issue_terminal_start(incoming)).await?.into_inner() {
                 Issuing::Answered(answer) => return Ok(Response::new(answer)),
                 Issuing::Recording(pending, recorded) => (pending, recorded),
             };

@@ -64,6 +64,9 @@ pub struct Ca {
     pub ordinals: std::sync::Mutex<(u64, u64)>,
     /// Certificates per CRL partition (`[crl] partition_size`).
     pub partition_size: u64,
+    /// Threads for issuance's signing when it only computes (in-process softtoken, redb);
+    /// `None`: it runs on `spawn_blocking`.
+    pub cpu_pool: Option<crate::cpu_pool::CpuPool>,
 }
 
 /// A decoded request with what authentication needs.
@@ -208,6 +211,20 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?
         .map(Response::new)
+}
+
+/// Runs request work that only computes: on the CPU pool where this process has one, else as
+/// [`blocking`] does.
+async fn computing<T: Send + 'static>(
+    ca: &Arc<Ca>,
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<Response<T>, Status> {
+    match &ca.cpu_pool {
+        Some(pool) => {
+            pool.run(f).await.map_err(|e| status(Code::Internal, Reason::Internal, e.to_string()))?.map(Response::new)
+        }
+        None => blocking(f).await,
+    }
 }
 
 macro_rules! handlers {
