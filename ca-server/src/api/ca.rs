@@ -305,9 +305,9 @@ handlers!(v1::certificate_authority_server::CertificateAuthority;
     get_certificate_status(v1::GetCertificateStatusRequest) -> v1::CertificateStatus => get_status;
     get_ca_chain(v1::GetCaChainRequest) -> v1::CaChain => get_chain;
     ;
-    // Signing runs on a thread of the CPU pool or a blocking one; the commit is awaited here, not by that thread. The
-    // call is a task of its own, so what follows the commit (CRL and OCSP news of a hold or of
-    // a superseded certificate) runs even if the caller hangs up meanwhile.
+    // Signing runs on a thread of the CPU pool (or a blocking one); the commit is awaited here,
+    // not by that thread. The call is a task of its own, so what follows the commit (CRL and
+    // OCSP news of a hold or of a superseded certificate) runs even if the caller hangs up.
     async fn issue_terminal_certificate(
         &self,
         req: Request<v1::IssueTerminalCertificateRequest>,
