@@ -168,6 +168,7 @@ async fn readyz(State(ca): State<Arc<Ca>>) -> (StatusCode, String) {
 
 async fn metrics(State(ca): State<Arc<Ca>>) -> String {
     let m = &ca.metrics;
+    let writer = ca.registry.writer_stats();
     format!(
         "# HELP hsca_certificates_issued_total Terminal certificates issued.\n# TYPE hsca_certificates_issued_total counter\nhsca_certificates_issued_total {}\n\
          # HELP hsca_issue_replays_total Issue requests answered from an earlier identical request.\n# TYPE hsca_issue_replays_total counter\nhsca_issue_replays_total {}\n\
@@ -175,13 +176,19 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> String {
          # HELP hsca_ocsp_requests_total OCSP requests answered.\n# TYPE hsca_ocsp_requests_total counter\nhsca_ocsp_requests_total {}\n\
          # HELP hsca_ocsp_presigned_total OCSP requests answered from a pre-signed response.\n# TYPE hsca_ocsp_presigned_total counter\nhsca_ocsp_presigned_total {}\n\
          # HELP hsca_ocsp_nonces_ignored_total OCSP nonces ignored because the fresh-signature budget was spent.\n# TYPE hsca_ocsp_nonces_ignored_total counter\nhsca_ocsp_nonces_ignored_total {}\n\
-         # HELP hsca_crl_leader 1 while this instance is the CRL leader of its registry.\n# TYPE hsca_crl_leader gauge\nhsca_crl_leader {}\n",
+         # HELP hsca_crl_leader 1 while this instance is the CRL leader of its registry.\n# TYPE hsca_crl_leader gauge\nhsca_crl_leader {}\n\
+         # HELP hsca_registry_commits_total Registry batch transactions committed by this instance.\n# TYPE hsca_registry_commits_total counter\nhsca_registry_commits_total {}\n\
+         # HELP hsca_registry_writes_total Registry writes in those transactions.\n# TYPE hsca_registry_writes_total counter\nhsca_registry_writes_total {}\n\
+         # HELP hsca_registry_writer_busy_seconds_total Time the registry writer spent on batches (writes, commit, fsync); its rate is the writer's busy share, issuance's one serial stage.\n# TYPE hsca_registry_writer_busy_seconds_total counter\nhsca_registry_writer_busy_seconds_total {:.6}\n",
         m.issued.load(Ordering::Relaxed),
         m.replays.load(Ordering::Relaxed),
         m.auth_failures.load(Ordering::Relaxed),
         m.ocsp_requests.load(Ordering::Relaxed),
         m.ocsp_cached.load(Ordering::Relaxed),
         ca.ocsp.nonces_ignored(),
-        m.crl_leader.load(Ordering::Relaxed)
+        m.crl_leader.load(Ordering::Relaxed),
+        writer.commits,
+        writer.writes,
+        writer.busy_us as f64 / 1e6
     )
 }

@@ -52,6 +52,15 @@ async fn retries_racing_with_their_first_call_get_its_certificate(backend: Backe
         .collect();
     let pooled = threads.iter().filter(|n| n.starts_with("cpu-pool-")).count();
     assert_eq!(pooled > 0, backend == Backend::Redb, "{threads:?}");
+    // /metrics: one certificate issued, and the registry writer's work so far.
+    let metrics = http_get(http, "/metrics");
+    let value = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).expect(name)
+    };
+    assert_eq!(value("hsca_certificates_issued_total"), 1.0, "{metrics}");
+    let (commits, writes) = (value("hsca_registry_commits_total"), value("hsca_registry_writes_total"));
+    assert!(commits >= 1.0 && writes >= commits, "{metrics}");
+    assert!(value("hsca_registry_writer_busy_seconds_total") > 0.0, "{metrics}");
 }
 
 async fn the_ca_end_to_end(backend: Backend) {

@@ -43,9 +43,9 @@ pub use activation::Activated;
 pub use approvals::Decision;
 pub use audit::{AuditBy, AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 pub use auth_failures::{FAILURE_BLOCKED_MAX, FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
-/// The PostgreSQL schema version this build serves.
-pub use backend::PendingWrite;
 pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
+/// The PostgreSQL schema version this build serves.
+pub use backend::{PendingWrite, WriterStats};
 pub use lifecycle::{Precheck, StationIssue, check_station_issue};
 pub use published_crls::StoredCrl;
 pub use records::*;
@@ -456,6 +456,11 @@ impl Registry {
     /// Call it before each run: leadership moves when the leader dies.
     pub fn crl_leader(&self) -> Result<bool> {
         self.backend.crl_leader()
+    }
+
+    /// What this registry's writer thread has done since it was opened (for `/metrics`).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.backend.writer_stats()
     }
 
     /// Whether other instances may write to this registry (PostgreSQL): then changes made

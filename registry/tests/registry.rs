@@ -144,6 +144,7 @@ fn life_cycle_confirm_activate_revoke(kind: Kind) {
 fn racing_issues_for_one_terminal_leave_exactly_one_certificate(kind: Kind) {
     let (_d, reg) = open(kind);
     let reg = Arc::new(reg);
+    let before = reg.writer_stats();
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|i| {
@@ -181,6 +182,12 @@ fn racing_issues_for_one_terminal_leave_exactly_one_certificate(kind: Kind) {
     });
     assert_eq!(reg.certificates().expect("all").len(), 33);
     assert_eq!(reg.verify_audit_chain().expect("chain").entries, 33);
+    // The writer counted every one of the 40 writes (a refused one too: it committed nothing of
+    // its own, but its batch committed), in at most 40 commits, and the time it took.
+    let after = reg.writer_stats();
+    assert_eq!(after.writes - before.writes, 40, "{before:?} → {after:?}");
+    assert!((1..=40).contains(&(after.commits - before.commits)), "{before:?} → {after:?}");
+    assert!(after.busy_us > before.busy_us, "{before:?} → {after:?}");
 }
 
 fn audit_chain_detects_edits_removals_and_reordering(kind: Kind) {

@@ -5,6 +5,9 @@ pub(crate) mod redb;
 
 use std::path::Path;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::store::{StoreRead, StoreWrite};
 use crate::{RegistryError, Result};
 
@@ -65,6 +68,46 @@ impl<T> std::future::Future for PendingWrite<T> {
     }
 }
 
+/// What a registry's writer thread has done since the registry was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Batch transactions committed.
+    pub commits: u64,
+    /// Writes in those batches.
+    pub writes: u64,
+    /// Time the writer spent on batches, committed or not (their writes, the commit and its
+    /// fsync), in microseconds. Its rate over wall time is how busy the writer is: issuance's one
+    /// serial stage.
+    pub busy_us: u64,
+}
+
+/// The counters behind [`WriterStats`], kept by the writer thread.
+#[derive(Default)]
+pub(crate) struct WriterCounters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    busy_us: AtomicU64,
+}
+
+impl WriterCounters {
+    /// Counts a batch of `writes` that took `busy`.
+    pub(crate) fn batch(&self, writes: usize, committed: bool, busy: std::time::Duration) {
+        if committed {
+            self.commits.fetch_add(1, Relaxed);
+            self.writes.fetch_add(writes as u64, Relaxed);
+        }
+        self.busy_us.fetch_add(u64::try_from(busy.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.commits.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            busy_us: self.busy_us.load(Relaxed),
+        }
+    }
+}
+
 /// What every job of a batch that one of them broke is told.
 pub(crate) fn batch_aborted() -> RegistryError {
     RegistryError::Storage("write batch aborted after a storage error".into())
@@ -97,6 +140,14 @@ impl Backend {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T>>(1);
         self.enqueue(f, Box::new(move |r| drop(tx.send(r))))?;
         rx.recv().map_err(|_| RegistryError::Storage(self.abandoned().into()))?
+    }
+
+    /// See [`WriterStats`].
+    pub(crate) fn writer_stats(&self) -> WriterStats {
+        match self {
+            Self::Redb(r) => r.writer_counters.stats(),
+            Self::Postgres(p) => p.writer_counters.stats(),
+        }
     }
 
     fn abandoned(&self) -> &'static str {

@@ -175,6 +175,7 @@ type ReadJob = Box<dyn FnOnce(&mut Option<Client>, &mut Cache) + Send>;
 /// An open PostgreSQL registry.
 pub(crate) struct PgStore {
     writer: Option<Sender<WriteJob>>,
+    pub(crate) writer_counters: Arc<super::WriterCounters>,
     readers: Option<Sender<ReadJob>>,
     /// One connection of its own that holds the CRL leader lock while it lives.
     leader: Option<Sender<ReadJob>>,
@@ -192,7 +193,12 @@ impl Drop for PgStore {
     }
 }
 
-fn writer_loop(config: postgres::Config, first_client: Client, jobs: Receiver<WriteJob>) {
+fn writer_loop(
+    config: postgres::Config,
+    first_client: Client,
+    jobs: Receiver<WriteJob>,
+    counters: &super::WriterCounters,
+) {
     let mut client = Some(first_client);
     let mut cache = Cache::new();
     while let Ok(first) = jobs.recv() {
@@ -203,7 +209,9 @@ fn writer_loop(config: postgres::Config, first_client: Client, jobs: Receiver<Wr
                 Err(_) => break,
             }
         }
+        let (writes, started) = (batch.len(), std::time::Instant::now());
         let outcome = run_batch(&config, &mut client, &mut cache, batch);
+        counters.batch(writes, outcome.is_ok(), started.elapsed());
         if outcome.is_err() && client.as_ref().is_some_and(Client::is_closed) {
             client = None;
         }
@@ -292,11 +300,12 @@ impl PgStore {
         let (readers, read_jobs) = std::sync::mpsc::channel::<ReadJob>();
         let read_jobs = Arc::new(Mutex::new(read_jobs));
         let mut threads = Vec::new();
-        let for_writer = config.clone();
+        let (for_writer, writer_counters) = (config.clone(), Arc::new(super::WriterCounters::default()));
+        let counters = writer_counters.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("registry-pg-writer".into())
-                .spawn(move || writer_loop(for_writer, client, write_jobs))?,
+                .spawn(move || writer_loop(for_writer, client, write_jobs, &counters))?,
         );
         for i in 0..READERS {
             let (config, jobs) = (config.clone(), read_jobs.clone());
@@ -313,7 +322,7 @@ impl PgStore {
                 .name("registry-pg-leader".into())
                 .spawn(move || reader_loop(config, leader_jobs))?,
         );
-        Ok(Self { writer: Some(writer), readers: Some(readers), leader: Some(leader), threads })
+        Ok(Self { writer: Some(writer), writer_counters, readers: Some(readers), leader: Some(leader), threads })
     }
 
     /// Whether this instance leads CRL generation: it holds a session advisory lock on a

@@ -282,6 +282,7 @@ const MAX_BATCH: usize = 256;
 /// An open redb registry.
 pub(crate) struct RedbStore {
     db: Arc<Database>,
+    pub(crate) writer_counters: Arc<super::WriterCounters>,
     writer: Option<std::sync::mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -300,8 +301,9 @@ impl Drop for RedbStore {
 /// Group commit: a write that is refused wrote nothing (every write checks before it inserts),
 /// so it cannot spoil the batch; a storage error aborts the whole batch and every caller in it
 /// gets the error.
-fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
+fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>, counters: &super::WriterCounters) {
     while let Ok(first) = jobs.recv() {
+        let started = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -321,6 +323,7 @@ fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
         } else {
             txn.commit().map_err(RegistryError::from)
         };
+        counters.batch(finishes.len(), outcome.is_ok(), started.elapsed());
         for finish in finishes {
             finish(outcome.clone());
         }
@@ -368,10 +371,12 @@ impl RedbStore {
         txn.commit()?;
         let db = Arc::new(db);
         let (writer, jobs) = std::sync::mpsc::channel::<Job>();
-        let for_writer = db.clone();
-        let thread =
-            std::thread::Builder::new().name("registry-writer".into()).spawn(move || writer_loop(for_writer, jobs))?;
-        Ok(Self { db, writer: Some(writer), writer_thread: Some(thread) })
+        let (for_writer, writer_counters) = (db.clone(), Arc::new(super::WriterCounters::default()));
+        let counters = writer_counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("registry-writer".into())
+            .spawn(move || writer_loop(for_writer, jobs, &counters))?;
+        Ok(Self { db, writer_counters, writer: Some(writer), writer_thread: Some(thread) })
     }
 
     /// Runs `f` on a read snapshot.
