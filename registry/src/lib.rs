@@ -43,8 +43,8 @@ pub use activation::Activated;
 pub use approvals::Decision;
 pub use audit::{AuditBy, AuditCheckpoint, AuditEntry, AuditEvent, ChainBreak, ChainSummary};
 pub use auth_failures::{FAILURE_BLOCKED_MAX, FAILURE_BUCKET_MS, FAILURE_WINDOW_BUCKETS, FailureKind};
-pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 /// The PostgreSQL schema version this build serves.
+pub use backend::postgres::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
 pub use backend::{PendingWrite, WriterStats};
 pub use lifecycle::{Precheck, StationIssue, check_station_issue};
 pub use published_crls::StoredCrl;

@@ -284,11 +284,21 @@ impl crate::Registry {
         // CA already made that check before signing, and on PostgreSQL a read is three round trips.
         issue.terminal.check_field_lengths()?;
         let recorded = self.write(event, issue_job(issue.clone(), hold_until_activation));
+        self.answer_reused(recorded, &issue.request_id, &issue.request_hash)
+    }
+
+    /// An issuance's recorded outcome, with a refusal for a reused request id answered: a
+    /// replay, or a race with a call of the same id that committed first (a station retrying
+    /// while its first call still ran), gets that call's certificate for the same content.
+    pub fn answer_reused(
+        &self,
+        recorded: Result<IssueOutcome>,
+        request_id: &str,
+        request_hash: &str,
+    ) -> Result<IssueOutcome> {
         match recorded {
-            // A replay, or a race with a call of the same id that committed first (a station
-            // retrying while its first call still ran): the same content gets that certificate.
             Err(RegistryError::RequestIdReused(id)) => {
-                self.replayed(&issue.request_id, &issue.request_hash)?.ok_or(RegistryError::RequestIdReused(id))
+                self.replayed(request_id, request_hash)?.ok_or(RegistryError::RequestIdReused(id))
             }
             other => other,
         }
@@ -296,7 +306,7 @@ impl crate::Registry {
 
     /// [`Self::record_terminal_issue_held`] without waiting for the commit: the returned write
     /// resolves to the outcome once committed. `RequestIdReused` comes back as it is: the caller
-    /// answers it with [`Self::replayed`].
+    /// answers it with [`Self::answer_reused`].
     pub fn queue_terminal_issue_held(
         &self,
         issue: &TerminalIssue,

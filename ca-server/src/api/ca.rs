@@ -48,6 +48,17 @@ impl Ca {
         }
     }
 
+    /// The answer with the certificate an earlier call with the same request id got.
+    fn replayed(&self, certificate_serial: String, der: Vec<u8>) -> v1::IssueTerminalCertificateResponse {
+        v1::IssueTerminalCertificateResponse {
+            certificate_der: der,
+            chain_der: self.chain(),
+            certificate_serial,
+            replayed: true,
+            superseded_serial: String::new(),
+        }
+    }
+
     /// What follows the commit of a recorded issuance: CRL and OCSP news of a hold or of a
     /// superseded certificate, the answer to a concurrent call with the same id that committed
     /// first, the audited refusal of what the registry refused.
@@ -56,14 +67,7 @@ impl Ca {
         r: Recorded,
         outcome: Result<IssueOutcome, registry::RegistryError>,
     ) -> Result<v1::IssueTerminalCertificateResponse, Status> {
-        let outcome = match outcome {
-            Err(registry::RegistryError::RequestIdReused(id)) => self
-                .registry
-                .replayed(&r.request_id, &r.request_hash)
-                .and_then(|o| o.ok_or(registry::RegistryError::RequestIdReused(id))),
-            other => other,
-        };
-        match outcome {
+        match self.registry.answer_reused(outcome, &r.request_id, &r.request_hash) {
             Ok(IssueOutcome::Issued { superseded }) => {
                 if self.hold_until_activation {
                     self.revocation_changed(&r.cert_serial);
@@ -73,13 +77,7 @@ impl Ca {
                 }
                 Ok(self.issued(r, superseded))
             }
-            Ok(IssueOutcome::Replayed { cert, der }) => Ok(v1::IssueTerminalCertificateResponse {
-                certificate_der: der,
-                chain_der: self.chain(),
-                certificate_serial: cert.serial,
-                replayed: true,
-                superseded_serial: String::new(),
-            }),
+            Ok(IssueOutcome::Replayed { cert, der }) => Ok(self.replayed(cert.serial, der)),
             Err(e) => Err(self.refuse(&r.caller, "issue", &r.target, registry_status(&e))),
         }
     }
@@ -115,13 +113,7 @@ impl Ca {
         let station_issue = match precheck {
             Precheck::Replayed { cert, der } => {
                 self.metrics.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(Issuing::Answered(v1::IssueTerminalCertificateResponse {
-                    certificate_der: der,
-                    chain_der: self.chain(),
-                    certificate_serial: cert.serial,
-                    replayed: true,
-                    superseded_serial: String::new(),
-                }));
+                return Ok(Issuing::Answered(self.replayed(cert.serial, der)));
             }
             Precheck::New { station_issue } => station_issue,
         };

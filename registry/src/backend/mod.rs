@@ -4,7 +4,6 @@ pub(crate) mod postgres;
 pub(crate) mod redb;
 
 use std::path::Path;
-
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
