@@ -681,19 +681,7 @@ async fn audit_checkpoints_are_signed_by_the_hsm_audit_key(backend: Backend) {
     assert!(!out.status.success(), "serve must refuse a rewritten chain");
     assert!(String::from_utf8_lossy(&out.stderr).contains("rewritten or rolled back"), "{out:?}");
     // Started anyway (audited), the signed checkpoint still shows the rewrite.
-    let child = Command::new(EXE)
-        .args(["serve", "--accept-audit-rollback", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "ca-server did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let server = Server { child, dir: dir.clone() };
+    let server = Server::start_with(&dir, http, &["--accept-audit-rollback"]);
     let admin = self::admin(&dir).await;
     let v = verify_audit(&admin, 1).await;
     assert!(!v.chain_verified && v.chain_error.contains("rewritten"), "{v:?}");

@@ -18,9 +18,7 @@ fn sibling(name: &str) -> PathBuf {
     p
 }
 
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use registry::testing::free_port as port;
 
 fn ok(out: Output) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -39,17 +37,16 @@ impl Drop for Proc {
 
 impl Proc {
     fn serve(exe: &Path, config: &Path, http: u16) -> Self {
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", exe.display());
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = registry::testing::wait_listening(&mut child, http, Duration::from_secs(30)) {
+            let _ = child.kill();
+            panic!("{}: {e}", exe.display());
         }
         Self(child)
     }

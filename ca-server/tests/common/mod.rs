@@ -2,10 +2,9 @@
 //! clients acting as its principals, and requests built as a station builds them.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hsm::backend::memory::SoftwareSm2Key;
 use pki::SignerId;
@@ -16,9 +15,7 @@ use tonic::Code;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_ca-server");
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+pub use registry::testing::free_port;
 
 pub struct Server {
     pub child: Child,
@@ -27,17 +24,23 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, http: u16) -> Self {
-        let child = Command::new(EXE)
-            .args(["serve", "--config"])
+        Self::start_with(dir, http, &[])
+    }
+
+    /// `serve` with `flags` too; returns once this child (not another process) listens on `http`.
+    pub fn start_with(dir: &Path, http: u16, flags: &[&str]) -> Self {
+        let mut child = Command::new(EXE)
+            .arg("serve")
+            .args(flags)
+            .arg("--config")
             .arg(dir.join("ca-server.toml"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn ca-server serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            assert!(Instant::now() < deadline, "ca-server did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = registry::testing::wait_listening(&mut child, http, Duration::from_secs(30)) {
+            let _ = child.kill();
+            panic!("ca-server: {e}");
         }
         Self { child, dir: dir.to_owned() }
     }

@@ -5,10 +5,9 @@
 pub mod pty;
 pub mod webdriver;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const CACTL: &str = env!("CARGO_BIN_EXE_cactl");
 
@@ -18,9 +17,7 @@ pub fn ca_server() -> PathBuf {
     p
 }
 
-pub fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+pub use registry::testing::free_port as port;
 
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn")
@@ -85,12 +82,12 @@ impl RunningCa {
 
     /// Starts `cmd` (a `ca-server serve` command line) and waits until the HTTP side answers.
     pub fn start_with(&mut self, mut cmd: Command) {
-        let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("serve");
+        let mut child =
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("serve");
+        let listening = registry::testing::wait_listening(&mut child, self.http, Duration::from_secs(30));
         self.server = Some(Serving(child));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
-            assert!(Instant::now() < deadline, "ca-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = listening {
+            panic!("ca-server: {e}");
         }
     }
 
@@ -326,19 +323,17 @@ impl RunningFleet {
             .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")]));
         assert!(init.status.success(), "{}", text(&init));
         edit(&fleet_dir.join("policies/fleet.toml"), "sustained_heartbeats = 3", "sustained_heartbeats = 2");
-        let server = Serving(
-            Command::new(sibling("fleet-server"))
-                .args(["serve", "--config"])
-                .arg(fleet_dir.join("fleet-server.toml"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("fleet-server serve"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            assert!(Instant::now() < deadline, "fleet-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut child = Command::new(sibling("fleet-server"))
+            .args(["serve", "--config"])
+            .arg(fleet_dir.join("fleet-server.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("fleet-server serve");
+        let listening = registry::testing::wait_listening(&mut child, http, Duration::from_secs(30));
+        let server = Serving(child);
+        if let Err(e) = listening {
+            panic!("fleet-server: {e}");
         }
         RunningFleet { server, url: format!("https://127.0.0.1:{grpc}"), tls_ca: fleet_dir.join("tls/ca.pem") }
     }

@@ -3,10 +3,9 @@
 // Each test file uses a part of it.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The station binary under test.
 pub const PROVISIONER: &str = env!("CARGO_BIN_EXE_provisioner");
@@ -19,9 +18,7 @@ pub fn sibling(name: &str) -> PathBuf {
 }
 
 /// A free local TCP port.
-pub fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+pub use registry::testing::free_port as port;
 
 /// A finished command's stdout and stderr.
 pub fn text(o: &Output) -> String {
@@ -40,19 +37,17 @@ impl Drop for Killed {
 
 /// `ca-server serve --config CONFIG`, once its gRPC port `grpc` accepts connections.
 pub fn serve_ca(config: &Path, grpc: u16) -> Killed {
-    let server = Killed(
-        Command::new(sibling("ca-server"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(Instant::now() < deadline, "ca-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    let mut child = Command::new(sibling("ca-server"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let listening = registry::testing::wait_listening(&mut child, grpc, Duration::from_secs(30));
+    let server = Killed(child);
+    if let Err(e) = listening {
+        panic!("ca-server: {e}");
     }
     server
 }

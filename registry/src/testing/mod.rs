@@ -7,6 +7,12 @@
 //! `initdb`/`pg_ctl` run as that user through `runuser`. The cluster is made once per machine as
 //! a template (`$TMPDIR/hsca-pg-template-<version>`) and copied for each server; it trusts local
 //! connections and runs with `fsync=off` (tests prove behaviour, not durability on power loss).
+//!
+//! [`ports`] hands out the ports every test server in the workspace listens on.
+
+pub mod ports;
+
+pub use ports::{free_port, wait_listening};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,8 +107,7 @@ impl PgServer {
         if as_postgres {
             give_to_postgres(dir.path())?;
         }
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let port = free_port();
         let server = Self { dir, bin, port, run_as_postgres: as_postgres };
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
