@@ -37,18 +37,9 @@ impl Drop for Proc {
 
 impl Proc {
     fn serve(exe: &Path, config: &Path, http: u16) -> Self {
-        let mut child = Command::new(exe)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve");
-        if let Err(e) = registry::testing::wait_listening(&mut child, http, Duration::from_secs(30)) {
-            let _ = child.kill();
-            panic!("{}: {e}", exe.display());
-        }
-        Self(child)
+        let mut serve = Command::new(exe);
+        serve.args(["serve", "--config"]).arg(config);
+        Self(registry::testing::spawn_listening(&mut serve, http).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// SIGTERM, as an operator stops it, and wait.

@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use hsm::backend::memory::SoftwareSm2Key;
 use pki::SignerId;
@@ -29,19 +28,9 @@ impl Server {
 
     /// `serve` with `flags` too; returns once this child (not another process) listens on `http`.
     pub fn start_with(dir: &Path, http: u16, flags: &[&str]) -> Self {
-        let mut child = Command::new(EXE)
-            .arg("serve")
-            .args(flags)
-            .arg("--config")
-            .arg(dir.join("ca-server.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ca-server serve");
-        if let Err(e) = registry::testing::wait_listening(&mut child, http, Duration::from_secs(30)) {
-            let _ = child.kill();
-            panic!("ca-server: {e}");
-        }
+        let mut serve = Command::new(EXE);
+        serve.arg("serve").args(flags).arg("--config").arg(dir.join("ca-server.toml"));
+        let child = registry::testing::spawn_listening(&mut serve, http).unwrap_or_else(|e| panic!("{e}"));
         Self { child, dir: dir.to_owned() }
     }
 

@@ -73,22 +73,17 @@ impl RunningCa {
         c
     }
 
-    /// Starts `serve` and waits until the HTTP side answers.
+    /// Starts `serve` and waits until it listens on its HTTP port.
     pub fn start(&mut self) {
         let mut cmd = Command::new(ca_server());
         cmd.args(["serve", "--config"]).arg(self.dir.join("ca-server.toml"));
         self.start_with(cmd);
     }
 
-    /// Starts `cmd` (a `ca-server serve` command line) and waits until the HTTP side answers.
+    /// Starts `cmd` (a `ca-server serve` command line) and waits until it listens on its HTTP port.
     pub fn start_with(&mut self, mut cmd: Command) {
-        let mut child =
-            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("serve");
-        let listening = registry::testing::wait_listening(&mut child, self.http, Duration::from_secs(30));
+        let child = registry::testing::spawn_listening(&mut cmd, self.http).unwrap_or_else(|e| panic!("{e}"));
         self.server = Some(Serving(child));
-        if let Err(e) = listening {
-            panic!("ca-server: {e}");
-        }
     }
 
     /// SIGTERM and wait (a graceful stop).
@@ -323,18 +318,9 @@ impl RunningFleet {
             .args(["--grpc", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}")]));
         assert!(init.status.success(), "{}", text(&init));
         edit(&fleet_dir.join("policies/fleet.toml"), "sustained_heartbeats = 3", "sustained_heartbeats = 2");
-        let mut child = Command::new(sibling("fleet-server"))
-            .args(["serve", "--config"])
-            .arg(fleet_dir.join("fleet-server.toml"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("fleet-server serve");
-        let listening = registry::testing::wait_listening(&mut child, http, Duration::from_secs(30));
-        let server = Serving(child);
-        if let Err(e) = listening {
-            panic!("fleet-server: {e}");
-        }
+        let mut serve = Command::new(sibling("fleet-server"));
+        serve.args(["serve", "--config"]).arg(fleet_dir.join("fleet-server.toml"));
+        let server = Serving(registry::testing::spawn_listening(&mut serve, http).unwrap_or_else(|e| panic!("{e}")));
         RunningFleet { server, url: format!("https://127.0.0.1:{grpc}"), tls_ca: fleet_dir.join("tls/ca.pem") }
     }
 

@@ -4,8 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Output};
 
 /// The station binary under test.
 pub const PROVISIONER: &str = env!("CARGO_BIN_EXE_provisioner");
@@ -35,19 +34,9 @@ impl Drop for Killed {
     }
 }
 
-/// `ca-server serve --config CONFIG`, once its gRPC port `grpc` accepts connections.
+/// `ca-server serve --config CONFIG`, once it listens on its gRPC port `grpc`.
 pub fn serve_ca(config: &Path, grpc: u16) -> Killed {
-    let mut child = Command::new(sibling("ca-server"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let listening = registry::testing::wait_listening(&mut child, grpc, Duration::from_secs(30));
-    let server = Killed(child);
-    if let Err(e) = listening {
-        panic!("ca-server: {e}");
-    }
-    server
+    let mut serve = Command::new(sibling("ca-server"));
+    serve.args(["serve", "--config"]).arg(config);
+    Killed(registry::testing::spawn_listening(&mut serve, grpc).unwrap_or_else(|e| panic!("{e}")))
 }

@@ -12,7 +12,7 @@
 
 pub mod ports;
 
-pub use ports::{free_port, wait_listening};
+pub use ports::{free_port, spawn_listening, wait_listening};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

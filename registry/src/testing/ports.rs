@@ -8,7 +8,7 @@
 //! out twice by one process; [`wait_listening`] then checks the listener is the child's own.
 
 use std::net::TcpListener;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,22 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {FIRST}..{}", FIRST + span);
+}
+
+/// Spawns `server` (its output dropped) and returns once it listens on `port`
+/// ([`wait_listening`], 30 s at most); a server that does not is killed and reaped.
+pub fn spawn_listening(server: &mut Command, port: u16) -> Result<Child, String> {
+    let mut child = server
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{:?}: {e}", server.get_program()))?;
+    if let Err(e) = wait_listening(&mut child, port, Duration::from_secs(30)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{:?}: {e}", server.get_program()));
+    }
+    Ok(child)
 }
 
 /// Waits until `child` itself listens on `port` (checked in `/proc`, not by connecting: another
@@ -104,7 +120,6 @@ fn listening_inodes(port: u16) -> Vec<String> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use std::process::Command;
 
     #[test]
     fn ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_range() {
