@@ -65,14 +65,21 @@ pub fn spawn_listening(server: &mut Command, port: u16) -> Result<Child, String>
 
 /// Waits until `child` itself listens on `port` (checked in `/proc`, not by connecting: another
 /// process on that port would answer too). Fails when the child exits first (as it does when the
-/// port was taken) or after `within`.
+/// port was taken) or after `within`. Without `/proc/net/tcp` (not Linux) it falls back to
+/// connecting.
 pub fn wait_listening(child: &mut Child, port: u16, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
+    let has_proc = std::path::Path::new("/proc/net/tcp").exists();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the server exited ({status}) before listening on port {port}"));
         }
-        if listens(child.id(), port) {
+        let up = if has_proc {
+            listens(child.id(), port)
+        } else {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        };
+        if up {
             return Ok(());
         }
         if Instant::now() > deadline {
