@@ -90,7 +90,7 @@ pub fn wait_listening(child: &mut Child, port: u16, within: Duration) -> Result<
 }
 
 /// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6).
-pub fn listens(pid: u32, port: u16) -> bool {
+fn listens(pid: u32, port: u16) -> bool {
     let inodes = listening_inodes(port);
     if inodes.is_empty() {
         return false;
